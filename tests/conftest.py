@@ -1,0 +1,72 @@
+"""Shared fixtures: the real data sets and the two registry backends."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from darkroom.testing import shared_data_dir
+
+PG_URL = os.environ.get("DARKROOM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real data; a missing folder is an error, never a skip."""
+    return shared_data_dir()
+
+
+@pytest.fixture(scope="session")
+def arcsat_dir(data_dir: Path) -> Path:
+    return data_dir / "arcsat-xo1b-transit"
+
+
+def _postgres_available() -> bool:
+    try:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path):
+    """A fresh, empty registry URL on each backend.
+
+    PostgreSQL tests get their own schema-free database name space by using a new
+    database per test, dropped afterwards. In CI the server must be there.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    if not _postgres_available():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL not reachable at {PG_URL} in CI")
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    import sqlalchemy as sa
+
+    name = f"darkroom_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    base = PG_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            )
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
