@@ -48,9 +48,11 @@ def db_url(request, tmp_path: Path):
         yield f"sqlite:///{tmp_path / 'registry.db'}"
         return
     if not _postgres_available():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL not reachable at {PG_URL} in CI")
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+        # The server is part of this machine (and of CI): its absence is a failure, never a skip.
+        pytest.fail(
+            f"PostgreSQL not reachable at {PG_URL}; start it with "
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+        )
     import sqlalchemy as sa
 
     name = f"darkroom_test_{uuid.uuid4().hex[:12]}"

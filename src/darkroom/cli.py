@@ -1,0 +1,254 @@
+"""The ``darkroom`` command line (typer + rich).
+
+Each command is thin wiring over :mod:`darkroom.repo` and :mod:`darkroom.pipeline`;
+errors from darkroom print as one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from darkroom import __version__
+from darkroom.errors import DarkroomError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="darkroom: raw astronomical frames in; calibrated images, photometry and light curves out.",
+)
+console = Console()
+err_console = Console(stderr=True)
+
+RepoArg = Annotated[Path, typer.Argument(help="repository folder")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a parameter: section.key=value (repeatable)"),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars; warnings and errors only")]
+
+
+def _fail(exc: DarkroomError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc.reason}")
+    raise typer.Exit(1)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("alembic", "astropy", "matplotlib", "distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=quiet,
+        transient=False,
+    )
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        console.print(f"darkroom {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def init(
+    repo: RepoArg,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL (default: SQLite inside REPO)")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Create a repository (folders, darkroom.yaml, registry)."""
+    from darkroom.repo.repository import Repository
+
+    try:
+        r = Repository.init(repo, db_url=db, overrides=set_ or ())
+    except DarkroomError as exc:
+        _fail(exc)
+    console.print(
+        f"repository [bold]{r.root}[/] ready; registry {r.registry.backend} at revision {r.registry.revision()}"
+    )
+    r.close()
+
+
+def print_ingest_summary(summary, seconds: float) -> None:
+    table = RichTable(title="registered", show_lines=False)
+    for col in ("night", "type", "filter", "exptime [s]", "files"):
+        table.add_column(col, justify="right" if col in ("files", "exptime [s]") else "left")
+    for night, ftype, filt, exptime, n in summary.table_rows():
+        table.add_row(night, ftype, filt, exptime, str(n))
+    if summary.registered:
+        console.print(table)
+    mb = summary.n_bytes / 1e6
+    console.print(
+        f"{summary.n_files} FITS files seen: {len(summary.registered)} registered, "
+        f"{len(summary.quarantined)} quarantined, {summary.n_known} already known "
+        f"({mb:.1f} MB in {seconds:.1f} s)"
+    )
+    if summary.quarantined:
+        q = RichTable(title="quarantined")
+        q.add_column("file")
+        q.add_column("reason")
+        for item in summary.quarantined:
+            q.add_row(str(item.path), item.reason or "")
+        console.print(q)
+
+
+@app.command()
+def ingest(
+    repo: RepoArg,
+    paths: Annotated[list[Path], typer.Argument(help="files or folders to register (walked recursively)")],
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Register raw FITS files in place (by checksum; ingesting twice changes nothing)."""
+    from darkroom.pipeline.ingest import find_fits_files, ingest_paths
+    from darkroom.repo.repository import Repository
+
+    _setup_logging(quiet)
+    try:
+        r = Repository(repo, db_url=db, overrides=set_ or ())
+        total = sum(1 for _ in find_fits_files(paths, suffixes=r.config.ingest.extensions))
+        t0 = time.perf_counter()
+        with _progress(quiet) as bar:
+            task = bar.add_task("ingest", total=total)
+            summary = ingest_paths(
+                r.registry,
+                paths,
+                config=r.config.ingest,
+                profile_root=r.root,
+                progress=lambda _p: bar.advance(task),
+            )
+        print_ingest_summary(summary, time.perf_counter() - t0)
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+
+
+@app.command()
+def status(
+    repo: RepoArg,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+) -> None:
+    """What is registered, what is done, what failed and why."""
+    from darkroom.repo.repository import Repository
+
+    try:
+        r = Repository(repo, db_url=db)
+        st = r.status()
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+    t = RichTable(title=f"exposures in {Path(repo).resolve()}")
+    t.add_column("state")
+    t.add_column("count", justify="right")
+    for state, n in sorted(st["exposures"].items()):
+        t.add_row(state, str(n))
+    console.print(t)
+    if st["types"]:
+        console.print(
+            "usable frames by type: " + ", ".join(f"{k}={v}" for k, v in sorted(st["types"].items()))
+        )
+    if st["tasks"]:
+        tt = RichTable(title="tasks")
+        for col in ("stage", "state", "count"):
+            tt.add_column(col)
+        for stage, state, n in sorted(st["tasks"]):
+            tt.add_row(stage, state, str(n))
+        console.print(tt)
+    if st["quarantined"]:
+        q = RichTable(title="quarantined files")
+        q.add_column("file")
+        q.add_column("reason")
+        for p, reason in st["quarantined"]:
+            q.add_row(p, reason or "")
+        console.print(q)
+    if st["failed"]:
+        f = RichTable(title="failed tasks")
+        for col in ("stage", "unit", "reason"):
+            f.add_column(col)
+        for stage, key, reason in st["failed"]:
+            f.add_row(stage, key, reason or "")
+        console.print(f)
+        raise typer.Exit(2)
+
+
+@app.command()
+def inspect(
+    files: Annotated[list[Path], typer.Argument(help="FITS files")],
+    profiles: Annotated[
+        list[Path] | None, typer.Option("--profiles", help="folder of user instrument profiles (repeatable)")
+    ] = None,
+) -> None:
+    """Print the normalised metadata of FITS files and which profile matched."""
+    from darkroom.instruments import describe, load_profiles, normalize
+    from darkroom.io.rawfits import read_raw
+
+    loaded = load_profiles(extra_dirs=tuple(profiles or ()))
+    status_code = 0
+    for path in files:
+        try:
+            raw = read_raw(path, with_data=False)
+            meta = normalize(raw.header, filename=path.name, shape=raw.shape, profiles=loaded)
+        except DarkroomError as exc:
+            err_console.print(f"[bold]{path}[/]: [red]{exc.reason}[/]")
+            status_code = 1
+            continue
+        t = RichTable(title=str(path), show_header=False)
+        t.add_column("field", style="bold")
+        t.add_column("value")
+        for key, value in describe(meta):
+            t.add_row(key, value)
+        console.print(t)
+    raise typer.Exit(status_code)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="folder for the simulated night and repository")
+    ] = None,
+    n_science: Annotated[int, typer.Option("--frames", min=2, help="number of science frames")] = 12,
+    seed: Annotated[int, typer.Option(help="random seed of the simulated night")] = 1,
+    quiet: QuietOpt = False,
+) -> None:
+    """Simulate a night, ingest it and run the pipeline on it, printing what it did."""
+    from darkroom.pipeline.demo import run_demo
+
+    _setup_logging(quiet)
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="darkroom-demo-"))
+    try:
+        run_demo(out, n_science=n_science, seed=seed, console=console, quiet=quiet)
+    except DarkroomError as exc:
+        _fail(exc)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

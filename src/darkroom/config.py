@@ -1,0 +1,168 @@
+"""Repository configuration: one ``darkroom.yaml`` with a section per stage.
+
+Each section is a pydantic model that lives next to the code that uses it; this
+module only assembles them, reads and writes the YAML (safe loader, no eval), and
+applies ``--set section.key=value`` overrides from the command line.
+
+A field marked critical (``Field(..., json_schema_extra={"critical": True})``)
+changes the science products when it changes, so it enters the stage's provenance
+id (:func:`darkroom.provenance.provenance_id`); non-critical fields (progress bars,
+worker counts) do not.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from darkroom.errors import ConfigError
+
+__all__ = [
+    "CONFIG_NAME",
+    "DarkroomConfig",
+    "IngestConfig",
+    "RegistryConfig",
+    "apply_overrides",
+    "critical_params",
+    "load_config",
+    "save_config",
+]
+
+CONFIG_NAME = "darkroom.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RegistryConfig(_Section):
+    """Where the registry lives."""
+
+    url: str = Field(
+        "sqlite:///registry.db",
+        description="SQLAlchemy URL; a relative sqlite path is relative to the repository folder",
+    )
+    echo: bool = Field(False, description="log every SQL statement (debugging)")
+
+
+class IngestConfig(_Section):
+    """How raw files are found and registered."""
+
+    extensions: list[str] = Field(
+        default_factory=lambda: [".fits", ".fit", ".fts", ".fz"],
+        description="FITS file endings (case-insensitive); each may also end in .gz or .bz2",
+    )
+    profile_dirs: list[str] = Field(
+        default_factory=list,
+        description="folders of user instrument profiles (YAML); they win over the built-in ones",
+    )
+    batch_size: int = Field(200, ge=1, description="rows committed per registry transaction")
+    follow_symlinks: bool = Field(False, description="descend into symlinked folders")
+
+
+class DarkroomConfig(_Section):
+    """Every parameter of a repository, defaults filled in."""
+
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+
+
+def critical_params(model: BaseModel) -> dict[str, Any]:
+    """The critical fields of a config section (recursively), as plain JSON-able values."""
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if isinstance(value, BaseModel):
+            sub = critical_params(value)
+            if sub:
+                out[name] = sub
+        elif extra.get("critical"):
+            out[name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a config dictionary (returns a copy).
+
+    Values are parsed as YAML scalars or flow collections (``3``, ``true``, ``[1, 2]``,
+    ``{a: 1}``), so types follow the model after validation.
+    """
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        keys = [k for k in dotted.strip().split(".") if k]
+        if not keys:
+            raise ConfigError(f"override {item!r} names no key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {item!r}: value is not valid YAML ({exc.__class__.__name__})"
+            ) from exc
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {key} is not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def _validate(data: dict[str, Any], source: str) -> DarkroomConfig:
+    try:
+        return DarkroomConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(
+            f"{source}: {where}: {first['msg']} (and {exc.error_count() - 1} more)"
+            if exc.error_count() > 1
+            else f"{source}: {where}: {first['msg']}"
+        ) from exc
+
+
+def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> DarkroomConfig:
+    """Read a ``darkroom.yaml`` (or defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) if path.exists() else {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = loaded
+    return _validate(apply_overrides(data, overrides), source)
+
+
+def save_config(config: DarkroomConfig, path: Path | str) -> None:
+    """Write every parameter, defaults filled in, atomically."""
+    from darkroom.repo.store import atomic_write_text
+
+    text = "# darkroom repository configuration: every parameter, defaults filled in.\n"
+    text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+    atomic_write_text(Path(path), text)

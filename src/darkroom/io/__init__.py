@@ -1,0 +1,1 @@
+"""Reading raw and writing product files (the boundary between files and arrays)."""

@@ -1,0 +1,156 @@
+"""A darkroom data repository on disk: ``darkroom.yaml``, the registry, product folders.
+
+```
+REPO/
+  darkroom.yaml   every parameter, defaults filled in; the registry URL
+  registry.db     SQLite by default (a PostgreSQL URL in darkroom.yaml instead)
+  calib/ images/ catalogs/ lightcurves/ products/ reports/ logs/
+```
+This is the Python face of a repository (``darkroom.Repository(path)``); its query
+methods return astropy Tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from astropy.table import Table
+from sqlalchemy import func, select
+
+from darkroom.config import CONFIG_NAME, DarkroomConfig, load_config, save_config
+from darkroom.errors import ConfigError
+from darkroom.repo.models import Exposure, Task
+from darkroom.repo.registry import Registry, resolve_url
+
+__all__ = ["PRODUCT_DIRS", "Repository"]
+
+PRODUCT_DIRS = ("calib", "images", "catalogs", "lightcurves", "products", "reports", "logs")
+
+
+class Repository:
+    """An existing repository. Use :meth:`Repository.init` to make a new one."""
+
+    def __init__(
+        self, root: Path | str, *, db_url: str | None = None, overrides: tuple[str, ...] | list[str] = ()
+    ):
+        self.root = Path(root).expanduser().resolve()
+        cfg_path = self.root / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise ConfigError(
+                f"{self.root} is not a darkroom repository (no {CONFIG_NAME}); run 'darkroom init' first"
+            )
+        overrides = list(overrides)
+        if db_url:
+            overrides.append(f"registry.url={db_url}")
+        self.config: DarkroomConfig = load_config(cfg_path, overrides)
+        self.registry = Registry(
+            resolve_url(self.config.registry.url, self.root), echo=self.config.registry.echo
+        )
+        if not self.registry.is_current():
+            self.registry.upgrade()
+
+    @classmethod
+    def init(
+        cls, root: Path | str, *, db_url: str | None = None, overrides: tuple[str, ...] | list[str] = ()
+    ) -> Repository:
+        """Create the folders, write ``darkroom.yaml`` and create the registry schema.
+
+        Running it on an existing repository keeps its configuration (overrides and
+        ``db_url`` are applied and saved) and brings the schema up to date.
+        """
+        root = Path(root).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        for sub in PRODUCT_DIRS:
+            (root / sub).mkdir(exist_ok=True)
+        cfg_path = root / CONFIG_NAME
+        overrides = list(overrides)
+        if db_url:
+            overrides.append(f"registry.url={db_url}")
+        config = load_config(cfg_path if cfg_path.exists() else None, overrides)
+        save_config(config, cfg_path)
+        repo = cls(root)
+        repo.registry.upgrade()
+        return repo
+
+    def path(self, relative: str | Path) -> Path:
+        """Absolute path of a product recorded relative to the repository root."""
+        p = Path(relative)
+        return p if p.is_absolute() else self.root / p
+
+    def close(self) -> None:
+        self.registry.dispose()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- queries ------------------------------------------------------------------
+    def exposures(self, *, state: str | None = None, frame_type: str | None = None) -> Table:
+        """Registered raw files as a Table (one row per exposure)."""
+        cols = [
+            "id",
+            "path",
+            "state",
+            "reason",
+            "frame_type",
+            "filter",
+            "exptime_s",
+            "object",
+            "night",
+            "mjd_mid",
+            "instrument",
+            "naxis1",
+            "naxis2",
+            "sha256",
+        ]
+        stmt = select(*[getattr(Exposure, c) for c in cols]).order_by(Exposure.mjd_mid, Exposure.path)
+        if state:
+            stmt = stmt.where(Exposure.state == state)
+        if frame_type:
+            stmt = stmt.where(Exposure.frame_type == frame_type)
+        with self.registry.session() as s:
+            rows = s.execute(stmt).all()
+        table = Table(rows=[tuple(r) for r in rows] or None, names=cols if rows else None)
+        if not rows:
+            table = Table(
+                names=cols, dtype=[int, str, str, str, str, str, float, str, str, float, str, int, int, str]
+            )
+        table["exptime_s"].unit = "s"
+        return table
+
+    def status(self) -> dict:
+        """Counts of exposures per state and type, tasks per stage and state, and the failures."""
+        with self.registry.session() as s:
+            by_state = dict(s.execute(select(Exposure.state, func.count()).group_by(Exposure.state)).all())
+            by_type = dict(
+                s.execute(
+                    select(Exposure.frame_type, func.count())
+                    .where(Exposure.state == "ok")
+                    .group_by(Exposure.frame_type)
+                ).all()
+            )
+            quarantined = [
+                (p, r)
+                for p, r in s.execute(
+                    select(Exposure.path, Exposure.reason)
+                    .where(Exposure.state == "quarantined")
+                    .order_by(Exposure.path)
+                ).all()
+            ]
+            tasks = s.execute(
+                select(Task.stage, Task.state, func.count()).group_by(Task.stage, Task.state)
+            ).all()
+            failed = s.execute(
+                select(Task.stage, Task.key, Task.reason)
+                .where(Task.state == "failed")
+                .order_by(Task.stage, Task.key)
+            ).all()
+        return {
+            "exposures": by_state,
+            "types": by_type,
+            "quarantined": quarantined,
+            "tasks": [tuple(t) for t in tasks],
+            "failed": [tuple(f) for f in failed],
+        }
