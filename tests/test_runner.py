@@ -1,0 +1,95 @@
+"""The runner: units planned, run, recorded; failures isolated with one-line reasons."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+
+from darkroom.errors import BadInputError
+from darkroom.pipeline.runner import run_stage
+from darkroom.pipeline.stage import Stage, Unit
+from darkroom.repo.models import Exposure, Task
+from darkroom.repo.registry import Registry
+from darkroom.repo.store import atomic_write_text
+
+
+class ToyConfig(BaseModel):
+    factor: int = Field(2, json_schema_extra={"critical": True})
+
+
+class ToyStage(Stage):
+    """Writes value*factor to a file per exposure; exposure 3 is bad input, 4 raises a bug."""
+
+    name = "toy"
+
+    def plan(self, session):
+        done = set(session.scalars(sa.select(Task.key).where(
+            Task.stage == self.name, Task.provenance_id == self.provenance_id, Task.state == "done")))
+        units = []
+        for e in session.scalars(sa.select(Exposure).where(Exposure.state == "ok").order_by(Exposure.id)):
+            key = f"exp:{e.id}"
+            if key not in done:
+                units.append(Unit(key=key, payload={"value": e.id}, exposure_id=e.id))
+        return units
+
+    def run(self, unit):
+        if unit.payload["value"] == 3:
+            raise BadInputError("frame is all zeros")
+        if unit.payload["value"] == 4:
+            raise ZeroDivisionError("division by zero\nin line 2")
+        path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
+        atomic_write_text(path, str(unit.payload["value"] * self.config.factor))
+        return self.relative(path)
+
+    def record(self, session, unit, result):
+        exp = session.get(Exposure, unit.exposure_id)
+        exp.meta = {**exp.meta, "toy": result}
+
+
+@pytest.fixture
+def registry(db_url):
+    reg = Registry(db_url)
+    reg.upgrade()
+    with reg.session() as s:
+        s.add_all([Exposure(sha256=f"{i:064d}", path=f"/r/{i}", size_bytes=1, state="ok", meta={}) for i in range(1, 6)])
+    yield reg
+    reg.dispose()
+
+
+def test_failures_are_isolated_and_reported(registry, tmp_path):
+    stage = ToyStage(tmp_path, ToyConfig())
+    report = run_stage(registry, stage)
+    assert (report.n_planned, report.n_done, report.n_failed) == (5, 3, 2)
+    reasons = dict(report.failures)
+    assert reasons["exp:3"] == "frame is all zeros"
+    assert reasons["exp:4"] == "ZeroDivisionError: division by zero in line 2"
+    with registry.session() as s:
+        states = dict(s.execute(sa.select(Task.key, Task.state)).all())
+        assert states == {"exp:1": "done", "exp:2": "done", "exp:3": "failed", "exp:4": "failed", "exp:5": "done"}
+        bad = s.get(Exposure, 3)
+        assert bad.state == "quarantined" and bad.reason == "toy: frame is all zeros"
+        assert s.get(Exposure, 4).state == "ok"  # a bug is not the input's fault
+    assert (tmp_path / "products" / stage.provenance_id / "exp:5.txt").read_text() == "10"
+
+
+def test_rerun_skips_done_and_failed_unless_asked(registry, tmp_path):
+    stage = ToyStage(tmp_path, ToyConfig())
+    run_stage(registry, stage)
+    again = run_stage(registry, stage)
+    assert again.n_planned == 0
+    retry = run_stage(registry, stage, retry_failed=True)
+    assert retry.n_planned == 1  # exp:4 (exp:3 is quarantined now)
+    with registry.session() as s:
+        assert s.scalar(sa.select(Task.attempts).where(Task.key == "exp:4")) == 2
+
+
+def test_critical_parameter_makes_new_products_beside_old(registry, tmp_path):
+    a = ToyStage(tmp_path, ToyConfig(factor=2))
+    b = ToyStage(tmp_path, ToyConfig(factor=3))
+    assert a.provenance_id != b.provenance_id
+    run_stage(registry, a)
+    report = run_stage(registry, b)
+    assert (report.n_planned, report.n_done) == (4, 3)  # exp:3 quarantined by the first run, exp:4 fails again
+    assert (tmp_path / "products" / a.provenance_id / "exp:1.txt").read_text() == "2"
+    assert (tmp_path / "products" / b.provenance_id / "exp:1.txt").read_text() == "3"
