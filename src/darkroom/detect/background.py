@@ -1,0 +1,125 @@
+"""Sky background and its noise, on a mesh (sep, i.e. SExtractor's algorithm).
+
+Arrays are ``(ny, nx)``; the background maps have the shape of the image. Pixels
+whose MASK bits intersect :attr:`BackgroundConfig.mask_bits` (or that are not
+finite) are left out of the background estimate. See ``docs/pixel_conventions.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sep
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom.errors import BadInputError
+from darkroom.maskbits import MaskBit
+
+__all__ = ["Background", "BackgroundConfig", "as_sep_array", "bad_pixel_mask", "estimate_background"]
+
+DEFAULT_MASK_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.EDGE | MaskBit.NO_DATA)
+
+
+class BackgroundConfig(BaseModel):
+    """How the background mesh is built (SExtractor BACK_SIZE / BACK_FILTERSIZE)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    box_size_pix: int = Field(64, ge=4, le=4096, description="mesh box width and height [pixels]")
+    filter_size: int = Field(3, ge=1, le=15, description="median filter over mesh boxes [boxes]")
+    filter_threshold_adu: float = Field(
+        0.0, ge=0, description="only filter boxes that differ from the median by more than this [adu]"
+    )
+    mask_bits: int = Field(
+        DEFAULT_MASK_BITS,
+        ge=0,
+        description="MASK bits whose pixels are left out (default BAD|SAT|CR|EDGE|NO_DATA)",
+    )
+
+
+@dataclass(frozen=True)
+class Background:
+    """Background level and noise maps, in the unit of the image (adu)."""
+
+    level_adu: np.ndarray  #: (ny, nx) float32 background level [adu]
+    rms_adu: np.ndarray  #: (ny, nx) float32 background noise (1 sigma) [adu]
+    global_level_adu: float  #: median level over the mesh [adu]
+    global_rms_adu: float  #: median noise over the mesh [adu]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.level_adu.shape  # type: ignore[return-value]
+
+
+def as_sep_array(data: np.ndarray) -> np.ndarray:
+    """``data`` as a C-contiguous, native-byte-order float32/float64 array (what sep needs).
+
+    Integer images become float32; a float32 image is not copied unless it is
+    big-endian (as read from FITS) or not contiguous.
+    """
+    arr = np.asarray(data)
+    if arr.ndim != 2:
+        raise BadInputError(f"image must be 2-D (ny, nx), got shape {arr.shape}")
+    dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    return np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def bad_pixel_mask(data: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray | None:
+    """Boolean ``(ny, nx)`` array, True where a pixel must be ignored.
+
+    ``mask`` is the integer MASK plane (bits of :class:`darkroom.maskbits.MaskBit`) or a
+    boolean array (True = bad). Non-finite pixels of ``data`` are always bad. Returns
+    None when no pixel is bad (sep is faster without a mask).
+    """
+    bad = ~np.isfinite(data)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != data.shape:
+            raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
+        bad |= mask if mask.dtype == bool else (mask.astype(np.int64) & int(mask_bits)) != 0
+    return bad if bad.any() else None
+
+
+def estimate_background(
+    data: np.ndarray, *, mask: np.ndarray | None = None, config: BackgroundConfig | None = None
+) -> Background:
+    """Background level and rms maps of an image (sep.Background, SExtractor's estimator).
+
+    Parameters
+    ----------
+    data
+        Image ``(ny, nx)`` [adu].
+    mask
+        MASK bit plane or boolean array ``(ny, nx)``; pixels with any of
+        ``config.mask_bits`` set (or True) and non-finite pixels are ignored.
+    config
+        Mesh size and filter.
+
+    Returns
+    -------
+    Background
+        Maps of the level and 1-sigma noise [adu], and their global (median) values.
+    """
+    config = config or BackgroundConfig()
+    arr = as_sep_array(data)
+    bad = bad_pixel_mask(arr, mask, config.mask_bits)
+    if bad is not None:
+        if bad.all():
+            raise BadInputError("every pixel is masked or not finite: no background can be measured")
+        arr = np.where(bad, 0.0, arr).astype(arr.dtype)
+    bkg = sep.Background(
+        arr,
+        mask=bad,
+        bw=config.box_size_pix,
+        bh=config.box_size_pix,
+        fw=config.filter_size,
+        fh=config.filter_size,
+        fthresh=config.filter_threshold_adu,
+    )
+    return Background(
+        level_adu=bkg.back(dtype=np.float32),
+        rms_adu=bkg.rms(dtype=np.float32),
+        global_level_adu=float(bkg.globalback),
+        global_rms_adu=float(bkg.globalrms),
+    )

@@ -1,0 +1,412 @@
+"""Source detection on a background-subtracted image: matched filter, windowed centroids.
+
+The catalog is an astropy Table with one row per source. Positions are 0-based
+pixel centres (sep's convention: the centre of the first pixel is (0, 0), x along
+the second, fast axis); add 1 for FITS/IRAF/SExtractor coordinates. See
+``docs/pixel_conventions.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import astropy.units as u
+import numpy as np
+import sep
+from astropy.table import Table
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.spatial import cKDTree
+
+from darkroom.detect.background import Background, as_sep_array, bad_pixel_mask, estimate_background
+from darkroom.errors import BadInputError
+from darkroom.maskbits import MaskBit
+
+__all__ = [
+    "CATALOG_COLUMNS",
+    "DetectConfig",
+    "detect_sources",
+    "gaussian_kernel",
+]
+
+log = logging.getLogger(__name__)
+
+#: SExtractor's default.conv (3x3 "all-ground" kernel, FWHM = 2 pixels), sep's default.
+SEXTRACTOR_DEFAULT_KERNEL = np.array([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]])
+
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+#: name -> (unit, description) of every catalog column, in table order.
+CATALOG_COLUMNS: dict[str, tuple[u.UnitBase | None, str]] = {
+    "id": (None, "running number of the source in this image, from 1"),
+    "x": (u.pix, "best centroid x, 0-based pixel centre (windowed when it converged)"),
+    "y": (u.pix, "best centroid y, 0-based pixel centre (windowed when it converged)"),
+    "x_iso": (u.pix, "isophotal barycentre x, 0-based"),
+    "y_iso": (u.pix, "isophotal barycentre y, 0-based"),
+    "x_win": (u.pix, "windowed (Gaussian-weighted) centroid x, 0-based; NaN when it failed"),
+    "y_win": (u.pix, "windowed (Gaussian-weighted) centroid y, 0-based; NaN when it failed"),
+    "x2_pix2": (u.pix**2, "second moment along x of the isophotal footprint"),
+    "y2_pix2": (u.pix**2, "second moment along y of the isophotal footprint"),
+    "xy_pix2": (u.pix**2, "cross moment of the isophotal footprint"),
+    "a_pix": (u.pix, "semi-major axis (rms along the major axis)"),
+    "b_pix": (u.pix, "semi-minor axis (rms along the minor axis)"),
+    "theta_rad": (u.rad, "position angle of the major axis, from +x towards +y"),
+    "ellipticity": (
+        u.dimensionless_unscaled,
+        "1 - b/a from Gaussian-windowed second moments corrected for the window (NaN when unusable)",
+    ),
+    "r_half_pix": (u.pix, "half-light radius (light within min(6 a, 0.6 nn_dist_pix))"),
+    "fwhm_pix": (u.pix, "FWHM of a Gaussian with this half-light radius, less sep's pixel smoothing"),
+    "flux_iso_adu": (u.adu, "isophotal flux above the background"),
+    "flux_aper_adu": (u.adu, "flux in a circle of aperture_radius_pix around (x_iso, y_iso)"),
+    "flux_aper_err_adu": (
+        u.adu,
+        "1-sigma error of flux_aper_adu (background noise, plus Poisson with a gain)",
+    ),
+    "snr": (u.dimensionless_unscaled, "flux_aper_adu / flux_aper_err_adu"),
+    "peak_adu": (u.adu, "peak of the background-subtracted image in the footprint"),
+    "sky_adu": (u.adu, "background level at the source"),
+    "nn_dist_pix": (u.pix, "distance to the nearest other source"),
+    "n_pix": (None, "number of pixels above the threshold"),
+    "flag": (None, "sep extraction flags (1 merged, 2 truncated at an edge, ...)"),
+    "aper_flag": (None, "sep aperture flags (8 hits a masked pixel, 16 truncated)"),
+    "saturated": (None, "peak at or above saturation, or a SAT pixel in the footprint"),
+}
+
+
+def gaussian_kernel(fwhm_pix: float) -> np.ndarray:
+    """Normalised 2-D Gaussian kernel of a given FWHM [pixels], odd size 2*ceil(fwhm)+1."""
+    half = max(1, math.ceil(fwhm_pix))
+    grid = np.arange(-half, half + 1, dtype=float)
+    sigma = fwhm_pix / _FWHM_PER_SIGMA
+    prof = np.exp(-0.5 * (grid / sigma) ** 2)
+    kernel = np.outer(prof, prof)
+    return kernel / kernel.sum()
+
+
+class DetectConfig(BaseModel):
+    """Detection and measurement parameters (SExtractor names in brackets)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold_sigma: float = Field(
+        3.0, gt=0, le=1000, description="detection threshold, multiples of the background rms [DETECT_THRESH]"
+    )
+    noise: Literal["map", "global"] = Field(
+        "map", description="threshold and errors use the rms map or its global value"
+    )
+    min_area_pix: int = Field(
+        5, ge=1, le=10000, description="minimum pixels above threshold [DETECT_MINAREA]"
+    )
+    filter: Literal["gauss", "sextractor_default", "none"] = Field(
+        "gauss",
+        description="matched filter: a Gaussian of filter_fwhm_pix, SExtractor's 3x3 default.conv, or none",
+    )
+    filter_fwhm_pix: float = Field(3.0, gt=0.5, le=30, description="FWHM of the Gaussian filter [pixels]")
+    deblend_n_thresh: int = Field(32, ge=1, le=256, description="deblending sub-thresholds [DEBLEND_NTHRESH]")
+    deblend_cont: float = Field(
+        0.005, ge=0, le=1, description="minimum contrast to deblend; 1 turns deblending off [DEBLEND_MINCONT]"
+    )
+    clean: bool = Field(True, description="remove spurious detections near bright ones [CLEAN]")
+    clean_param: float = Field(1.0, gt=0, le=10, description="cleaning efficiency [CLEAN_PARAM]")
+    mask_bits: int = Field(
+        int(MaskBit.BAD | MaskBit.CR | MaskBit.NO_DATA),
+        ge=0,
+        description="MASK bits whose pixels cannot be detected (default BAD|CR|NO_DATA; SAT is kept so "
+        "saturated stars are found and counted)",
+    )
+    aperture_radius_pix: float = Field(
+        5.0, gt=0, le=200, description="radius of the quick aperture flux [pixels] [PHOT_APERTURES/2]"
+    )
+    window_centroid: bool = Field(
+        True, description="refine centroids with a Gaussian window of the source's size [XWIN_IMAGE]"
+    )
+    max_sources: int = Field(
+        200_000, ge=1, description="keep at most this many sources (the brightest by aperture flux)"
+    )
+
+
+@contextlib.contextmanager
+def _pixstack(n_pixels: int) -> Iterator[None]:
+    """Raise sep's (process-wide) pixel stack for large images, restore it afterwards."""
+    old = sep.get_extract_pixstack()
+    new = max(old, min(n_pixels // 2, 50_000_000))
+    sep.set_extract_pixstack(new)
+    try:
+        yield
+    finally:
+        sep.set_extract_pixstack(old)
+
+
+def _kernel(config: DetectConfig) -> np.ndarray | None:
+    if config.filter == "gauss":
+        return gaussian_kernel(config.filter_fwhm_pix)
+    if config.filter == "sextractor_default":
+        return SEXTRACTOR_DEFAULT_KERNEL
+    return None
+
+
+def _windowed_shapes(
+    sub: np.ndarray, x: np.ndarray, y: np.ndarray, sigma_w: np.ndarray, bad: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shape of each source from Gaussian-weighted second moments, corrected for the window.
+
+    For a Gaussian source of covariance C seen through a circular Gaussian window of
+    variance s^2, the weighted moments are M = (C^-1 + I/s^2)^-1, hence
+    C = (M^-1 - I/s^2)^-1 (exact for Gaussians; isophotal moments, measured above the
+    threshold only, come out too round). Returns (ellipticity 1 - b/a, sqrt(a b)) with
+    a^2, b^2 the eigenvalues of C [pixels]; NaN where the moments are not usable.
+    """
+    ny, nx = sub.shape
+    n = len(x)
+    ell = np.full(n, np.nan)
+    size = np.full(n, np.nan)
+    ok_in = np.isfinite(sigma_w) & (sigma_w > 0) & np.isfinite(x) & np.isfinite(y)
+    half = 15
+    offs = np.arange(-half, half + 1)
+    for start in range(0, n, 4000):
+        idx = np.arange(start, min(n, start + 4000))
+        idx = idx[ok_in[idx]]
+        if not len(idx):
+            continue
+        xc = np.rint(x[idx]).astype(int)
+        yc = np.rint(y[idx]).astype(int)
+        gx = xc[:, None] + offs[None, :]
+        gy = yc[:, None] + offs[None, :]
+        inside = ((gx >= 0) & (gx < nx))[:, None, :] & ((gy >= 0) & (gy < ny))[:, :, None]
+        stamp = sub[np.clip(gy, 0, ny - 1)[:, :, None], np.clip(gx, 0, nx - 1)[:, None, :]].astype(np.float64)
+        if bad is not None:
+            inside &= ~bad[np.clip(gy, 0, ny - 1)[:, :, None], np.clip(gx, 0, nx - 1)[:, None, :]]
+        dx = gx[:, None, :] - x[idx, None, None]
+        dy = gy[:, :, None] - y[idx, None, None]
+        s2 = sigma_w[idx, None, None] ** 2
+        r2 = dx**2 + dy**2
+        w = np.exp(-0.5 * r2 / s2) * (r2 <= 16.0 * s2) * inside * stamp
+        norm = w.sum(axis=(1, 2))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mxx = (w * dx * dx).sum(axis=(1, 2)) / norm
+            myy = (w * dy * dy).sum(axis=(1, 2)) / norm
+            mxy = (w * dx * dy).sum(axis=(1, 2)) / norm
+            det_m = mxx * myy - mxy**2
+            inv_s2 = 1.0 / s2[:, 0, 0]
+            # M^-1 - I/s^2
+            pxx = myy / det_m - inv_s2
+            pyy = mxx / det_m - inv_s2
+            pxy = -mxy / det_m
+            det_p = pxx * pyy - pxy**2
+            cxx, cyy, cxy = pyy / det_p, pxx / det_p, -pxy / det_p
+            tr = cxx + cyy
+            disc = np.sqrt(np.maximum(((cxx - cyy) / 2.0) ** 2 + cxy**2, 0.0))
+            a2 = tr / 2.0 + disc
+            b2 = tr / 2.0 - disc
+            good = (norm > 0) & (det_m > 0) & (det_p > 0) & (pxx > 0) & (b2 > 0) & (half**2 > 4 * s2[:, 0, 0])
+            ell[idx] = np.where(good, 1.0 - np.sqrt(b2 / a2), np.nan)
+            size[idx] = np.where(good, (a2 * b2) ** 0.25, np.nan)
+    return ell, size
+
+
+def _empty_catalog() -> Table:
+    table = Table()
+    for name, (unit, description) in CATALOG_COLUMNS.items():
+        dtype = (
+            bool
+            if name == "saturated"
+            else (np.int64 if name in ("id", "n_pix", "flag", "aper_flag") else np.float64)
+        )
+        table[name] = np.zeros(0, dtype=dtype)
+        table[name].unit = unit
+        table[name].description = description
+    return table
+
+
+def detect_sources(
+    data: np.ndarray,
+    *,
+    background: Background | None = None,
+    mask: np.ndarray | None = None,
+    config: DetectConfig | None = None,
+    saturation_adu: float | None = None,
+    gain_e_per_adu: float | None = None,
+) -> Table:
+    """Detect and measure sources in an image.
+
+    Parameters
+    ----------
+    data
+        Image ``(ny, nx)`` [adu], background *not* subtracted.
+    background
+        Background maps (:func:`estimate_background`); estimated with default
+        settings when None.
+    mask
+        MASK bit plane or boolean array ``(ny, nx)``. Pixels with ``config.mask_bits``
+        cannot be detected; pixels with the SAT bit make their source ``saturated``.
+    config
+        Detection parameters.
+    saturation_adu
+        Level [adu, background included] at which a pixel is saturated; None when unknown.
+    gain_e_per_adu
+        Gain [electron/adu]; adds the sources' Poisson noise to ``flux_aper_err_adu``.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per source with the columns of :data:`CATALOG_COLUMNS` (units and
+        descriptions set). ``x``, ``y`` are 0-based pixel centres. ``meta`` holds
+        the threshold and the global background figures.
+    """
+    config = config or DetectConfig()
+    arr = as_sep_array(data)
+    if background is None:
+        background = estimate_background(arr, mask=mask)
+    if background.shape != arr.shape:
+        raise BadInputError(f"background shape {background.shape} differs from image shape {arr.shape}")
+    bad = bad_pixel_mask(arr, mask, config.mask_bits)
+    sub = arr - background.level_adu
+    if bad is not None:
+        sub[bad] = 0.0
+    if config.noise == "map":
+        err: np.ndarray | float = np.ascontiguousarray(background.rms_adu, dtype=np.float32)
+    else:
+        err = background.global_rms_adu
+    if not np.isfinite(background.global_rms_adu) or background.global_rms_adu <= 0:
+        raise BadInputError(f"background rms is {background.global_rms_adu}: the image is flat or empty")
+
+    with _pixstack(arr.size):
+        try:
+            objs, segmap = sep.extract(
+                sub,
+                config.threshold_sigma,
+                err=err,
+                mask=bad,
+                minarea=config.min_area_pix,
+                filter_kernel=_kernel(config),
+                filter_type="conv",
+                deblend_nthresh=config.deblend_n_thresh,
+                deblend_cont=config.deblend_cont,
+                clean=config.clean,
+                clean_param=config.clean_param,
+                segmentation_map=True,
+            )
+        except Exception as exc:  # sep raises a bare Exception
+            raise BadInputError(
+                f"source extraction failed ({exc}); raise threshold_sigma or check the background subtraction"
+            ) from exc
+
+    meta = {
+        "threshold_sigma": config.threshold_sigma,
+        "sky_adu": background.global_level_adu,
+        "sky_rms_adu": background.global_rms_adu,
+        "shape": arr.shape,
+    }
+    if len(objs) == 0:
+        table = _empty_catalog()
+        table.meta.update(meta)
+        return table
+
+    x_iso = objs["x"].astype(np.float64)
+    y_iso = objs["y"].astype(np.float64)
+    a = objs["a"].astype(np.float64)
+    b = objs["b"].astype(np.float64)
+
+    flux_aper, flux_aper_err, aper_flag = sep.sum_circle(
+        sub,
+        x_iso,
+        y_iso,
+        config.aperture_radius_pix,
+        err=err,
+        mask=bad,
+        gain=gain_e_per_adu,
+    )
+    if len(objs) > 1:
+        nn_dist = cKDTree(np.column_stack([x_iso, y_iso])).query(np.column_stack([x_iso, y_iso]), k=2)[0][
+            :, 1
+        ]
+    else:
+        nn_dist = np.full(len(objs), np.inf)
+    # 6 a holds all of a star's light; stop short of a neighbour's
+    r_max = np.clip(np.minimum(6.0 * a, 0.6 * nn_dist), 2.0, 100.0)
+    r_half, _ = sep.flux_radius(sub, x_iso, y_iso, r_max, 0.5, mask=bad, subpix=5)
+    r_half = np.where(np.isfinite(r_half) & (r_half > 0), r_half, np.nan)
+
+    # r_half of a Gaussian is sigma*sqrt(2 ln 2) = FWHM/2. sep spreads each pixel's value evenly
+    # over the pixel, i.e. convolves once more with the pixel (variance 1/12 pixel^2 per axis);
+    # take that out so fwhm_pix is the FWHM of the pixel-sampled PSF.
+    sigma_half = r_half / math.sqrt(2.0 * math.log(2.0))
+    fwhm = _FWHM_PER_SIGMA * np.sqrt(np.clip(sigma_half**2 - 1.0 / 12.0, 0.0, None))
+
+    if config.window_centroid:
+        sig = np.where(np.isfinite(r_half), 2.0 * r_half / _FWHM_PER_SIGMA, 1.0)
+        x_win, y_win, win_flag = sep.winpos(sub, x_iso, y_iso, sig, mask=bad)
+        moved = np.hypot(x_win - x_iso, y_win - y_iso)
+        ok = (win_flag == 0) & np.isfinite(x_win) & np.isfinite(y_win) & (moved < np.maximum(2.0 * a, 1.0))
+        x_win = np.where(ok, x_win, np.nan)
+        y_win = np.where(ok, y_win, np.nan)
+        x_best = np.where(ok, x_win, x_iso)
+        y_best = np.where(ok, y_win, y_iso)
+    else:
+        x_win = np.full_like(x_iso, np.nan)
+        y_win = np.full_like(y_iso, np.nan)
+        x_best, y_best = x_iso, y_iso
+
+    iy = np.clip(np.rint(y_iso).astype(int), 0, arr.shape[0] - 1)
+    ix = np.clip(np.rint(x_iso).astype(int), 0, arr.shape[1] - 1)
+    sky = background.level_adu[iy, ix].astype(np.float64)
+    peak = objs["peak"].astype(np.float64)
+    saturated = np.zeros(len(objs), dtype=bool)
+    if saturation_adu is not None:
+        saturated |= peak + sky >= saturation_adu
+    if mask is not None and np.asarray(mask).dtype != bool:
+        sat_pix = (np.asarray(mask).astype(np.int64) & int(MaskBit.SAT)) != 0
+        if sat_pix.any():
+            labels = segmap[sat_pix]
+            labels = labels[labels > 0]
+            saturated[np.unique(labels) - 1] = True
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        snr = np.where(flux_aper_err > 0, flux_aper / flux_aper_err, np.nan)
+    ellipticity, _ = _windowed_shapes(sub, x_best, y_best, sigma_half, bad)
+
+    values = {
+        "id": np.arange(1, len(objs) + 1, dtype=np.int64),
+        "x": x_best,
+        "y": y_best,
+        "x_iso": x_iso,
+        "y_iso": y_iso,
+        "x_win": x_win,
+        "y_win": y_win,
+        "x2_pix2": objs["x2"].astype(np.float64),
+        "y2_pix2": objs["y2"].astype(np.float64),
+        "xy_pix2": objs["xy"].astype(np.float64),
+        "a_pix": a,
+        "b_pix": b,
+        "theta_rad": objs["theta"].astype(np.float64),
+        "ellipticity": ellipticity,
+        "r_half_pix": r_half,
+        "fwhm_pix": fwhm,
+        "flux_iso_adu": objs["flux"].astype(np.float64),
+        "flux_aper_adu": np.asarray(flux_aper, dtype=np.float64),
+        "flux_aper_err_adu": np.asarray(flux_aper_err, dtype=np.float64),
+        "snr": snr,
+        "peak_adu": peak,
+        "sky_adu": sky,
+        "nn_dist_pix": nn_dist,
+        "n_pix": objs["npix"].astype(np.int64),
+        "flag": objs["flag"].astype(np.int64),
+        "aper_flag": np.asarray(aper_flag, dtype=np.int64),
+        "saturated": saturated,
+    }
+    table = Table()
+    for name, (unit, description) in CATALOG_COLUMNS.items():
+        table[name] = values[name]
+        table[name].unit = unit
+        table[name].description = description
+    if len(table) > config.max_sources:
+        order = np.argsort(-np.nan_to_num(table["flux_aper_adu"], nan=-np.inf), kind="stable")
+        table = table[np.sort(order[: config.max_sources])]
+        table["id"][:] = np.arange(1, len(table) + 1)
+    table.meta.update(meta)
+    log.debug("detected %d sources (threshold %.1f sigma)", len(table), config.threshold_sigma)
+    return table

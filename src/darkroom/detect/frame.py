@@ -1,0 +1,55 @@
+"""One call for a frame: background, sources and image quality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+
+from darkroom.detect.background import Background, BackgroundConfig, estimate_background
+from darkroom.detect.extract import DetectConfig, detect_sources
+from darkroom.detect.quality import ImageQuality, QualityConfig, measure_image_quality
+
+__all__ = ["FrameExtraction", "extract_frame"]
+
+
+@dataclass(frozen=True)
+class FrameExtraction:
+    """What :func:`extract_frame` returns."""
+
+    catalog: Table  #: sources, 0-based (x, y); see darkroom.detect.extract.CATALOG_COLUMNS
+    background: Background  #: level and rms maps [adu]
+    quality: ImageQuality  #: FWHM, ellipticity, sky, counts
+
+
+def extract_frame(
+    data: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    background_config: BackgroundConfig | None = None,
+    detect_config: DetectConfig | None = None,
+    quality_config: QualityConfig | None = None,
+    saturation_adu: float | None = None,
+    gain_e_per_adu: float | None = None,
+    pixel_scale_arcsec: float | None = None,
+) -> FrameExtraction:
+    """Background, source catalog and image-quality figures of one image ``(ny, nx)`` [adu].
+
+    ``mask`` is the MASK bit plane (or a boolean bad-pixel array); see
+    :func:`~darkroom.detect.estimate_background` and :func:`~darkroom.detect.detect_sources`
+    for what each step does with it.
+    """
+    background = estimate_background(data, mask=mask, config=background_config)
+    catalog = detect_sources(
+        data,
+        background=background,
+        mask=mask,
+        config=detect_config,
+        saturation_adu=saturation_adu,
+        gain_e_per_adu=gain_e_per_adu,
+    )
+    quality = measure_image_quality(
+        catalog, background, pixel_scale_arcsec=pixel_scale_arcsec, config=quality_config
+    )
+    return FrameExtraction(catalog=catalog, background=background, quality=quality)
