@@ -1,1 +1,41 @@
-"""darkroom.phot"""
+"""darkroom.phot: aperture photometry, flags, zero points, colour terms and limits.
+
+Pure functions on SCI/MASK/VAR arrays and astropy Tables; see docs/photometry.md.
+"""
+
+from darkroom.phot.aperture import ApertureConfig, aperture_photometry, aperture_radii, clipped_annulus_stats
+from darkroom.phot.calibrate import (
+    ZeroPointConfig,
+    ZeroPointResult,
+    calibrate_photometry,
+    fit_zero_point,
+    instrumental_magnitude,
+    limiting_flux,
+    limiting_magnitude,
+)
+from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag, describe_flags
+from darkroom.phot.inject import add_gaussian_stars, noisy_frame
+from darkroom.phot.match import match_catalogs, match_xy, pixel_to_sky, sky_to_pixel
+
+__all__ = [
+    "DEFAULT_BAD_FLAGS",
+    "ApertureConfig",
+    "PhotFlag",
+    "ZeroPointConfig",
+    "ZeroPointResult",
+    "add_gaussian_stars",
+    "aperture_photometry",
+    "aperture_radii",
+    "calibrate_photometry",
+    "clipped_annulus_stats",
+    "describe_flags",
+    "fit_zero_point",
+    "instrumental_magnitude",
+    "limiting_flux",
+    "limiting_magnitude",
+    "match_catalogs",
+    "match_xy",
+    "noisy_frame",
+    "pixel_to_sky",
+    "sky_to_pixel",
+]

@@ -1,0 +1,529 @@
+"""Aperture photometry on SCI/MASK/VAR planes with a local annulus background.
+
+Pixel convention (as sep): arrays are ``(ny, nx)``; positions are ``(x, y)`` with
+``x`` along the second (fast) axis and ``(0.0, 0.0)`` the centre of the first pixel.
+Convert FITS/WCS 1-based positions before calling (``wcs.all_world2pix(ra, dec, 0)``
+already gives 0-based ones, see :func:`darkroom.phot.match.sky_to_pixel`).
+
+Sums use exact circle/pixel overlaps (``sep.sum_circle`` with ``subpix=0``). The
+background is the sigma-clipped median of the pixels whose centres fall in an annulus
+around each source, computed here for all sources at once. Flux errors come from the
+VAR plane (the sum of VAR over the aperture, same overlap weights) plus the error of
+the background estimate, ``area * annulus_rms / sqrt(n_annulus)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import sep
+from astropy.table import Table
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.spatial import cKDTree
+
+from darkroom.errors import BadInputError, ConfigError
+from darkroom.maskbits import MaskBit
+from darkroom.phot.flags import PhotFlag
+
+__all__ = ["ApertureConfig", "aperture_photometry", "aperture_radii", "clipped_annulus_stats"]
+
+log = logging.getLogger(__name__)
+
+_ALL_MASK_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.INTRP | MaskBit.EDGE | MaskBit.NO_DATA)
+_MAG_ERR_FACTOR = 2.5 / math.log(10.0)
+
+
+class ApertureConfig(BaseModel):
+    """Apertures, annulus and flag settings of :func:`aperture_photometry`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    radii_pix: tuple[float, ...] = Field(
+        (), description="fixed aperture radii [pixel]; listed first in the output"
+    )
+    radii_fwhm: tuple[float, ...] = Field(
+        (1.0, 1.5, 2.0), description="aperture radii as multiples of the frame FWHM [FWHM]"
+    )
+    ref_aperture: int = Field(
+        1,
+        ge=0,
+        description="index (fixed radii first, then FWHM multiples) of the aperture copied to flux/flux_err/flags",
+    )
+    do_local_background: bool = Field(
+        True,
+        description="subtract the annulus background; off for images whose background is already "
+        "subtracted (bkg and bkg_rms are still measured and reported)",
+    )
+    annulus_in_fwhm: float = Field(4.0, gt=0, le=50, description="inner annulus radius [FWHM]")
+    annulus_out_fwhm: float = Field(6.0, gt=0, le=60, description="outer annulus radius [FWHM]")
+    annulus_in_pix: float | None = Field(
+        None, gt=0, le=500, description="inner annulus radius [pixel]; overrides annulus_in_fwhm"
+    )
+    annulus_out_pix: float | None = Field(
+        None, gt=0, le=600, description="outer annulus radius [pixel]; overrides annulus_out_fwhm"
+    )
+    annulus_clip_sigma: float = Field(3.0, gt=0.5, le=10, description="sigma-clipping threshold [sigma]")
+    annulus_clip_iters: int = Field(5, ge=0, le=50, description="maximum clipping iterations")
+    annulus_min_pixels: int = Field(
+        10, ge=3, description="fewer valid annulus pixels than this sets BKG_POOR [count]"
+    )
+    annulus_exclude_bits: int = Field(
+        _ALL_MASK_BITS, ge=0, description="MASK bits whose pixels are left out of the annulus"
+    )
+    neighbour_mask_fwhm: float = Field(
+        1.5,
+        ge=0,
+        le=20,
+        description="annulus pixels within this distance of another source are left out [FWHM]",
+    )
+    exclude_bits: int = Field(
+        int(MaskBit.BAD | MaskBit.NO_DATA),
+        ge=0,
+        description="MASK bits whose pixels are left out of aperture sums; the sum is scaled back "
+        "to the full area with the mean of the other pixels (sep's correction)",
+    )
+    blend_margin_fwhm: float = Field(
+        1.0, ge=0, le=20, description="BLENDED when a neighbour is within radius + this [FWHM]"
+    )
+    self_match_pix: float = Field(
+        1.0, ge=0, le=10, description="a neighbour closer than this is the source itself [pixel]"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ApertureConfig:
+        n_ap = len(self.radii_pix) + len(self.radii_fwhm)
+        if n_ap == 0:
+            raise ValueError("radii_pix and radii_fwhm are both empty: give at least one aperture")
+        if any(r <= 0 for r in (*self.radii_pix, *self.radii_fwhm)):
+            raise ValueError("radii_pix / radii_fwhm: every radius must be > 0")
+        if self.ref_aperture >= n_ap:
+            raise ValueError(f"ref_aperture={self.ref_aperture} but only {n_ap} apertures are configured")
+        if self.annulus_out_fwhm <= self.annulus_in_fwhm:
+            raise ValueError("annulus_out_fwhm must be larger than annulus_in_fwhm")
+        if (
+            self.annulus_in_pix is not None
+            and self.annulus_out_pix is not None
+            and self.annulus_out_pix <= self.annulus_in_pix
+        ):
+            raise ValueError("annulus_out_pix must be larger than annulus_in_pix")
+        return self
+
+    @property
+    def needs_fwhm(self) -> bool:
+        """True when some radius is given in FWHM units."""
+        return bool(self.radii_fwhm) or self.annulus_in_pix is None or self.annulus_out_pix is None
+
+
+def aperture_radii(config: ApertureConfig, fwhm_pix: float | None) -> tuple[np.ndarray, list[str]]:
+    """Aperture radii [pixel] and their names (``"r3.00px"``, ``"1.50fwhm"``), output order."""
+    if config.radii_fwhm and not (fwhm_pix and np.isfinite(fwhm_pix) and fwhm_pix > 0):
+        raise BadInputError(f"apertures in FWHM units need the frame FWHM, got fwhm_pix={fwhm_pix!r}")
+    radii = [float(r) for r in config.radii_pix] + [float(k * fwhm_pix) for k in config.radii_fwhm]  # type: ignore[operator]
+    names = [f"r{r:.2f}px" for r in config.radii_pix] + [f"{k:.2f}fwhm" for k in config.radii_fwhm]
+    return np.asarray(radii, dtype=np.float64), names
+
+
+def _annulus_radii(config: ApertureConfig, fwhm_pix: float | None) -> tuple[float, float]:
+    def pick(pix: float | None, mult: float) -> float:
+        if pix is not None:
+            return float(pix)
+        if not (fwhm_pix and np.isfinite(fwhm_pix) and fwhm_pix > 0):
+            raise BadInputError(f"an annulus in FWHM units needs the frame FWHM, got fwhm_pix={fwhm_pix!r}")
+        return float(mult * fwhm_pix)
+
+    return pick(config.annulus_in_pix, config.annulus_in_fwhm), pick(
+        config.annulus_out_pix, config.annulus_out_fwhm
+    )
+
+
+def _native(a: np.ndarray, dtype: type) -> np.ndarray:
+    """C-contiguous, native byte order copy-if-needed (sep rejects big-endian FITS data)."""
+    return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("="))
+
+
+def _stencil(r_min: float, r_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer offsets (dy, dx) of pixels whose centre may lie at r_min..r_max from a point
+    anywhere inside the central pixel."""
+    n = math.ceil(r_max + 1.0)
+    dy, dx = np.mgrid[-n : n + 1, -n : n + 1]
+    d = np.hypot(dx, dy)
+    keep = (d >= r_min - 0.75) & (d <= r_max + 0.75)
+    return dy[keep].astype(np.int64), dx[keep].astype(np.int64)
+
+
+def clipped_annulus_stats(
+    values: np.ndarray, *, clip_sigma: float = 3.0, max_iters: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sigma-clipped median, standard deviation and count of each row of ``values``.
+
+    ``values`` is ``(n_rows, n)`` with NaN for pixels that do not count. Clipping is
+    cumulative (as ``astropy.stats.sigma_clip``: centre = median, spread = population
+    std, values outside ``median +- clip_sigma * std`` leave the set for good) and stops
+    when no row changes or after ``max_iters`` passes. Rows are sorted once; each pass
+    only moves the two ends of a contiguous run, so the cost is one sort.
+
+    Returns ``(median, std, n_used)``; rows with no valid value get NaN and 0.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n_rows = values.shape[0]
+    s = np.sort(values, axis=1)  # NaN last
+    n_valid = np.count_nonzero(~np.isnan(s), axis=1)
+    rows = np.arange(n_rows)
+    # subtract a per-row reference so the running sums of squares keep their precision
+    ref = np.where(n_valid > 0, s[rows, np.maximum(n_valid - 1, 0) // 2], 0.0)
+    z = np.nan_to_num(s - ref[:, None], nan=0.0)
+    c1 = np.zeros((n_rows, s.shape[1] + 1))
+    c2 = np.zeros_like(c1)
+    np.cumsum(z, axis=1, out=c1[:, 1:])
+    np.cumsum(z * z, axis=1, out=c2[:, 1:])
+    lo = np.zeros(n_rows, dtype=np.int64)
+    hi = n_valid.astype(np.int64)
+
+    def stats(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        cnt = hi - lo
+        safe = np.maximum(cnt, 1)
+        i1 = lo + (safe - 1) // 2
+        i2 = lo + safe // 2
+        med = 0.5 * (z[rows, np.minimum(i1, s.shape[1] - 1)] + z[rows, np.minimum(i2, s.shape[1] - 1)])
+        mean = (c1[rows, hi] - c1[rows, lo]) / safe
+        var = (c2[rows, hi] - c2[rows, lo]) / safe - mean * mean
+        return med, np.sqrt(np.maximum(var, 0.0)), cnt
+
+    med, std, cnt = stats(lo, hi)
+    for _ in range(max_iters):
+        thr_lo = (med - clip_sigma * std)[:, None]
+        thr_hi = (med + clip_sigma * std)[:, None]
+        valid = np.arange(s.shape[1])[None, :] < n_valid[:, None]
+        new_lo = np.maximum(lo, np.count_nonzero((z < thr_lo) & valid, axis=1))
+        new_hi = np.minimum(hi, np.count_nonzero((z <= thr_hi) & valid, axis=1))
+        new_hi = np.maximum(new_hi, new_lo)
+        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
+            break
+        lo, hi = new_lo, new_hi
+        med, std, cnt = stats(lo, hi)
+    empty = cnt == 0
+    med = np.where(empty, np.nan, med + ref)
+    std = np.where(empty, np.nan, std)
+    return med, std, cnt
+
+
+def _annulus_background(
+    sci: np.ndarray,
+    mask: np.ndarray | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    r_in: float,
+    r_out: float,
+    *,
+    config: ApertureConfig,
+    nb_x: np.ndarray,
+    nb_y: np.ndarray,
+    nb_mask_radius: float,
+    chunk: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ny, nx = sci.shape
+    dy, dx = _stencil(r_in, r_out)
+    med = np.empty(x.size)
+    std = np.empty(x.size)
+    cnt = np.empty(x.size, dtype=np.int64)
+    tree = cKDTree(np.column_stack([nb_x, nb_y])) if nb_mask_radius > 0 and nb_x.size else None
+    for start in range(0, x.size, chunk):
+        sl = slice(start, min(start + chunk, x.size))
+        xs, ys = x[sl], y[sl]
+        ix = np.rint(xs).astype(np.int64)[:, None] + dx[None, :]
+        iy = np.rint(ys).astype(np.int64)[:, None] + dy[None, :]
+        d = np.hypot(ix - xs[:, None], iy - ys[:, None])
+        ok = (d >= r_in) & (d < r_out) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        ixc = np.clip(ix, 0, nx - 1)
+        iyc = np.clip(iy, 0, ny - 1)
+        vals = sci[iyc, ixc].astype(np.float64)
+        ok &= np.isfinite(vals)
+        if mask is not None and config.annulus_exclude_bits:
+            ok &= (mask[iyc, ixc] & config.annulus_exclude_bits) == 0
+        if tree is not None:
+            # blank the stencil pixels close to another source: all (source, neighbour)
+            # pairs closer than r_out + mask radius, handled as one array
+            pairs = tree.query_ball_point(np.column_stack([xs, ys]), r_out + nb_mask_radius + 1.0)
+            counts = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
+            if counts.sum():
+                rows = np.repeat(np.arange(len(pairs)), counts)
+                nbr = np.fromiter((j for p in pairs for j in p), dtype=np.int64, count=int(counts.sum()))
+                not_self = (nb_x[nbr] - xs[rows]) ** 2 + (
+                    nb_y[nbr] - ys[rows]
+                ) ** 2 > config.self_match_pix**2
+                rows, nbr = rows[not_self], nbr[not_self]
+                if rows.size:
+                    near = (ix[rows] - nb_x[nbr][:, None]) ** 2 + (iy[rows] - nb_y[nbr][:, None]) ** 2 < (
+                        nb_mask_radius**2
+                    )
+                    blank = np.zeros_like(ok)
+                    np.logical_or.at(blank, rows, near)
+                    ok &= ~blank
+        vals[~ok] = np.nan
+        m, s, c = clipped_annulus_stats(
+            vals, clip_sigma=config.annulus_clip_sigma, max_iters=config.annulus_clip_iters
+        )
+        med[sl], std[sl], cnt[sl] = m, s, c
+    return med, std, cnt
+
+
+def _mask_bits_in_apertures(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """OR of the MASK bits of every pixel that overlaps each aperture: ``(n_src, n_radii)``."""
+    out = np.zeros((x.size, radii.size), dtype=np.int64)
+    anymask = mask != 0
+    if not anymask.any():
+        return out
+    rmax = float(radii.max())
+    touched, _, _ = sep.sum_circle(anymask, x, y, rmax, subpix=0)
+    cand = np.flatnonzero(touched > 0)
+    if cand.size == 0:
+        return out
+    ny, nx = mask.shape
+    n = math.ceil(rmax + 1.0)
+    gy, gx = np.mgrid[-n : n + 1, -n : n + 1]
+    gy = gy.ravel()
+    gx = gx.ravel()
+    xs, ys = x[cand], y[cand]
+    ix = np.rint(xs).astype(np.int64)[:, None] + gx[None, :]
+    iy = np.rint(ys).astype(np.int64)[:, None] + gy[None, :]
+    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    m = np.where(inside, mask[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], 0).astype(np.int64)
+    # distance from the centre to the nearest point of each pixel square
+    ex = np.maximum(np.abs(ix - xs[:, None]) - 0.5, 0.0)
+    ey = np.maximum(np.abs(iy - ys[:, None]) - 0.5, 0.0)
+    dist = np.hypot(ex, ey)
+    for k, r in enumerate(radii):
+        out[cand, k] = np.bitwise_or.reduce(np.where(dist < r, m, 0), axis=1)
+    return out
+
+
+def _in_image_area(x: float, y: float, r: float, shape: tuple[int, int]) -> float:
+    """Exact area [pixel^2] of the part of a circle inside the image rectangle."""
+    ny, nx = shape
+    x0 = max(0, math.floor(x - r) - 1)
+    x1 = min(nx, math.ceil(x + r) + 2)
+    y0 = max(0, math.floor(y - r) - 1)
+    y1 = min(ny, math.ceil(y + r) + 2)
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    ones = np.ones((y1 - y0, x1 - x0), dtype=np.float32)
+    area, _, _ = sep.sum_circle(ones, [x - x0], [y - y0], r, subpix=0)
+    return float(area[0])
+
+
+def aperture_photometry(
+    sci: np.ndarray,
+    mask: np.ndarray | None,
+    var: np.ndarray | None,
+    x: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    *,
+    fwhm_pix: float | None = None,
+    config: ApertureConfig | None = None,
+    forced: bool | Sequence[bool] | np.ndarray = False,
+    neighbour_x: Sequence[float] | np.ndarray | None = None,
+    neighbour_y: Sequence[float] | np.ndarray | None = None,
+    exptime_s: float | None = None,
+) -> Table:
+    """Exact circular-aperture photometry with a local sigma-clipped annulus background.
+
+    Parameters
+    ----------
+    sci : (ny, nx) array
+        Image [adu or any unit U]; NaN pixels are treated as NO_DATA.
+    mask : (ny, nx) integer array or None
+        :class:`~darkroom.maskbits.MaskBit` plane.
+    var : (ny, nx) array or None
+        Variance [U^2]. Without it the flux error holds only the background term.
+    x, y : arrays
+        0-based pixel positions (see the module docstring).
+    fwhm_pix : float, optional
+        Frame FWHM [pixel]; needed for radii and annuli given in FWHM units.
+    config : ApertureConfig
+    forced : bool or bool array
+        Positions measured as given (sets the FORCED flag and the ``forced`` column).
+    neighbour_x, neighbour_y : arrays, optional
+        Positions of every known source in the frame (0-based pixels), used for the
+        BLENDED flag and to keep neighbours out of the annulus. Default: ``x, y``. For
+        forced photometry pass the frame's detections here.
+    exptime_s : float, optional
+        Exposure time [s]; ``mag_inst`` is then per second.
+
+    Returns
+    -------
+    astropy.table.Table
+        One row per position, in input order. Columns: ``x, y`` [pixel], ``forced``,
+        ``bkg`` [U/pixel], ``bkg_rms`` [U/pixel], ``n_bkg_pix``; per aperture k
+        ``flux_ap{k}``, ``flux_err_ap{k}`` [U], ``flags_ap{k}`` (:class:`PhotFlag`);
+        the reference aperture copied to ``flux, flux_err, flags``; ``snr``,
+        ``mag_inst = -2.5 log10(flux [/exptime_s])`` and ``mag_inst_err`` [mag].
+        ``meta`` holds the radii, annulus radii, FWHM and the flag names.
+    """
+    config = config or ApertureConfig()
+    sci = np.asarray(sci)
+    if sci.ndim != 2 or sci.size == 0:
+        raise BadInputError(f"SCI must be a non-empty 2-D array, got shape {sci.shape}")
+    shape = sci.shape
+    if mask is not None and np.shape(mask) != shape:
+        raise BadInputError(f"MASK shape {np.shape(mask)} differs from SCI shape {shape}")
+    if var is not None and np.shape(var) != shape:
+        raise BadInputError(f"VAR shape {np.shape(var)} differs from SCI shape {shape}")
+    x = np.atleast_1d(np.asarray(x, dtype=np.float64))
+    y = np.atleast_1d(np.asarray(y, dtype=np.float64))
+    if x.shape != y.shape or x.ndim != 1:
+        raise BadInputError(f"x and y must be 1-D arrays of one length, got {x.shape} and {y.shape}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise BadInputError("x/y contain NaN or inf positions")
+    n_src = x.size
+    forced_arr = np.broadcast_to(np.asarray(forced, dtype=bool), (n_src,)).copy()
+
+    radii, names = aperture_radii(config, fwhm_pix)
+    r_in, r_out = _annulus_radii(config, fwhm_pix)
+    if r_in < radii.max():
+        raise ConfigError(
+            f"annulus inner radius {r_in:.2f} px is inside the largest aperture ({radii.max():.2f} px); "
+            "raise annulus_in_fwhm/annulus_in_pix or shrink the apertures"
+        )
+    scale = float(fwhm_pix) if fwhm_pix and np.isfinite(fwhm_pix) and fwhm_pix > 0 else 1.0
+
+    sci32 = _native(sci, np.float32)
+    mask_i = None if mask is None else _native(mask, np.int32)
+    var32 = None if var is None else _native(var, np.float32)
+    bad_pix = ~np.isfinite(sci32)
+    if var32 is not None:
+        bad_pix |= ~np.isfinite(var32)
+    if bad_pix.any():
+        sci32 = np.where(bad_pix, np.float32(0), sci32)
+        if var32 is not None:
+            var32 = np.where(bad_pix, np.float32(0), var32)
+        base = np.zeros(shape, np.int32) if mask_i is None else mask_i
+        mask_i = base | np.where(bad_pix, np.int32(MaskBit.NO_DATA), np.int32(0))
+
+    if neighbour_x is None or neighbour_y is None:
+        nb_x, nb_y = x, y
+    else:
+        nb_x = np.atleast_1d(np.asarray(neighbour_x, dtype=np.float64))
+        nb_y = np.atleast_1d(np.asarray(neighbour_y, dtype=np.float64))
+
+    # --- background -----------------------------------------------------------------
+    if n_src:
+        bkg, bkg_rms, n_bkg = _annulus_background(
+            sci32,
+            mask_i,
+            x,
+            y,
+            r_in,
+            r_out,
+            config=config,
+            nb_x=nb_x,
+            nb_y=nb_y,
+            nb_mask_radius=config.neighbour_mask_fwhm * scale,
+        )
+    else:
+        bkg = bkg_rms = np.zeros(0)
+        n_bkg = np.zeros(0, dtype=np.int64)
+    poor = n_bkg < config.annulus_min_pixels
+    if poor.any():
+        good = ~poor
+        fallback_bkg = float(np.median(bkg[good])) if good.any() else 0.0
+        fallback_rms = float(np.median(bkg_rms[good])) if good.any() else float(np.nanstd(sci32))
+        log.debug("%d of %d sources have a poor annulus; frame median background used", poor.sum(), n_src)
+        bkg = np.where(poor, fallback_bkg, bkg)
+        bkg_rms = np.where(poor, fallback_rms, bkg_rms)
+    n_bkg_eff = np.maximum(n_bkg, config.annulus_min_pixels)
+    bkg_sub = bkg if config.do_local_background else np.zeros(n_src)
+
+    # --- sums -----------------------------------------------------------------------
+    excl = None
+    if mask_i is not None and config.exclude_bits:
+        excl = (mask_i & config.exclude_bits) != 0
+        if not excl.any():
+            excl = None
+    maskbits = (
+        _mask_bits_in_apertures(mask_i, x, y, radii)
+        if mask_i is not None and n_src
+        else np.zeros((n_src, radii.size), dtype=np.int64)
+    )
+    if n_src and nb_x.size:
+        tree = cKDTree(np.column_stack([nb_x, nb_y]))
+        # nearest neighbour that is not the source itself
+        k = min(3, nb_x.size)
+        dists, _ = tree.query(np.column_stack([x, y]), k=k)
+        dists = np.asarray(dists).reshape(n_src, k)
+        dists = np.where(dists <= config.self_match_pix, np.inf, dists)
+        nn_dist = dists.min(axis=1)
+    else:
+        nn_dist = np.full(n_src, np.inf)
+
+    table = Table()
+    table["x"] = x
+    table["y"] = y
+    table["forced"] = forced_arr
+    table["bkg"] = bkg.astype(np.float64)
+    table["bkg_rms"] = bkg_rms.astype(np.float64)
+    table["n_bkg_pix"] = n_bkg.astype(np.int32)
+    base_flags = np.where(poor, int(PhotFlag.BKG_POOR), 0) | np.where(forced_arr, int(PhotFlag.FORCED), 0)
+    margin = config.blend_margin_fwhm * scale
+    for k, r in enumerate(radii):
+        if n_src:
+            s, e, f = sep.sum_circle(sci32, x, y, r, var=var32, mask=excl, maskthresh=0.0, subpix=0)
+        else:
+            s = e = np.zeros(0)
+            f = np.zeros(0, dtype=np.int16)
+        f = np.asarray(f)
+        area = np.full(n_src, math.pi * r * r)
+        trunc = (f & sep.APER_TRUNC) != 0
+        for i in np.flatnonzero(trunc):
+            area[i] = _in_image_area(x[i], y[i], r, shape)
+        all_masked = (f & sep.APER_ALLMASKED) != 0
+        flux = np.asarray(s, dtype=np.float64) - area * bkg_sub
+        var_sum = np.asarray(e, dtype=np.float64) ** 2 if var32 is not None else np.zeros(n_src)
+        bkg_term = (area * bkg_rms) ** 2 / n_bkg_eff if config.do_local_background else 0.0
+        flux_err = np.sqrt(var_sum + bkg_term)
+        flux = np.where(all_masked, np.nan, flux)
+        flux_err = np.where(all_masked, np.nan, flux_err)
+        flags = base_flags | maskbits[:, k]
+        flags = flags | np.where(trunc, int(PhotFlag.TRUNCATED), 0)
+        flags = flags | np.where(all_masked, int(PhotFlag.ALL_MASKED), 0)
+        flags = flags | np.where(nn_dist < r + margin, int(PhotFlag.BLENDED), 0)
+        flags = flags | np.where(~(flux > 0), int(PhotFlag.NON_POSITIVE), 0)
+        table[f"flux_ap{k}"] = flux
+        table[f"flux_err_ap{k}"] = flux_err
+        table[f"flags_ap{k}"] = flags.astype(np.int32)
+        table[
+            f"flux_ap{k}"
+        ].description = f"aperture flux, radius {r:.3f} px ({names[k]}), background subtracted"
+    ref = config.ref_aperture
+    table["flux"] = table[f"flux_ap{ref}"]
+    table["flux_err"] = table[f"flux_err_ap{ref}"]
+    table["flags"] = table[f"flags_ap{ref}"]
+    flux = np.asarray(table["flux"], dtype=np.float64)
+    flux_err = np.asarray(table["flux_err"], dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        table["snr"] = flux / flux_err
+        rate = flux / exptime_s if exptime_s else flux
+        table["mag_inst"] = np.where(flux > 0, -2.5 * np.log10(np.where(flux > 0, rate, 1.0)), np.nan)
+        table["mag_inst_err"] = np.where(flux > 0, _MAG_ERR_FACTOR * flux_err / flux, np.nan)
+    table["x"].unit = table["y"].unit = "pix"
+    table["mag_inst"].unit = table["mag_inst_err"].unit = "mag"
+    table["x"].description = "0-based pixel x (fast axis)"
+    table["bkg"].description = "sigma-clipped annulus median per pixel" + (
+        "" if config.do_local_background else " (measured, not subtracted)"
+    )
+    table["bkg_rms"].description = "clipped annulus standard deviation per pixel"
+    table["mag_inst"].description = "-2.5 log10(flux" + (" / exptime_s)" if exptime_s else ")")
+    table.meta.update(
+        {
+            "aperture_radii_pix": [float(r) for r in radii],
+            "aperture_names": names,
+            "ref_aperture": ref,
+            "annulus_pix": [r_in, r_out],
+            "fwhm_pix": None if fwhm_pix is None else float(fwhm_pix),
+            "exptime_s": None if exptime_s is None else float(exptime_s),
+            "flag_bits": {flag.name: int(flag) for flag in PhotFlag},
+        }
+    )
+    return table
