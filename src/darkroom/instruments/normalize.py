@@ -521,7 +521,7 @@ def _read_time_source(
         return wall - offset, f"{key} ({how})"
 
     assert source.date is not None
-    if not reader.present(source.date):
+    if not reader.present(source.date) or (source.time is not None and not reader.present(source.time)):
         return None
     parsed: ParsedDateTime = parse_datetime(view[source.date])
     if source.time is None:
@@ -530,8 +530,6 @@ def _read_time_source(
         offset, how = _offset_for(reader, spec, source.scale, parsed.offset, parsed.value)
         return parsed.value - offset, f"{source.date} ({how})"
 
-    if not reader.present(source.time):
-        return None
     time_of_day, time_offset = parse_time_of_day(view[source.time])
     day = datetime.combine(parsed.value.date(), datetime.min.time())
     time_scale = source.time_scale or source.scale
