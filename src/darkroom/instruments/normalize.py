@@ -113,19 +113,18 @@ class _Reader:
     def temperature(self, spec: TemperatureSpec, what: str) -> float | None:
         plain = NumberSpec(keywords=spec.keywords, default=None)
         value, keyword = self.number(plain, what)
-        if value is None:
+        if value is None or keyword is None:
             return spec.default
-        if spec.unit == "K" or (spec.unit == "auto" and value > 100):
-            if spec.unit == "auto":
-                self.warn(f"{self.show(keyword or '')} read as kelvin ({value - 273.15:.1f} C)")
-            value -= 273.15
-        if not -273.15 <= value <= 100 or (
-            (spec.min_value is not None and value < spec.min_value)
-            or (spec.max_value is not None and value > spec.max_value)
-        ):
-            self.warn(f"{self.show(keyword or '')} ignored for {what}: implausible temperature")
+        kelvin = spec.unit == "K" or (spec.unit == "auto" and value > 100)
+        celsius = value - 273.15 if kelvin else value
+        low = max(-273.15, spec.min_value if spec.min_value is not None else -273.15)
+        high = min(100.0, spec.max_value if spec.max_value is not None else 100.0)
+        if not low <= celsius <= high:
+            self.warn(f"{self.show(keyword)} ignored for {what}: implausible temperature")
             return spec.default
-        return value
+        if kelvin and spec.unit == "auto":
+            self.warn(f"{self.show(keyword)} read as kelvin ({celsius:.1f} C)")
+        return celsius
 
     def section(self, spec: SectionSpec, nx: int, ny: int, what: str) -> str | None:
         for keyword in [*spec.keywords, None]:
@@ -631,7 +630,7 @@ def normalize(
         return _normalize(view, profile, name, shape)
     except ProfileError:
         raise
-    except (ValueError, TypeError, ArithmeticError, AttributeError) as err:
+    except (ValueError, TypeError, ArithmeticError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ProfileError(f"{label}: header not readable: {reason}") from err
 

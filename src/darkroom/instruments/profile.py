@@ -45,6 +45,7 @@ from pydantic import (
 )
 
 from darkroom.errors import ConfigError, ProfileError
+from darkroom.instruments._parse import value_text
 
 __all__ = [
     "BUILTIN_DIR",
@@ -373,7 +374,7 @@ class InstrumentProfile(_Strict):
             if rule.filename is not None and not (base and _rx(rule.filename).search(base)):
                 continue
             if all(
-                key in header and _rx(pattern).search(" ".join(str(header[key]).split()))
+                key in header and _rx(pattern).search(value_text(header[key]))
                 for key, pattern in rule.header.items()
             ):
                 return True
