@@ -445,9 +445,16 @@ class _Reader:
                 how = f"{how}, exposure {source.marks}"
             found.append((source, instant, how))
         if not found:
-            tried = ", ".join(s.label for s in spec.sources) or "none"
-            detail = "; ".join(notes) if notes else f"none of {tried} in the header"
-            return None, detail
+            if notes:
+                return None, "; ".join(notes)
+            blank = sorted(
+                {k for s in spec.sources for k in (s.date, s.time, s.jd, s.mjd) if k and k in self.view}
+            )
+            if blank:
+                return None, f"{', '.join(blank)} blank"
+            labels = [s.label for s in spec.sources]
+            tried = ", ".join(labels[:5]) + (f" and {len(labels) - 5} more" if len(labels) > 5 else "")
+            return None, f"no time keyword in the header; tried {tried or 'none'}"
         winner, start, how = found[0]
         for source, other, _ in found[1:]:
             delta = (other - start).total_seconds()
@@ -525,7 +532,7 @@ def _read_time_source(
     parsed: ParsedDateTime = parse_datetime(view[source.date])
     if source.time is None:
         if not parsed.has_time:
-            raise _Skip(f"{reader.show(source.date)} is a date without a time of day")
+            raise _Skip(f"{view[source.date]!r} is a date without a time of day")
         offset, how = _offset_for(reader, spec, source.scale, parsed.offset, parsed.value)
         return parsed.value - offset, f"{source.date} ({how})"
 
