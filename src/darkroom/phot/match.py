@@ -15,6 +15,7 @@ from darkroom.errors import BadInputError
 __all__ = [
     "chord_from_arcsec",
     "match_catalogs",
+    "match_points",
     "match_xy",
     "pixel_to_sky",
     "radec_to_unit",
@@ -49,7 +50,7 @@ def _arcsec_from_chord(chord: np.ndarray) -> np.ndarray:
     return np.degrees(2.0 * np.arcsin(np.clip(chord / 2.0, 0.0, 1.0))) * 3600.0
 
 
-def _one_to_one(
+def match_points(
     tree_points: np.ndarray, query_points: np.ndarray, radius: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest-neighbour pairs within ``radius``, each point used at most once.
@@ -104,7 +105,7 @@ def match_catalogs(
         raise BadInputError(f"radius_arcsec must be > 0, got {radius_arcsec}")
     v1 = radec_to_unit(ra1_deg, dec1_deg)
     v2 = radec_to_unit(ra2_deg, dec2_deg)
-    i1, i2, chord = _one_to_one(v2, v1, chord_from_arcsec(radius_arcsec))
+    i1, i2, chord = match_points(v2, v1, chord_from_arcsec(radius_arcsec))
     return i1, i2, _arcsec_from_chord(chord)
 
 
@@ -116,7 +117,7 @@ def match_xy(
         raise BadInputError(f"radius_pix must be > 0, got {radius_pix}")
     p1 = np.column_stack([np.asarray(x1, float), np.asarray(y1, float)])
     p2 = np.column_stack([np.asarray(x2, float), np.asarray(y2, float)])
-    return _one_to_one(p2, p1, float(radius_pix))
+    return match_points(p2, p1, float(radius_pix))
 
 
 def sky_to_pixel(wcs: WCS, ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
