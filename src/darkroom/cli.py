@@ -38,7 +38,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars;
 
 
 def _fail(exc: DarkroomError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.reason}")
+    err_console.print(f"[bold red]error:[/] {exc.reason}", soft_wrap=True)
     raise typer.Exit(1)
 
 

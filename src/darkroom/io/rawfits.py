@@ -85,8 +85,11 @@ def read_raw(path: Path | str, *, with_data: bool = True) -> RawImage:
         raise BadInputError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", AstropyUserWarning)
+            # Only a truncation warning is fatal: other header oddities (null padding,
+            # non-standard cards) are common in real files and harmless.
+            warnings.simplefilter("ignore", AstropyUserWarning)
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            warnings.filterwarnings("error", message=".*truncated.*", category=AstropyUserWarning)
             with fits.open(path, memmap=False, lazy_load_hdus=False, ignore_missing_simple=False) as hdul:
                 if len(hdul) == 0:
                     raise BadInputError("not a FITS file: no HDU found")
