@@ -196,6 +196,7 @@ def test_headers_are_maxim_like(night):
     assert abs(offset - SMALL.header_pointing_error_arcsec) < 0.3
 
 
+@pytest.mark.filterwarnings("ignore:'datfix' made the change:astropy.wcs.FITSFixedWarning")
 def test_header_wcs_options(tmp_path):
     base = SimConfig(seed=2, shape=(128, 128), n_bias=0, n_dark=0, n_flat=0, n_science=1, n_stars=30)
     truth_night = simulate_night(tmp_path / "t", base.model_copy(update={"header_wcs": "truth"}))
@@ -555,4 +556,8 @@ def test_config_is_frozen_and_validated():
         SimConfig(calib_lead_min=1.0)
     with pytest.raises(ValidationError, match="jumps"):
         SimConfig(n_science=3, jumps=(PointingJump(frame_index=5, dx_pix=1, dy_pix=0),))
+    with pytest.raises(ValidationError, match="object_name"):
+        SimConfig(object_name="../escape")
     assert SimConfig(shape=(256, 256)).bad_columns_x == (43, 153)
+    aware = datetime.fromisoformat("2025-06-01T22:10:00-06:00")
+    assert SimConfig(start_utc=aware).start_utc == datetime(2025, 6, 2, 4, 10)

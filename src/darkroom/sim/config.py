@@ -16,10 +16,10 @@ second, times its relative flux (transit, variability) at mid-exposure.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["PointingJump", "SimConfig", "TransitConfig", "VariableConfig"]
 
@@ -109,7 +109,13 @@ class SimConfig(BaseModel):
     calib_lead_min: float = Field(
         50.0, ge=0, le=1440, description="calibration frames start this long before the science [minute]"
     )
-    object_name: str = Field("SIM-1b", min_length=1, max_length=40, description="OBJECT keyword")
+    object_name: str = Field(
+        "SIM-1b",
+        min_length=1,
+        max_length=40,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9 _+.-]*$",
+        description="OBJECT keyword, also the start of the science file names",
+    )
     filter_name: Literal["r"] = Field("r", description="filter of flats and science frames")
 
     # --- site --------------------------------------------------------------------------------
@@ -232,6 +238,14 @@ class SimConfig(BaseModel):
     )
     planet: TransitConfig = Field(default_factory=TransitConfig, description="the transiting planet")
     variable: VariableConfig = Field(default_factory=VariableConfig, description="the variable star")
+
+    @field_validator("start_utc")
+    @classmethod
+    def _naive_utc(cls, value: datetime) -> datetime:
+        """Aware datetimes are converted to UTC and made naive (the convention of FrameMetadata)."""
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:

@@ -222,7 +222,10 @@ def build_scene(config: SimConfig) -> SimScene:
     fwhm = _seeing(config, hours)
     dx, dy = _shifts(config, hours)
     base = base_wcs_header(config)
-    wcs_headers = tuple(frame_wcs(base, float(a), float(b)) for a, b in zip(dx, dy, strict=True))
+    base_wcs = WCS(base)
+    wcs_headers = tuple(
+        frame_wcs(base, float(a), float(b), base_wcs=base_wcs) for a, b in zip(dx, dy, strict=True)
+    )
 
     # --- light curves ---
     pc = config.planet
@@ -258,7 +261,8 @@ def build_scene(config: SimConfig) -> SimScene:
     )
 
     # --- catalogue: random stars plus the two targets, placed in the first science frame ---
-    first = WCS(wcs_headers[0]) if wcs_headers else WCS(base)
+    wcs_objects = tuple(WCS(h) for h in wcs_headers)
+    first = wcs_objects[0] if wcs_objects else base_wcs
     xc, yc = (nx - 1) / 2.0, (ny - 1) / 2.0
     hx, hy = xc + pc.host_offset_pix[0], yc + pc.host_offset_pix[1]
     vx, vy = xc + vc.offset_frac[0] * nx, yc + vc.offset_frac[1] * ny
@@ -266,7 +270,7 @@ def build_scene(config: SimConfig) -> SimScene:
     span = float(np.max(np.hypot(dx, dy))) if len(dx) else 0.0
     random_stars = make_star_catalog(
         config.n_stars,
-        wcs=WCS(base),
+        wcs=base_wcs,
         shape=config.shape,
         margin_pix=config.catalog_margin_pix + span,
         r_mag_range=config.r_mag_range,
@@ -311,7 +315,7 @@ def build_scene(config: SimConfig) -> SimScene:
         host_rel_flux=host_flux if mids else np.zeros(0),
         variable_rel_flux=var_flux if mids else np.zeros(0),
         wcs_headers=wcs_headers,
-        wcs=tuple(WCS(h) for h in wcs_headers),
+        wcs=wcs_objects,
     )
     by_kind: dict[str, list[FrameSpec]] = {k: [f for f in frames if f.kind == k] for k in FRAME_KINDS}
     return SimScene(

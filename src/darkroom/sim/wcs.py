@@ -44,7 +44,7 @@ def _poly(coeffs: dict[str, float], u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def _fit_inverse(a: dict[str, float], b: dict[str, float], nx: int, ny: int) -> tuple[dict, dict]:
     """Least-squares AP/BP (order 4) so that ``u = U + AP(U, V)`` where ``U = u + A(u, v)``."""
-    u, v = np.meshgrid(np.linspace(-nx / 2 - 20, nx / 2 + 20, 41), np.linspace(-ny / 2 - 20, ny / 2 + 20, 41))
+    u, v = np.meshgrid(np.linspace(-nx / 2 - 20, nx / 2 + 20, 25), np.linspace(-ny / 2 - 20, ny / 2 + 20, 25))
     u, v = u.ravel(), v.ravel()
     uu = u + _poly(a, u, v)
     vv = v + _poly(b, u, v)
@@ -111,9 +111,12 @@ def sky_to_pixel(wcs: WCS, ra: np.ndarray, dec: np.ndarray) -> tuple[np.ndarray,
     return np.asarray(x), np.asarray(y)
 
 
-def frame_wcs(base: fits.Header, dx_pix: float, dy_pix: float) -> fits.Header:
-    """Header of a frame whose stars are displaced by (dx, dy) pixels from the base pointing."""
-    wcs = WCS(base)
+def frame_wcs(base: fits.Header, dx_pix: float, dy_pix: float, *, base_wcs: WCS | None = None) -> fits.Header:
+    """Header of a frame whose stars are displaced by (dx, dy) pixels from the base pointing.
+
+    ``base_wcs`` (``WCS(base)``) may be passed to save parsing the header again.
+    """
+    wcs = base_wcs if base_wcs is not None else WCS(base)
     x0 = base["CRPIX1"] - 1.0 - dx_pix
     y0 = base["CRPIX2"] - 1.0 - dy_pix
     ra, dec = pixel_to_sky(wcs, np.array([x0]), np.array([y0]))
