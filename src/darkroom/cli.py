@@ -43,6 +43,8 @@ def _fail(exc: DarkroomError) -> None:
 
 
 def _setup_logging(quiet: bool) -> None:
+    import astropy  # noqa: F401  (astropy must install its logger class before we touch its logger)
+
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -39,7 +39,8 @@ def run_demo(
     console.print(f"[bold]2. repository[/] {repo.root} ({repo.registry.backend} registry)")
 
     t0 = time.perf_counter()
-    summary = ingest_paths(repo.registry, [raw_dir], config=repo.config.ingest, profile_root=repo.root)
+    raw_files = [p for paths in night.raw_paths.values() for p in paths]  # not the truth tables beside them
+    summary = ingest_paths(repo.registry, raw_files, config=repo.config.ingest, profile_root=repo.root)
     console.print("[bold]3. ingest[/]")
     print_ingest_summary(summary, time.perf_counter() - t0)
     figures = {
