@@ -46,7 +46,7 @@ def dec_dms(dec_deg: float) -> str:
 def frame_header(scene: SimScene, spec: FrameSpec, *, flat_level_adu: float | None = None) -> fits.Header:
     """The header MaxIm/ACP would write for ``spec`` (no data-structure cards)."""
     c = scene.config
-    rng = stream(c.seed, "header", 1000 + scene.frames.index(spec))
+    rng = stream(c.seed, "header", 1000 + scene.position(spec))
     h = fits.Header()
     h["DATE-OBS"] = (
         spec.start_utc.isoformat(timespec="milliseconds"),

@@ -89,6 +89,11 @@ class SimScene:
     variable_id: int
     header_pointing_offset_deg: tuple[float, float]  #: (dRA cos Dec, dDec) error of OBJCTRA/OBJCTDEC [deg]
     _by_kind: dict[str, list[FrameSpec]] = field(default_factory=dict, repr=False)
+    _position: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def position(self, spec: FrameSpec) -> int:
+        """0-based position of ``spec`` in the night's time-ordered frame list."""
+        return self._position[spec.filename]
 
     def frames_of(self, kind: FrameKind) -> list[FrameSpec]:
         """Frames of one kind in time order."""
@@ -333,4 +338,5 @@ def build_scene(config: SimConfig) -> SimScene:
         variable_id=1,
         header_pointing_offset_deg=offset,
         _by_kind=by_kind,
+        _position={f.filename: i for i, f in enumerate(frames)},
     )
