@@ -24,8 +24,13 @@ class ToyStage(Stage):
     name = "toy"
 
     def plan(self, session):
-        done = set(session.scalars(sa.select(Task.key).where(
-            Task.stage == self.name, Task.provenance_id == self.provenance_id, Task.state == "done")))
+        done = set(
+            session.scalars(
+                sa.select(Task.key).where(
+                    Task.stage == self.name, Task.provenance_id == self.provenance_id, Task.state == "done"
+                )
+            )
+        )
         units = []
         for e in session.scalars(sa.select(Exposure).where(Exposure.state == "ok").order_by(Exposure.id)):
             key = f"exp:{e.id}"
@@ -52,7 +57,12 @@ def registry(db_url):
     reg = Registry(db_url)
     reg.upgrade()
     with reg.session() as s:
-        s.add_all([Exposure(sha256=f"{i:064d}", path=f"/r/{i}", size_bytes=1, state="ok", meta={}) for i in range(1, 6)])
+        s.add_all(
+            [
+                Exposure(sha256=f"{i:064d}", path=f"/r/{i}", size_bytes=1, state="ok", meta={})
+                for i in range(1, 6)
+            ]
+        )
     yield reg
     reg.dispose()
 
@@ -66,7 +76,13 @@ def test_failures_are_isolated_and_reported(registry, tmp_path):
     assert reasons["exp:4"] == "ZeroDivisionError: division by zero in line 2"
     with registry.session() as s:
         states = dict(s.execute(sa.select(Task.key, Task.state)).all())
-        assert states == {"exp:1": "done", "exp:2": "done", "exp:3": "failed", "exp:4": "failed", "exp:5": "done"}
+        assert states == {
+            "exp:1": "done",
+            "exp:2": "done",
+            "exp:3": "failed",
+            "exp:4": "failed",
+            "exp:5": "done",
+        }
         bad = s.get(Exposure, 3)
         assert bad.state == "quarantined" and bad.reason == "toy: frame is all zeros"
         assert s.get(Exposure, 4).state == "ok"  # a bug is not the input's fault
@@ -90,6 +106,52 @@ def test_critical_parameter_makes_new_products_beside_old(registry, tmp_path):
     assert a.provenance_id != b.provenance_id
     run_stage(registry, a)
     report = run_stage(registry, b)
-    assert (report.n_planned, report.n_done) == (4, 3)  # exp:3 quarantined by the first run, exp:4 fails again
+    assert (report.n_planned, report.n_done) == (
+        4,
+        3,
+    )  # exp:3 quarantined by the first run, exp:4 fails again
     assert (tmp_path / "products" / a.provenance_id / "exp:1.txt").read_text() == "2"
     assert (tmp_path / "products" / b.provenance_id / "exp:1.txt").read_text() == "3"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url):
+    import sys
+
+    import cloudpickle
+
+    from darkroom.pipeline.executors import DaskExecutor
+
+    # Workers cannot import the test module; ship the toy stage by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    serial_root, dask_root = tmp_path / "serial", tmp_path / "dask"
+    run_stage(registry, ToyStage(serial_root, ToyConfig(factor=5)))
+    other = Registry(f"sqlite:///{tmp_path / 'dask.db'}")
+    other.upgrade()
+    with other.session() as s:
+        s.add_all(
+            [
+                Exposure(sha256=f"{i:064d}", path=f"/r/{i}", size_bytes=1, state="ok", meta={})
+                for i in range(1, 6)
+            ]
+        )
+    executor = DaskExecutor(n_workers=2)
+    try:
+        assert len(executor.client.scheduler_info()["workers"]) == 2
+        report = run_stage(other, ToyStage(dask_root, ToyConfig(factor=5)), executor)
+    finally:
+        executor.close()
+    assert (report.n_done, report.n_failed) == (3, 2)
+    assert sorted(report.failures) == [
+        ("exp:3", "frame is all zeros"),
+        ("exp:4", "ZeroDivisionError: division by zero in line 2"),
+    ]
+    serial_files = sorted(p.relative_to(serial_root) for p in serial_root.rglob("*.txt"))
+    dask_files = sorted(p.relative_to(dask_root) for p in dask_root.rglob("*.txt"))
+    assert serial_files == dask_files and len(dask_files) == 3
+    for rel in dask_files:
+        assert (serial_root / rel).read_bytes() == (dask_root / rel).read_bytes()
+    with registry.session() as a, other.session() as b:
+        q = sa.select(Task.key, Task.state, Task.reason).order_by(Task.key)
+        assert a.execute(q).all() == b.execute(q).all()
+    other.dispose()

@@ -1,0 +1,72 @@
+"""Executors beyond the serial one: Dask, on a LocalCluster or an existing scheduler.
+
+Workers only compute and write product files; results come back to the driver,
+which alone records them, so a Dask run and a serial run write the same rows.
+``--workers N`` starts a LocalCluster of N single-threaded worker processes (the
+numerical libraries release the GIL but keep their own threads busy, so one
+thread per process avoids oversubscribing the cores); ``--scheduler ADDRESS``
+connects to a running cluster whose workers see the repository at the same path.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from darkroom.pipeline.runner import Executor, SerialExecutor
+
+__all__ = ["DaskExecutor", "make_executor"]
+
+log = logging.getLogger(__name__)
+
+
+class DaskExecutor(Executor):
+    """Runs units as Dask futures and yields them as they complete."""
+
+    name = "dask"
+
+    def __init__(
+        self, *, n_workers: int | None = None, scheduler: str | None = None, memory_limit: str = "auto"
+    ):
+        from distributed import Client, LocalCluster
+
+        self.cluster = None
+        if scheduler:
+            self.client = Client(scheduler)
+        else:
+            self.cluster = LocalCluster(
+                n_workers=n_workers or 2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=memory_limit,
+            )
+            self.client = Client(self.cluster)
+        log.info("dask executor on %s", self.client.scheduler.address)
+
+    def map_units(self, fn, units):
+        from distributed import as_completed
+
+        tag = uuid.uuid4().hex[:8]
+        futures = {self.client.submit(fn, u, key=f"{u.key}-{tag}", pure=False, retries=0): u for u in units}
+        for fut in as_completed(futures):
+            unit = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as exc:
+                yield unit, None, exc
+            else:
+                yield unit, result, None
+            fut.release()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_executor(*, workers: int = 0, scheduler: str | None = None) -> Executor:
+    """Serial when ``workers`` is 0 and no scheduler is given, Dask otherwise."""
+    if scheduler or workers > 0:
+        return DaskExecutor(n_workers=workers or None, scheduler=scheduler)
+    return SerialExecutor()
