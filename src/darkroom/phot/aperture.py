@@ -222,46 +222,70 @@ def _annulus_background(
     nb_x: np.ndarray,
     nb_y: np.ndarray,
     nb_mask_radius: float,
-    chunk: int = 2000,
+    chunk: int = 1000,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clipped annulus statistics of every source, ``chunk`` sources at a time.
+
+    Each source's annulus is a fixed stencil of pixel offsets around its nearest pixel;
+    a pixel counts when its centre lies at ``r_in <= d < r_out``, it is inside the image,
+    finite, free of ``annulus_exclude_bits`` and farther than ``nb_mask_radius`` from
+    every other source's centre. Neighbour discs are marked through a look-up table from
+    offset to stencil column, so crowding costs ~(disc area) per pair, not a stencil each.
+    """
     ny, nx = sci.shape
     dy, dx = _stencil(r_in, r_out)
+    half = int(max(np.abs(dx).max(), np.abs(dy).max()))
+    lut = np.full((2 * half + 1, 2 * half + 1), -1, dtype=np.int64)
+    lut[dy + half, dx + half] = np.arange(dx.size)
+    dxf = dx.astype(np.float32)[None, :]
+    dyf = dy.astype(np.float32)[None, :]
+    r_in2, r_out2 = np.float32(r_in * r_in), np.float32(r_out * r_out)
     med = np.empty(x.size)
     std = np.empty(x.size)
     cnt = np.empty(x.size, dtype=np.int64)
-    tree = cKDTree(np.column_stack([nb_x, nb_y])) if nb_mask_radius > 0 and nb_x.size else None
+    tree = None
+    if nb_mask_radius > 0 and nb_x.size:
+        tree = cKDTree(np.column_stack([nb_x, nb_y]))
+        rad = int(math.ceil(nb_mask_radius)) + 1
+        gy, gx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
+        disc_dy, disc_dx = gy.ravel(), gx.ravel()
     for start in range(0, x.size, chunk):
         sl = slice(start, min(start + chunk, x.size))
         xs, ys = x[sl], y[sl]
-        ix = np.rint(xs).astype(np.int64)[:, None] + dx[None, :]
-        iy = np.rint(ys).astype(np.int64)[:, None] + dy[None, :]
-        d = np.hypot(ix - xs[:, None], iy - ys[:, None])
-        ok = (d >= r_in) & (d < r_out) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        ixc = np.clip(ix, 0, nx - 1)
-        iyc = np.clip(iy, 0, ny - 1)
-        vals = sci[iyc, ixc].astype(np.float64)
+        cx = np.rint(xs).astype(np.int64)
+        cy = np.rint(ys).astype(np.int64)
+        fx = (xs - cx).astype(np.float32)[:, None]
+        fy = (ys - cy).astype(np.float32)[:, None]
+        d2 = (dxf - fx) ** 2 + (dyf - fy) ** 2
+        ix = cx[:, None] + dx[None, :]
+        iy = cy[:, None] + dy[None, :]
+        ok = (d2 >= r_in2) & (d2 < r_out2) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        np.clip(ix, 0, nx - 1, out=ix)
+        np.clip(iy, 0, ny - 1, out=iy)
+        vals = sci[iy, ix].astype(np.float64)
         ok &= np.isfinite(vals)
         if mask is not None and config.annulus_exclude_bits:
-            ok &= (mask[iyc, ixc] & config.annulus_exclude_bits) == 0
+            ok &= (mask[iy, ix] & config.annulus_exclude_bits) == 0
         if tree is not None:
-            # blank the stencil pixels close to another source: all (source, neighbour)
-            # pairs closer than r_out + mask radius, handled as one array
             pairs = tree.query_ball_point(np.column_stack([xs, ys]), r_out + nb_mask_radius + 1.0)
             counts = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
             if counts.sum():
                 rows = np.repeat(np.arange(len(pairs)), counts)
                 nbr = np.fromiter((j for p in pairs for j in p), dtype=np.int64, count=int(counts.sum()))
-                not_self = (nb_x[nbr] - xs[rows]) ** 2 + (
-                    nb_y[nbr] - ys[rows]
-                ) ** 2 > config.self_match_pix**2
-                rows, nbr = rows[not_self], nbr[not_self]
+                far = (nb_x[nbr] - xs[rows]) ** 2 + (nb_y[nbr] - ys[rows]) ** 2 > config.self_match_pix**2
+                rows, nbr = rows[far], nbr[far]
                 if rows.size:
-                    near = (ix[rows] - nb_x[nbr][:, None]) ** 2 + (iy[rows] - nb_y[nbr][:, None]) ** 2 < (
-                        nb_mask_radius**2
-                    )
-                    blank = np.zeros_like(ok)
-                    np.logical_or.at(blank, rows, near)
-                    ok &= ~blank
+                    # pixels of a disc around each neighbour, as offsets from the source's centre pixel
+                    px = np.rint(nb_x[nbr]).astype(np.int64)[:, None] + disc_dx[None, :]
+                    py = np.rint(nb_y[nbr]).astype(np.int64)[:, None] + disc_dy[None, :]
+                    near = (px - nb_x[nbr][:, None]) ** 2 + (py - nb_y[nbr][:, None]) ** 2 < nb_mask_radius**2
+                    ox = px - cx[rows][:, None] + half
+                    oy = py - cy[rows][:, None] + half
+                    near &= (ox >= 0) & (ox <= 2 * half) & (oy >= 0) & (oy <= 2 * half)
+                    r_idx = np.broadcast_to(rows[:, None], near.shape)[near]
+                    col = lut[oy[near], ox[near]]
+                    hit = col >= 0
+                    ok[r_idx[hit], col[hit]] = False
         vals[~ok] = np.nan
         m, s, c = clipped_annulus_stats(
             vals, clip_sigma=config.annulus_clip_sigma, max_iters=config.annulus_clip_iters
