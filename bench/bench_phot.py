@@ -87,7 +87,7 @@ def main() -> None:
         def ours(sci=sci, mask=mask, var=var, x=x, y=y):
             return aperture_photometry(sci, mask, var, x, y, fwhm_pix=FWHM, config=CFG)
 
-        def theirs(sci=sci, err=err, excl=excl, pos=pos):
+        def theirs(sci=sci, err=err, excl=excl, pos=pos, mask=mask):
             apers = [CircularAperture(pos, r=r) for r in radii]
             tab = pu_phot(sci, apers, error=err, mask=excl, method="exact")
             ann = CircularAnnulus(pos, r_in=4 * FWHM, r_out=6 * FWHM)

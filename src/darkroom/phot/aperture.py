@@ -246,7 +246,7 @@ def _annulus_background(
     tree = None
     if nb_mask_radius > 0 and nb_x.size:
         tree = cKDTree(np.column_stack([nb_x, nb_y]))
-        rad = int(math.ceil(nb_mask_radius)) + 1
+        rad = math.ceil(nb_mask_radius) + 1
         gy, gx = np.mgrid[-rad : rad + 1, -rad : rad + 1]
         disc_dy, disc_dx = gy.ravel(), gx.ravel()
     for start in range(0, x.size, chunk):
