@@ -517,9 +517,7 @@ def aperture_photometry(
         table[f"flux_ap{k}"] = flux
         table[f"flux_err_ap{k}"] = flux_err
         table[f"flags_ap{k}"] = flags.astype(np.int32)
-        table[
-            f"flux_ap{k}"
-        ].description = f"aperture flux, radius {r:.3f} px ({names[k]}), background subtracted"
+        table[f"flux_ap{k}"].description = f"background-subtracted flux in aperture {k} ({names[k]})"
     ref = config.ref_aperture
     table["flux"] = table[f"flux_ap{ref}"]
     table["flux_err"] = table[f"flux_err_ap{ref}"]

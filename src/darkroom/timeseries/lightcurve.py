@@ -56,7 +56,7 @@ class LightCurveConfig(BaseModel):
     transparency: TransparencyConfig = Field(default_factory=TransparencyConfig)
     airmass_model: AirmassModel = Field("secz", description="'secz' or 'kasten_young'")
     segment_jump_pix: float | None = Field(
-        20.0,
+        5.0,
         gt=0,
         description="a jump of the target's x/y larger than this starts a new pointing segment [pixel]; "
         "None: one segment",
