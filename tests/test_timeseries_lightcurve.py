@@ -125,6 +125,11 @@ def test_named_comparisons_no_site_and_instrumental_only():
         build_lightcurve(meas, target_id=5)
     with pytest.raises(BadInputError, match="comparison"):
         build_lightcurve(meas, target_id=100, comparison_ids=[999])
+    meas["zp"] = 21.0
+    meas["zp"][meas["image_id"] == 1070] = 20.6  # 0.69 of the flux: flagged even without an ensemble
+    zp_flagged = build_lightcurve(meas, target_id=100, config=LightCurveConfig(differential=False))
+    low = (np.asarray(zp_flagged["flags"]) & LightCurveFlag.LOW_TRANSPARENCY) != 0
+    assert list(np.asarray(zp_flagged["image_id"])[low]) == [1070]
     lonely = meas[np.isin(meas["source_id"], [100, 101])]
     lc2 = build_lightcurve(lonely, target_id=100)  # one comparison < min_comparisons=2
     assert np.all(np.asarray(lc2["flags"]) & LightCurveFlag.NO_ENSEMBLE)

@@ -277,6 +277,14 @@ def _one_band(
                 "rejected": {int(source_ids[j]): why for j, why in res.rejected.items()},
                 "normalisation": res.normalisation,
             }
+    if "zp" in sub.colnames:
+        # per-frame zero points [mag] (one value per image; the median of its rows)
+        zmat = pivot_measurements(sub, "zp", image_ids=image_ids, source_ids=source_ids).astype(float)
+        with np.errstate(all="ignore"):
+            zp_epoch = np.nanmedian(zmat, axis=1)
+        if np.isfinite(zp_epoch).any():
+            low_zp = transparency_flags(zero_point=zp_epoch, config=config.transparency)
+            qflags |= np.where(low_zp, int(LightCurveFlag.LOW_TRANSPARENCY), 0)
     tr = sub[np.asarray(sub["source_id"], np.int64) == target_id]
     # target rows in the epoch order
     pos = {v: i for i, v in enumerate(np.asarray(tr["image_id"]).tolist())}
