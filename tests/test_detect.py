@@ -296,11 +296,11 @@ def test_flag_poor_frames_reasons():
     limits = QualityLimits(max_fwhm_arcsec=3.0, max_ellipticity=0.3, min_n_sources=10, max_sky_adu=5000.0)
     out = flag_poor_frames(_figures(), limits=limits)
     assert out["poor"].tolist() == [False, False, False, True, True, True, True, False, False]
+    assert out["poor_reason"][6] == "n_sources 2 < 10"  # unknown FWHM/ellipticity do not count
     assert "fwhm_arcsec 4" in out["poor_reason"][3]
     assert "ellipticity 0.45" in out["poor_reason"][4]
     assert "sky_adu 9e+03" in out["poor_reason"][5]
     assert "n_sources 2" in out["poor_reason"][6]
-    assert "fwhm_arcsec unknown" in out["poor_reason"][6]
     assert out["poor_reason"][0] == ""
     ratio = flag_poor_frames(_figures(), limits=QualityLimits(max_ellipticity=None, max_fwhm_ratio=1.5))
     assert ratio["poor"].tolist() == [False, False, False, True, False, False, True, False, False]
@@ -311,7 +311,7 @@ def test_summarize_nights_and_plot(tmp_path):
     summary = summarize_nights(figures)
     assert summary["night"].tolist() == ["2025-06-01", "2025-06-02"]
     assert summary["n_frames"].tolist() == [8, 1]
-    # FWHM 4 arcsec, ellipticity 0.45 (default limit 0.3), unknown FWHM
+    # FWHM 4 arcsec, ellipticity 0.45 (default limit 0.3), 2 sources (default limit 10)
     assert summary["n_poor"].tolist() == [3, 0]
     assert summary["fwhm_pix_median"][0] == pytest.approx(2.5)
     assert summary["time_first"][0] == "2025-06-02T04:00:00.000"

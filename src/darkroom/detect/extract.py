@@ -74,6 +74,7 @@ CATALOG_COLUMNS: dict[str, tuple[u.UnitBase | None, str]] = {
     "flag": (None, "sep extraction flags (1 merged, 2 truncated at an edge, ...)"),
     "aper_flag": (None, "sep aperture flags (8 hits a masked pixel, 16 truncated)"),
     "saturated": (None, "peak at or above saturation, or a SAT pixel in the footprint"),
+    "sharp": (None, "narrower than sharp_fwhm_pix: a hot pixel or cosmic ray (or an undersampled star)"),
 }
 
 
@@ -124,6 +125,12 @@ class DetectConfig(BaseModel):
     window_centroid: bool = Field(
         True, description="refine centroids with a Gaussian window of the source's size [XWIN_IMAGE]"
     )
+    sharp_fwhm_pix: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="sources with a smaller FWHM are flagged 'sharp' (hot pixels, cosmic rays) [pixels]",
+    )
     max_sources: int = Field(
         200_000, ge=1, description="keep at most this many sources (the brightest by aperture flux)"
     )
@@ -165,10 +172,14 @@ def _windowed_shapes(
     ell = np.full(n, np.nan)
     size = np.full(n, np.nan)
     ok_in = np.isfinite(sigma_w) & (sigma_w > 0) & np.isfinite(x) & np.isfinite(y)
-    half = 15
+    if not ok_in.any():
+        return ell, size
+    # stamps reach 4 window sigmas of (nearly) every source, within bounds of memory
+    half = int(np.clip(np.ceil(4.0 * np.percentile(sigma_w[ok_in], 99)), 3, 40))
     offs = np.arange(-half, half + 1)
-    for start in range(0, n, 4000):
-        idx = np.arange(start, min(n, start + 4000))
+    chunk = max(1, 4_000_000 // (2 * half + 1) ** 2)
+    for start in range(0, n, chunk):
+        idx = np.arange(start, min(n, start + chunk))
         idx = idx[ok_in[idx]]
         if not len(idx):
             continue
@@ -213,7 +224,7 @@ def _empty_catalog() -> Table:
     for name, (unit, description) in CATALOG_COLUMNS.items():
         dtype = (
             bool
-            if name == "saturated"
+            if name in ("saturated", "sharp")
             else (np.int64 if name in ("id", "n_pix", "flag", "aper_flag") else np.float64)
         )
         table[name] = np.zeros(0, dtype=dtype)
@@ -367,7 +378,7 @@ def detect_sources(
 
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_aper_err > 0, flux_aper / flux_aper_err, np.nan)
-    ellipticity, _ = _windowed_shapes(sub, x_best, y_best, sigma_half, bad)
+    ellipticity, _ = _windowed_shapes(sub, x_best, y_best, np.maximum(2.0 * sigma_half, 1.0), bad)
 
     values = {
         "id": np.arange(1, len(objs) + 1, dtype=np.int64),
@@ -397,6 +408,7 @@ def detect_sources(
         "flag": objs["flag"].astype(np.int64),
         "aper_flag": np.asarray(aper_flag, dtype=np.int64),
         "saturated": saturated,
+        "sharp": ~(fwhm >= config.sharp_fwhm_pix),
     }
     table = Table()
     for name, (unit, description) in CATALOG_COLUMNS.items():

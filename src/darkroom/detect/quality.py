@@ -48,6 +48,12 @@ class QualityConfig(BaseModel):
     )
     edge_margin_pix: float = Field(5.0, ge=0, description="stars closer to the edge are ignored [pixels]")
     clip_sigma: float = Field(3.0, gt=0, description="sigma clipping of the per-star FWHM and ellipticity")
+    min_fwhm_for_shape_pix: float = Field(
+        1.5,
+        ge=0,
+        description="below this median FWHM stars are undersampled and their shape is the pixel grid's: "
+        "the ellipticity is not reported [pixels]",
+    )
 
 
 class ImageQuality(BaseModel):
@@ -57,7 +63,9 @@ class ImageQuality(BaseModel):
 
     fwhm_pix: float | None = Field(description="median FWHM of stars [pixels]; None without stars")
     fwhm_arcsec: float | None = Field(description="median FWHM of stars [arcsec]; None without a pixel scale")
-    ellipticity: float | None = Field(description="median 1 - b/a of stars; None without stars")
+    ellipticity: float | None = Field(
+        description="median 1 - b/a of stars; None without stars or when they are undersampled"
+    )
     sky_adu: float = Field(description="median background level [adu]")
     sky_rms_adu: float = Field(description="median background noise, 1 sigma [adu]")
     n_sources: int = Field(ge=0, description="number of detected sources")
@@ -125,7 +133,9 @@ def measure_image_quality(
         fwhm_values = np.asarray(catalog["fwhm_pix"], dtype=float)[stars]
         ell_values = np.asarray(catalog["ellipticity"], dtype=float)[stars]
         fwhm = float(sigma_clipped_stats(fwhm_values, sigma=config.clip_sigma)[1])
-        ell = float(sigma_clipped_stats(ell_values, sigma=config.clip_sigma)[1])
+        ell_values = ell_values[np.isfinite(ell_values)]
+        if fwhm >= config.min_fwhm_for_shape_pix and len(ell_values):
+            ell = float(sigma_clipped_stats(ell_values, sigma=config.clip_sigma)[1])
     return ImageQuality(
         fwhm_pix=fwhm,
         fwhm_arcsec=None if fwhm is None or pixel_scale_arcsec is None else fwhm * pixel_scale_arcsec,
@@ -164,9 +174,9 @@ def _column(table: Table, name: str) -> np.ndarray | None:
 def flag_poor_frames(figures: Table, *, limits: QualityLimits | None = None) -> Table:
     """Copy of the figures table with ``poor`` (bool) and ``poor_reason`` (str) columns.
 
-    A missing figure (None/NaN, e.g. no stars for the FWHM) makes a frame poor only
-    for the limit that needs it, and the reason says so. Limits on a column that the
-    table lacks are skipped.
+    A missing figure (None/NaN, e.g. no stars for the FWHM, or no ellipticity of
+    undersampled stars) does not make a frame poor: a frame without stars fails
+    ``min_n_sources``. Limits on a column that the table lacks are skipped.
     """
     limits = limits or QualityLimits()
     out = figures.copy()
@@ -178,9 +188,7 @@ def flag_poor_frames(figures: Table, *, limits: QualityLimits | None = None) -> 
         if limit is None or values is None:
             return
         for i, v in enumerate(values):
-            if not np.isfinite(v):
-                reasons[i].append(f"{name} unknown")
-            elif (v > limit) if upper else (v < limit):
+            if np.isfinite(v) and ((v > limit) if upper else (v < limit)):
                 op = ">" if upper else "<"
                 reasons[i].append(f"{name} {v:.3g}{unit} {op} {limit:g}{unit}")
 

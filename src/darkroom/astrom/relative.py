@@ -1,0 +1,357 @@
+"""Layer c: frames of one field aligned to a reference frame, and its WCS carried over.
+
+Each frame's sources are matched to the reference frame's sources by triangle
+asterisms, then by nearest neighbours with an affine fit and outlier rejection.
+The affine transform (frame pixels -> reference pixels, 0-based) gives every frame
+a consistent pixel frame; when the reference frame has a WCS, the composition
+``reference WCS o transform`` becomes the frame's WCS (fitted as TAN or TAN-SIP on
+a grid, exact for an affine transform of a TAN or TAN-SIP reference).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.table import Table
+from astropy.wcs import WCS
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom.astrom.asterism import AsterismConfig, match_asterisms, nearest_pairs
+from darkroom.astrom.solve import (
+    PointingHint,
+    SolveConfig,
+    SolveResult,
+    check_header_wcs,
+    solve_frame,
+    source_positions,
+)
+from darkroom.astrom.transform import AffineTransform, fit_affine, fit_similarity
+from darkroom.astrom.wcsfit import fit_tan_sip, pixel_scale_arcsec
+from darkroom.errors import SolveError
+
+__all__ = [
+    "AlignConfig",
+    "Alignment",
+    "FrameSources",
+    "SeriesConfig",
+    "align_sources",
+    "solve_frame_series",
+    "wcs_from_alignment",
+]
+
+log = logging.getLogger(__name__)
+
+
+class AlignConfig(BaseModel):
+    """Frame-to-frame alignment parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_match_sources: int = Field(
+        50, ge=6, le=1000, description="brightest sources of each frame for the asterism match"
+    )
+    scale_tolerance: float = Field(
+        0.03, gt=0, le=0.5, description="relative scale difference allowed between frames"
+    )
+    allow_reflection: bool = Field(
+        False, description="allow mirrored frames (e.g. after a meridian flip with a mirror)"
+    )
+    transform: str = Field("affine", pattern="^(affine|similarity)$", description="'affine' or 'similarity'")
+    asterism: AsterismConfig = Field(default_factory=AsterismConfig, description="triangle matching")
+    match_radius_pix: float = Field(
+        3.0, gt=0, le=100, description="initial pair radius after the asterism match [pixels]"
+    )
+    min_match_radius_pix: float = Field(
+        0.5, gt=0, le=20, description="the pair radius never shrinks below [pixels]"
+    )
+    clip_sigma: float = Field(3.0, gt=1, le=10, description="pairs beyond this many sigma are rejected")
+    good_rms_pix: float = Field(0.3, gt=0, description="'good' needs an rms at most this [pixels]")
+    marginal_rms_pix: float = Field(1.0, gt=0, description="'marginal' needs an rms at most this [pixels]")
+    good_min_matches: int = Field(10, ge=3, description="'good' needs at least this many pairs")
+    marginal_min_matches: int = Field(5, ge=3, description="'marginal' needs at least this many pairs")
+    flux_column: str = Field("flux_aper_adu", description="source column that ranks brightness")
+    exclude_sharp: bool = Field(
+        True,
+        description="ignore sources flagged 'sharp' (hot pixels stay put between frames) when 10 others remain",
+    )
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """Transform of one frame onto a reference frame."""
+
+    transform: AffineTransform  #: frame pixels -> reference pixels (0-based)
+    n_matched: int  #: matched source pairs
+    rms_pix: float  #: rms distance of the pairs after the transform [reference pixels]
+    quality: str  #: good / marginal / failed
+    source_index: np.ndarray  #: matched rows of the frame's source table
+    reference_index: np.ndarray  #: matched rows of the reference's source table
+
+
+def align_sources(
+    sources: Table, reference_sources: Table, *, config: AlignConfig | None = None
+) -> Alignment:
+    """Affine (or similarity) transform taking a frame's source positions onto a reference frame's.
+
+    Raises
+    ------
+    SolveError
+        Too few sources or no asterism match.
+    """
+    config = config or AlignConfig()
+    x, y, flux = source_positions(sources, flux_column=config.flux_column, exclude_sharp=config.exclude_sharp)
+    xr, yr, flux_r = source_positions(
+        reference_sources, flux_column=config.flux_column, exclude_sharp=config.exclude_sharp
+    )
+
+    def bright(px, py, f):
+        ok = np.flatnonzero(np.isfinite(px) & np.isfinite(py))
+        order = np.argsort(-np.nan_to_num(f[ok], nan=-np.inf), kind="stable")
+        return ok[order[: config.n_match_sources]]
+
+    b = bright(x, y, flux)
+    br = bright(xr, yr, flux_r)
+    match = match_asterisms(
+        np.column_stack([x[b], y[b]]),
+        np.column_stack([xr[br], yr[br]]),
+        scale=1.0,
+        scale_tolerance=config.scale_tolerance,
+        allow_reflection=config.allow_reflection,
+        config=config.asterism,
+    )
+    transform = match.transform
+    ok = np.isfinite(x) & np.isfinite(y)
+    ok_r = np.flatnonzero(np.isfinite(xr) & np.isfinite(yr))
+    radius = config.match_radius_pix
+    reflect = transform.reflects
+    si = ri = np.zeros(0, dtype=int)
+    rms = np.inf
+    inl = np.zeros(0, dtype=bool)
+    for iteration in range(5):
+        tx, ty = transform.apply(x, y)
+        tx = np.where(ok, tx, np.nan)
+        valid = np.flatnonzero(ok)
+        s_i, r_i, _ = nearest_pairs(tx[valid], ty[valid], xr[ok_r], yr[ok_r], radius)
+        s_i, r_i = valid[s_i], ok_r[r_i]
+        if len(s_i) < 3:
+            break
+        inl = np.ones(len(s_i), dtype=bool)
+        for _clip in range(5):
+            if config.transform == "affine" and inl.sum() >= 6:
+                new_t = fit_affine(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl])
+            else:
+                new_t = fit_similarity(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl], reflect=reflect)
+            px, py = new_t.apply(x[s_i], y[s_i])
+            d = np.hypot(px - xr[r_i], py - yr[r_i])
+            sigma = max(float(np.median(d[inl])) / 1.1774, 1e-3)
+            new_inl = d <= config.clip_sigma * sigma
+            if new_inl.sum() < 3 or np.array_equal(new_inl, inl):
+                break
+            inl = new_inl
+        transform = new_t
+        si, ri = s_i[inl], r_i[inl]
+        rms = float(np.sqrt(np.mean(d[inl] ** 2)))
+        new_radius = max(config.min_match_radius_pix, min(radius, 5.0 * rms))
+        if new_radius == radius and iteration > 0:
+            break
+        radius = new_radius
+    n = len(si)
+    if n >= config.good_min_matches and rms <= config.good_rms_pix:
+        quality = "good"
+    elif n >= config.marginal_min_matches and rms <= config.marginal_rms_pix:
+        quality = "marginal"
+    else:
+        quality = "failed"
+    return Alignment(
+        transform=transform, n_matched=n, rms_pix=rms, quality=quality, source_index=si, reference_index=ri
+    )
+
+
+def wcs_from_alignment(
+    transform: AffineTransform, reference_wcs: WCS, *, shape: tuple[int, int], order: int | None = None
+) -> WCS:
+    """WCS of a frame whose pixels map to the reference frame's by ``transform``.
+
+    The sky positions of a grid of the frame's pixels, through ``transform`` and
+    ``reference_wcs``, are fitted with TAN (order 1) or TAN-SIP; ``order`` defaults to
+    the reference's SIP order (1 without SIP), which reproduces the composition exactly.
+    ``shape`` is the frame's (ny, nx).
+    """
+    celestial = reference_wcs.celestial
+    if order is None:
+        order = celestial.sip.a_order if celestial.sip is not None else 1
+        if celestial.wcs.get_pv() or celestial.cpdis1 is not None or celestial.det2im1 is not None:
+            order = max(order, 3)  # other distortions: approximate them
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 24), np.linspace(0, ny - 1, 24))
+    rx, ry = transform.apply(gx.ravel(), gy.ravel())
+    ra, dec = celestial.all_pix2world(rx, ry, 0)
+    model = fit_tan_sip(
+        gx.ravel(), gy.ravel(), ra, dec, order=order, ref_pix=((nx - 1) / 2.0, (ny - 1) / 2.0)
+    )
+    return model.to_wcs(shape=shape)
+
+
+@dataclass
+class FrameSources:
+    """One frame of a field for :func:`solve_frame_series`."""
+
+    sources: Table  #: detected sources with 0-based ``x``, ``y`` and a flux column
+    shape: tuple[int, int]  #: image (ny, nx)
+    wcs: WCS | None = None  #: header WCS, if any
+    hint: PointingHint | None = None  #: pointing hint, if any
+    name: str = ""  #: for messages
+
+
+class SeriesConfig(BaseModel):
+    """How a series of frames of one field is solved."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    solve: SolveConfig = Field(
+        default_factory=SolveConfig, description="single-frame solver (reference frame)"
+    )
+    align: AlignConfig = Field(default_factory=AlignConfig, description="frame-to-reference alignment")
+    refine_with_catalog: bool = Field(
+        True,
+        description="with a catalog, refine each carried-over WCS against it (method 'relative_refined')",
+    )
+    max_chain_tries: int = Field(
+        3, ge=0, le=20, description="frames that fail to align directly try this many aligned neighbours"
+    )
+
+
+def _pick_reference(frames: Sequence[FrameSources]) -> int:
+    with_wcs = [i for i, f in enumerate(frames) if f.wcs is not None and f.wcs.has_celestial]
+    if with_wcs:
+        return with_wcs[0]
+    return int(np.argmax([len(f.sources) for f in frames]))
+
+
+def solve_frame_series(
+    frames: Sequence[FrameSources],
+    *,
+    catalog: Table | None = None,
+    reference_index: int | None = None,
+    config: SeriesConfig | None = None,
+) -> list[SolveResult]:
+    """Solve the frames of one field: the reference frame absolutely, the others by alignment.
+
+    1. The reference frame (``reference_index``, else the first frame with a WCS, else
+       the one with the most sources) is solved by :func:`~darkroom.astrom.solve.solve_frame`
+       (its header WCS is kept when there is no catalog).
+    2. Every other frame is aligned to it (directly, or through an already aligned
+       neighbour in the sequence when that fails); the transform is in
+       ``result.to_reference`` and, when the reference has a WCS, the frame gets
+       ``reference WCS o transform`` (method 'relative'), refined against the catalog
+       when there is one (method 'relative_refined').
+
+    Other frames' own header WCS are not used. A frame that cannot be aligned gets a
+    result with quality 'failed' and the reason; the series goes on.
+
+    Returns
+    -------
+    list of SolveResult, in the order of ``frames``.
+    """
+    config = config or SeriesConfig()
+    if not frames:
+        return []
+    ref = _pick_reference(frames) if reference_index is None else int(reference_index)
+    if not 0 <= ref < len(frames):
+        raise SolveError(f"reference_index {ref} is outside the {len(frames)} frames")
+    rf = frames[ref]
+    try:
+        ref_result = solve_frame(
+            rf.sources, shape=rf.shape, catalog=catalog, header_wcs=rf.wcs, hint=rf.hint, config=config.solve
+        )
+        ref_result.to_reference = AffineTransform.identity()
+    except SolveError as exc:
+        if rf.wcs is not None or (catalog is not None and rf.hint is not None):
+            log.warning("reference frame %s not solved: %s", rf.name or ref, exc.reason)
+        ref_result = SolveResult(
+            wcs=None,
+            method="reference",
+            n_matched=len(rf.sources),
+            rms_arcsec=float("nan"),
+            rms_pix=0.0,
+            quality="marginal",
+            reason=f"reference frame of the field without absolute WCS ({exc.reason})",
+            to_reference=AffineTransform.identity(),
+        )
+    ref_wcs = ref_result.wcs
+    ref_scale = pixel_scale_arcsec(ref_wcs) if ref_wcs is not None else float("nan")
+
+    results: list[SolveResult | None] = [None] * len(frames)
+    results[ref] = ref_result
+    transforms: dict[int, AffineTransform] = {ref: AffineTransform.identity()}
+    for i in sorted(range(len(frames)), key=lambda k: (abs(k - ref), k)):
+        if i == ref:
+            continue
+        frame = frames[i]
+        alignment = None
+        reasons = []
+        try:
+            alignment = align_sources(frame.sources, rf.sources, config=config.align)
+            if alignment.quality == "failed":
+                reasons.append(
+                    f"to the reference: {alignment.n_matched} pairs, rms {alignment.rms_pix:.2f} pix"
+                )
+                alignment = None
+            else:
+                to_ref = alignment.transform
+        except SolveError as exc:
+            reasons.append(f"to the reference: {exc.reason}")
+        if alignment is None:
+            for j in sorted(transforms, key=lambda k: (abs(k - i), k))[: config.max_chain_tries]:
+                if j == ref:
+                    continue
+                try:
+                    step = align_sources(frame.sources, frames[j].sources, config=config.align)
+                except SolveError as exc:
+                    reasons.append(f"via frame {j}: {exc.reason}")
+                    continue
+                if step.quality == "failed":
+                    reasons.append(f"via frame {j}: {step.n_matched} pairs, rms {step.rms_pix:.2f} pix")
+                    continue
+                alignment = step
+                to_ref = step.transform.then(transforms[j])
+                break
+        if alignment is None:
+            results[i] = SolveResult(
+                wcs=None,
+                method="relative",
+                n_matched=0,
+                rms_arcsec=float("nan"),
+                rms_pix=float("nan"),
+                quality="failed",
+                reason=f"{frame.name or i} not aligned: " + "; ".join(reasons),
+            )
+            continue
+        transforms[i] = to_ref
+        wcs = wcs_from_alignment(to_ref, ref_wcs, shape=frame.shape) if ref_wcs is not None else None
+        result = SolveResult(
+            wcs=wcs,
+            method="relative",
+            n_matched=alignment.n_matched,
+            rms_arcsec=alignment.rms_pix * ref_scale,
+            rms_pix=alignment.rms_pix,
+            quality=alignment.quality,  # type: ignore[arg-type]
+            reason="" if wcs is not None else "aligned to the reference frame, which has no absolute WCS",
+            sip_order=(ref_wcs.sip.a_order if ref_wcs is not None and ref_wcs.sip is not None else 1)
+            if wcs is not None
+            else 0,
+            to_reference=to_ref,
+        )
+        if wcs is not None and catalog is not None and len(catalog) and config.refine_with_catalog:
+            refined = check_header_wcs(
+                frame.sources, wcs=wcs, shape=frame.shape, catalog=catalog, config=config.solve
+            )
+            if refined.ok:
+                refined.method = "relative_refined"
+                refined.to_reference = to_ref
+                result = refined
+        results[i] = result
+    return [r for r in results if r is not None]
