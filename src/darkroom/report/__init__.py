@@ -1,0 +1,48 @@
+"""darkroom.report: the HTML night report (data model, PNG plots, self-contained pages).
+
+Pure presentation: the pipeline fills a :class:`NightReport` from the registry and
+calls :func:`write_night_report` (or :func:`write_night_reports` for several nights,
+which adds an ``index.html``).
+"""
+
+from darkroom.report.html import (
+    night_report_filename,
+    render_index,
+    render_night_report,
+    write_index,
+    write_night_report,
+    write_night_reports,
+)
+from darkroom.report.model import (
+    FRAME_COLUMNS,
+    FrameStatus,
+    MasterSummary,
+    NightReport,
+    QuarantinedFile,
+    ReportConfig,
+    TargetLightCurve,
+    TaskFailure,
+    frame_status,
+)
+from darkroom.report.plots import lightcurve_png, quality_png, thumbnail_png
+
+__all__ = [
+    "FRAME_COLUMNS",
+    "FrameStatus",
+    "MasterSummary",
+    "NightReport",
+    "QuarantinedFile",
+    "ReportConfig",
+    "TargetLightCurve",
+    "TaskFailure",
+    "frame_status",
+    "lightcurve_png",
+    "night_report_filename",
+    "quality_png",
+    "render_index",
+    "render_night_report",
+    "thumbnail_png",
+    "write_index",
+    "write_night_report",
+    "write_night_reports",
+]
