@@ -11,6 +11,8 @@ Rows:
                      on the annulus with SigmaClip(3, maxiters=5) median
   darkroom sums      sep.sum_circle x 3 radii (exact) -- what darkroom spends on the sums
   photutils sums     photutils aperture_photometry x 3 radii (exact)
+  darkroom psf       psf_photometry, Gaussian PSF, positions fitted, grouped blends
+                     (only with --psf; one run; it is photutils PSFPhotometry inside)
 The ratio column is photutils time / darkroom time for the matching row.
 
 Run: .venv/bin/python bench/bench_phot.py [--repeat 3] [--sizes 1024 4096]
@@ -28,7 +30,7 @@ import numpy as np
 import sep
 
 from darkroom.maskbits import MaskBit
-from darkroom.phot import ApertureConfig, aperture_photometry, noisy_frame
+from darkroom.phot import ApertureConfig, aperture_photometry, noisy_frame, psf_photometry
 
 FWHM = 3.0
 N_STARS = 3000
@@ -70,6 +72,7 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--psf", action="store_true", help="also time psf_photometry (slow)")
     args = parser.parse_args()
 
     from astropy.stats import SigmaClip
@@ -120,6 +123,13 @@ def main() -> None:
             ("darkroom sums (sep)", label, s_sum, m_sum, p_sum / s_sum),
             ("photutils sums", label, p_sum, pm_sum, 1.0),
         ]
+        if args.psf:
+
+            def psf(sci=sci, mask=mask, var=var, x=x, y=y):
+                return psf_photometry(sci, mask, var, x, y, fwhm_pix=FWHM)
+
+            s_psf, m_psf = _measure(psf, 1)
+            rows.append(("darkroom psf", f"{size}x{size}, {N_STARS} stars", s_psf, m_psf, float("nan")))
         print(
             f"# {size}: sep exact sums equal photutils' exact sums (rtol 1e-6): {sums_equal}; "
             f"median |bkg - photutils clipped median| = {bkg_diff:.3g} adu "

@@ -16,16 +16,19 @@ from darkroom.phot.calibrate import (
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag, describe_flags
 from darkroom.phot.inject import add_gaussian_stars, noisy_frame
 from darkroom.phot.match import match_catalogs, match_xy, pixel_to_sky, sky_to_pixel
+from darkroom.phot.psf import PsfConfig, build_epsf, psf_photometry
 
 __all__ = [
     "DEFAULT_BAD_FLAGS",
     "ApertureConfig",
     "PhotFlag",
+    "PsfConfig",
     "ZeroPointConfig",
     "ZeroPointResult",
     "add_gaussian_stars",
     "aperture_photometry",
     "aperture_radii",
+    "build_epsf",
     "calibrate_photometry",
     "clipped_annulus_stats",
     "describe_flags",
@@ -37,5 +40,6 @@ __all__ = [
     "match_xy",
     "noisy_frame",
     "pixel_to_sky",
+    "psf_photometry",
     "sky_to_pixel",
 ]
