@@ -119,3 +119,18 @@ def test_pixel_association_and_known_sources():
     assert set(np.asarray(res.sources["source_id"])) <= set(np.asarray(res2.sources["source_id"]))
     with pytest.raises(BadInputError, match="ra"):
         associate(t, config=AssociationConfig(coords="sky"))
+
+
+def test_custom_column_names_and_seeding_from_a_summary():
+    t, _, _, _ = _detections(4, n_frames=6, n_stars=200)
+    t.rename_columns(["ra", "dec", "image_id"], ["ra_deg", "dec_deg", "frame"])
+    cfg = AssociationConfig(ra_col="ra_deg", dec_col="dec_deg", image_col="frame", radius_arcsec=1.0)
+    first = associate(t[t["frame"] < 3], config=cfg)
+    assert "ra" in first.sources.colnames  # summaries always use ra/dec
+    second = associate(t[t["frame"] >= 3], config=cfg, sources=first.sources)
+    truth = np.asarray(t["truth"])
+    early = np.asarray(t["frame"]) < 3
+    for k in (0, 77, 199):
+        assert set(second.source_id[truth[~early] == k]) == set(first.source_id[truth[early] == k])
+    with pytest.raises(BadInputError, match="source_id"):
+        associate(t, config=cfg, sources=first.sources[["ra", "dec"]])

@@ -109,8 +109,14 @@ def associate(
     bounds = np.searchsorted(inverse[rows_by_image], np.arange(uniq.size + 1))
 
     dim = pos.shape[1]
+    if sources is not None and len(sources) and "source_id" not in sources.colnames:
+        raise BadInputError("known sources need a 'source_id' column")
     if sources is not None and len(sources):
-        known_pos = _positions(sources, config)
+        # a summary table (ra/dec or x/y) or a table with the configured column names
+        names = {"ra_col": "ra", "dec_col": "dec", "x_col": "x", "y_col": "y"}
+        fallback = {k: v for k, v in names.items() if getattr(config, k) not in sources.colnames}
+        src_cfg = config.model_copy(update=fallback)
+        known_pos = _positions(sources, src_cfg)
         known_ids = np.asarray(sources["source_id"], dtype=np.int64)
     else:
         known_pos = np.zeros((0, dim))
@@ -164,11 +170,11 @@ def associate(
             keep = np.isin(np.asarray(sources["source_id"], np.int64), missing)
             extra = Table({"source_id": np.asarray(sources["source_id"], np.int64)[keep]})
             if config.coords == "sky":
-                extra["ra"] = np.asarray(sources[config.ra_col], float)[keep]
-                extra["dec"] = np.asarray(sources[config.dec_col], float)[keep]
+                extra["ra"] = np.asarray(sources[src_cfg.ra_col], float)[keep]
+                extra["dec"] = np.asarray(sources[src_cfg.dec_col], float)[keep]
             else:
-                extra["x"] = np.asarray(sources[config.x_col], float)[keep]
-                extra["y"] = np.asarray(sources[config.y_col], float)[keep]
+                extra["x"] = np.asarray(sources[src_cfg.x_col], float)[keep]
+                extra["y"] = np.asarray(sources[src_cfg.y_col], float)[keep]
             extra["n_epochs"] = np.zeros(keep.sum(), dtype=np.int64)
             summary = vstack([summary, extra], metadata_conflicts="silent")
             summary.sort("source_id")
