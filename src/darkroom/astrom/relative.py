@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.spatial import cKDTree
 
 from darkroom.astrom.asterism import AsterismConfig, match_asterisms, nearest_pairs
 from darkroom.astrom.solve import (
@@ -38,6 +40,8 @@ __all__ = [
     "FrameSources",
     "SeriesConfig",
     "align_sources",
+    "detector_fixed_sources",
+    "mask_sources",
     "solve_frame_series",
     "wcs_from_alignment",
 ]
@@ -59,7 +63,14 @@ class AlignConfig(BaseModel):
     allow_reflection: bool = Field(
         False, description="allow mirrored frames (e.g. after a meridian flip with a mirror)"
     )
-    transform: str = Field("affine", pattern="^(affine|similarity)$", description="'affine' or 'similarity'")
+    transform: Literal["auto", "affine", "similarity"] = Field(
+        "auto",
+        description="'affine' (6 parameters), 'similarity' (shift, rotation, scale) or 'auto': affine "
+        "from min_affine_pairs matched stars on, similarity below",
+    )
+    min_affine_pairs: int = Field(
+        40, ge=6, description="'auto' fits an affine transform from this many pairs"
+    )
     asterism: AsterismConfig = Field(default_factory=AsterismConfig, description="triangle matching")
     match_radius_pix: float = Field(
         3.0, gt=0, le=100, description="initial pair radius after the asterism match [pixels]"
@@ -140,7 +151,10 @@ def align_sources(
             break
         inl = np.ones(len(s_i), dtype=bool)
         for _clip in range(5):
-            if config.transform == "affine" and inl.sum() >= 6:
+            affine = config.transform == "affine" or (
+                config.transform == "auto" and inl.sum() >= config.min_affine_pairs
+            )
+            if affine and inl.sum() >= 6:
                 new_t = fit_affine(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl])
             else:
                 new_t = fit_similarity(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl], reflect=reflect)
@@ -222,6 +236,123 @@ class SeriesConfig(BaseModel):
     max_chain_tries: int = Field(
         3, ge=0, le=20, description="frames that fail to align directly try this many aligned neighbours"
     )
+    static_fraction: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a source found at the same detector pixel in this fraction of the frames whose field "
+        "moved is fixed to the detector (hot pixel, bad column) and ignored; None keeps every source",
+    )
+    static_radius_pix: float = Field(0.7, gt=0, le=5, description="'same detector pixel' tolerance [pixels]")
+    static_min_shift_pix: float = Field(
+        3.0, gt=0, le=1000, description="frames whose field moved less than this are not compared [pixels]"
+    )
+
+
+_Aligned = tuple[Alignment | None, AffineTransform | None, list[str]]
+
+
+def _align_all(sources: list[Table], ref: int, config: SeriesConfig) -> list[_Aligned]:
+    """Align every frame to the reference, directly or through an aligned neighbour."""
+    out: list[_Aligned] = [(None, None, []) for _ in sources]
+    out[ref] = (None, AffineTransform.identity(), [])
+    transforms: dict[int, AffineTransform] = {ref: AffineTransform.identity()}
+    for i in sorted(range(len(sources)), key=lambda k: (abs(k - ref), k)):
+        if i == ref:
+            continue
+        reasons: list[str] = []
+        alignment = None
+        to_ref = None
+        try:
+            direct = align_sources(sources[i], sources[ref], config=config.align)
+            if direct.quality == "failed":
+                reasons.append(f"to the reference: {direct.n_matched} pairs, rms {direct.rms_pix:.2f} pix")
+            else:
+                alignment, to_ref = direct, direct.transform
+        except SolveError as exc:
+            reasons.append(f"to the reference: {exc.reason}")
+        if alignment is None:
+            for j in sorted(transforms, key=lambda k: (abs(k - i), k))[: config.max_chain_tries + 1]:
+                if j == ref:
+                    continue
+                try:
+                    step = align_sources(sources[i], sources[j], config=config.align)
+                except SolveError as exc:
+                    reasons.append(f"via frame {j}: {exc.reason}")
+                    continue
+                if step.quality == "failed":
+                    reasons.append(f"via frame {j}: {step.n_matched} pairs, rms {step.rms_pix:.2f} pix")
+                    continue
+                alignment, to_ref = step, step.transform.then(transforms[j])
+                break
+        if to_ref is not None:
+            transforms[i] = to_ref
+        out[i] = (alignment, to_ref, reasons)
+    return out
+
+
+def detector_fixed_sources(
+    sources: Sequence[Table],
+    transforms: Sequence[AffineTransform | None],
+    *,
+    fraction: float = 0.5,
+    radius_pix: float = 0.7,
+    min_shift_pix: float = 3.0,
+) -> list[np.ndarray]:
+    """Per frame, a boolean mask of the sources fixed to the detector (hot pixels, bad columns).
+
+    ``transforms`` map each frame's pixels to a common (reference) frame; None for a
+    frame that was not aligned. A source is fixed when at least ``fraction`` of the
+    frames whose field moved by more than ``min_shift_pix`` relative to it have a
+    source at the same detector pixel (within ``radius_pix``): a star would have moved
+    with the field. Needs 5 such frames; otherwise nothing is masked.
+    """
+    masks = [np.zeros(len(t), dtype=bool) for t in sources]
+    have = [i for i, t in enumerate(transforms) if t is not None]
+    if len(have) < 6:
+        return masks
+    xy = {
+        i: np.column_stack(
+            [np.asarray(sources[i]["x"], dtype=float), np.asarray(sources[i]["y"], dtype=float)]
+        )
+        for i in have
+    }
+    trees = {i: cKDTree(np.nan_to_num(xy[i], nan=-1e9)) for i in have}
+    inverse = {i: transforms[i].inverse() for i in have}
+    rng = np.random.default_rng(0)
+    for i in have:
+        if not np.isfinite(xy[i]).any():
+            continue
+        cx, cy = np.nanmedian(xy[i], axis=0)
+        p_ref = transforms[i].apply(cx, cy)
+        others = []
+        for j in have:
+            if j == i:
+                continue
+            qx, qy = inverse[j].apply(*p_ref)  # where a star at this frame's centre lands in frame j
+            if np.hypot(qx - cx, qy - cy) > min_shift_pix:
+                others.append(j)
+        if len(others) < 5:
+            continue
+        if len(others) > 30:
+            others = [int(j) for j in rng.choice(others, 30, replace=False)]
+        hits = np.zeros(len(xy[i]), dtype=int)
+        points = np.nan_to_num(xy[i], nan=1e9)
+        for j in others:
+            dist, _ = trees[j].query(points, k=1, distance_upper_bound=radius_pix)
+            hits += np.isfinite(dist)
+        masks[i] = hits >= fraction * len(others)
+    return masks
+
+
+def mask_sources(table: Table, mask: np.ndarray) -> Table:
+    """Copy of a source table whose masked rows have NaN positions (row numbers are kept)."""
+    if not np.any(mask):
+        return table
+    out = table.copy(copy_data=True)
+    out["x"] = np.where(mask, np.nan, np.asarray(table["x"], dtype=float))
+    out["y"] = np.where(mask, np.nan, np.asarray(table["y"], dtype=float))
+    return out
 
 
 def _pick_reference(frames: Sequence[FrameSources]) -> int:
@@ -243,7 +374,10 @@ def solve_frame_series(
     1. The reference frame (``reference_index``, else the first frame with a WCS, else
        the one with the most sources) is solved by :func:`~darkroom.astrom.solve.solve_frame`
        (its header WCS is kept when there is no catalog).
-    2. Every other frame is aligned to it (directly, or through an already aligned
+    2. Sources fixed to the detector (hot pixels, bad columns: at the same pixel in most
+       frames although the field moved) are found after a first alignment pass and
+       ignored in a second one (``static_fraction``).
+    3. Every other frame is aligned to it (directly, or through an already aligned
        neighbour in the sequence when that fails); the transform is in
        ``result.to_reference`` and, when the reference has a WCS, the frame gets
        ``reference WCS o transform`` (method 'relative'), refined against the catalog
@@ -284,42 +418,31 @@ def solve_frame_series(
     ref_wcs = ref_result.wcs
     ref_scale = pixel_scale_arcsec(ref_wcs) if ref_wcs is not None else float("nan")
 
+    sources = [f.sources for f in frames]
+    aligned = _align_all(sources, ref, config)
+    if config.static_fraction is not None:
+        static = detector_fixed_sources(
+            sources,
+            [a[1] for a in aligned],
+            fraction=config.static_fraction,
+            radius_pix=config.static_radius_pix,
+            min_shift_pix=config.static_min_shift_pix,
+        )
+        if any(mask.any() for mask in static):
+            n_static = int(sum(mask.sum() for mask in static))
+            log.info(
+                "ignoring %d detector-fixed sources (hot pixels, bad columns) in the alignment", n_static
+            )
+            sources = [mask_sources(t, mask) for t, mask in zip(sources, static, strict=True)]
+            aligned = _align_all(sources, ref, config)
+
     results: list[SolveResult | None] = [None] * len(frames)
     results[ref] = ref_result
-    transforms: dict[int, AffineTransform] = {ref: AffineTransform.identity()}
-    for i in sorted(range(len(frames)), key=lambda k: (abs(k - ref), k)):
+    for i, frame in enumerate(frames):
         if i == ref:
             continue
-        frame = frames[i]
-        alignment = None
-        reasons = []
-        try:
-            alignment = align_sources(frame.sources, rf.sources, config=config.align)
-            if alignment.quality == "failed":
-                reasons.append(
-                    f"to the reference: {alignment.n_matched} pairs, rms {alignment.rms_pix:.2f} pix"
-                )
-                alignment = None
-            else:
-                to_ref = alignment.transform
-        except SolveError as exc:
-            reasons.append(f"to the reference: {exc.reason}")
-        if alignment is None:
-            for j in sorted(transforms, key=lambda k: (abs(k - i), k))[: config.max_chain_tries]:
-                if j == ref:
-                    continue
-                try:
-                    step = align_sources(frame.sources, frames[j].sources, config=config.align)
-                except SolveError as exc:
-                    reasons.append(f"via frame {j}: {exc.reason}")
-                    continue
-                if step.quality == "failed":
-                    reasons.append(f"via frame {j}: {step.n_matched} pairs, rms {step.rms_pix:.2f} pix")
-                    continue
-                alignment = step
-                to_ref = step.transform.then(transforms[j])
-                break
-        if alignment is None:
+        alignment, to_ref, reasons = aligned[i]
+        if alignment is None or to_ref is None:
             results[i] = SolveResult(
                 wcs=None,
                 method="relative",
@@ -330,7 +453,6 @@ def solve_frame_series(
                 reason=f"{frame.name or i} not aligned: " + "; ".join(reasons),
             )
             continue
-        transforms[i] = to_ref
         wcs = wcs_from_alignment(to_ref, ref_wcs, shape=frame.shape) if ref_wcs is not None else None
         result = SolveResult(
             wcs=wcs,
