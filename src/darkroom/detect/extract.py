@@ -285,9 +285,15 @@ def detect_sources(
     if not np.isfinite(background.global_rms_adu) or background.global_rms_adu <= 0:
         raise BadInputError(f"background rms is {background.global_rms_adu}: the image is flat or empty")
 
+    # the segmentation map is only needed to find sources with SAT-flagged pixels
+    sat_pix = None
+    if mask is not None and np.asarray(mask).dtype != bool:
+        sat_pix = (np.asarray(mask).astype(np.int64) & int(MaskBit.SAT)) != 0
+        if not sat_pix.any():
+            sat_pix = None
     with _pixstack(arr.size):
         try:
-            objs, segmap = sep.extract(
+            extracted = sep.extract(
                 sub,
                 config.threshold_sigma,
                 err=err,
@@ -299,8 +305,9 @@ def detect_sources(
                 deblend_cont=config.deblend_cont,
                 clean=config.clean,
                 clean_param=config.clean_param,
-                segmentation_map=True,
+                segmentation_map=sat_pix is not None,
             )
+            objs, segmap = extracted if sat_pix is not None else (extracted, None)
         except Exception as exc:  # sep raises a bare Exception
             raise BadInputError(
                 f"source extraction failed ({exc}); raise threshold_sigma or check the background subtraction"
@@ -369,12 +376,10 @@ def detect_sources(
     saturated = np.zeros(len(objs), dtype=bool)
     if saturation_adu is not None:
         saturated |= peak + sky >= saturation_adu
-    if mask is not None and np.asarray(mask).dtype != bool:
-        sat_pix = (np.asarray(mask).astype(np.int64) & int(MaskBit.SAT)) != 0
-        if sat_pix.any():
-            labels = segmap[sat_pix]
-            labels = labels[labels > 0]
-            saturated[np.unique(labels) - 1] = True
+    if sat_pix is not None and segmap is not None:
+        labels = segmap[sat_pix]
+        labels = labels[labels > 0]
+        saturated[np.unique(labels) - 1] = True
 
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_aper_err > 0, flux_aper / flux_aper_err, np.nan)
