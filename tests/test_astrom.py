@@ -195,6 +195,10 @@ def test_simulated_frame_solves_from_a_hint(sim_frame):
     assert np.sqrt(np.mean(err**2)) <= 0.05
     assert result.rms_arcsec == pytest.approx(result.rms_pix * 0.67, rel=0.01)
     assert set(result.matches.colnames) >= {"source_index", "catalog_index", "dra_arcsec", "ddec_arcsec"}
+    header = result.to_header()
+    assert header["ASTMETH"] == "hint" and header["ASTQUAL"] == "good"
+    assert header["ASTNMAT"] == result.n_matched
+    assert np.sqrt(np.mean(_grid_error_pix(WCS(header), sim_frame["truth"], (1024, 1024)) ** 2)) <= 0.05
 
 
 def test_wrong_header_wcs_is_detected_and_corrected(sim_frame):

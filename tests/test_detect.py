@@ -322,3 +322,28 @@ def test_summarize_nights_and_plot(tmp_path):
 
     img = matplotlib.image.imread(path)
     assert img.shape[:2] == (700, 800)
+
+
+def test_hot_pixels_are_sharp_and_undersampled_stars_have_no_ellipticity():
+    rng = np.random.default_rng(8)
+    gx, gy = np.meshgrid(np.arange(15, 190, 30.0), np.arange(15, 140, 30.0))
+    x = gx.ravel() + rng.uniform(-0.5, 0.5, gx.size)
+    y = gy.ravel() + rng.uniform(-0.5, 0.5, gy.size)
+    n = x.size
+    image = render_gaussian_stars((151, 201), x, y, np.full(n, 3e4), 3.0, sky=100.0, noise=2.0)
+    hot_x, hot_y = [30, 90, 150], [30, 90, 60]  # between the stars
+    image[hot_y, hot_x] += 5000.0  # single hot pixels
+    cat = extract_frame(image, background_config=BackgroundConfig(box_size_pix=32)).catalog
+    _, dist_hot = _nearest(cat, np.array(hot_x, float), np.array(hot_y, float))
+    assert np.all(dist_hot < 0.5)
+    hot = (
+        np.hypot(np.asarray(cat["x"])[:, None] - hot_x, np.asarray(cat["y"])[:, None] - hot_y).min(axis=1)
+        < 0.5
+    )
+    assert np.all(cat["sharp"][hot])
+    assert not np.any(cat["sharp"][~hot])
+    # stars of 0.9 px FWHM: the shape is the pixel grid's, no ellipticity is reported
+    small = render_gaussian_stars((151, 201), x, y, np.full(n, 3e4), 0.9, sky=100.0, noise=2.0)
+    q = extract_frame(small, background_config=BackgroundConfig(box_size_pix=32)).quality
+    assert q.fwhm_pix < 1.5
+    assert q.ellipticity is None

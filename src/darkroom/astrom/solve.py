@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 from pydantic import BaseModel, ConfigDict, Field
@@ -131,6 +132,22 @@ class SolveResult:
     @property
     def ok(self) -> bool:
         return self.quality != "failed"
+
+    def to_header(self) -> fits.Header:
+        """FITS cards of the solution: the WCS (1-based CRPIX, SIP when fitted) and its figures.
+
+        ``ASTMETH`` method, ``ASTNMAT`` matched stars, ``ASTRMS`` rms [arcsec],
+        ``ASTQUAL`` good/marginal/failed. No WCS cards when there is no WCS.
+        """
+        header = self.wcs.to_header(relax=True) if self.wcs is not None else fits.Header()
+        header["ASTMETH"] = (self.method, "darkroom astrometric method")
+        header["ASTNMAT"] = (int(self.n_matched), "matched stars")
+        header["ASTRMS"] = (
+            float(self.rms_arcsec) if np.isfinite(self.rms_arcsec) else -1.0,
+            "[arcsec] rms of matched stars (-1: unknown)",
+        )
+        header["ASTQUAL"] = (self.quality, "good / marginal / failed")
+        return header
 
 
 def source_positions(
