@@ -1,0 +1,574 @@
+"""Cosmic-ray detection: L.A.Cosmic (van Dokkum 2001), evaluated only where it matters.
+
+``engine="sparse"`` (default) reproduces astroscrappy's ``detect_cosmics`` with its
+defaults (``sepmed=True``, ``fsmode="median"``, ``cleantype="meanmask"``) decision
+for decision, but computes the expensive median filters only at the pixels that
+can be cosmic rays:
+
+1. The Laplacian term ``L+`` (the 2x-subsampled Laplacian clipped at zero and
+   rebinned) is computed for the whole frame directly at the original
+   resolution (four clipped differences per pixel). A lower bound of the noise
+   (the 7x7 minimum of the variance image instead of its separable median)
+   gives an upper bound of the detection statistic; only pixels whose bound
+   exceeds ``sigclip`` (typically 1e-3 of the frame: star cores, cosmic rays)
+   are candidates.
+2. At the candidates the exact statistic ``s - sepmed7(s)``, the noise
+   (``sepmed7`` of the variance) and the fine-structure image
+   (``sepmed5`` - ``sepmed9(sepmed5)``) are computed on 13x13 patches, with
+   astroscrappy's border conventions.
+3. Growth into neighbouring pixels and the cleaning of flagged pixels (masked
+   5x5 mean) follow astroscrappy; later iterations only revisit pixels within 6
+   pixels of a pixel changed by the cleaning, since nothing else can change.
+
+``engine="astroscrappy"`` calls astroscrappy itself. Input data are in adu and
+include the sky; ``sky`` (adu) and ``variance`` (adu^2) are optional models of
+the background and of the variance (see astroscrappy's ``inbkg`` / ``invar``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+import bottleneck as bn
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import ndimage as ndi
+
+from darkroom.errors import BadInputError
+
+__all__ = ["CosmicRayConfig", "CosmicRayResult", "detect_cosmic_rays"]
+
+log = logging.getLogger(__name__)
+
+_F32 = np.float32
+_BATCH = 8192  # candidates evaluated together (bounds the patch memory to ~60 MB)
+
+
+class CosmicRayConfig(BaseModel):
+    """L.A.Cosmic parameters (astroscrappy's names and defaults)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    engine: Literal["sparse", "astroscrappy"] = Field(
+        "sparse", description="sparse re-implementation (same decisions, faster) or astroscrappy itself"
+    )
+    sigclip: float = Field(4.5, gt=0, le=1000, description="Laplacian-to-noise detection limit [sigma]")
+    sigfrac: float = Field(0.3, gt=0, le=1, description="neighbour limit as a fraction of sigclip [1]")
+    objlim: float = Field(5.0, gt=0, le=1000, description="minimum contrast Laplacian / fine structure [1]")
+    niter: int = Field(4, ge=1, le=20, description="L.A.Cosmic iterations")
+
+
+@dataclass(frozen=True)
+class CosmicRayResult:
+    """Cosmic-ray mask (True = hit), the cleaned image [adu] and counts."""
+
+    mask: np.ndarray
+    cleaned: np.ndarray | None
+    n_pixels: int
+    n_iterations: int
+    n_candidates: int
+    engine: str
+
+
+def detect_cosmic_rays(
+    data: np.ndarray,
+    *,
+    gain_e_per_adu: float,
+    read_noise_e: float,
+    sky: np.ndarray | None = None,
+    variance: np.ndarray | None = None,
+    bad_mask: np.ndarray | None = None,
+    saturation_adu: float | None = None,
+    config: CosmicRayConfig | None = None,
+    return_cleaned: bool = False,
+) -> CosmicRayResult:
+    """Find cosmic rays in ``data`` (adu, sky included, shape (ny, nx)).
+
+    Parameters
+    ----------
+    gain_e_per_adu, read_noise_e
+        Detector gain [electron/adu] and read noise [electron].
+    sky
+        Background model [adu] subtracted before detection (astroscrappy ``inbkg``).
+    variance
+        Variance model [adu^2] used instead of the gain/read-noise model (``invar``).
+    bad_mask
+        True for pixels to ignore (bad pixels); they are never flagged.
+    saturation_adu
+        Saturation level [adu]; saturated stars are masked (default: none).
+    return_cleaned
+        Also return the image with the flagged pixels replaced (astroscrappy's
+        masked 5x5 mean) [adu].
+    """
+    cfg = config or CosmicRayConfig()
+    img = np.asarray(data)
+    if img.ndim != 2:
+        raise BadInputError(f"cosmic-ray detection needs a 2-D image, got shape {img.shape}")
+    if not gain_e_per_adu or gain_e_per_adu <= 0:
+        raise BadInputError(f"cosmic-ray detection needs a positive gain, got {gain_e_per_adu!r}")
+    if read_noise_e is None or read_noise_e < 0:
+        raise BadInputError(f"cosmic-ray detection needs a read noise >= 0, got {read_noise_e!r}")
+    for name, arr in (("sky", sky), ("variance", variance), ("bad_mask", bad_mask)):
+        if arr is not None and np.shape(arr) != img.shape:
+            raise BadInputError(f"{name} has shape {np.shape(arr)}, the image {img.shape}")
+    satlevel = np.inf if saturation_adu is None else float(saturation_adu) * gain_e_per_adu
+    if cfg.engine == "astroscrappy":
+        import astroscrappy
+
+        m, cleaned = astroscrappy.detect_cosmics(
+            img.astype(_F32),
+            inmask=None if bad_mask is None else np.asarray(bad_mask, dtype=bool),
+            inbkg=None if sky is None else np.asarray(sky, dtype=_F32),
+            invar=None if variance is None else np.asarray(variance, dtype=_F32),
+            sigclip=cfg.sigclip,
+            sigfrac=cfg.sigfrac,
+            objlim=cfg.objlim,
+            gain=gain_e_per_adu,
+            readnoise=read_noise_e,
+            satlevel=satlevel if np.isfinite(satlevel) else 1e30,
+            niter=cfg.niter,
+            sepmed=True,
+            cleantype="meanmask",
+            fsmode="median",
+        )
+        return CosmicRayResult(
+            mask=m,
+            cleaned=cleaned if return_cleaned else None,
+            n_pixels=int(m.sum()),
+            n_iterations=cfg.niter,
+            n_candidates=-1,
+            engine="astroscrappy",
+        )
+    return _SparseLACosmic(img, gain_e_per_adu, read_noise_e, sky, variance, bad_mask, satlevel, cfg).run(
+        return_cleaned=return_cleaned
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+_S3 = np.ones((3, 3), dtype=bool)
+_S5 = np.ones((5, 5), dtype=bool)
+_S5[0, 0] = _S5[0, 4] = _S5[4, 0] = _S5[4, 4] = False
+_PAD = 6  # patches reach 6 pixels from their centre
+_BLOCK = 8  # block size of the noise lower bound (>= 2 * 3 + 1 would not be needed; any size works)
+_SAFETY = _F32(1.0 - 1e-4)  # margin on the candidate bound against float32 rounding
+
+
+def _dilate(mask: np.ndarray, half: int, structure: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """astroscrappy's dilation: a ``half``-pixel border ring is copied from the input."""
+    out = mask
+    for _ in range(iterations):
+        prev = out
+        out = ndi.binary_dilation(prev, structure=structure)
+        out[:half] = prev[:half]
+        out[-half:] = prev[-half:]
+        out[:, :half] = prev[:, :half]
+        out[:, -half:] = prev[:, -half:]
+    return out
+
+
+def _median_last(a: np.ndarray) -> np.ndarray:
+    return bn.median(a, axis=-1)
+
+
+def _lplus_patch(c: np.ndarray) -> np.ndarray:
+    """Exact ``L+`` (astroscrappy's rebinned clipped Laplacian of the 2x subsampled image).
+
+    ``c`` holds (n, k+2, k+2) pixel values (zero outside the image); returns the
+    (n, k, k) values for the inner pixels, with astroscrappy's float32 arithmetic
+    order: per sub-pixel ``((((4v - right) - left) - up) - down)`` clipped at 0, then
+    ``(p00 + p01 + p11 + p10) / 4``.
+    """
+    v = c[:, 1:-1, 1:-1]
+    left = c[:, 1:-1, :-2]
+    right = c[:, 1:-1, 2:]
+    down = c[:, :-2, 1:-1]  # row - 1
+    up = c[:, 2:, 1:-1]  # row + 1
+    four = v * _F32(4.0)
+
+    def sub(r, lft, u, d):
+        q = four - r
+        q -= lft
+        q -= u
+        q -= d
+        np.maximum(q, _F32(0.0), out=q)
+        return q
+
+    out = sub(v, left, v, down)  # sub-pixel (0, 0)
+    out += sub(v, left, up, v)  # (0, 1)
+    out += sub(right, v, up, v)  # (1, 1)
+    out += sub(right, v, v, down)  # (1, 0)
+    out /= _F32(4.0)
+    return out
+
+
+class _SparseLACosmic:
+    """State of one sparse L.A.Cosmic run (arrays in electrons, float32).
+
+    Images are stored zero-padded by ``_PAD`` pixels so that patches around any
+    pixel can be gathered without clipping; ``*_in`` are views of the image part.
+    Pixel sets are flat indices into the (ny, nx) image.
+    """
+
+    def __init__(self, img, gain, rn, sky, var, bad, satlevel, cfg: CosmicRayConfig) -> None:
+        self.cfg = cfg
+        self.gain = float(gain)
+        ny, nx = img.shape
+        self.ny, self.nx = ny, nx
+        self.pnx = nx + 2 * _PAD
+        P = _PAD
+        self.clean_p = np.zeros((ny + 2 * P, nx + 2 * P), dtype=_F32)
+        self.clean_in = self.clean_p[P:-P, P:-P]
+        self.clean_in[...] = img * gain
+        self.bkg_p = None
+        if sky is not None:
+            self.bkg_p = np.zeros_like(self.clean_p)
+            self.bkg_p[P:-P, P:-P] = np.asarray(sky) * gain
+        bkg_in = None if self.bkg_p is None else self.bkg_p[P:-P, P:-P]
+        self.var_p = np.zeros_like(self.clean_p)
+        var_in = self.var_p[P:-P, P:-P]
+        if var is not None:
+            var_in[...] = np.asarray(var) * (gain * gain)
+            if bkg_in is not None:
+                var_in -= bkg_in
+        elif bkg_in is not None:
+            np.subtract(self.clean_in, bkg_in, out=var_in)
+            var_in += _F32(rn * rn)
+        else:
+            np.add(self.clean_in, _F32(rn * rn), out=var_in)
+        self.var_in = var_in
+        self.bkg_in = bkg_in
+        # patch offsets (flat, in the padded frame) for radius 6, 4 (L+ input) and 3
+        self._off = {
+            r: (np.arange(-r, r + 1)[:, None] * self.pnx + np.arange(-r, r + 1)[None, :]).ravel()
+            for r in (1, 2, 3, 4, 6)
+        }
+        mask = np.zeros(img.shape, dtype=bool) if bad is None else np.asarray(bad, dtype=bool)
+        self.mask = self._update_mask(mask, satlevel)
+        if bkg_in is not None:
+            self.clean_in -= bkg_in
+        self._bg_level: float | None = None
+        self._bg_var_level: float | None = None
+        self.sigclow = _F32(cfg.sigfrac * cfg.sigclip)
+
+    # ---------------------------------------------------------------- utilities
+    def _pidx(self, flat: np.ndarray) -> np.ndarray:
+        """Flat indices in the padded frame of image flat indices."""
+        j, i = np.divmod(flat, self.nx)
+        return (j + _PAD) * self.pnx + (i + _PAD)
+
+    def _patch(self, arr_p: np.ndarray, pidx: np.ndarray, r: int) -> np.ndarray:
+        k = 2 * r + 1
+        return arr_p.ravel()[pidx[:, None] + self._off[r][None, :]].reshape(-1, k, k)
+
+    def _inner(self, flat: np.ndarray, h: int) -> np.ndarray:
+        j, i = np.divmod(flat, self.nx)
+        return (j >= h) & (j < self.ny - h) & (i >= h) & (i < self.nx - h)
+
+    # ---------------------------------------------------------------- astroscrappy's update_mask
+    def _update_mask(self, mask: np.ndarray, satlevel: float) -> np.ndarray:
+        grow = _dilate(mask, 1, _S3) if mask.any() else mask.copy()
+        if not np.isfinite(satlevel):
+            return grow
+        sat_idx = np.flatnonzero(self.clean_in >= _F32(satlevel))
+        if sat_idx.size:
+            inner = self._inner(sat_idx, 3)
+            m5 = self.clean_in.ravel()[sat_idx].copy()
+            if inner.any():
+                patch = self._patch(self.clean_p, self._pidx(sat_idx[inner]), 3)
+                m5[inner] = _median_last(_median_last(patch))
+            keep = sat_idx[m5 > _F32(satlevel / 10.0)]
+            sat = np.zeros(mask.shape, dtype=bool)
+            sat.ravel()[keep] = True
+            if keep.size:
+                sat = _dilate(sat, 2, _S5, iterations=2)
+            grow = grow | sat
+        return grow
+
+    # ---------------------------------------------------------------- candidate bound
+    def _block_noise_floor(self) -> np.ndarray:
+        """Per pixel-block lower bound of ``sepmed7(var) + bkg`` over every 7x7 window touching the block."""
+        b = _BLOCK
+        ny, nx = self.ny, self.nx
+        nby, nbx = -(-ny // b), -(-nx // b)
+        pad = np.full((nby * b, nbx * b), np.inf, dtype=_F32)
+        pad[:ny, :nx] = self.var_in
+        self._vmin = pad.reshape(nby, b, nbx, b).min(axis=(1, 3))
+        if self.bkg_in is not None:
+            pad[:ny, :nx] = self.bkg_in
+            self._bkgmin = pad.reshape(nby, b, nbx, b).min(axis=(1, 3))
+        return self._floor_from_blocks()
+
+    def _floor_from_blocks(self) -> np.ndarray:
+        bmin = self._vmin if self.bkg_in is None else self._vmin + self._bkgmin
+        # a 7x7 window around a pixel lies within its block and the 8 neighbouring blocks
+        return ndi.minimum_filter(bmin, size=3, mode="nearest")
+
+    def _block_noise_floor_update(self, changed: np.ndarray) -> np.ndarray:
+        """Lower the block minima where the cleaning changed the variance (a lower bound stays one)."""
+        j, i = np.divmod(changed, self.nx)
+        np.minimum.at(self._vmin, (j // _BLOCK, i // _BLOCK), self.var_in.ravel()[changed])
+        return self._floor_from_blocks()
+
+    def _threshold_rows(self, floor: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        thr_b = _F32(2.0 * self.cfg.sigclip) * np.sqrt(np.maximum(floor, _F32(1e-5))) * _SAFETY
+        rows = thr_b[np.arange(r0, r1) // _BLOCK]
+        return np.repeat(rows, _BLOCK, axis=1)[:, : self.nx]
+
+    def _candidates_full(self) -> np.ndarray:
+        """Flat indices of the pixels whose L+ upper bound exceeds 2 sigclip times the noise floor."""
+        floor = self._block_noise_floor()
+        P = _PAD
+        out = []
+        chunk = 128
+        for r0 in range(0, self.ny, chunk):
+            r1 = min(self.ny, r0 + chunk)
+            c = self.clean_p[P + r0 - 1 : P + r1 + 1, P - 1 : P + self.nx + 1]
+            v = c[1:-1, 1:-1]
+            th = np.minimum(c[1:-1, :-2], c[1:-1, 2:])
+            tv = np.minimum(c[:-2, 1:-1], c[2:, 1:-1])
+            ub = v + v
+            ub -= th
+            ub -= tv
+            hit = ub > self._threshold_rows(floor, r0, r1)
+            jj, ii = np.nonzero(hit)
+            out.append((jj + r0) * self.nx + ii)
+        idx = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+        return self._filter_candidates(idx, floor)
+
+    def _candidates_zone(self, zone: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        """Candidate test restricted to the flat indices ``zone``."""
+        pidx = self._pidx(zone)
+        c = self.clean_p.ravel()
+        pnx = self.pnx
+        v = c[pidx]
+        th = np.minimum(c[pidx - 1], c[pidx + 1])
+        tv = np.minimum(c[pidx - pnx], c[pidx + pnx])
+        ub = v + v - th - tv
+        j, i = np.divmod(zone, self.nx)
+        thr = _F32(2.0 * self.cfg.sigclip) * np.sqrt(np.maximum(floor[j // _BLOCK, i // _BLOCK], _F32(1e-5)))
+        return self._filter_candidates(zone[ub > thr * _SAFETY], floor)
+
+    def _filter_candidates(self, idx: np.ndarray, floor: np.ndarray) -> np.ndarray:
+        good = ~self.mask.ravel()[idx]
+        idx = idx[good & self._inner(idx, 3)]  # sp == 0 within 3 pixels of the border
+        # sp = s - sepmed7(s) <= s (s >= 0): the exact s at the pixel is a cheap, tighter bound
+        return idx[self._exact_s(idx) > _F32(self.cfg.sigclip)]
+
+    # ---------------------------------------------------------------- exact statistics
+    def _noise7(self, pidx: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """astroscrappy's noise (sqrt of sepmed7(var) + bkg, floored) at offsets -3..3: (n, 7, 7)."""
+        cv = self._patch(self.var_p, pidx, 6)
+        rowmed = _median_last(sliding_window_view(cv, 7, axis=2))  # (n, 13, 7)
+        sep = _median_last(sliding_window_view(rowmed, 7, axis=1))  # (n, 7, 7)
+        j, i = np.divmod(flat, self.nx)
+        o = np.arange(-3, 4)
+        y = (j[:, None] + o)[:, :, None]
+        x = (i[:, None] + o)[:, None, :]
+        border = (y < 3) | (y >= self.ny - 3) | (x < 3) | (x >= self.nx - 3)
+        m5 = np.where(border, cv[:, 3:10, 3:10], sep).astype(_F32)
+        if self.bkg_p is not None:
+            m5 += self._patch(self.bkg_p, pidx, 3)
+        np.maximum(m5, _F32(1e-5), out=m5)
+        return np.sqrt(m5)
+
+    def _exact_s(self, flat: np.ndarray) -> np.ndarray:
+        """astroscrappy's s = L+ / (2 noise) at the pixels themselves (an upper bound of sp)."""
+        out = np.empty(flat.size, dtype=_F32)
+        for b0 in range(0, flat.size, _BATCH):
+            f = flat[b0 : b0 + _BATCH]
+            pidx = self._pidx(f)
+            cv = self._patch(self.var_p, pidx, 3)  # (n, 7, 7)
+            sep = _median_last(_median_last(cv))
+            j, i = np.divmod(f, self.nx)
+            border = (j < 3) | (j >= self.ny - 3) | (i < 3) | (i >= self.nx - 3)
+            m5 = np.where(border, cv[:, 3, 3], sep).astype(_F32)
+            if self.bkg_p is not None:
+                m5 += self.bkg_p.ravel()[pidx]
+            np.maximum(m5, _F32(1e-5), out=m5)
+            lp = _lplus_patch(self._patch(self.clean_p, pidx, 1))[:, 0, 0]
+            out[b0 : b0 + _BATCH] = lp / (_F32(2.0) * np.sqrt(m5))
+        return out
+
+    def _exact_sp(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(sp, noise at the pixel) for pixels at least 3 from the border."""
+        n = flat.size
+        sp = np.empty(n, dtype=_F32)
+        nc = np.empty(n, dtype=_F32)
+        for b0 in range(0, n, _BATCH):
+            f = flat[b0 : b0 + _BATCH]
+            pidx = self._pidx(f)
+            noise = self._noise7(pidx, f)
+            lp = _lplus_patch(self._patch(self.clean_p, pidx, 4))  # (n, 7, 7)
+            s = lp / (_F32(2.0) * noise)
+            sp[b0 : b0 + _BATCH] = s[:, 3, 3] - _median_last(_median_last(s))
+            nc[b0 : b0 + _BATCH] = noise[:, 3, 3]
+        return sp, nc
+
+    def _exact_f(self, flat: np.ndarray, noise_c: np.ndarray) -> np.ndarray:
+        """astroscrappy's fine-structure ratio denominator f at the pixels."""
+        n = flat.size
+        out = np.empty(n, dtype=_F32)
+        o = np.arange(-4, 5)
+        for b0 in range(0, n, _BATCH):
+            fl = flat[b0 : b0 + _BATCH]
+            cl = self._patch(self.clean_p, self._pidx(fl), 6)
+            rowmed = _median_last(sliding_window_view(cl, 5, axis=2))  # (n, 13, 9)
+            f5 = _median_last(sliding_window_view(rowmed, 5, axis=1))  # (n, 9, 9)
+            j, i = np.divmod(fl, self.nx)
+            y = (j[:, None] + o)[:, :, None]
+            x = (i[:, None] + o)[:, None, :]
+            b2 = (y < 2) | (y >= self.ny - 2) | (x < 2) | (x >= self.nx - 2)
+            f5 = np.where(b2, cl[:, 2:11, 2:11], f5).astype(_F32)
+            f5c = f5[:, 4, 4]
+            m7 = _median_last(_median_last(f5))
+            b4 = (j < 4) | (j >= self.ny - 4) | (i < 4) | (i >= self.nx - 4)
+            m7 = np.where(b4, f5c, m7).astype(_F32)
+            f = (f5c - m7) / noise_c[b0 : b0 + _BATCH]
+            f[f < _F32(0.01)] = _F32(0.01)
+            out[b0 : b0 + _BATCH] = f
+        return out
+
+    # ---------------------------------------------------------------- growth and cleaning
+    def _neighbours(self, seeds: np.ndarray) -> np.ndarray:
+        """astroscrappy's dilate3 of a pixel set, as flat indices (border ring not dilated)."""
+        j, i = np.divmod(seeds, self.nx)
+        ring = (j == 0) | (j == self.ny - 1) | (i == 0) | (i == self.nx - 1)
+        out = [seeds[ring]]
+        jj, ii = j[~ring], i[~ring]
+        for dj in (-1, 0, 1):
+            for di in (-1, 0, 1):
+                j2, i2 = jj + dj, ii + di
+                # a dilated pixel on the ring keeps its input value (False here: not a seed)
+                ok = (j2 > 0) & (j2 < self.ny - 1) & (i2 > 0) & (i2 < self.nx - 1)
+                out.append(j2[ok] * self.nx + i2[ok])
+        return np.unique(np.concatenate(out))
+
+    def _grow(
+        self, seeds: np.ndarray, sp_cache: np.ndarray, s_cache: np.ndarray, limit: np.float32
+    ) -> np.ndarray:
+        """dilate3(seeds) & good & (sp > limit); sp is computed only where s > limit (sp <= s)."""
+        if seeds.size == 0:
+            return seeds
+        nb = self._neighbours(seeds)
+        nb = nb[~self.mask.ravel()[nb] & self._inner(nb, 3)]
+        spc = sp_cache.ravel()
+        sc = s_cache.ravel()
+        unknown = nb[np.isnan(spc[nb])]
+        if unknown.size:
+            no_s = unknown[np.isnan(sc[unknown])]
+            if no_s.size:
+                sc[no_s] = self._exact_s(no_s)
+            rest = unknown[sc[unknown] > limit]
+            if rest.size:
+                spc[rest] = self._exact_sp(rest)[0]
+        spv = spc[nb]
+        return nb[~np.isnan(spv) & (spv > limit)]
+
+    def _clean(self, cr_idx: np.ndarray, crmask: np.ndarray) -> np.ndarray:
+        """Masked 5x5 mean of the unflagged neighbours into the flagged pixels; flat indices changed."""
+        idx = cr_idx[self._inner(cr_idx, 2)]
+        if idx.size == 0:
+            return idx
+        pidx = self._pidx(idx)
+        j, i = np.divmod(idx, self.nx)
+        o = np.arange(-2, 3)
+        R = (j[:, None] + o)[:, :, None]
+        C = (i[:, None] + o)[:, None, :]
+        usable = ~(crmask[R, C] | self.mask[R, C])
+        cnt = usable.sum(axis=(1, 2)).astype(_F32)
+        changed = np.zeros(idx.size, dtype=bool)
+        for arr_p, which in ((self.clean_p, "data"), (self.var_p, "var")):
+            vals = self._patch(arr_p, pidx, 2)
+            s = np.zeros(idx.size, dtype=_F32)
+            for a in range(5):  # float32 sum in astroscrappy's order: rows, then columns
+                for b in range(5):
+                    s += np.where(usable[:, a, b], vals[:, a, b], _F32(0.0))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                new = (s / cnt).astype(_F32)
+            if np.any(cnt == 0):
+                new[cnt == 0] = self._background(which)
+            flat_p = arr_p.ravel()
+            changed |= new != flat_p[pidx]
+            flat_p[pidx] = new
+        return idx[changed]
+
+    def _background(self, which: str) -> np.float32:
+        good = ~self.mask
+        if which == "data":
+            if self._bg_level is None:
+                self._bg_level = _F32(bn.median(self.clean_in[good]))
+            return self._bg_level
+        if self._bg_var_level is None:
+            self._bg_var_level = _F32(bn.median(self.var_in[good]))
+        return self._bg_var_level
+
+    def _zone(self, changed: np.ndarray) -> np.ndarray:
+        """Pixels within 6 (Chebyshev) of a changed pixel: the only ones whose statistics change."""
+        j, i = np.divmod(changed, self.nx)
+        marks = np.zeros(self.ny * self.nx, dtype=bool)
+        for dj in range(-6, 7):
+            j2 = j + dj
+            okj = (j2 >= 0) & (j2 < self.ny)
+            for di in range(-6, 7):
+                i2 = i + di
+                ok = okj & (i2 >= 0) & (i2 < self.nx)
+                marks[j2[ok] * self.nx + i2[ok]] = True
+        return np.flatnonzero(marks)
+
+    # ---------------------------------------------------------------- driver
+    def run(self, *, return_cleaned: bool) -> CosmicRayResult:
+        cfg = self.cfg
+        shape = (self.ny, self.nx)
+        crmask = np.zeros(shape, dtype=bool)
+        primary = np.zeros(shape, dtype=bool)
+        sp_cache = np.full(shape, np.nan, dtype=_F32)
+        s_cache = np.full(shape, np.nan, dtype=_F32)
+        zone = None
+        changed = np.zeros(0, dtype=np.int64)
+        n_iter = 0
+        n_cand = 0
+        for _ in range(cfg.niter):
+            n_iter += 1
+            if zone is None:
+                cand = self._candidates_full()
+            else:
+                primary.ravel()[zone] = False
+                sp_cache.ravel()[zone] = np.nan
+                s_cache.ravel()[zone] = np.nan
+                floor = self._block_noise_floor_update(changed)
+                cand = self._candidates_zone(zone, floor)
+            n_cand += cand.size
+            if cand.size:
+                sp, noise_c = self._exact_sp(cand)
+                sp_cache.ravel()[cand] = sp
+                above = sp > _F32(cfg.sigclip)
+                if above.any():
+                    f = self._exact_f(cand[above], noise_c[above])
+                    hit = cand[above][(sp[above] / f) > _F32(cfg.objlim)]
+                    primary.ravel()[hit] = True
+            g1 = self._grow(np.flatnonzero(primary), sp_cache, s_cache, _F32(cfg.sigclip))
+            cosmics = self._grow(g1, sp_cache, s_cache, self.sigclow)
+            if cosmics.size == 0:
+                break
+            crmask.ravel()[cosmics] = True
+            changed = self._clean(np.flatnonzero(crmask), crmask)
+            if n_iter == cfg.niter or changed.size == 0:
+                break  # unchanged images would give this iteration's result again
+            zone = self._zone(changed)
+        cleaned = None
+        if return_cleaned:
+            cleaned = self.clean_in + self.bkg_in if self.bkg_in is not None else self.clean_in.copy()
+            cleaned /= _F32(self.gain)
+        log.debug("sparse L.A.Cosmic: %d pixels, %d iterations, %d candidates", crmask.sum(), n_iter, n_cand)
+        return CosmicRayResult(
+            mask=crmask,
+            cleaned=cleaned,
+            n_pixels=int(crmask.sum()),
+            n_iterations=n_iter,
+            n_candidates=int(n_cand),
+            engine="sparse",
+        )

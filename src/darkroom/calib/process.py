@@ -1,0 +1,443 @@
+"""Instrument-signature removal for one frame: raw adu in, SCI / MASK / VAR out.
+
+Steps, in order (each recorded in the header):
+
+1. saturation: raw pixels at or above the saturation level get ``SAT``;
+2. overscan subtraction and trim, where the metadata defines the sections;
+3. bias subtraction, dark subtraction scaled by ``exptime / dark exptime``,
+   flat division;
+4. the variance plane from the noise model (:mod:`darkroom.calib.variance`);
+5. bad pixels (``BAD``) interpolated (``INTRP``); NaN input pixels ``NO_DATA``;
+6. cosmic rays (``CR``), found with the sky model and the variance plane, and
+   interpolated (``INTRP``).
+
+A master that is needed but not given raises
+:class:`~darkroom.errors.MissingCalibrationError`, unless ``config.require`` lets
+that step be skipped. Pixel values stay in adu (``BUNIT``); the flat is normalised
+to median 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from astropy.io import fits
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
+from darkroom.maskbits import MaskBit, mask_header_cards
+
+from .badpix import BadPixelMask
+from .cosmics import CosmicRayConfig, detect_cosmic_rays
+from .grouping import describe_key, required_key
+from .interp import interpolate_masked
+from .masters import MasterFrame
+from .overscan import OverscanConfig, parse_section, subtract_overscan
+from .variance import flat_divided_variance, poisson_read_variance
+
+__all__ = [
+    "CalibratedFrame",
+    "CalibrationConfig",
+    "PreparedFrame",
+    "RequireConfig",
+    "calibrate_frame",
+    "prepare_raw",
+]
+
+log = logging.getLogger(__name__)
+
+_F32 = np.float32
+MASK_DTYPE = np.int32
+
+
+class RequireConfig(BaseModel):
+    """Which masters must be present (a missing required master is an error)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bias: bool = Field(True, description="a master bias is required")
+    dark: bool = Field(True, description="a master dark is required")
+    flat: bool = Field(True, description="a master flat is required")
+
+
+class CalibrationConfig(BaseModel):
+    """How a frame is calibrated."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    require: RequireConfig = Field(default_factory=RequireConfig, description="masters that must be given")
+    do_overscan: bool = Field(True, description="subtract the overscan when the metadata has a section")
+    do_trim: bool = Field(True, description="trim to the metadata's trim section")
+    overscan: OverscanConfig = Field(default_factory=OverscanConfig)
+    default_saturation_adu: float | None = Field(
+        65535.0, gt=0, description="saturation when the metadata has none [adu, raw]; None: no SAT flags"
+    )
+    dark_exptime_tolerance_s: float = Field(
+        0.5, ge=0, le=3600, description="largest exptime difference for a dark that includes the bias [s]"
+    )
+    min_flat: float = Field(
+        0.05, gt=0, lt=1, description="flat values below this are treated as no response (BAD) [1]"
+    )
+    do_interpolate_bad: bool = Field(True, description="interpolate BAD pixels (flag INTRP)")
+    do_cosmic_rays: bool = Field(True, description="detect cosmic rays (needs gain and read noise)")
+    do_interpolate_cosmic_rays: bool = Field(True, description="interpolate cosmic-ray pixels (flag INTRP)")
+    cosmic_rays: CosmicRayConfig = Field(default_factory=CosmicRayConfig)
+    sky_box_pix: int = Field(
+        64, ge=8, le=4096, description="mesh of the sky model used for cosmic rays [pixels]"
+    )
+
+
+@dataclass(frozen=True)
+class PreparedFrame:
+    """A raw frame after overscan subtraction and trimming.
+
+    ``data`` float32 [adu]; ``saturated`` the raw pixels at or above saturation;
+    ``offset`` the (row, column) of the trimmed frame's first pixel in the raw
+    frame (0-based); ``overscan_level_adu`` the mean overscan level (None without);
+    ``overscan_noise_adu`` the robust scatter of the overscan strip.
+    """
+
+    data: np.ndarray
+    saturated: np.ndarray
+    offset: tuple[int, int]
+    overscan_level_adu: float | None
+    overscan_noise_adu: float | None
+    history: tuple[str, ...]
+
+
+def prepare_raw(
+    data: np.ndarray,
+    meta,
+    *,
+    config: CalibrationConfig | None = None,
+    saturation_adu: float | None = None,
+) -> PreparedFrame:
+    """Overscan-subtract and trim a raw frame (any type: also bias, dark, flat frames).
+
+    ``meta`` is a :class:`~darkroom.instruments.metadata.FrameMetadata`; its
+    ``overscan_section`` and ``trim_section`` (FITS, 1-based) are used when set.
+    """
+    cfg = config or CalibrationConfig()
+    raw = np.asarray(data)
+    if raw.ndim != 2:
+        raise BadInputError(f"expected a 2-D image, got shape {raw.shape}")
+    sat_level = saturation_adu
+    if sat_level is None:
+        sat_level = meta.saturation_adu if meta.saturation_adu is not None else cfg.default_saturation_adu
+    with np.errstate(invalid="ignore"):
+        saturated = raw >= sat_level if sat_level is not None else np.zeros(raw.shape, dtype=bool)
+    history: list[str] = []
+    img = raw.astype(_F32)
+    level = noise = None
+    if cfg.do_overscan and meta.overscan_section:
+        res = subtract_overscan(img, meta.overscan_section, config=cfg.overscan)
+        img = res.data
+        level, noise = res.mean_level_adu, res.noise_adu
+        history.append(
+            f"overscan {meta.overscan_section} subtracted ({cfg.overscan.statistic}, {cfg.overscan.fit}); "
+            f"mean {level:.2f} adu"
+        )
+    offset = (0, 0)
+    if cfg.do_trim and meta.trim_section:
+        rows, cols = parse_section(meta.trim_section, shape=img.shape)
+        img = img[rows, cols]
+        saturated = saturated[rows, cols]
+        offset = (rows.start, cols.start)
+        history.append(f"trimmed to {meta.trim_section}")
+    return PreparedFrame(
+        data=np.ascontiguousarray(img),
+        saturated=np.ascontiguousarray(saturated),
+        offset=offset,
+        overscan_level_adu=level,
+        overscan_noise_adu=noise,
+        history=tuple(history),
+    )
+
+
+@dataclass(frozen=True)
+class CalibratedFrame:
+    """A calibrated frame.
+
+    Attributes
+    ----------
+    sci : float32 (ny, nx)
+        Calibrated pixels [adu] (NaN where ``NO_DATA``).
+    mask : int32 (ny, nx)
+        :class:`~darkroom.maskbits.MaskBit` bits.
+    var : float32 (ny, nx)
+        Variance of ``sci`` [adu^2].
+    header : astropy.io.fits.Header
+        The input header with the calibration cards and history.
+    gain_e_per_adu, read_noise_e, saturation_adu : float | None
+        The noise figures used, and the raw saturation level.
+    n_cosmic_pixels, n_bad_pixels, n_saturated : int
+    """
+
+    sci: np.ndarray
+    mask: np.ndarray
+    var: np.ndarray
+    header: fits.Header
+    gain_e_per_adu: float
+    read_noise_e: float
+    saturation_adu: float | None
+    n_cosmic_pixels: int
+    n_bad_pixels: int
+    n_saturated: int
+    steps: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_hdus(self) -> fits.HDUList:
+        """HDUs ``[primary, SCI, MASK, VAR]`` (not written anywhere)."""
+        sci_h = self.header.copy()
+        sci_h["EXTNAME"] = "SCI"
+        mask_h = fits.Header()
+        mask_h["EXTNAME"] = "MASK"
+        for key, value, comment in mask_header_cards():
+            mask_h[key] = (value, comment)
+        var_h = fits.Header()
+        var_h["EXTNAME"] = "VAR"
+        var_h["BUNIT"] = ("adu2", "variance of SCI")
+        return fits.HDUList(
+            [
+                fits.PrimaryHDU(),
+                fits.ImageHDU(self.sci, header=sci_h),
+                fits.ImageHDU(self.mask, header=mask_h),
+                fits.ImageHDU(self.var, header=var_h),
+            ]
+        )
+
+
+def _missing(meta, kind: str) -> MissingCalibrationError:
+    need = describe_key(required_key(meta, kind))
+    return MissingCalibrationError(
+        f"missing master {kind}: a {need} is needed (set require.{kind}=False to skip {kind} correction)",
+        kind=kind,
+    )
+
+
+def _check_shape(master_shape: tuple[int, int], shape: tuple[int, int], what: str) -> None:
+    if tuple(master_shape) != tuple(shape):
+        raise CalibrationError(
+            f"master {what} has shape {tuple(master_shape)} but the trimmed frame has {tuple(shape)}"
+        )
+
+
+def calibrate_frame(
+    data: np.ndarray,
+    meta,
+    *,
+    bias: MasterFrame | None = None,
+    dark: MasterFrame | None = None,
+    flat: MasterFrame | None = None,
+    bad_pixels: BadPixelMask | None = None,
+    header: fits.Header | None = None,
+    gain_e_per_adu: float | None = None,
+    read_noise_e: float | None = None,
+    config: CalibrationConfig | None = None,
+) -> CalibratedFrame:
+    """Calibrate one raw frame.
+
+    Parameters
+    ----------
+    data
+        Raw pixels [adu] (ny, nx), untrimmed.
+    meta
+        The frame's :class:`~darkroom.instruments.metadata.FrameMetadata`.
+    bias, dark, flat
+        Masters (trimmed to the science area); ``name`` of each is written into
+        BIASCORR / DARKCORR / FLATCORR.
+    bad_pixels
+        Bad-pixel mask of the trimmed frame; its ``name`` goes into BPM.
+    header
+        The raw header, copied into the result with the calibration cards.
+    gain_e_per_adu, read_noise_e
+        Override the metadata; when both are missing the gain measured on the
+        flat (``flat.gain_e_per_adu``) and the read noise of the bias
+        (``bias.read_noise_adu``, else the overscan scatter) are used.
+    """
+    cfg = config or CalibrationConfig()
+    for kind, master in (("bias", bias), ("dark", dark), ("flat", flat)):
+        if master is None and getattr(cfg.require, kind):
+            raise _missing(meta, kind)
+        if master is not None and master.kind != kind:
+            raise BadInputError(f"the {kind} argument holds a master {master.kind}")
+    sat_level = meta.saturation_adu if meta.saturation_adu is not None else cfg.default_saturation_adu
+    prep = prepare_raw(data, meta, config=cfg, saturation_adu=sat_level)
+    shape = prep.data.shape
+    history = list(prep.history)
+    cards: list[tuple[str, object, str]] = []
+
+    # noise figures
+    gain = gain_e_per_adu or meta.gain_e_per_adu or (flat.gain_e_per_adu if flat is not None else None)
+    if not gain:
+        raise CalibrationError(
+            "no gain: not in the header, not given, not measured on the flat; measure it with "
+            "darkroom.calib.noise (two_frame_gain_read_noise or photon_transfer_curve)"
+        )
+    rn_e = read_noise_e if read_noise_e is not None else meta.read_noise_e
+    if rn_e is None and bias is not None and bias.read_noise_adu is not None:
+        rn_e = bias.read_noise_adu * gain
+    if rn_e is None and prep.overscan_noise_adu is not None:
+        rn_e = prep.overscan_noise_adu * gain
+    if rn_e is None:
+        raise CalibrationError(
+            "no read noise: not in the header, not given, no master bias or overscan to measure it"
+        )
+    rn_adu = rn_e / gain
+
+    sci = prep.data  # raw - overscan [adu], float32, a fresh array
+    var_masters = np.zeros(shape, dtype=_F32)
+    signal = None  # the level above bias that sets the Poisson noise
+    scale = 0.0
+    if bias is not None:
+        _check_shape(bias.shape, shape, "bias")
+        sci -= bias.data
+        signal = sci.copy()
+        history.append(f"bias subtracted: {bias.name or 'master bias'}")
+        cards.append(("BIASCORR", bias.name or "T", "master bias subtracted"))
+    if dark is not None:
+        _check_shape(dark.shape, shape, "dark")
+        if dark.includes_bias:
+            if bias is not None:
+                raise CalibrationError("the master dark includes the bias and a master bias was also given")
+            if (
+                meta.exptime_s is None
+                or dark.exptime_s is None
+                or abs(meta.exptime_s - dark.exptime_s) > (cfg.dark_exptime_tolerance_s)
+            ):
+                raise CalibrationError(
+                    f"a dark that includes the bias ({dark.exptime_s} s) cannot be scaled to {meta.exptime_s} s"
+                )
+            scale = 1.0
+            signal = sci - dark.data  # dark current shot noise is not counted here
+        else:
+            if meta.exptime_s is None or not dark.exptime_s:
+                raise BadInputError(
+                    "dark scaling needs the exposure times of the frame and of the master dark"
+                )
+            scale = float(meta.exptime_s) / float(dark.exptime_s)
+        sci -= dark.data * _F32(scale)
+        # the master dark had the master bias subtracted: sci = raw - (1-k) B - k D_frames
+        var_masters += dark.variance * _F32(scale * scale)
+        history.append(f"dark x {scale:.4g} subtracted: {dark.name or 'master dark'}")
+        cards.append(("DARKCORR", dark.name or "T", f"master dark subtracted, scaled by {scale:.4g}"))
+    if bias is not None:
+        var_masters += bias.variance * _F32((1.0 - scale) ** 2)
+    if signal is None:
+        if prep.overscan_level_adu is None:
+            log.warning("no bias, dark or overscan: the Poisson term of VAR uses the raw level")
+        signal = sci
+    var = poisson_read_variance(signal, gain_e_per_adu=gain, read_noise_adu=rn_adu)
+    var += var_masters
+    del signal
+
+    mask = np.zeros(shape, dtype=MASK_DTYPE)
+    bad = np.zeros(shape, dtype=bool)
+    nodata = ~np.isfinite(sci)
+    if flat is not None:
+        _check_shape(flat.shape, shape, "flat")
+        fdata = flat.data
+        no_resp = ~(fdata >= cfg.min_flat)  # NaN or dead
+        f = np.where(no_resp, _F32(1.0), fdata)
+        sci /= f
+        fvar = np.where(no_resp, _F32(0.0), flat.variance)
+        var = flat_divided_variance(var, sci, f, fvar)
+        bad |= no_resp
+        history.append(f"flat divided: {flat.name or 'master flat'}")
+        cards.append(("FLATCORR", flat.name or "T", "master flat divided"))
+    if bad_pixels is not None:
+        _check_shape(bad_pixels.shape, shape, "bad-pixel mask")
+        bad |= bad_pixels.mask
+        history.append(
+            f"bad pixels flagged: {bad_pixels.name or 'bad-pixel mask'} ({bad_pixels.n_bad} pixels)"
+        )
+        cards.append(("BPM", bad_pixels.name or "T", "bad-pixel mask applied"))
+    bad &= ~nodata
+    mask[bad] |= MaskBit.BAD
+    mask[prep.saturated] |= MaskBit.SAT
+    mask[nodata] |= MaskBit.NO_DATA
+    sci[nodata] = np.nan
+    var[nodata] = np.nan
+    n_cr = 0
+    fill = bad.copy() if cfg.do_interpolate_bad else np.zeros(shape, dtype=bool)
+    if cfg.do_cosmic_rays:
+        # detect on an image whose bad pixels are already filled, so that cosmic rays next to a bad
+        # column are found; the final interpolation below uses only good, unflagged pixels
+        det = interpolate_masked(sci, bad | nodata)[0] if bad.any() else sci
+        cr = _cosmic_rays(det, var, mask, gain, rn_e, cfg, history, cards)
+        n_cr = int(cr.sum())
+        mask[cr] |= MaskBit.CR
+        if cfg.do_interpolate_cosmic_rays:
+            fill |= cr
+    if fill.any():
+        sci, done = interpolate_masked(sci, fill | nodata)
+        var_f, _ = interpolate_masked(var, fill | nodata)
+        done &= fill
+        var = np.where(done, var_f, var)
+        mask[done] |= MaskBit.INTRP
+        history.append(f"{int(done.sum())} pixels interpolated (bad pixels and cosmic rays)")
+
+    h = fits.Header() if header is None else header.copy()
+    for key in ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX"):
+        h.remove(key, ignore_missing=True, remove_all=True)
+    _shift_wcs(h, prep.offset)
+    h["BUNIT"] = ("adu", "calibrated, bias/dark subtracted, flat divided")
+    h["GAIN"] = (float(gain), "[electron/adu] gain used for VAR")
+    h["RDNOISE"] = (float(rn_e), "[electron] read noise used for VAR")
+    if sat_level is not None:
+        h["SATURATE"] = (float(sat_level), "[adu] raw saturation level (SAT mask bit)")
+    for key, value, comment in cards:
+        h[key] = (value, comment)
+    for line in history:
+        h.add_history(f"darkroom.calib: {line}")
+    return CalibratedFrame(
+        sci=sci.astype(_F32, copy=False),
+        mask=mask,
+        var=var.astype(_F32, copy=False),
+        header=h,
+        gain_e_per_adu=float(gain),
+        read_noise_e=float(rn_e),
+        saturation_adu=None if sat_level is None else float(sat_level),
+        n_cosmic_pixels=n_cr,
+        n_bad_pixels=int(np.count_nonzero(mask & MaskBit.BAD)),
+        n_saturated=int(np.count_nonzero(prep.saturated)),
+        steps=tuple(history),
+    )
+
+
+def _cosmic_rays(sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, cards) -> np.ndarray:
+    """Cosmic-ray mask of ``sci`` (bad pixels already filled), with a sep sky model and the VAR plane."""
+    import sep
+
+    ignore = (mask & (MaskBit.SAT | MaskBit.NO_DATA)) != 0
+    work = np.ascontiguousarray(np.where(np.isfinite(sci), sci, _F32(0.0)), dtype=_F32)
+    box = int(min(cfg.sky_box_pix, *work.shape))
+    sky = sep.Background(work, mask=ignore, bw=box, bh=box).back()
+    v = np.where(np.isfinite(var), var, np.nanmedian(var)).astype(_F32)
+    res = detect_cosmic_rays(
+        work,
+        gain_e_per_adu=gain,
+        read_noise_e=rn_e,
+        sky=sky,
+        variance=v,
+        bad_mask=ignore if ignore.any() else None,
+        config=cfg.cosmic_rays,
+    )
+    cr = res.mask & ~ignore
+    n_cr = int(cr.sum())
+    history.append(f"cosmic rays: {n_cr} pixels ({res.engine} L.A.Cosmic, {res.n_iterations} iterations)")
+    cards.append(("CRCORR", f"{res.engine} L.A.Cosmic: {n_cr} px", "cosmic rays flagged (CR)"))
+    return cr
+
+
+def _shift_wcs(h: fits.Header, offset: tuple[int, int]) -> None:
+    """Move the WCS reference pixel (and IRAF LTV) by the trim offset (rows, cols)."""
+    dy, dx = offset
+    if dx == 0 and dy == 0:
+        return
+    for key, d in (("CRPIX1", dx), ("CRPIX2", dy)):
+        if key in h:
+            h[key] = h[key] - d
+    for key, d in (("LTV1", dx), ("LTV2", dy)):
+        h[key] = (h.get(key, 0.0) - d, "offset of the trimmed image (IRAF)")
