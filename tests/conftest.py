@@ -72,3 +72,19 @@ def db_url(request, tmp_path: Path):
             )
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def arcsat_calibrated(tmp_path_factory, arcsat_dir):
+    """A SQLite repository with the ARCSAT night ingested and calibrated (built once per session)."""
+    from darkroom.pipeline.calibration import calibration_stages
+    from darkroom.pipeline.ingest import ingest_paths
+    from darkroom.pipeline.runner import run_stage
+    from darkroom.repo.repository import Repository
+
+    root = tmp_path_factory.mktemp("arcsat_repo")
+    repo = Repository.init(root)
+    ingest_paths(repo.registry, [arcsat_dir], config=repo.config.ingest)
+    reports = [run_stage(repo.registry, stage) for stage in calibration_stages(repo.root, repo.config.calib)]
+    yield repo, reports
+    repo.close()

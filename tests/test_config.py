@@ -63,8 +63,8 @@ def test_apply_overrides_does_not_mutate():
 
 
 class _Demo(_Section):
-    sigma: float = Field(3.0, json_schema_extra={"critical": True})
-    n_workers: int = 2
+    sigma: float = 3.0
+    n_workers: int = Field(2, json_schema_extra={"critical": False})
 
 
 def test_critical_params_and_provenance():

@@ -198,6 +198,44 @@ def status(
 
 
 @app.command()
+def calibrate(
+    repo: RepoArg,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")] = 0,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build master calibrations and calibrate every registered light frame (skips what is done)."""
+    from darkroom.pipeline.calibration import calibration_stages
+    from darkroom.pipeline.drive import drive_stages, print_reports
+    from darkroom.pipeline.executors import make_executor
+    from darkroom.repo.repository import Repository
+
+    _setup_logging(quiet)
+    try:
+        r = Repository(repo, db_url=db, overrides=set_ or ())
+        executor = make_executor(workers=workers)
+        try:
+            reports = drive_stages(
+                r.registry,
+                calibration_stages(r.root, r.config.calib),
+                executor=executor,
+                retry_failed=retry_failed,
+                console=err_console,
+                quiet=quiet,
+            )
+        finally:
+            executor.close()
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+    print_reports(reports, console)
+    if any(rep.n_failed for rep in reports):
+        raise typer.Exit(2)
+
+
+@app.command()
 def inspect(
     files: Annotated[list[Path], typer.Argument(help="FITS files")],
     profiles: Annotated[

@@ -4,10 +4,10 @@ Each section is a pydantic model that lives next to the code that uses it; this
 module only assembles them, reads and writes the YAML (safe loader, no eval), and
 applies ``--set section.key=value`` overrides from the command line.
 
-A field marked critical (``Field(..., json_schema_extra={"critical": True})``)
-changes the science products when it changes, so it enters the stage's provenance
-id (:func:`darkroom.provenance.provenance_id`); non-critical fields (progress bars,
-worker counts) do not.
+Every field of a stage's section is *critical* (it enters the stage's provenance id,
+:func:`darkroom.provenance.provenance_id`) unless it is marked
+``json_schema_extra={"critical": False}``: worker counts, progress bars, where the
+registry lives.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from darkroom.errors import ConfigError
+from darkroom.pipeline.calibration import CalibSettings
+from darkroom.provenance import critical_params
 
 __all__ = [
     "CONFIG_NAME",
@@ -40,13 +42,16 @@ class _Section(BaseModel):
 
 
 class RegistryConfig(_Section):
-    """Where the registry lives."""
+    """Where the registry lives (never part of a product's provenance)."""
 
     url: str = Field(
         "sqlite:///registry.db",
         description="SQLAlchemy URL; a relative sqlite path is relative to the repository folder",
+        json_schema_extra={"critical": False},
     )
-    echo: bool = Field(False, description="log every SQL statement (debugging)")
+    echo: bool = Field(
+        False, description="log every SQL statement (debugging)", json_schema_extra={"critical": False}
+    )
 
 
 class IngestConfig(_Section):
@@ -69,33 +74,7 @@ class DarkroomConfig(_Section):
 
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
-
-
-def critical_params(model: BaseModel) -> dict[str, Any]:
-    """The critical fields of a config section (recursively), as plain JSON-able values."""
-    out: dict[str, Any] = {}
-    for name, info in type(model).model_fields.items():
-        value = getattr(model, name)
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-        if isinstance(value, BaseModel):
-            sub = critical_params(value)
-            if sub:
-                out[name] = sub
-        elif extra.get("critical"):
-            out[name] = _plain(value)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    calib: CalibSettings = Field(default_factory=CalibSettings)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

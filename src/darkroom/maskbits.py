@@ -24,5 +24,12 @@ class MaskBit(IntFlag):
 
 
 def mask_header_cards() -> list[tuple[str, int, str]]:
-    """Header cards ``(MP_NAME, value, comment)`` that name every mask bit."""
-    return [(f"MP_{bit.name}", int(bit.value), f"mask bit {bit.name}") for bit in MaskBit]
+    """Header cards ``(MP_NAME, value, comment)`` that name every mask bit.
+
+    Keywords stay within FITS's 8 characters (``MP_NODAT`` for NO_DATA); the
+    comment carries the full name.
+    """
+    keyword = {"NO_DATA": "MP_NODAT"}
+    return [
+        (keyword.get(bit.name, f"MP_{bit.name}"), int(bit.value), f"mask bit {bit.name}") for bit in MaskBit
+    ]

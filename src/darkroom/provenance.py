@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from darkroom import __version__
 
-__all__ = ["code_version", "provenance_id"]
+__all__ = ["code_version", "critical_params", "provenance_id"]
 
 
 def code_version() -> str:
@@ -44,3 +47,37 @@ def provenance_id(
     }
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def critical_params(model: BaseModel) -> dict[str, Any]:
+    """The parameters of a config section that enter provenance (recursively), as JSON values.
+
+    Every field counts unless it is marked ``json_schema_extra={"critical": False}``
+    (worker counts, progress bars, paths of the registry): forgetting a mark then
+    makes new products rather than silently mixing products of two settings.
+    """
+    out: dict[str, Any] = {}
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("critical", True) is False:
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            sub = critical_params(value)
+            if sub:
+                out[name] = sub
+        else:
+            out[name] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value

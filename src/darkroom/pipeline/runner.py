@@ -83,10 +83,14 @@ class StageReport:
 
 def _task(session, stage: Stage, unit: Unit) -> Task:
     task = session.scalars(
-        select(Task).where(Task.stage == stage.name, Task.key == unit.key, Task.provenance_id == stage.provenance_id)
+        select(Task).where(
+            Task.stage == stage.name, Task.key == unit.key, Task.provenance_id == stage.provenance_id
+        )
     ).one_or_none()
     if task is None:
-        task = Task(stage=stage.name, key=unit.key, provenance_id=stage.provenance_id, state="pending", attempts=0)
+        task = Task(
+            stage=stage.name, key=unit.key, provenance_id=stage.provenance_id, state="pending", attempts=0
+        )
         session.add(task)
     return task
 
@@ -111,7 +115,9 @@ def run_stage(
         failed_before = set(
             s.scalars(
                 select(Task.key).where(
-                    Task.stage == stage.name, Task.provenance_id == stage.provenance_id, Task.state == "failed"
+                    Task.stage == stage.name,
+                    Task.provenance_id == stage.provenance_id,
+                    Task.state == "failed",
                 )
             )
         )

@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from darkroom.config import critical_params
-from darkroom.provenance import code_version, provenance_id
+from darkroom.provenance import code_version, critical_params, provenance_id
 from darkroom.repo.models import Provenance
 
 __all__ = ["Stage", "Unit"]

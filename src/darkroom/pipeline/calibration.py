@@ -1,0 +1,603 @@
+"""Calibration stages: master bias, dark and flat, the bad-pixel mask, calibrated frames.
+
+Wiring only: the registry says which frames exist, :mod:`darkroom.calib` groups
+them, combines masters and calibrates; these stages read the files, call it, write
+the products atomically under deterministic names and record the rows.
+
+Gain and read noise: the master bias records the read noise measured on its input
+pairs and the master flat the gain measured on two of its flats (photon transfer,
+two-frame form); both are stored with the master (per instrument and night) and
+used by calibration whenever the header has no GAIN / RDNOISE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from astropy.io import fits
+from astropy.time import Time
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from darkroom.calib.badpix import (
+    BadPixelConfig,
+    BadPixelMask,
+    BadPixelReason,
+    build_bad_pixel_mask,
+    read_user_badpixels,
+)
+from darkroom.calib.grouping import (
+    GroupingConfig,
+    MasterRecord,
+    describe_key,
+    group_calibration_frames,
+    select_master,
+)
+from darkroom.calib.masters import (
+    MasterComparisonConfig,
+    MasterConfig,
+    MasterFrame,
+    compare_masters,
+    make_master_bias,
+    make_master_dark,
+    make_master_flat,
+    master_from_hdus,
+    master_to_hdus,
+)
+from darkroom.calib.process import CalibrationConfig, calibrate_frame, prepare_raw
+from darkroom.errors import BadInputError, MissingCalibrationError
+from darkroom.instruments.metadata import FrameMetadata
+from darkroom.io.rawfits import read_raw
+from darkroom.pipeline.stage import Stage, Unit
+from darkroom.repo.models import Calib, CalibInput, Exposure, Image
+from darkroom.repo.store import atomic_path, sha256_file
+
+__all__ = [
+    "BadPixelStage",
+    "CalibSettings",
+    "CalibrateStage",
+    "MasterStage",
+    "calibration_stages",
+    "read_master",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CalibSettings(BaseModel):
+    """The ``calib`` section of darkroom.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    grouping: GroupingConfig = Field(default_factory=GroupingConfig)
+    masters: MasterConfig = Field(default_factory=MasterConfig)
+    comparison: MasterComparisonConfig = Field(default_factory=MasterComparisonConfig)
+    bad_pixels: BadPixelConfig = Field(default_factory=BadPixelConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    user_badpixels: str | None = Field(
+        None,
+        description="YAML file of bad columns/rows/rectangles (1-based, inclusive); relative to the repository",
+    )
+    allow_outside_window: bool = Field(
+        False, description="use the nearest matching master outside its validity window (with a warning)"
+    )
+
+
+def _write_fits(hdul: fits.HDUList, path: Path) -> None:
+    """Write HDUs atomically; long history/comment cards are truncated quietly."""
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        hdul.writeto(tmp)
+
+
+def _meta(row: Exposure) -> FrameMetadata:
+    return FrameMetadata.model_validate(row.meta)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+@lru_cache(maxsize=16)
+def _read_master_cached(path: str, sha256: str) -> MasterFrame:
+    with fits.open(path, memmap=False) as hdul:
+        return master_from_hdus(hdul, name=Path(path).name)
+
+
+def read_master(path: Path | str, sha256: str = "") -> MasterFrame:
+    """A stored master (cached per worker by path and checksum)."""
+    return _read_master_cached(str(path), sha256)
+
+
+@lru_cache(maxsize=8)
+def _read_bpm_cached(path: str, sha256: str) -> BadPixelMask:
+    with fits.open(path, memmap=False) as hdul:
+        reasons = np.asarray(hdul[0].data, dtype=np.uint8)
+        h = hdul[0].header
+    cols = tuple(int(c) for c in str(h.get("BADCOLS", "")).split(",") if c.strip())
+    rows = tuple(int(c) for c in str(h.get("BADROWS", "")).split(",") if c.strip())
+    return BadPixelMask(reasons, cols, rows, Path(path).name)
+
+
+def _master_records(session: Session, kind: str, provenance_ids: tuple[str, ...]) -> list[MasterRecord]:
+    rows = session.scalars(
+        select(Calib).where(Calib.kind == kind, Calib.provenance_id.in_(provenance_ids)).order_by(Calib.id)
+    ).all()
+    out = []
+    for r in rows:
+        rec = dict(r.stats.get("record", {}))
+        rec.update(name=str(r.id), path=r.path, sha256=r.sha256 or "")
+        out.append(MasterRecord.model_validate(rec))
+    return out
+
+
+def _select(
+    meta: FrameMetadata, kind: str, records: list[MasterRecord], settings: CalibSettings
+) -> MasterRecord:
+    """The master for a frame; with ``allow_outside_window`` the nearest matching one at any time."""
+    try:
+        return select_master(meta, kind, records, config=settings.grouping)
+    except MissingCalibrationError:
+        if not settings.allow_outside_window:
+            raise
+        wide = [r.model_copy(update={"valid_from": None, "valid_to": None}) for r in records]
+        chosen = select_master(meta, kind, wide, config=settings.grouping)
+        log.warning("using master %s %s outside its validity window", kind, chosen.name)
+        return chosen
+
+
+class MasterStage(Stage):
+    """Combine the bias, dark or flat frames of each group into a master."""
+
+    depends_on_kinds: ClassVar[dict[str, tuple[str, ...]]] = {
+        "bias": (),
+        "dark": ("bias",),
+        "flat": ("bias", "dark"),
+    }
+
+    def __init__(self, root: Path, config: CalibSettings, *, kind: str, upstream: tuple[str, ...] = ()):
+        self.kind = kind
+        self.name = f"master_{kind}"
+        super().__init__(root, config, upstream=upstream)
+        self.upstream_by_kind: dict[str, str] = {}
+
+    def plan(self, session: Session) -> list[Unit]:
+        cfg: CalibSettings = self.config
+        exps = session.scalars(
+            select(Exposure)
+            .where(Exposure.state == "ok", Exposure.frame_type == self.kind)
+            .order_by(Exposure.mjd_mid, Exposure.id)
+        ).all()
+        metas = [_meta(e) for e in exps]
+        groups, rejected = group_calibration_frames(metas, config=cfg.grouping)
+        for rej in rejected:
+            exps[rej.index].state = "quarantined"
+            exps[rej.index].reason = f"{self.name}: {rej.reason}"
+        done = {
+            (g, n)
+            for g, n in session.execute(
+                select(Calib.group_key, Calib.night).where(Calib.provenance_id == self.provenance_id)
+            ).all()
+        }
+        needs = {
+            kind: _master_records(session, kind, self.upstream) for kind in self.depends_on_kinds[self.kind]
+        }
+        units = []
+        for group in groups:
+            gkey = describe_key(group.key)
+            if (gkey, group.night) in done:
+                continue
+            first = metas[group.indices[0]]
+            payload: dict[str, Any] = {
+                "group_key": gkey,
+                "night": group.night,
+                "inputs": [(exps[i].id, exps[i].path, exps[i].meta) for i in group.indices],
+                "record": MasterRecord.from_group(group, name="").model_dump(mode="json"),
+            }
+            for kind, records in needs.items():
+                try:
+                    chosen = _select(first, kind, records, cfg)
+                    payload[kind] = (chosen.path, chosen.sha256)
+                except MissingCalibrationError as err:
+                    if getattr(cfg.calibration.require, kind):
+                        payload["error"] = f"{self.name} {gkey}: {err.reason}"
+                    payload[kind] = None
+            previous = session.scalars(
+                select(Calib)
+                .where(
+                    Calib.kind == self.kind,
+                    Calib.group_key == gkey,
+                    Calib.provenance_id == self.provenance_id,
+                )
+                .order_by(Calib.mjd_mid.desc())
+            ).first()
+            payload["previous"] = (previous.path, previous.sha256, previous.id) if previous else None
+            units.append(Unit(key=f"{self.kind}:{group.night}:{_short_hash(gkey)}", payload=payload))
+        return units
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        cfg: CalibSettings = self.config
+        p = unit.payload
+        if "error" in p:
+            raise MissingCalibrationError(p["error"])
+        metas = [FrameMetadata.model_validate(m) for _, _, m in p["inputs"]]
+        frames = [
+            prepare_raw(read_raw(path).data, meta, config=cfg.calibration).data
+            for (_, path, _), meta in zip(p["inputs"], metas, strict=True)
+        ]
+        bias = read_master(self.root / p["bias"][0], p["bias"][1]) if p.get("bias") else None
+        dark = read_master(self.root / p["dark"][0], p["dark"][1]) if p.get("dark") else None
+        exptimes = [m.exptime_s or 0.0 for m in metas]
+        if self.kind == "bias":
+            master = make_master_bias(frames, config=cfg.masters)
+        elif self.kind == "dark":
+            master = make_master_dark(frames, exptime_s=exptimes, bias=bias, config=cfg.masters)
+        else:
+            master = make_master_flat(
+                frames, bias=bias, dark=dark, exptime_s=exptimes, filter=metas[0].filter, config=cfg.masters
+            )
+        name = f"{self.kind}_{p['night']}_{_short_hash(p['group_key'])}.fits"
+        path = self.product_path("calib", self.provenance_id, name)
+        master = master.with_name(name)
+        comparison = None
+        if p.get("previous"):
+            prev = read_master(self.root / p["previous"][0], p["previous"][1])
+            comparison = compare_masters(master, prev, config=cfg.comparison)
+        header = fits.Header()
+        header["GROUPKEY"] = (p["group_key"][:68], "calibration group")
+        header["NIGHT"] = (p["night"] or "", "night of the inputs")
+        for i, (_, raw_path, _) in enumerate(p["inputs"][:99]):
+            header[f"INPUT{i:02d}"] = Path(raw_path).name[:68]
+        _write_fits(master_to_hdus(master, header=header), path)
+        stats = {
+            "mean": master.mean,
+            "noise": master.noise,
+            "rejected_fraction": master.rejected_fraction,
+            "n_inputs": master.n_inputs,
+            "read_noise_adu": master.read_noise_adu,
+            "gain_e_per_adu": master.gain_e_per_adu,
+            "level_adu": master.level_adu,
+            "includes_bias": master.includes_bias,
+        }
+        record = dict(p["record"])
+        record["includes_bias"] = master.includes_bias
+        if comparison is not None:
+            stats["comparison"] = {
+                "previous_id": p["previous"][2],
+                "mean_shift": comparison.mean_shift,
+                "noise_ratio": comparison.noise_ratio,
+                "changed_fraction": comparison.changed_fraction,
+                "residual_scatter": comparison.residual_scatter,
+                "reasons": list(comparison.reasons),
+            }
+        stats["record"] = record
+        return {
+            "path": self.relative(path),
+            "sha256": sha256_file(path),
+            "stats": _jsonable(stats),
+            "flag": "; ".join(comparison.reasons) if comparison is not None and comparison.flagged else None,
+        }
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        p = unit.payload
+        rec = p["record"]
+        t_mid = rec.get("time_mid_utc")
+        row = Calib(
+            kind=self.kind,
+            group_key=p["group_key"],
+            night=p["night"],
+            instrument=rec.get("instrument"),
+            filter=rec.get("filter"),
+            exptime_s=rec.get("exptime_s"),
+            binning_x=rec.get("binning_x"),
+            binning_y=rec.get("binning_y"),
+            valid_from_utc=_dt(rec.get("valid_from")),
+            valid_to_utc=_dt(rec.get("valid_to")),
+            mjd_mid=Time(t_mid).mjd if t_mid else None,
+            path=result["path"],
+            sha256=result["sha256"],
+            n_inputs=len(p["inputs"]),
+            stats=result["stats"],
+            flag=result["flag"],
+            provenance_id=self.provenance_id,
+        )
+        row.inputs = [CalibInput(exposure_id=eid) for eid, _, _ in p["inputs"]]
+        session.add(row)
+        if result["flag"]:
+            log.warning("master %s %s flagged: %s", self.kind, p["group_key"], result["flag"])
+
+
+class BadPixelStage(Stage):
+    """One bad-pixel mask per camera and night: hot pixels from the master dark, low/high
+    pixels from the master flats, bad columns and rows from both, and the user's list."""
+
+    name = "bad_pixels"
+
+    def plan(self, session: Session) -> list[Unit]:
+        darks = session.scalars(
+            select(Calib).where(Calib.kind == "dark", Calib.provenance_id.in_(self.upstream))
+        ).all()
+        flats = session.scalars(
+            select(Calib).where(Calib.kind == "flat", Calib.provenance_id.in_(self.upstream))
+        ).all()
+        done = set(
+            session.scalars(
+                select(Calib.group_key).where(Calib.kind == "bpm", Calib.provenance_id == self.provenance_id)
+            )
+        )
+        cameras: dict[tuple, dict[str, list]] = {}
+        for row in [*darks, *flats]:
+            rec = row.stats.get("record", {})
+            cam = (
+                rec.get("instrument"),
+                rec.get("binning_x"),
+                rec.get("binning_y"),
+                rec.get("naxis1"),
+                rec.get("naxis2"),
+                row.night,
+            )
+            cameras.setdefault(cam, {"dark": [], "flat": []})[row.kind].append(
+                (row.path, row.sha256, row.exptime_s, row.id)
+            )
+        units = []
+        for cam, masters in sorted(cameras.items(), key=lambda kv: str(kv[0])):
+            gkey = f"bpm {cam[0]} {cam[1]}x{cam[2]} {cam[3]}x{cam[4]}"
+            if f"{gkey} {cam[5]}" in done:
+                continue
+            darks_sorted = sorted(
+                masters["dark"], key=lambda d: -(d[2] or 0)
+            )  # longest dark: most hot-pixel signal
+            units.append(
+                Unit(
+                    key=f"bpm:{cam[5]}:{_short_hash(gkey)}",
+                    payload={
+                        "group_key": f"{gkey} {cam[5]}",
+                        "camera": list(cam),
+                        "dark": darks_sorted[:1],
+                        "flats": masters["flat"],
+                    },
+                )
+            )
+        return units
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        cfg: CalibSettings = self.config
+        p = unit.payload
+        dark = read_master(self.root / p["dark"][0][0], p["dark"][0][1]) if p["dark"] else None
+        flats = [read_master(self.root / f[0], f[1]) for f in p["flats"]]
+        shape = (dark or flats[0]).shape
+        user = None
+        if cfg.user_badpixels:
+            user_path = Path(cfg.user_badpixels)
+            user = read_user_badpixels(user_path if user_path.is_absolute() else self.root / user_path)
+        reasons = np.zeros(shape, dtype=np.uint8)
+        cols: set[int] = set()
+        rows: set[int] = set()
+        for flat in flats or [None]:
+            m = build_bad_pixel_mask(
+                shape,
+                dark=None if dark is None or dark.includes_bias else dark.data,
+                dark_exptime_s=None if dark is None else dark.exptime_s,
+                flat=None if flat is None else flat.data,
+                user=user,
+                config=cfg.bad_pixels,
+            )
+            reasons |= m.reasons
+            cols.update(m.bad_columns)
+            rows.update(m.bad_rows)
+        night = p["camera"][5]
+        name = f"bpm_{night}_{_short_hash(p['group_key'])}.fits"
+        path = self.product_path("calib", self.provenance_id, name)
+        h = fits.Header()
+        h["MASTTYPE"] = ("bpm", "bad-pixel mask: BadPixelReason bits")
+        for bit in BadPixelReason:
+            h[f"BP_{bit.name}"[:8]] = (int(bit.value), f"reason bit {bit.name}")
+        h["BADCOLS"] = ",".join(str(c) for c in sorted(cols))[:68]
+        h["BADROWS"] = ",".join(str(r) for r in sorted(rows))[:68]
+        _write_fits(fits.HDUList([fits.PrimaryHDU(reasons, header=h)]), path)
+        counts = {
+            bit.name.lower(): int(np.count_nonzero(reasons & np.uint8(bit.value))) for bit in BadPixelReason
+        }
+        return {
+            "path": self.relative(path),
+            "sha256": sha256_file(path),
+            "stats": {
+                "n_bad": int(np.count_nonzero(reasons)),
+                "counts": counts,
+                "bad_columns": sorted(cols),
+                "bad_rows": sorted(rows),
+            },
+        }
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        p = unit.payload
+        instrument, bx, by, n1, n2, night = p["camera"]
+        session.add(
+            Calib(
+                kind="bpm",
+                group_key=p["group_key"],
+                night=night,
+                instrument=instrument,
+                binning_x=bx,
+                binning_y=by,
+                path=result["path"],
+                sha256=result["sha256"],
+                n_inputs=len(p["dark"]) + len(p["flats"]),
+                stats={**result["stats"], "record": {"naxis1": n1, "naxis2": n2}},
+                provenance_id=self.provenance_id,
+            )
+        )
+
+
+class CalibrateStage(Stage):
+    """Calibrate each light frame: overscan/trim, bias, dark, flat, bad pixels, cosmic rays,
+    variance; write SCI/MASK/VAR."""
+
+    name = "calibrate"
+
+    def plan(self, session: Session) -> list[Unit]:
+        cfg: CalibSettings = self.config
+        done = set(
+            session.scalars(select(Image.exposure_id).where(Image.provenance_id == self.provenance_id))
+        )
+        records = {k: _master_records(session, k, self.upstream) for k in ("bias", "dark", "flat")}
+        bpms = session.scalars(
+            select(Calib).where(Calib.kind == "bpm", Calib.provenance_id.in_(self.upstream))
+        ).all()
+        units = []
+        for e in session.scalars(
+            select(Exposure)
+            .where(Exposure.state == "ok", Exposure.frame_type == "light")
+            .order_by(Exposure.mjd_mid, Exposure.id)
+        ):
+            if e.id in done:
+                continue
+            meta = _meta(e)
+            payload: dict[str, Any] = {"path": e.path, "meta": e.meta}
+            errors = []
+            for kind in ("bias", "dark", "flat"):
+                try:
+                    chosen = _select(meta, kind, records[kind], cfg)
+                    payload[kind] = (chosen.path, chosen.sha256)
+                except MissingCalibrationError as err:
+                    payload[kind] = None
+                    if getattr(cfg.calibration.require, kind):
+                        errors.append(
+                            f"{err.reason} (set calib.calibration.require.{kind}=false to go on without)"
+                        )
+            bpm = _nearest_bpm(bpms, meta)
+            payload["bpm"] = (bpm.path, bpm.sha256) if bpm is not None else None
+            if errors:
+                payload["error"] = "; ".join(errors)
+            units.append(Unit(key=f"exp:{e.id}", payload=payload, exposure_id=e.id))
+        return units
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        cfg: CalibSettings = self.config
+        p = unit.payload
+        if "error" in p:
+            raise MissingCalibrationError(p["error"])
+        meta = FrameMetadata.model_validate(p["meta"])
+        raw = read_raw(p["path"])
+        masters = {
+            k: read_master(self.root / p[k][0], p[k][1]) if p.get(k) else None
+            for k in ("bias", "dark", "flat")
+        }
+        bpm = _read_bpm_cached(str(self.root / p["bpm"][0]), p["bpm"][1]) if p.get("bpm") else None
+        if bpm is not None and masters["bias"] is not None and bpm.shape != masters["bias"].shape:
+            raise BadInputError(f"bad-pixel mask {bpm.shape} does not match the frame")
+        result = calibrate_frame(
+            raw.data,
+            meta,
+            bias=masters["bias"],
+            dark=masters["dark"],
+            flat=masters["flat"],
+            bad_pixels=bpm,
+            header=raw.header,
+            config=cfg.calibration,
+        )
+        stem = Path(p["path"]).name
+        for suffix in (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts", ".FIT", ".FITS", ".FTS"):
+            stem = stem.removesuffix(suffix)
+        path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
+        _write_fits(result.to_hdus(), path)
+        finite = np.isfinite(result.sci)
+        return {
+            "path": self.relative(path),
+            "sha256": sha256_file(path),
+            "calib": _jsonable(
+                {
+                    "gain_e_per_adu": result.gain_e_per_adu,
+                    "read_noise_e": result.read_noise_e,
+                    "saturation_adu": result.saturation_adu,
+                    "n_cosmic_pixels": result.n_cosmic_pixels,
+                    "n_bad_pixels": result.n_bad_pixels,
+                    "n_saturated": result.n_saturated,
+                    "median_adu": float(np.median(result.sci[finite])) if finite.any() else None,
+                    "masters": {k: (p[k][0] if p.get(k) else None) for k in ("bias", "dark", "flat", "bpm")},
+                    "steps": list(result.steps),
+                }
+            ),
+        }
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        exp = session.get(Exposure, unit.exposure_id)
+        session.add(
+            Image(
+                exposure_id=exp.id,
+                provenance_id=self.provenance_id,
+                path=result["path"],
+                sha256=result["sha256"],
+                filter=exp.filter,
+                time_mid_utc=exp.time_mid_utc,
+                mjd_mid=exp.mjd_mid,
+                night=exp.night,
+                field=exp.object,
+                quality={"calib": result["calib"]},
+            )
+        )
+
+
+def _nearest_bpm(bpms: list[Calib], meta: FrameMetadata) -> Calib | None:
+    same = [
+        b
+        for b in bpms
+        if b.instrument == (meta.instrument or "")
+        and (b.binning_x, b.binning_y) == (meta.binning_x, meta.binning_y)
+        and (b.stats.get("record", {}).get("naxis1"), b.stats.get("record", {}).get("naxis2"))
+        == (meta.naxis1, meta.naxis2)
+    ]
+    if not same:
+        return None
+    if meta.night is None:
+        return same[-1]
+    return min(same, key=lambda b: (b.night != meta.night, abs(_night_ord(b.night) - _night_ord(meta.night))))
+
+
+def _night_ord(night: str | None) -> int:
+    if not night:
+        return 0
+    y, m, d = (int(x) for x in night.split("-"))
+    return y * 372 + m * 31 + d
+
+
+def _dt(value):
+    if value is None:
+        return None
+    from datetime import datetime
+
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars to Python, NaN to None)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def calibration_stages(root: Path, settings: CalibSettings) -> list[Stage]:
+    """The calibration stages in dependency order, each carrying its upstream provenance."""
+    bias = MasterStage(root, settings, kind="bias")
+    dark = MasterStage(root, settings, kind="dark", upstream=(bias.provenance_id,))
+    flat = MasterStage(root, settings, kind="flat", upstream=(bias.provenance_id, dark.provenance_id))
+    bpm = BadPixelStage(root, settings, upstream=(dark.provenance_id, flat.provenance_id))
+    cal = CalibrateStage(
+        root,
+        settings,
+        upstream=(bias.provenance_id, dark.provenance_id, flat.provenance_id, bpm.provenance_id),
+    )
+    return [bias, dark, flat, bpm, cal]

@@ -1,0 +1,67 @@
+"""Run a list of stages over a repository with a progress bar per stage.
+
+The command-line face of the runner: ``darkroom calibrate`` (and later ``darkroom
+run``) build their stages and hand them here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from darkroom.pipeline.runner import Executor, StageReport, run_stage
+from darkroom.pipeline.stage import Stage
+from darkroom.repo.registry import Registry
+
+__all__ = ["drive_stages", "print_reports"]
+
+
+def drive_stages(
+    registry: Registry,
+    stages: Sequence[Stage],
+    *,
+    executor: Executor | None = None,
+    retry_failed: bool = False,
+    console: Console | None = None,
+    quiet: bool = False,
+) -> list[StageReport]:
+    """Run ``stages`` in order; return one report per stage."""
+    console = console or Console(stderr=True)
+    reports = []
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bar:
+        for stage in stages:
+            task = bar.add_task(stage.name, total=None)
+
+            def progress(done: int, total: int, _task=task) -> None:
+                bar.update(_task, completed=done, total=max(total, 1))
+
+            reports.append(run_stage(registry, stage, executor, retry_failed=retry_failed, progress=progress))
+    return reports
+
+
+def print_reports(reports: Sequence[StageReport], console: Console) -> None:
+    """A table of what each stage did, then the failures with their reasons."""
+    t = RichTable(title="stages")
+    for col in ("stage", "planned", "done", "failed", "seconds"):
+        t.add_column(col, justify="left" if col == "stage" else "right")
+    for r in reports:
+        t.add_row(r.stage, str(r.n_planned), str(r.n_done), str(r.n_failed), f"{r.seconds:.1f}")
+    console.print(t)
+    failures = [(r.stage, key, reason) for r in reports for key, reason in r.failures]
+    if failures:
+        f = RichTable(title="failed")
+        for col in ("stage", "unit", "reason"):
+            f.add_column(col)
+        for row in failures:
+            f.add_row(*row)
+        console.print(f)
