@@ -12,6 +12,7 @@ def test_demo_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert "simulated" in res.output and "ingest" in res.output
     assert "0 quarantined" in res.output
+    assert "3 calibrated" in res.output
     assert (tmp_path / "repo" / "darkroom.yaml").is_file()
     status = CliRunner().invoke(app, ["status", str(tmp_path / "repo")])
     assert status.exit_code == 0, status.output

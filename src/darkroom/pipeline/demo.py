@@ -19,6 +19,8 @@ def run_demo(
 ) -> dict:
     """Run the demo into ``out`` (created); return the figures it printed."""
     from darkroom.cli import print_ingest_summary
+    from darkroom.pipeline.calibration import calibration_stages
+    from darkroom.pipeline.drive import drive_stages, print_reports
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.repo.repository import Repository
     from darkroom.sim import SimConfig, simulate_night
@@ -48,8 +50,15 @@ def run_demo(
         "n_registered": len(summary.registered),
         "n_quarantined": len(summary.quarantined),
     }
+
+    console.print("[bold]4. calibration[/] (masters, bad pixels, calibrated frames)")
+    reports = drive_stages(repo.registry, calibration_stages(repo.root, repo.config.calib), quiet=quiet)
+    print_reports(reports, console)
+    figures["n_calibrated"] = reports[-1].n_done
+    figures["n_failed"] = sum(r.n_failed for r in reports)
     repo.close()
     console.print(
-        f"done: {figures['n_registered']} frames registered in {repo_dir}; try 'darkroom status {repo_dir}'"
+        f"done: {figures['n_registered']} frames registered, {figures['n_calibrated']} calibrated "
+        f"in {repo_dir}; try 'darkroom status {repo_dir}'"
     )
     return figures
