@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 from astropy.table import Table
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, Select, bindparam, case, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -262,36 +262,33 @@ def lightcurve_rows(target: Target, source_id: int, *, provenance_id: str | None
         time last), then ``image_id``. SQL ``NULL`` comes back as NaN in float
         columns. No row: an empty table with the same columns.
     """
+    params: dict[str, Any] = {"source_id": int(source_id)}
+    if provenance_id is not None:
+        params["provenance_id"] = provenance_id
+    stmt = _LIGHTCURVE_SQL[provenance_id is not None]
+    with _connection(target) as conn:
+        rows = conn.execute(stmt, params).all()
+    return _lightcurve_table(rows)
+
+
+def _lightcurve_statements() -> tuple[Select, Select]:
+    """The light-curve SELECT without and with the provenance condition (built once)."""
     m = Measurement.__table__
     i = Image.__table__
     mjd = func.coalesce(i.c.mjd_mid, m.c.mjd_mid)
+    columns = {name: m.c[name] for name in LIGHTCURVE_COLUMNS if name in m.c}
+    columns["mjd_mid"] = mjd.label("mjd_mid")
+    columns["filter"] = i.c.filter
     stmt = (
-        select(
-            m.c.image_id,
-            mjd.label("mjd_mid"),
-            i.c.filter,
-            m.c.source_id,
-            m.c.provenance_id,
-            m.c.x,
-            m.c.y,
-            m.c.ra_deg,
-            m.c.dec_deg,
-            m.c.flux,
-            m.c.flux_err,
-            m.c.mag,
-            m.c.mag_err,
-            m.c.flags,
-            m.c.forced,
-        )
+        select(*(columns[name] for name in LIGHTCURVE_COLUMNS))
         .join(i, i.c.id == m.c.image_id)
-        .where(m.c.source_id == int(source_id))
+        .where(m.c.source_id == bindparam("source_id"))
         .order_by(case((mjd.is_(None), 1), else_=0), mjd, m.c.image_id, m.c.provenance_id)
     )
-    if provenance_id is not None:
-        stmt = stmt.where(m.c.provenance_id == provenance_id)
-    with _connection(target) as conn:
-        rows = conn.execute(stmt).all()
-    return _lightcurve_table(rows)
+    return stmt, stmt.where(m.c.provenance_id == bindparam("provenance_id"))
+
+
+_LIGHTCURVE_SQL = _lightcurve_statements()
 
 
 # -- input normalisation ------------------------------------------------------------
