@@ -107,6 +107,30 @@ def test_clipped_stats_match_astropy():
     assert np.all(cnt < 370) and np.all(cnt > 330)
     empty = clipped_annulus_stats(np.full((2, 5), np.nan))
     assert np.all(np.isnan(empty[0])) and np.all(empty[2] == 0)
+    for i in range(3):
+        v = vals[i][np.isfinite(vals[i])]
+        mean_a, med_a, std_a = sigma_clipped_stats(v, sigma=3.0, maxiters=10)
+        mean_d, _, _ = clipped_annulus_stats(vals[i : i + 1], clip_sigma=3.0, max_iters=10, statistic="mean")
+        mode_d, _, _ = clipped_annulus_stats(vals[i : i + 1], clip_sigma=3.0, max_iters=10, statistic="mode")
+        assert mean_d[0] == pytest.approx(mean_a, abs=1e-9)
+        assert mode_d[0] == pytest.approx(2.5 * med_a - 1.5 * mean_a, abs=1e-9)
+
+
+def test_mean_background_has_no_integer_steps():
+    """Integer (raw) pixels: the clipped median sits on half-integers, the mean does not."""
+    rng = np.random.default_rng(12)
+    sci = np.rint(rng.normal(100.3, 3.0, (400, 600))).astype(np.float32)
+    cfg = ApertureConfig(
+        radii_pix=(3.0,), radii_fwhm=(), ref_aperture=0, annulus_in_pix=8, annulus_out_pix=20
+    )
+    gx, gy = np.meshgrid(np.arange(30.0, 580, 50), np.arange(30.0, 380, 50))  # 88 separate annuli
+    x, y = gx.ravel(), gy.ravel()
+    med = aperture_photometry(sci, None, None, x, y, config=cfg)["bkg"]
+    mean = aperture_photometry(
+        sci, None, None, x, y, config=cfg.model_copy(update={"annulus_statistic": "mean"})
+    )["bkg"]
+    assert np.all(np.asarray(med) * 2 == np.rint(np.asarray(med) * 2))
+    assert abs(np.mean(mean) - 100.3) < 0.04  # 3 / sqrt(88 * 1000) = 0.01 expected scatter
 
 
 @pytest.mark.parametrize("bit", [MaskBit.CR, MaskBit.SAT, MaskBit.BAD, MaskBit.INTRP, MaskBit.EDGE])
