@@ -198,6 +198,77 @@ def status(
 
 
 @app.command()
+def run(
+    repo: RepoArg,
+    ingest_paths_: Annotated[
+        list[Path] | None,
+        typer.Option("--ingest", help="register new files from this folder first (repeatable)"),
+    ] = None,
+    until: Annotated[str | None, typer.Option("--until", help="stop after this stage")] = None,
+    only: Annotated[str | None, typer.Option("--only", help="run only this stage")] = None,
+    redo: Annotated[
+        str | None, typer.Option("--redo", help="forget this stage's products (and later ones) and redo")
+    ] = None,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Dask worker processes on this machine (0: serial)")
+    ] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option("--scheduler", help="address of a running Dask scheduler")
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run every stage over what is registered, skipping what is done. Exit 2 when anything failed."""
+    from darkroom.pipeline.drive import drive_stages, print_reports
+    from darkroom.pipeline.executors import make_executor
+    from darkroom.pipeline.ingest import ingest_paths
+    from darkroom.pipeline.run import all_stages, forget_from, select_stages
+    from darkroom.repo.repository import Repository
+    from darkroom.repo.store import remove_orphan_temps
+
+    _setup_logging(quiet)
+    try:
+        r = Repository(repo, db_url=db, overrides=set_ or ())
+        remove_orphan_temps(r.root)  # left by a run that was killed mid-write
+        if ingest_paths_:
+            t0 = time.perf_counter()
+            summary = ingest_paths(r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root)
+            if not quiet or summary.quarantined:
+                print_ingest_summary(summary, time.perf_counter() - t0)
+        stages = all_stages(r.root, r.config)
+        if redo:
+            forgotten = forget_from(r.registry, stages, redo)
+            if not quiet:
+                console.print(f"forgot the products of: {', '.join(forgotten)}")
+        chosen = select_stages(stages, until=until, only=only)
+        executor = make_executor(workers=workers, scheduler=scheduler)
+        try:
+            reports = drive_stages(
+                r.registry,
+                chosen,
+                executor=executor,
+                retry_failed=retry_failed,
+                console=err_console,
+                quiet=quiet,
+            )
+        finally:
+            executor.close()
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+    if not quiet:
+        print_reports(reports, console)
+    failed = [(rep.stage, key, reason) for rep in reports for key, reason in rep.failures]
+    if failed:
+        if quiet:
+            for stage, key, reason in failed:
+                err_console.print(f"{stage} {key}: {reason}", soft_wrap=True)
+        raise typer.Exit(2)
+
+
+@app.command()
 def calibrate(
     repo: RepoArg,
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,

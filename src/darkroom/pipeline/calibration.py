@@ -23,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from darkroom.calib.badpix import (
@@ -285,6 +285,12 @@ class MasterStage(Stage):
             "flag": "; ".join(comparison.reasons) if comparison is not None and comparison.flagged else None,
         }
 
+    def forget_products(self, session: Session) -> None:
+        for row in session.scalars(
+            select(Calib).where(Calib.kind == self.kind, Calib.provenance_id == self.provenance_id)
+        ):
+            session.delete(row)
+
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         p = unit.payload
         rec = p["record"]
@@ -416,6 +422,9 @@ class BadPixelStage(Stage):
             },
         }
 
+    def forget_products(self, session: Session) -> None:
+        session.execute(delete(Calib).where(Calib.kind == "bpm", Calib.provenance_id == self.provenance_id))
+
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         p = unit.payload
         instrument, bx, by, n1, n2, night = p["camera"]
@@ -526,6 +535,9 @@ class CalibrateStage(Stage):
                 }
             ),
         }
+
+    def forget_products(self, session: Session) -> None:
+        session.execute(delete(Image).where(Image.provenance_id == self.provenance_id))
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         exp = session.get(Exposure, unit.exposure_id)

@@ -11,6 +11,7 @@ input is at fault, the exposure is quarantined. The run goes on.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import traceback
 from abc import ABC, abstractmethod
@@ -19,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from darkroom.errors import DarkroomError
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Exposure, Task, utcnow
 from darkroom.repo.registry import Registry
 
-__all__ = ["Executor", "SerialExecutor", "StageReport", "one_line", "run_stage"]
+__all__ = ["Executor", "SerialExecutor", "StageReport", "claim_units", "one_line", "run_stage", "worker_id"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,76 @@ def _task(session, stage: Stage, unit: Unit) -> Task:
     return task
 
 
+def worker_id() -> str:
+    """Who claims a task: ``host:pid`` of the driver process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim_is_stale(task: Task, *, stale_after_s: float) -> bool:
+    """A 'running' task whose driver is gone (same host, pid dead) or that is older than the limit."""
+    host, _, pid = (task.worker or "").rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if int(pid) == os.getpid():
+            return True  # our own earlier claim, e.g. an interrupted call in this process
+    if task.started_utc is None:
+        return True
+    return (utcnow() - task.started_utc).total_seconds() > stale_after_s
+
+
+def claim_units(
+    registry: Registry, stage: Stage, units: list[Unit], *, stale_after_s: float = 6 * 3600
+) -> list[Unit]:
+    """Mark the units' tasks running for this process; return the units it may run.
+
+    A unit whose task is done, or running under another live driver, is left out.
+    On PostgreSQL the task row is locked (``FOR UPDATE SKIP LOCKED``) and a
+    concurrent insert of the same natural key loses on the unique constraint, so two
+    ``darkroom run`` processes never run the same unit.
+    """
+    me = worker_id()
+    claimed = []
+    for unit in units:
+        try:
+            with registry.session() as s:
+                q = select(Task).where(
+                    Task.stage == stage.name, Task.key == unit.key, Task.provenance_id == stage.provenance_id
+                )
+                if registry.backend == "postgresql":
+                    q = q.with_for_update(skip_locked=True)
+                task = s.scalars(q).one_or_none()
+                if task is None:
+                    exists = s.scalar(
+                        select(Task.id).where(
+                            Task.stage == stage.name,
+                            Task.key == unit.key,
+                            Task.provenance_id == stage.provenance_id,
+                        )
+                    )
+                    if exists is not None:  # locked by another process right now
+                        continue
+                    task = Task(stage=stage.name, key=unit.key, provenance_id=stage.provenance_id, attempts=0)
+                    s.add(task)
+                elif task.state == "done" or (
+                    task.state == "running"
+                    and task.worker != me
+                    and not _claim_is_stale(task, stale_after_s=stale_after_s)
+                ):
+                    continue
+                task.state, task.reason, task.worker = "running", None, me
+                task.attempts = (task.attempts or 0) + 1
+                task.started_utc, task.finished_utc = utcnow(), None
+        except IntegrityError:  # another process inserted the same task first
+            continue
+        claimed.append(unit)
+    return claimed
+
+
 def run_stage(
     registry: Registry,
     stage: Stage,
@@ -123,25 +195,18 @@ def run_stage(
         )
     if not retry_failed:
         units = [u for u in units if u.key not in failed_before]
+    units = claim_units(registry, stage, units)
     report.n_planned = len(units)
     if progress:
         progress(0, len(units))
-    if not units:
-        report.seconds = time.perf_counter() - t0
-        return report
-    worker = socket.gethostname()
-    with registry.session() as s:
-        for unit in units:
-            task = _task(s, stage, unit)
-            task.state, task.reason, task.worker = "running", None, worker
-            task.attempts = (task.attempts or 0) + 1
-            task.started_utc, task.finished_utc = utcnow(), None
     for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, units), start=1):
         if error is None:
             try:
                 with registry.session() as s:
-                    stage.record(s, unit, result)
                     task = _task(s, stage, unit)
+                    if task.state == "done":  # recorded by another process meanwhile
+                        continue
+                    stage.record(s, unit, result)
                     task.state, task.reason, task.finished_utc = "done", None, utcnow()
                 report.n_done += 1
             except Exception as exc:  # recording failed: the unit failed, the run goes on

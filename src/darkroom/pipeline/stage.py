@@ -71,6 +71,22 @@ class Stage(ABC):
     def record(self, session: Session, unit: Unit, result: Any) -> None:
         """Write the unit's result into the registry (driver side)."""
 
+    def forget(self, session: Session) -> None:
+        """Remove this provenance's registry rows (products and tasks) so ``--redo`` runs it again.
+
+        Files are left in place and overwritten by the new run (same names).
+        """
+        from sqlalchemy import delete
+
+        from darkroom.repo.models import Task
+
+        self.forget_products(session)
+        session.execute(delete(Task).where(Task.stage == self.name, Task.provenance_id == self.provenance_id))
+
+    def forget_products(self, session: Session) -> None:
+        """Delete the product rows this stage recorded under its provenance (override)."""
+        return None
+
     def product_path(self, *parts: str) -> Path:
         """Absolute path of a product below the repository root."""
         return self.root.joinpath(*parts)

@@ -1,0 +1,56 @@
+"""``darkroom run``: every stage in dependency order over all that is registered.
+
+The stage list is read top to bottom like BANZAI's ORDERED_STAGES; each stage
+carries the provenance of the stages it depends on, so changing a critical
+parameter upstream gives new products downstream too, beside the old ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from darkroom.config import DarkroomConfig
+from darkroom.errors import ConfigError
+from darkroom.pipeline.calibration import calibration_stages
+from darkroom.pipeline.stage import Stage
+from darkroom.repo.registry import Registry
+
+__all__ = ["all_stages", "forget_from", "select_stages", "stage_names"]
+
+
+def all_stages(root: Path, config: DarkroomConfig) -> list[Stage]:
+    """Every stage, in the order they must run."""
+    return [*calibration_stages(root, config.calib)]
+
+
+def stage_names(stages: list[Stage]) -> list[str]:
+    return [s.name for s in stages]
+
+
+def select_stages(stages: list[Stage], *, until: str | None = None, only: str | None = None) -> list[Stage]:
+    """The stages to run for ``--until`` / ``--only`` (names checked, with the list in the error)."""
+    names = stage_names(stages)
+    for opt, value in (("--until", until), ("--only", only)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{opt} {value!r}: no such stage; stages are {', '.join(names)}")
+    if only is not None:
+        return [s for s in stages if s.name == only]
+    if until is not None:
+        return stages[: names.index(until) + 1]
+    return list(stages)
+
+
+def forget_from(registry: Registry, stages: list[Stage], name: str) -> list[str]:
+    """For ``--redo NAME``: forget the products of NAME and of every stage after it.
+
+    Downstream stages go first (their rows refer to NAME's rows). Returns the
+    names forgotten.
+    """
+    names = stage_names(stages)
+    if name not in names:
+        raise ConfigError(f"--redo {name!r}: no such stage; stages are {', '.join(names)}")
+    doomed = stages[names.index(name) :]
+    with registry.session() as s:
+        for stage in reversed(doomed):
+            stage.forget(s)
+    return [s.name for s in doomed]

@@ -1,0 +1,155 @@
+"""`darkroom run`: all stages in order, resumable, crash-safe under SIGKILL, cron-friendly."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from darkroom.cli import app
+from darkroom.repo.models import Calib, CalibInput, Exposure, Image, Task
+from darkroom.repo.registry import Registry
+from darkroom.repo.store import TEMP_PREFIX, sha256_file
+from darkroom.sim import SimConfig, simulate_night
+
+runner = CliRunner()
+PRODUCT_DIRS = ("calib", "images", "catalogs", "lightcurves", "products")
+
+
+@pytest.fixture(scope="module")
+def sim_raw(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("simnight")
+    night = simulate_night(out, config=SimConfig(seed=11, n_science=8, shape=(384, 384), n_stars=250))
+    return night.raw_paths["light"][0].parent
+
+
+def snapshot(root: Path) -> dict:
+    """Everything a run leaves behind, minus ids and timestamps."""
+    files = {
+        str(p.relative_to(root)): sha256_file(p)
+        for d in PRODUCT_DIRS
+        for p in sorted((root / d).rglob("*"))
+        if p.is_file()
+    }
+    reg = Registry(f"sqlite:///{root / 'registry.db'}")
+    with reg.session() as s:
+        exposures = sorted(s.execute(sa.select(Exposure.sha256, Exposure.state, Exposure.reason)).all())
+        calibs = sorted(
+            s.execute(
+                sa.select(Calib.kind, Calib.group_key, Calib.night, Calib.path, Calib.sha256, Calib.n_inputs)
+            ).all()
+        )
+        n_inputs = s.scalar(sa.select(sa.func.count()).select_from(CalibInput))
+        images = sorted(
+            s.execute(
+                sa.select(Exposure.sha256, Image.provenance_id, Image.path, Image.sha256).join(
+                    Exposure, Image.exposure_id == Exposure.id
+                )
+            ).all()
+        )
+        tasks = sorted(s.execute(sa.select(Task.stage, Task.key, Task.provenance_id, Task.state)).all())
+    reg.dispose()
+    return {
+        "files": files,
+        "exposures": exposures,
+        "calibs": calibs,
+        "n_inputs": n_inputs,
+        "images": images,
+        "tasks": tasks,
+    }
+
+
+def _init(root: Path) -> None:
+    res = runner.invoke(app, ["init", str(root)])
+    assert res.exit_code == 0, res.output
+
+
+def test_run_all_then_nothing_then_redo(tmp_path, sim_raw):
+    root = tmp_path / "repo"
+    _init(root)
+    res = runner.invoke(app, ["run", str(root), "--ingest", str(sim_raw), "-q"])
+    assert res.exit_code == 0, res.output
+    first = snapshot(root)
+    assert len(first["images"]) == 8 and {t[3] for t in first["tasks"]} == {"done"}
+    again = runner.invoke(app, ["run", str(root)])
+    assert again.exit_code == 0
+    assert snapshot(root) == first
+    redo = runner.invoke(app, ["run", str(root), "--redo", "bad_pixels", "-q"])
+    assert redo.exit_code == 0, redo.output
+    assert snapshot(root) == first  # same provenance, same bytes, same rows
+    until = runner.invoke(app, ["run", str(root), "--until", "nope"])
+    assert until.exit_code == 1 and "no such stage" in until.output
+
+
+def test_critical_parameter_gives_new_products_beside_old(tmp_path, sim_raw):
+    root = tmp_path / "repo"
+    _init(root)
+    assert runner.invoke(app, ["run", str(root), "--ingest", str(sim_raw), "-q"]).exit_code == 0
+    before = snapshot(root)
+    res = runner.invoke(app, ["run", str(root), "-q", "--set", "calib.masters.bias.n_sigma_high=4.0"])
+    assert res.exit_code == 0, res.output
+    after = snapshot(root)
+    assert set(before["files"]).issubset(after["files"])  # nothing overwritten or removed
+    assert all(after["files"][k] == v for k, v in before["files"].items())
+    assert len(after["images"]) == 16 and len(after["calibs"]) == 2 * len(before["calibs"])
+
+
+def test_only_and_until(tmp_path, sim_raw):
+    root = tmp_path / "repo"
+    _init(root)
+    res = runner.invoke(app, ["run", str(root), "--ingest", str(sim_raw), "--until", "master_dark", "-q"])
+    assert res.exit_code == 0, res.output
+    snap = snapshot(root)
+    assert {c[0] for c in snap["calibs"]} == {"bias", "dark"} and not snap["images"]
+    res = runner.invoke(app, ["run", str(root), "--only", "master_flat", "-q"])
+    assert {c[0] for c in snapshot(root)["calibs"]} == {"bias", "dark", "flat"}
+
+
+def _darkroom(*args: str) -> list[str]:
+    return [sys.executable, "-m", "darkroom.cli", *args]
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, sim_raw):
+    reference = tmp_path / "reference"
+    _init(reference)
+    subprocess.run(_darkroom("run", str(reference), "--ingest", str(sim_raw), "-q"), check=True, timeout=600)
+    expected = snapshot(reference)
+
+    root = tmp_path / "killed"
+    _init(root)
+    subprocess.run(_darkroom("ingest", str(root), str(sim_raw), "-q"), check=True, timeout=300)
+    rng = random.Random(7)
+    kills = 0
+    attempts = 0
+    while kills < 6 and attempts < 40:
+        attempts += 1
+        proc = subprocess.Popen(
+            _darkroom("run", str(root), "-q"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.8, 3.0))  # past the imports, somewhere in the stages
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        if (
+            snapshot(root)["tasks"]
+            and all(t[3] == "done" for t in snapshot(root)["tasks"])
+            and len(snapshot(root)["images"]) == 8
+        ):
+            break
+    assert kills >= 5, f"only {kills} kills landed mid-run"
+    final = subprocess.run(_darkroom("run", str(root), "-q"), timeout=600)
+    assert final.returncode == 0
+    got = snapshot(root)
+    assert got == expected
+    assert not list(root.rglob(f"{TEMP_PREFIX}*")), "orphan temporary files"
+    recorded = {p for p in (*[c[3] for c in got["calibs"]], *[i[2] for i in got["images"]])}
+    assert recorded == set(got["files"]), "product files without rows, or rows without files"
