@@ -31,7 +31,7 @@ def sim_raw(tmp_path_factory) -> Path:
     return night.raw_paths["light"][0].parent
 
 
-def snapshot(root: Path) -> dict:
+def snapshot(root: Path, url: str | None = None) -> dict:
     """Everything a run leaves behind, minus ids and timestamps."""
     files = {
         str(p.relative_to(root)): sha256_file(p)
@@ -39,7 +39,7 @@ def snapshot(root: Path) -> dict:
         for p in sorted((root / d).rglob("*"))
         if p.is_file()
     }
-    reg = Registry(f"sqlite:///{root / 'registry.db'}")
+    reg = Registry(url or f"sqlite:///{root / 'registry.db'}")
     with reg.session() as s:
         exposures = sorted(s.execute(sa.select(Exposure.sha256, Exposure.state, Exposure.reason)).all())
         calibs = sorted(
@@ -153,3 +153,31 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, si
     assert not list(root.rglob(f"{TEMP_PREFIX}*")), "orphan temporary files"
     recorded = {p for p in (*[c[3] for c in got["calibs"]], *[i[2] for i in got["images"]])}
     assert recorded == set(got["files"]), "product files without rows, or rows without files"
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_two_runs_at_once_on_postgresql_share_the_work(tmp_path, sim_raw, db_url):
+    reference = tmp_path / "reference"
+    _init(reference)
+    assert runner.invoke(app, ["run", str(reference), "--ingest", str(sim_raw), "-q"]).exit_code == 0
+    expected = snapshot(reference)
+
+    root = tmp_path / "pg"
+    assert runner.invoke(app, ["init", str(root), "--db", db_url]).exit_code == 0
+    assert not (root / "registry.db").exists()
+    subprocess.run(_darkroom("ingest", str(root), str(sim_raw), "-q"), check=True, timeout=300)
+    procs = [
+        subprocess.Popen(_darkroom("run", str(root), "-q"), stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    got = snapshot(root, db_url)
+    assert got["files"] == expected["files"]
+    for key in ("exposures", "calibs", "n_inputs", "images", "tasks"):
+        assert got[key] == expected[key], key
+    reg = Registry(db_url)
+    with reg.session() as s:
+        attempts = s.scalars(sa.select(Task.attempts)).all()
+    reg.dispose()
+    assert attempts and set(attempts) == {1}, "a unit was claimed twice"

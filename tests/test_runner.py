@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import sqlalchemy as sa
 from pydantic import BaseModel, Field
@@ -155,3 +157,23 @@ def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url):
         q = sa.select(Task.key, Task.state, Task.reason).order_by(Task.key)
         assert a.execute(q).all() == b.execute(q).all()
     other.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_claims_are_exclusive_between_drivers(registry, tmp_path):
+    import darkroom.pipeline.runner as runner_mod
+
+    stage = ToyStage(tmp_path, ToyConfig())
+    units = [Unit(key=f"exp:{i}", payload={"value": i}, exposure_id=i) for i in (1, 2)]
+    first = runner_mod.claim_units(registry, stage, units)
+    assert [u.key for u in first] == ["exp:1", "exp:2"]
+    # Hand the claims to another live driver (this test's parent process stands in for it).
+    with registry.session() as s:
+        for t in s.scalars(sa.select(Task)):
+            t.worker = f"{runner_mod.socket.gethostname()}:{os.getppid()}"
+    assert runner_mod.claim_units(registry, stage, units) == []
+    # A claim by a driver that is gone is stale and can be taken over.
+    with registry.session() as s:
+        for t in s.scalars(sa.select(Task)):
+            t.worker = f"{runner_mod.socket.gethostname()}:999999"
+    assert [u.key for u in runner_mod.claim_units(registry, stage, units)] == ["exp:1", "exp:2"]

@@ -55,11 +55,25 @@ def test_atomic_path_with_astropy_writer(tmp_path):
     assert fits.getdata(p).shape == (3, 4)
 
 
-def test_remove_orphan_temps(tmp_path):
+def test_remove_orphan_temps_spares_live_writers(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from darkroom.repo.store import _HOST
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     (tmp_path / "a").mkdir()
-    orphan = tmp_path / "a" / f"{TEMP_PREFIX}abc.fits"
+    orphan = tmp_path / "a" / f"{TEMP_PREFIX}{_HOST}-{dead.stdout.strip()}-abc.fits"
     orphan.write_bytes(b"x")
+    live = tmp_path / "a" / f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-def.fits"
+    live.write_bytes(b"z")
+    old_unknown = tmp_path / "a" / f"{TEMP_PREFIX}xyz.fits"
+    old_unknown.write_bytes(b"w")
+    os.utime(old_unknown, (1, 1))
     keep = tmp_path / "a" / "real.fits"
     keep.write_bytes(b"y")
-    assert remove_orphan_temps(tmp_path) == [orphan]
-    assert keep.exists() and not orphan.exists()
+    assert sorted(remove_orphan_temps(tmp_path)) == sorted([orphan, old_unknown])
+    assert keep.exists() and live.exists() and not orphan.exists()

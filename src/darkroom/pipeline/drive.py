@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from darkroom.pipeline.runner import Executor, StageReport, run_stage
+from darkroom.pipeline.runner import Executor, StageReport, run_stage, wait_for_others
 from darkroom.pipeline.stage import Stage
 from darkroom.repo.registry import Registry
 
@@ -39,8 +39,9 @@ def drive_stages(
         console=console,
         disable=quiet,
     ) as bar:
-        for stage in stages:
+        for i, stage in enumerate(stages):
             task = bar.add_task(stage.name, total=None)
+            wait_for_others(registry, [st.name for st in stages[:i]])
 
             def progress(done: int, total: int, _task=task) -> None:
                 bar.update(_task, completed=done, total=max(total, 1))

@@ -48,9 +48,24 @@ class DaskExecutor(Executor):
         from distributed import as_completed
 
         tag = uuid.uuid4().hex[:8]
-        futures = {self.client.submit(fn, u, key=f"{u.key}-{tag}", pure=False, retries=0): u for u in units}
-        for fut in as_completed(futures):
-            unit = futures[fut]
+        source = iter(units)
+        # Keep a bounded number of units in flight (claimed lazily by the runner).
+        window = max(2 * len(self.client.scheduler_info().get("workers", {})), 2)
+        futures = {}
+
+        def submit_next() -> bool:
+            unit = next(source, None)
+            if unit is None:
+                return False
+            futures[self.client.submit(fn, unit, key=f"{unit.key}-{tag}", pure=False, retries=0)] = unit
+            return True
+
+        for _ in range(window):
+            if not submit_next():
+                break
+        pending = as_completed(list(futures))
+        for fut in pending:
+            unit = futures.pop(fut)
             try:
                 result = fut.result()
             except Exception as exc:
@@ -58,6 +73,8 @@ class DaskExecutor(Executor):
             else:
                 yield unit, result, None
             fut.release()
+            if submit_next():
+                pending.add(list(futures)[-1])
 
     def close(self) -> None:
         self.client.close()

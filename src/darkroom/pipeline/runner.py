@@ -15,7 +15,7 @@ import os
 import socket
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,16 @@ from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Exposure, Task, utcnow
 from darkroom.repo.registry import Registry
 
-__all__ = ["Executor", "SerialExecutor", "StageReport", "claim_units", "one_line", "run_stage", "worker_id"]
+__all__ = [
+    "Executor",
+    "SerialExecutor",
+    "StageReport",
+    "claim_units",
+    "one_line",
+    "run_stage",
+    "wait_for_others",
+    "worker_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +57,12 @@ class Executor(ABC):
 
     @abstractmethod
     def map_units(
-        self, fn: Callable[[Unit], Any], units: list[Unit]
+        self, fn: Callable[[Unit], Any], units: Iterable[Unit]
     ) -> Iterable[tuple[Unit, Any, BaseException | None]]:
-        """Yield each unit with its result, or with the exception it raised."""
+        """Yield each unit with its result, or with the exception it raised.
+
+        ``units`` may be a lazy iterable: take from it only as capacity frees up.
+        """
 
     def close(self) -> None:
         return None
@@ -167,6 +179,39 @@ def claim_units(
     return claimed
 
 
+def wait_for_others(
+    registry: Registry,
+    stage_names: list[str],
+    *,
+    poll_s: float = 0.5,
+    timeout_s: float = 24 * 3600,
+    stale_after_s: float = 6 * 3600,
+) -> None:
+    """Block while another live driver still runs units of these (earlier) stages.
+
+    Two ``darkroom run`` processes on one repository share the work unit by unit;
+    neither may plan a stage before the stages it depends on are finished, or it
+    would find masters missing that the other is still making.
+    """
+    import time
+
+    if not stage_names:
+        return
+    me = worker_id()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with registry.session() as s:
+            running = s.scalars(
+                select(Task).where(Task.stage.in_(stage_names), Task.state == "running")
+            ).all()
+            busy = [
+                t for t in running if t.worker != me and not _claim_is_stale(t, stale_after_s=stale_after_s)
+            ]
+        if not busy or time.monotonic() > deadline:
+            return
+        time.sleep(poll_s)
+
+
 def run_stage(
     registry: Registry,
     stage: Stage,
@@ -195,11 +240,19 @@ def run_stage(
         )
     if not retry_failed:
         units = [u for u in units if u.key not in failed_before]
-    units = claim_units(registry, stage, units)
-    report.n_planned = len(units)
+    n_total = len(units)
     if progress:
-        progress(0, len(units))
-    for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, units), start=1):
+        progress(0, n_total)
+
+    def claimed() -> Iterator[Unit]:
+        # Claim each unit just before it is handed out, so two drivers on one
+        # repository share a stage unit by unit instead of the first taking all.
+        for unit in units:
+            if claim_units(registry, stage, [unit]):
+                report.n_planned += 1
+                yield unit
+
+    for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, claimed()), start=1):
         if error is None:
             try:
                 with registry.session() as s:
@@ -226,6 +279,6 @@ def run_stage(
             report.n_failed += 1
             report.failures.append((unit.key, reason))
         if progress:
-            progress(n_finished, len(units))
+            progress(n_finished, n_total)
     report.seconds = time.perf_counter() - t0
     return report

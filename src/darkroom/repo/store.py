@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 TEMP_PREFIX = ".tmp-"
+_HOST = socket.gethostname().replace("-", "_")
 _CHUNK = 1 << 20
 
 
@@ -59,7 +61,9 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    # The writer's host and pid are in the name, so cleanup never removes a live writer's file.
+    prefix = f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-"
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -92,11 +96,31 @@ def atomic_write_text(path: Path | str, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_orphan_temps(root: Path | str) -> list[Path]:
-    """Delete temporary files left by an interrupted writer below ``root``."""
+def _writer_alive(name: str, *, max_age_s: float, mtime: float) -> bool:
+    """Is the process that is writing this temporary file still running?"""
+    import time
+
+    parts = name[len(TEMP_PREFIX) :].split("-")
+    if len(parts) >= 3 and parts[0] == _HOST and parts[1].isdigit():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    # Another host (shared storage) or an unknown name: trust it only while it is young.
+    return time.time() - mtime < max_age_s
+
+
+def remove_orphan_temps(root: Path | str, *, max_age_s: float = 24 * 3600) -> list[Path]:
+    """Delete temporary files left below ``root`` by writers that are no longer running."""
     removed = []
     for tmp in Path(root).rglob(f"{TEMP_PREFIX}*"):
-        if tmp.is_file():
-            tmp.unlink()
-            removed.append(tmp)
+        try:
+            if tmp.is_file() and not _writer_alive(tmp.name, max_age_s=max_age_s, mtime=tmp.stat().st_mtime):
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
     return removed
