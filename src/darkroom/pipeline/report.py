@@ -1,0 +1,202 @@
+"""Night reports from the registry: fill :class:`~darkroom.report.NightReport` and write HTML.
+
+Wiring only: this module reads the registry and product files and hands plain
+tables and arrays to :mod:`darkroom.report`, which renders them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from sqlalchemy import select
+
+from darkroom.repo.models import Calib, Exposure, Image, Task
+from darkroom.repo.repository import Repository
+from darkroom.report import (
+    MasterSummary,
+    NightReport,
+    QuarantinedFile,
+    TargetLightCurve,
+    TaskFailure,
+    write_night_reports,
+)
+
+__all__ = ["build_night_reports", "write_reports"]
+
+log = logging.getLogger(__name__)
+
+
+def _frames(repo: Repository, night: str) -> Table:
+    with repo.registry.session() as s:
+        rows = s.execute(
+            select(Image, Exposure)
+            .join(Exposure, Image.exposure_id == Exposure.id)
+            .where(Image.night == night)
+            .order_by(Image.mjd_mid, Image.id)
+        ).all()
+        # One row per exposure: the newest calibrated image (highest id) describes it.
+        latest: dict[int, tuple[Image, Exposure]] = {}
+        for image, exp in rows:
+            latest[exp.id] = (image, exp)
+        cols: dict[str, list] = {
+            k: []
+            for k in (
+                "image_id",
+                "file",
+                "time_utc",
+                "filter",
+                "exptime_s",
+                "fwhm_arcsec",
+                "ellipticity",
+                "sky_adu",
+                "n_sources",
+                "zero_point",
+                "zero_point_err",
+                "astrom_rms_arcsec",
+                "astrom_flag",
+                "quality_flag",
+                "state",
+            )
+        }
+        for image, exp in sorted(latest.values(), key=lambda ie: (ie[0].mjd_mid or 0, ie[0].id)):
+            q, a, p = image.quality or {}, image.astrom or {}, image.photcal or {}
+            cols["image_id"].append(image.id)
+            cols["file"].append(Path(exp.path).name)
+            cols["time_utc"].append(image.time_mid_utc.isoformat() if image.time_mid_utc else None)
+            cols["filter"].append(image.filter)
+            cols["exptime_s"].append(exp.exptime_s)
+            cols["fwhm_arcsec"].append(q.get("fwhm_arcsec"))
+            cols["ellipticity"].append(q.get("ellipticity"))
+            cols["sky_adu"].append(q.get("sky_adu"))
+            cols["n_sources"].append(q.get("n_sources"))
+            cols["zero_point"].append(p.get("zp", p.get("zero_point")))
+            cols["zero_point_err"].append(p.get("zp_err", p.get("zero_point_err")))
+            cols["astrom_rms_arcsec"].append(a.get("rms_arcsec"))
+            cols["astrom_flag"].append(image.astrom_flag)
+            cols["quality_flag"].append(image.quality_flag)
+            cols["state"].append(exp.state)
+    return Table({k: np.array(v, dtype=object) for k, v in cols.items()})
+
+
+def _thumbnail(path: Path) -> np.ndarray | None:
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            return np.asarray(hdul[0].data, dtype=np.float32)
+    except (OSError, TypeError, ValueError) as exc:
+        log.warning("no thumbnail for %s: %s", path, exc)
+        return None
+
+
+def _masters(repo: Repository, night: str) -> list[MasterSummary]:
+    with repo.registry.session() as s:
+        calibs = s.scalars(select(Calib).where(Calib.night == night).order_by(Calib.kind, Calib.id)).all()
+        out = []
+        for c in calibs:
+            stats = {
+                k: v
+                for k, v in (c.stats or {}).items()
+                if k not in ("record", "counts", "bad_columns", "bad_rows")
+            }
+            data = _thumbnail(repo.path(c.path)) if c.path else None
+            out.append(
+                MasterSummary(
+                    kind=c.kind,
+                    name=Path(c.path or "").name,
+                    n_inputs=c.n_inputs,
+                    stats=stats,
+                    thumbnail=data,
+                    flag=c.flag,
+                )
+            )
+    return out
+
+
+def _light_curves(repo: Repository, frames: Table) -> list[TargetLightCurve]:
+    """The newest light curve file of each target, cut to this night's frames."""
+    ids = {int(i) for i in frames["image_id"]} if len(frames) else set()
+    newest: dict[str, Path] = {}
+    for path in sorted((repo.root / "lightcurves").rglob("*.ecsv"), key=lambda p: p.stat().st_mtime):
+        newest[path.stem] = path
+    out = []
+    for name, path in sorted(newest.items()):
+        try:
+            table = Table.read(path, format="ascii.ecsv")
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read light curve %s: %s", path, exc)
+            continue
+        if "image_id" in table.colnames:
+            table = table[[int(i) in ids for i in table["image_id"]]]
+        if len(table):
+            out.append(TargetLightCurve(name=name, table=table))
+    return out
+
+
+def build_night_reports(repo: Repository, *, nights: list[str] | None = None) -> list[NightReport]:
+    """One report per night that has exposures (or the nights asked for)."""
+    with repo.registry.session() as s:
+        all_nights = sorted(n for n in s.scalars(select(Exposure.night).distinct()) if n)
+        failures_all = s.execute(
+            select(Task.stage, Task.key, Task.reason).where(Task.state == "failed")
+        ).all()
+        quarantined_all = s.execute(
+            select(Exposure.night, Exposure.path, Exposure.reason).where(Exposure.state == "quarantined")
+        ).all()
+        exp_night = dict(s.execute(select(Exposure.id, Exposure.night)).all())
+        image_night = dict(s.execute(select(Image.id, Image.night)).all())
+    reports = []
+    for night in nights or all_nights:
+        frames = _frames(repo, night)
+        failures = [
+            TaskFailure(stage, key, reason or "")
+            for stage, key, reason in failures_all
+            if _task_night(key, exp_night, image_night) in (night, None)
+        ]
+        quarantined = [
+            QuarantinedFile(Path(path).name, reason or "")
+            for n, path, reason in quarantined_all
+            if n == night or n is None
+        ]
+        n_frames = len(frames)
+        summary: dict[str, str | float] = {"frames": float(n_frames)}
+        if n_frames:
+            summary["good quality"] = float(sum(1 for f in frames["quality_flag"] if f == "good"))
+            summary["astrometry good"] = float(sum(1 for f in frames["astrom_flag"] if f == "good"))
+        reports.append(
+            NightReport(
+                night,
+                repo.root,
+                frames=frames,
+                masters=_masters(repo, night),
+                failures=failures,
+                quarantined=quarantined,
+                light_curves=_light_curves(repo, frames),
+                summary=summary,
+            )
+        )
+    return reports
+
+
+def _task_night(key: str, exp_night: dict, image_night: dict) -> str | None:
+    """The night a task key refers to (``exp:ID``, ``img:ID`` or a key that names the night)."""
+    kind, _, rest = key.partition(":")
+    if rest.isdigit():
+        if kind == "exp":
+            return exp_night.get(int(rest))
+        if kind in ("img", "image"):
+            return image_night.get(int(rest))
+    for part in key.split(":"):
+        if len(part) == 10 and part[4] == "-" and part[7] == "-":
+            return part
+    return None
+
+
+def write_reports(
+    repo: Repository, out_dir: Path | None = None, *, nights: list[str] | None = None
+) -> list[Path]:
+    """Write ``night-<night>.html`` per night (and ``index.html``) into ``out_dir`` (default REPO/reports)."""
+    out = Path(out_dir) if out_dir is not None else repo.root / "reports"
+    return write_night_reports(build_night_reports(repo, nights=nights), out)
