@@ -307,6 +307,46 @@ def calibrate(
 
 
 @app.command()
+def astrometry(
+    repo: RepoArg,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    set_: SetOpt = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")] = 0,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Extract sources, flag poor frames and solve the astrometry of calibrated images; skips what is done."""
+    from darkroom.pipeline.astrometry import astrometry_stages
+    from darkroom.pipeline.calibration import calibration_stages
+    from darkroom.pipeline.drive import drive_stages, print_reports
+    from darkroom.pipeline.executors import make_executor
+    from darkroom.repo.repository import Repository
+
+    _setup_logging(quiet)
+    try:
+        r = Repository(repo, db_url=db, overrides=set_ or ())
+        calibrated = calibration_stages(r.root, r.config.calib)[-1].provenance_id
+        executor = make_executor(workers=workers)
+        try:
+            reports = drive_stages(
+                r.registry,
+                astrometry_stages(r.root, r.config.astrometry, upstream=(calibrated,)),
+                executor=executor,
+                retry_failed=retry_failed,
+                console=err_console,
+                quiet=quiet,
+            )
+        finally:
+            executor.close()
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+    print_reports(reports, console)
+    if any(rep.n_failed for rep in reports):
+        raise typer.Exit(2)
+
+
+@app.command()
 def inspect(
     files: Annotated[list[Path], typer.Argument(help="FITS files")],
     profiles: Annotated[

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from darkroom.errors import ConfigError
+from darkroom.pipeline.astrometry import AstrometrySettings
 from darkroom.pipeline.calibration import CalibSettings
 from darkroom.provenance import critical_params
 
@@ -75,6 +76,7 @@ class DarkroomConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     calib: CalibSettings = Field(default_factory=CalibSettings)
+    astrometry: AstrometrySettings = Field(default_factory=AstrometrySettings)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

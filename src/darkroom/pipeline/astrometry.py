@@ -1,0 +1,869 @@
+"""Source extraction, image quality and astrometry stages.
+
+Wiring only: the registry says which calibrated images exist; :mod:`darkroom.detect`
+measures the background, the sources and the image quality, :mod:`darkroom.catalogs`
+reads the reference catalog and :mod:`darkroom.astrom` solves. Three stages, in order:
+
+``extract`` (one unit per calibrated image, parallel)
+    Background and sources of the SCI plane with the MASK plane honoured. The source
+    catalog goes to ``catalogs/<provenance>/<image>.parquet`` (``Image.catalog_path``);
+    the figures go to ``Image.quality`` beside the ``calib`` entry: ``fwhm_pix``,
+    ``fwhm_arcsec``, ``ellipticity``, ``sky_adu``, ``sky_rms_adu``, ``n_sources``,
+    ``n_saturated``, ``n_stars``, ``pixel_scale_arcsec`` and ``detect`` (provenance
+    and catalog path).
+``quality`` (one unit per night)
+    The configured :class:`~darkroom.detect.QualityLimits` flag poor frames:
+    ``Image.quality_flag`` is ``good`` or ``poor``, ``Image.quality["poor_reason"]``
+    says why. A per-frame table (with the night's summary in its metadata) and a plot
+    of FWHM, sky and source count against time go to ``reports/quality_<night>.ecsv``
+    and ``.png``. Per night because a limit may be relative to the night's median.
+``astrometry`` (one unit per field and night)
+    The frames of one field (``Image.field``, i.e. OBJECT), night, camera shape and
+    binning, split where the pointing moves by more than ``split_field_fraction`` of
+    the frame: a reference frame is solved absolutely (header WCS check and
+    refinement, or an asterism match around the pointing hint against the reference
+    catalog), every other frame is aligned to it
+    (:func:`~darkroom.astrom.solve_frame_series`) and gets the reference WCS carried
+    over (refined against the catalog when there is one). A frame that does not align
+    is solved on its own when it can; otherwise it gets ``astrom_flag`` 'failed' with
+    the reason, and the field goes on. Without any absolute WCS the frames still get
+    consistent ``to_reference`` transforms (pixels of the reference frame).
+
+``Image.astrom`` holds: ``provenance_id``, ``method``, ``quality``, ``n_matched``,
+``rms_arcsec``, ``rms_pix``, ``reason``, ``sip_order``, ``wcs`` (the WCS cards, 1-based
+CRPIX as in FITS, or None), ``wcs_path`` (a header-only FITS file
+``catalogs/<provenance>/<image>.wcs``), ``to_reference`` (``matrix`` 2x2 and
+``offset`` [pixels]: 0-based pixels of this frame -> 0-based pixels of the reference
+frame), ``reference_image_id``, ``field_key``, ``n_frames``, ``catalog`` (name and
+number of stars used), ``centre_ra_deg``, ``centre_dec_deg`` and ``pixel_scale_arcsec``.
+``Image.astrom_flag`` is good / marginal / failed; a frame without an absolute WCS is
+at best 'marginal'.
+
+An image row has one slot per product, so it describes the last run; the products of
+earlier provenances stay on disk beside the new ones under their own folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.time import Time
+from astropy.wcs import WCS, FITSFixedWarning
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from darkroom.astrom import (
+    AffineTransform,
+    FrameSources,
+    PointingHint,
+    SeriesConfig,
+    SolveResult,
+    fit_affine,
+    pixel_scale_arcsec,
+    solve_frame,
+    solve_frame_series,
+    source_positions,
+)
+from darkroom.catalogs import (
+    FileCatalogSource,
+    ReferenceCatalogSource,
+    ShardCatalogSource,
+    angular_separation_deg,
+    load_reference_catalog,
+    read_table,
+)
+from darkroom.detect import (
+    BackgroundConfig,
+    DetectConfig,
+    QualityConfig,
+    QualityLimits,
+    extract_frame,
+    flag_poor_frames,
+    plot_quality,
+    summarize_nights,
+)
+from darkroom.errors import BadInputError, SolveError
+from darkroom.pipeline.stage import Stage, Unit
+from darkroom.repo.models import Exposure, Image
+from darkroom.repo.store import atomic_path
+
+__all__ = [
+    "FIGURE_KEYS",
+    "AstrometrySettings",
+    "AstrometryStage",
+    "ExtractSettings",
+    "ExtractStage",
+    "QualityStage",
+    "SolveSettings",
+    "astrometry_stages",
+    "wcs_from_astrom",
+]
+
+log = logging.getLogger(__name__)
+
+#: Image-quality figures written at the top level of ``Image.quality``.
+FIGURE_KEYS = (
+    "fwhm_pix",
+    "fwhm_arcsec",
+    "ellipticity",
+    "sky_adu",
+    "sky_rms_adu",
+    "n_sources",
+    "n_saturated",
+    "n_stars",
+)
+
+
+class ExtractSettings(BaseModel):
+    """How sources are found and measured (the ``extract`` stage's provenance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig, description="background mesh")
+    detect: DetectConfig = Field(default_factory=DetectConfig, description="source detection")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="which sources are stars for FWHM and ellipticity"
+    )
+
+
+class SolveSettings(BaseModel):
+    """Reference catalog and solver (the ``astrometry`` stage's provenance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference_catalog: ReferenceCatalogSource | None = Field(
+        None,
+        description="reference catalog: a file, a folder of shards or an online service (kind: file, "
+        "shards, online); relative paths are relative to the repository, online answers are cached in "
+        "catalogs/cache; None: header WCS and relative alignment only",
+    )
+    pointing_uncertainty_deg: float = Field(
+        0.1,
+        ge=0,
+        le=30,
+        description="how far a frame's centre may be from its pointing hint or header WCS; widens the "
+        "reference-catalog cone [deg]",
+    )
+    use_header_wcs: bool = Field(True, description="check and refine the WCS found in the image headers")
+    series: SeriesConfig = Field(
+        default_factory=SeriesConfig, description="single-frame solver and frame-to-reference alignment"
+    )
+    max_reference_tries: int = Field(
+        3, ge=1, le=50, description="frames tried, most sources first, to find a field's reference frame"
+    )
+    split_field_fraction: float | None = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="frames of one field and night whose pointings differ by more than this fraction of "
+        "the frame's shorter side are solved as separate fields; None never splits",
+    )
+
+
+class AstrometrySettings(BaseModel):
+    """The ``astrometry`` section of darkroom.yaml: one sub-section per stage, so that a change to
+    one (e.g. a quality limit) makes new products of that stage and those after it only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    extract: ExtractSettings = Field(default_factory=ExtractSettings, description="the extract stage")
+    limits: QualityLimits = Field(
+        default_factory=QualityLimits, description="the quality stage: limits that flag poor frames"
+    )
+    solve: SolveSettings = Field(default_factory=SolveSettings, description="the astrometry stage")
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars to Python, NaN and infinities to None)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".fz", ".fits", ".fit", ".fts"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:80] or "unknown"
+
+
+def _header_wcs(header: fits.Header) -> WCS | None:
+    """The celestial WCS of a header, or None when it has none or it is unusable."""
+    if "CTYPE1" not in header and "CTYPE2" not in header:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # RADECSYS, CDELT beside CD, ...
+            wcs = WCS(header, naxis=2)
+    except Exception as exc:  # astropy raises many types for broken WCS cards
+        log.info("header WCS ignored: %s", exc)
+        return None
+    if not wcs.has_celestial:
+        return None
+    scale = pixel_scale_arcsec(wcs)
+    return wcs.celestial if np.isfinite(scale) and scale > 0 else None
+
+
+def wcs_from_astrom(astrom: dict[str, Any]) -> WCS | None:
+    """The astropy WCS recorded in an ``Image.astrom`` dict (None when the frame has none).
+
+    Use it with ``origin=0`` on darkroom's 0-based positions.
+    """
+    cards = astrom.get("wcs") if astrom else None
+    if not cards:
+        return None
+    header = fits.Header()
+    for key, value in cards.items():
+        header[key] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header, naxis=2)
+
+
+def _wcs_cards(header: fits.Header) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in header.items()
+        if key and key not in ("COMMENT", "HISTORY", "") and not isinstance(value, fits.card.Undefined)
+    }
+
+
+def _transform_dict(t: AffineTransform | None) -> dict[str, Any] | None:
+    if t is None:
+        return None
+    return {"matrix": np.asarray(t.matrix, float).tolist(), "offset": np.asarray(t.offset, float).tolist()}
+
+
+def _failed_result(reason: str, method: str) -> SolveResult:
+    return SolveResult(
+        wcs=None,
+        method=method,  # type: ignore[arg-type]
+        n_matched=0,
+        rms_arcsec=float("nan"),
+        rms_pix=float("nan"),
+        quality="failed",
+        reason=reason,
+    )
+
+
+def _affine_between(wcs: WCS, reference: WCS, shape: tuple[int, int]) -> AffineTransform:
+    """Affine transform from a frame's pixels to the reference frame's, through the sky (0-based)."""
+    ny, nx = shape
+    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 12), np.linspace(0, ny - 1, 12))
+    ra, dec = wcs.all_pix2world(gx.ravel(), gy.ravel(), 0)
+    rx, ry = reference.all_world2pix(ra, dec, 0)
+    return fit_affine(gx.ravel(), gy.ravel(), rx, ry)
+
+
+# --------------------------------------------------------------------------- extraction
+
+
+class ExtractStage(Stage):
+    """Background, sources and image-quality figures of each calibrated image."""
+
+    name = "extract"
+
+    def plan(self, session: Session) -> list[Unit]:
+        rows = session.execute(
+            select(Image, Exposure.meta)
+            .join(Exposure, Exposure.id == Image.exposure_id)
+            .where(Image.provenance_id.in_(self.upstream), Exposure.state == "ok")
+            .order_by(Image.mjd_mid, Image.id)
+        ).all()
+        units = []
+        for image, meta in rows:
+            detect = (image.quality or {}).get("detect") or {}
+            if detect.get("provenance_id") == self.provenance_id and image.catalog_path:
+                continue
+            calib = (image.quality or {}).get("calib") or {}
+            units.append(
+                Unit(
+                    key=f"img:{image.id}",
+                    payload={
+                        "image_id": image.id,
+                        "path": image.path,
+                        "gain_e_per_adu": calib.get("gain_e_per_adu"),
+                        "pixel_scale_arcsec": (meta or {}).get("pixel_scale_arcsec"),
+                    },
+                    exposure_id=image.exposure_id,
+                )
+            )
+        return units
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        cfg: ExtractSettings = self.config
+        p = unit.payload
+        path = self.root / p["path"]
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
+                mask = np.asarray(hdul["MASK"].data) if "MASK" in hdul else None
+                header = hdul["SCI"].header.copy()
+        except (OSError, KeyError) as exc:
+            raise BadInputError(f"cannot read calibrated image {Path(p['path']).name}: {exc}") from exc
+        scale = p.get("pixel_scale_arcsec")
+        if not scale:
+            wcs = _header_wcs(header)
+            scale = pixel_scale_arcsec(wcs) if wcs is not None else None
+        extraction = extract_frame(
+            sci,
+            mask=mask,
+            background_config=cfg.background,
+            detect_config=cfg.detect,
+            quality_config=cfg.quality,
+            gain_e_per_adu=p.get("gain_e_per_adu"),
+            pixel_scale_arcsec=scale,
+        )
+        figures = extraction.quality.model_dump()
+        catalog = extraction.catalog
+        catalog.meta.update(
+            {
+                "image": p["path"],
+                "image_id": p["image_id"],
+                "provenance_id": self.provenance_id,
+                "quality": _jsonable(figures),
+                "pixel_scale_arcsec": scale,
+            }
+        )
+        out = self.product_path("catalogs", self.provenance_id, f"{_stem(p['path'])}.parquet")
+        with atomic_path(out) as tmp:
+            catalog.write(tmp, format="parquet")
+        return {
+            "catalog_path": self.relative(out),
+            "figures": _jsonable(figures),
+            "pixel_scale_arcsec": scale,
+        }
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        image = session.get(Image, unit.payload["image_id"])
+        quality = dict(image.quality or {})
+        quality.update(result["figures"])
+        quality["pixel_scale_arcsec"] = result["pixel_scale_arcsec"]
+        quality["detect"] = {"provenance_id": self.provenance_id, "catalog_path": result["catalog_path"]}
+        image.quality = quality  # a new dict, so that the JSON column is written
+        image.catalog_path = result["catalog_path"]
+
+    def forget_products(self, session: Session) -> None:
+        """Drop the figures and catalog path that this provenance recorded (files stay)."""
+        for image in session.scalars(select(Image).where(Image.provenance_id.in_(self.upstream))):
+            quality = dict(image.quality or {})
+            if (quality.get("detect") or {}).get("provenance_id") != self.provenance_id:
+                continue
+            for key in (*FIGURE_KEYS, "pixel_scale_arcsec", "detect"):
+                quality.pop(key, None)
+            image.quality = quality
+            image.catalog_path = None
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def _extracted_images(session: Session, extract_provenance: tuple[str, ...]) -> list[tuple[Image, dict]]:
+    """Images whose current catalog comes from one of ``extract_provenance``, with exposure metadata."""
+    rows = session.execute(
+        select(Image, Exposure.meta, Exposure.path)
+        .join(Exposure, Exposure.id == Image.exposure_id)
+        .where(Exposure.state == "ok", Image.catalog_path.is_not(None))
+        .order_by(Image.mjd_mid, Image.id)
+    ).all()
+    out = []
+    for image, meta, raw_path in rows:
+        detect = (image.quality or {}).get("detect") or {}
+        if detect.get("provenance_id") in extract_provenance:
+            out.append((image, {**(meta or {}), "raw_path": raw_path}))
+    return out
+
+
+class QualityStage(Stage):
+    """Flag poor frames by the configured limits; a per-night table and plot in ``reports/``."""
+
+    name = "quality"
+
+    def plan(self, session: Session) -> list[Unit]:
+        by_night: dict[str, list[tuple[Image, dict]]] = defaultdict(list)
+        for image, meta in _extracted_images(session, self.upstream):
+            by_night[image.night or "unknown"].append((image, meta))
+        units = []
+        for night, items in sorted(by_night.items()):
+            done = all(
+                ((im.quality or {}).get("flag") or {}).get("provenance_id") == self.provenance_id
+                for im, _ in items
+            )
+            if done:
+                continue
+            frames = []
+            for image, meta in items:
+                q = image.quality or {}
+                frames.append(
+                    {
+                        "image_id": image.id,
+                        "file": Path(meta["raw_path"]).name,
+                        "field": image.field or "",
+                        "filter": image.filter or "",
+                        "time_utc": image.time_mid_utc.isoformat() if image.time_mid_utc else "",
+                        "mjd": image.mjd_mid,
+                        **{k: q.get(k) for k in FIGURE_KEYS},
+                    }
+                )
+            units.append(Unit(key=f"night:{night}", payload={"night": night, "frames": frames}))
+        return units
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        limits: QualityLimits = self.config
+        night = unit.payload["night"]
+        frames = unit.payload["frames"]
+        columns: dict[str, Any] = {
+            "image_id": np.array([f["image_id"] for f in frames], dtype=np.int64),
+            "file": np.array([f["file"] for f in frames], dtype=str),
+            "field": np.array([f["field"] for f in frames], dtype=str),
+            "filter": np.array([f["filter"] for f in frames], dtype=str),
+            "time_utc": np.array([f["time_utc"] for f in frames], dtype=str),
+            "mjd": np.array([np.nan if f["mjd"] is None else f["mjd"] for f in frames], dtype=float),
+        }
+        for key in FIGURE_KEYS:
+            values = [f.get(key) for f in frames]
+            columns[key] = np.array([np.nan if v is None else v for v in values], dtype=float)
+        figures = Table(columns)
+        figures["night"] = np.array([night] * len(frames), dtype=str)
+        units = {"fwhm_pix": "pix", "fwhm_arcsec": "arcsec", "sky_adu": "adu", "sky_rms_adu": "adu"}
+        for key, unit_name in units.items():
+            figures[key].unit = unit_name
+        flagged = flag_poor_frames(figures, limits=limits)
+        timed = flagged[np.isfinite(flagged["mjd"])]
+        timed["time"] = Time(np.asarray(timed["mjd"], dtype=float), format="mjd", scale="utc")
+        summary = summarize_nights(timed if len(timed) else flagged, night_column="night")
+        name = f"quality_{_safe_name(night)}"
+        table_path = self.product_path("reports", f"{name}.ecsv")
+        plot_path = self.product_path("reports", f"{name}.png")
+        out = flagged.copy()
+        out.meta["night"] = night
+        out.meta["provenance_id"] = self.provenance_id
+        out.meta["limits"] = limits.model_dump(mode="json")
+        out.meta["summary"] = _jsonable({c: summary[c][0] for c in summary.colnames}) if len(summary) else {}
+        with atomic_path(table_path) as tmp:
+            out.write(tmp, format="ascii.ecsv")
+        if len(timed):
+            with atomic_path(plot_path) as tmp:
+                plot_quality(timed, tmp, title=f"image quality, night {night}")
+        return {
+            "flags": [
+                (int(i), bool(poor), str(reason))
+                for i, poor, reason in zip(
+                    flagged["image_id"], flagged["poor"], flagged["poor_reason"], strict=True
+                )
+            ],
+            "table_path": self.relative(table_path),
+            "plot_path": self.relative(plot_path) if len(timed) else None,
+            "n_poor": int(np.count_nonzero(flagged["poor"])),
+        }
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        for image_id, poor, reason in result["flags"]:
+            image = session.get(Image, image_id)
+            quality = dict(image.quality or {})
+            quality["poor_reason"] = reason or None
+            quality["flag"] = {
+                "provenance_id": self.provenance_id,
+                "table": result["table_path"],
+                "plot": result["plot_path"],
+            }
+            image.quality = quality
+            image.quality_flag = "poor" if poor else "good"
+        if result["n_poor"]:
+            log.info("night %s: %d poor frames", unit.payload["night"], result["n_poor"])
+
+    def forget_products(self, session: Session) -> None:
+        """Drop the flags that this provenance recorded (reports stay)."""
+        for image in session.scalars(select(Image).where(Image.quality_flag.is_not(None))):
+            quality = dict(image.quality or {})
+            if (quality.get("flag") or {}).get("provenance_id") != self.provenance_id:
+                continue
+            quality.pop("flag", None)
+            quality.pop("poor_reason", None)
+            image.quality = quality
+            image.quality_flag = None
+
+
+# --------------------------------------------------------------------------- astrometry
+
+
+def _split_by_pointing(
+    items: list[tuple[Image, dict]], fraction: float | None
+) -> list[list[tuple[Image, dict]]]:
+    """Clusters of frames whose hinted pointings lie within ``fraction`` of the frame's shorter side."""
+    if fraction is None:
+        return [items]
+    clusters: list[tuple[tuple[float, float] | None, list]] = []
+    for item in items:
+        meta = item[1]
+        ra, dec, scale = meta.get("ra_deg"), meta.get("dec_deg"), meta.get("pixel_scale_arcsec")
+        side = min(meta.get("naxis1") or 0, meta.get("naxis2") or 0)
+        centre = (ra, dec) if ra is not None and dec is not None and scale and side else None
+        for seed, members in clusters:
+            if centre is None or seed is None:
+                if centre is None and seed is None:
+                    members.append(item)
+                    break
+                continue
+            limit = fraction * side * scale / 3600.0
+            if float(angular_separation_deg(seed[0], seed[1], centre[0], centre[1])) <= limit:
+                members.append(item)
+                break
+        else:
+            clusters.append((centre, [item]))
+    # frames without a pointing join the largest cluster (alignment decides)
+    unplaced = [c for c in clusters if c[0] is None]
+    placed = [c for c in clusters if c[0] is not None]
+    if unplaced and placed:
+        largest = max(placed, key=lambda c: len(c[1]))
+        for _, members in unplaced:
+            largest[1].extend(members)
+        clusters = placed
+    return [sorted(members, key=lambda it: (it[0].mjd_mid or 0.0, it[0].id)) for _, members in clusters]
+
+
+class AstrometryStage(Stage):
+    """Solve the frames of each field and night: a reference frame absolutely, the others by alignment."""
+
+    name = "astrometry"
+
+    def plan(self, session: Session) -> list[Unit]:
+        cfg: SolveSettings = self.config
+        groups: dict[tuple, list[tuple[Image, dict]]] = defaultdict(list)
+        for image, meta in _extracted_images(session, self.upstream):
+            key = (
+                image.field or "",
+                image.night or "unknown",
+                meta.get("instrument") or "",
+                meta.get("naxis1"),
+                meta.get("naxis2"),
+                meta.get("binning_x"),
+                meta.get("binning_y"),
+            )
+            groups[key].append((image, meta))
+        units = []
+        for key, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            for members in _split_by_pointing(items, cfg.split_field_fraction):
+                done = all(
+                    (im.astrom or {}).get("provenance_id") == self.provenance_id and im.astrom_flag
+                    for im, _ in members
+                )
+                if done:
+                    continue
+                field, night = key[0], key[1]
+                field_key = "|".join(str(k) for k in key) + f"|{members[0][0].id}"
+                frames = []
+                for image, meta in members:
+                    frames.append(
+                        {
+                            "image_id": image.id,
+                            "path": image.path,
+                            "catalog_path": image.catalog_path,
+                            "mjd": image.mjd_mid,
+                            "ra_deg": meta.get("ra_deg"),
+                            "dec_deg": meta.get("dec_deg"),
+                            "pixel_scale_arcsec": meta.get("pixel_scale_arcsec"),
+                            "name": Path(meta["raw_path"]).name,
+                        }
+                    )
+                units.append(
+                    Unit(
+                        key=f"field:{night}:{_short_hash(field_key)}",
+                        payload={"field": field, "night": night, "field_key": field_key, "frames": frames},
+                    )
+                )
+        return units
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def _catalog_source(self):
+        cfg: SolveSettings = self.config
+        source = cfg.reference_catalog
+        if isinstance(source, FileCatalogSource) and not source.path.is_absolute():
+            source = source.model_copy(update={"path": self.root / source.path})
+        if isinstance(source, ShardCatalogSource) and not source.folder.is_absolute():
+            source = source.model_copy(update={"folder": self.root / source.folder})
+        return source
+
+    def _load_catalog(self, frames: list[FrameSources], mjds: list[float | None]) -> Table | None:
+        """The reference stars over every frame of the field (None without a catalog or a pointing)."""
+        cfg: SolveSettings = self.config
+        if cfg.reference_catalog is None:
+            return None
+        centres, radii = [], []
+        for frame in frames:
+            ny, nx = frame.shape
+            if frame.wcs is not None:
+                ra, dec = frame.wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
+                scale = pixel_scale_arcsec(frame.wcs)
+                centres.append((float(ra[0]), float(dec[0])))
+            elif frame.hint is not None:
+                centres.append((frame.hint.ra_deg, frame.hint.dec_deg))
+                scale = frame.hint.pixel_scale_arcsec
+            else:
+                continue
+            radii.append(0.5 * math.hypot(nx, ny) * scale / 3600.0)
+        if not centres:
+            log.warning("no header WCS and no pointing hint: the reference catalog cannot be placed")
+            return None
+        ra = np.radians([c[0] for c in centres])
+        dec = np.radians([c[1] for c in centres])
+        vec = np.array([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).mean(axis=1)
+        ra0 = float(np.degrees(np.arctan2(vec[1], vec[0])) % 360.0)
+        dec0 = float(np.degrees(np.arctan2(vec[2], np.hypot(vec[0], vec[1]))))
+        spread = float(np.max(angular_separation_deg(ra0, dec0, np.degrees(ra), np.degrees(dec))))
+        radius = spread + 1.15 * max(radii) + cfg.pointing_uncertainty_deg
+        times = [m for m in mjds if m is not None]
+        epoch = float(Time(np.mean(times), format="mjd").jyear) if times else None
+        catalog = load_reference_catalog(
+            self._catalog_source(),
+            ra_deg=ra0,
+            dec_deg=dec0,
+            radius_deg=radius,
+            epoch_jyear=epoch,
+            cache_dir=self.product_path("catalogs", "cache"),
+        )
+        log.info("reference catalog: %d stars within %.3f deg", len(catalog), radius)
+        return catalog
+
+    def _choose_reference(self, frames: list[FrameSources], counts: list[int], catalog: Table | None) -> int:
+        """The reference frame: header WCS first, then the most usable sources; with a catalog,
+        the first of the leading candidates that solves."""
+        cfg: SolveSettings = self.config
+        order = sorted(range(len(frames)), key=lambda i: (frames[i].wcs is None, -counts[i], i))
+        if catalog is None or not len(catalog):
+            return order[0]
+        for i in order[: cfg.max_reference_tries]:
+            f = frames[i]
+            if f.wcs is None and f.hint is None:
+                continue
+            try:
+                result = solve_frame(
+                    f.sources,
+                    shape=f.shape,
+                    catalog=catalog,
+                    header_wcs=f.wcs,
+                    hint=f.hint,
+                    config=cfg.series.solve,
+                )
+            except SolveError as exc:
+                log.info("reference candidate %s not solved: %s", f.name, exc.reason)
+                continue
+            if result.ok:
+                return i
+        return order[0]
+
+    def _read_frame(self, f: dict[str, Any]) -> FrameSources:
+        cfg: SolveSettings = self.config
+        try:
+            sources = read_table(self.root / f["catalog_path"])
+        except BadInputError as exc:
+            raise BadInputError(f"source catalog {Path(f['catalog_path']).name}: {exc.reason}") from exc
+        try:
+            header = fits.getheader(self.root / f["path"], "SCI")
+        except (OSError, KeyError) as exc:
+            raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
+        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+        wcs = _header_wcs(header) if cfg.use_header_wcs else None
+        hint = None
+        if f["ra_deg"] is not None and f["dec_deg"] is not None and f["pixel_scale_arcsec"]:
+            hint = PointingHint(
+                ra_deg=f["ra_deg"], dec_deg=f["dec_deg"], pixel_scale_arcsec=f["pixel_scale_arcsec"]
+            )
+        return FrameSources(sources=sources, shape=shape, wcs=wcs, hint=hint, name=f["name"])
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        cfg: SolveSettings = self.config
+        p = unit.payload
+        frames: list[FrameSources] = []
+        usable: list[int] = []  # rows of p["frames"] whose catalog and header could be read
+        unreadable: dict[int, str] = {}
+        for k, f in enumerate(p["frames"]):
+            try:
+                frames.append(self._read_frame(f))
+                usable.append(k)
+            except BadInputError as exc:  # one broken frame does not stop the field
+                unreadable[k] = exc.reason
+        out: list[dict[str, Any]] = []
+        for k, reason in unreadable.items():
+            failed = _failed_result(f"not solved: {reason}", "relative")
+            out.append(self._frame_result(p["frames"][k], None, failed, p, ref_image_id=None, catalog=None))
+        if not frames:
+            return {"frames": out}
+        catalog = self._load_catalog(frames, [p["frames"][k]["mjd"] for k in usable])
+        solve_cfg = cfg.series.solve
+        counts = []
+        for frame in frames:
+            if len(frame.sources):
+                x, y, _ = source_positions(
+                    frame.sources, flux_column=solve_cfg.flux_column, exclude_sharp=True
+                )
+                counts.append(int(np.count_nonzero(np.isfinite(x) & np.isfinite(y))))
+            else:
+                counts.append(0)
+        ref = self._choose_reference(frames, counts, catalog)
+        results = solve_frame_series(frames, catalog=catalog, reference_index=ref, config=cfg.series)
+        if counts[ref] < solve_cfg.min_sources:  # even the best frame has (next to) no stars
+            results[ref] = _failed_result(
+                f"too few stars: {counts[ref]} sources, at least {solve_cfg.min_sources} needed "
+                "(clouds, wrong exposure, or detection threshold too high?)",
+                "reference",
+            )
+        ref_wcs = results[ref].wcs
+        for i, result in enumerate(results):
+            if result.ok or i == ref:
+                continue
+            results[i] = self._solve_alone(frames[i], result, catalog, ref_wcs)
+        ref_image_id = p["frames"][usable[ref]]["image_id"]
+        for k, frame, result in zip(usable, frames, results, strict=True):
+            out.append(
+                self._frame_result(
+                    p["frames"][k], frame, result, p, ref_image_id=ref_image_id, catalog=catalog
+                )
+            )
+        n_failed = sum(r.quality == "failed" for r in results) + len(unreadable)
+        log.info(
+            "field %s %s: %d frames, reference %s (%s), %d failed",
+            p["field"],
+            p["night"],
+            len(p["frames"]),
+            frames[ref].name,
+            results[ref].method,
+            n_failed,
+        )
+        return {"frames": out}
+
+    def _solve_alone(
+        self, frame: FrameSources, aligned: SolveResult, catalog: Table | None, ref_wcs: WCS | None
+    ) -> SolveResult:
+        """A frame that did not align: its own header WCS or hint, tied to the reference through the sky."""
+        cfg: SolveSettings = self.config
+        if frame.wcs is None and (catalog is None or frame.hint is None):
+            return aligned
+        try:
+            alone = solve_frame(
+                frame.sources,
+                shape=frame.shape,
+                catalog=catalog,
+                header_wcs=frame.wcs,
+                hint=frame.hint,
+                config=cfg.series.solve,
+            )
+        except SolveError as exc:
+            aligned.reason = f"{aligned.reason}; alone: {exc.reason}"
+            return aligned
+        if not alone.ok:
+            aligned.reason = f"{aligned.reason}; alone: {alone.reason}"
+            return aligned
+        if ref_wcs is not None and alone.wcs is not None:
+            alone.to_reference = _affine_between(alone.wcs, ref_wcs, frame.shape)
+        alone.reason = "; ".join(
+            r for r in (aligned.reason, f"solved on its own ({alone.method})", alone.reason) if r
+        )
+        return alone
+
+    def _frame_result(
+        self,
+        f: dict[str, Any],
+        frame: FrameSources | None,
+        result: SolveResult,
+        p: dict[str, Any],
+        *,
+        ref_image_id: int | None,
+        catalog: Table | None,
+    ) -> dict[str, Any]:
+        quality, reason = result.quality, result.reason
+        if result.wcs is None and quality == "good":
+            quality = "marginal"
+            reason = reason or "no absolute WCS: aligned to the field's reference frame only"
+        wcs_cards = wcs_path = centre = scale = None
+        if result.wcs is not None and frame is not None:
+            header = result.to_header()
+            header["ASTQUAL"] = quality
+            wcs_cards = _wcs_cards(header)
+            out = self.product_path("catalogs", self.provenance_id, f"{_stem(f['path'])}.wcs")
+            with atomic_path(out) as tmp:
+                fits.PrimaryHDU(header=header).writeto(tmp)
+            wcs_path = self.relative(out)
+            ny, nx = frame.shape
+            ra, dec = result.wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
+            centre = (float(ra[0]) % 360.0, float(dec[0]))
+            scale = pixel_scale_arcsec(result.wcs)
+        astrom = {
+            "provenance_id": self.provenance_id,
+            "method": result.method,
+            "quality": quality,
+            "n_matched": result.n_matched,
+            "rms_arcsec": result.rms_arcsec,
+            "rms_pix": result.rms_pix,
+            "reason": reason,
+            "sip_order": result.sip_order,
+            "wcs": wcs_cards,
+            "wcs_path": wcs_path,
+            "to_reference": _transform_dict(result.to_reference),
+            "reference_image_id": ref_image_id,
+            "field_key": p["field_key"],
+            "n_frames": len(p["frames"]),
+            "catalog": None
+            if catalog is None
+            else {"name": str(catalog.meta.get("catalog", "")), "n_stars": len(catalog)},
+            "centre_ra_deg": None if centre is None else centre[0],
+            "centre_dec_deg": None if centre is None else centre[1],
+            "pixel_scale_arcsec": scale,
+        }
+        return {"image_id": f["image_id"], "flag": quality, "astrom": _jsonable(astrom)}
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        for item in result["frames"]:
+            image = session.get(Image, item["image_id"])
+            image.astrom = item["astrom"]
+            image.astrom_flag = item["flag"]
+            if item["flag"] == "failed":
+                log.warning("astrometry of image %d failed: %s", image.id, item["astrom"]["reason"])
+
+    def forget_products(self, session: Session) -> None:
+        """Drop the solutions that this provenance recorded (WCS files stay)."""
+        for image in session.scalars(select(Image).where(Image.astrom_flag.is_not(None))):
+            if (image.astrom or {}).get("provenance_id") == self.provenance_id:
+                image.astrom = {}
+                image.astrom_flag = None
+
+
+def astrometry_stages(root: Path, settings: AstrometrySettings, *, upstream: Sequence[str]) -> list[Stage]:
+    """The extraction, quality and astrometry stages in dependency order.
+
+    ``upstream`` holds the provenance ids of the calibrated images to work on (the
+    ``calibrate`` stage's, e.g. ``calibration_stages(root, calib)[-1].provenance_id``).
+    """
+    extract = ExtractStage(root, settings.extract, upstream=tuple(upstream))
+    quality = QualityStage(root, settings.limits, upstream=(extract.provenance_id,))
+    astrometry = AstrometryStage(root, settings.solve, upstream=(extract.provenance_id,))
+    return [extract, quality, astrometry]
