@@ -55,7 +55,7 @@ class CombineConfig(BaseModel):
     n_sigma_high: float = Field(3.0, gt=0, le=100, description="rejection above the median [expected sigma]")
     chunk_mb: float = Field(16.0, ge=1, le=65536, description="memory for the stacked block of rows [MiB]")
     n_noise_rows: int = Field(
-        64, ge=4, le=100000, description="rows sampled to measure the noise-versus-level model [rows]"
+        24, ge=4, le=100000, description="rows sampled to measure the noise-versus-level model [rows]"
     )
     n_noise_bins: int = Field(16, ge=1, le=256, description="signal-level bins of the noise model")
 
@@ -77,9 +77,10 @@ class NoiseModel:
     sigma_bins: np.ndarray
 
     def __call__(self, level: np.ndarray) -> np.ndarray:
-        lv = np.maximum(np.asarray(level, dtype=np.float32), np.float32(self.level_min))
+        """Sigma at ``level`` (float32 array of its shape; a float32 scalar when constant)."""
         if self.slope == 0:
-            return np.full(lv.shape, np.sqrt(self.read_var), dtype=np.float32)
+            return np.float32(np.sqrt(self.read_var))
+        lv = np.maximum(np.asarray(level, dtype=np.float32), np.float32(self.level_min))
         v = np.float32(self.read_var) + np.float32(self.slope) * (lv - np.float32(self.level_min))
         return np.sqrt(v, dtype=np.float32)
 
@@ -171,7 +172,6 @@ def combine_frames(
     stack = np.empty((n, rows_per_chunk, nx), dtype=np.float32)
     keep = np.empty((rows_per_chunk, nx), dtype=bool)
     keep2 = np.empty((rows_per_chunk, nx), dtype=bool)
-    tmp = np.empty((rows_per_chunk, nx), dtype=np.float32)
     eff = 1.0 if cfg.method == "mean" else np.pi / 2
     for r0 in range(0, ny, rows_per_chunk):
         r1 = min(ny, r0 + rows_per_chunk)
@@ -187,38 +187,31 @@ def combine_frames(
             sig = noise(med)
             lo = med - np.float32(cfg.n_sigma_low) * sig
             hi = med + np.float32(cfg.n_sigma_high) * sig
-            acc = np.zeros(med.shape, dtype=np.float32)
-            cnt = np.zeros(med.shape, dtype=np.uint16)
-            kp, kp2, tp = keep[:k], keep2[:k], tmp[:k]
-            for i in range(n):
-                x = st[i]
-                np.greater_equal(x, lo, out=kp)
-                np.less_equal(x, hi, out=kp2)
-                np.logical_and(kp, kp2, out=kp)  # NaN compares False: never kept
-                cnt += kp
-                if cfg.method == "mean":
-                    np.multiply(x, kp, out=tp)
-                    if has_nan:
-                        np.nan_to_num(tp, copy=False)
-                    acc += tp
-                else:
-                    x[~kp] = np.nan
-            with np.errstate(divide="ignore", invalid="ignore"):
-                if cfg.method == "mean":
-                    res = np.where(cnt > 0, acc / cnt, med)
-                else:
-                    res = np.where(cnt > 0, bn.nanmedian(st, axis=0), med)
-            # nothing kept (cannot happen for a finite median, kept for safety): fall back to the median
+            if cfg.method == "mean" and not has_nan:
+                # fast path: every pixel keeps all n values except the few "dirty" ones
+                res, jj, ii, c = _clipped_mean_fast(st, med, lo, hi)
+                out[r0:r1] = res
+                nu = n_used[r0:r1]
+                nu[...] = n
+                nu[jj, ii] = c
+                n_used_total += n * k * nx - int(n * jj.size - c.sum(dtype=np.int64))
+                v = var[r0:r1]
+                sig2 = np.square(sig, dtype=np.float32)
+                v[...] = sig2 * np.float32(1.0 / n)
+                v[jj, ii] = (sig2 if np.ndim(sig2) == 0 else sig2[jj, ii]) / c
+                continue
+            res, cnt = _clipped_general(st, med, lo, hi, cfg.method, keep[:k], keep2[:k])
+            # nothing kept (cannot happen for a finite median, kept for safety): use the median
             fallback = np.minimum(finite, 1) if has_nan else np.uint16(1)
             cnt = np.where(cnt > 0, cnt, fallback).astype(np.uint16)
         else:
             cnt = finite if has_nan else np.full(med.shape, n, dtype=np.uint16)
             res = (bn.nanmean(st, axis=0) if has_nan else st.mean(axis=0)) if cfg.method == "mean" else med
-            sig = noise(med) if noise is not None else np.zeros_like(med)
+            sig = noise(med) if noise is not None else np.float32(0.0)
         out[r0:r1] = res
         n_used[r0:r1] = cnt
         n_used_total += int(cnt.sum(dtype=np.int64))
-        sig2 = sig.astype(np.float32) ** 2
+        sig2 = np.square(sig, dtype=np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
             v = sig2 / cnt
         if cfg.method == "median":
@@ -236,6 +229,60 @@ def combine_frames(
         noise_model=noise,
         scales=tuple(float(s) for s in sc),
     )
+
+
+def _clipped_mean_fast(
+    st: np.ndarray, med: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Clipped mean of a NaN-free stack: plain sums, exact work only where a value is rejected.
+
+    Most pixels keep every value (3-sigma clipping of 10 frames touches ~3% of the
+    pixels): their mean is the column sum / n, from three reductions over the stack
+    (sum, max, min) instead of a pass per frame. Returns the mean and, for the pixels
+    with rejections, their (row, column) indices and numbers of kept values.
+    """
+    n = st.shape[0]
+    mx = st.max(axis=0)
+    dirty = mx > hi
+    del mx
+    mn = st.min(axis=0)
+    dirty |= mn < lo
+    del mn
+    res = st.sum(axis=0, dtype=np.float32)
+    res *= np.float32(1.0 / n)
+    jj, ii = np.nonzero(dirty)
+    if jj.size == 0:
+        return res, jj, ii, np.zeros(0, dtype=np.uint16)
+    sub = st[:, jj, ii]  # (n, m)
+    keep = (sub >= lo[jj, ii]) & (sub <= hi[jj, ii])
+    c = keep.sum(axis=0).astype(np.uint16)
+    s = np.where(keep, sub, np.float32(0.0)).sum(axis=0, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        res[jj, ii] = np.where(c > 0, s / c, med[jj, ii])
+    return res, jj, ii, np.maximum(c, 1).astype(np.uint16)
+
+
+def _clipped_general(st, med, lo, hi, method, kp, kp2) -> tuple[np.ndarray, np.ndarray]:
+    """Clipped mean or median of a stack that may hold NaN: one pass per frame."""
+    n = st.shape[0]
+    acc = np.zeros(med.shape, dtype=np.float32)
+    cnt = np.zeros(med.shape, dtype=np.uint16)
+    for i in range(n):
+        x = st[i]
+        np.greater_equal(x, lo, out=kp)
+        np.less_equal(x, hi, out=kp2)
+        np.logical_and(kp, kp2, out=kp)  # NaN compares False: never kept
+        cnt += kp
+        if method == "mean":
+            np.add(acc, x, out=acc, where=kp)  # rejected (and NaN) values are never added
+        else:
+            x[~kp] = np.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if method == "mean":
+            res = np.where(cnt > 0, acc / cnt, med)
+        else:
+            res = np.where(cnt > 0, bn.nanmedian(st, axis=0), med)
+    return res, cnt
 
 
 def _per_frame(value, n: int, shape: tuple[int, int], name: str) -> list:

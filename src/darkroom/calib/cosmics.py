@@ -152,7 +152,6 @@ def detect_cosmic_rays(
 _S3 = np.ones((3, 3), dtype=bool)
 _S5 = np.ones((5, 5), dtype=bool)
 _S5[0, 0] = _S5[0, 4] = _S5[4, 0] = _S5[4, 4] = False
-_PAD = 6  # patches reach 6 pixels from their centre
 _BLOCK = 8  # block size of the noise lower bound (>= 2 * 3 + 1 would not be needed; any size works)
 _SAFETY = _F32(1.0 - 1e-4)  # margin on the candidate bound against float32 rounding
 
@@ -205,12 +204,44 @@ def _lplus_patch(c: np.ndarray) -> np.ndarray:
     return out
 
 
+def _block_min(a: np.ndarray, b: int) -> np.ndarray:
+    """Minimum over ``b`` x ``b`` blocks (partial blocks at the far edges included)."""
+    ny, nx = a.shape
+    nby, nbx = -(-ny // b), -(-nx // b)
+    if ny % b or nx % b:
+        a = np.pad(a, ((0, nby * b - ny), (0, nbx * b - nx)), mode="edge")
+    return a.reshape(nby, b, nbx, b).min(axis=(1, 3))
+
+
+class _Cache:
+    """Values known at some pixels of an image (flat indices); untouched memory costs nothing."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        n = shape[0] * shape[1]
+        self._known = np.zeros(n, dtype=bool)
+        self._val = np.empty(n, dtype=_F32)
+
+    def known(self, idx: np.ndarray) -> np.ndarray:
+        return self._known[idx]
+
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        return self._val[idx]
+
+    def set(self, idx: np.ndarray, values: np.ndarray) -> None:
+        self._val[idx] = values
+        self._known[idx] = True
+
+    def forget(self, idx: np.ndarray) -> None:
+        self._known[idx] = False
+
+
 class _SparseLACosmic:
     """State of one sparse L.A.Cosmic run (arrays in electrons, float32).
 
-    Images are stored zero-padded by ``_PAD`` pixels so that patches around any
-    pixel can be gathered without clipping; ``*_in`` are views of the image part.
-    Pixel sets are flat indices into the (ny, nx) image.
+    ``clean_in`` (data - sky), ``var_in`` and ``bkg_in`` are the (ny, nx) images in
+    electrons; patches are gathered with clipped indices (astroscrappy's
+    conventions make the clipped values irrelevant, except for the Laplacian,
+    which reads zeros outside the image). Pixel sets are flat indices.
     """
 
     def __init__(self, img, gain, rn, sky, var, bad, satlevel, cfg: CosmicRayConfig) -> None:
@@ -218,34 +249,23 @@ class _SparseLACosmic:
         self.gain = float(gain)
         ny, nx = img.shape
         self.ny, self.nx = ny, nx
-        self.pnx = nx + 2 * _PAD
-        P = _PAD
-        self.clean_p = np.zeros((ny + 2 * P, nx + 2 * P), dtype=_F32)
-        self.clean_in = self.clean_p[P:-P, P:-P]
-        self.clean_in[...] = img * gain
-        self.bkg_p = None
-        if sky is not None:
-            self.bkg_p = np.zeros_like(self.clean_p)
-            self.bkg_p[P:-P, P:-P] = np.asarray(sky) * gain
-        bkg_in = None if self.bkg_p is None else self.bkg_p[P:-P, P:-P]
-        self.var_p = np.zeros_like(self.clean_p)
-        var_in = self.var_p[P:-P, P:-P]
+        self.clean_in = np.asarray(img * gain, dtype=_F32)
+        if self.clean_in is img:
+            self.clean_in = self.clean_in.copy()
+        bkg_in = None if sky is None else np.asarray(np.asarray(sky) * gain, dtype=_F32)
         if var is not None:
-            var_in[...] = np.asarray(var) * (gain * gain)
+            var_in = np.asarray(np.asarray(var) * (gain * gain), dtype=_F32)
             if bkg_in is not None:
                 var_in -= bkg_in
         elif bkg_in is not None:
-            np.subtract(self.clean_in, bkg_in, out=var_in)
+            var_in = self.clean_in - bkg_in
             var_in += _F32(rn * rn)
         else:
-            np.add(self.clean_in, _F32(rn * rn), out=var_in)
+            var_in = self.clean_in + _F32(rn * rn)
         self.var_in = var_in
         self.bkg_in = bkg_in
         # patch offsets (flat, in the padded frame) for radius 6, 4 (L+ input) and 3
-        self._off = {
-            r: (np.arange(-r, r + 1)[:, None] * self.pnx + np.arange(-r, r + 1)[None, :]).ravel()
-            for r in (1, 2, 3, 4, 6)
-        }
+        self._o = {r: np.arange(-r, r + 1) for r in (1, 2, 3, 4, 6)}
         mask = np.zeros(img.shape, dtype=bool) if bad is None else np.asarray(bad, dtype=bool)
         self.mask = self._update_mask(mask, satlevel)
         if bkg_in is not None:
@@ -255,14 +275,22 @@ class _SparseLACosmic:
         self.sigclow = _F32(cfg.sigfrac * cfg.sigclip)
 
     # ---------------------------------------------------------------- utilities
-    def _pidx(self, flat: np.ndarray) -> np.ndarray:
-        """Flat indices in the padded frame of image flat indices."""
-        j, i = np.divmod(flat, self.nx)
-        return (j + _PAD) * self.pnx + (i + _PAD)
+    def _patch(self, arr: np.ndarray, flat: np.ndarray, r: int, *, zero_outside: bool = False) -> np.ndarray:
+        """(n, 2r+1, 2r+1) values of ``arr`` around the pixels ``flat``.
 
-    def _patch(self, arr_p: np.ndarray, pidx: np.ndarray, r: int) -> np.ndarray:
-        k = 2 * r + 1
-        return arr_p.ravel()[pidx[:, None] + self._off[r][None, :]].reshape(-1, k, k)
+        Indices are clipped to the image; with ``zero_outside`` the positions outside
+        it read 0 (astroscrappy's Laplacian padding).
+        """
+        j, i = np.divmod(flat, self.nx)
+        o = self._o[r]
+        jj = j[:, None] + o
+        ii = i[:, None] + o
+        idx = np.clip(jj, 0, self.ny - 1)[:, :, None] * self.nx + np.clip(ii, 0, self.nx - 1)[:, None, :]
+        vals = arr.ravel().take(idx)
+        if zero_outside:
+            inside = ((jj >= 0) & (jj < self.ny))[:, :, None] & ((ii >= 0) & (ii < self.nx))[:, None, :]
+            vals = np.where(inside, vals, _F32(0.0))
+        return vals
 
     def _inner(self, flat: np.ndarray, h: int) -> np.ndarray:
         j, i = np.divmod(flat, self.nx)
@@ -278,7 +306,7 @@ class _SparseLACosmic:
             inner = self._inner(sat_idx, 3)
             m5 = self.clean_in.ravel()[sat_idx].copy()
             if inner.any():
-                patch = self._patch(self.clean_p, self._pidx(sat_idx[inner]), 3)
+                patch = self._patch(self.clean_in, sat_idx[inner], 3)
                 m5[inner] = _median_last(_median_last(patch))
             keep = sat_idx[m5 > _F32(satlevel / 10.0)]
             sat = np.zeros(mask.shape, dtype=bool)
@@ -291,15 +319,9 @@ class _SparseLACosmic:
     # ---------------------------------------------------------------- candidate bound
     def _block_noise_floor(self) -> np.ndarray:
         """Per pixel-block lower bound of ``sepmed7(var) + bkg`` over every 7x7 window touching the block."""
-        b = _BLOCK
-        ny, nx = self.ny, self.nx
-        nby, nbx = -(-ny // b), -(-nx // b)
-        pad = np.full((nby * b, nbx * b), np.inf, dtype=_F32)
-        pad[:ny, :nx] = self.var_in
-        self._vmin = pad.reshape(nby, b, nbx, b).min(axis=(1, 3))
+        self._vmin = _block_min(self.var_in, _BLOCK)
         if self.bkg_in is not None:
-            pad[:ny, :nx] = self.bkg_in
-            self._bkgmin = pad.reshape(nby, b, nbx, b).min(axis=(1, 3))
+            self._bkgmin = _block_min(self.bkg_in, _BLOCK)
         return self._floor_from_blocks()
 
     def _floor_from_blocks(self) -> np.ndarray:
@@ -321,15 +343,20 @@ class _SparseLACosmic:
     def _candidates_full(self) -> np.ndarray:
         """Flat indices of the pixels whose L+ upper bound exceeds 2 sigclip times the noise floor."""
         floor = self._block_noise_floor()
-        P = _PAD
         out = []
         chunk = 128
-        for r0 in range(0, self.ny, chunk):
-            r1 = min(self.ny, r0 + chunk)
-            c = self.clean_p[P + r0 - 1 : P + r1 + 1, P - 1 : P + self.nx + 1]
-            v = c[1:-1, 1:-1]
-            th = np.minimum(c[1:-1, :-2], c[1:-1, 2:])
-            tv = np.minimum(c[:-2, 1:-1], c[2:, 1:-1])
+        ny, nx = self.ny, self.nx
+        c = np.zeros((chunk + 2, nx + 2), dtype=_F32)  # one row/column of zeros around (Laplacian padding)
+        for r0 in range(0, ny, chunk):
+            r1 = min(ny, r0 + chunk)
+            k = r1 - r0
+            c[1 : k + 1, 1:-1] = self.clean_in[r0:r1]
+            c[0, 1:-1] = self.clean_in[r0 - 1] if r0 > 0 else 0
+            c[k + 1, 1:-1] = self.clean_in[r1] if r1 < ny else 0
+            cc = c[: k + 2]
+            v = cc[1:-1, 1:-1]
+            th = np.minimum(cc[1:-1, :-2], cc[1:-1, 2:])
+            tv = np.minimum(cc[:-2, 1:-1], cc[2:, 1:-1])
             ub = v + v
             ub -= th
             ub -= tv
@@ -341,14 +368,17 @@ class _SparseLACosmic:
 
     def _candidates_zone(self, zone: np.ndarray, floor: np.ndarray) -> np.ndarray:
         """Candidate test restricted to the flat indices ``zone``."""
-        pidx = self._pidx(zone)
-        c = self.clean_p.ravel()
-        pnx = self.pnx
-        v = c[pidx]
-        th = np.minimum(c[pidx - 1], c[pidx + 1])
-        tv = np.minimum(c[pidx - pnx], c[pidx + pnx])
-        ub = v + v - th - tv
+        c = self.clean_in
         j, i = np.divmod(zone, self.nx)
+        v = c[j, i]
+        zero = _F32(0.0)
+        left = np.where(i > 0, c[j, np.maximum(i - 1, 0)], zero)
+        right = np.where(i < self.nx - 1, c[j, np.minimum(i + 1, self.nx - 1)], zero)
+        down = np.where(j > 0, c[np.maximum(j - 1, 0), i], zero)
+        up = np.where(j < self.ny - 1, c[np.minimum(j + 1, self.ny - 1), i], zero)
+        th = np.minimum(left, right)
+        tv = np.minimum(down, up)
+        ub = v + v - th - tv
         thr = _F32(2.0 * self.cfg.sigclip) * np.sqrt(np.maximum(floor[j // _BLOCK, i // _BLOCK], _F32(1e-5)))
         return self._filter_candidates(zone[ub > thr * _SAFETY], floor)
 
@@ -359,9 +389,9 @@ class _SparseLACosmic:
         return idx[self._exact_s(idx) > _F32(self.cfg.sigclip)]
 
     # ---------------------------------------------------------------- exact statistics
-    def _noise7(self, pidx: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    def _noise7(self, flat: np.ndarray) -> np.ndarray:
         """astroscrappy's noise (sqrt of sepmed7(var) + bkg, floored) at offsets -3..3: (n, 7, 7)."""
-        cv = self._patch(self.var_p, pidx, 6)
+        cv = self._patch(self.var_in, flat, 6)
         rowmed = _median_last(sliding_window_view(cv, 7, axis=2))  # (n, 13, 7)
         sep = _median_last(sliding_window_view(rowmed, 7, axis=1))  # (n, 7, 7)
         j, i = np.divmod(flat, self.nx)
@@ -370,8 +400,8 @@ class _SparseLACosmic:
         x = (i[:, None] + o)[:, None, :]
         border = (y < 3) | (y >= self.ny - 3) | (x < 3) | (x >= self.nx - 3)
         m5 = np.where(border, cv[:, 3:10, 3:10], sep).astype(_F32)
-        if self.bkg_p is not None:
-            m5 += self._patch(self.bkg_p, pidx, 3)
+        if self.bkg_in is not None:
+            m5 += self._patch(self.bkg_in, flat, 3)
         np.maximum(m5, _F32(1e-5), out=m5)
         return np.sqrt(m5)
 
@@ -380,16 +410,15 @@ class _SparseLACosmic:
         out = np.empty(flat.size, dtype=_F32)
         for b0 in range(0, flat.size, _BATCH):
             f = flat[b0 : b0 + _BATCH]
-            pidx = self._pidx(f)
-            cv = self._patch(self.var_p, pidx, 3)  # (n, 7, 7)
+            cv = self._patch(self.var_in, f, 3)  # (n, 7, 7)
             sep = _median_last(_median_last(cv))
             j, i = np.divmod(f, self.nx)
             border = (j < 3) | (j >= self.ny - 3) | (i < 3) | (i >= self.nx - 3)
             m5 = np.where(border, cv[:, 3, 3], sep).astype(_F32)
-            if self.bkg_p is not None:
-                m5 += self.bkg_p.ravel()[pidx]
+            if self.bkg_in is not None:
+                m5 += self.bkg_in.ravel()[f]
             np.maximum(m5, _F32(1e-5), out=m5)
-            lp = _lplus_patch(self._patch(self.clean_p, pidx, 1))[:, 0, 0]
+            lp = _lplus_patch(self._patch(self.clean_in, f, 1))[:, 0, 0]
             out[b0 : b0 + _BATCH] = lp / (_F32(2.0) * np.sqrt(m5))
         return out
 
@@ -400,9 +429,8 @@ class _SparseLACosmic:
         nc = np.empty(n, dtype=_F32)
         for b0 in range(0, n, _BATCH):
             f = flat[b0 : b0 + _BATCH]
-            pidx = self._pidx(f)
-            noise = self._noise7(pidx, f)
-            lp = _lplus_patch(self._patch(self.clean_p, pidx, 4))  # (n, 7, 7)
+            noise = self._noise7(f)
+            lp = _lplus_patch(self._patch(self.clean_in, f, 4, zero_outside=True))  # (n, 7, 7)
             s = lp / (_F32(2.0) * noise)
             sp[b0 : b0 + _BATCH] = s[:, 3, 3] - _median_last(_median_last(s))
             nc[b0 : b0 + _BATCH] = noise[:, 3, 3]
@@ -415,7 +443,7 @@ class _SparseLACosmic:
         o = np.arange(-4, 5)
         for b0 in range(0, n, _BATCH):
             fl = flat[b0 : b0 + _BATCH]
-            cl = self._patch(self.clean_p, self._pidx(fl), 6)
+            cl = self._patch(self.clean_in, fl, 6)
             rowmed = _median_last(sliding_window_view(cl, 5, axis=2))  # (n, 13, 9)
             f5 = _median_last(sliding_window_view(rowmed, 5, axis=1))  # (n, 9, 9)
             j, i = np.divmod(fl, self.nx)
@@ -455,25 +483,24 @@ class _SparseLACosmic:
             return seeds
         nb = self._neighbours(seeds)
         nb = nb[~self.mask.ravel()[nb] & self._inner(nb, 3)]
-        spc = sp_cache.ravel()
-        sc = s_cache.ravel()
-        unknown = nb[np.isnan(spc[nb])]
+        unknown = nb[~sp_cache.known(nb)]
         if unknown.size:
-            no_s = unknown[np.isnan(sc[unknown])]
+            no_s = unknown[~s_cache.known(unknown)]
             if no_s.size:
-                sc[no_s] = self._exact_s(no_s)
-            rest = unknown[sc[unknown] > limit]
+                s_cache.set(no_s, self._exact_s(no_s))
+            rest = unknown[s_cache.get(unknown) > limit]
             if rest.size:
-                spc[rest] = self._exact_sp(rest)[0]
-        spv = spc[nb]
-        return nb[~np.isnan(spv) & (spv > limit)]
+                sp_cache.set(rest, self._exact_sp(rest)[0])
+        has = sp_cache.known(nb)
+        keep = np.zeros(nb.size, dtype=bool)
+        keep[has] = sp_cache.get(nb[has]) > limit
+        return nb[keep]
 
     def _clean(self, cr_idx: np.ndarray, crmask: np.ndarray) -> np.ndarray:
         """Masked 5x5 mean of the unflagged neighbours into the flagged pixels; flat indices changed."""
         idx = cr_idx[self._inner(cr_idx, 2)]
         if idx.size == 0:
             return idx
-        pidx = self._pidx(idx)
         j, i = np.divmod(idx, self.nx)
         o = np.arange(-2, 3)
         R = (j[:, None] + o)[:, :, None]
@@ -481,8 +508,8 @@ class _SparseLACosmic:
         usable = ~(crmask[R, C] | self.mask[R, C])
         cnt = usable.sum(axis=(1, 2)).astype(_F32)
         changed = np.zeros(idx.size, dtype=bool)
-        for arr_p, which in ((self.clean_p, "data"), (self.var_p, "var")):
-            vals = self._patch(arr_p, pidx, 2)
+        for arr, which in ((self.clean_in, "data"), (self.var_in, "var")):
+            vals = self._patch(arr, idx, 2)
             s = np.zeros(idx.size, dtype=_F32)
             for a in range(5):  # float32 sum in astroscrappy's order: rows, then columns
                 for b in range(5):
@@ -491,9 +518,9 @@ class _SparseLACosmic:
                 new = (s / cnt).astype(_F32)
             if np.any(cnt == 0):
                 new[cnt == 0] = self._background(which)
-            flat_p = arr_p.ravel()
-            changed |= new != flat_p[pidx]
-            flat_p[pidx] = new
+            flat_a = arr.ravel()
+            changed |= new != flat_a[idx]
+            flat_a[idx] = new
         return idx[changed]
 
     def _background(self, which: str) -> np.float32:
@@ -525,8 +552,8 @@ class _SparseLACosmic:
         shape = (self.ny, self.nx)
         crmask = np.zeros(shape, dtype=bool)
         primary = np.zeros(shape, dtype=bool)
-        sp_cache = np.full(shape, np.nan, dtype=_F32)
-        s_cache = np.full(shape, np.nan, dtype=_F32)
+        sp_cache = _Cache(shape)
+        s_cache = _Cache(shape)
         zone = None
         changed = np.zeros(0, dtype=np.int64)
         n_iter = 0
@@ -537,14 +564,14 @@ class _SparseLACosmic:
                 cand = self._candidates_full()
             else:
                 primary.ravel()[zone] = False
-                sp_cache.ravel()[zone] = np.nan
-                s_cache.ravel()[zone] = np.nan
+                sp_cache.forget(zone)
+                s_cache.forget(zone)
                 floor = self._block_noise_floor_update(changed)
                 cand = self._candidates_zone(zone, floor)
             n_cand += cand.size
             if cand.size:
                 sp, noise_c = self._exact_sp(cand)
-                sp_cache.ravel()[cand] = sp
+                sp_cache.set(cand, sp)
                 above = sp > _F32(cfg.sigclip)
                 if above.any():
                     f = self._exact_f(cand[above], noise_c[above])

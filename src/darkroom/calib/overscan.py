@@ -23,6 +23,7 @@ __all__ = [
     "OverscanConfig",
     "OverscanResult",
     "format_section",
+    "overscan_levels",
     "parse_section",
     "subtract_overscan",
     "trim_image",
@@ -96,18 +97,17 @@ class OverscanResult:
         return float(np.mean(self.level_adu))
 
 
-def subtract_overscan(
+def overscan_levels(
     data: np.ndarray, overscan_section: str, *, config: OverscanConfig | None = None
-) -> OverscanResult:
-    """Subtract the overscan level from every pixel.
+) -> tuple[np.ndarray, Literal["rows", "columns"], float]:
+    """The overscan model: one level per row (tall strip) or per column (wide strip) [adu].
 
-    The strip is collapsed across its short axis: a tall strip (more rows than
-    columns) gives one level per row, subtracted from that row; a wide strip one
-    level per column. The levels are then modelled along the strip
-    (``config.fit``). Returns a new float32 array of the input shape [adu].
+    Returns ``(levels, axis, noise_adu)``: ``levels`` has one value for every row
+    (or column) of the image, lines outside the strip's extent taking the nearest
+    model value; ``noise_adu`` is the robust pixel scatter in the strip.
     """
     cfg = config or OverscanConfig()
-    img = np.asarray(data, dtype=np.float32)
+    img = np.asarray(data)
     if img.ndim != 2:
         raise BadInputError(f"overscan needs a 2-D image, got shape {img.shape}")
     rows, cols = parse_section(overscan_section, shape=img.shape)
@@ -116,17 +116,16 @@ def subtract_overscan(
     lines = strip if tall else strip.T  # one line per row (tall) or per column (wide)
     if lines.shape[1] < 1 or lines.shape[0] < 1:
         raise CalibrationError(f"overscan section {overscan_section} is empty")
+    med = np.median(lines, axis=1, keepdims=True)
+    dev = lines - med
+    noise = float(MAD_TO_SIGMA * np.median(np.abs(dev)))
     if cfg.statistic == "median":
-        per_line = np.median(lines, axis=1)
+        per_line = med[:, 0]
     else:
-        med = np.median(lines, axis=1, keepdims=True)
-        dev = lines - med
-        scale = MAD_TO_SIGMA * np.median(np.abs(dev))
-        if scale == 0:
-            scale = float(np.std(dev)) or 1.0
+        scale = noise if noise > 0 else (float(np.std(dev)) or 1.0)
         keep = np.abs(dev) <= cfg.n_sigma * scale
-        per_line = np.where(keep.sum(1) > 0, (lines * keep).sum(1) / np.maximum(keep.sum(1), 1), med[:, 0])
-    noise = float(MAD_TO_SIGMA * np.median(np.abs(lines - np.median(lines, axis=1, keepdims=True))))
+        n_keep = keep.sum(1)
+        per_line = np.where(n_keep > 0, (lines * keep).sum(1) / np.maximum(n_keep, 1), med[:, 0])
     n_lines = per_line.size
     if cfg.fit == "constant":
         model = np.full(n_lines, np.median(per_line))
@@ -146,14 +145,26 @@ def subtract_overscan(
             if np.array_equal(new_keep, keep) or new_keep.sum() <= order + 1:
                 break
             keep = new_keep
-    full = np.empty(img.shape[0] if tall else img.shape[1], dtype=np.float64)
-    # lines outside the section's extent along the long axis get the nearest model value
     line_slice = rows if tall else cols
-    full[:] = np.interp(np.arange(full.size), np.arange(line_slice.start, line_slice.stop), model)
-    out = img - (full[:, None] if tall else full[None, :]).astype(np.float32)
-    return OverscanResult(
-        data=out, level_adu=full.astype(np.float32), axis="rows" if tall else "columns", noise_adu=noise
-    )
+    n_full = img.shape[0] if tall else img.shape[1]
+    full = np.interp(np.arange(n_full), np.arange(line_slice.start, line_slice.stop), model)
+    return full.astype(np.float32), ("rows" if tall else "columns"), noise
+
+
+def subtract_overscan(
+    data: np.ndarray, overscan_section: str, *, config: OverscanConfig | None = None
+) -> OverscanResult:
+    """Subtract the overscan level from every pixel.
+
+    The strip is collapsed across its short axis: a tall strip (more rows than
+    columns) gives one level per row, subtracted from that row; a wide strip one
+    level per column. The levels are then modelled along the strip
+    (``config.fit``). Returns a new float32 array of the input shape [adu].
+    """
+    levels, axis, noise = overscan_levels(data, overscan_section, config=config)
+    img = np.asarray(data, dtype=np.float32)
+    out = img - (levels[:, None] if axis == "rows" else levels[None, :])
+    return OverscanResult(data=out, level_adu=levels, axis=axis, noise_adu=noise)
 
 
 def trim_image(data: np.ndarray, trim_section: str) -> np.ndarray:

@@ -34,7 +34,7 @@ from .cosmics import CosmicRayConfig, detect_cosmic_rays
 from .grouping import describe_key, required_key
 from .interp import interpolate_masked
 from .masters import MasterFrame
-from .overscan import OverscanConfig, parse_section, subtract_overscan
+from .overscan import OverscanConfig, overscan_levels, parse_section
 from .variance import flat_divided_variance, poisson_read_variance
 
 __all__ = [
@@ -126,30 +126,32 @@ def prepare_raw(
     sat_level = saturation_adu
     if sat_level is None:
         sat_level = meta.saturation_adu if meta.saturation_adu is not None else cfg.default_saturation_adu
-    with np.errstate(invalid="ignore"):
-        saturated = raw >= sat_level if sat_level is not None else np.zeros(raw.shape, dtype=bool)
     history: list[str] = []
-    img = raw.astype(_F32)
+    rows, cols = slice(0, raw.shape[0]), slice(0, raw.shape[1])
+    if cfg.do_trim and meta.trim_section:
+        rows, cols = parse_section(meta.trim_section, shape=raw.shape)
+    view = raw[rows, cols]
+    with np.errstate(invalid="ignore"):
+        saturated = view >= sat_level if sat_level is not None else np.zeros(view.shape, dtype=bool)
+    img = view.astype(_F32)  # the only full copy
     level = noise = None
     if cfg.do_overscan and meta.overscan_section:
-        res = subtract_overscan(img, meta.overscan_section, config=cfg.overscan)
-        img = res.data
-        level, noise = res.mean_level_adu, res.noise_adu
+        levels, axis, noise = overscan_levels(raw, meta.overscan_section, config=cfg.overscan)
+        if axis == "rows":
+            img -= levels[rows][:, None]
+        else:
+            img -= levels[cols][None, :]
+        level = float(np.mean(levels))
         history.append(
             f"overscan {meta.overscan_section} subtracted ({cfg.overscan.statistic}, {cfg.overscan.fit}); "
             f"mean {level:.2f} adu"
         )
-    offset = (0, 0)
     if cfg.do_trim and meta.trim_section:
-        rows, cols = parse_section(meta.trim_section, shape=img.shape)
-        img = img[rows, cols]
-        saturated = saturated[rows, cols]
-        offset = (rows.start, cols.start)
         history.append(f"trimmed to {meta.trim_section}")
     return PreparedFrame(
-        data=np.ascontiguousarray(img),
+        data=img,
         saturated=np.ascontiguousarray(saturated),
-        offset=offset,
+        offset=(rows.start, cols.start),
         overscan_level_adu=level,
         overscan_noise_adu=noise,
         history=tuple(history),
@@ -286,14 +288,14 @@ def calibrate_frame(
         )
     rn_adu = rn_e / gain
 
-    sci = prep.data  # raw - overscan [adu], float32, a fresh array
-    var_masters = np.zeros(shape, dtype=_F32)
-    signal = None  # the level above bias that sets the Poisson noise
+    sci = prep.data  # raw - overscan [adu], float32, a fresh array we own
+    var = None
     scale = 0.0
     if bias is not None:
         _check_shape(bias.shape, shape, "bias")
         sci -= bias.data
-        signal = sci.copy()
+        # the Poisson term: everything above the bias (sky, objects, dark current)
+        var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
         history.append(f"bias subtracted: {bias.name or 'master bias'}")
         cards.append(("BIASCORR", bias.name or "T", "master bias subtracted"))
     if dark is not None:
@@ -310,40 +312,44 @@ def calibrate_frame(
                     f"a dark that includes the bias ({dark.exptime_s} s) cannot be scaled to {meta.exptime_s} s"
                 )
             scale = 1.0
-            signal = sci - dark.data  # dark current shot noise is not counted here
         else:
             if meta.exptime_s is None or not dark.exptime_s:
                 raise BadInputError(
                     "dark scaling needs the exposure times of the frame and of the master dark"
                 )
             scale = float(meta.exptime_s) / float(dark.exptime_s)
-        sci -= dark.data * _F32(scale)
+        if scale == 1.0:
+            sci -= dark.data
+        else:
+            sci -= dark.data * _F32(scale)
+        if var is None:  # a dark with the bias in it: the dark current's shot noise is not counted
+            var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
         # the master dark had the master bias subtracted: sci = raw - (1-k) B - k D_frames
-        var_masters += dark.variance * _F32(scale * scale)
+        var += dark.variance if scale == 1.0 else dark.variance * _F32(scale * scale)
         history.append(f"dark x {scale:.4g} subtracted: {dark.name or 'master dark'}")
         cards.append(("DARKCORR", dark.name or "T", f"master dark subtracted, scaled by {scale:.4g}"))
-    if bias is not None:
-        var_masters += bias.variance * _F32((1.0 - scale) ** 2)
-    if signal is None:
+    if var is None:
         if prep.overscan_level_adu is None:
             log.warning("no bias, dark or overscan: the Poisson term of VAR uses the raw level")
-        signal = sci
-    var = poisson_read_variance(signal, gain_e_per_adu=gain, read_noise_adu=rn_adu)
-    var += var_masters
-    del signal
+        var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
+    if bias is not None and scale != 1.0:
+        var += bias.variance * _F32((1.0 - scale) ** 2)
 
-    mask = np.zeros(shape, dtype=MASK_DTYPE)
-    bad = np.zeros(shape, dtype=bool)
     nodata = ~np.isfinite(sci)
+    any_nodata = bool(nodata.any())
+    bad = np.zeros(shape, dtype=bool)
     if flat is not None:
         _check_shape(flat.shape, shape, "flat")
         fdata = flat.data
         no_resp = ~(fdata >= cfg.min_flat)  # NaN or dead
-        f = np.where(no_resp, _F32(1.0), fdata)
-        sci /= f
-        fvar = np.where(no_resp, _F32(0.0), flat.variance)
-        var = flat_divided_variance(var, sci, f, fvar)
-        bad |= no_resp
+        if no_resp.any():
+            fdata = np.where(no_resp, _F32(1.0), fdata)
+            fvar = np.where(no_resp, _F32(0.0), flat.variance)
+            bad |= no_resp
+        else:
+            fvar = flat.variance
+        sci /= fdata
+        flat_divided_variance(var, sci, fdata, fvar, out=var)
         history.append(f"flat divided: {flat.name or 'master flat'}")
         cards.append(("FLATCORR", flat.name or "T", "master flat divided"))
     if bad_pixels is not None:
@@ -353,28 +359,30 @@ def calibrate_frame(
             f"bad pixels flagged: {bad_pixels.name or 'bad-pixel mask'} ({bad_pixels.n_bad} pixels)"
         )
         cards.append(("BPM", bad_pixels.name or "T", "bad-pixel mask applied"))
-    bad &= ~nodata
-    mask[bad] |= MaskBit.BAD
-    mask[prep.saturated] |= MaskBit.SAT
-    mask[nodata] |= MaskBit.NO_DATA
-    sci[nodata] = np.nan
-    var[nodata] = np.nan
+    mask = np.zeros(shape, dtype=MASK_DTYPE)
+    if any_nodata:
+        bad &= ~nodata
+        mask[nodata] |= MaskBit.NO_DATA
+        sci[nodata] = np.nan
+        var[nodata] = np.nan
+    np.bitwise_or(mask, MASK_DTYPE(MaskBit.BAD), out=mask, where=bad)
+    np.bitwise_or(mask, MASK_DTYPE(MaskBit.SAT), out=mask, where=prep.saturated)
+    n_bad = int(np.count_nonzero(bad))
     n_cr = 0
-    fill = bad.copy() if cfg.do_interpolate_bad else np.zeros(shape, dtype=bool)
+    fill = bad if cfg.do_interpolate_bad else np.zeros(shape, dtype=bool)
+    unusable = (bad | nodata) if any_nodata else bad
     if cfg.do_cosmic_rays:
         # detect on an image whose bad pixels are already filled, so that cosmic rays next to a bad
         # column are found; the final interpolation below uses only good, unflagged pixels
-        det = interpolate_masked(sci, bad | nodata)[0] if bad.any() else sci
+        det = interpolate_masked(sci, unusable, check_finite=False)[0] if n_bad else sci
         cr = _cosmic_rays(det, var, mask, gain, rn_e, cfg, history, cards)
         n_cr = int(cr.sum())
         mask[cr] |= MaskBit.CR
-        if cfg.do_interpolate_cosmic_rays:
-            fill |= cr
-    if fill.any():
-        sci, done = interpolate_masked(sci, fill | nodata)
-        var_f, _ = interpolate_masked(var, fill | nodata)
-        done &= fill
-        var = np.where(done, var_f, var)
+        if cfg.do_interpolate_cosmic_rays and n_cr:
+            fill = fill | cr
+            unusable = unusable | cr
+    if n_bad or n_cr:
+        done = interpolate_masked([sci, var], unusable, fill=fill, copy=False, check_finite=False)
         mask[done] |= MaskBit.INTRP
         history.append(f"{int(done.sum())} pixels interpolated (bad pixels and cosmic rays)")
 
@@ -400,7 +408,7 @@ def calibrate_frame(
         read_noise_e=float(rn_e),
         saturation_adu=None if sat_level is None else float(sat_level),
         n_cosmic_pixels=n_cr,
-        n_bad_pixels=int(np.count_nonzero(mask & MaskBit.BAD)),
+        n_bad_pixels=n_bad,
         n_saturated=int(np.count_nonzero(prep.saturated)),
         steps=tuple(history),
     )
@@ -411,17 +419,21 @@ def _cosmic_rays(sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, ca
     import sep
 
     ignore = (mask & (MaskBit.SAT | MaskBit.NO_DATA)) != 0
-    work = np.ascontiguousarray(np.where(np.isfinite(sci), sci, _F32(0.0)), dtype=_F32)
+    any_ignore = bool(ignore.any())
+    work = np.ascontiguousarray(sci, dtype=_F32)
+    v = np.ascontiguousarray(var, dtype=_F32)
+    if any_ignore:  # NaN (NO_DATA) pixels: give them harmless values, they are masked
+        work = np.where(ignore, _F32(0.0), work)
+        v = np.where(ignore, np.float32(np.median(var[~ignore])) if (~ignore).any() else _F32(1.0), v)
     box = int(min(cfg.sky_box_pix, *work.shape))
-    sky = sep.Background(work, mask=ignore, bw=box, bh=box).back()
-    v = np.where(np.isfinite(var), var, np.nanmedian(var)).astype(_F32)
+    sky = sep.Background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
     res = detect_cosmic_rays(
         work,
         gain_e_per_adu=gain,
         read_noise_e=rn_e,
         sky=sky,
         variance=v,
-        bad_mask=ignore if ignore.any() else None,
+        bad_mask=ignore if any_ignore else None,
         config=cfg.cosmic_rays,
     )
     cr = res.mask & ~ignore

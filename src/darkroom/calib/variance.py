@@ -32,11 +32,24 @@ def poisson_read_variance(
 
 
 def flat_divided_variance(
-    var_pre: np.ndarray, sci: np.ndarray, flat: np.ndarray, flat_variance: np.ndarray | None
+    var_pre: np.ndarray,
+    sci: np.ndarray,
+    flat: np.ndarray,
+    flat_variance: np.ndarray | None,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Variance after dividing by the flat: ``var_pre / F^2 + sci^2 var_F / F^2`` [adu^2], float32."""
-    f2 = np.square(np.asarray(flat, dtype=np.float32))
-    out = np.asarray(var_pre, dtype=np.float32) / f2
+    """Variance after dividing by the flat: ``(var_pre + sci^2 var_F) / F^2`` [adu^2], float32.
+
+    ``out`` may be ``var_pre`` itself (in place, one temporary array).
+    """
+    res = np.array(var_pre, dtype=np.float32, copy=True) if out is None else out
+    if out is not None and out is not var_pre:
+        res[...] = var_pre
+    tmp = np.square(np.asarray(sci, dtype=np.float32))
     if flat_variance is not None:
-        out += np.square(np.asarray(sci, dtype=np.float32)) * np.asarray(flat_variance, dtype=np.float32) / f2
-    return out
+        tmp *= np.asarray(flat_variance, dtype=np.float32)
+        res += tmp
+    np.square(np.asarray(flat, dtype=np.float32), out=tmp)
+    res /= tmp
+    return res
