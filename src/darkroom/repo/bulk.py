@@ -121,9 +121,10 @@ LIGHTCURVE_COLUMNS: dict[str, tuple[str | None, str]] = {
 }
 
 # SQLite: rows per INSERT statement (14 parameters each, far below SQLite's 32766
-# limit) and the page cache given to the connection during a bulk call [KiB]; the
-# indexes of a 10^7-row table no longer fit the 2 MiB default, and every page that
-# falls out of the cache mid-transaction is written to the WAL and read back.
+# limit; 64-row statements measured 1.3-1.5x faster than one row per statement) and
+# the page cache given to the connection during a bulk call [KiB] (the indexes of a
+# large table do not fit the 2 MiB default; measured +10 % at 10^6 rows, a larger
+# cache gained nothing more at 3x10^6). The previous cache size is restored.
 _SQLITE_ROWS_PER_STATEMENT = 64
 _SQLITE_BULK_CACHE_KIB = 131072
 # How many image ids one DELETE names (bounded parameter lists on both backends).
