@@ -102,8 +102,12 @@ def test_measurements_bulk_and_indexed_query(registry):
         ).all()
     assert fluxes == [float(target * 10 + img.id) for img in imgs]
     with registry.engine.connect() as conn:
-        indexes = {ix["name"] for ix in sa.inspect(conn).get_indexes("measurement")}
-    assert "ix_measurement_source_id" in indexes and "ix_measurement_image_id" in indexes
+        insp = sa.inspect(conn)
+        indexes = {ix["name"] for ix in insp.get_indexes("measurement")}
+        uniques = [tuple(u["column_names"]) for u in insp.get_unique_constraints("measurement")]
+    assert "ix_measurement_image_id" in indexes
+    # source_id leads the unique constraint, whose index answers light-curve queries.
+    assert ("source_id", "image_id", "provenance_id") in uniques
 
 
 def test_task_natural_key_is_unique(registry):
