@@ -109,12 +109,10 @@ def print_ingest_summary(summary, seconds: float) -> None:
         f"({mb:.1f} MB in {seconds:.1f} s)"
     )
     if summary.quarantined:
-        q = RichTable(title="quarantined")
-        q.add_column("file")
-        q.add_column("reason")
+        # One line per file (not a table) so long paths stay whole and logs stay greppable.
+        console.print(f"quarantined ({len(summary.quarantined)}):")
         for item in summary.quarantined:
-            q.add_row(str(item.path), item.reason or "")
-        console.print(q)
+            console.print(f"  {item.path}: {item.reason}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -344,6 +342,33 @@ def astrometry(
     print_reports(reports, console)
     if any(rep.n_failed for rep in reports):
         raise typer.Exit(2)
+
+
+@app.command()
+def report(
+    repo: RepoArg,
+    out: Annotated[
+        Path | None, typer.Option("-o", "--out", help="folder for the HTML pages (default REPO/reports)")
+    ] = None,
+    night: Annotated[
+        list[str] | None, typer.Option("--night", help="only this night, YYYY-MM-DD (repeatable)")
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+) -> None:
+    """Write a self-contained HTML report per night: frames, masters, quality, failures, light curves."""
+    from darkroom.pipeline.report import write_reports
+    from darkroom.repo.repository import Repository
+
+    try:
+        r = Repository(repo, db_url=db)
+        paths = write_reports(r, out, nights=night or None)
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+    for p in paths:
+        console.print(f"report: {p}", soft_wrap=True)
+    if not paths:
+        console.print("no nights registered yet")
 
 
 @app.command()
