@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -49,10 +50,29 @@ def snapshot(root: Path, url: str | None = None) -> dict:
         )
         n_inputs = s.scalar(sa.select(sa.func.count()).select_from(CalibInput))
         images = sorted(
-            s.execute(
-                sa.select(Exposure.sha256, Image.provenance_id, Image.path, Image.sha256).join(
-                    Exposure, Image.exposure_id == Exposure.id
-                )
+            (
+                e_sha,
+                prov,
+                path,
+                sha,
+                cat,
+                qf,
+                af,
+                json.dumps(q, sort_keys=True),
+                json.dumps(a, sort_keys=True),
+            )
+            for e_sha, prov, path, sha, cat, qf, af, q, a in s.execute(
+                sa.select(
+                    Exposure.sha256,
+                    Image.provenance_id,
+                    Image.path,
+                    Image.sha256,
+                    Image.catalog_path,
+                    Image.quality_flag,
+                    Image.astrom_flag,
+                    Image.quality,
+                    Image.astrom,
+                ).join(Exposure, Image.exposure_id == Exposure.id)
             ).all()
         )
         tasks = sorted(s.execute(sa.select(Task.stage, Task.key, Task.provenance_id, Task.state)).all())
@@ -151,7 +171,8 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, si
     got = snapshot(root)
     assert got == expected
     assert not list(root.rglob(f"{TEMP_PREFIX}*")), "orphan temporary files"
-    recorded = {p for p in (*[c[3] for c in got["calibs"]], *[i[2] for i in got["images"]])}
+    recorded = {c[3] for c in got["calibs"]} | {i[2] for i in got["images"]} | {i[4] for i in got["images"]}
+    recorded |= {json.loads(i[8]).get("wcs_path") for i in got["images"]} - {None}
     assert recorded == set(got["files"]), "product files without rows, or rows without files"
 
 

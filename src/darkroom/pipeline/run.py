@@ -11,6 +11,7 @@ from pathlib import Path
 
 from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
+from darkroom.pipeline.astrometry import astrometry_stages
 from darkroom.pipeline.calibration import calibration_stages
 from darkroom.pipeline.stage import Stage
 from darkroom.repo.registry import Registry
@@ -20,7 +21,9 @@ __all__ = ["all_stages", "forget_from", "select_stages", "stage_names"]
 
 def all_stages(root: Path, config: DarkroomConfig) -> list[Stage]:
     """Every stage, in the order they must run."""
-    return [*calibration_stages(root, config.calib)]
+    calib = calibration_stages(root, config.calib)
+    astrom = astrometry_stages(root, config.astrometry, upstream=(calib[-1].provenance_id,))
+    return [*calib, *astrom]
 
 
 def stage_names(stages: list[Stage]) -> list[str]:

@@ -226,8 +226,12 @@ def run_stage(
     t0 = time.perf_counter()
     executor = executor or SerialExecutor()
     report = StageReport(stage=stage.name, provenance_id=stage.provenance_id)
+    try:
+        with registry.session() as s:
+            stage.ensure_provenance(s)
+    except IntegrityError:  # another driver recorded the same provenance at the same moment
+        pass
     with registry.session() as s:
-        stage.ensure_provenance(s)
         units = stage.plan(s)
         failed_before = set(
             s.scalars(
