@@ -179,8 +179,10 @@ def combine_frames(
         st = stack[:, :k]
         for i, f in enumerate(frames):
             _load_rows(st[i], f, r0, r1, subs[i], sc[i])
-        has_nan = bool(bn.anynan(st))
-        med = bn.nanmedian(st, axis=0) if has_nan else bn.median(st, axis=0)
+        med = bn.median(st, axis=0)  # NaN wherever a value is NaN: then the chunk takes the NaN-aware path
+        has_nan = bool(np.isnan(med).any())
+        if has_nan:
+            med = bn.nanmedian(st, axis=0)
         finite = np.isfinite(st).sum(axis=0).astype(np.uint16) if has_nan else None
         n_finite_total += int(finite.sum()) if has_nan else n * k * nx
         if do_clip and noise is not None:
