@@ -134,3 +134,39 @@ def test_require_lets_a_user_accept_frames_without_dark(tmp_path, arcsat_dir):
         image = s.scalars(sa.select(Image)).first()
     assert "DARKCORR" not in fits.getheader(lenient.path(image.path), "SCI")
     lenient.close()
+
+
+def test_new_master_is_compared_with_the_previous_one_of_its_group(tmp_path):
+    from datetime import datetime
+
+    from darkroom.sim import SimConfig, simulate_night
+
+    nights = [
+        simulate_night(
+            tmp_path / "a",
+            config=SimConfig(seed=1, n_science=2, shape=(128, 160), start_utc=datetime(2025, 6, 2, 4, 10)),
+        ),
+        simulate_night(
+            tmp_path / "b",
+            config=SimConfig(
+                seed=2,
+                n_science=2,
+                shape=(128, 160),
+                bias_level_adu=1100,
+                start_utc=datetime(2025, 6, 9, 4, 10),
+            ),
+        ),
+    ]
+    repo = Repository.init(tmp_path / "repo")
+    for night in nights:
+        ingest_paths(repo.registry, night.raw_paths["bias"])
+    bias_stage = calibration_stages(repo.root, repo.config.calib)[0]
+    report = run_stage(repo.registry, bias_stage)
+    assert report.n_done == 2
+    with repo.registry.session() as s:
+        first, second = s.scalars(sa.select(Calib).order_by(Calib.night)).all()
+    assert first.flag is None and "comparison" not in first.stats
+    # The bias level moved by 100 adu, far beyond the masters' noise: flagged, with the figures kept.
+    assert second.stats["comparison"]["mean_shift"] == pytest.approx(100, abs=5)
+    assert second.flag and "mean level changed" in second.flag
+    repo.close()

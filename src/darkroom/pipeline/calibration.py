@@ -209,16 +209,6 @@ class MasterStage(Stage):
                     if getattr(cfg.calibration.require, kind):
                         payload["error"] = f"{self.name} {gkey}: {err.reason}"
                     payload[kind] = None
-            previous = session.scalars(
-                select(Calib)
-                .where(
-                    Calib.kind == self.kind,
-                    Calib.group_key == gkey,
-                    Calib.provenance_id == self.provenance_id,
-                )
-                .order_by(Calib.mjd_mid.desc())
-            ).first()
-            payload["previous"] = (previous.path, previous.sha256, previous.id) if previous else None
             units.append(Unit(key=f"{self.kind}:{group.night}:{_short_hash(gkey)}", payload=payload))
         return units
 
@@ -246,10 +236,6 @@ class MasterStage(Stage):
         name = f"{self.kind}_{p['night']}_{_short_hash(p['group_key'])}.fits"
         path = self.product_path("calib", self.provenance_id, name)
         master = master.with_name(name)
-        comparison = None
-        if p.get("previous"):
-            prev = read_master(self.root / p["previous"][0], p["previous"][1])
-            comparison = compare_masters(master, prev, config=cfg.comparison)
         header = fits.Header()
         header["GROUPKEY"] = (p["group_key"][:68], "calibration group")
         header["NIGHT"] = (p["night"] or "", "night of the inputs")
@@ -268,22 +254,8 @@ class MasterStage(Stage):
         }
         record = dict(p["record"])
         record["includes_bias"] = master.includes_bias
-        if comparison is not None:
-            stats["comparison"] = {
-                "previous_id": p["previous"][2],
-                "mean_shift": comparison.mean_shift,
-                "noise_ratio": comparison.noise_ratio,
-                "changed_fraction": comparison.changed_fraction,
-                "residual_scatter": comparison.residual_scatter,
-                "reasons": list(comparison.reasons),
-            }
         stats["record"] = record
-        return {
-            "path": self.relative(path),
-            "sha256": sha256_file(path),
-            "stats": _jsonable(stats),
-            "flag": "; ".join(comparison.reasons) if comparison is not None and comparison.flagged else None,
-        }
+        return {"path": self.relative(path), "sha256": sha256_file(path), "stats": _jsonable(stats)}
 
     def forget_products(self, session: Session) -> None:
         for row in session.scalars(
@@ -311,13 +283,58 @@ class MasterStage(Stage):
             sha256=result["sha256"],
             n_inputs=len(p["inputs"]),
             stats=result["stats"],
-            flag=result["flag"],
             provenance_id=self.provenance_id,
         )
         row.inputs = [CalibInput(exposure_id=eid) for eid, _, _ in p["inputs"]]
         session.add(row)
-        if result["flag"]:
-            log.warning("master %s %s flagged: %s", self.kind, p["group_key"], result["flag"])
+        session.flush()
+        self._compare_in_sequence(session, row)
+
+    def _compare_in_sequence(self, session: Session, row: Calib) -> None:
+        """Compare the new master with the previous one of its group, and the next one with it.
+
+        Done when recording (on the driver) because units finish in any order: a
+        master recorded before its predecessor is compared again once that arrives.
+        """
+        group = session.scalars(
+            select(Calib).where(
+                Calib.kind == self.kind,
+                Calib.group_key == row.group_key,
+                Calib.provenance_id == self.provenance_id,
+            )
+        ).all()
+        ordered = sorted(group, key=lambda c: (c.mjd_mid is None, c.mjd_mid or 0.0, c.id))
+        i = ordered.index(row)
+        pairs = []
+        if i > 0:
+            pairs.append((row, ordered[i - 1]))
+        if i + 1 < len(ordered):
+            pairs.append((ordered[i + 1], row))
+        for new, previous in pairs:
+            cmp = compare_masters(
+                read_master(self.root / new.path, new.sha256),
+                read_master(self.root / previous.path, previous.sha256),
+                config=self.config.comparison,
+            )
+            new.stats = {
+                **new.stats,
+                "comparison": _jsonable(
+                    {
+                        "previous_id": previous.id,
+                        "previous_night": previous.night,
+                        "mean_shift": cmp.mean_shift,
+                        "noise_ratio": cmp.noise_ratio,
+                        "changed_fraction": cmp.changed_fraction,
+                        "residual_scatter": cmp.residual_scatter,
+                        "reasons": list(cmp.reasons),
+                    }
+                ),
+            }
+            new.flag = "; ".join(cmp.reasons) if cmp.flagged else None
+            if cmp.flagged:
+                log.warning(
+                    "master %s of %s differs from %s's: %s", self.kind, new.night, previous.night, new.flag
+                )
 
 
 class BadPixelStage(Stage):
