@@ -267,6 +267,118 @@ def run(
 
 
 @app.command()
+def lightcurve(
+    repo: RepoArg,
+    ra: Annotated[float | None, typer.Option("--ra", help="right ascension (ICRS) [deg]")] = None,
+    dec: Annotated[float | None, typer.Option("--dec", help="declination (ICRS) [deg]")] = None,
+    radius: Annotated[
+        float | None, typer.Option("--radius", min=0.01, help="match radius [arcsec] (default: configured)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="a target of darkroom.yaml or an id of the local refcat")
+    ] = None,
+    pixel: Annotated[
+        tuple[float, float] | None,
+        typer.Option("--pixel", help="0-based pixel X Y in --frame (fields without an absolute WCS)"),
+    ] = None,
+    frame: Annotated[Path | None, typer.Option("--frame", help="raw or calibrated file of --pixel")] = None,
+    source: Annotated[int | None, typer.Option("--source", help="a source id")] = None,
+    differential: Annotated[
+        bool, typer.Option("--differential/--absolute", help="divide by a comparison ensemble")
+    ] = False,
+    comparison: Annotated[
+        list[int] | None, typer.Option("--comparison", help="comparison source id (repeatable)")
+    ] = None,
+    keep_flagged: Annotated[
+        bool, typer.Option("--keep-flagged", help="keep frames flagged for transparency (flags set)")
+    ] = False,
+    season_gap: Annotated[
+        float | None, typer.Option("--season-gap", min=0.001, help="a longer gap starts a new season [day]")
+    ] = None,
+    split: Annotated[bool, typer.Option("--split", help="one output file per filter and season")] = False,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="output .csv, .ecsv or .parquet")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="PNG: points, binned curve, ensemble")] = None,
+    bin_minutes: Annotated[
+        float | None, typer.Option("--bin", min=0.01, help="plot bin width [minute]")
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    set_: SetOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Light curve of one object (by --ra/--dec, --name, --pixel/--frame or --source), BJD_TDB."""
+    import numpy as np
+
+    from darkroom.pipeline.lightcurves import safe_name
+    from darkroom.repo.repository import Repository
+    from darkroom.timeseries import (
+        plot_lightcurve,
+        point_to_point_scatter,
+        split_lightcurve,
+        write_lightcurve,
+    )
+
+    _setup_logging(quiet)
+    overrides = list(set_ or ())
+    if season_gap is not None:
+        overrides.append(f"photometry.lightcurves.season_gap_days={season_gap}")
+    try:
+        r = Repository(repo, db_url=db, overrides=overrides)
+        lc = r.lightcurve(
+            ra=ra,
+            dec=dec,
+            radius_arcsec=radius,
+            name=name,
+            pixel=pixel,
+            frame=frame,
+            source_id=source,
+            differential=differential,
+            comparison=comparison,
+            keep_flagged=keep_flagged or None,
+        )
+        bin_min = bin_minutes or r.config.photometry.lightcurves.bin_minutes
+        r.close()
+        parts = {("", 0): lc}
+        if split:
+            parts = split_lightcurve(lc, season_gap_days=r.config.photometry.lightcurves.season_gap_days)
+        written = []
+        for (band, season), part in parts.items():
+            suffix = f"_{safe_name(band or 'none')}_s{season}" if split else ""
+            if out is not None:
+                written.append(write_lightcurve(part, out.with_name(f"{out.stem}{suffix}{out.suffix}")))
+            if plot is not None and len(part):
+                title = f"{name or lc.meta.get('field') or ''} source {lc.meta['source_id']}".strip()
+                written.append(
+                    plot_lightcurve(
+                        part,
+                        plot.with_name(f"{plot.stem}{suffix}{plot.suffix}"),
+                        bin_minutes=bin_min,
+                        title=title,
+                    )
+                )
+    except DarkroomError as exc:
+        _fail(exc)
+    column = "rel_flux" if differential else "flux"
+    flux = np.asarray(lc[column], dtype=float)
+    scatter = point_to_point_scatter(flux) / abs(float(np.nanmedian(flux))) if len(lc) > 1 else float("nan")
+    comps = {
+        b: info.get("source_ids", info.get("error")) for b, info in lc.meta.get("comparison", {}).items()
+    }
+    t = RichTable(title=f"source {lc.meta['source_id']} ({lc.meta.get('field') or ''})")
+    for col in ("points", "filters", "excluded frames", "comparison stars", "p2p scatter"):
+        t.add_column(col)
+    t.add_row(
+        str(len(lc)),
+        ", ".join(sorted({str(b) for b in lc["filter"]})) or "-",
+        str(len(lc.meta.get("excluded_image_ids", []))),
+        "; ".join(f"{b}: {v}" for b, v in comps.items()) if differential else "-",
+        f"{1e3 * scatter:.2f} ppt",
+    )
+    console.print(t)
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@app.command()
 def calibrate(
     repo: RepoArg,
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,

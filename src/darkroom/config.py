@@ -22,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from darkroom.errors import ConfigError
 from darkroom.pipeline.astrometry import AstrometrySettings
 from darkroom.pipeline.calibration import CalibSettings
+from darkroom.pipeline.lightcurves import TargetConfig
+from darkroom.pipeline.photometry import PhotometrySettings
 from darkroom.provenance import critical_params
 
 __all__ = [
@@ -77,6 +79,10 @@ class DarkroomConfig(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     calib: CalibSettings = Field(default_factory=CalibSettings)
     astrometry: AstrometrySettings = Field(default_factory=AstrometrySettings)
+    photometry: PhotometrySettings = Field(default_factory=PhotometrySettings)
+    targets: list[TargetConfig] = Field(
+        default_factory=list, description="objects whose light curves the lightcurves stage writes"
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

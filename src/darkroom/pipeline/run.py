@@ -13,6 +13,7 @@ from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
 from darkroom.pipeline.astrometry import astrometry_stages
 from darkroom.pipeline.calibration import calibration_stages
+from darkroom.pipeline.photometry import photometry_stages
 from darkroom.pipeline.stage import Stage
 from darkroom.repo.registry import Registry
 
@@ -23,7 +24,14 @@ def all_stages(root: Path, config: DarkroomConfig) -> list[Stage]:
     """Every stage, in the order they must run."""
     calib = calibration_stages(root, config.calib)
     astrom = astrometry_stages(root, config.astrometry, upstream=(calib[-1].provenance_id,))
-    return [*calib, *astrom]
+    phot = photometry_stages(
+        root,
+        config.photometry,
+        upstream=(astrom[-1].provenance_id,),
+        reference_catalog=config.astrometry.solve.reference_catalog,
+        targets=config.targets,
+    )
+    return [*calib, *astrom, *phot]
 
 
 def stage_names(stages: list[Stage]) -> list[str]:

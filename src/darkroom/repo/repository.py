@@ -120,6 +120,72 @@ class Repository:
         table["exptime_s"].unit = "s"
         return table
 
+    # -- photometry and light curves (darkroom.pipeline.lightcurves) -------------
+    def lightcurve(
+        self,
+        *,
+        ra: float | None = None,
+        dec: float | None = None,
+        radius_arcsec: float | None = None,
+        name: str | None = None,
+        pixel: tuple[float, float] | None = None,
+        frame: str | Path | None = None,
+        source_id: int | None = None,
+        differential: bool = False,
+        comparison: list[int] | None = None,
+        keep_flagged: bool | None = None,
+    ) -> Table:
+        """The light curve of one object: by ``ra``/``dec`` [deg], ``name``, ``pixel=(x, y)``
+        (0-based) of a ``frame`` file, or ``source_id``; see
+        :func:`darkroom.pipeline.lightcurves.query_lightcurve` for the columns."""
+        from darkroom.pipeline.lightcurves import LightCurveContext, query_lightcurve
+
+        ctx = LightCurveContext.from_config(self.root, self.registry, self.config)
+        return query_lightcurve(
+            ctx,
+            ra_deg=ra,
+            dec_deg=dec,
+            radius_arcsec=radius_arcsec,
+            name=name,
+            pixel=pixel,
+            frame=frame,
+            source_id=source_id,
+            differential=differential,
+            comparison_ids=comparison,
+            keep_flagged=keep_flagged,
+        )
+
+    def sources(self, *, field: str | None = None, all_provenances: bool = False) -> Table:
+        """Sources (id, field, mean position, reference-frame position, epochs, mean magnitudes)
+        of the current association (``all_provenances``: of every association)."""
+        from darkroom.pipeline.lightcurves import LightCurveContext, source_table
+
+        prov = None
+        if not all_provenances:
+            prov = LightCurveContext.from_config(self.root, self.registry, self.config).associate_provenance
+        with self.registry.session() as s:
+            return source_table(s, provenance_id=prov, field=field)
+
+    def measurements(
+        self,
+        *,
+        source_id: int | list[int] | None = None,
+        image_id: int | list[int] | None = None,
+        provenance_id: str | None = None,
+    ) -> Table:
+        """Measurements of the current photometry (or ``provenance_id``), optionally of some
+        sources and/or images, in time order (columns as
+        :func:`darkroom.pipeline.lightcurves.field_measurements`)."""
+        from darkroom.pipeline.lightcurves import LightCurveContext, field_measurements
+
+        if provenance_id is None:
+            ctx = LightCurveContext.from_config(self.root, self.registry, self.config)
+            provenance_id = ctx.photometry_provenance
+        sources = [source_id] if isinstance(source_id, int) else source_id
+        images = [image_id] if isinstance(image_id, int) else image_id
+        with self.registry.session() as s:
+            return field_measurements(s, provenance_id=provenance_id, source_ids=sources, image_ids=images)
+
     def status(self) -> dict:
         """Counts of exposures per state and type, tasks per stage and state, and the failures."""
         with self.registry.session() as s:
