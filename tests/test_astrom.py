@@ -343,22 +343,33 @@ def thumbnail(data_dir):
         data = fits.getdata(folder / "thumbnail-image.fit.gz").astype(np.float32)
         header_wcs = WCS(header)
         truth = WCS(fits.getheader(folder / "wcs-sol-from-thumbnail-image-index-5200.fit"))
+        full_frame = WCS(fits.getheader(folder / "wcs-sol-from-source-list-index-5200.fit"))
     catalog = read_catalog_file(
         folder / "all_refcat2_ey_uma.ecsv",
         columns=atlas_refcat2().columns,
         epoch_jyear=Time(header["DATE-OBS"], scale="utc").jyear,
     )
-    return data, header, header_wcs, truth, catalog
+    return data, header, header_wcs, truth, full_frame, catalog
 
 
 def test_thumbnail_solved_against_refcat2(thumbnail):
-    data, header, header_wcs, truth, catalog = thumbnail
+    """The issue's acceptance: within 1.5 arcsec of astrometry.net's solution over the frame.
+
+    The 16x block-summed thumbnail (9 arcsec/px) holds stars of ~3 arcsec seeing: 0.37 px
+    FWHM (the PSF fit), so detect fits pixel-integrated Gaussians for their centroids
+    (windowed centroids lock onto pixel centres: 0.28 px median error against the truth
+    WCS, the fits 0.10 px). refcat2 (Gaia DR2, moved to 2018.3 by proper motion) covers
+    only the middle of the frame, pixels ~40-170 in x and ~80-210 in y; 29 stars fit a TAN
+    WCS (too few and too central for SIP, whose extrapolation diverges).
+    """
+    data, header, header_wcs, truth, full_frame, catalog = thumbnail
     # 16x block-summed frame: stars cover 1-4 pixels, hence a small minimum area
     extraction = extract_frame(
         data,
         background_config=BackgroundConfig(box_size_pix=32),
         detect_config=DetectConfig(threshold_sigma=2.5, min_area_pix=2),
     )
+    assert extraction.catalog.meta["centroid"] == "gauss"  # undersampled
     pointing = SkyCoord(header["OBJCTRA"], header["OBJCTDEC"], unit=("hourangle", "deg"))
     hint = PointingHint(ra_deg=pointing.ra.deg, dec_deg=pointing.dec.deg, pixel_scale_arcsec=0.563 * 16)
     result = solve_frame(
@@ -367,19 +378,32 @@ def test_thumbnail_solved_against_refcat2(thumbnail):
     # the header WCS (full 4096-pixel frame) is rejected, the hint solves it
     assert result.method == "hint"
     assert result.quality == "good"
-    assert result.n_matched >= 25
-    assert result.rms_arcsec < 3.0  # ~0.27 pix: undersampled stars, one pixel wide
+    assert result.n_matched >= 25  # measured 29
+    assert result.rms_arcsec < 1.2  # measured 0.80 arcsec = 0.09 pix (2.4 arcsec with windowed centroids)
     assert result.wcs.pixel_shape == (256, 256)
-    # against astrometry.net's solution, where the catalog has stars (refcat2 extract covers
-    # pixels ~40-170 in x, ~80-210 in y); both solutions share the 0.28 pix centroid noise
-    # of the matched stars (measured against the astrometry.net WCS)
+    # against astrometry.net's solution where the catalog has stars: measured 0.44 arcsec
+    # median, 0.97 max
     matched = extraction.catalog[result.matches["source_index"]]
     x0, x1 = np.percentile(matched["x"], [5, 95])
     y0, y1 = np.percentile(matched["y"], [5, 95])
     gx, gy = np.meshgrid(np.linspace(x0, x1, 15), np.linspace(y0, y1, 15))
     sep = _sep_arcsec(result.wcs, truth, gx.ravel(), gy.ravel())
+    assert np.median(sep) <= 0.6
+    assert np.max(sep) <= 1.5
+    # over a grid of the whole 256 x 256 frame, extrapolating beyond the catalog's stars: the
+    # issue's 1.5 arcsec; measured 0.85 arcsec median, 2.43 max (at a corner)
+    gx, gy = np.meshgrid(np.linspace(0, 255, 15), np.linspace(0, 255, 15))
+    gx, gy = gx.ravel(), gy.ravel()
+    sep = _sep_arcsec(result.wcs, truth, gx, gy)
     assert np.median(sep) <= 1.5
     assert np.max(sep) <= 3.0
-    # over the whole 256 x 256 frame, extrapolating beyond the catalog's stars
-    gx, gy = np.meshgrid(np.linspace(0, 255, 15), np.linspace(0, 255, 15))
-    assert np.median(_sep_arcsec(result.wcs, truth, gx.ravel(), gy.ravel())) <= 2.5
+    # the truth is itself a fit (50 stars, SIP order 2): astrometry.net's solution of the full
+    # 4096-pixel frame (1000 sources; thumbnail pixel x -> 16 x + 7.5) differs from it as much
+    # as ours does (measured 0.85 arcsec median, 2.70 max), and ours is closer to that one
+    # (measured 0.63 arcsec median, 1.81 max)
+    full = SkyCoord(*full_frame.all_pix2world(16.0 * gx + 7.5, 16.0 * gy + 7.5, 0), unit="deg")
+    between = full.separation(SkyCoord(*truth.all_pix2world(gx, gy, 0), unit="deg")).arcsec
+    ours = full.separation(SkyCoord(*result.wcs.all_pix2world(gx, gy, 0), unit="deg")).arcsec
+    assert np.median(sep) <= np.median(between) + 0.1
+    assert np.median(ours) <= 1.0
+    assert np.max(ours) <= 2.5

@@ -308,9 +308,10 @@ def test_sim_night_solves_against_the_truth(sim):
         # measured 0.022-0.038 pixels rms (max 0.17 at a corner)
         assert np.sqrt(np.mean(err**2)) <= 0.05
         assert np.max(err) <= 0.3
-        # the FWHM is that of a Gaussian with the stars' half-light radius: for the sim's Moffat
-        # beta = 3 PSF, r_half = 0.6436 alpha and FWHM = 1.0196 alpha, so 1.262 x the truth FWHM
-        assert im.quality["fwhm_pix"] == pytest.approx(1.262 * truth_frames["fwhm_pix"][i], rel=0.08)
+        # the FWHM of the Moffat fits to the brightest stars: the truth FWHM (at the frame centre;
+        # the sim's seeing grows by up to 5 % towards the corners), no longer the 1.262 x of a
+        # Gaussian with the stars' half-light radius
+        assert im.quality["fwhm_pix"] == pytest.approx(truth_frames["fwhm_pix"][i], rel=0.05)
         assert im.quality_flag == "good"
     ref_id = images[0][0].astrom["reference_image_id"]
     assert sum(im.id == ref_id for im, _ in images) == 1

@@ -46,6 +46,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: half-light radius [pixels] of a Gaussian star of FWHM 2 pixels, as sep measures it on the pixel
+#: grid (sigma^2 + 1/12 pixel^2): the smallest size of a well-sampled star
+_R_HALF_FWHM_2_PIX = math.sqrt(2.0 * math.log(2.0)) * math.sqrt((2.0 / 2.3548200450309493) ** 2 + 1.0 / 12.0)
+
 Quality = Literal["good", "marginal", "failed"]
 Method = Literal["header", "header_refined", "hint", "relative", "relative_refined", "reference"]
 
@@ -157,8 +161,10 @@ def source_positions(
 
     With ``exclude_sharp``, sources flagged ``sharp`` (hot pixels, cosmic rays) get NaN
     positions, so that every step ignores them, when the image is well sampled: at least
-    10 other sources whose median ``fwhm_pix`` is 2 pixels or more. In an undersampled
-    image real stars are sharp too, and all sources are kept.
+    10 other sources whose median half-light radius ``r_half_pix`` is that of a Gaussian
+    of FWHM 2 pixels or more (or, without that column, whose median ``fwhm_pix`` is 2
+    pixels or more). In an undersampled image real stars are sharp too, and all sources
+    are kept.
     """
     for col in ("x", "y"):
         if col not in sources.colnames:
@@ -174,11 +180,14 @@ def source_positions(
     if exclude_sharp and "sharp" in sources.colnames:
         sharp = np.asarray(sources["sharp"], dtype=bool)
         others = ~sharp & np.isfinite(x) & np.isfinite(y)
-        if "fwhm_pix" in sources.colnames and others.any():
-            typical = float(np.nanmedian(np.asarray(sources["fwhm_pix"], dtype=float)[others]))
+        if "r_half_pix" in sources.colnames and others.any():
+            r_half = float(np.nanmedian(np.asarray(sources["r_half_pix"], dtype=float)[others]))
+            well_sampled = r_half >= _R_HALF_FWHM_2_PIX
+        elif "fwhm_pix" in sources.colnames and others.any():
+            well_sampled = float(np.nanmedian(np.asarray(sources["fwhm_pix"], dtype=float)[others])) >= 2.0
         else:
-            typical = np.inf
-        if np.count_nonzero(others) >= 10 and typical >= 2.0:
+            well_sampled = True
+        if np.count_nonzero(others) >= 10 and well_sampled:
             x[sharp] = np.nan
             y[sharp] = np.nan
     return x, y, flux

@@ -1,9 +1,17 @@
-"""Source detection on a background-subtracted image: matched filter, windowed centroids.
+"""Source detection on a background-subtracted image: matched filter, centroids, FWHM.
 
 The catalog is an astropy Table with one row per source. Positions are 0-based
 pixel centres (sep's convention: the centre of the first pixel is (0, 0), x along
 the second, fast axis); add 1 for FITS/IRAF/SExtractor coordinates. See
 ``docs/pixel_conventions.md``.
+
+Centroids are Gaussian-windowed (SExtractor's XWIN_IMAGE), except in undersampled
+frames (stars about one pixel wide), where the window locks onto pixel centres and a
+pixel-integrated Gaussian fit takes over (:func:`darkroom.detect.psf.fit_gaussian_stamps`).
+The FWHM of each source is its half-light radius converted with the frame's PSF profile,
+which Moffat fits to the brightest isolated stars measure
+(:func:`darkroom.detect.psf.measure_psf`): a half-light radius alone would give the FWHM
+of a Gaussian, 1.26 times the FWHM of a Moffat beta = 3 star.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
 from darkroom.detect.background import Background, as_sep_array, bad_pixel_mask, estimate_background
+from darkroom.detect.psf import fit_gaussian_stamps, measure_psf
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
 
@@ -42,8 +51,12 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: name -> (unit, description) of every catalog column, in table order.
 CATALOG_COLUMNS: dict[str, tuple[u.UnitBase | None, str]] = {
     "id": (None, "running number of the source in this image, from 1"),
-    "x": (u.pix, "best centroid x, 0-based pixel centre (windowed when it converged)"),
-    "y": (u.pix, "best centroid y, 0-based pixel centre (windowed when it converged)"),
+    "x": (
+        u.pix,
+        "best centroid x, 0-based pixel centre: windowed when it converged, or a pixel-integrated "
+        "Gaussian fit in undersampled frames (meta 'centroid')",
+    ),
+    "y": (u.pix, "best centroid y, 0-based pixel centre (as x)"),
     "x_iso": (u.pix, "isophotal barycentre x, 0-based"),
     "y_iso": (u.pix, "isophotal barycentre y, 0-based"),
     "x_win": (u.pix, "windowed (Gaussian-weighted) centroid x, 0-based; NaN when it failed"),
@@ -59,7 +72,11 @@ CATALOG_COLUMNS: dict[str, tuple[u.UnitBase | None, str]] = {
         "1 - b/a from Gaussian-windowed second moments corrected for the window (NaN when unusable)",
     ),
     "r_half_pix": (u.pix, "half-light radius (light within min(6 a, 0.6 nn_dist_pix))"),
-    "fwhm_pix": (u.pix, "FWHM of a Gaussian with this half-light radius, less sep's pixel smoothing"),
+    "fwhm_pix": (
+        u.pix,
+        "FWHM before pixel sampling: the half-light radius converted with the frame's PSF profile "
+        "(Moffat fits to bright stars, meta 'psf_fwhm_pix'), else that of a Gaussian",
+    ),
     "flux_iso_adu": (u.adu, "isophotal flux above the background"),
     "flux_aper_adu": (u.adu, "flux in a circle of aperture_radius_pix around (x_iso, y_iso)"),
     "flux_aper_err_adu": (
@@ -74,7 +91,11 @@ CATALOG_COLUMNS: dict[str, tuple[u.UnitBase | None, str]] = {
     "flag": (None, "sep extraction flags (1 merged, 2 truncated at an edge, ...)"),
     "aper_flag": (None, "sep aperture flags (8 hits a masked pixel, 16 truncated)"),
     "saturated": (None, "peak at or above saturation, or a SAT pixel in the footprint"),
-    "sharp": (None, "narrower than sharp_fwhm_pix: a hot pixel or cosmic ray (or an undersampled star)"),
+    "sharp": (
+        None,
+        "half-light radius that of a Gaussian narrower than sharp_fwhm_pix: a hot pixel or cosmic ray "
+        "(or an undersampled star)",
+    ),
 }
 
 
@@ -125,11 +146,37 @@ class DetectConfig(BaseModel):
     window_centroid: bool = Field(
         True, description="refine centroids with a Gaussian window of the source's size [XWIN_IMAGE]"
     )
+    centroid_fit: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="replace the centroid by a pixel-integrated Gaussian fit: always, never, or (auto) when "
+        "the stars are undersampled (median FWHM below undersampled_fwhm_pix), where windowed centroids "
+        "lock onto pixel centres",
+    )
+    undersampled_fwhm_pix: float = Field(
+        2.0,
+        ge=0,
+        le=20,
+        description="'auto' centroid fits below this median half-light FWHM of bright stars [pixels]",
+    )
+    psf_n_stars: int = Field(
+        30,
+        ge=0,
+        le=500,
+        description="brightest isolated unsaturated stars fitted with a Moffat profile for the FWHM; "
+        "0 = no fit (fwhm_pix is then that of a Gaussian with the half-light radius)",
+    )
+    psf_min_snr: float = Field(
+        20.0, gt=0, le=1e6, description="minimum aperture signal-to-noise of a star fitted for the PSF"
+    )
+    psf_isolation_fwhm: float = Field(
+        3.0, ge=0, le=50, description="stars fitted for the PSF have no detected neighbour within this [FWHM]"
+    )
     sharp_fwhm_pix: float = Field(
         1.0,
         ge=0,
         le=10,
-        description="sources with a smaller FWHM are flagged 'sharp' (hot pixels, cosmic rays) [pixels]",
+        description="sources whose half-light radius is that of a Gaussian with a smaller FWHM are flagged "
+        "'sharp' (hot pixels, cosmic rays) [pixels]",
     )
     max_sources: int = Field(
         200_000, ge=1, description="keep at most this many sources (the brightest by aperture flux)"
@@ -217,6 +264,133 @@ def _windowed_shapes(
             ell[idx] = np.where(good, 1.0 - np.sqrt(b2 / a2), np.nan)
             size[idx] = np.where(good, (a2 * b2) ** 0.25, np.nan)
     return ell, size
+
+
+def _bright_stars(
+    fwhm_gauss: np.ndarray,
+    snr: np.ndarray,
+    nn_dist: np.ndarray,
+    saturated: np.ndarray,
+    flag: np.ndarray,
+    config: DetectConfig,
+) -> np.ndarray:
+    """Sources fit to measure the PSF on: unflagged, unsaturated, bright and isolated.
+
+    Sharp sources (hot pixels, cosmic rays) are left out when at least 10 others remain
+    (in an undersampled frame the stars are sharp too, and all are kept).
+    """
+    with np.errstate(invalid="ignore"):
+        good = (
+            (np.asarray(flag) == 0)
+            & ~saturated
+            & (snr >= config.psf_min_snr)
+            & np.isfinite(fwhm_gauss)
+            & (fwhm_gauss > 0)
+            & (nn_dist >= config.psf_isolation_fwhm * fwhm_gauss)
+        )
+        not_sharp = good & (fwhm_gauss >= config.sharp_fwhm_pix)
+    return not_sharp if np.count_nonzero(not_sharp) >= 10 else good
+
+
+def _fit_centroids(
+    sub: np.ndarray,
+    bad: np.ndarray | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    x_iso: np.ndarray,
+    y_iso: np.ndarray,
+    a: np.ndarray,
+    fwhm_gauss: np.ndarray,
+    stars: np.ndarray,
+    config: DetectConfig,
+    current: str,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Pixel-integrated Gaussian centroids where ``config.centroid_fit`` asks for them.
+
+    ``stars`` marks the bright isolated stars whose median FWHM decides whether the
+    frame is undersampled. Returns the best positions and the name of the method
+    ('gauss', or ``current``).
+    """
+    if config.centroid_fit == "never" or not len(x):
+        return x, y, current
+    finite = np.isfinite(fwhm_gauss) & (fwhm_gauss > 0)
+    sample = fwhm_gauss[stars] if np.count_nonzero(stars) >= 3 else fwhm_gauss[finite]
+    if not len(sample):
+        return x, y, current
+    typical = float(np.median(sample))
+    if config.centroid_fit == "auto" and typical >= config.undersampled_fwhm_pix:
+        return x, y, current
+    fits = fit_gaussian_stamps(
+        sub,
+        x,
+        y,
+        fwhm_pix=np.where(finite, fwhm_gauss, typical),
+        half_size_pix=max(2, math.ceil(1.5 * typical)),
+        bad=bad,
+    )
+    moved = np.hypot(fits.x - x_iso, fits.y - y_iso)
+    ok = fits.ok & (moved < np.maximum(2.0 * a, 1.0))
+    log.debug("Gaussian centroids of %d of %d sources (median FWHM %.2f pix)", ok.sum(), len(x), typical)
+    return np.where(ok, fits.x, x), np.where(ok, fits.y, y), "gauss"
+
+
+def _psf_fwhm(
+    sub: np.ndarray,
+    bad: np.ndarray | None,
+    x: np.ndarray,
+    y: np.ndarray,
+    fwhm_gauss: np.ndarray,
+    stars: np.ndarray,
+    flux: np.ndarray,
+    config: DetectConfig,
+) -> tuple[np.ndarray, dict[str, float | int]]:
+    """FWHM per source: the Gaussian-equivalent FWHM scaled by the frame's Moffat PSF fit.
+
+    ``stars`` marks the sources that may be fitted (:func:`_bright_stars`).
+    For stars of one profile the ratio of FWHM to half-light radius is the same; the
+    Moffat fits of the brightest isolated stars give it. Returns the FWHM [pixels] and
+    the catalog meta entries (``psf_fwhm_pix``, ``psf_beta``, ``psf_ellipticity``,
+    ``n_psf_stars``, ``fwhm_scale``; NaN / 0 / 1 without a fit).
+    """
+    meta: dict[str, float | int] = {
+        "psf_fwhm_pix": float("nan"),
+        "psf_beta": float("nan"),
+        "psf_ellipticity": float("nan"),
+        "n_psf_stars": 0,
+        "fwhm_scale": 1.0,
+    }
+    if config.psf_n_stars == 0 or not len(x):
+        return fwhm_gauss, meta
+    psf = measure_psf(
+        sub,
+        x,
+        y,
+        fwhm_pix=fwhm_gauss,
+        candidates=stars,
+        brightness=flux,
+        n_stars=config.psf_n_stars,
+        bad=bad,
+    )
+    if psf is None:
+        return fwhm_gauss, meta
+    scale = psf.fwhm_pix / float(np.median(fwhm_gauss[psf.index]))
+    meta.update(
+        {
+            "psf_fwhm_pix": psf.fwhm_pix,
+            "psf_beta": psf.beta,
+            "psf_ellipticity": psf.ellipticity,
+            "n_psf_stars": psf.n_stars,
+            "fwhm_scale": scale,
+        }
+    )
+    log.debug(
+        "PSF: FWHM %.3f pix, beta %.2f from %d stars (%.3f x the Gaussian equivalent)",
+        psf.fwhm_pix,
+        psf.beta,
+        psf.n_stars,
+        scale,
+    )
+    return fwhm_gauss * scale, meta
 
 
 def _empty_catalog() -> Table:
@@ -351,9 +525,9 @@ def detect_sources(
 
     # r_half of a Gaussian is sigma*sqrt(2 ln 2) = FWHM/2. sep spreads each pixel's value evenly
     # over the pixel, i.e. convolves once more with the pixel (variance 1/12 pixel^2 per axis);
-    # take that out so fwhm_pix is the FWHM of the pixel-sampled PSF.
+    # take that out: fwhm_gauss is the FWHM of a Gaussian with this half-light radius.
     sigma_half = r_half / math.sqrt(2.0 * math.log(2.0))
-    fwhm = _FWHM_PER_SIGMA * np.sqrt(np.clip(sigma_half**2 - 1.0 / 12.0, 0.0, None))
+    fwhm_gauss = _FWHM_PER_SIGMA * np.sqrt(np.clip(sigma_half**2 - 1.0 / 12.0, 0.0, None))
 
     if config.window_centroid:
         sig = np.where(np.isfinite(r_half), 2.0 * r_half / _FWHM_PER_SIGMA, 1.0)
@@ -383,6 +557,23 @@ def detect_sources(
 
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_aper_err > 0, flux_aper / flux_aper_err, np.nan)
+
+    stars = _bright_stars(fwhm_gauss, snr, nn_dist, saturated, objs["flag"], config)
+    x_best, y_best, centroid = _fit_centroids(
+        sub,
+        bad,
+        x_best,
+        y_best,
+        x_iso,
+        y_iso,
+        a,
+        fwhm_gauss,
+        stars,
+        config,
+        "window" if config.window_centroid else "isophotal",
+    )
+    fwhm, psf_meta = _psf_fwhm(sub, bad, x_best, y_best, fwhm_gauss, stars, flux_aper, config)
+    meta.update({"centroid": centroid, **psf_meta})
     ellipticity, _ = _windowed_shapes(sub, x_best, y_best, np.maximum(2.0 * sigma_half, 1.0), bad)
 
     values = {
@@ -413,7 +604,7 @@ def detect_sources(
         "flag": objs["flag"].astype(np.int64),
         "aper_flag": np.asarray(aper_flag, dtype=np.int64),
         "saturated": saturated,
-        "sharp": ~(fwhm >= config.sharp_fwhm_pix),
+        "sharp": ~(fwhm_gauss >= config.sharp_fwhm_pix),
     }
     table = Table()
     for name, (unit, description) in CATALOG_COLUMNS.items():

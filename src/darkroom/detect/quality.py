@@ -61,7 +61,10 @@ class ImageQuality(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    fwhm_pix: float | None = Field(description="median FWHM of stars [pixels]; None without stars")
+    fwhm_pix: float | None = Field(
+        description="FWHM of stars [pixels]: the frame's Moffat PSF fit (catalog meta 'psf_fwhm_pix') when "
+        "there is one, else the median catalog fwhm_pix of the stars; None without stars"
+    )
     fwhm_arcsec: float | None = Field(description="median FWHM of stars [arcsec]; None without a pixel scale")
     ellipticity: float | None = Field(
         description="median 1 - b/a of stars; None without stars or when they are undersampled"
@@ -110,6 +113,11 @@ def measure_image_quality(
 ) -> ImageQuality:
     """FWHM, ellipticity, sky and counts of a frame from its source catalog.
 
+    The FWHM is the catalog's PSF fit (``meta['psf_fwhm_pix']``, Moffat fits to the
+    brightest isolated stars, see :func:`darkroom.detect.psf.measure_psf`) when it has
+    one, else the sigma-clipped median ``fwhm_pix`` of the stars chosen by
+    :func:`select_stars`.
+
     Parameters
     ----------
     catalog
@@ -131,10 +139,14 @@ def measure_image_quality(
     fwhm = ell = None
     if n_stars:
         fwhm_values = np.asarray(catalog["fwhm_pix"], dtype=float)[stars]
-        ell_values = np.asarray(catalog["ellipticity"], dtype=float)[stars]
         fwhm = float(sigma_clipped_stats(fwhm_values, sigma=config.clip_sigma)[1])
+    psf_fwhm = float(catalog.meta.get("psf_fwhm_pix", np.nan) or np.nan)
+    if np.isfinite(psf_fwhm) and psf_fwhm > 0:
+        fwhm = psf_fwhm
+    if n_stars and fwhm is not None and fwhm >= config.min_fwhm_for_shape_pix:
+        ell_values = np.asarray(catalog["ellipticity"], dtype=float)[stars]
         ell_values = ell_values[np.isfinite(ell_values)]
-        if fwhm >= config.min_fwhm_for_shape_pix and len(ell_values):
+        if len(ell_values):
             ell = float(sigma_clipped_stats(ell_values, sigma=config.clip_sigma)[1])
     return ImageQuality(
         fwhm_pix=fwhm,
