@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from darkroom import _threads  # noqa: F401  (as the CLI: one BLAS thread, so in-process runs match Dask runs)
 from darkroom.testing import shared_data_dir
 
 PG_URL = os.environ.get("DARKROOM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

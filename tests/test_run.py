@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from darkroom.cli import app
-from darkroom.repo.models import Calib, CalibInput, Exposure, Image, Task
+from darkroom.repo.models import Calib, CalibInput, Exposure, Image, Measurement, Source, Task
 from darkroom.repo.registry import Registry
 from darkroom.repo.store import TEMP_PREFIX, sha256_file
 from darkroom.sim import SimConfig, simulate_night
@@ -49,33 +49,33 @@ def snapshot(root: Path, url: str | None = None) -> dict:
             ).all()
         )
         n_inputs = s.scalar(sa.select(sa.func.count()).select_from(CalibInput))
+        image_cols = (
+            Exposure.sha256,
+            Image.provenance_id,
+            Image.path,
+            Image.sha256,
+            Image.catalog_path,
+            Image.quality_flag,
+            Image.astrom_flag,
+            Image.quality,
+            Image.astrom,
+            Image.photcal,
+        )
         images = sorted(
-            (
-                e_sha,
-                prov,
-                path,
-                sha,
-                cat,
-                qf,
-                af,
-                json.dumps(q, sort_keys=True),
-                json.dumps(a, sort_keys=True),
-            )
-            for e_sha, prov, path, sha, cat, qf, af, q, a in s.execute(
-                sa.select(
-                    Exposure.sha256,
-                    Image.provenance_id,
-                    Image.path,
-                    Image.sha256,
-                    Image.catalog_path,
-                    Image.quality_flag,
-                    Image.astrom_flag,
-                    Image.quality,
-                    Image.astrom,
-                ).join(Exposure, Image.exposure_id == Exposure.id)
+            (*row[:7], *(json.dumps(j, sort_keys=True) for j in row[7:]))
+            for row in s.execute(
+                sa.select(*image_cols).join(Exposure, Image.exposure_id == Exposure.id)
             ).all()
         )
         tasks = sorted(s.execute(sa.select(Task.stage, Task.key, Task.provenance_id, Task.state)).all())
+        n_sources = s.scalar(sa.select(sa.func.count()).select_from(Source))
+        measurements = sorted(
+            s.execute(
+                sa.select(Exposure.sha256, Measurement.source_id, Measurement.flux, Measurement.flags)
+                .join(Image, Measurement.image_id == Image.id)
+                .join(Exposure, Image.exposure_id == Exposure.id)
+            ).all()
+        )
     reg.dispose()
     return {
         "files": files,
@@ -84,7 +84,20 @@ def snapshot(root: Path, url: str | None = None) -> dict:
         "n_inputs": n_inputs,
         "images": images,
         "tasks": tasks,
+        "n_sources": n_sources,
+        "measurements": measurements,
     }
+
+
+def _paths_in(value) -> set[str]:
+    """Every product path named anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return set().union(*(_paths_in(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_paths_in(v) for v in value)) if value else set()
+    if isinstance(value, str) and value.split("/", 1)[0] in PRODUCT_DIRS and "." in value.rsplit("/", 1)[-1]:
+        return {value}
+    return set()
 
 
 def _init(root: Path) -> None:
@@ -172,7 +185,9 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path, si
     assert got == expected
     assert not list(root.rglob(f"{TEMP_PREFIX}*")), "orphan temporary files"
     recorded = {c[3] for c in got["calibs"]} | {i[2] for i in got["images"]} | {i[4] for i in got["images"]}
-    recorded |= {json.loads(i[8]).get("wcs_path") for i in got["images"]} - {None}
+    for image in got["images"]:
+        for blob in image[7:]:
+            recorded |= _paths_in(json.loads(blob))
     assert recorded == set(got["files"]), "product files without rows, or rows without files"
 
 
@@ -202,3 +217,18 @@ def test_two_runs_at_once_on_postgresql_share_the_work(tmp_path, sim_raw, db_url
         attempts = s.scalars(sa.select(Task.attempts)).all()
     reg.dispose()
     assert attempts and set(attempts) == {1}, "a unit was claimed twice"
+
+
+def test_local_cluster_of_two_workers_equals_serial(tmp_path, sim_raw):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    for root in (serial, parallel):
+        _init(root)
+    assert runner.invoke(app, ["run", str(serial), "--ingest", str(sim_raw), "-q"]).exit_code == 0
+    res = subprocess.run(
+        _darkroom("run", str(parallel), "--ingest", str(sim_raw), "-q", "--workers", "2"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert snapshot(parallel) == snapshot(serial)

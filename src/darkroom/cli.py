@@ -18,7 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from darkroom import __version__
+from darkroom import (
+    __version__,
+    _threads,  # noqa: F401  (fixes BLAS threads before numpy loads; typer/rich do not load numpy)
+)
 from darkroom.errors import DarkroomError
 
 app = typer.Typer(

@@ -212,6 +212,42 @@ def wait_for_others(
         time.sleep(poll_s)
 
 
+def _record_one(
+    registry: Registry,
+    stage: Stage,
+    unit: Unit,
+    result: Any,
+    error: BaseException | None,
+    report: StageReport,
+) -> None:
+    """Record one finished unit: its result and task 'done', or the task 'failed' with the reason."""
+    if error is None:
+        try:
+            with registry.session() as s:
+                task = _task(s, stage, unit)
+                if task.state == "done":  # recorded by another process meanwhile
+                    return
+                stage.record(s, unit, result)
+                task.state, task.reason, task.finished_utc = "done", None, utcnow()
+            report.n_done += 1
+            return
+        except Exception as exc:  # recording failed: the unit failed, the run goes on
+            error = exc
+    reason = one_line(error)
+    log.warning("%s %s failed: %s", stage.name, unit.key, reason)
+    if not isinstance(error, DarkroomError):
+        log.info("".join(traceback.format_exception(error)))
+    with registry.session() as s:
+        task = _task(s, stage, unit)
+        task.state, task.reason, task.finished_utc = "failed", reason, utcnow()
+        if isinstance(error, DarkroomError) and error.quarantine and unit.exposure_id is not None:
+            exp = s.get(Exposure, unit.exposure_id)
+            if exp is not None:
+                exp.state, exp.reason = "quarantined", f"{stage.name}: {reason}"
+    report.n_failed += 1
+    report.failures.append((unit.key, reason))
+
+
 def run_stage(
     registry: Registry,
     stage: Stage,
@@ -248,40 +284,27 @@ def run_stage(
     if progress:
         progress(0, n_total)
 
+    order: list[str] = []
+
     def claimed() -> Iterator[Unit]:
         # Claim each unit just before it is handed out, so two drivers on one
         # repository share a stage unit by unit instead of the first taking all.
         for unit in units:
             if claim_units(registry, stage, [unit]):
                 report.n_planned += 1
+                order.append(unit.key)
                 yield unit
 
+    # Results are recorded in the order the units were handed out, whatever order
+    # they finish in, so registry ids (and products that name them) are the same
+    # for a serial run, a Dask run and a resumed run.
+    finished: dict[str, tuple[Unit, Any, BaseException | None]] = {}
+    n_recorded = 0
     for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, claimed()), start=1):
-        if error is None:
-            try:
-                with registry.session() as s:
-                    task = _task(s, stage, unit)
-                    if task.state == "done":  # recorded by another process meanwhile
-                        continue
-                    stage.record(s, unit, result)
-                    task.state, task.reason, task.finished_utc = "done", None, utcnow()
-                report.n_done += 1
-            except Exception as exc:  # recording failed: the unit failed, the run goes on
-                error = exc
-        if error is not None:
-            reason = one_line(error)
-            log.warning("%s %s failed: %s", stage.name, unit.key, reason)
-            if not isinstance(error, DarkroomError):
-                log.info("".join(traceback.format_exception(error)))
-            with registry.session() as s:
-                task = _task(s, stage, unit)
-                task.state, task.reason, task.finished_utc = "failed", reason, utcnow()
-                if isinstance(error, DarkroomError) and error.quarantine and unit.exposure_id is not None:
-                    exp = s.get(Exposure, unit.exposure_id)
-                    if exp is not None:
-                        exp.state, exp.reason = "quarantined", f"{stage.name}: {reason}"
-            report.n_failed += 1
-            report.failures.append((unit.key, reason))
+        finished[unit.key] = (unit, result, error)
+        while n_recorded < len(order) and order[n_recorded] in finished:
+            _record_one(registry, stage, *finished.pop(order[n_recorded]), report)
+            n_recorded += 1
         if progress:
             progress(n_finished, n_total)
     report.seconds = time.perf_counter() - t0
