@@ -6,11 +6,14 @@ are removed; darkroom aligns every frame to the reference and carries the WCS ov
 
 The PinPoint solutions are not mutually consistent to better than ~0.6 arcsec: the same
 stars, through frame i's and the reference's PinPoint WCS, land 0.64 arcsec apart (median
-over frames; USNO-A2 positions carry ~70 years of proper motion). No WCS carried from one
-frame can match every other PinPoint solution to 0.3 arcsec, so the tests check (a) that
-the carried solutions agree with PinPoint to within PinPoint's own scatter, and (b) the
-consistency that alignment can guarantee: the same star gets the same sky position in
-every frame, and chained transforms agree with direct ones.
+over frames; USNO-A2 positions carry ~70 years of proper motion), and each solution lies
+0.62 arcsec (median) from the consensus of all 56, mostly by its rotation (0.09 deg rms).
+No WCS carried from one frame, whichever frame, can match every other PinPoint solution to
+0.3 arcsec (the best choice of reference reaches 0.58; docs/astrometry_arcsat.md), so the
+tests check (a) that the carried solutions agree with PinPoint to within PinPoint's own
+scatter, (b) that scatter and its nature, and (c) the consistency that alignment can
+guarantee: the same star gets the same sky position in every frame, and chained transforms
+agree with direct ones.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from darkroom.astrom import (
     FrameSources,
     align_sources,
     detector_fixed_sources,
+    fit_affine,
     mask_sources,
     solve_frame_series,
+    to_tangent_plane,
 )
 from darkroom.detect import DetectConfig, extract_frame
 
@@ -122,6 +127,50 @@ def test_recovers_pinpoint_within_its_own_scatter(night):
         rot = np.degrees(np.arctan2(cd_ours[1, 0], cd_ours[0, 0]) - np.arctan2(cd_pp[1, 0], cd_pp[0, 0]))
         assert abs((rot + 180.0) % 360.0 - 180.0) < 0.3
         assert abs(results[i].to_reference.rotation_deg) < 0.02
+
+
+def test_pinpoint_solutions_scatter_about_their_consensus(night):
+    """Why 0.3 arcsec is out of reach: PinPoint's own solutions scatter by twice that.
+
+    Every PinPoint WCS, mapped into the reference frame's pixels through darkroom's alignment,
+    predicts the sky positions of a 12 x 12 pixel grid; exact solutions would coincide.
+    """
+    _frames, pinpoint, _names, results = night
+    gx, gy = np.meshgrid(np.linspace(0, 1023, 12), np.linspace(0, 1023, 12))
+    gx, gy = gx.ravel(), gy.ravel()
+    ra0, dec0 = (float(v[0]) for v in pinpoint[0].all_pix2world([511.5], [511.5], 0))
+
+    def tangent_arcsec(wcs, x, y):
+        return np.column_stack(to_tangent_plane(*wcs.all_pix2world(x, y, 0), ra0, dec0)) * 3600.0
+
+    # frame i's prediction for the reference frame's grid, in arcsec on the tangent plane
+    predicted = np.array(
+        [tangent_arcsec(pinpoint[i], *results[i].to_reference.inverse().apply(gx, gy)) for i in range(56)]
+    )
+    consensus = np.median(predicted, axis=0)
+    deviation = np.median(np.hypot(*(predicted - consensus).transpose(2, 0, 1)), axis=1)
+    # measured 0.62 arcsec: even the consensus as the reference would miss PinPoint by 2 x 0.3
+    assert np.median(deviation) > 0.5
+    # the disagreements are affine (shift, rotation, scale): measured 0.04 arcsec remain after one
+    # affine fit per frame, so alignment and PinPoint agree on everything but those 6 numbers
+    remainder, rotation_deg = [], []
+    for i in range(56):
+        fit = fit_affine(consensus[:, 0], consensus[:, 1], predicted[i, :, 0], predicted[i, :, 1])
+        rx, ry = fit.apply(consensus[:, 0], consensus[:, 1])
+        remainder.append(np.median(np.hypot(rx - predicted[i, :, 0], ry - predicted[i, :, 1])))
+        rotation_deg.append(fit.rotation_deg)
+    assert np.median(remainder) < 0.1
+    # PinPoint's rotation scatters by 0.09 deg rms (max 0.23) while the field holds within 0.02 deg
+    assert np.std(rotation_deg) > 0.05
+    assert max(abs(r.to_reference.rotation_deg) for r in results[1:56]) < 0.02
+    # no reference frame brings the carried solutions within 0.3 arcsec of PinPoint: carrying frame
+    # r's WCS to frame i through the alignment, on the reference frame's grid (measured: the best
+    # r = 40 at 0.57 arcsec, frame 0 at 0.67; on each frame's own grid 0.58 and 0.69)
+    best = np.inf
+    for r in range(56):
+        per_frame = [np.median(np.hypot(*(predicted[r] - predicted[i]).T)) for i in range(56) if i != r]
+        best = min(best, float(np.median(per_frame)))
+    assert best > 0.5
 
 
 def test_same_star_same_sky_in_every_frame(night):
