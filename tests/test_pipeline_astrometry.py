@@ -91,8 +91,10 @@ def test_arcsat_figures_and_catalogs_for_every_image(arcsat):
         q = image.quality
         assert "calib" in q and "gain_e_per_adu" in q["calib"]  # the calibration figures are kept
         assert set(FIGURE_KEYS) <= set(q)
-        # MANIFEST: 0.67 arcsec/pixel; measured FWHM 3.4-4.9 pixels over the night
-        assert 2.5 < q["fwhm_pix"] < 7.0
+        # MANIFEST: 0.67 arcsec/pixel; measured FWHM 2.5-4.3 pixels over the night (Moffat fits;
+        # 0.8 x the 3.4-4.9 pixels that the half-light radius gave as a Gaussian's FWHM, for which
+        # this range was 2.5-7)
+        assert 2.0 < q["fwhm_pix"] < 5.6
         assert q["fwhm_arcsec"] == pytest.approx(q["fwhm_pix"] * q["pixel_scale_arcsec"], rel=1e-9)
         assert q["pixel_scale_arcsec"] == pytest.approx(0.67, abs=0.01)
         assert q["sky_adu"] > 0 and q["sky_rms_adu"] > 0
