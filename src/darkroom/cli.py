@@ -521,20 +521,26 @@ def demo(
     out: Annotated[
         Path | None, typer.Option("--out", help="folder for the simulated night and repository")
     ] = None,
-    n_science: Annotated[int, typer.Option("--frames", min=2, help="number of science frames")] = 12,
+    n_science: Annotated[int, typer.Option("--frames", min=2, help="number of science frames")] = 36,
+    size: Annotated[int, typer.Option("--size", min=128, max=4096, help="frame size [pixels, square]")] = 512,
     seed: Annotated[int, typer.Option(help="random seed of the simulated night")] = 1,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")] = 0,
     quiet: QuietOpt = False,
 ) -> None:
-    """Simulate a night, ingest it and run the pipeline on it, printing what it did."""
+    """Simulate a night, run the whole pipeline on it, print the recovered figures next to the truth."""
     from darkroom.pipeline.demo import run_demo
 
     _setup_logging(quiet)
     if out is None:
         out = Path(tempfile.mkdtemp(prefix="darkroom-demo-"))
     try:
-        run_demo(out, n_science=n_science, seed=seed, console=console, quiet=quiet)
+        figures = run_demo(
+            out, n_science=n_science, size=size, seed=seed, workers=workers, console=console, quiet=quiet
+        )
     except DarkroomError as exc:
         _fail(exc)
+    if figures["n_failed"]:
+        raise typer.Exit(2)
 
 
 def main() -> None:  # pragma: no cover - console entry
