@@ -160,9 +160,8 @@ def build_night_reports(repo: Repository, *, nights: list[str] | None = None) ->
             for n, path, reason in quarantined_all
             if n == night or n is None
         ]
-        n_frames = len(frames)
-        summary: dict[str, str | float] = {"frames": float(n_frames)}
-        if n_frames:
+        summary: dict[str, str | float] = {}  # the page adds frame, failure and master counts itself
+        if len(frames):
             summary["good quality"] = float(sum(1 for f in frames["quality_flag"] if f == "good"))
             summary["astrometry good"] = float(sum(1 for f in frames["astrom_flag"] if f == "good"))
         reports.append(
