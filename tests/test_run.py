@@ -232,3 +232,54 @@ def test_local_cluster_of_two_workers_equals_serial(tmp_path, sim_raw):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert snapshot(parallel) == snapshot(serial)
+
+
+def test_cron_style_ingest_processes_only_what_is_new(tmp_path, sim_raw):
+    first_half = tmp_path / "incoming"
+    first_half.mkdir()
+    lights = sorted(sim_raw.glob("SIM-1b_*.fits"))
+    for p in sorted(sim_raw.glob("*.fits")):
+        if p not in lights[4:]:
+            (first_half / p.name).symlink_to(p)
+    root = tmp_path / "repo"
+    _init(root)
+    res = runner.invoke(app, ["run", str(root), "--ingest", str(first_half), "-q"])
+    assert res.exit_code == 0, res.output
+    assert len(snapshot(root)["images"]) == 4
+    # The next night's cron run sees the whole folder: only the four new frames are processed.
+    res = runner.invoke(app, ["run", str(root), "--ingest", str(sim_raw)])
+    assert res.exit_code == 0, res.output
+    cells = [
+        [c.strip() for c in line.strip("│").split("│")]
+        for line in res.output.splitlines()
+        if line.startswith("│")
+    ]
+    rows = {c[0]: c[1:] for c in cells}
+    assert rows["calibrate"][:2] == ["4", "4"] and rows["master_bias"][:2] == ["0", "0"]
+    assert len(snapshot(root)["images"]) == 8
+
+
+def test_run_on_an_existing_dask_scheduler(tmp_path, sim_raw):
+    from distributed import LocalCluster
+
+    root = tmp_path / "repo"
+    _init(root)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        res = subprocess.run(
+            _darkroom(
+                "run",
+                str(root),
+                "--ingest",
+                str(sim_raw),
+                "-q",
+                "--until",
+                "calibrate",
+                "--scheduler",
+                cluster.scheduler_address,
+            ),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(snapshot(root)["images"]) == 8
