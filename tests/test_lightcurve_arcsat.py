@@ -94,6 +94,12 @@ def test_every_frame_measured_once_per_source(arcsat):
     xo1 = sources[sources["source_id"] == target][0]
     sep = np.hypot((xo1["ra_deg"] - XO1[0]) * np.cos(np.radians(XO1[1])), xo1["dec_deg"] - XO1[1]) * 3600
     assert sep < 1.5 and xo1["n_epochs"] >= 78
+    # the standard star's single frame is a field of its own (no WCS: reference pixels)
+    with repo.registry.session() as s:
+        std = s.scalars(sa.select(Image).where(Image.field == "43Bet Com")).one()
+    assert (
+        std.photcal["association"]["field"] == f"43Bet Com@image{std.id}" and std.photcal["n_measured"] >= 1
+    )
     # the sparse field: faint sources are measured where they were not detected
     assert sum(im.photcal["n_forced"] for im in images) > 100
 

@@ -301,6 +301,28 @@ def test_sim_cli_lightcurve_by_name_and_files(sim, tmp_path):
     x, y = float(lc["x"][0]), float(lc["y"][0])
     by_pixel = repo.lightcurve(pixel=(x + 0.4, y - 0.3), frame=Path(raw).name)
     assert by_pixel.meta["source_id"] == host_id
+    # user-named comparison stars, and one file per filter and season
+    named = [
+        int(c)
+        for c in repo.lightcurve(source_id=host_id, differential=True).meta["comparison"]["r"]["source_ids"][
+            :2
+        ]
+    ]
+    split = tmp_path / "split.ecsv"
+    args = [
+        "lightcurve",
+        str(repo.root),
+        "--source",
+        str(host_id),
+        "--differential",
+        "--split",
+        "-o",
+        str(split),
+    ]
+    res = runner.invoke(app, [*args, "--comparison", str(named[0]), "--comparison", str(named[1])])
+    assert res.exit_code == 0, res.output
+    part = Table.read(tmp_path / "split_r_s0.ecsv", format="ascii.ecsv")
+    assert part.meta["comparison"]["r"]["source_ids"] == named and len(part) == SIM.n_science
     bad = runner.invoke(app, ["lightcurve", str(repo.root), "--ra", "10.0", "--dec", "-40.0"])
     assert bad.exit_code == 1 and "no source within" in bad.output
 
@@ -484,3 +506,27 @@ def test_frame_transparency_flags_a_cloudy_frame_and_the_default_curve_drops_it(
     flagged = kept[np.isin(kept["image_id"], [4, 9])]
     assert len(kept) == n_img and np.all(flagged["flags"] & int(LightCurveFlag.LOW_TRANSPARENCY))
     np.testing.assert_allclose(lc["rel_flux"], 1.0, atol=0.01)
+
+
+def test_stages_pickle_for_dask_workers(sim):
+    import pickle
+
+    _, repo = sim
+    stages = all_stages(repo.root, repo.config)[-3:]
+    for stage in stages:
+        clone = pickle.loads(pickle.dumps(stage))
+        assert clone.provenance_id == stage.provenance_id and clone.name == stage.name
+    from sqlalchemy.orm import Session
+
+    with Session(repo.registry.engine) as s:  # rolled back: one image looks unmeasured
+        image = s.scalars(sa.select(Image).order_by(Image.mjd_mid)).first()
+        image.photcal = {**image.photcal, "provenance_id": "not-yet"}
+        s.flush()
+        units = stages[1].plan(s)
+        image_id = image.id
+        s.rollback()
+    assert [u.payload["image_id"] for u in units] == [image_id]
+    result = pickle.loads(pickle.dumps(stages[1])).run(pickle.loads(pickle.dumps(units[0])))
+    assert result["image_id"] == image_id and len(result["columns"]["flux"]) > 300
+    meas = repo.measurements(image_id=image_id)
+    np.testing.assert_array_equal(np.sort(result["columns"]["source_id"]), np.sort(meas["source_id"]))

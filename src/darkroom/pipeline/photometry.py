@@ -14,7 +14,8 @@ Three stages, in order, after ``astrometry``:
     in fewer than ``min_epochs`` frames are dropped (cosmic rays, noise); stars of the
     reference catalog down to ``reference_stars_mag_max`` become sources too, so that
     stars below the detection limit are measured (forced). A later run of the same field
-    (new nights) starts from the sources already recorded: their ids stay.
+    (new nights) starts from the sources already recorded: their ids stay (frames measured
+    before are not measured again for the sources a later night adds).
     Registry: ``Source`` rows (``field`` = OBJECT, or ``OBJECT@image<ref id>`` for a
     reference pixel frame; mean ``ra_deg, dec_deg``; mean ``x_ref, y_ref`` in the
     reference frame; ``n_epochs`` = frames with a detection; ``mean_mag`` per filter,
@@ -148,7 +149,11 @@ class AssociateSettings(BaseModel):
         True, description="leave out detections narrower than a star (hot pixels, CRs)"
     )
     min_epochs: int = Field(
-        3, ge=1, le=100000, description="a new source must be detected in at least this many frames [count]"
+        3,
+        ge=1,
+        le=100000,
+        description="a new source must be detected in at least this many frames (in all of them when a "
+        "new field has fewer) [count]",
     )
     min_epoch_fraction: float = Field(
         0.0, ge=0, le=1, description="... and in at least this fraction of the field's frames"
@@ -549,6 +554,10 @@ class AssociateStage(Stage):
         ref_xy = {int(s): (float(a), float(b)) for s, a, b in zip(uniq, xr, yr, strict=True)}
         bands = [c[4:] for c in summary.colnames if c.startswith("mag_") and not c.startswith("mag_err_")]
         min_n = max(cfg.min_epochs, math.ceil(cfg.min_epoch_fraction * len(frames)))
+        if not n_known:
+            # a new field seen in fewer frames (a standard star, a single visit) keeps what
+            # every one of its frames shows
+            min_n = min(min_n, len(frames))
         known_ids = set(known["source_id"].tolist())
         new, updated = [], []
         for row in summary:
