@@ -1,0 +1,202 @@
+"""Benchmark of the associate, photometry and lightcurves stages on a simulated night.
+
+A darkroom.sim night (1024 x 1024 pixels, ``--frames`` science frames, ~800 stars, its
+reference catalogue configured) is ingested, calibrated and solved first (not timed);
+then each stage is run on an empty registry slot (forgotten and run again) and timed,
+serially, with tracemalloc's peak.
+
+Rows:
+  associate          the stage: read the detection catalogs, sky positions, associate,
+                     record the sources
+  photometry         the stage, all images: recentring, forced positions, aperture
+                     photometry at every source, aperture correction, zero point, Parquet
+                     and measurement rows
+  lightcurves        the stage: transparency of every frame, mean magnitudes, one
+                     target's curve (ECSV + PNG)
+  associate core     darkroom.timeseries.associate on every frame's detections
+                     vs astropy SkyCoord.match_to_catalog_sky frame after frame against the
+                     running source list
+  aperture core      darkroom.phot.aperture_photometry with the stage's apertures at one
+                     frame's positions vs photutils aperture_photometry (exact, VAR error)
+                     + ApertureStats (sigma-clipped annulus median)
+  query              Repository.lightcurve(ra, dec, differential=True) of the host
+The ratio column is reference time / darkroom time.
+
+Run: .venv/bin/python bench/bench_pipeline_phot.py [--frames 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from astropy.time import Time
+
+from _common import measure, print_table
+from darkroom.catalogs import read_table
+from darkroom.pipeline.astrometry import wcs_from_astrom
+from darkroom.pipeline.ingest import ingest_paths
+from darkroom.pipeline.run import all_stages
+from darkroom.pipeline.runner import run_stage
+from darkroom.repo.models import Image
+from darkroom.repo.repository import Repository
+from darkroom.sim import SimConfig, simulate_night
+
+
+def _repo(base: Path, n_frames: int) -> tuple[Repository, object]:
+    cfg = SimConfig(seed=3, n_science=n_frames, n_bias=3, n_dark=3, n_flat=3)
+    night = simulate_night(base / "night", config=cfg)
+    epoch = Time(cfg.start_utc).jyear
+    host = night.truth.catalog[night.truth.catalog["id"] == night.truth.host_id][0]
+    overrides = [
+        "astrometry.solve.reference_catalog.kind=file",
+        "astrometry.solve.reference_catalog.path=refcat.ecsv",
+        "astrometry.solve.reference_catalog.columns={ra: ra_deg, dec: dec_deg, mag: r_mag, pmra: pmra_mas_yr, "
+        f"pmdec: pmdec_mas_yr, source_id: source_id, epoch_jyear: {epoch:.5f}}}",
+        "photometry.measure.ref_mag_column=r_mag",
+        "photometry.measure.ref_colour_columns=[g_mag, r_mag]",
+        f"targets=[{{name: host, ra_deg: {host['ra_deg']:.8f}, dec_deg: {host['dec_deg']:.8f}}}]",
+    ]
+    repo = Repository.init(base / "repo", overrides=overrides)
+    shutil.copy(night.refcat_path, repo.root / "refcat.ecsv")
+    ingest_paths(repo.registry, [p for paths in night.raw_paths.values() for p in paths])
+    for stage in all_stages(repo.root, repo.config)[:-3]:
+        run_stage(repo.registry, stage)
+    return repo, night
+
+
+def _association_core(repo: Repository) -> tuple[float, float, int]:
+    """darkroom.timeseries.associate vs frame-by-frame SkyCoord matching, same detections."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.table import Table, vstack
+
+    from darkroom.timeseries import AssociationConfig, associate
+
+    with repo.registry.session() as s:
+        images = [
+            (im.id, im.mjd_mid, im.catalog_path, im.astrom) for im in s.query(Image).order_by(Image.mjd_mid)
+        ]
+    parts = []
+    for image_id, mjd, catalog_path, astrom in images:
+        cat = read_table(repo.root / catalog_path)
+        ra, dec = wcs_from_astrom(astrom).all_pix2world(np.asarray(cat["x"]), np.asarray(cat["y"]), 0)
+        parts.append(
+            Table(
+                {
+                    "image_id": np.full(len(cat), image_id),
+                    "mjd_utc": np.full(len(cat), mjd),
+                    "ra": ra,
+                    "dec": dec,
+                }
+            )
+        )
+    det = vstack(parts)
+    t0 = time.perf_counter()
+    res = associate(det, config=AssociationConfig(radius_arcsec=1.0, mag_col="none"))
+    ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ra_all = dec_all = None
+    for part in parts:
+        ra, dec = np.asarray(part["ra"]), np.asarray(part["dec"])
+        if ra_all is None:
+            ra_all, dec_all = ra, dec
+            continue
+        _, sep, _ = SkyCoord(ra * u.deg, dec * u.deg).match_to_catalog_sky(
+            SkyCoord(ra_all * u.deg, dec_all * u.deg)
+        )
+        new = sep.arcsec > 1.0
+        ra_all, dec_all = np.concatenate([ra_all, ra[new]]), np.concatenate([dec_all, dec[new]])
+    return ours, time.perf_counter() - t0, len(res.sources)
+
+
+def _aperture_core(repo: Repository) -> tuple[float, float, int]:
+    """darkroom aperture_photometry vs photutils at one frame's measured positions."""
+    from astropy.io import fits
+    from astropy.stats import SigmaClip
+    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
+
+    from darkroom.phot import aperture_photometry as darkroom_photometry
+
+    with repo.registry.session() as s:
+        image = s.query(Image).order_by(Image.mjd_mid).first()
+        path, phot_path, fwhm = image.path, image.photcal["path"], image.photcal["fwhm_pix"]
+    config = all_stages(repo.root, repo.config)[-2].config.aperture
+    meas = read_table(repo.root / phot_path)
+    with fits.open(repo.root / path) as hdul:
+        sci, mask, var = hdul["SCI"].data, hdul["MASK"].data, hdul["VAR"].data
+    x, y = np.asarray(meas["x"]), np.asarray(meas["y"])
+    ours, _, _ = measure(
+        lambda: darkroom_photometry(sci, mask, var, x, y, fwhm_pix=fwhm, config=config), repeat=3
+    )
+    xy = np.column_stack([x, y])
+
+    def photutils_run() -> None:
+        apertures = [CircularAperture(xy, r=k * fwhm) for k in config.radii_fwhm]
+        aperture_photometry(sci, apertures, error=np.sqrt(var), mask=(mask & 32) > 0, method="exact")
+        annulus = CircularAnnulus(xy, config.annulus_in_fwhm * fwhm, config.annulus_out_fwhm * fwhm)
+        ApertureStats(sci, annulus, sigma_clip=SigmaClip(3.0, maxiters=5)).median  # noqa: B018
+
+    theirs, _, _ = measure(photutils_run, repeat=3)
+    return ours, theirs, len(meas)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--frames", type=int, default=20)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    base = Path(tempfile.mkdtemp(prefix="bench-pipeline-phot-"))
+    try:
+        repo, night = _repo(base, args.frames)
+        stages = all_stages(repo.root, repo.config)[-3:]
+        rows = []
+        for stage in stages:
+            with repo.registry.session() as s:
+                stage.forget(s)
+            seconds, peak, report = measure(lambda st=stage: run_stage(repo.registry, st))
+            assert report.n_failed == 0, report.failures
+            size = f"{args.frames} frames, {len(repo.sources())} sources"
+            rows.append({"stage": stage.name, "size": size, "seconds": seconds, "peak MB": peak, "ratio": ""})
+        ours, theirs, n = _association_core(repo)
+        rows.append(
+            {
+                "stage": "associate core",
+                "size": f"{n} sources",
+                "seconds": ours,
+                "peak MB": "",
+                "ratio": f"{theirs / ours:.1f} (astropy)",
+            }
+        )
+        ours, theirs, n = _aperture_core(repo)
+        rows.append(
+            {
+                "stage": "aperture core",
+                "size": f"1 frame, {n} src",
+                "seconds": ours,
+                "peak MB": "",
+                "ratio": f"{theirs / ours:.1f} (photutils)",
+            }
+        )
+        host = night.truth.catalog[night.truth.catalog["id"] == night.truth.host_id][0]
+        seconds, peak, lc = measure(
+            lambda: repo.lightcurve(ra=float(host["ra_deg"]), dec=float(host["dec_deg"]), differential=True)
+        )
+        rows.append(
+            {"stage": "query", "size": f"{len(lc)} points", "seconds": seconds, "peak MB": peak, "ratio": ""}
+        )
+        print_table(rows)
+        repo.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
