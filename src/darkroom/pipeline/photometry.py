@@ -1089,6 +1089,7 @@ class LightCurvesStage(Stage):
                     provenance_id=assoc_prov,
                 )
                 if src is None or src.field != field:
+                    log.debug("target %s: no source of field %r within the match radius", t.name, field)
                     continue
                 members = pool_source_ids(session, src, mag_window=window)
                 pool.update(members)
