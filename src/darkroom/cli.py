@@ -381,29 +381,35 @@ def lightcurve(
         console.print(f"wrote {path}")
 
 
-@app.command()
-def calibrate(
-    repo: RepoArg,
-    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
-    set_: SetOpt = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")] = 0,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
-    quiet: QuietOpt = False,
+CALIBRATION_STAGES = ("master_bias", "master_dark", "master_flat", "bad_pixels", "calibrate")
+ASTROMETRY_STAGES = ("extract", "quality", "astrometry")
+
+
+def _run_named_stages(
+    repo: Path,
+    names: tuple[str, ...],
+    *,
+    db: str | None,
+    set_: list[str] | None,
+    workers: int,
+    retry_failed: bool,
+    quiet: bool,
 ) -> None:
-    """Build master calibrations and calibrate every registered light frame (skips what is done)."""
-    from darkroom.pipeline.calibration import calibration_stages
+    """Run the named stages of ``darkroom run``'s list (same provenance chain), print, exit 2 on failures."""
     from darkroom.pipeline.drive import drive_stages, print_reports
     from darkroom.pipeline.executors import make_executor
+    from darkroom.pipeline.run import all_stages
     from darkroom.repo.repository import Repository
 
     _setup_logging(quiet)
     try:
         r = Repository(repo, db_url=db, overrides=set_ or ())
+        stages = [st for st in all_stages(r.root, r.config) if st.name in names]
         executor = make_executor(workers=workers)
         try:
             reports = drive_stages(
                 r.registry,
-                calibration_stages(r.root, r.config.calib),
+                stages,
                 executor=executor,
                 retry_failed=retry_failed,
                 console=err_console,
@@ -417,46 +423,41 @@ def calibrate(
     print_reports(reports, console)
     if any(rep.n_failed for rep in reports):
         raise typer.Exit(2)
+
+
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")]
+RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="run failed units again")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")]
+
+
+@app.command()
+def calibrate(
+    repo: RepoArg,
+    db: DbOpt = None,
+    set_: SetOpt = None,
+    workers: WorkersOpt = 0,
+    retry_failed: RetryOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build master calibrations and calibrate every registered light frame (skips what is done)."""
+    _run_named_stages(
+        repo, CALIBRATION_STAGES, db=db, set_=set_, workers=workers, retry_failed=retry_failed, quiet=quiet
+    )
 
 
 @app.command()
 def astrometry(
     repo: RepoArg,
-    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    db: DbOpt = None,
     set_: SetOpt = None,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")] = 0,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
+    workers: WorkersOpt = 0,
+    retry_failed: RetryOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Extract sources, flag poor frames and solve the astrometry of calibrated images; skips what is done."""
-    from darkroom.pipeline.astrometry import astrometry_stages
-    from darkroom.pipeline.calibration import calibration_stages
-    from darkroom.pipeline.drive import drive_stages, print_reports
-    from darkroom.pipeline.executors import make_executor
-    from darkroom.repo.repository import Repository
-
-    _setup_logging(quiet)
-    try:
-        r = Repository(repo, db_url=db, overrides=set_ or ())
-        calibrated = calibration_stages(r.root, r.config.calib)[-1].provenance_id
-        executor = make_executor(workers=workers)
-        try:
-            reports = drive_stages(
-                r.registry,
-                astrometry_stages(r.root, r.config.astrometry, upstream=(calibrated,)),
-                executor=executor,
-                retry_failed=retry_failed,
-                console=err_console,
-                quiet=quiet,
-            )
-        finally:
-            executor.close()
-        r.close()
-    except DarkroomError as exc:
-        _fail(exc)
-    print_reports(reports, console)
-    if any(rep.n_failed for rep in reports):
-        raise typer.Exit(2)
+    _run_named_stages(
+        repo, ASTROMETRY_STAGES, db=db, set_=set_, workers=workers, retry_failed=retry_failed, quiet=quiet
+    )
 
 
 @app.command()

@@ -45,7 +45,6 @@ earlier provenances stay on disk beside the new ones under their own folders.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import re
@@ -95,6 +94,7 @@ from darkroom.detect import (
     summarize_nights,
 )
 from darkroom.errors import BadInputError, SolveError
+from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Exposure, Image
 from darkroom.repo.store import atomic_path
@@ -183,32 +183,6 @@ class AstrometrySettings(BaseModel):
         default_factory=QualityLimits, description="the quality stage: limits that flag poor frames"
     )
     solve: SolveSettings = Field(default_factory=SolveSettings, description="the astrometry stage")
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars to Python, NaN and infinities to None)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".gz", ".fz", ".fits", ".fit", ".fts"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _safe_name(text: str) -> str:
@@ -349,16 +323,16 @@ class ExtractStage(Stage):
                 "image": p["path"],
                 "image_id": p["image_id"],
                 "provenance_id": self.provenance_id,
-                "quality": _jsonable(figures),
+                "quality": jsonable(figures),
                 "pixel_scale_arcsec": scale,
             }
         )
-        out = self.product_path("catalogs", self.provenance_id, f"{_stem(p['path'])}.parquet")
+        out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.parquet")
         with atomic_path(out) as tmp:
             catalog.write(tmp, format="parquet")
         return {
             "catalog_path": self.relative(out),
-            "figures": _jsonable(figures),
+            "figures": jsonable(figures),
             "pixel_scale_arcsec": scale,
         }
 
@@ -467,7 +441,7 @@ class QualityStage(Stage):
         out.meta["night"] = night
         out.meta["provenance_id"] = self.provenance_id
         out.meta["limits"] = limits.model_dump(mode="json")
-        out.meta["summary"] = _jsonable({c: summary[c][0] for c in summary.colnames}) if len(summary) else {}
+        out.meta["summary"] = jsonable({c: summary[c][0] for c in summary.colnames}) if len(summary) else {}
         with atomic_path(table_path) as tmp:
             out.write(tmp, format="ascii.ecsv")
         if len(timed):
@@ -596,7 +570,7 @@ class AstrometryStage(Stage):
                     )
                 units.append(
                     Unit(
-                        key=f"field:{night}:{_short_hash(field_key)}",
+                        key=f"field:{night}:{short_hash(field_key)}",
                         payload={"field": field, "night": night, "field_key": field_key, "frames": frames},
                     )
                 )
@@ -809,7 +783,7 @@ class AstrometryStage(Stage):
             header = result.to_header()
             header["ASTQUAL"] = quality
             wcs_cards = _wcs_cards(header)
-            out = self.product_path("catalogs", self.provenance_id, f"{_stem(f['path'])}.wcs")
+            out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(f['path'])}.wcs")
             with atomic_path(out) as tmp:
                 fits.PrimaryHDU(header=header).writeto(tmp)
             wcs_path = self.relative(out)
@@ -839,7 +813,7 @@ class AstrometryStage(Stage):
             "centre_dec_deg": None if centre is None else centre[1],
             "pixel_scale_arcsec": scale,
         }
-        return {"image_id": f["image_id"], "flag": quality, "astrom": _jsonable(astrom)}
+        return {"image_id": f["image_id"], "flag": quality, "astrom": jsonable(astrom)}
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         for item in result["frames"]:

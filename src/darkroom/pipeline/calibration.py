@@ -12,7 +12,6 @@ used by calibration whenever the header has no GAIN / RDNOISE.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from functools import lru_cache
@@ -55,6 +54,7 @@ from darkroom.calib.process import CalibrationConfig, calibrate_frame, prepare_r
 from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
 from darkroom.io.rawfits import read_raw
+from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Calib, CalibInput, Exposure, Image
 from darkroom.repo.store import atomic_path, sha256_file
@@ -99,10 +99,6 @@ def _write_fits(hdul: fits.HDUList, path: Path) -> None:
 
 def _meta(row: Exposure) -> FrameMetadata:
     return FrameMetadata.model_validate(row.meta)
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 @lru_cache(maxsize=16)
@@ -209,7 +205,7 @@ class MasterStage(Stage):
                     if getattr(cfg.calibration.require, kind):
                         payload["error"] = f"{self.name} {gkey}: {err.reason}"
                     payload[kind] = None
-            units.append(Unit(key=f"{self.kind}:{group.night}:{_short_hash(gkey)}", payload=payload))
+            units.append(Unit(key=f"{self.kind}:{group.night}:{short_hash(gkey)}", payload=payload))
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
@@ -233,7 +229,7 @@ class MasterStage(Stage):
             master = make_master_flat(
                 frames, bias=bias, dark=dark, exptime_s=exptimes, filter=metas[0].filter, config=cfg.masters
             )
-        name = f"{self.kind}_{p['night']}_{_short_hash(p['group_key'])}.fits"
+        name = f"{self.kind}_{p['night']}_{short_hash(p['group_key'])}.fits"
         path = self.product_path("calib", self.provenance_id, name)
         master = master.with_name(name)
         header = fits.Header()
@@ -255,7 +251,7 @@ class MasterStage(Stage):
         record = dict(p["record"])
         record["includes_bias"] = master.includes_bias
         stats["record"] = record
-        return {"path": self.relative(path), "sha256": sha256_file(path), "stats": _jsonable(stats)}
+        return {"path": self.relative(path), "sha256": sha256_file(path), "stats": jsonable(stats)}
 
     def forget_products(self, session: Session) -> None:
         for row in session.scalars(
@@ -318,7 +314,7 @@ class MasterStage(Stage):
             )
             new.stats = {
                 **new.stats,
-                "comparison": _jsonable(
+                "comparison": jsonable(
                     {
                         "previous_id": previous.id,
                         "previous_night": previous.night,
@@ -379,7 +375,7 @@ class BadPixelStage(Stage):
             )  # longest dark: most hot-pixel signal
             units.append(
                 Unit(
-                    key=f"bpm:{cam[5]}:{_short_hash(gkey)}",
+                    key=f"bpm:{cam[5]}:{short_hash(gkey)}",
                     payload={
                         "group_key": f"{gkey} {cam[5]}",
                         "camera": list(cam),
@@ -416,7 +412,7 @@ class BadPixelStage(Stage):
             cols.update(m.bad_columns)
             rows.update(m.bad_rows)
         night = p["camera"][5]
-        name = f"bpm_{night}_{_short_hash(p['group_key'])}.fits"
+        name = f"bpm_{night}_{short_hash(p['group_key'])}.fits"
         path = self.product_path("calib", self.provenance_id, name)
         h = fits.Header()
         h["MASTTYPE"] = ("bpm", "bad-pixel mask: BadPixelReason bits")
@@ -529,16 +525,14 @@ class CalibrateStage(Stage):
             header=raw.header,
             config=cfg.calibration,
         )
-        stem = Path(p["path"]).name
-        for suffix in (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts", ".FIT", ".FITS", ".FTS"):
-            stem = stem.removesuffix(suffix)
+        stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
         _write_fits(result.to_hdus(), path)
         finite = np.isfinite(result.sci)
         return {
             "path": self.relative(path),
             "sha256": sha256_file(path),
-            "calib": _jsonable(
+            "calib": jsonable(
                 {
                     "gain_e_per_adu": result.gain_e_per_adu,
                     "read_noise_e": result.read_noise_e,
@@ -603,19 +597,6 @@ def _dt(value):
     from datetime import datetime
 
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars to Python, NaN to None)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def calibration_stages(root: Path, settings: CalibSettings) -> list[Stage]:

@@ -1,0 +1,40 @@
+"""Small helpers shared by the stage modules: product names and JSON-safe values."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["jsonable", "raw_stem", "short_hash"]
+
+
+def short_hash(text: str) -> str:
+    """10 hex digits identifying a group or field key in product file names."""
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types for the registry's JSON columns (numpy to Python, NaN and infinities to None)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def raw_stem(path: str | Path) -> str:
+    """A raw file's name without its FITS and compression suffixes (``a.fits.gz`` -> ``a``)."""
+    name = Path(path).name
+    for suffix in (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts", ".FITS", ".FIT", ".FTS"):
+        name = name.removesuffix(suffix)
+    return name
