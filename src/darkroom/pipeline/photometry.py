@@ -28,24 +28,40 @@ Three stages, in order, after ``astrometry``:
     inverse ``to_reference``), shifted by the median offset of the detections that
     match; a source with a detection within ``recentre_radius_fwhm`` is measured at the
     detection, any other is *forced* (``PhotFlag.FORCED``, ``Measurement.forced``).
+    With ``method: psf`` (crowded fields) a PSF fit at the same positions, held fixed
+    (:func:`~darkroom.phot.psf_photometry`; the frame's Moffat fit from the extract stage,
+    pixel-integrated, of unit total flux; the background a mesh with the sources masked),
+    then gives ``flux``, ``flux_err``, ``flags`` and the magnitudes: total fluxes, no
+    aperture correction; the aperture columns stay in the Parquet file.
     With a reference catalog the zero point and colour term are fitted
-    (:func:`~darkroom.phot.calibrate_photometry`, magnitudes aperture-corrected to the
-    largest aperture first); without one the magnitudes stay instrumental
+    (:func:`~darkroom.phot.calibrate_photometry`, aperture magnitudes aperture-corrected
+    to the largest aperture first); without one the magnitudes stay instrumental
     (``-2.5 log10(flux / exptime_s)``). Products: ``catalogs/<provenance>/<image>.phot.parquet``
     (every aperture and column), ``Measurement`` rows (replaced per image, so a re-run
-    never duplicates) and ``Image.photcal``: ``provenance_id``, ``mag_system``
+    never duplicates) and ``Image.photcal``: ``provenance_id``, ``method``, ``mag_system``
     ('calibrated' or 'instrumental'), ``zp``, ``zp_err``, ``colour_term``,
     ``colour_term_err``, ``colour_fitted``, ``n_matched``, ``n_used``, ``rms_mag``,
-    ``mag_limit`` (5-sigma, ``limit_n_sigma``), ``apcorr_mag``, ``reason``,
+    ``mag_limit`` (5-sigma, ``limit_n_sigma``), ``apcorr_mag`` (added to the
+    instrumental magnitudes: 0 with PSF fluxes), ``apcorr_err``, ``n_apcorr``, ``reason``,
     ``aperture_radii_pix``, ``ref_aperture``, ``fwhm_pix``, ``n_measured``,
-    ``n_forced``, ``path``.
+    ``n_forced``, ``n_offset_stars``, ``path``; with PSF fluxes also ``psf_model``
+    ('moffat', or psf.model without a Moffat fit), ``psf_beta``, ``psf_fwhm_pix``,
+    ``psf_fit_shape_pix``, ``n_psf_blended`` (fitted in groups), ``aperture_apcorr_mag``
+    (the aperture columns' correction), ``psf_minus_aperture_mag`` and
+    ``n_psf_aperture`` (PSF minus largest-aperture magnitude of isolated bright stars, a
+    check of the PSF normalisation; None with fewer than 3) and ``psf_noise_area_pix``
+    (the fit's noise-equivalent area behind ``mag_limit``).
 ``lightcurves`` (one unit per field)
     Per frame, the transparency relative to a clear frame
     (:func:`~darkroom.pipeline.lightcurves.frame_transparency`) into
-    ``Image.photcal["transparency"]`` (``value``, ``low``); per source, the mean
-    measured magnitude per filter into ``Source.mean_mag``; and for each target of
-    ``darkroom.yaml`` in the field its light curve, ``lightcurves/<provenance>/<name>.ecsv``
-    and one PNG per filter and season ``<name>_<filter>_s<season>.png``.
+    ``Image.photcal["transparency"]`` (``value``, ``low``); a frame of low transparency
+    becomes ``Image.quality_flag`` 'poor' with "low transparency (0.42 of clear)" added to
+    ``Image.quality["poor_reason"]`` (after any earlier reason), and what it replaced is
+    kept in ``transparency["marked_poor"]`` (``previous_flag``, ``previous_reason``) for
+    ``forget_products`` to restore; per source, the mean measured magnitude per filter into
+    ``Source.mean_mag``; and for each target of ``darkroom.yaml`` in the field its light
+    curve, ``lightcurves/<provenance>/<name>.ecsv`` and one PNG per filter and season
+    ``<name>_<filter>_s<season>.png``.
 
 Pixel convention: 0-based pixel centres (sep); shapes ``(ny, nx)``; fluxes in the SCI
 unit (adu); times MJD UTC at mid-exposure.
@@ -66,7 +82,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
+from photutils.psf import ImagePSF
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.ndimage import uniform_filter
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -78,11 +96,13 @@ from darkroom.catalogs import (
     load_reference_catalog,
     read_table,
 )
+from darkroom.detect import estimate_background
 from darkroom.errors import BadInputError, SolveError
 from darkroom.maskbits import MaskBit
 from darkroom.phot import (
     ApertureConfig,
     PhotFlag,
+    PsfConfig,
     ZeroPointConfig,
     aperture_photometry,
     calibrate_photometry,
@@ -90,6 +110,7 @@ from darkroom.phot import (
     match_catalogs,
     match_xy,
     pixel_to_sky,
+    psf_photometry,
     sky_to_pixel,
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS
@@ -125,6 +146,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
+#: measurements unfit to measure an aperture correction (or compare PSF and aperture fluxes)
+_APCORR_BAD_FLAGS = DEFAULT_BAD_FLAGS | int(PhotFlag.BLENDED) | int(PhotFlag.CR) | int(PhotFlag.FORCED)
 
 
 class AssociateSettings(BaseModel):
@@ -212,6 +235,32 @@ class MeasureSettings(BaseModel):
         30.0, gt=0, description="stars brighter than this S/N measure the aperture correction"
     )
     limit_n_sigma: float = Field(5.0, gt=0, le=100, description="S/N of the limiting magnitude")
+    method: Literal["aperture", "psf"] = Field(
+        "aperture",
+        description="what gives Measurement.flux and the magnitudes: the reference aperture (aperture-"
+        "corrected magnitudes), or a PSF fit at the same fixed positions (total flux, for crowded "
+        "fields); the aperture columns stay in the per-image Parquet either way",
+    )
+    psf_moffat: bool = Field(
+        True,
+        description="method 'psf': model each frame's PSF as its Moffat fit (FWHM and beta of the extract "
+        "stage, catalog meta psf_fwhm_pix, psf_beta), circular, pixel-integrated, of unit total flux; "
+        "False, or a frame without a fit: the model of psf.model",
+    )
+    psf_background_mask_fwhm: float = Field(
+        2.0,
+        ge=0,
+        le=20,
+        description="method 'psf': the background map under the fits (sep mesh, 64 pixels) leaves out discs "
+        "of this radius around every measured position (crowded fields: star light raises an unmasked "
+        "map) [FWHM]; 0: psf_photometry's own unmasked map",
+    )
+    psf: PsfConfig = Field(
+        default_factory=PsfConfig,
+        description="method 'psf': fitting box, grouping, excluded mask bits and the model used without a "
+        "Moffat fit (a Gaussian of the frame FWHM, or an ePSF: both miss part of a real star's wings, "
+        "2-20 %); positions are always held fixed",
+    )
 
 
 class PhotometrySettings(BaseModel):
@@ -348,6 +397,77 @@ def _blend_flags_from(phot: Table, nb_x: np.ndarray, nb_y: np.ndarray, *, config
         flags = np.asarray(phot[f"flags_ap{k}"], np.int64) & ~bit
         phot[f"flags_ap{k}"] = (flags | np.where(nn < radius + margin, bit, 0)).astype(np.int32)
     phot["flags"] = phot[f"flags_ap{int(phot.meta['ref_aperture'])}"]
+
+
+def _moffat_psf_model(
+    fwhm_pix: float, beta: float, *, half_size_pix: int, oversampling: int = 5, n_sub: int = 3
+) -> ImagePSF:
+    """A circular Moffat PSF of unit total flux, pixel-integrated, as a photutils ``ImagePSF``.
+
+    ``I(r) = (beta - 1) / (pi alpha^2) (1 + r^2 / alpha^2) ** -beta`` with
+    ``FWHM = 2 alpha sqrt(2 ** (1 / beta) - 1)`` [pixel]. ``data[j, i]`` is the fraction of
+    the flux that falls in a pixel whose centre lies ``((i - c) / oversampling,
+    (j - c) / oversampling)`` pixels from the star (``c`` the central element; photutils'
+    ePSF convention): the mean of ``I`` over ``oversampling * n_sub`` (odd) samples per
+    axis of that pixel. The stamp covers ``half_size_pix`` pixels each side; the light
+    beyond it is not renormalised into the stamp, so a fitted flux is the total flux.
+    """
+    if not (fwhm_pix > 0 and beta > 1 and half_size_pix >= 2):
+        raise BadInputError(
+            f"Moffat PSF needs fwhm_pix > 0, beta > 1, half_size_pix >= 2 (got {fwhm_pix}, {beta}, {half_size_pix})"
+        )
+    n_cell = oversampling * n_sub
+    if n_cell % 2 == 0:
+        raise BadInputError(f"oversampling * n_sub must be odd, got {oversampling} * {n_sub}")
+    alpha = fwhm_pix / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+    n_half = half_size_pix * n_cell + n_cell // 2  # the stamp plus half a pixel each side
+    u = np.arange(-n_half, n_half + 1) / n_cell
+    profile = (
+        (beta - 1.0) / (math.pi * alpha**2) * (1.0 + (u[None, :] ** 2 + u[:, None] ** 2) / alpha**2) ** -beta
+    )
+    pixel_mean = uniform_filter(profile, size=n_cell, mode="constant")  # = the pixel integral (area 1)
+    take = n_half + np.arange(-half_size_pix * oversampling, half_size_pix * oversampling + 1) * n_sub
+    return ImagePSF(pixel_mean[np.ix_(take, take)], oversampling=oversampling)
+
+
+def _disc_mask(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, *, radius_pix: float) -> np.ndarray:
+    """Boolean ``(ny, nx)`` plane, True within ``radius_pix`` of any 0-based position ``(x, y)``."""
+    ny, nx = shape
+    out = np.zeros(shape, bool)
+    r = math.ceil(radius_pix)
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = np.isfinite(x) & np.isfinite(y)
+    xk, yk = x[keep], y[keep]
+    cx, cy = np.rint(xk).astype(np.int64), np.rint(yk).astype(np.int64)
+    for ox, oy in zip(dx.ravel(), dy.ravel(), strict=True):
+        px, py = cx + ox, cy + oy
+        inside = (
+            (px >= 0) & (px < nx) & (py >= 0) & (py < ny) & ((px - xk) ** 2 + (py - yk) ** 2 <= radius_pix**2)
+        )
+        out[py[inside], px[inside]] = True
+    return out
+
+
+def _parquet_meta(path: Path) -> dict[str, Any]:
+    """The astropy ``meta`` of a Parquet table (its schema only is read; read_table drops it)."""
+    import pyarrow.parquet as pq
+    from astropy.table.meta import get_header_from_yaml
+
+    raw = (pq.read_schema(path).metadata or {}).get(b"table_meta_yaml")
+    if not raw:
+        return {}
+    return dict(get_header_from_yaml(raw.decode("utf-8").splitlines()).get("meta") or {})
+
+
+def _psf_noise_area(phot: Table, sky_rms: float) -> float | None:
+    """Noise-equivalent area of the PSF fit [pixel^2]: ``(flux_err / sky_rms)^2`` of the sky-limited
+    quarter of the measurements (smallest errors); None without a usable error."""
+    err = np.asarray(phot["flux_err"], float)
+    err = np.sort(err[np.isfinite(err) & (err > 0)])
+    if not err.size or not sky_rms > 0:
+        return None
+    faint = err[: max(1, err.size // 4)]
+    return float(np.median((faint / sky_rms) ** 2))
 
 
 # --------------------------------------------------------------------------- associate
@@ -735,7 +855,7 @@ class AssociateStage(Stage):
 
 
 class PhotometryStage(Stage):
-    """Aperture photometry of every source of the field on each image, zero point, measurements."""
+    """Aperture (or PSF) photometry of every source of the field on each image, zero point, measurements."""
 
     name = "photometry"
 
@@ -878,7 +998,20 @@ class PhotometryStage(Stage):
             phot["ra"], phot["dec"] = pixel_to_sky(wcs, x, y) if len(phot) else (np.zeros(0), np.zeros(0))
         else:
             phot["ra"] = phot["dec"] = np.full(len(phot), np.nan)
+        psf_info: dict[str, Any] = {}
+        if cfg.method == "psf" and len(phot):
+            psf_info = self._psf_fluxes(
+                phot,
+                sci,
+                mask,
+                var,
+                fwhm_pix=float(fwhm),
+                exptime_s=p.get("exptime_s"),
+                catalog_meta=_parquet_meta(self.root / p["catalog_path"]) if p.get("catalog_path") else {},
+            )
         photcal = self._calibrate(phot, p, wcs, sci.shape)
+        photcal["method"] = cfg.method
+        photcal.update(psf_info)
         out = self.product_path("catalogs", self.provenance_id, f"{_stem(p['path'])}.phot.parquet")
         phot.meta["photcal"] = _jsonable(photcal)
         phot.meta["image_id"] = p["image_id"]
@@ -908,9 +1041,122 @@ class PhotometryStage(Stage):
             "photcal": _jsonable(photcal),
         }
 
+    def _psf_fluxes(
+        self,
+        phot: Table,
+        sci: np.ndarray,
+        mask: np.ndarray | None,
+        var: np.ndarray | None,
+        *,
+        fwhm_pix: float,
+        exptime_s: float | None,
+        catalog_meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        """PSF fit at the aperture positions (held fixed) replaces the measurement columns (in place).
+
+        ``flux, flux_err`` [adu] (total PSF flux), ``snr``, ``mag_inst, mag_inst_err`` and
+        ``flags`` come from :func:`~darkroom.phot.psf_photometry`; FORCED keeps its meaning here
+        (no detection matched), BLENDED means a star fitted together with others. The aperture
+        columns (``flux_ap{k}``, ``flux_err_ap{k}``, ``flags_ap{k}``, ``bkg``) stay, the reference
+        aperture's magnitude as ``mag_inst_ap``; the fit adds ``psf_flags`` (photutils' bits),
+        ``qfit``, ``cfit``, ``group_id``, ``group_size``. Returns the photcal entries of the fit.
+        """
+        cfg: MeasureSettings = self.config
+        model = None
+        info: dict[str, Any] = {"psf_model": cfg.psf.model}
+        moffat_fwhm = float(catalog_meta.get("psf_fwhm_pix") or np.nan)
+        beta = float(catalog_meta.get("psf_beta") or np.nan)
+        if cfg.psf_moffat and np.isfinite(moffat_fwhm) and np.isfinite(beta) and moffat_fwhm > 0 and beta > 1:
+            fwhm_pix = moffat_fwhm
+            model = _moffat_psf_model(fwhm_pix, beta, half_size_pix=math.ceil(4.0 * fwhm_pix) + 1)
+            info = {"psf_model": "moffat", "psf_beta": beta}
+        elif cfg.psf_moffat:
+            log.warning("no Moffat fit in the frame's catalog: PSF model %r instead", cfg.psf.model)
+        x = np.asarray(phot["x"], float)
+        y = np.asarray(phot["y"], float)
+        background = None
+        if cfg.psf_background_mask_fwhm > 0:
+            bad = _disc_mask(sci.shape, x, y, radius_pix=cfg.psf_background_mask_fwhm * fwhm_pix)
+            if mask is not None:
+                bad |= (np.asarray(mask).astype(np.int64) & cfg.psf.exclude_bits) != 0
+            if not bad.all():
+                background = estimate_background(sci, mask=bad).level_adu
+        fit = psf_photometry(
+            sci,
+            mask,
+            var,
+            x,
+            y,
+            fwhm_pix=fwhm_pix,
+            config=cfg.psf,
+            background=background,
+            forced=True,
+            psf_model=model,
+            exptime_s=exptime_s,
+        )
+        forced_bit = int(PhotFlag.FORCED)
+        flags = np.asarray(fit["flags"], np.int64) & ~forced_bit
+        flags |= np.where(np.asarray(phot["forced"], bool), forced_bit, 0)
+        phot["mag_inst_ap"] = phot["mag_inst"]
+        for col in ("flux", "flux_err", "snr", "mag_inst", "mag_inst_err"):
+            phot[col] = np.asarray(fit[col], float)
+        phot["flags"] = flags.astype(np.int32)
+        for col in ("psf_flags", "qfit", "cfit", "group_id", "group_size"):
+            phot[col] = fit[col]
+        info["psf_fwhm_pix"] = fwhm_pix
+        info["psf_fit_shape_pix"] = int(fit.meta["fit_shape_pix"])
+        info["n_psf_blended"] = int(np.count_nonzero(np.asarray(fit["group_size"]) > 1))
+        phot.meta.update(info)
+        return info
+
+    def _bright_clean(self, phot: Table) -> np.ndarray:
+        """Stars that measure aperture corrections: detected, unblended and unflagged in the reference
+        and the largest aperture, S/N >= ``apcorr_min_snr`` in the reference aperture."""
+        cfg: MeasureSettings = self.config
+        radii = phot.meta["aperture_radii_pix"]
+        ref = int(phot.meta["ref_aperture"])
+        big = int(np.argmax(radii))
+        f_ref = np.asarray(phot[f"flux_ap{ref}"], float)
+        f_big = np.asarray(phot[f"flux_ap{big}"], float)
+        flags = np.asarray(phot[f"flags_ap{big}"], np.int64) | np.asarray(phot[f"flags_ap{ref}"], np.int64)
+        with np.errstate(all="ignore"):
+            snr = f_ref / np.asarray(phot[f"flux_err_ap{ref}"], float)
+            return (
+                ((flags & _APCORR_BAD_FLAGS) == 0) & (snr >= cfg.apcorr_min_snr) & (f_ref > 0) & (f_big > 0)
+            )
+
+    def _psf_minus_aperture(self, phot: Table) -> tuple[float | None, int]:
+        """Median PSF minus largest-aperture magnitude of bright isolated stars [mag]: a check of the
+        PSF model's normalisation (~0 when both measure the total flux).
+
+        Isolated: the PSF fluxes of all other measured sources (detected or forced) within the
+        largest radius plus one FWHM add up to less than 1 % of the star's; a PSF group of one;
+        clean flags in both apertures and the fit.
+        """
+        if not len(phot):
+            return None, 0
+        from scipy.spatial import cKDTree
+
+        radii = phot.meta["aperture_radii_pix"]
+        big = int(np.argmax(radii))
+        reach = float(radii[big]) + float(phot.meta.get("fwhm_pix") or 1.0)
+        xy = np.column_stack([np.asarray(phot["x"], float), np.asarray(phot["y"], float)])
+        flux = np.nan_to_num(np.asarray(phot["flux"], float), nan=0.0).clip(0.0)
+        near = cKDTree(xy).query_ball_point(xy, r=reach)
+        light = np.array([flux[v].sum() for v in near]) - flux
+        use = self._bright_clean(phot) & ((np.asarray(phot["flags"], np.int64) & _APCORR_BAD_FLAGS) == 0)
+        use &= (np.asarray(phot["group_size"]) == 1) & (light < 0.01 * flux)
+        with np.errstate(all="ignore"):
+            d = -2.5 * np.log10(
+                np.asarray(phot["flux"], float)[use] / np.asarray(phot[f"flux_ap{big}"], float)[use]
+            )
+        d = d[np.isfinite(d)]
+        if d.size < 3:
+            return None, int(d.size)
+        return float(np.median(d)), int(d.size)
+
     def _aperture_correction(self, phot: Table) -> tuple[float, float | None, int]:
         """Median magnitude difference from the reference to the largest aperture, bright clean stars."""
-        cfg: MeasureSettings = self.config
         radii = phot.meta["aperture_radii_pix"]
         ref = int(phot.meta["ref_aperture"])
         big = int(np.argmax(radii))
@@ -918,11 +1164,8 @@ class PhotometryStage(Stage):
             return 0.0, None, 0
         f_ref = np.asarray(phot[f"flux_ap{ref}"], float)
         f_big = np.asarray(phot[f"flux_ap{big}"], float)
-        bad = DEFAULT_BAD_FLAGS | int(PhotFlag.BLENDED) | int(PhotFlag.CR) | int(PhotFlag.FORCED)
-        flags = np.asarray(phot[f"flags_ap{big}"], np.int64) | np.asarray(phot[f"flags_ap{ref}"], np.int64)
+        use = self._bright_clean(phot)
         with np.errstate(all="ignore"):
-            snr = f_ref / np.asarray(phot[f"flux_err_ap{ref}"], float)
-            use = ((flags & bad) == 0) & (snr >= cfg.apcorr_min_snr) & (f_ref > 0) & (f_big > 0)
             d = -2.5 * np.log10(f_big[use] / f_ref[use])
         if d.size < 3:
             return 0.0, None, int(d.size)
@@ -936,11 +1179,19 @@ class PhotometryStage(Stage):
     def _calibrate(self, phot: Table, p: dict[str, Any], wcs, shape: tuple[int, int]) -> dict[str, Any]:
         """Zero point (with a catalog) or instrumental magnitudes; adds mag, mag_err to ``phot``."""
         cfg: MeasureSettings = self.config
+        psf = cfg.method == "psf"
         apcorr, apcorr_err, n_apcorr = (0.0, None, 0)
         if cfg.do_aperture_correction:
             apcorr, apcorr_err, n_apcorr = self._aperture_correction(phot)
-        phot["mag_inst_ap"] = phot["mag_inst"]
-        phot["mag_inst"] = np.asarray(phot["mag_inst"], float) + apcorr
+        extra: dict[str, Any] = {}
+        if psf:
+            # PSF fluxes are total: the aperture correction describes the aperture columns only
+            extra["aperture_apcorr_mag"] = apcorr
+            extra["psf_minus_aperture_mag"], extra["n_psf_aperture"] = self._psf_minus_aperture(phot)
+            apcorr = 0.0
+        else:
+            phot["mag_inst_ap"] = phot["mag_inst"]
+            phot["mag_inst"] = np.asarray(phot["mag_inst"], float) + apcorr
         reference = None
         reason = ""
         source = self.config.reference_catalog
@@ -976,12 +1227,19 @@ class PhotometryStage(Stage):
         ref_ap = int(phot.meta["ref_aperture"])
         if len(phot) and np.isfinite(np.asarray(phot["bkg_rms"], float)).any():
             sky_rms = float(np.nanmedian(np.asarray(phot["bkg_rms"], float)))
-            n_bkg = float(np.median(np.asarray(phot["n_bkg_pix"], float)))
+            radius_pix = float(radii[ref_ap])
+            n_bkg: float | None = float(np.median(np.asarray(phot["n_bkg_pix"], float)))
+            if psf:
+                # a PSF fit's sky noise is that of an aperture of the PSF's noise-equivalent area
+                noise_area = _psf_noise_area(phot, sky_rms)
+                extra["psf_noise_area_pix"] = noise_area
+                radius_pix = math.sqrt(noise_area / math.pi) if noise_area else radius_pix
+                n_bkg = None
             zp_for_limit = result.zp if result.zp is not None else 0.0
             mag_limit = limiting_magnitude(
                 zp=zp_for_limit + apcorr,
                 sky_rms=sky_rms,
-                radius_pix=float(radii[ref_ap]),
+                radius_pix=radius_pix,
                 n_sigma=cfg.limit_n_sigma,
                 n_bkg_pix=n_bkg,
                 exptime_s=p.get("exptime_s"),
@@ -1007,6 +1265,7 @@ class PhotometryStage(Stage):
             "aperture_radii_pix": [float(r) for r in radii],
             "ref_aperture": ref_ap,
             "fwhm_pix": phot.meta.get("fwhm_pix"),
+            **extra,
         }
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
@@ -1072,6 +1331,9 @@ class LightCurvesStage(Stage):
             phot_prov = images[0].photcal["provenance_id"]
             image_ids = [im.id for im in images]
             frames, location = frame_table(session, image_ids)
+            # 'poor' as the quality stage left it: this stage's own marks are redone below
+            before = {im.id: _flag_before_mark(im) for im in images}
+            frames["poor"] = [before[int(i)] == "poor" for i in frames["image_id"]]
             # the brightest sources of the field for the frame transparency
             pool = set(
                 bright_source_ids(
@@ -1192,8 +1454,14 @@ class LightCurvesStage(Stage):
             result["image_ids"], result["transparency"], result["low"], strict=True
         ):
             image = session.get(Image, image_id)
+            # an earlier mark (a previous run of this field) is undone first, so that the
+            # state kept for forget_products is always the one before any transparency mark
+            _unmark_poor(image)
+            entry: dict[str, Any] = {"provenance_id": self.provenance_id, "value": value, "low": low}
+            if low:
+                entry["marked_poor"] = _mark_poor(image, value)
             photcal = dict(image.photcal or {})
-            photcal["transparency"] = {"provenance_id": self.provenance_id, "value": value, "low": low}
+            photcal["transparency"] = entry
             image.photcal = photcal
         n_low = sum(result["low"])
         if n_low:
@@ -1230,12 +1498,77 @@ class LightCurvesStage(Stage):
             src.mean_mag = means[src.id]
 
     def forget_products(self, session: Session) -> None:
-        """Drop the transparency marks of this provenance (light-curve files stay)."""
+        """Drop the transparency marks of this provenance and restore the quality flags and reasons
+        they changed (light-curve files stay)."""
         for image in session.scalars(select(Image)):
             photcal = dict(image.photcal or {})
             if (photcal.get("transparency") or {}).get("provenance_id") == self.provenance_id:
+                _unmark_poor(image)
+                photcal = dict(image.photcal or {})
                 photcal.pop("transparency", None)
                 image.photcal = photcal
+
+
+def _transparency_reason(value: float | None) -> str:
+    return "low transparency" if value is None else f"low transparency ({value:.2f} of clear)"
+
+
+def _mark_poor(image: Image, value: float | None) -> dict[str, Any]:
+    """Make a low-transparency frame 'poor', its reason appended to any earlier one (in place).
+
+    Returns what :func:`_unmark_poor` needs to restore the frame exactly: the previous
+    ``quality_flag``, the previous ``quality["poor_reason"]`` (``previous_reason`` absent
+    when the key was absent) and the reason written.
+    """
+    quality = dict(image.quality or {})
+    undo: dict[str, Any] = {"previous_flag": image.quality_flag}
+    if "poor_reason" in quality:
+        undo["previous_reason"] = quality["poor_reason"]
+    before = quality.get("poor_reason")
+    reason = _transparency_reason(value)
+    quality["poor_reason"] = f"{before}; {reason}" if before else reason
+    undo["poor_reason"] = quality["poor_reason"]
+    image.quality = quality
+    image.quality_flag = "poor"
+    return undo
+
+
+def _still_marked(image: Image, undo: dict[str, Any] | None) -> bool:
+    """The frame still carries the flag and reason that :func:`_mark_poor` wrote."""
+    return bool(undo) and (
+        image.quality_flag == "poor" and (image.quality or {}).get("poor_reason") == undo.get("poor_reason")
+    )
+
+
+def _flag_before_mark(image: Image) -> str | None:
+    """The frame's quality flag without its low-transparency mark (the current flag if unmarked)."""
+    undo = ((image.photcal or {}).get("transparency") or {}).get("marked_poor")
+    return undo.get("previous_flag") if _still_marked(image, undo) else image.quality_flag
+
+
+def _unmark_poor(image: Image) -> None:
+    """Undo :func:`_mark_poor` as recorded in ``photcal["transparency"]["marked_poor"]`` (in place).
+
+    Only when the frame still carries that mark: a flag or reason rewritten since (a
+    re-run of the quality stage) is left alone. The record itself is dropped.
+    """
+    photcal = dict(image.photcal or {})
+    entry = dict(photcal.get("transparency") or {})
+    undo = entry.pop("marked_poor", None)
+    if not undo:
+        return
+    if _still_marked(image, undo):
+        quality = dict(image.quality or {})
+        if "previous_reason" in undo:
+            quality["poor_reason"] = undo["previous_reason"]
+        else:
+            quality.pop("poor_reason", None)
+        image.quality = quality
+        image.quality_flag = undo.get("previous_flag")
+    else:
+        log.debug("image %s: quality flag changed since the transparency mark; left as it is", image.id)
+    photcal["transparency"] = entry
+    image.photcal = photcal
 
 
 def photometry_stages(
