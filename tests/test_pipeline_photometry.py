@@ -683,6 +683,7 @@ def test_lightcurves_stage_marks_cloudy_frames_poor_and_forget_restores_them(tmp
     with repo.registry.session() as s:
         trans = {im.id: im.photcal["transparency"] for im in s.scalars(sa.select(Image))}
     assert [k for k, i in enumerate(ids) if trans[i]["low"]] == [3, 6]
+    assert abs(trans[ids[3]]["of_clear"] - 0.5) < 0.01 and abs(trans[ids[6]]["of_clear"] - 0.6) < 0.01
     # a clear frame became poor with the reason; a poor frame keeps its reason, extended
     assert after[ids[3]] == ("poor", {"fwhm_pix": 3.0, "poor_reason": "low transparency (0.50 of clear)"})
     assert after[ids[6]][0] == "poor"

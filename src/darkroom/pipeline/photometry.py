@@ -54,7 +54,8 @@ Three stages, in order, after ``astrometry``:
 ``lightcurves`` (one unit per field)
     Per frame, the transparency relative to a clear frame
     (:func:`~darkroom.pipeline.lightcurves.frame_transparency`) into
-    ``Image.photcal["transparency"]`` (``value``, ``low``); a frame of low transparency
+    ``Image.photcal["transparency"]`` (``value``: over the median frame, ``of_clear``: over
+    the clear-sky level the flag compares with, ``low``); a frame of low transparency
     becomes ``Image.quality_flag`` 'poor' with "low transparency (0.42 of clear)" added to
     ``Image.quality["poor_reason"]`` (after any earlier reason), and what it replaced is
     kept in ``transparency["marked_poor"]`` (``previous_flag``, ``previous_reason``) for
@@ -132,7 +133,7 @@ from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.bulk import replace_measurements_for_images
 from darkroom.repo.models import Exposure, Image, Measurement, Source
 from darkroom.repo.store import atomic_path
-from darkroom.timeseries import AssociationConfig, associate, plot_lightcurve
+from darkroom.timeseries import AssociationConfig, associate, plot_lightcurve, reference_level
 
 __all__ = [
     "AssociateSettings",
@@ -1387,6 +1388,18 @@ class LightCurvesStage(Stage):
             config=cfg.frame_transparency,
             bad_flags=cfg.lightcurve.comparison.bad_flags,
         )
+        # the same per filter over the clear-sky level that the flags compare with
+        of_clear = np.full(len(value), np.nan)
+        bands = np.asarray(frames["filter"]).astype(str)
+        for band in np.unique(bands):
+            sel = bands == band
+            level = reference_level(
+                value[sel],
+                percentile=cfg.frame_transparency.reference_percentile,
+                window_epochs=cfg.frame_transparency.window_epochs,
+            )
+            with np.errstate(all="ignore"):
+                of_clear[sel] = value[sel] / level
         products = []
         for item in p["targets"]:
             t = TargetConfig.model_validate(item["target"])
@@ -1444,22 +1457,28 @@ class LightCurvesStage(Stage):
         return {
             "image_ids": [int(i) for i in frames["image_id"]],
             "transparency": [None if not np.isfinite(v) else float(v) for v in value],
+            "of_clear": [None if not np.isfinite(v) else float(v) for v in of_clear],
             "low": [bool(b) for b in low],
             "products": products,
         }
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         p = unit.payload
-        for image_id, value, low in zip(
-            result["image_ids"], result["transparency"], result["low"], strict=True
+        for image_id, value, of_clear, low in zip(
+            result["image_ids"], result["transparency"], result["of_clear"], result["low"], strict=True
         ):
             image = session.get(Image, image_id)
             # an earlier mark (a previous run of this field) is undone first, so that the
             # state kept for forget_products is always the one before any transparency mark
             _unmark_poor(image)
-            entry: dict[str, Any] = {"provenance_id": self.provenance_id, "value": value, "low": low}
+            entry: dict[str, Any] = {
+                "provenance_id": self.provenance_id,
+                "value": value,
+                "of_clear": of_clear,
+                "low": low,
+            }
             if low:
-                entry["marked_poor"] = _mark_poor(image, value)
+                entry["marked_poor"] = _mark_poor(image, of_clear)
             photcal = dict(image.photcal or {})
             photcal["transparency"] = entry
             image.photcal = photcal
@@ -1509,11 +1528,11 @@ class LightCurvesStage(Stage):
                 image.photcal = photcal
 
 
-def _transparency_reason(value: float | None) -> str:
-    return "low transparency" if value is None else f"low transparency ({value:.2f} of clear)"
+def _transparency_reason(of_clear: float | None) -> str:
+    return "low transparency" if of_clear is None else f"low transparency ({of_clear:.2f} of clear)"
 
 
-def _mark_poor(image: Image, value: float | None) -> dict[str, Any]:
+def _mark_poor(image: Image, of_clear: float | None) -> dict[str, Any]:
     """Make a low-transparency frame 'poor', its reason appended to any earlier one (in place).
 
     Returns what :func:`_unmark_poor` needs to restore the frame exactly: the previous
@@ -1525,7 +1544,7 @@ def _mark_poor(image: Image, value: float | None) -> dict[str, Any]:
     if "poor_reason" in quality:
         undo["previous_reason"] = quality["poor_reason"]
     before = quality.get("poor_reason")
-    reason = _transparency_reason(value)
+    reason = _transparency_reason(of_clear)
     quality["poor_reason"] = f"{before}; {reason}" if before else reason
     undo["poor_reason"] = quality["poor_reason"]
     image.quality = quality
