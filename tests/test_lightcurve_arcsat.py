@@ -169,3 +169,13 @@ def test_times_airmass_and_columns(arcsat):
     from_alt = 1.0 / np.sin(np.radians([h["OBJCTALT"] for h in headers]))
     np.testing.assert_allclose(airmass, from_alt, atol=0.006)
     assert np.all(np.asarray(lc["fwhm"]) > 2.0)
+
+
+def test_status_lists_the_cloudy_frames_as_poor(arcsat):
+    repo = arcsat[0]
+    res = CliRunner().invoke(app, ["status", str(repo.root)])
+    assert res.exit_code == 0, res.output
+    poor = [line for line in res.output.splitlines() if line.startswith("  XO1-b_z_")]
+    assert len(poor) >= 20 and sum("low transparency" in line for line in poor) >= 20
+    # the transparency collapse at ~04:56 UT (MANIFEST) is among them
+    assert any("XO1-b_z_20250602_0457" in line or "XO1-b_z_20250602_0458" in line for line in poor)

@@ -174,6 +174,17 @@ def status(
         console.print(
             "usable frames by type: " + ", ".join(f"{k}={v}" for k, v in sorted(st["types"].items()))
         )
+    if st["images_quality"]:
+        console.print(
+            "images by quality: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(st["images_quality"].items()))
+            + "; by astrometry: "
+            + ", ".join(f"{k}={v}" for k, v in sorted(st["images_astrometry"].items()))
+        )
+    if st["poor"]:
+        console.print(f"poor frames ({len(st['poor'])}):")
+        for path, reason in st["poor"]:
+            console.print(f"  {Path(path).name}: {reason}", soft_wrap=True, markup=False, highlight=False)
     if st["tasks"]:
         tt = RichTable(title="tasks")
         for col in ("stage", "state", "count"):

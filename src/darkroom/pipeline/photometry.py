@@ -70,7 +70,6 @@ unit (adu); times MJD UTC at mid-exposure.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections import defaultdict
@@ -115,6 +114,7 @@ from darkroom.phot import (
     sky_to_pixel,
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS
+from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.lightcurves import (
     LightCurveSettings,
@@ -274,32 +274,6 @@ class PhotometrySettings(BaseModel):
     lightcurves: LightCurveSettings = Field(
         default_factory=LightCurveSettings, description="the lightcurves stage and darkroom lightcurve"
     )
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars to Python, NaN and infinities to None)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _stem(path: str) -> str:
-    name = Path(path).name
-    for suffix in (".gz", ".fz", ".fits", ".fit", ".fts"):
-        name = name.removesuffix(suffix)
-    return name
 
 
 def _affine(d: dict[str, Any] | None) -> AffineTransform | None:
@@ -496,7 +470,7 @@ class AssociateStage(Stage):
 
             crit = {
                 **critical_params(config),
-                "reference": _jsonable(self.reference[0].model_dump(mode="json")),
+                "reference": jsonable(self.reference[0].model_dump(mode="json")),
                 "ref_mag_column": self.reference[1].ref_mag_column,
             }
             self.provenance_id = provenance_id(self.name, crit, upstream=self.upstream)
@@ -547,7 +521,7 @@ class AssociateStage(Stage):
                 cols = list(zip(*known, strict=True)) if known else [()] * 6
                 units.append(
                     Unit(
-                        key=f"field:{_short_hash(source_field)}:{_short_hash(','.join(str(im.id) for im, _ in todo))}",
+                        key=f"field:{short_hash(source_field)}:{short_hash(','.join(str(im.id) for im, _ in todo))}",
                         payload={
                             "field": field,
                             "source_field": source_field,
@@ -1013,8 +987,8 @@ class PhotometryStage(Stage):
         photcal = self._calibrate(phot, p, wcs, sci.shape)
         photcal["method"] = cfg.method
         photcal.update(psf_info)
-        out = self.product_path("catalogs", self.provenance_id, f"{_stem(p['path'])}.phot.parquet")
-        phot.meta["photcal"] = _jsonable(photcal)
+        out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.phot.parquet")
+        phot.meta["photcal"] = jsonable(photcal)
         phot.meta["image_id"] = p["image_id"]
         with atomic_path(out) as tmp:
             phot.write(tmp, format="parquet")
@@ -1039,7 +1013,7 @@ class PhotometryStage(Stage):
                 "forced": np.asarray(phot["forced"], bool),
                 "mjd_mid": np.full(len(phot), np.nan if p.get("mjd") is None else p["mjd"]),
             },
-            "photcal": _jsonable(photcal),
+            "photcal": jsonable(photcal),
         }
 
     def _psf_fluxes(
@@ -1363,7 +1337,7 @@ class LightCurvesStage(Stage):
             )
             units.append(
                 Unit(
-                    key=f"field:{_short_hash(field + assoc_prov)}:{_short_hash(','.join(map(str, image_ids)))}",
+                    key=f"field:{short_hash(field + assoc_prov)}:{short_hash(','.join(map(str, image_ids)))}",
                     payload={
                         "field": field,
                         "association": assoc_prov,

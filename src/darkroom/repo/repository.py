@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from darkroom.config import CONFIG_NAME, DarkroomConfig, load_config, save_config
 from darkroom.errors import ConfigError
-from darkroom.repo.models import Exposure, Task
+from darkroom.repo.models import Exposure, Image, Task
 from darkroom.repo.registry import Registry, resolve_url
 
 __all__ = ["PRODUCT_DIRS", "Repository"]
@@ -187,7 +187,8 @@ class Repository:
             return field_measurements(s, provenance_id=provenance_id, source_ids=sources, image_ids=images)
 
     def status(self) -> dict:
-        """Counts of exposures per state and type, tasks per stage and state, and the failures."""
+        """Counts of exposures per state and type, images per quality and astrometry flag (with the
+        poor frames and why), tasks per stage and state, and the failures."""
         with self.registry.session() as s:
             by_state = dict(s.execute(select(Exposure.state, func.count()).group_by(Exposure.state)).all())
             by_type = dict(
@@ -213,7 +214,25 @@ class Repository:
                 .where(Task.state == "failed")
                 .order_by(Task.stage, Task.key)
             ).all()
+            quality = dict(
+                s.execute(select(Image.quality_flag, func.count()).group_by(Image.quality_flag)).all()
+            )
+            astrometry = dict(
+                s.execute(select(Image.astrom_flag, func.count()).group_by(Image.astrom_flag)).all()
+            )
+            poor = [
+                (path, (q or {}).get("poor_reason") or "")
+                for path, q in s.execute(
+                    select(Exposure.path, Image.quality)
+                    .join(Exposure, Image.exposure_id == Exposure.id)
+                    .where(Image.quality_flag == "poor")
+                    .order_by(Image.mjd_mid)
+                ).all()
+            ]
         return {
+            "images_quality": {k or "unmeasured": v for k, v in quality.items()},
+            "images_astrometry": {k or "unsolved": v for k, v in astrometry.items()},
+            "poor": poor,
             "exposures": by_state,
             "types": by_type,
             "quarantined": quarantined,
