@@ -134,14 +134,19 @@ def test_arcsat_figures_and_catalogs_for_every_image(arcsat):
 @pytest.mark.slow
 def test_arcsat_quality_flags_and_report(arcsat):
     repo, _, images = arcsat
+    n_poor = 0
     for image, _ in images:
         q = image.quality
         # the default limits: at least 10 sources, ellipticity at most 0.3
         expect_poor = q["n_sources"] < 10 or (q["ellipticity"] is not None and q["ellipticity"] > 0.3)
-        assert image.quality_flag == ("poor" if expect_poor else "good")
-        assert bool(q["poor_reason"]) == expect_poor
+        n_poor += expect_poor
+        # the lightcurves stage (when another module ran it on the shared repository) adds clouds
+        reasons = [r for r in (q["poor_reason"] or "").split("; ") if r and not r.startswith("low transparency")]
+        clouds = "low transparency" in (q["poor_reason"] or "")
+        assert image.quality_flag == ("poor" if expect_poor or clouds else "good")
+        assert bool(reasons) == expect_poor
         if expect_poor:
-            assert "n_sources" in q["poor_reason"] or "ellipticity" in q["poor_reason"]
+            assert "n_sources" in reasons[0] or "ellipticity" in reasons[0]
     table_path = repo.root / "reports" / "quality_2025-06-01.ecsv"
     plot_path = repo.root / "reports" / "quality_2025-06-01.png"
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -158,7 +163,7 @@ def test_arcsat_quality_flags_and_report(arcsat):
         "poor_reason",
     } <= set(table.colnames)
     assert table.meta["summary"]["n_frames"] == 81
-    assert table.meta["summary"]["n_poor"] == sum(im.quality_flag == "poor" for im, _ in images)
+    assert table.meta["summary"]["n_poor"] == n_poor
     assert table.meta["summary"]["fwhm_pix_median"] == pytest.approx(
         np.median([im.quality["fwhm_pix"] for im, _ in images])
     )
