@@ -60,3 +60,10 @@ def test_inspect_prints_profile_and_metadata(arcsat_dir):
     out = res.output
     assert "light" in out and "60" in out and "2025-06-02" in out
     assert "profile" in out.lower()
+
+
+def test_inspect_shows_bracketed_values_verbatim(data_dir):
+    # FITS sections look like rich markup; they must be printed, not swallowed.
+    res = runner.invoke(app, ["inspect", str(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits")])
+    assert res.exit_code == 0, res.output
+    assert "[4:13,1:520]" in res.output and "[17:528,1:520]" in res.output

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -100,7 +101,7 @@ def init(
 def print_ingest_summary(summary, seconds: float) -> None:
     table = RichTable(title="registered", show_lines=False)
     for col in ("night", "type", "filter", "exptime [s]", "files"):
-        table.add_column(col, justify="right" if col in ("files", "exptime [s]") else "left")
+        table.add_column(escape(col), justify="right" if col in ("files", "exptime [s]") else "left")
     for night, ftype, filt, exptime, n in summary.table_rows():
         table.add_row(night, ftype, filt, exptime, str(n))
     if summary.registered:
@@ -197,14 +198,14 @@ def status(
         q.add_column("file")
         q.add_column("reason")
         for p, reason in st["quarantined"]:
-            q.add_row(p, reason or "")
+            q.add_row(escape(p), escape(reason or ""))
         console.print(q)
     if st["failed"]:
         f = RichTable(title="failed tasks")
         for col in ("stage", "unit", "reason"):
             f.add_column(col)
         for stage, key, reason in st["failed"]:
-            f.add_row(stage, key, reason or "")
+            f.add_row(stage, escape(key), escape(reason or ""))
         console.print(f)
         raise typer.Exit(2)
 
@@ -523,7 +524,7 @@ def inspect(
         t.add_column("field", style="bold")
         t.add_column("value")
         for key, value in describe(meta):
-            t.add_row(key, value)
+            t.add_row(escape(key), escape(value))
         console.print(t)
     raise typer.Exit(status_code)
 

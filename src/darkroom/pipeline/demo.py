@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from astropy.time import Time
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 from sqlalchemy import select
 
@@ -194,9 +195,9 @@ def run_demo(
     for col in ("figure", "darkroom", "truth"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     table.add_row("transit depth", _fmt(depth, ".4f"), _fmt(depth_true, ".4f"))
-    table.add_row("zero point error [mag]", _fmt(dzp, "+.4f"), "0")
+    table.add_row(escape("zero point error [mag]"), _fmt(dzp, "+.4f"), "0")
     table.add_row("colour term", _fmt(colour, ".3f"), _fmt(truth.get("colour_term"), ".3f"))
-    table.add_row("astrometric rms vs truth WCS [pix]", _fmt(rms_pix, ".3f"), "0")
+    table.add_row(escape("astrometric rms vs truth WCS [pix]"), _fmt(rms_pix, ".3f"), "0")
     console.print(table)
 
     console.print("[bold]5. report[/]")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
@@ -64,5 +65,5 @@ def print_reports(reports: Sequence[StageReport], console: Console) -> None:
         for col in ("stage", "unit", "reason"):
             f.add_column(col)
         for row in failures:
-            f.add_row(*row)
+            f.add_row(*(escape(c) for c in row))
         console.print(f)
