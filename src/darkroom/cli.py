@@ -42,7 +42,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars;
 
 
 def _fail(exc: DarkroomError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc.reason}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(exc.reason)}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -277,7 +277,7 @@ def run(
     if failed:
         if quiet:
             for stage, key, reason in failed:
-                err_console.print(f"{stage} {key}: {reason}", soft_wrap=True)
+                err_console.print(f"{stage} {key}: {reason}", soft_wrap=True, markup=False, highlight=False)
         raise typer.Exit(2)
 
 
@@ -517,7 +517,7 @@ def inspect(
             raw = read_raw(path, with_data=False)
             meta = normalize(raw.header, filename=path.name, shape=raw.shape, profiles=loaded)
         except DarkroomError as exc:
-            err_console.print(f"[bold]{path}[/]: [red]{exc.reason}[/]")
+            err_console.print(f"[bold]{escape(str(path))}[/]: [red]{escape(exc.reason)}[/]", soft_wrap=True)
             status_code = 1
             continue
         t = RichTable(title=str(path), show_header=False)
