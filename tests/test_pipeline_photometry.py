@@ -499,34 +499,41 @@ def test_crowded_psf_fluxes_against_apertures_and_truth(crowded):
 # ----------------------------------------------------------------------------- a small registry
 
 
+def _add_provenances(s) -> None:
+    """The provenance rows a hand-built registry's images, sources and measurements refer to."""
+    for pid, stage in (("calprov", "calibrate"), ("assocprov", "associate"), ("photprov", "photometry")):
+        s.add(Provenance(id=pid, stage=stage, params={}, code_version="0", upstream=[]))
+    s.flush()
+
+
+def _add_light_image(s, k: int, mjd: float, *, prefix: str, meta: dict, **image) -> int:
+    """One V-band light exposure of field F and its calibrated image; returns the image id."""
+    exp = Exposure(
+        sha256=f"{k:064d}", path=f"/raw/{prefix}{k}.fits", size_bytes=1, frame_type="light", filter="V",
+        mjd_mid=float(mjd), meta=meta,
+    )  # fmt: skip
+    s.add(exp)
+    s.flush()
+    im = Image(
+        exposure_id=exp.id, provenance_id="calprov", path=f"images/{prefix}{k}.fits", sha256="x", filter="V",
+        mjd_mid=float(mjd), field="F", **image,
+    )  # fmt: skip
+    s.add(im)
+    s.flush()
+    return im.id
+
+
 def _small_registry(tmp_path) -> tuple[Repository, dict]:
     """Two sources on five images inserted by hand, images in shuffled time order."""
     repo = Repository.init(tmp_path / "small")
     mjds = [60000.30, 60000.10, 60000.50, 60000.20, 60000.40]
     with repo.registry.session() as s:
-        for pid, stage in (("calprov", "calibrate"), ("assocprov", "associate"), ("photprov", "photometry")):
-            s.add(Provenance(id=pid, stage=stage, params={}, code_version="0", upstream=[]))
-        s.flush()
-        ids = []
-        for k, mjd in enumerate(mjds):
-            exp = Exposure(
-                sha256=f"{k:064d}",
-                path=f"/raw/f{k}.fits",
-                size_bytes=1,
-                frame_type="light",
-                filter="V",
-                mjd_mid=mjd,
-                meta={"site_lat_deg": 32.78, "site_lon_deg": -105.82, "site_height_m": 2788.0},
-            )
-            s.add(exp)
-            s.flush()
-            im = Image(
-                exposure_id=exp.id, provenance_id="calprov", path=f"images/f{k}.fits", sha256="x",
-                filter="V", mjd_mid=mjd, field="F", quality={"fwhm_pix": 3.0}, photcal={},
-            )  # fmt: skip
-            s.add(im)
-            s.flush()
-            ids.append(im.id)
+        _add_provenances(s)
+        site = {"site_lat_deg": 32.78, "site_lon_deg": -105.82, "site_height_m": 2788.0}
+        ids = [
+            _add_light_image(s, k, mjd, prefix="f", meta=site, quality={"fwhm_pix": 3.0}, photcal={})
+            for k, mjd in enumerate(mjds)
+        ]
         srcs = [
             Source(
                 provenance_id="assocprov",
@@ -607,34 +614,28 @@ def _cloudy_registry(tmp_path) -> tuple[Repository, list[int]]:
     clouds[[3, 6]] = [0.5, 0.6]
     mjds = 60000.1 + np.arange(n_img) / 1440.0
     with repo.registry.session() as s:
-        for pid, stage in (("calprov", "calibrate"), ("assocprov", "associate"), ("photprov", "photometry")):
-            s.add(Provenance(id=pid, stage=stage, params={}, code_version="0", upstream=[]))
-        s.flush()
+        _add_provenances(s)
         ids = []
         for k, mjd in enumerate(mjds):
-            exp = Exposure(
-                sha256=f"{k:064d}",
-                path=f"/raw/c{k}.fits",
-                size_bytes=1,
-                frame_type="light",
-                filter="V",
-                mjd_mid=float(mjd),
-                meta={"site_lat_deg": 32.78, "site_lon_deg": -105.82},
-            )
-            s.add(exp)
-            s.flush()
             quality = {"fwhm_pix": 3.0, "poor_reason": "fwhm_pix 6.1 > 5.0" if k == 6 else None}
             if k == 7:
                 quality = {"fwhm_pix": 3.0}
-            im = Image(
-                exposure_id=exp.id, provenance_id="calprov", path=f"images/c{k}.fits", sha256="x", filter="V",
-                mjd_mid=float(mjd), field="F", quality=quality, astrom_flag="good",
-                quality_flag={6: "poor", 7: None}.get(k, "good"),
-                photcal={"provenance_id": "photprov", "association": {"field": "F", "provenance_id": "assocprov"}},
-            )  # fmt: skip
-            s.add(im)
-            s.flush()
-            ids.append(im.id)
+            ids.append(
+                _add_light_image(
+                    s,
+                    k,
+                    mjd,
+                    prefix="c",
+                    meta={"site_lat_deg": 32.78, "site_lon_deg": -105.82},
+                    quality=quality,
+                    astrom_flag="good",
+                    quality_flag={6: "poor", 7: None}.get(k, "good"),
+                    photcal={
+                        "provenance_id": "photprov",
+                        "association": {"field": "F", "provenance_id": "assocprov"},
+                    },
+                )
+            )
         srcs = [
             Source(provenance_id="assocprov", field="F", ra_deg=150.0 + 0.01 * j, dec_deg=2.0, n_epochs=n_img,
                    mean_mag={"V": 12.0 + 0.2 * j})

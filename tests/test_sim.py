@@ -183,7 +183,7 @@ def test_headers_are_maxim_like(night):
             if kind in ("flat", "light"):
                 assert h["FILTER"] == "r"
             if kind == "light":
-                assert 1.0 <= h["AIRMASS"] < 1.3
+                assert h["AIRMASS"] >= 1.0 and h["AIRMASS"] < 1.3
                 assert h["EXPTIME"] == 60.0
                 assert "CTYPE1" not in h  # no WCS by default
     # the header pointing is within the configured error of the true centre
@@ -533,7 +533,8 @@ def test_default_night_has_many_stars_a_few_saturated_and_varying_seeing():
     _, stars = light_electrons(scene, 0)
     on = stars[stars["in_frame"]]
     assert 500 <= len(on) <= 1500
-    assert 1 <= int(np.sum(on["saturated"])) <= 20
+    n_saturated = int(np.sum(on["saturated"]))
+    assert n_saturated >= 1 and n_saturated <= 20
     host = stars[stars["id"] == scene.host_id]
     assert not host["saturated"][0]
     # FWHM grows towards the corners and changes from frame to frame
