@@ -124,6 +124,12 @@ def ingest(
     repo: RepoArg,
     paths: Annotated[list[Path], typer.Argument(help="files or folders to register (walked recursively)")],
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    profiles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--profiles", help="folder of user instrument profiles (repeatable; before ingest.profile_dirs)"
+        ),
+    ] = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -143,6 +149,7 @@ def ingest(
                 paths,
                 config=r.config.ingest,
                 profile_root=r.root,
+                profile_dirs=tuple(profiles or ()),
                 progress=lambda _p: bar.advance(task),
             )
         print_ingest_summary(summary, time.perf_counter() - t0)
@@ -506,20 +513,28 @@ def inspect(
         list[Path] | None, typer.Option("--profiles", help="folder of user instrument profiles (repeatable)")
     ] = None,
 ) -> None:
-    """Print the normalised metadata of FITS files and which profile matched."""
-    from darkroom.instruments import describe, load_profiles, normalize
-    from darkroom.io.rawfits import read_raw
+    """Print the normalised metadata of FITS files and which profile matched.
 
-    loaded = load_profiles(extra_dirs=tuple(profiles or ()))
+    A file that ingest would quarantine shows the same one-line reason (exit status 1).
+    """
+    from darkroom.instruments import describe, load_profiles
+    from darkroom.pipeline.ingest import examine_file
+
+    try:
+        loaded = load_profiles(extra_dirs=tuple(profiles or ()))
+    except DarkroomError as exc:
+        _fail(exc)
     status_code = 0
     for path in files:
-        try:
-            raw = read_raw(path, with_data=False)
-            meta = normalize(raw.header, filename=path.name, shape=raw.shape, profiles=loaded)
-        except DarkroomError as exc:
-            err_console.print(f"[bold]{escape(str(path))}[/]: [red]{escape(exc.reason)}[/]", soft_wrap=True)
+        item = examine_file(path, loaded, checksum=False)
+        if item.meta is None or item.reason is not None:
+            err_console.print(
+                f"[bold]{escape(str(path))}[/]: [red]{escape(item.reason or '')}[/]", soft_wrap=True
+            )
             status_code = 1
-            continue
+            if item.meta is None:
+                continue
+        meta = item.meta
         t = RichTable(title=str(path), show_header=False)
         t.add_column("field", style="bold")
         t.add_column("value")

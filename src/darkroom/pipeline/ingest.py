@@ -94,11 +94,15 @@ def find_fits_files(
                     yield Path(dirpath) / name
 
 
-def examine_file(path: Path, profiles, *, sha256: str | None = None) -> Examined:
-    """Read and classify one file. Never raises for a bad file: the reason is returned."""
+def examine_file(path: Path, profiles, *, sha256: str | None = None, checksum: bool = True) -> Examined:
+    """Read and classify one file. Never raises for a bad file: the reason is returned.
+
+    ``darkroom inspect`` calls this too (``checksum=False``), so that both commands give
+    the same reason for the same file.
+    """
     try:
         size = path.stat().st_size
-        digest = sha256 or sha256_file(path)
+        digest = sha256 or (sha256_file(path) if checksum else "")
     except OSError as exc:
         return Examined(path, "", 0, reason=f"cannot read file: {exc.strerror or exc}")
     item = Examined(path, digest, size)
@@ -155,15 +159,17 @@ def ingest_paths(
     *,
     config: IngestConfig | None = None,
     profile_root: Path | None = None,
+    profile_dirs: Iterable[Path | str] = (),
     progress: Callable[[Path], None] | None = None,
 ) -> IngestSummary:
     """Register every new FITS file below ``paths``; return what was done.
 
-    ``profile_root`` resolves relative ``config.profile_dirs``. ``progress`` is
-    called once per file examined (for a progress bar).
+    ``profile_root`` resolves relative ``config.profile_dirs``; ``profile_dirs`` are more
+    folders of user profiles (``darkroom ingest --profiles``), tried before the configured
+    ones. ``progress`` is called once per file examined (for a progress bar).
     """
     config = config or IngestConfig()
-    dirs = [
+    dirs = [Path(d).expanduser() for d in profile_dirs] + [
         Path(d) if Path(d).is_absolute() or profile_root is None else profile_root / d
         for d in config.profile_dirs
     ]
