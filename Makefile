@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/darkroom demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import max_rss_mb, print_table
 from darkroom import _threads  # noqa: F401
+from darkroom.facade import Repository
 from darkroom.pipeline.executors import make_executor
 from darkroom.pipeline.ingest import ingest_paths
 from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
-from darkroom.repo.repository import Repository
 from darkroom.testing import shared_data_dir
 
 TUTORIAL_STACK_S = 227.0

@@ -39,12 +39,12 @@ from astropy.time import Time
 
 from _common import measure, print_table
 from darkroom.catalogs import read_table
+from darkroom.facade import Repository
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.ingest import ingest_paths
 from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Image
-from darkroom.repo.repository import Repository
 from darkroom.sim import SimConfig, simulate_night
 
 

@@ -78,10 +78,10 @@ def db_url(request, tmp_path: Path):
 @pytest.fixture(scope="session")
 def arcsat_calibrated(tmp_path_factory, arcsat_dir):
     """A SQLite repository with the ARCSAT night ingested and calibrated (built once per session)."""
+    from darkroom.facade import Repository
     from darkroom.pipeline.calibration import calibration_stages
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.runner import run_stage
-    from darkroom.repo.repository import Repository
 
     root = tmp_path_factory.mktemp("arcsat_repo")
     repo = Repository.init(root)

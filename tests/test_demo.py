@@ -6,7 +6,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from darkroom.cli import app
-from darkroom.pipeline.demo import run_demo
+from darkroom.demo import run_demo
 
 
 def test_demo_recovers_the_simulated_truth(tmp_path):

@@ -32,12 +32,12 @@ from typer.testing import CliRunner
 from darkroom.astrom import fit_affine
 from darkroom.catalogs import read_table
 from darkroom.cli import app
+from darkroom.facade import Repository
 from darkroom.pipeline.astrometry import FIGURE_KEYS, AstrometryStage, astrometry_stages, wcs_from_astrom
 from darkroom.pipeline.calibration import calibration_stages
 from darkroom.pipeline.ingest import ingest_paths
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Exposure, Image, Task
-from darkroom.repo.repository import Repository
 from darkroom.sim import PointingJump, SimConfig, simulate_night
 
 
@@ -141,7 +141,9 @@ def test_arcsat_quality_flags_and_report(arcsat):
         expect_poor = q["n_sources"] < 10 or (q["ellipticity"] is not None and q["ellipticity"] > 0.3)
         n_poor += expect_poor
         # the lightcurves stage (when another module ran it on the shared repository) adds clouds
-        reasons = [r for r in (q["poor_reason"] or "").split("; ") if r and not r.startswith("low transparency")]
+        reasons = [
+            r for r in (q["poor_reason"] or "").split("; ") if r and not r.startswith("low transparency")
+        ]
         clouds = "low transparency" in (q["poor_reason"] or "")
         assert image.quality_flag == ("poor" if expect_poor or clouds else "good")
         assert bool(reasons) == expect_poor

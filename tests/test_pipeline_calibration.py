@@ -10,12 +10,12 @@ import pytest
 import sqlalchemy as sa
 from astropy.io import fits
 
+from darkroom.facade import Repository
 from darkroom.maskbits import MaskBit
 from darkroom.pipeline.calibration import calibration_stages
 from darkroom.pipeline.ingest import ingest_paths
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Calib, Image, Task
-from darkroom.repo.repository import Repository
 from darkroom.repo.store import sha256_file
 
 pytestmark = pytest.mark.slow

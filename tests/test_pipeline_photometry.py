@@ -32,6 +32,7 @@ from typer.testing import CliRunner
 from darkroom.catalogs import read_table
 from darkroom.cli import app
 from darkroom.errors import BadInputError
+from darkroom.facade import Repository
 from darkroom.phot import PhotFlag
 from darkroom.pipeline.lightcurves import LightCurveSettings, assemble_lightcurve, frame_transparency
 from darkroom.pipeline.photometry import AssociateStage, LightCurvesStage, PhotometryStage
@@ -39,7 +40,6 @@ from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.bulk import insert_measurements
 from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
-from darkroom.repo.repository import Repository
 from darkroom.sim import PointingJump, SimConfig, SimNight, TransitConfig, VariableConfig, simulate_night
 from darkroom.timeseries import LightCurveFlag
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from darkroom.facade import Repository
 from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Calib, Exposure, Image
 from darkroom.repo.registry import Registry
-from darkroom.repo.repository import Repository
 
 pytestmark = pytest.mark.slow
 XO1 = dict(ra=240.549333, dec=28.169556)

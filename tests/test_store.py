@@ -60,7 +60,7 @@ def test_remove_orphan_temps_spares_live_writers(tmp_path):
     import subprocess
     import sys
 
-    from darkroom.repo.store import _HOST
+    from darkroom.io.atomic import _HOST
 
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -6,12 +6,7 @@ plain results. ``repo`` owns the registry and the file store; ``pipeline`` wires
 two together; ``cli`` is the command-line face.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("darkroom")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from darkroom.constants import __version__
 
 __all__ = ["Repository", "__version__"]
 
@@ -19,7 +14,7 @@ __all__ = ["Repository", "__version__"]
 def __getattr__(name: str):
     # Imported lazily so that `import darkroom` stays cheap for the algorithm layer.
     if name == "Repository":
-        from darkroom.repo.repository import Repository
+        from darkroom.facade import Repository
 
         return Repository
     raise AttributeError(name)

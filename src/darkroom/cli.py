@@ -86,7 +86,7 @@ def init(
     set_: SetOpt = None,
 ) -> None:
     """Create a repository (folders, darkroom.yaml, registry)."""
-    from darkroom.repo.repository import Repository
+    from darkroom.facade import Repository
 
     try:
         r = Repository.init(repo, db_url=db, overrides=set_ or ())
@@ -96,27 +96,6 @@ def init(
         f"repository [bold]{r.root}[/] ready; registry {r.registry.backend} at revision {r.registry.revision()}"
     )
     r.close()
-
-
-def print_ingest_summary(summary, seconds: float) -> None:
-    table = RichTable(title="registered", show_lines=False)
-    for col in ("night", "type", "filter", "exptime [s]", "files"):
-        table.add_column(escape(col), justify="right" if col in ("files", "exptime [s]") else "left")
-    for night, ftype, filt, exptime, n in summary.table_rows():
-        table.add_row(night, ftype, filt, exptime, str(n))
-    if summary.registered:
-        console.print(table)
-    mb = summary.n_bytes / 1e6
-    console.print(
-        f"{summary.n_files} FITS files seen: {len(summary.registered)} registered, "
-        f"{len(summary.quarantined)} quarantined, {summary.n_known} already known "
-        f"({mb:.1f} MB in {seconds:.1f} s)"
-    )
-    if summary.quarantined:
-        # One line per file (not a table) so long paths stay whole and logs stay greppable.
-        console.print(f"quarantined ({len(summary.quarantined)}):")
-        for item in summary.quarantined:
-            console.print(f"  {item.path}: {item.reason}", soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -134,8 +113,9 @@ def ingest(
     quiet: QuietOpt = False,
 ) -> None:
     """Register raw FITS files in place (by checksum; ingesting twice changes nothing)."""
+    from darkroom.facade import Repository
+    from darkroom.pipeline.drive import print_ingest_summary
     from darkroom.pipeline.ingest import find_fits_files, ingest_paths
-    from darkroom.repo.repository import Repository
 
     _setup_logging(quiet)
     try:
@@ -152,7 +132,7 @@ def ingest(
                 profile_dirs=tuple(profiles or ()),
                 progress=lambda _p: bar.advance(task),
             )
-        print_ingest_summary(summary, time.perf_counter() - t0)
+        print_ingest_summary(summary, time.perf_counter() - t0, console)
         r.close()
     except DarkroomError as exc:
         _fail(exc)
@@ -164,7 +144,7 @@ def status(
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
 ) -> None:
     """What is registered, what is done, what failed and why."""
-    from darkroom.repo.repository import Repository
+    from darkroom.facade import Repository
 
     try:
         r = Repository(repo, db_url=db)
@@ -241,11 +221,11 @@ def run(
     quiet: QuietOpt = False,
 ) -> None:
     """Run every stage over what is registered, skipping what is done. Exit 2 when anything failed."""
-    from darkroom.pipeline.drive import drive_stages, print_reports
+    from darkroom.facade import Repository
+    from darkroom.pipeline.drive import drive_stages, print_ingest_summary, print_reports
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages, forget_from, select_stages
-    from darkroom.repo.repository import Repository
     from darkroom.repo.store import remove_orphan_temps
 
     _setup_logging(quiet)
@@ -256,7 +236,7 @@ def run(
             t0 = time.perf_counter()
             summary = ingest_paths(r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root)
             if not quiet or summary.quarantined:
-                print_ingest_summary(summary, time.perf_counter() - t0)
+                print_ingest_summary(summary, time.perf_counter() - t0, console)
         stages = all_stages(r.root, r.config)
         if redo:
             forgotten = forget_from(r.registry, stages, redo)
@@ -330,8 +310,8 @@ def lightcurve(
     """Light curve of one object (by --ra/--dec, --name, --pixel/--frame or --source), BJD_TDB."""
     import numpy as np
 
+    from darkroom.facade import Repository
     from darkroom.pipeline.lightcurves import safe_name
-    from darkroom.repo.repository import Repository
     from darkroom.timeseries import (
         plot_lightcurve,
         point_to_point_scatter,
@@ -415,10 +395,10 @@ def _run_named_stages(
     quiet: bool,
 ) -> None:
     """Run the named stages of ``darkroom run``'s list (same provenance chain), print, exit 2 on failures."""
+    from darkroom.facade import Repository
     from darkroom.pipeline.drive import drive_stages, print_reports
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.run import all_stages
-    from darkroom.repo.repository import Repository
 
     _setup_logging(quiet)
     try:
@@ -491,8 +471,8 @@ def report(
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
 ) -> None:
     """Write a self-contained HTML report per night: frames, masters, quality, failures, light curves."""
+    from darkroom.facade import Repository
     from darkroom.pipeline.report import write_reports
-    from darkroom.repo.repository import Repository
 
     try:
         r = Repository(repo, db_url=db)
@@ -556,7 +536,7 @@ def demo(
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate a night, run the whole pipeline on it, print the recovered figures next to the truth."""
-    from darkroom.pipeline.demo import run_demo
+    from darkroom.demo import run_demo
 
     _setup_logging(quiet)
     if out is None:

@@ -19,17 +19,21 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from darkroom.astrom.settings import SolveSettings
+from darkroom.calib.settings import CalibSettings
+from darkroom.detect.quality import QualityLimits
+from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import ConfigError
-from darkroom.pipeline.astrometry import AstrometrySettings
-from darkroom.pipeline.calibration import CalibSettings
-from darkroom.pipeline.lightcurves import TargetConfig
-from darkroom.pipeline.photometry import PhotometrySettings
+from darkroom.phot.settings import MeasureSettings
 from darkroom.provenance import critical_params
+from darkroom.timeseries.settings import AssociateSettings, LightCurveSettings, TargetConfig
 
 __all__ = [
     "CONFIG_NAME",
+    "AstrometrySettings",
     "DarkroomConfig",
     "IngestConfig",
+    "PhotometrySettings",
     "RegistryConfig",
     "apply_overrides",
     "critical_params",
@@ -70,6 +74,31 @@ class IngestConfig(_Section):
     )
     batch_size: int = Field(200, ge=1, description="rows committed per registry transaction")
     follow_symlinks: bool = Field(False, description="descend into symlinked folders")
+
+
+class AstrometrySettings(BaseModel):
+    """The ``astrometry`` section of darkroom.yaml: one sub-section per stage, so that a change to
+    one (e.g. a quality limit) makes new products of that stage and those after it only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    extract: ExtractSettings = Field(default_factory=ExtractSettings, description="the extract stage")
+    limits: QualityLimits = Field(
+        default_factory=QualityLimits, description="the quality stage: limits that flag poor frames"
+    )
+    solve: SolveSettings = Field(default_factory=SolveSettings, description="the astrometry stage")
+
+
+class PhotometrySettings(BaseModel):
+    """The ``photometry`` section of darkroom.yaml: one sub-section per stage."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    associate: AssociateSettings = Field(default_factory=AssociateSettings, description="the associate stage")
+    measure: MeasureSettings = Field(default_factory=MeasureSettings, description="the photometry stage")
+    lightcurves: LightCurveSettings = Field(
+        default_factory=LightCurveSettings, description="the lightcurves stage and darkroom lightcurve"
+    )
 
 
 class DarkroomConfig(_Section):
@@ -148,7 +177,7 @@ def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] 
 
 def save_config(config: DarkroomConfig, path: Path | str) -> None:
     """Write every parameter, defaults filled in, atomically."""
-    from darkroom.repo.store import atomic_write_text
+    from darkroom.io.atomic import atomic_write_text
 
     text = "# darkroom repository configuration: every parameter, defaults filled in.\n"
     text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)

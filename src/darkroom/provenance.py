@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from darkroom import __version__
+from darkroom.constants import __version__
 
 __all__ = ["code_version", "critical_params", "provenance_id"]
 

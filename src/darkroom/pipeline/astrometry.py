@@ -59,7 +59,6 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -67,7 +66,6 @@ from darkroom.astrom import (
     AffineTransform,
     FrameSources,
     PointingHint,
-    SeriesConfig,
     SolveResult,
     fit_affine,
     pixel_scale_arcsec,
@@ -75,24 +73,23 @@ from darkroom.astrom import (
     solve_frame_series,
     source_positions,
 )
+from darkroom.astrom.settings import SolveSettings
 from darkroom.catalogs import (
     FileCatalogSource,
-    ReferenceCatalogSource,
     ShardCatalogSource,
     angular_separation_deg,
     load_reference_catalog,
     read_table,
 )
+from darkroom.config import AstrometrySettings
 from darkroom.detect import (
-    BackgroundConfig,
-    DetectConfig,
-    QualityConfig,
     QualityLimits,
     extract_frame,
     flag_poor_frames,
     plot_quality,
     summarize_nights,
 )
+from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import BadInputError, SolveError
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.stage import Stage, Unit
@@ -124,65 +121,6 @@ FIGURE_KEYS = (
     "n_saturated",
     "n_stars",
 )
-
-
-class ExtractSettings(BaseModel):
-    """How sources are found and measured (the ``extract`` stage's provenance)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    background: BackgroundConfig = Field(default_factory=BackgroundConfig, description="background mesh")
-    detect: DetectConfig = Field(default_factory=DetectConfig, description="source detection")
-    quality: QualityConfig = Field(
-        default_factory=QualityConfig, description="which sources are stars for FWHM and ellipticity"
-    )
-
-
-class SolveSettings(BaseModel):
-    """Reference catalog and solver (the ``astrometry`` stage's provenance)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    reference_catalog: ReferenceCatalogSource | None = Field(
-        None,
-        description="reference catalog: a file, a folder of shards or an online service (kind: file, "
-        "shards, online); relative paths are relative to the repository, online answers are cached in "
-        "catalogs/cache; None: header WCS and relative alignment only",
-    )
-    pointing_uncertainty_deg: float = Field(
-        0.1,
-        ge=0,
-        le=30,
-        description="how far a frame's centre may be from its pointing hint or header WCS; widens the "
-        "reference-catalog cone [deg]",
-    )
-    use_header_wcs: bool = Field(True, description="check and refine the WCS found in the image headers")
-    series: SeriesConfig = Field(
-        default_factory=SeriesConfig, description="single-frame solver and frame-to-reference alignment"
-    )
-    max_reference_tries: int = Field(
-        3, ge=1, le=50, description="frames tried, most sources first, to find a field's reference frame"
-    )
-    split_field_fraction: float | None = Field(
-        0.5,
-        gt=0,
-        le=100,
-        description="frames of one field and night whose pointings differ by more than this fraction of "
-        "the frame's shorter side are solved as separate fields; None never splits",
-    )
-
-
-class AstrometrySettings(BaseModel):
-    """The ``astrometry`` section of darkroom.yaml: one sub-section per stage, so that a change to
-    one (e.g. a quality limit) makes new products of that stage and those after it only."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    extract: ExtractSettings = Field(default_factory=ExtractSettings, description="the extract stage")
-    limits: QualityLimits = Field(
-        default_factory=QualityLimits, description="the quality stage: limits that flag poor frames"
-    )
-    solve: SolveSettings = Field(default_factory=SolveSettings, description="the astrometry stage")
 
 
 def _safe_name(text: str) -> str:

@@ -21,27 +21,22 @@ from typing import Any, ClassVar
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from darkroom.calib.badpix import (
-    BadPixelConfig,
     BadPixelMask,
     BadPixelReason,
     build_bad_pixel_mask,
     read_user_badpixels,
 )
 from darkroom.calib.grouping import (
-    GroupingConfig,
     MasterRecord,
     describe_key,
     group_calibration_frames,
     select_master,
 )
 from darkroom.calib.masters import (
-    MasterComparisonConfig,
-    MasterConfig,
     MasterFrame,
     compare_masters,
     make_master_bias,
@@ -50,7 +45,8 @@ from darkroom.calib.masters import (
     master_from_hdus,
     master_to_hdus,
 )
-from darkroom.calib.process import CalibrationConfig, calibrate_frame, prepare_raw
+from darkroom.calib.process import calibrate_frame, prepare_raw
+from darkroom.calib.settings import CalibSettings
 from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
 from darkroom.io.rawfits import read_raw
@@ -69,25 +65,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class CalibSettings(BaseModel):
-    """The ``calib`` section of darkroom.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    grouping: GroupingConfig = Field(default_factory=GroupingConfig)
-    masters: MasterConfig = Field(default_factory=MasterConfig)
-    comparison: MasterComparisonConfig = Field(default_factory=MasterComparisonConfig)
-    bad_pixels: BadPixelConfig = Field(default_factory=BadPixelConfig)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    user_badpixels: str | None = Field(
-        None,
-        description="YAML file of bad columns/rows/rectangles (1-based, inclusive); relative to the repository",
-    )
-    allow_outside_window: bool = Field(
-        False, description="use the nearest matching master outside its validity window (with a warning)"
-    )
 
 
 def _write_fits(hdul: fits.HDUList, path: Path) -> None:

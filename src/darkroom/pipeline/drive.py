@@ -17,7 +17,7 @@ from darkroom.pipeline.runner import Executor, StageReport, run_stage, wait_for_
 from darkroom.pipeline.stage import Stage
 from darkroom.repo.registry import Registry
 
-__all__ = ["drive_stages", "print_reports"]
+__all__ = ["drive_stages", "print_ingest_summary", "print_reports"]
 
 
 def drive_stages(
@@ -67,3 +67,25 @@ def print_reports(reports: Sequence[StageReport], console: Console) -> None:
         for row in failures:
             f.add_row(*(escape(c) for c in row))
         console.print(f)
+
+
+def print_ingest_summary(summary, seconds: float, console: Console) -> None:
+    """What an ingest registered (a table by night, type, filter), then the quarantined files."""
+    table = RichTable(title="registered", show_lines=False)
+    for col in ("night", "type", "filter", "exptime [s]", "files"):
+        table.add_column(escape(col), justify="right" if col in ("files", "exptime [s]") else "left")
+    for night, ftype, filt, exptime, n in summary.table_rows():
+        table.add_row(night, ftype, filt, exptime, str(n))
+    if summary.registered:
+        console.print(table)
+    mb = summary.n_bytes / 1e6
+    console.print(
+        f"{summary.n_files} FITS files seen: {len(summary.registered)} registered, "
+        f"{len(summary.quarantined)} quarantined, {summary.n_known} already known "
+        f"({mb:.1f} MB in {seconds:.1f} s)"
+    )
+    if summary.quarantined:
+        # One line per file (not a table) so long paths stay whole and logs stay greppable.
+        console.print(f"quarantined ({len(summary.quarantined)}):")
+        for item in summary.quarantined:
+            console.print(f"  {item.path}: {item.reason}", soft_wrap=True, markup=False, highlight=False)

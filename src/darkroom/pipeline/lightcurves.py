@@ -41,17 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.table import Table
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, and_, select
 from sqlalchemy.orm import Session
 
 from darkroom.errors import BadInputError, ConfigError
-from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
+from darkroom.phot.flags import DEFAULT_BAD_FLAGS
 from darkroom.phot.match import match_catalogs, radec_to_unit
 from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
 from darkroom.timeseries import (
-    ComparisonConfig,
-    LightCurveConfig,
     LightCurveFlag,
     TransparencyConfig,
     build_lightcurve,
@@ -59,6 +56,7 @@ from darkroom.timeseries import (
     split_lightcurve,
     transparency_flags,
 )
+from darkroom.timeseries.settings import LightCurveSettings, TargetConfig
 
 if TYPE_CHECKING:
     from astropy.coordinates import EarthLocation
@@ -98,73 +96,6 @@ QUALITY_BITS = int(
 
 #: Columns of :func:`frame_table`.
 FRAME_COLUMNS = ("image_id", "mjd_utc", "filter", "fwhm", "zp", "poor", "exposure_id")
-
-
-class TargetConfig(BaseModel):
-    """An object whose light curve the ``lightcurves`` stage writes (``targets`` in darkroom.yaml)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str = Field(min_length=1, max_length=80, description="target name, also the product file name")
-    ra_deg: float = Field(ge=0, lt=360, description="right ascension (ICRS) [deg]")
-    dec_deg: float = Field(ge=-90, le=90, description="declination (ICRS) [deg]")
-    comparison_ids: list[int] | None = Field(
-        None, description="source ids of user-chosen comparison stars; None: automatic ensemble"
-    )
-
-
-class LightCurveSettings(BaseModel):
-    """How light curves are assembled (the ``lightcurves`` stage and ``darkroom lightcurve``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    lightcurve: LightCurveConfig = Field(
-        default_factory=lambda: LightCurveConfig(
-            comparison=ComparisonConfig(bad_flags=DEFAULT_BAD_FLAGS & ~int(PhotFlag.BAD)),
-            segment_jump_pix=5.0,
-        ),
-        description="comparison ensemble, light-curve transparency flags, airmass model, pointing segments; "
-        "a BAD pixel in an aperture does not disqualify a comparison star (the calibrate stage "
-        "interpolated it)",
-    )
-    match_radius_arcsec: float = Field(
-        3.0, gt=0, le=600, description="largest distance from a requested position to its source [arcsec]"
-    )
-    match_radius_pix: float = Field(
-        4.0, gt=0, le=500, description="the same in a field without absolute WCS [pixel]"
-    )
-    pool_mag_margin: float = Field(
-        0.5,
-        ge=0,
-        le=10,
-        description="comparison pool: sources within the widest window + this of the target's mean magnitude "
-        "[mag]",
-    )
-    min_candidates: int = Field(
-        4,
-        ge=1,
-        le=500,
-        description="the comparison magnitude window grows from comparison.max_mag_diff in 0.25 mag steps "
-        "(up to max_mag_diff_limit) until this many stars qualify (a sparse field) [count]",
-    )
-    max_mag_diff_limit: float = Field(
-        4.0, gt=0, le=20, description="widest comparison magnitude window [mag]"
-    )
-    frame_transparency: TransparencyConfig = Field(
-        default_factory=lambda: TransparencyConfig(fraction=0.85, reference_percentile=90.0),
-        description="frames whose transparency falls below fraction x the reference level are flagged",
-    )
-    n_transparency_stars: int = Field(
-        30, ge=1, le=1000, description="brightest unflagged stars that measure a frame's transparency"
-    )
-    exclude_poor_frames: bool = Field(
-        False, description="also leave out frames the quality stage marked poor (FWHM, shape, sources)"
-    )
-    keep_flagged: bool = Field(False, description="keep flagged frames in the light curve (flags set)")
-    season_gap_days: float | None = Field(
-        60.0, gt=0, description="a gap longer than this starts a new season [day]; None: one season"
-    )
-    bin_minutes: float = Field(10.0, gt=0, le=1440, description="bin width of the plotted curve [minute]")
 
 
 def pool_window(settings: LightCurveSettings) -> float:

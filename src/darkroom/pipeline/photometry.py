@@ -76,14 +76,13 @@ from collections import defaultdict
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 from photutils.psf import ImagePSF
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.ndimage import uniform_filter
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -96,14 +95,12 @@ from darkroom.catalogs import (
     load_reference_catalog,
     read_table,
 )
+from darkroom.config import PhotometrySettings
 from darkroom.detect import estimate_background
 from darkroom.errors import BadInputError, SolveError
-from darkroom.maskbits import MaskBit
 from darkroom.phot import (
     ApertureConfig,
     PhotFlag,
-    PsfConfig,
-    ZeroPointConfig,
     aperture_photometry,
     calibrate_photometry,
     limiting_magnitude,
@@ -114,11 +111,10 @@ from darkroom.phot import (
     sky_to_pixel,
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS
+from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.lightcurves import (
-    LightCurveSettings,
-    TargetConfig,
     assemble_lightcurve,
     bright_source_ids,
     field_measurements,
@@ -134,6 +130,7 @@ from darkroom.repo.bulk import replace_measurements_for_images
 from darkroom.repo.models import Exposure, Image, Measurement, Source
 from darkroom.repo.store import atomic_path
 from darkroom.timeseries import AssociationConfig, associate, plot_lightcurve, reference_level
+from darkroom.timeseries.settings import AssociateSettings, LightCurveSettings, TargetConfig
 
 __all__ = [
     "AssociateSettings",
@@ -149,131 +146,6 @@ log = logging.getLogger(__name__)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
 #: measurements unfit to measure an aperture correction (or compare PSF and aperture fluxes)
 _APCORR_BAD_FLAGS = DEFAULT_BAD_FLAGS | int(PhotFlag.BLENDED) | int(PhotFlag.CR) | int(PhotFlag.FORCED)
-
-
-class AssociateSettings(BaseModel):
-    """How detections become sources (the ``associate`` stage's provenance)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    coords: Literal["auto", "sky", "pixel"] = Field(
-        "auto",
-        description="match on the sky (needs a WCS), in the reference frame's pixels, or auto: sky when the "
-        "field's frames have an absolute WCS",
-    )
-    radius_rms_factor: float = Field(
-        5.0, gt=0, le=100, description="match radius = this x the frames' median astrometric rms"
-    )
-    min_radius_arcsec: float = Field(1.0, gt=0, le=60, description="smallest sky match radius [arcsec]")
-    max_radius_arcsec: float = Field(4.0, gt=0, le=120, description="largest sky match radius [arcsec]")
-    min_radius_pix: float = Field(1.5, gt=0, le=50, description="smallest pixel match radius [pixel]")
-    max_radius_pix: float = Field(5.0, gt=0, le=100, description="largest pixel match radius [pixel]")
-    min_snr: float = Field(5.0, ge=0, le=1000, description="detections below this S/N are not associated")
-    exclude_sharp: bool = Field(
-        True, description="leave out detections narrower than a star (hot pixels, CRs)"
-    )
-    min_epochs: int = Field(
-        3,
-        ge=1,
-        le=100000,
-        description="a new source must be detected in at least this many frames (in all of them when a "
-        "new field has fewer) [count]",
-    )
-    min_epoch_fraction: float = Field(
-        0.0, ge=0, le=1, description="... and in at least this fraction of the field's frames"
-    )
-    reference_stars_mag_max: float | None = Field(
-        None,
-        ge=-5,
-        le=35,
-        description="reference-catalog stars down to this magnitude (in the photometry's ref_mag_column) "
-        "become sources, measured by forced photometry where not detected [mag]; None: detections only",
-    )
-
-
-class MeasureSettings(BaseModel):
-    """Apertures, recentring and zero point (the ``photometry`` stage's provenance)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    aperture: ApertureConfig = Field(
-        default_factory=lambda: ApertureConfig(
-            radii_fwhm=(1.0, 1.5, 2.0, 4.0),
-            ref_aperture=1,
-            annulus_in_fwhm=5.0,
-            annulus_out_fwhm=7.0,
-            exclude_bits=int(MaskBit.NO_DATA),
-        ),
-        description="aperture radii (fixed and FWHM multiples), annulus, flags; the reference aperture "
-        "gives Measurement.flux. Bad and cosmic-ray pixels were interpolated by the calibrate stage: "
-        "they are summed (and flagged), only NO_DATA pixels are left out",
-    )
-    recentre_radius_fwhm: float = Field(
-        1.0, gt=0, le=10, description="a detection this close to a source's predicted position is used [FWHM]"
-    )
-    do_recentre: bool = Field(True, description="measure at the detection's centroid when one matches")
-    default_fwhm_pix: float = Field(
-        4.0, gt=0, le=100, description="FWHM used when the frame has none measured [pixel]"
-    )
-    reference_catalog: ReferenceCatalogSource | None = Field(
-        None,
-        description="reference catalog of the zero point; None: the astrometry's catalog (filled in by "
-        "photometry_stages); no catalog at all: instrumental magnitudes",
-    )
-    ref_mag_column: str = Field("mag", description="reference magnitude column in the filter observed [mag]")
-    ref_mag_err_column: str | None = Field(None, description="its error column, if any [mag]")
-    ref_colour_columns: tuple[str, str] | None = Field(
-        None, description="two magnitude columns whose difference is the colour index, e.g. (g_mag, r_mag)"
-    )
-    zero_point: ZeroPointConfig = Field(
-        default_factory=ZeroPointConfig,
-        description="matching and fitting of the zero point (its column names are set by this stage)",
-    )
-    do_aperture_correction: bool = Field(
-        True, description="correct magnitudes to the largest aperture before the zero-point fit"
-    )
-    apcorr_min_snr: float = Field(
-        30.0, gt=0, description="stars brighter than this S/N measure the aperture correction"
-    )
-    limit_n_sigma: float = Field(5.0, gt=0, le=100, description="S/N of the limiting magnitude")
-    method: Literal["aperture", "psf"] = Field(
-        "aperture",
-        description="what gives Measurement.flux and the magnitudes: the reference aperture (aperture-"
-        "corrected magnitudes), or a PSF fit at the same fixed positions (total flux, for crowded "
-        "fields); the aperture columns stay in the per-image Parquet either way",
-    )
-    psf_moffat: bool = Field(
-        True,
-        description="method 'psf': model each frame's PSF as its Moffat fit (FWHM and beta of the extract "
-        "stage, catalog meta psf_fwhm_pix, psf_beta), circular, pixel-integrated, of unit total flux; "
-        "False, or a frame without a fit: the model of psf.model",
-    )
-    psf_background_mask_fwhm: float = Field(
-        2.0,
-        ge=0,
-        le=20,
-        description="method 'psf': the background map under the fits (sep mesh, 64 pixels) leaves out discs "
-        "of this radius around every measured position (crowded fields: star light raises an unmasked "
-        "map) [FWHM]; 0: psf_photometry's own unmasked map",
-    )
-    psf: PsfConfig = Field(
-        default_factory=PsfConfig,
-        description="method 'psf': fitting box, grouping, excluded mask bits and the model used without a "
-        "Moffat fit (a Gaussian of the frame FWHM, or an ePSF: both miss part of a real star's wings, "
-        "2-20 %); positions are always held fixed",
-    )
-
-
-class PhotometrySettings(BaseModel):
-    """The ``photometry`` section of darkroom.yaml: one sub-section per stage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    associate: AssociateSettings = Field(default_factory=AssociateSettings, description="the associate stage")
-    measure: MeasureSettings = Field(default_factory=MeasureSettings, description="the photometry stage")
-    lightcurves: LightCurveSettings = Field(
-        default_factory=LightCurveSettings, description="the lightcurves stage and darkroom lightcurve"
-    )
 
 
 def _affine(d: dict[str, Any] | None) -> AffineTransform | None:

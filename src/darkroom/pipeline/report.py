@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
@@ -15,7 +16,6 @@ from astropy.table import Table
 from sqlalchemy import select
 
 from darkroom.repo.models import Calib, Exposure, Image, Task
-from darkroom.repo.repository import Repository
 from darkroom.report import (
     MasterSummary,
     NightReport,
@@ -24,6 +24,9 @@ from darkroom.report import (
     TaskFailure,
     write_night_reports,
 )
+
+if TYPE_CHECKING:  # the facade hands itself in; the pipeline never imports it
+    from darkroom.facade import Repository
 
 __all__ = ["build_night_reports", "write_reports"]
 

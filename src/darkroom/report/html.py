@@ -30,7 +30,7 @@ from urllib.parse import quote
 from astropy.time import Time
 
 from darkroom.errors import BadInputError, DarkroomError
-from darkroom.repo.store import atomic_write_text
+from darkroom.io.atomic import atomic_write_text
 from darkroom.report.model import (
     FRAME_COLUMNS,
     FrameStatus,

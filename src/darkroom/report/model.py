@@ -22,7 +22,7 @@ from astropy.table import Table
 from astropy.time import Time
 from pydantic import BaseModel, ConfigDict, Field
 
-from darkroom import __version__
+from darkroom.constants import __version__
 from darkroom.errors import BadInputError
 
 __all__ = [

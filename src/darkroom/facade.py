@@ -7,7 +7,9 @@ REPO/
   calib/ images/ catalogs/ lightcurves/ products/ reports/ logs/
 ```
 This is the Python face of a repository (``darkroom.Repository(path)``); its query
-methods return astropy Tables.
+methods return astropy Tables. It is a face like the command line: it sits above the
+pipeline (whose light-curve queries it calls) and the registry, and nothing below
+imports it.
 """
 
 from __future__ import annotations

@@ -138,13 +138,12 @@ def run_demo(
     quiet: bool = False,
 ) -> dict:
     """Run the demo into ``out`` (created); return the figures it printed."""
-    from darkroom.cli import print_ingest_summary
-    from darkroom.pipeline.drive import drive_stages, print_reports
+    from darkroom.facade import Repository
+    from darkroom.pipeline.drive import drive_stages, print_ingest_summary, print_reports
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.report import write_reports
     from darkroom.pipeline.run import all_stages
-    from darkroom.repo.repository import Repository
     from darkroom.sim import simulate_night
 
     console = console or Console()
@@ -171,7 +170,7 @@ def run_demo(
     raw_files = [p for paths in night.raw_paths.values() for p in paths]  # not the truth tables beside them
     summary = ingest_paths(repo.registry, raw_files, config=repo.config.ingest, profile_root=repo.root)
     console.print("[bold]3. ingest[/]")
-    print_ingest_summary(summary, time.perf_counter() - t0)
+    print_ingest_summary(summary, time.perf_counter() - t0, console)
 
     console.print(
         "[bold]4. pipeline[/] (masters, calibration, extraction, astrometry, photometry, light curves)"

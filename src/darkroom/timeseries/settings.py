@@ -1,0 +1,122 @@
+"""The ``photometry.associate`` and ``photometry.lightcurves`` sections and the ``targets`` list of
+darkroom.yaml (the associate and lightcurves stages' settings)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
+from darkroom.timeseries.differential import ComparisonConfig
+from darkroom.timeseries.lightcurve import LightCurveConfig
+from darkroom.timeseries.quality import TransparencyConfig
+
+__all__ = ["AssociateSettings", "LightCurveSettings", "TargetConfig"]
+
+
+class AssociateSettings(BaseModel):
+    """How detections become sources (the ``associate`` stage's provenance)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coords: Literal["auto", "sky", "pixel"] = Field(
+        "auto",
+        description="match on the sky (needs a WCS), in the reference frame's pixels, or auto: sky when the "
+        "field's frames have an absolute WCS",
+    )
+    radius_rms_factor: float = Field(
+        5.0, gt=0, le=100, description="match radius = this x the frames' median astrometric rms"
+    )
+    min_radius_arcsec: float = Field(1.0, gt=0, le=60, description="smallest sky match radius [arcsec]")
+    max_radius_arcsec: float = Field(4.0, gt=0, le=120, description="largest sky match radius [arcsec]")
+    min_radius_pix: float = Field(1.5, gt=0, le=50, description="smallest pixel match radius [pixel]")
+    max_radius_pix: float = Field(5.0, gt=0, le=100, description="largest pixel match radius [pixel]")
+    min_snr: float = Field(5.0, ge=0, le=1000, description="detections below this S/N are not associated")
+    exclude_sharp: bool = Field(
+        True, description="leave out detections narrower than a star (hot pixels, CRs)"
+    )
+    min_epochs: int = Field(
+        3,
+        ge=1,
+        le=100000,
+        description="a new source must be detected in at least this many frames (in all of them when a "
+        "new field has fewer) [count]",
+    )
+    min_epoch_fraction: float = Field(
+        0.0, ge=0, le=1, description="... and in at least this fraction of the field's frames"
+    )
+    reference_stars_mag_max: float | None = Field(
+        None,
+        ge=-5,
+        le=35,
+        description="reference-catalog stars down to this magnitude (in the photometry's ref_mag_column) "
+        "become sources, measured by forced photometry where not detected [mag]; None: detections only",
+    )
+
+
+class TargetConfig(BaseModel):
+    """An object whose light curve the ``lightcurves`` stage writes (``targets`` in darkroom.yaml)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=80, description="target name, also the product file name")
+    ra_deg: float = Field(ge=0, lt=360, description="right ascension (ICRS) [deg]")
+    dec_deg: float = Field(ge=-90, le=90, description="declination (ICRS) [deg]")
+    comparison_ids: list[int] | None = Field(
+        None, description="source ids of user-chosen comparison stars; None: automatic ensemble"
+    )
+
+
+class LightCurveSettings(BaseModel):
+    """How light curves are assembled (the ``lightcurves`` stage and ``darkroom lightcurve``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lightcurve: LightCurveConfig = Field(
+        default_factory=lambda: LightCurveConfig(
+            comparison=ComparisonConfig(bad_flags=DEFAULT_BAD_FLAGS & ~int(PhotFlag.BAD)),
+            segment_jump_pix=5.0,
+        ),
+        description="comparison ensemble, light-curve transparency flags, airmass model, pointing segments; "
+        "a BAD pixel in an aperture does not disqualify a comparison star (the calibrate stage "
+        "interpolated it)",
+    )
+    match_radius_arcsec: float = Field(
+        3.0, gt=0, le=600, description="largest distance from a requested position to its source [arcsec]"
+    )
+    match_radius_pix: float = Field(
+        4.0, gt=0, le=500, description="the same in a field without absolute WCS [pixel]"
+    )
+    pool_mag_margin: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="comparison pool: sources within the widest window + this of the target's mean magnitude "
+        "[mag]",
+    )
+    min_candidates: int = Field(
+        4,
+        ge=1,
+        le=500,
+        description="the comparison magnitude window grows from comparison.max_mag_diff in 0.25 mag steps "
+        "(up to max_mag_diff_limit) until this many stars qualify (a sparse field) [count]",
+    )
+    max_mag_diff_limit: float = Field(
+        4.0, gt=0, le=20, description="widest comparison magnitude window [mag]"
+    )
+    frame_transparency: TransparencyConfig = Field(
+        default_factory=lambda: TransparencyConfig(fraction=0.85, reference_percentile=90.0),
+        description="frames whose transparency falls below fraction x the reference level are flagged",
+    )
+    n_transparency_stars: int = Field(
+        30, ge=1, le=1000, description="brightest unflagged stars that measure a frame's transparency"
+    )
+    exclude_poor_frames: bool = Field(
+        False, description="also leave out frames the quality stage marked poor (FWHM, shape, sources)"
+    )
+    keep_flagged: bool = Field(False, description="keep flagged frames in the light curve (flags set)")
+    season_gap_days: float | None = Field(
+        60.0, gt=0, description="a gap longer than this starts a new season [day]; None: one season"
+    )
+    bin_minutes: float = Field(10.0, gt=0, le=1440, description="bin width of the plotted curve [minute]")
