@@ -62,4 +62,9 @@ class FrameMetadata(BaseModel):
         None, gt=0, description="pixel scale after binning [arcsec/pixel]"
     )
     has_wcs: bool = Field(False, description="the header carries a celestial WCS")
+    companion: str | None = Field(
+        None,
+        description="set when the file is a companion map of a science frame (weight, mask, "
+        "inverse variance, exposure map) rather than a frame: what it is and why that is known",
+    )
     warnings: tuple[str, ...] = Field((), description="non-fatal oddities found while reading the header")

@@ -19,6 +19,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from darkroom.errors import ProfileError
@@ -33,6 +34,7 @@ from darkroom.instruments._parse import (
     parse_time_of_day,
     value_text,
 )
+from darkroom.instruments.infer import companion_kind, type_from_header, type_from_pixels
 from darkroom.instruments.metadata import FrameMetadata
 from darkroom.instruments.profile import (
     InstrumentProfile,
@@ -46,6 +48,7 @@ from darkroom.instruments.profile import (
     header_view,
     match_profile,
 )
+from darkroom.instruments.sitecheck import check_longitude, utc_from_timesys
 
 __all__ = ["describe", "normalize"]
 
@@ -69,6 +72,8 @@ class _Reader:
         self.profile = profile
         self.filename = filename
         self.warnings: list[str] = []
+        self.unknown_type_note = ""
+        self.type_keyword_unrecognised = False
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -171,11 +176,19 @@ class _Reader:
                 if unrecognised:
                     self.warn(f"{', '.join(unrecognised)} not a known frame type; used {found[1]}")
                 return found
+        if spec.default is not None and not unrecognised:
+            self.warn(
+                f"no type keyword or file-name hint: {spec.default} (profile {self.profile.name} default)"
+            )
+            return spec.default, "profile default"
+        self.type_keyword_unrecognised = bool(unrecognised)
         if unrecognised:
-            self.warn(f"frame type unknown: {', '.join(unrecognised)} not recognised and no file-name hint")
+            self.unknown_type_note = (
+                f"frame type unknown: {', '.join(unrecognised)} not recognised and no file-name hint"
+            )
         else:
             keys = "/".join(spec.keywords) or "no type keyword in the profile"
-            self.warn(f"frame type unknown: no {keys} and no file-name hint")
+            self.unknown_type_note = f"frame type unknown: no {keys} and no file-name hint"
         return "unknown", ""
 
     # ---------------------------------------------------------------- exposure
@@ -463,9 +476,6 @@ class _Reader:
                     f"{source.label} disagrees with {winner.label} by {_fmt_seconds(delta)}; "
                     f"used {winner.label} (first in the profile's time sources)"
                 )
-        timesys = value_text(self.view.get("TIMESYS", "UTC")).upper()
-        if timesys not in ("UTC", "UT", ""):
-            self.warn(f"TIMESYS={timesys!r}: times read as UTC (TT/TAI differ from UTC by about a minute)")
         return start, how
 
 
@@ -594,6 +604,7 @@ def normalize(
     filename: str | Path | None = None,
     shape: tuple[int, int] | None = None,
     profiles: Sequence[InstrumentProfile] | None = None,
+    data: np.ndarray | None = None,
 ) -> FrameMetadata:
     """Normalised metadata of one raw frame.
 
@@ -634,7 +645,7 @@ def normalize(
     try:
         view = header_view(header)
         profile = match_profile(view, filename=name, profiles=profiles)
-        return _normalize(view, profile, name, shape)
+        return _normalize(view, profile, name, shape, data)
     except ProfileError:
         raise
     except (ValueError, TypeError, ArithmeticError) as err:
@@ -643,7 +654,11 @@ def normalize(
 
 
 def _normalize(
-    view: dict[str, Any], profile: InstrumentProfile, filename: str | None, shape: tuple[int, int] | None
+    view: dict[str, Any],
+    profile: InstrumentProfile,
+    filename: str | None,
+    shape: tuple[int, int] | None,
+    data: np.ndarray | None = None,
 ) -> FrameMetadata:
     reader = _Reader(view, profile, filename)
     label = Path(filename).name if filename else "frame"
@@ -663,9 +678,16 @@ def _normalize(
         nx, ny = sx, sy
     nx, ny = max(nx, 0), max(ny, 0)
 
-    frame_type, type_source = reader.frame_type()
+    companion = companion_kind(view, filename)
+    if companion is not None:
+        frame_type, type_source = "unknown", ""
+        reader.warn(f"a {companion[0]} ({companion[1]}), not a frame to reduce")
+    else:
+        frame_type, type_source = reader.frame_type()
 
     exptime = reader.exptime()
+    if frame_type == "unknown" and companion is None:
+        frame_type, type_source = _infer_type(reader, exptime, data)
     if exptime is None:
         if frame_type in _NEEDS_EXPTIME:
             keys = "/".join(profile.exptime.keywords) or "none in the profile"
@@ -688,8 +710,11 @@ def _normalize(
         reader.warn(f"no usable observation time ({how})")
         how = ""
     else:
+        start = _honour_timesys(reader, start, how)
+        lon = _cross_check_longitude(reader, lon, start)
         mid = start + timedelta(seconds=(exptime or 0.0) / 2.0)
-        shift = timedelta(hours=(lon / 15.0 if lon is not None else 0.0) - 12.0)
+        local_h = lon / 15.0 if lon is not None else _explicit_offset_h(reader)
+        shift = timedelta(hours=(local_h or 0.0) - 12.0)
         night_date: date = (mid + shift).date()
         night = night_date.isoformat()
 
@@ -734,12 +759,111 @@ def _normalize(
             dec_deg=dec,
             pixel_scale_arcsec=scale,
             has_wcs=has_wcs,
+            companion=None if companion is None else f"{companion[0]} ({companion[1]})",
             warnings=tuple(reader.warnings),
         )
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise ProfileError(f"{label}: {field} {first['msg']} (profile {profile.name})") from None
+
+
+_LST_KEYWORDS = ("LST-OBS", "LST", "LOCALST", "SIDEREAL", "ST")
+_HA_KEYWORDS = ("HA", "OBJCTHA", "HOURANG", "HA-OBS")
+
+
+def _honour_timesys(reader: _Reader, start: datetime, how: str) -> datetime:
+    """Convert a TAI/TT/GPS time stamp (TIMESYS) to UTC; other non-UTC systems are reported."""
+    timesys = value_text(reader.view.get("TIMESYS", "UTC")).upper()
+    if timesys in ("UTC", "UT", "") or "local" in how or "offset" in how:
+        return start
+    converted = utc_from_timesys(start, timesys)
+    if converted is None:
+        reader.warn(f"TIMESYS={timesys!r}: times read as UTC (not converted)")
+        return start
+    utc, delta = converted
+    reader.warn(f"TIMESYS={timesys!r}: time stamps converted to UTC ({delta:+.3f} s)")
+    return utc
+
+
+def _explicit_offset_h(reader: _Reader) -> float | None:
+    """UTC offset [h] written in the DATE-OBS value itself ('2025-06-02T21:10:00-07:00'), or None."""
+    for key in ("DATE-OBS", "DATE-BEG", "DATE-LOC"):
+        if reader.present(key):
+            try:
+                parsed = parse_datetime(reader.view[key])
+            except ValueError:
+                continue
+            if parsed.offset is not None:
+                return parsed.offset.total_seconds() / 3600.0
+    return None
+
+
+def _cross_check_longitude(reader: _Reader, lon: float | None, start: datetime) -> float | None:
+    """The site longitude, checked against the sidereal time or the UTC offset the header gives."""
+    lst_deg = source = None
+    for key in _LST_KEYWORDS:
+        if reader.present(key):
+            try:
+                value, sexagesimal = parse_sexagesimal(reader.view[key])
+            except ValueError:
+                continue
+            if 0 <= value <= 24 or sexagesimal:
+                lst_deg, source = (value * 15.0) % 360.0, key
+                break
+            if 0 <= value <= 360:
+                lst_deg, source = value, key
+                break
+    if lst_deg is None:
+        ra, _ = reader.pointing()
+        for key in _HA_KEYWORDS:
+            if ra is None or not reader.present(key):
+                continue
+            try:
+                value, sexagesimal = parse_sexagesimal(reader.view[key])
+            except ValueError:
+                continue
+            ha_deg = value * 15.0 if (sexagesimal or abs(value) <= 12) else value
+            lst_deg, source = (ha_deg + ra) % 360.0, f"{key} + RA"
+            break
+    if lst_deg is None and lon is None:
+        return None
+    offset_h = _explicit_offset_h(reader)
+    checked, note = check_longitude(
+        lon, utc=start, lst_deg=lst_deg, lst_source=source or "", utc_offset_h=offset_h
+    )
+    if note:
+        reader.warn(note)
+    return checked
+
+
+def _infer_type(reader: _Reader, exptime: float | None, data: np.ndarray | None) -> tuple[str, str]:
+    """Frame type from the header's content, then the pixels, when nothing names it.
+
+    A type keyword with an unrecognised value (e.g. IMAGETYP='FOCUS') is respected: such
+    a frame stays unknown. Every inference is written into the warnings.
+    """
+    spec = reader.profile.frame_type
+    if spec.infer and not reader.type_keyword_unrecognised:
+        ra, dec = reader.pointing()
+        found = type_from_header(
+            exptime_s=exptime,
+            object_name=reader.text(reader.profile.object),
+            has_pointing=ra is not None and dec is not None,
+            has_wcs=reader.wcs_scale() is not None,
+        )
+        if found is not None:
+            reader.warn(f"no frame-type keyword: inferred {found[0]} from the header ({found[1]})")
+            return found[0], "inferred from header"
+        if data is not None:
+            verdict = type_from_pixels(data, exptime_s=exptime, saturation_adu=reader.saturation())
+            if verdict is not None:
+                reader.warn(
+                    f"no frame-type keyword: inferred {verdict.frame_type} from the pixels ({verdict.reason})"
+                )
+                return verdict.frame_type, "inferred from pixels"
+    reader.warn(reader.unknown_type_note)
+    return "unknown", ""
 
 
 def _filter(reader: _Reader) -> str | None:

@@ -132,6 +132,14 @@ class FrameTypeSpec(_Strict):
         description="type -> regexes searched in the file's base name, tried in this order",
     )
     prefer_filename: bool = Field(False, description="try file-name hints before the keywords")
+    default: KnownFrameType | None = Field(
+        None, description="type of a frame no keyword or file name types (before any inference)"
+    )
+    infer: bool = Field(
+        True,
+        description="with no type keyword, file-name hint or default: infer the type from the header "
+        "(0 s exposure: bias; target name or pointing: light) and the pixels, with a warning",
+    )
 
     @field_validator("values", "filename")
     @classmethod

@@ -108,7 +108,7 @@ def examine_file(path: Path, profiles, *, sha256: str | None = None, checksum: b
     item = Examined(path, digest, size)
     try:
         raw = read_raw(path, with_data=True)
-        meta = normalize(raw.header, filename=path.name, shape=raw.shape, profiles=profiles)
+        meta = normalize(raw.header, filename=path.name, shape=raw.shape, profiles=profiles, data=raw.data)
     except DarkroomError as exc:
         item.reason = exc.reason
         return item
@@ -117,7 +117,9 @@ def examine_file(path: Path, profiles, *, sha256: str | None = None, checksum: b
         item.reason = f"unreadable: {exc.__class__.__name__}: {' '.join(str(exc).split())[:160]}"
         return item
     item.meta = meta
-    if meta.frame_type == "unknown":
+    if meta.companion is not None:
+        item.reason = f"skipped: a {meta.companion}, not a frame to reduce"
+    elif meta.frame_type == "unknown":
         item.reason = (
             f"unknown frame type: no type keyword or file-name hint matched (profile {meta.profile})"
         )
