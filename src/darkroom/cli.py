@@ -180,6 +180,8 @@ def status(
         for stage, state, n in sorted(st["tasks"]):
             tt.add_row(stage, state, str(n))
         console.print(tt)
+    if st["downloads"]:
+        _print_downloads(st["targets"], st["downloads"])
     if st["quarantined"]:
         q = RichTable(title="quarantined files")
         q.add_column("file")
@@ -195,6 +197,27 @@ def status(
             f.add_row(stage, escape(key), escape(reason or ""))
         console.print(f)
         raise typer.Exit(2)
+
+
+def _print_downloads(n_targets: int, downloads: list[tuple[str, str, str, int]]) -> None:
+    """Targets per survey and state, then why they are empty or failed (most common first)."""
+    totals: dict[tuple[str, str], int] = {}
+    for survey, state, _reason, n in downloads:
+        totals[(survey, state)] = totals.get((survey, state), 0) + n
+    t = RichTable(title=f"survey downloads ({n_targets} targets registered)")
+    for col in ("survey", "state", "count"):
+        t.add_column(col, justify="right" if col == "count" else "left")
+    for (survey, state), n in sorted(totals.items()):
+        t.add_row(survey, state, str(n))
+    console.print(t)
+    why = sorted((r for r in downloads if r[1] != "done" and r[2]), key=lambda r: (r[0], r[1], -r[3]))
+    if why:
+        w = RichTable(title="why empty or failed")
+        for col in ("survey", "state", "reason", "count"):
+            w.add_column(col, justify="right" if col == "count" else "left")
+        for survey, state, reason, n in why[:30]:
+            w.add_row(survey, state, escape(reason), str(n))
+        console.print(w)
 
 
 @app.command()
@@ -549,6 +572,9 @@ def demo(
         _fail(exc)
     if figures["n_failed"]:
         raise typer.Exit(2)
+
+
+__import__("darkroom.commands.surveys", fromlist=["register"]).register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -26,6 +26,7 @@ from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import ConfigError
 from darkroom.phot.settings import MeasureSettings
 from darkroom.provenance import critical_params
+from darkroom.surveys.settings import SurveysConfig
 from darkroom.timeseries.settings import AssociateSettings, LightCurveSettings, TargetConfig
 
 __all__ = [
@@ -111,6 +112,9 @@ class DarkroomConfig(_Section):
     photometry: PhotometrySettings = Field(default_factory=PhotometrySettings)
     targets: list[TargetConfig] = Field(
         default_factory=list, description="objects whose light curves the lightcurves stage writes"
+    )
+    surveys: SurveysConfig = Field(
+        default_factory=SurveysConfig, description="survey data (ZTF, SDSS) for the registered targets"
     )
 
 

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from darkroom.config import CONFIG_NAME, DarkroomConfig, load_config, save_config
 from darkroom.errors import ConfigError
-from darkroom.repo.models import Exposure, Image, Task
+from darkroom.repo.models import Download, Exposure, Image, Target, Task
 from darkroom.repo.registry import Registry, resolve_url
 
 __all__ = ["PRODUCT_DIRS", "Repository"]
@@ -222,6 +222,15 @@ class Repository:
             astrometry = dict(
                 s.execute(select(Image.astrom_flag, func.count()).group_by(Image.astrom_flag)).all()
             )
+            downloads = [
+                (survey, state, reason or "", n)
+                for survey, state, reason, n in s.execute(
+                    select(Download.survey, Download.state, Download.reason, func.count())
+                    .group_by(Download.survey, Download.state, Download.reason)
+                    .order_by(Download.survey, Download.state, Download.reason)
+                ).all()
+            ]
+            n_targets = s.scalar(select(func.count()).select_from(Target)) or 0
             poor = [
                 (path, (q or {}).get("poor_reason") or "")
                 for path, q in s.execute(
@@ -240,4 +249,6 @@ class Repository:
             "quarantined": quarantined,
             "tasks": [tuple(t) for t in tasks],
             "failed": [tuple(f) for f in failed],
+            "targets": n_targets,
+            "downloads": downloads,
         }

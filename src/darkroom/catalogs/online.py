@@ -37,6 +37,7 @@ __all__ = [
     "gaia_dr3",
     "gaia_dr3_vizier",
     "query_catalog",
+    "query_table",
     "ucac4",
 ]
 
@@ -302,3 +303,80 @@ def query_catalog(
     table = standardize_catalog(raw, columns=config.columns, epoch_jyear=epoch_jyear, name=config.catalog)
     # services select on their own epoch; keep the cone exact at the frame epoch too
     return cone_select(table, ra_deg=ra_deg, dec_deg=dec_deg, radius_deg=radius_deg * (1 + 1e-9))
+
+
+def _table_request(config: OnlineCatalogConfig, constraints: dict[str, str]) -> urllib.request.Request:
+    base = config.base_url.rstrip("/")
+    params = {"-source": config.catalog, "-out.max": str(config.max_rows), "-oc.form": "d"}
+    if config.out_columns:
+        params["-out"] = ",".join(config.out_columns)
+    else:
+        params["-out.all"] = "1"
+    params.update(constraints)
+    return urllib.request.Request(
+        f"{base}/viz-bin/votable?{urllib.parse.urlencode(params)}",
+        headers={"User-Agent": "darkroom (astroquery-compatible client)"},
+    )
+
+
+def query_table(
+    config: OnlineCatalogConfig,
+    *,
+    constraints: dict[str, str] | None = None,
+    cache_dir: str | Path | None = None,
+    refresh: bool = False,
+) -> Table:
+    """A whole VizieR table (no cone), optionally with column constraints, as the service sends it.
+
+    ``constraints`` are VizieR column conditions, e.g. ``{"Pwd": ">0.75"}``. The answer is kept
+    in ``cache_dir`` (ECSV, keyed by the query) and reused unless ``refresh``. The columns are
+    not standardised: callers map them (e.g. :mod:`darkroom.surveys.targets`).
+
+    Raises
+    ------
+    DarkroomError
+        Not a VizieR config, the service cannot be reached, or it reports an error.
+    """
+    if config.service != "vizier":
+        raise DarkroomError(f"whole-table queries need a VizieR service, not {config.service!r}")
+    constraints = dict(constraints or {})
+    path = None
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        key = json.dumps(
+            {
+                "base_url": config.base_url.rstrip("/"),
+                "catalog": config.catalog,
+                "out": list(config.out_columns or []),
+                "max_rows": config.max_rows,
+                "constraints": constraints,
+            },
+            sort_keys=True,
+        )
+        slug = "".join(ch if ch.isalnum() else "_" for ch in config.catalog)
+        path = cache / f"vizier_table_{slug}_{hashlib.sha256(key.encode()).hexdigest()[:20]}.ecsv"
+        if path.is_file() and not refresh:
+            log.debug("catalog cache hit %s", path.name)
+            return Table.read(path, format="ascii.ecsv")
+    where = f"vizier {config.base_url}"
+    try:
+        with urllib.request.urlopen(
+            _table_request(config, constraints), timeout=config.timeout_s
+        ) as response:
+            content = response.read()
+    except urllib.error.HTTPError as exc:
+        raise DarkroomError(f"{where} answered HTTP {exc.code} for {config.catalog}: {exc.reason}") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise DarkroomError(f"cannot reach {where} for {config.catalog}: {exc}") from exc
+    table = _parse_votable(content, where)
+    if len(table) == 0 and not table.colnames:
+        raise DarkroomError(f"{where} returned no table for {config.catalog}")
+    if len(table) >= config.max_rows:
+        log.warning("%s: %s truncated at max_rows=%d", where, config.catalog, config.max_rows)
+    log.info("%s: %d rows of %s", where, len(table), config.catalog)
+    if path is not None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+        os.replace(tmp, path)
+    return table

@@ -1,0 +1,350 @@
+"""ZTF light curves from IRSA's public light-curve service, and their reduction.
+
+The service (``{base_url}/cgi-bin/ZTF/nph_light_curves``) answers a cone
+``POS=CIRCLE ra dec radius`` [deg] with every epoch of every ZTF object in it, as CSV
+(``FORMAT=CSV``); ``BANDNAME`` chooses the filters, ``BAD_CATFLAGS_MASK`` lets the server drop
+epochs with those catalogue flags, and ``COLLECTION`` the data release (``ztf_dr23``). Public
+releases need no login.
+
+The raw reply is the provenance: it is kept byte for byte in a cache folder shared between
+repositories, binned by integer RA degree so that no folder grows without bound::
+
+    CACHE/ztf/<collection>/ra<DDD>/<hash of the request>.csv
+
+A reply with a header and no rows means "no ZTF data here" (an *empty* target).
+
+Reduction (:func:`reduce_reply`) turns a reply into light curves, one per ZTF object id,
+band and season: seasons are cut at gaps longer than ``season_gap_days`` over all epochs of
+the reply, so season numbers agree across objects and bands. Objects whose median position
+is farther than ``max_distance_arcsec`` from the target, or whose median magnitude is more
+than ``max_mag_offset`` from the catalogue magnitude, are left out (and named in the result).
+Flagged epochs (``catflags & flag_mask``) are kept, with ``flagged`` set, for the quality
+checks downstream.
+
+Light-curve columns (the format of :mod:`darkroom.analysis.lcfile`): ``mjd`` (UTC, mid-exposure:
+the service's start-of-exposure MJD plus half the exposure time), ``mag``, ``magerr`` [mag],
+``band`` (g, r, i), ``catflags`` (IRSA's bits, 0 = good), ``ra``, ``dec`` [deg], ``oid`` (the
+ZTF object id), and ``expid``, ``programid``, ``limitmag`` [mag], ``airmass`` when the reply
+has them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.table import Column, Table
+from pydantic import BaseModel, ConfigDict, Field
+
+from darkroom.errors import BadInputError
+from darkroom.surveys.http import HttpClient, HttpConfig, Reply
+
+__all__ = [
+    "LIGHTCURVE_COLUMNS",
+    "ReducedLightCurve",
+    "Reduction",
+    "ZtfConfig",
+    "ZtfQuery",
+    "cache_path",
+    "fetch_lightcurves",
+    "parse_reply",
+    "query_for_target",
+    "reduce_reply",
+    "season_ids",
+]
+
+log = logging.getLogger(__name__)
+
+SERVICE_PATH = "/cgi-bin/ZTF/nph_light_curves"
+LIGHTCURVE_COLUMNS = ("mjd", "mag", "magerr", "band", "catflags", "ra", "dec", "oid")
+_EXTRA_COLUMNS = ("expid", "programid", "limitmag", "airmass")
+_NEEDED = ("oid", "mjd", "mag", "magerr", "catflags", "filtercode", "ra", "dec")
+
+
+class ZtfConfig(BaseModel):
+    """The ZTF light-curve download and its reduction (``surveys.ztf`` in darkroom.yaml)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    base_url: str = Field(
+        "https://irsa.ipac.caltech.edu",
+        description="IRSA root; a mirror or a local test server can stand in",
+        json_schema_extra={"critical": False},
+    )
+    collection: str = Field("ztf_dr23", description="ZTF data release (COLLECTION)")
+    bands: list[str] = Field(
+        default_factory=lambda: ["g", "r", "i"], description="filters asked for (BANDNAME)"
+    )
+    bad_catflags_mask: int = Field(
+        0, ge=0, le=65535, description="catflags bits the server drops (BAD_CATFLAGS_MASK); 0 keeps all"
+    )
+    radius_arcsec: float = Field(2.0, gt=0, le=600, description="cone radius around the target [arcsec]")
+    epoch_jyear: float = Field(
+        2020.5,
+        ge=2017,
+        le=2040,
+        description="epoch the target is moved to by proper motion (mid-survey) [yr]",
+    )
+    half_span_yr: float = Field(
+        3.0,
+        ge=0,
+        le=20,
+        description="the radius grows by proper motion x this, to hold the whole survey [yr]",
+    )
+    dec_min_deg: float = Field(-31.0, ge=-90, le=90, description="targets south of this are skipped [deg]")
+    mag_band: str | None = Field(
+        "G",
+        description="catalogue band for the magnitude limit and consistency cut (None: no magnitude rules)",
+    )
+    mag_limit: float = Field(21.5, description="targets fainter than this (mag_band) are skipped [mag]")
+    max_distance_arcsec: float = Field(
+        1.5, gt=0, le=600, description="objects whose median position is farther are left out [arcsec]"
+    )
+    max_mag_offset: float = Field(
+        1.5, gt=0, description="objects whose median mag differs more from the catalogue's are left out [mag]"
+    )
+    season_gap_days: float = Field(
+        40.0, gt=0, description="a longer gap between epochs starts a new season [day]"
+    )
+    flag_mask: int = Field(65535, ge=0, le=65535, description="catflags bits that mark an epoch flagged")
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="timeouts, retries, concurrency, rate limit"
+    )
+
+
+@dataclass(frozen=True)
+class ZtfQuery:
+    """One cone asked of the service: position at ``epoch_jyear`` [deg] and radius [deg]."""
+
+    ra_deg: float
+    dec_deg: float
+    radius_deg: float
+    bands: tuple[str, ...]
+    bad_catflags_mask: int
+    collection: str
+
+    def params(self) -> dict[str, str]:
+        """The service's query parameters."""
+        params = {
+            "POS": f"CIRCLE {self.ra_deg:.7f} {self.dec_deg:+.7f} {self.radius_deg:.7f}",
+            "BANDNAME": ",".join(self.bands),
+            "FORMAT": "CSV",
+            "COLLECTION": self.collection,
+        }
+        if self.bad_catflags_mask:
+            params["BAD_CATFLAGS_MASK"] = str(self.bad_catflags_mask)
+        return params
+
+    def digest(self) -> str:
+        """Stable hash of what is asked (names the cached reply)."""
+        blob = json.dumps(self.params(), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def query_for_target(
+    config: ZtfConfig,
+    *,
+    ra_deg: float,
+    dec_deg: float,
+    pmra_masyr: float = 0.0,
+    pmdec_masyr: float = 0.0,
+    epoch_jyear: float | None = None,
+) -> ZtfQuery:
+    """The cone for one target: moved to ``config.epoch_jyear`` by proper motion, with the radius
+    grown by the motion over ``half_span_yr`` so the whole survey's epochs fall inside."""
+    from darkroom.surveys.targets import propagate_space_motion
+
+    pmra = 0.0 if not np.isfinite(pmra_masyr) else float(pmra_masyr)
+    pmdec = 0.0 if not np.isfinite(pmdec_masyr) else float(pmdec_masyr)
+    if epoch_jyear is not None and np.isfinite(epoch_jyear):
+        ra, dec = propagate_space_motion(
+            ra_deg, dec_deg, pmra, pmdec, from_epoch_jyear=epoch_jyear, to_epoch_jyear=config.epoch_jyear
+        )
+        ra_deg, dec_deg = float(ra), float(dec)
+        grow_arcsec = np.hypot(pmra, pmdec) * config.half_span_yr / 1000.0
+    else:
+        grow_arcsec = 0.0
+    return ZtfQuery(
+        ra_deg=float(ra_deg) % 360.0,
+        dec_deg=float(dec_deg),
+        radius_deg=(config.radius_arcsec + grow_arcsec) / 3600.0,
+        bands=tuple(config.bands),
+        bad_catflags_mask=config.bad_catflags_mask,
+        collection=config.collection,
+    )
+
+
+def cache_path(cache_dir: str | Path, query: ZtfQuery) -> Path:
+    """Where the raw reply of ``query`` lives in the shared cache (binned by integer RA degree)."""
+    ra_bin = int(np.floor(query.ra_deg)) % 360
+    return Path(cache_dir) / "ztf" / query.collection / f"ra{ra_bin:03d}" / f"{query.digest()}.csv"
+
+
+def fetch_lightcurves(client: HttpClient, config: ZtfConfig, query: ZtfQuery) -> Reply:
+    """Ask the service for one cone (retries, timeouts and politeness are the client's)."""
+    return client.get(config.base_url.rstrip("/") + SERVICE_PATH, params=query.params())
+
+
+def parse_reply(content: bytes) -> Table:
+    """The reply CSV as a Table (a header without rows gives an empty Table with the columns).
+
+    Raises
+    ------
+    BadInputError
+        The reply is not the service's CSV (an HTML error page, a truncated file, ...).
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    text_start = content[:200].lstrip().lower()
+    if not content.strip():
+        raise BadInputError("reply is empty (not even a CSV header)")
+    if text_start.startswith((b"<", b"error", b"[struct")):
+        first = content.strip().splitlines()[0][:120].decode("utf-8", "replace")
+        raise BadInputError(f"reply is not a light-curve CSV: {first}")
+    try:
+        arrow = pacsv.read_csv(
+            io.BytesIO(content),
+            convert_options=pacsv.ConvertOptions(column_types={"oid": pa.int64(), "filtercode": pa.string()}),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise BadInputError(f"reply is not a readable CSV: {' '.join(str(exc).split())[:160]}") from exc
+    missing = [c for c in _NEEDED if c not in arrow.column_names]
+    if missing:
+        raise BadInputError(f"reply lacks the columns {', '.join(missing)}")
+    table = Table()
+    for name in arrow.column_names:
+        if not name:  # a leading index column written by pandas
+            continue
+        col = arrow.column(name)
+        if arrow.num_rows == 0:
+            table[name] = np.zeros(0, dtype=np.int64 if name in ("oid", "catflags") else float)
+            if name == "filtercode":
+                table[name] = np.zeros(0, dtype="U2")
+            continue
+        table[name] = col.to_numpy(zero_copy_only=False)
+    return table
+
+
+def season_ids(mjd: np.ndarray, *, gap_days: float) -> np.ndarray:
+    """Season number (0, 1, ...) of each time: a new season after every gap > ``gap_days``."""
+    mjd = np.asarray(mjd, dtype=float)
+    if mjd.size == 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(mjd, kind="stable")
+    steps = np.concatenate([[0], np.cumsum(np.diff(mjd[order]) > gap_days)])
+    out = np.empty(mjd.size, np.int64)
+    out[order] = steps
+    return out
+
+
+@dataclass
+class ReducedLightCurve:
+    """One object, one band, one season."""
+
+    object_id: str
+    band: str
+    season: int
+    table: Table
+    flagged: np.ndarray  #: catflags & flag_mask != 0, per epoch
+
+    @property
+    def key(self) -> str:
+        return f"ztf:{self.object_id}:{self.band}:s{self.season}"
+
+    @property
+    def n_flagged(self) -> int:
+        return int(np.sum(self.flagged))
+
+
+@dataclass
+class Reduction:
+    """What one reply reduced to: the light curves, and the objects left out with the reason."""
+
+    lightcurves: list[ReducedLightCurve]
+    n_epochs: int
+    rejected: dict[str, str] = field(default_factory=dict)
+    n_seasons: int = 0
+
+
+def reduce_reply(
+    table: Table,
+    *,
+    ra_deg: float,
+    dec_deg: float,
+    config: ZtfConfig,
+    catalogue_mag: float | None = None,
+) -> Reduction:
+    """Light curves per object id, band and season from one parsed reply (see the module doc).
+
+    Parameters
+    ----------
+    table
+        :func:`parse_reply` output.
+    ra_deg, dec_deg
+        The target at the query epoch [deg].
+    catalogue_mag
+        The target's catalogue magnitude in ``config.mag_band`` [mag]; None or NaN skips the
+        magnitude-consistency cut.
+    """
+    n = len(table)
+    if n == 0:
+        return Reduction([], 0)
+    oid = np.asarray(table["oid"]).astype(np.int64)
+    mag = np.asarray(table["mag"], dtype=float)
+    ra = np.asarray(table["ra"], dtype=float)
+    dec = np.asarray(table["dec"], dtype=float)
+    rejected: dict[str, str] = {}
+    keep = np.zeros(n, bool)
+    for obj in np.unique(oid):
+        sel = oid == obj
+        # median offset on the tangent plane: safe across RA 0/360
+        dx = (np.mod(ra[sel] - ra_deg + 180.0, 360.0) - 180.0) * np.cos(np.radians(dec_deg))
+        dist = 3600.0 * float(np.hypot(np.median(dx), np.median(dec[sel] - dec_deg)))
+        if dist > config.max_distance_arcsec:
+            rejected[str(obj)] = f"median position {dist:.2f} arcsec from the target"
+            continue
+        med_mag = float(np.nanmedian(mag[sel])) if np.any(np.isfinite(mag[sel])) else np.nan
+        comparable = catalogue_mag is not None and np.isfinite(catalogue_mag) and np.isfinite(med_mag)
+        if comparable and abs(med_mag - catalogue_mag) > config.max_mag_offset:
+            rejected[str(obj)] = f"median mag {med_mag:.2f} vs catalogue {catalogue_mag:.2f}"
+            continue
+        keep[sel] = True
+    kept = table[keep]
+    if len(kept) == 0:
+        return Reduction([], n, rejected)
+    exptime = np.asarray(kept["exptime"], dtype=float) if "exptime" in kept.colnames else np.zeros(len(kept))
+    mjd_mid = np.asarray(kept["mjd"], dtype=float) + 0.5 * np.nan_to_num(exptime) / 86400.0
+    seasons = season_ids(mjd_mid, gap_days=config.season_gap_days)
+    bands = np.array([str(f)[-1] if str(f).startswith("z") else str(f) for f in kept["filtercode"]])
+    catflags = np.asarray(kept["catflags"]).astype(np.int64)
+    kept_oid = np.asarray(kept["oid"]).astype(np.int64)
+    out: list[ReducedLightCurve] = []
+    groups = sorted({(int(o), str(b), int(s)) for o, b, s in zip(kept_oid, bands, seasons, strict=True)})
+    for obj, band, season in groups:
+        sel = (kept_oid == obj) & (bands == band) & (seasons == season)
+        order = np.argsort(mjd_mid[sel], kind="stable")
+        idx = np.flatnonzero(sel)[order]
+        lc = Table()
+        lc["mjd"] = Column(mjd_mid[idx], unit=u.day, description="MJD (UTC) at mid-exposure")
+        lc["mag"] = Column(np.asarray(kept["mag"], dtype=float)[idx], unit=u.mag)
+        lc["magerr"] = Column(np.asarray(kept["magerr"], dtype=float)[idx], unit=u.mag)
+        lc["band"] = Column(np.full(idx.size, band), description="ZTF filter (g, r, i)")
+        lc["catflags"] = Column(catflags[idx], description="IRSA catalogue flags (0 = good)")
+        lc["ra"] = Column(np.asarray(kept["ra"], dtype=float)[idx], unit=u.deg)
+        lc["dec"] = Column(np.asarray(kept["dec"], dtype=float)[idx], unit=u.deg)
+        lc["oid"] = Column(np.full(idx.size, obj, dtype=np.int64), description="ZTF object id")
+        for extra in _EXTRA_COLUMNS:
+            if extra in kept.colnames:
+                lc[extra] = np.asarray(kept[extra])[idx]
+        lc.meta.update(
+            {"survey": "ztf", "time_scale": "utc", "object": str(obj), "band": band, "season": season}
+        )
+        out.append(ReducedLightCurve(str(obj), band, season, lc, (catflags[idx] & config.flag_mask) != 0))
+    return Reduction(out, n, rejected, n_seasons=int(seasons.max()) + 1)
