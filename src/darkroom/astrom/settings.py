@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from darkroom.astrom.blind import BlindConfig
 from darkroom.astrom.relative import SeriesConfig
 from darkroom.catalogs import ReferenceCatalogSource
 
@@ -29,6 +30,12 @@ class SolveSettings(BaseModel):
         "reference-catalog cone [deg]",
     )
     use_header_wcs: bool = Field(True, description="check and refine the WCS found in the image headers")
+    blind: BlindConfig = Field(
+        default_factory=BlindConfig,
+        description="blind solving with astrometry.net (local solve-field or nova.astrometry.net, detected at "
+        "run time) of a field none of whose frames has a header WCS or a pointing; the solution is then "
+        "refined like a header WCS",
+    )
     series: SeriesConfig = Field(
         default_factory=SeriesConfig, description="single-frame solver and frame-to-reference alignment"
     )

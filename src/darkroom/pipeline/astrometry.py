@@ -45,6 +45,7 @@ earlier provenances stay on disk beside the new ones under their own folders.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -73,6 +74,7 @@ from darkroom.astrom import (
     solve_frame_series,
     source_positions,
 )
+from darkroom.astrom.blind import blind_solve
 from darkroom.astrom.settings import SolveSettings
 from darkroom.catalogs import (
     FileCatalogSource,
@@ -630,7 +632,6 @@ class AstrometryStage(Stage):
             out.append(self._frame_result(p["frames"][k], None, failed, p, ref_image_id=None, catalog=None))
         if not frames:
             return {"frames": out}
-        catalog = self._load_catalog(frames, [p["frames"][k]["mjd"] for k in usable])
         solve_cfg = cfg.series.solve
         counts = []
         for frame in frames:
@@ -641,6 +642,8 @@ class AstrometryStage(Stage):
                 counts.append(int(np.count_nonzero(np.isfinite(x) & np.isfinite(y))))
             else:
                 counts.append(0)
+        blind_method = self._blind(frames, counts, [p["frames"][k] for k in usable])
+        catalog = self._load_catalog(frames, [p["frames"][k]["mjd"] for k in usable])
         ref = self._choose_reference(frames, counts, catalog)
         results = solve_frame_series(frames, catalog=catalog, reference_index=ref, config=cfg.series)
         if counts[ref] < solve_cfg.min_sources:  # even the best frame has (next to) no stars
@@ -661,6 +664,10 @@ class AstrometryStage(Stage):
                     p["frames"][k], frame, result, p, ref_image_id=ref_image_id, catalog=catalog
                 )
             )
+        if blind_method is not None:
+            for item in out:
+                if item["image_id"] == blind_method[0]:
+                    item["astrom"]["blind_method"] = blind_method[1]
         n_failed = sum(r.quality == "failed" for r in results) + len(unreadable)
         log.info(
             "field %s %s: %d frames, reference %s (%s), %d failed",
@@ -672,6 +679,40 @@ class AstrometryStage(Stage):
             n_failed,
         )
         return {"frames": out}
+
+    def _blind(
+        self, frames: list[FrameSources], counts: list[int], rows: list[dict[str, Any]]
+    ) -> tuple[int, str] | None:
+        """Blind-solve the frame with most sources when no frame of the field has a header WCS or a
+        pointing; its solution becomes that frame's "header" WCS (refined and checked like one).
+        Returns (image id, engine used) or None."""
+        cfg: SolveSettings = self.config
+        if (
+            cfg.blind.engine == "none"
+            or not frames
+            or any(f.wcs is not None or f.hint is not None for f in frames)
+        ):
+            return None
+        i = int(np.argmax(counts))
+        frame = frames[i]
+        x, y, flux = source_positions(
+            frame.sources, flux_column=cfg.series.solve.flux_column, exclude_sharp=True
+        )
+        try:
+            sol = blind_solve(
+                x,
+                y,
+                flux,
+                shape=frame.shape,
+                pixel_scale_arcsec=rows[i].get("pixel_scale_arcsec"),
+                config=cfg.blind,
+            )
+        except SolveError as exc:
+            log.warning("field of %s: no pointing and blind solving failed: %s", frame.name, exc.reason)
+            return None
+        log.info("%s solved blind by %s", frame.name, sol.method)
+        frames[i] = dataclasses.replace(frame, wcs=sol.wcs)
+        return rows[i]["image_id"], sol.method
 
     def _solve_alone(
         self, frame: FrameSources, aligned: SolveResult, catalog: Table | None, ref_wcs: WCS | None
