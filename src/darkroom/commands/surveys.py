@@ -190,3 +190,93 @@ def register(app: typer.Typer) -> None:
             print_drive_report(report)
         if report.failures:
             raise typer.Exit(2)
+
+    @survey_app.command("sdss")
+    def survey_sdss(
+        repo: RepoArg,
+        refresh: RefreshOpt = False,
+        limit: LimitOpt = None,
+        db: DbOpt = None,
+        set_: SetOpt = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """SDSS frames (five bands, kept compressed) of the fields covering every registered target; resumable."""
+        from darkroom.facade import Repository
+        from darkroom.pipeline.sdss import run_sdss
+
+        _setup_logging(quiet)
+        try:
+            r = Repository(repo, db_url=db, overrides=set_ or ())
+            with _bar(quiet) as bar:
+                tasks: dict[str, object] = {}
+
+                def progress(step: str, done: int, total: int) -> None:
+                    if step not in tasks:
+                        tasks[step] = bar.add_task(step, total=max(total, 1))
+                    bar.update(tasks[step], completed=done, total=max(total, 1))
+
+                reports = run_sdss(
+                    r.root, r.registry, r.config.surveys, refresh=refresh, limit=limit, progress=progress
+                )
+            r.close()
+        except DarkroomError as exc:
+            _fail(exc)
+        if not quiet:
+            for report in reports:
+                print_drive_report(report)
+        if any(rep.failures for rep in reports):
+            raise typer.Exit(2)
+
+    @app.command("cutouts")
+    def cutouts(
+        repo: RepoArg,
+        out: Annotated[
+            Path | None, typer.Option("-o", "--out", help="output folder (default: surveys.cutouts.out_dir)")
+        ] = None,
+        size: Annotated[
+            int | None, typer.Option("--size", min=4, max=1024, help="stamp side [pixel] (default 32)")
+        ] = None,
+        bands: Annotated[
+            str | None, typer.Option("--bands", help="bands in cube order (default ugriz)")
+        ] = None,
+        workers: Annotated[int | None, typer.Option("--workers", min=1, help="threads")] = None,
+        db: DbOpt = None,
+        set_: SetOpt = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """A band x size x size cube per target (each band cut through its own WCS, mask plane where the
+        stamp leaves the frame), one FITS per target plus cubes.h5 and index.csv; resumable."""
+        from darkroom.facade import Repository
+        from darkroom.pipeline.sdss import run_cutouts
+
+        _setup_logging(quiet)
+        try:
+            r = Repository(repo, db_url=db, overrides=set_ or ())
+            out_dir = out or Path(r.config.surveys.cutouts.out_dir)
+            out_dir = (
+                out_dir if out_dir.is_absolute() else (Path.cwd() / out_dir if out else r.root / out_dir)
+            )
+            with _bar(quiet) as bar:
+                task = bar.add_task("cutouts", total=None)
+                report = run_cutouts(
+                    r.root,
+                    r.registry,
+                    r.config.surveys,
+                    out_dir=out_dir,
+                    size=size,
+                    bands=bands,
+                    workers=workers,
+                    progress=lambda done, total: bar.update(task, completed=done, total=max(total, 1)),
+                )
+            r.close()
+        except DarkroomError as exc:
+            _fail(exc)
+        console.print(
+            f"{report.n_targets} targets with SDSS frames: {report.n_written} cubes written "
+            f"({report.n_masked} partly masked), {report.n_existing} already there, {len(report.failures)} failed "
+            f"in {report.seconds:.1f} s; {report.hdf5}, {report.index}"
+        )
+        for key, reason in report.failures[:20]:
+            console.print(f"  {key}: {reason}", soft_wrap=True, markup=False, highlight=False)
+        if report.failures:
+            raise typer.Exit(2)

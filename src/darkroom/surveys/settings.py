@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from darkroom.surveys.cutouts import CutoutConfig
+from darkroom.surveys.sdss import SdssConfig
 from darkroom.surveys.ztf import ZtfConfig
 
 __all__ = ["SurveysConfig"]
@@ -26,3 +28,5 @@ class SurveysConfig(BaseModel):
         default_factory=list, description="survey steps 'darkroom run' carries out (a survey repository)"
     )
     ztf: ZtfConfig = Field(default_factory=ZtfConfig)
+    sdss: SdssConfig = Field(default_factory=SdssConfig)
+    cutouts: CutoutConfig = Field(default_factory=CutoutConfig)
