@@ -575,6 +575,7 @@ def demo(
 
 
 __import__("darkroom.commands.surveys", fromlist=["register"]).register(app)
+__import__("darkroom.commands.imaging", fromlist=["register"]).register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -24,6 +24,7 @@ from darkroom.calib.settings import CalibSettings
 from darkroom.detect.quality import QualityLimits
 from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import ConfigError
+from darkroom.imaging.settings import CoaddSettings
 from darkroom.phot.settings import MeasureSettings
 from darkroom.provenance import critical_params
 from darkroom.surveys.settings import SurveysConfig
@@ -115,6 +116,9 @@ class DarkroomConfig(_Section):
     )
     surveys: SurveysConfig = Field(
         default_factory=SurveysConfig, description="survey data (ZTF, SDSS) for the registered targets"
+    )
+    coadd: CoaddSettings = Field(
+        default_factory=CoaddSettings, description="coadds per field, filter and night (optional stage)"
     )
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import bottleneck as bn
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
@@ -214,13 +215,9 @@ def _clip_block(
         return keep
     can = n_valid >= 3
     for _ in range(cfg.clip_iters):
-        xs = np.where(keep, x, np.nan)
+        xs = np.where(keep, x, np.float32(np.nan))
         with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-                med = np.nanmedian(xs, axis=0)
+            med = bn.nanmedian(xs, axis=0)  # NaN where nothing is left (no warning, unlike numpy)
             sig = np.sqrt(v + (cfg.clip_ampfrac * (med - sky)) ** 2)
             new = valid & (np.abs(x - med) <= cfg.clip_sigma * sig)
         new |= valid & ~can  # too few inputs to tell which one is wrong
@@ -415,11 +412,7 @@ def _combine(
             if cfg.combine == "mean":
                 out = (np.where(keep, x, 0.0) * ws).sum(axis=0) / sw
             else:
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    out = np.nanmedian(np.where(keep, x, np.nan), axis=0)
+                out = bn.nanmedian(np.where(keep, x, np.float32(np.nan)), axis=0)
             vout = (ws * ws * np.where(keep, v, 0.0)).sum(axis=0) / (sw * sw)
         if cfg.combine == "median":
             vout = vout * np.float32(math.pi / 2.0)

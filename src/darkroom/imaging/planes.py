@@ -170,6 +170,22 @@ def read_planes(path: Path | str, *, name: str | None = None) -> ImagePlanes:
     )
 
 
+_STRUCTURAL = (
+    "SIMPLE",
+    "XTENSION",
+    "BITPIX",
+    "NAXIS",
+    "NAXIS1",
+    "NAXIS2",
+    "NAXIS3",
+    "EXTEND",
+    "PCOUNT",
+    "GCOUNT",
+    "BSCALE",
+    "BZERO",
+)
+
+
 def planes_to_hdus(
     sci: np.ndarray,
     var: np.ndarray,
@@ -184,6 +200,8 @@ def planes_to_hdus(
     the WCS cards of ``header`` as well.
     """
     sci_h = header.copy()
+    for key in _STRUCTURAL:
+        sci_h.remove(key, ignore_missing=True, remove_all=True)
     sci_h["EXTNAME"] = "SCI"
     mask_h = fits.Header()
     mask_h["EXTNAME"] = "MASK"

@@ -13,11 +13,12 @@ from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
 from darkroom.pipeline.astrometry import astrometry_stages
 from darkroom.pipeline.calibration import calibration_stages
+from darkroom.pipeline.coadd import coadd_stages
 from darkroom.pipeline.photometry import photometry_stages
 from darkroom.pipeline.stage import Stage
 from darkroom.repo.registry import Registry
 
-__all__ = ["all_stages", "forget_from", "select_stages", "stage_names"]
+__all__ = ["all_stages", "coadd_family", "forget_from", "select_stages", "stage_names"]
 
 
 def all_stages(root: Path, config: DarkroomConfig) -> list[Stage]:
@@ -31,7 +32,26 @@ def all_stages(root: Path, config: DarkroomConfig) -> list[Stage]:
         reference_catalog=config.astrometry.solve.reference_catalog,
         targets=config.targets,
     )
-    return [*calib, *astrom, *phot]
+    stages = [*calib, *astrom, *phot]
+    if config.coadd.enabled:
+        stages += coadd_stages(
+            root,
+            config.coadd,
+            upstream=(phot[-1].provenance_id,),
+            astrometry_provenance=astrom[-1].provenance_id,
+        )
+    return stages
+
+
+def coadd_family(root: Path, config: DarkroomConfig) -> list[Stage]:
+    """The coadd stages wired after every other stage, whether or not ``coadd.enabled``."""
+    stages = all_stages(
+        root, config.model_copy(update={"coadd": config.coadd.model_copy(update={"enabled": False})})
+    )
+    astrom = next(s for s in stages if s.name == "astrometry")
+    return coadd_stages(
+        root, config.coadd, upstream=(stages[-1].provenance_id,), astrometry_provenance=astrom.provenance_id
+    )
 
 
 def stage_names(stages: list[Stage]) -> list[str]:

@@ -1,0 +1,328 @@
+"""The coadd stage: one deep image per field, filter and night (or all nights).
+
+Wiring only: the registry says which solved images exist; :mod:`darkroom.imaging` resamples,
+combines, measures the depth; :mod:`darkroom.detect` extracts the coadd's sources.
+
+``coadd`` (one unit per field, filter and night; optional: ``coadd.enabled`` in
+darkroom.yaml, or ``darkroom coadd``)
+    Images of the group with an astrometric solution (``astrom_flag`` good or marginal, of
+    the astrometry provenance this stage follows) and, with ``quality: good``, a good
+    quality flag (after the lightcurves stage has marked cloudy frames) are coadded onto a
+    common tangent plane (:func:`darkroom.imaging.coadd_images`). Products, under
+    ``coadds/<provenance>/``: ``<field>_<filter>_<night>_<hash>.fits`` (SCI/MASK/VAR/WEIGHT/
+    EXPMAP/NIMG; NCOMBINE, EXPTIME (total), MJD-OBS/MJD-MID/MJD-END, IMCMBnnn in the
+    header), its source catalogue ``.cat.parquet`` (sep extraction, RA/Dec through the
+    coadd's WCS, ``mag`` with the zero point) and a thumbnail ``.png``. Registry: a
+    ``Coadd`` row (total exposure, time span, WCS cards, ``values``: ``zp`` and its source,
+    ``mag_limit`` (``n_sigma`` empty-aperture limit), ``inputs_mag_limit_median``
+    (the inputs' limits measured the same way, in the coadd's photometric scale),
+    ``fwhm_pix`` (median of the coadd's stars), ``inputs_fwhm_pix_median``,
+    ``n_sources``, ``catalog``, ``thumbnail``) and one ``CoaddInput`` row per image with
+    its weight.
+
+    Zero point: SCI / EXPTIME is the count rate of the reference (first) input, so the
+    coadd takes that image's photometric zero point (``Image.photcal["zp"]``, mag for 1 adu/s)
+    when it has one; otherwise magnitudes are instrumental (zp 0).
+
+Pixel convention: 0-based (sep); times MJD UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from darkroom.detect import extract_frame
+from darkroom.errors import BadInputError
+from darkroom.imaging import ImagePlanes, coadd_images, empty_aperture_depth, read_planes, thumbnail
+from darkroom.imaging.resample import grid_covering, pixel_scale_arcsec
+from darkroom.imaging.settings import CoaddSettings
+from darkroom.io.atomic import atomic_path, sha256_file
+from darkroom.pipeline._products import jsonable, short_hash
+from darkroom.pipeline.stage import Stage, Unit
+from darkroom.repo.models import Coadd, CoaddInput, Exposure, Image
+
+__all__ = ["CoaddStage", "coadd_stages", "load_input_planes"]
+
+log = logging.getLogger(__name__)
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-._" else "_" for c in text)[:60] or "unknown"
+
+
+def _wcs(cards: dict[str, Any]) -> WCS:
+    header = fits.Header()
+    for key, value in cards.items():
+        header[key] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header, naxis=2)
+
+
+def load_input_planes(root: Path, item: dict[str, Any]) -> ImagePlanes:
+    """A registered calibrated image with its solved WCS (the registry's, not the header's)."""
+    planes = read_planes(root / item["path"], name=item["name"])
+    return planes.with_planes(
+        planes.sci,
+        planes.var,
+        planes.mask,
+        wcs=_wcs(item["wcs"]),
+        exptime_s=item.get("exptime_s") or planes.exptime_s,
+        mjd_mid=item.get("mjd_mid") or planes.mjd_mid,
+        gain_e_per_adu=item.get("gain") or planes.gain_e_per_adu,
+        filter=item.get("filter"),
+    )
+
+
+class CoaddStage(Stage):
+    """Coadd the good images of each field, filter and night (see the module docstring)."""
+
+    name = "coadd"
+
+    def __init__(
+        self,
+        root: Path,
+        config: CoaddSettings,
+        *,
+        upstream: tuple[str, ...] = (),
+        astrometry_provenance: str | None = None,
+    ) -> None:
+        super().__init__(root, config, upstream=upstream)
+        self.astrometry_provenance = astrometry_provenance
+        # restrictions of `darkroom coadd --field/--filter/--nights` (not part of the provenance)
+        self.fields: set[str] | None = None
+        self.filters: set[str] | None = None
+        self.nights: set[str] | None = None
+
+    def restrict(
+        self,
+        *,
+        fields: list[str] | None = None,
+        filters: list[str] | None = None,
+        nights: list[str] | None = None,
+    ) -> CoaddStage:
+        """Plan only these fields, filters and nights (None: all)."""
+        self.fields = set(fields) if fields else None
+        self.filters = set(filters) if filters else None
+        self.nights = set(nights) if nights else None
+        return self
+
+    def _groups(self, session: Session) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+        cfg: CoaddSettings = self.config
+        rows = session.execute(
+            select(Image, Exposure.exptime_s)
+            .join(Exposure, Exposure.id == Image.exposure_id)
+            .where(Exposure.state == "ok", Image.astrom_flag.in_(("good", "marginal")))
+            .order_by(Image.mjd_mid, Image.id)
+        ).all()
+        groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+        for im, exptime in rows:
+            astrom = im.astrom or {}
+            if not astrom.get("wcs"):
+                continue
+            if self.astrometry_provenance and astrom.get("provenance_id") != self.astrometry_provenance:
+                continue
+            if cfg.quality == "good" and im.quality_flag != "good":
+                continue
+            if (
+                (self.fields and (im.field or "unknown") not in self.fields)
+                or (self.filters and (im.filter or "none") not in self.filters)
+                or (self.nights and (im.night or "unknown") not in self.nights)
+            ):
+                continue
+            if cfg.per == "night":
+                night = im.night or "unknown"
+            else:  # one coadd over all nights (or over the nights asked for)
+                night = "+".join(sorted(self.nights))[:200] if self.nights else "all"
+            quality = im.quality or {}
+            groups[(im.field or "unknown", im.filter or "none", night)].append(
+                {
+                    "image_id": im.id,
+                    "path": im.path,
+                    "name": Path(im.path).name,
+                    "wcs": astrom["wcs"],
+                    "exptime_s": exptime,
+                    "mjd_mid": im.mjd_mid,
+                    "gain": (quality.get("calib") or {}).get("gain_e_per_adu"),
+                    "fwhm_pix": quality.get("fwhm_pix"),
+                    "zp": (im.photcal or {}).get("zp"),
+                    "filter": im.filter,
+                }
+            )
+        return groups
+
+    def plan(self, session: Session) -> list[Unit]:
+        cfg: CoaddSettings = self.config
+        done = set(session.scalars(select(Coadd.key).where(Coadd.provenance_id == self.provenance_id)))
+        units = []
+        for (field, band, night), items in sorted(self._groups(session).items()):
+            key = f"{field}:{band}:{night}"
+            if key in done or len(items) < cfg.min_inputs:
+                continue
+            units.append(
+                Unit(key=key, payload={"field": field, "filter": band, "night": night, "inputs": items})
+            )
+        return units
+
+    def run(self, unit: Unit) -> dict[str, Any]:
+        cfg: CoaddSettings = self.config
+        p = unit.payload
+        items = p["inputs"]
+        wcs_shapes = []
+        for item in items:
+            w = _wcs(item["wcs"])
+            shape = (int(w.pixel_shape[1]), int(w.pixel_shape[0])) if w.pixel_shape else None
+            if shape is None:
+                with fits.open(self.root / item["path"]) as hdul:
+                    shape = tuple(hdul["SCI"].data.shape)
+            wcs_shapes.append((w, shape))
+        grid = grid_covering(wcs_shapes)
+        fwhm_in = [f for f in (i.get("fwhm_pix") for i in items) if f]
+        fwhm_med = float(np.median(fwhm_in)) if fwhm_in else 3.0
+        radius = max(1.0, cfg.aperture_fwhm * fwhm_med)
+        input_depth: dict[str, float] = {}
+
+        def loader(item: dict[str, Any]):
+            def load() -> ImagePlanes:
+                planes = load_input_planes(self.root, item)
+                try:
+                    input_depth[planes.name] = empty_aperture_depth(
+                        planes.sci, planes.mask, radius_pix=radius, n_sigma=cfg.n_sigma
+                    ).limit_flux
+                except BadInputError as exc:
+                    log.info("%s: no depth (%s)", planes.name, exc.reason)
+                return planes
+
+            return load
+
+        result = coadd_images([loader(i) for i in items], grid, cfg.combine)
+        stem = f"{_safe(p['field'])}_{_safe(p['filter'])}_{_safe(p['night'])}_{short_hash(unit.key)}"
+        folder = self.product_path("coadds", self.provenance_id)
+        path = folder / f"{stem}.fits"
+        header = result.header
+        header["FILTER"] = (p["filter"], "filter of the inputs")
+        header["OBJECT"] = (p["field"], "field")
+        header["NIGHT"] = (p["night"], "night (local date at the start) or 'all'")
+        # photometric zero point: the reference input's (SCI / EXPTIME is its count rate)
+        ref = items[0]
+        zp = ref.get("zp")
+        zp_source = f"image {ref['image_id']}" if zp is not None else "instrumental"
+        zp_value = float(zp) if zp is not None else 0.0
+        header["MAGZP"] = (zp_value, "mag = MAGZP - 2.5 log10(flux / EXPTIME)")
+        folder.mkdir(parents=True, exist_ok=True)
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            result.to_hdus().writeto(tmp, output_verify="silentfix")
+        # extraction and photometry on the coadd, as on any image
+        extraction = extract_frame(
+            result.sci,
+            mask=result.mask,
+            gain_e_per_adu=result.gain_e_per_adu,
+            pixel_scale_arcsec=pixel_scale_arcsec(grid.wcs),
+        )
+        cat = extraction.catalog
+        ra, dec = grid.wcs.all_pix2world(np.asarray(cat["x"], float), np.asarray(cat["y"], float), 0)
+        cat["ra_deg"], cat["dec_deg"] = ra, dec
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flux = np.asarray(cat["flux_aper_adu"], float)
+            rate = flux / (result.exptime_s or 1.0)
+            cat["mag"] = np.where(flux > 0, zp_value - 2.5 * np.log10(rate), np.nan)
+            cat["mag_err"] = 1.0857 * np.asarray(cat["flux_aper_err_adu"], float) / flux
+        cat.meta["zp"] = zp_value
+        cat_path = folder / f"{stem}.cat.parquet"
+        with atomic_path(cat_path) as tmp:
+            cat.write(tmp, format="parquet", overwrite=True)
+        depth = empty_aperture_depth(result.sci, result.mask, radius_pix=radius, n_sigma=cfg.n_sigma)
+        exptime = result.exptime_s or 1.0
+        mag_limit = depth.limit_mag(zp_value, exptime)
+        # the inputs' limits in the coadd's photometric scale: scaled limit flux per reference exposure
+        t_ref = float(header.get("EXPREF") or 1.0)
+        input_limits = [
+            zp_value - 2.5 * np.log10(input_depth[i.name] * i.scale / t_ref)
+            for i in result.inputs
+            if i.weight > 0 and i.name in input_depth and input_depth[i.name] > 0
+        ]
+        png = folder / f"{stem}.png"
+        with atomic_path(png) as tmp:
+            thumbnail(result.sci, tmp)
+        quality = extraction.quality
+        return {
+            "path": self.relative(path),
+            "sha256": sha256_file(path),
+            "n_inputs": int(sum(1 for i in result.inputs if i.weight > 0)),
+            "exptime_s": result.exptime_s,
+            "mjd": [result.mjd_start, result.mjd_end, result.mjd_mid],
+            "wcs": {k: v for k, v in grid.header().items() if k not in ("COMMENT", "HISTORY", "")},
+            "weights": {i.name: i.weight for i in result.inputs},
+            "values": jsonable(
+                {
+                    "zp": zp_value,
+                    "zp_source": zp_source,
+                    "mag_limit": mag_limit,
+                    "limit_n_sigma": cfg.n_sigma,
+                    "limit_radius_pix": radius,
+                    "sigma_aperture": depth.sigma_aperture,
+                    "inputs_mag_limit_median": float(np.median(input_limits)) if input_limits else None,
+                    "fwhm_pix": getattr(quality, "fwhm_pix", None),
+                    "inputs_fwhm_pix_median": fwhm_med if fwhm_in else None,
+                    "n_sources": len(cat),
+                    "catalog": self.relative(cat_path),
+                    "thumbnail": self.relative(png),
+                    "shape": list(grid.shape),
+                    "inputs": [
+                        {"name": i.name, "scale": i.scale, "scale_method": i.scale_method, "note": i.note}
+                        for i in result.inputs
+                    ],
+                }
+            ),
+        }
+
+    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        p = unit.payload
+        start, end, mid = result["mjd"]
+        coadd = Coadd(
+            provenance_id=self.provenance_id,
+            key=unit.key,
+            field=p["field"],
+            filter=p["filter"],
+            night=p["night"]
+            if len(p["night"]) <= 10 and "+" not in p["night"] and p["night"] != "all"
+            else None,
+            path=result["path"],
+            sha256=result["sha256"],
+            n_inputs=result["n_inputs"],
+            exptime_s=result["exptime_s"],
+            mjd_start=start,
+            mjd_end=end,
+            mjd_mid=mid,
+            wcs=jsonable(result["wcs"]),
+            values=result["values"],
+        )
+        by_name = {i["name"]: i["image_id"] for i in p["inputs"]}
+        for name, weight in result["weights"].items():
+            if name in by_name and weight > 0:
+                coadd.inputs.append(CoaddInput(image_id=by_name[name], weight=float(weight)))
+        session.add(coadd)
+
+    def forget_products(self, session: Session) -> None:
+        ids = list(session.scalars(select(Coadd.id).where(Coadd.provenance_id == self.provenance_id)))
+        if ids:
+            session.execute(delete(CoaddInput).where(CoaddInput.coadd_id.in_(ids)))
+            session.execute(delete(Coadd).where(Coadd.id.in_(ids)))
+
+
+def coadd_stages(
+    root: Path, settings: CoaddSettings, *, upstream: tuple[str, ...], astrometry_provenance: str | None
+) -> list[Stage]:
+    """The coadd stage family (one stage today), following ``upstream``."""
+    return [CoaddStage(root, settings, upstream=upstream, astrometry_provenance=astrometry_provenance)]
