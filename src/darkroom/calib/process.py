@@ -35,6 +35,7 @@ from .grouping import describe_key, required_key
 from .interp import interpolate_masked
 from .masters import MasterFrame
 from .overscan import OverscanConfig, overscan_levels, parse_section
+from .starguard import StarGuardConfig, find_stars, protect_stars, tuned_objlim
 from .variance import flat_divided_variance, poisson_read_variance
 
 __all__ = [
@@ -84,6 +85,9 @@ class CalibrationConfig(BaseModel):
     do_cosmic_rays: bool = Field(True, description="detect cosmic rays (needs gain and read noise)")
     do_interpolate_cosmic_rays: bool = Field(True, description="interpolate cosmic-ray pixels (flag INTRP)")
     cosmic_rays: CosmicRayConfig = Field(default_factory=CosmicRayConfig)
+    star_guard: StarGuardConfig = Field(
+        default_factory=StarGuardConfig, description="keeps cosmic-ray flags off (undersampled) stars"
+    )
     sky_box_pix: int = Field(
         64, ge=8, le=4096, description="mesh of the sky model used for cosmic rays [pixels]"
     )
@@ -375,7 +379,7 @@ def calibrate_frame(
         # detect on an image whose bad pixels are already filled, so that cosmic rays next to a bad
         # column are found; the final interpolation below uses only good, unflagged pixels
         det = interpolate_masked(sci, unusable, check_finite=False)[0] if n_bad else sci
-        cr = _cosmic_rays(det, var, mask, gain, rn_e, cfg, history, cards)
+        cr = _cosmic_rays(det, var, mask, gain, rn_e, cfg, history, cards, saturated=prep.saturated)
         n_cr = int(cr.sum())
         mask[cr] |= MaskBit.CR
         if cfg.do_interpolate_cosmic_rays and n_cr:
@@ -414,11 +418,16 @@ def calibrate_frame(
     )
 
 
-def _cosmic_rays(sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, cards) -> np.ndarray:
+def _cosmic_rays(
+    sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, cards, *, saturated=None
+) -> np.ndarray:
     """Cosmic-ray mask of ``sci`` (bad pixels already filled), with a sep sky model and the VAR plane."""
     import sep
 
-    ignore = (mask & (MaskBit.SAT | MaskBit.NO_DATA)) != 0
+    # saturated pixels take part: on a 12-bit camera many cosmic-ray pixels saturate, and
+    # ignoring them would leave their neighbours unflagged; saturated star cores are
+    # cleared again by the star guard below
+    ignore = (mask & MaskBit.NO_DATA) != 0
     any_ignore = bool(ignore.any())
     work = np.ascontiguousarray(sci, dtype=_F32)
     v = np.ascontiguousarray(var, dtype=_F32)
@@ -427,6 +436,21 @@ def _cosmic_rays(sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, ca
         v = np.where(ignore, np.float32(np.median(var[~ignore])) if (~ignore).any() else _F32(1.0), v)
     box = int(min(cfg.sky_box_pix, *work.shape))
     sky = sep.Background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
+    cr_cfg = cfg.cosmic_rays
+    stars = None
+    if cfg.star_guard.enabled:
+        noise = np.sqrt(np.clip(v, 1e-12, None))
+        stars = find_stars(
+            work,
+            sky,
+            noise,
+            ignore=ignore if any_ignore else None,
+            saturated=saturated,
+            config=cfg.star_guard,
+        )
+        objlim = tuned_objlim(cr_cfg.objlim, stars[3])
+        if objlim != cr_cfg.objlim:
+            cr_cfg = cr_cfg.model_copy(update={"objlim": objlim})
     res = detect_cosmic_rays(
         work,
         gain_e_per_adu=gain,
@@ -434,11 +458,27 @@ def _cosmic_rays(sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, ca
         sky=sky,
         variance=v,
         bad_mask=ignore if any_ignore else None,
-        config=cfg.cosmic_rays,
+        config=cr_cfg,
     )
     cr = res.mask & ~ignore
+    guard = protect_stars(
+        cr,
+        work,
+        sky,
+        v,
+        ignore=ignore if any_ignore else None,
+        saturated=saturated,
+        config=cfg.star_guard,
+        stars=stars,
+    )
+    # saturated pixels took part in the detection but keep their SAT flag only
+    cr = guard.mask if saturated is None else guard.mask & ~saturated
     n_cr = int(cr.sum())
-    history.append(f"cosmic rays: {n_cr} pixels ({res.engine} L.A.Cosmic, {res.n_iterations} iterations)")
+    history.append(
+        f"cosmic rays: {n_cr} pixels ({res.engine} L.A.Cosmic, objlim {cr_cfg.objlim:.3g}, "
+        f"{res.n_iterations} iterations); "
+        f"{guard.n_cleared} flags on {guard.n_stars} stars cleared (FWHM {guard.fwhm_pix:.2f} px)"
+    )
     cards.append(("CRCORR", f"{res.engine} L.A.Cosmic: {n_cr} px", "cosmic rays flagged (CR)"))
     return cr
 

@@ -1,0 +1,400 @@
+"""Keep cosmic-ray flags off undersampled stars.
+
+L.A.Cosmic tells a cosmic ray from a star by its sharpness against the fine-structure
+image; with a FWHM of 2 pixels or less, star cores are as sharp as cosmic rays and get
+flagged and interpolated (a star's flux off by several times). Here:
+
+1. :func:`find_stars` detects sources 3 sigma above the sky (sep) and measures the frame
+   FWHM from the typical peak-to-flux ratio of the bright unsaturated ones (robust in
+   crowded fields, unlike second moments); :func:`tuned_objlim` raises L.A.Cosmic's
+   ``objlim`` for an undersampled frame before detection;
+2. :func:`protect_stars` then tests every source, and every pixel on or next to a flag
+   that is as bright as the unflagged pixels around it, as a star: a pixel-integrated
+   Gaussian of the frame FWHM plus a plane is fitted to the pixels of its disk that are
+   not flagged (or flagged below ``nsigma``: the cosmic-ray step's growth); when the fit
+   is star-shaped, a flag it covers is cleared unless the pixel exceeds
+   ``(1 + psf_tolerance)`` x the model plus ``nsigma`` sigma. A cosmic ray on a star, or a
+   cosmic ray taken for a star, cannot explain itself because its own pixels are left out;
+3. flags around saturated stars (compact saturated patches) are cleared, where no model
+   of the clipped star holds.
+
+Pixels are 0-based (sep's convention: the centre of the first pixel is (0, 0)); values
+in adu, variances in adu^2.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy.special import erf
+
+__all__ = ["StarGuardConfig", "StarGuardResult", "find_stars", "protect_stars", "tuned_objlim"]
+
+_GAUSS_SIGMA_PER_FWHM = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+
+class StarGuardConfig(BaseModel):
+    """How stars are protected from the cosmic-ray step."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="clear cosmic-ray flags that a star explains")
+    max_fwhm_pix: float = Field(
+        3.0,
+        gt=0,
+        le=50,
+        description="flags are checked only on frames whose FWHM is below this [pixel]: L.A.Cosmic's "
+        "own fine-structure test protects well-sampled stars",
+    )
+    detect_sigma: float = Field(3.0, gt=0, le=100, description="source detection limit per pixel [sigma]")
+    peak_ratio_margin: float = Field(
+        1.6,
+        ge=1,
+        le=5,
+        description="a star's peak/flux may exceed the PSF's pixel-centred value by this factor",
+    )
+    protect_radius_fwhm: float = Field(
+        1.5, gt=0, le=10, description="radius around a star where flags are checked [FWHM]"
+    )
+    psf_tolerance: float = Field(
+        0.7,
+        ge=0,
+        le=10,
+        description="a flagged pixel must exceed (1 + this) x the star model to stay flagged",
+    )
+    min_width_fraction: float = Field(
+        0.7, ge=0, le=1, description="a star's minor axis is at least this fraction of the typical star's"
+    )
+    max_misfit: float = Field(
+        0.6,
+        gt=0,
+        le=10,
+        description="a candidate is a star when the residual power of the PSF fit on its unflagged "
+        "pixels is below this fraction of the model's power (plus twice the noise)",
+    )
+    nsigma: float = Field(5.0, gt=0, le=100, description="and the model by this many sigma [sigma]")
+    default_fwhm_pix: float = Field(
+        2.0, gt=0.3, le=50, description="FWHM when too few stars measure it [pixel]"
+    )
+
+
+@dataclass(frozen=True)
+class StarGuardResult:
+    """The cleaned cosmic-ray mask, the stars used and what was cleared."""
+
+    mask: np.ndarray
+    fwhm_pix: float
+    n_stars: int
+    n_cleared: int
+
+
+def tuned_objlim(objlim: float, fwhm_pix: float, *, well_sampled_fwhm: float = 2.5) -> float:
+    """L.A.Cosmic's ``objlim`` for a frame of FWHM ``fwhm_pix``: unchanged at or above
+    ``well_sampled_fwhm``, raised as (well_sampled_fwhm / FWHM)^2 below it, because an
+    undersampled star core has as much fine-structure contrast as a cosmic ray (van Dokkum
+    2001, sect. 3.3). Cosmic rays are sharper still, so recall hardly changes."""
+    return float(objlim * max(1.0, (well_sampled_fwhm / max(fwhm_pix, 0.5)) ** 2))
+
+
+def _pixel_fraction(dx: np.ndarray, dy: np.ndarray, sigma: float) -> np.ndarray:
+    """Fraction of a unit Gaussian (sigma [pixel]) falling in the pixel at offset (dx, dy) from its centre."""
+    s = sigma * math.sqrt(2.0)
+
+    def one(d: np.ndarray) -> np.ndarray:
+        return 0.5 * (erf((d + 0.5) / s) - erf((d - 0.5) / s))
+
+    return one(dx) * one(dy)
+
+
+_RATIO_RADIUS = 3.0  # aperture radius of the peak-to-flux ratio [pixel]
+_RATIO_PERCENTILE = 25.0
+_MIN_STAR_B = 0.42  # sep minor axis [pixel] below which a source is a cosmic-ray track
+
+
+@functools.lru_cache(maxsize=1)
+def _peak_ratio_table() -> tuple[np.ndarray, np.ndarray]:
+    """(lower-quartile peak-pixel / aperture-flux ratio over random centring, FWHM) of a Gaussian."""
+    fwhms = np.linspace(0.6, 12.0, 80)
+    offsets = np.linspace(-0.5, 0.5, 7)
+    oy, ox = np.meshgrid(offsets, offsets, indexing="ij")
+    py, px = np.mgrid[-6:7, -6:7]
+    ratios = []
+    for f in fwhms:
+        sigma = f * _GAUSS_SIGMA_PER_FWHM
+        vals = []
+        for dy, dx in zip(oy.ravel(), ox.ravel(), strict=True):
+            frac = _pixel_fraction(px - dx, py - dy, sigma)
+            inside = (px - dx) ** 2 + (py - dy) ** 2 <= _RATIO_RADIUS**2
+            vals.append(frac.max() / frac[inside].sum())
+        ratios.append(np.percentile(vals, _RATIO_PERCENTILE))
+    return np.asarray(ratios), fwhms
+
+
+def _fwhm_from_peak_ratio(ratio: float) -> float:
+    """FWHM [pixel] of the Gaussian whose typical peak-to-flux ratio is ``ratio``."""
+    ratios, fwhms = _peak_ratio_table()
+    return float(np.interp(ratio, ratios[::-1], fwhms[::-1]))
+
+
+def _centred_peak_fraction(fwhm_pix: float) -> float:
+    sigma = fwhm_pix * _GAUSS_SIGMA_PER_FWHM
+    return float(_pixel_fraction(np.zeros(1), np.zeros(1), sigma)[0])
+
+
+def find_stars(
+    data: np.ndarray,
+    sky: np.ndarray,
+    noise: np.ndarray,
+    *,
+    ignore: np.ndarray | None = None,
+    saturated: np.ndarray | None = None,
+    config: StarGuardConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
+    """Source centroids ``x, y`` [pixel, 0-based], aperture fluxes [adu], the frame FWHM
+    [pixel] and how many of the sources look like stars (peak-to-flux ratio and width).
+
+    ``data`` and ``sky`` in adu, ``noise`` the per-pixel sigma [adu]; ``ignore`` marks
+    pixels sep should not use; ``saturated`` pixels keep their sources out of the FWHM.
+    """
+    import sep
+
+    cfg = config or StarGuardConfig()
+    work = np.ascontiguousarray(data - sky, dtype=np.float32)
+    err = np.ascontiguousarray(noise, dtype=np.float32)
+    mask = None if ignore is None else np.ascontiguousarray(ignore, dtype=bool)
+    old = sep.get_extract_pixstack()
+    sep.set_extract_pixstack(max(old, work.size))
+    try:
+        objs = sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=1, deblend_cont=0.005)
+    except Exception:  # sep refuses pathological frames (too many objects): no protection possible
+        return np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
+    finally:
+        sep.set_extract_pixstack(old)
+    if len(objs) == 0:
+        return np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
+    x, y = objs["x"].astype(float), objs["y"].astype(float)
+    ny, nx = work.shape
+    ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
+    iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
+    unsaturated = np.ones(x.size, bool) if saturated is None else ~saturated[iy, ix]
+    flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, err=err, mask=mask, subpix=5)
+    flux = np.asarray(flux, float)
+    ratio = objs["peak"] / np.where(flux > 0, flux, np.inf)
+    # bright, unsaturated and wider than a cosmic-ray track (a single pixel has b = 0.29)
+    bright = (
+        (objs["npix"] >= 4)
+        & (objs["peak"] > 20 * np.median(err))
+        & unsaturated
+        & (ratio > 0)
+        & (objs["b"] >= _MIN_STAR_B)
+    )
+    if bright.sum() >= 5:
+        # the peak-to-flux ratio of the stars gives the FWHM: robust in crowded fields and
+        # for any PSF shape, unlike second moments or half-light radii; its lower quartile
+        # (stars are less peaked than the cosmic rays that pass the cuts) against the same
+        # quartile over random centring
+        fwhm = _fwhm_from_peak_ratio(float(np.percentile(ratio[bright], _RATIO_PERCENTILE)))
+    else:
+        fwhm = cfg.default_fwhm_pix
+    limit = min(cfg.peak_ratio_margin * _centred_peak_fraction(fwhm), 0.6)
+    star = ratio <= limit
+    if bright.sum() >= 5:
+        # cosmic-ray tracks are thin: a star is at least as wide as most stars across its minor axis
+        b_star = float(np.median(objs["b"][bright]))
+        star &= objs["b"] >= cfg.min_width_fraction * b_star
+    # every source is a candidate: the amplitude fitted on a candidate's unflagged pixels
+    # (protect_stars) is what tells a star from a cosmic ray, so faint stars whose peak-to-
+    # flux ratio is noisy stay protected; the ratio and width tests only count the stars
+    return x, y, flux, fwhm, int(np.count_nonzero(star))
+
+
+def _flag_group_centroids(flags: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids (x, y) [pixel] of the 3x3 blocks around every pixel on or next to a flag that
+    is at least as bright as the unflagged pixels around it.
+
+    Every local maximum counts, not one per flagged group: a star core grown into the
+    flags of an adjacent cosmic ray is its own candidate.
+    """
+    from scipy import ndimage
+
+    if not flags.any():
+        return np.zeros(0), np.zeros(0)
+    ny, nx = flags.shape
+    # a maximum among the unflagged pixels around it: a star core next to a cosmic ray, or
+    # flagged itself, is a candidate even when the cosmic ray is brighter
+    unflagged = np.where(flags, -np.inf, signal)
+    local_max = signal >= ndimage.maximum_filter(unflagged, size=3, mode="nearest")
+    near_flags = ndimage.binary_dilation(flags, structure=np.ones((3, 3), bool))
+    py, px = np.nonzero(local_max & near_flags)
+    xs, ys = np.empty(py.size), np.empty(py.size)
+    for k, (y, x) in enumerate(zip(py, px, strict=True)):
+        y0, y1, x0, x1 = max(0, y - 1), min(ny, y + 2), max(0, x - 1), min(nx, x + 2)
+        w = np.clip(signal[y0:y1, x0:x1], 0, None)
+        total = float(w.sum())
+        if total > 0:
+            gy, gx = np.mgrid[y0:y1, x0:x1]
+            xs[k], ys[k] = float((w * gx).sum() / total), float((w * gy).sum() / total)
+        else:
+            xs[k], ys[k] = float(x), float(y)
+    return xs, ys
+
+
+def _fit_psf_plane(design: np.ndarray, observed: np.ndarray, use: np.ndarray) -> np.ndarray | None:
+    """Least-squares (amplitude, level, x slope, y slope) on the pixels ``use``; None if too few."""
+    if np.count_nonzero(use) < 8:
+        return None
+    coef, *_ = np.linalg.lstsq(design[use], observed[use], rcond=None)
+    return coef
+
+
+def _star_shaped(
+    coef: np.ndarray,
+    design: np.ndarray,
+    observed: np.ndarray,
+    sig: np.ndarray,
+    use: np.ndarray,
+    misfit: float,
+) -> bool:
+    """Whether the fit explains the pixels ``use`` as a star: residual power within the noise
+    (twice its expectation) and ``misfit`` times the model's power."""
+    resid = observed[use] - design[use] @ coef
+    noise_power = float(np.sum(sig[use] ** 2))
+    star_power = float(np.sum((coef[0] * design[use, 0]) ** 2))
+    allowed = misfit * star_power + 2.0 * noise_power
+    return float(np.sum(resid**2)) <= allowed
+
+
+def _explained_flags(
+    flags: np.ndarray,
+    observed: np.ndarray,
+    sig: np.ndarray,
+    dx: np.ndarray,
+    dy: np.ndarray,
+    sigma: float,
+    cfg: StarGuardConfig,
+) -> np.ndarray:
+    """Which flagged pixels of a candidate's disk a star at its centre explains.
+
+    A PSF (pixel-integrated Gaussian of width ``sigma``) plus a plane (a neighbour's wing,
+    a sky error) is fitted to the unflagged pixels, so that a cosmic ray on a star, or one
+    taken for a star, cannot explain itself; the fit must be star-shaped, and a flagged
+    pixel is explained when it stays below ``(1 + psf_tolerance)`` x the model plus
+    ``nsigma`` sigma.
+    """
+    unit = _pixel_fraction(dx, dy, sigma)
+    design = np.column_stack([unit, np.ones_like(unit), dx, dy])
+    # flagged pixels below nsigma are the cosmic-ray step's growth into the neighbours:
+    # they carry the star's wings (or show the sky around a cosmic ray) and join the fit
+    use = ~flags | (observed < cfg.nsigma * sig)
+    coef = _fit_psf_plane(design, observed, use)
+    if coef is None or not coef[0] > 0 or not _star_shaped(coef, design, observed, sig, use, cfg.max_misfit):
+        return np.zeros(flags.size, bool)
+    excess = observed - design[:, 1:] @ coef[1:] - (1.0 + cfg.psf_tolerance) * coef[0] * unit
+    return flags & (excess <= cfg.nsigma * sig)
+
+
+def protect_stars(
+    cr_mask: np.ndarray,
+    data: np.ndarray,
+    sky: np.ndarray,
+    var: np.ndarray,
+    *,
+    ignore: np.ndarray | None = None,
+    saturated: np.ndarray | None = None,
+    config: StarGuardConfig | None = None,
+    stars: tuple[np.ndarray, np.ndarray, np.ndarray, float, int] | None = None,
+) -> StarGuardResult:
+    """Clear the cosmic-ray flags of ``cr_mask`` that the stars of ``data`` explain.
+
+    ``data`` [adu, sky included], ``sky`` [adu] and ``var`` [adu^2] as given to the
+    cosmic-ray step; ``ignore`` marks unusable pixels; ``saturated`` the saturated raw
+    pixels: flags around a saturated star (a compact saturated patch of at least 4 pixels,
+    at least 2 wide both ways, unlike a cosmic-ray track) are cleared out to twice its
+    radius plus ``protect_radius_fwhm`` FWHM, where no model of the clipped star holds.
+    ``stars`` is what :func:`find_stars` returned, when already known. Returns a new mask.
+    """
+    cfg = config or StarGuardConfig()
+    out = np.array(cr_mask, dtype=bool, copy=True)
+    if not cfg.enabled or not out.any():
+        return StarGuardResult(out, cfg.default_fwhm_pix, 0, 0)
+    noise = np.sqrt(np.clip(var, 1e-12, None))
+    if stars is None:
+        stars = find_stars(data, sky, noise, ignore=ignore, saturated=saturated, config=cfg)
+    xs, ys, fluxes, fwhm, n_star_like = stars
+    if fwhm >= cfg.max_fwhm_pix:
+        return StarGuardResult(out, fwhm, n_star_like, 0)
+    ny, nx = out.shape
+    n_cleared = 0
+    n_sat_stars = 0
+    if saturated is not None and saturated.any():
+        from scipy import ndimage
+
+        labels, _ = ndimage.label(saturated)
+        for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None:
+                continue
+            h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+            area = int(np.count_nonzero(labels[sl] == k))
+            if area < 4 or min(h, w) < 2:
+                continue  # a saturated cosmic-ray pixel or track, not a star
+            n_sat_stars += 1
+            yc, xc = (sl[0].start + sl[0].stop - 1) / 2.0, (sl[1].start + sl[1].stop - 1) / 2.0
+            reach = 2.0 * math.sqrt(area / math.pi) + cfg.protect_radius_fwhm * fwhm
+            y0, y1 = max(0, int(yc - reach)), min(ny, int(yc + reach) + 2)
+            x0, x1 = max(0, int(xc - reach)), min(nx, int(xc + reach) + 2)
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            inside = ((yy - yc) ** 2 + (xx - xc) ** 2 <= reach * reach) & out[y0:y1, x0:x1]
+            if inside.any():
+                n_cleared += int(inside.sum())
+                out[y0:y1, x0:x1][inside] = False
+    # every group of flagged pixels is a candidate too, centred on its brightest pixel: a faint
+    # star lost in a bright neighbour's isophote is still found by its own wings
+    gx_, gy_ = _flag_group_centroids(out, data - sky)
+    xs = np.concatenate([xs, gx_])
+    ys = np.concatenate([ys, gy_])
+    fluxes = np.concatenate([fluxes, np.ones(gx_.size)])
+    if xs.size == 0:
+        return StarGuardResult(out, fwhm, n_sat_stars, n_cleared)
+    sigma = fwhm * _GAUSS_SIGMA_PER_FWHM
+    r = max(cfg.protect_radius_fwhm * fwhm, 2.5)
+    cy, cx = np.nonzero(out)
+    # flagged pixels near each star; only flagged pixels are examined
+    order = np.argsort(cy * nx + cx)
+    keys = (cy * nx + cx)[order]
+    half = math.ceil(r)
+    for x0, y0, f in zip(xs, ys, fluxes, strict=True):
+        if not f > 0:
+            continue
+        ix0, iy0 = round(float(x0)), round(float(y0))
+        ylo, yhi = max(0, iy0 - half), min(ny - 1, iy0 + half)
+        lo = np.searchsorted(keys, ylo * nx)
+        hi = np.searchsorted(keys, (yhi + 1) * nx)
+        if lo == hi:
+            continue
+        idx = keys[lo:hi]
+        py, px = idx // nx, idx % nx
+        near = ((px - x0) ** 2 + (py - y0) ** 2 <= r * r) & out[py, px]
+        if not near.any():
+            continue
+        wy0, wy1 = max(0, iy0 - half), min(ny, iy0 + half + 1)
+        wx0, wx1 = max(0, ix0 - half), min(nx, ix0 + half + 1)
+        gy, gx = np.mgrid[wy0:wy1, wx0:wx1]
+        disk = (gx - x0) ** 2 + (gy - y0) ** 2 <= r * r
+        if ignore is not None:
+            disk &= ~ignore[wy0:wy1, wx0:wx1]
+        if saturated is not None:
+            disk &= ~saturated[wy0:wy1, wx0:wx1]
+        gy, gx = gy[disk], gx[disk]
+        if gy.size < 8:
+            continue
+        cleared = _explained_flags(
+            out[gy, gx], data[gy, gx] - sky[gy, gx], noise[gy, gx], gx - x0, gy - y0, sigma, cfg
+        )
+        if cleared.any():
+            out[gy[cleared], gx[cleared]] = False
+            n_cleared += int(cleared.sum())
+    return StarGuardResult(out, fwhm, n_star_like + n_sat_stars, n_cleared)

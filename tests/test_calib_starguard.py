@@ -1,0 +1,102 @@
+"""Cosmic rays vs undersampled stars: on simulated frames at FWHM 1.5-2.5 px no star above
+5 sigma gets a false cosmic-ray flag in its aperture, and real cosmic rays are still found."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from darkroom.calib.process import CalibrationConfig, RequireConfig, calibrate_frame
+from darkroom.calib.starguard import StarGuardConfig, protect_stars
+from darkroom.instruments import normalize
+from darkroom.maskbits import MaskBit
+from darkroom.sim import SimConfig, build_scene, render_frame
+
+NO_MASTERS = RequireConfig(bias=False, dark=False, flat=False)
+
+
+def _scene(fwhm_pix: float, seed: int):
+    """A 12-bit small-telescope frame: 5 arcsec/px, 1300 stars, frequent cosmic rays."""
+    config = SimConfig(
+        seed=seed,
+        shape=(500, 650),
+        n_bias=0,
+        n_dark=0,
+        n_flat=0,
+        n_science=1,
+        pixel_scale_arcsec=5.0,
+        seeing_fwhm_arcsec=5.0 * fwhm_pix,
+        seeing_variation=0.0,
+        seeing_field_variation=0.0,
+        n_stars=1300,
+        r_mag_range=(10.5, 19.5),
+        zero_point_mag=22.0,
+        cosmic_ray_rate_cm2_s=1.0,
+        sip_amplitude_pix=0.0,
+        flat_level_adu=(2000.0, 1500.0),
+        saturation_adu=4095.0,
+        bias_level_adu=100.0,
+        sky_e_s=20.0,
+        n_hot_pixels=0,
+        bad_columns=(),
+    )
+    return build_scene(config)
+
+
+def _star_hits_and_recall(fwhm_pix: float, seed: int, guard: bool) -> tuple[int, int, int, int]:
+    scene = _scene(fwhm_pix, seed)
+    c = scene.config
+    raw, truth = render_frame(scene, kind="light", index=0)
+    meta = normalize(truth.header, filename="f.fits", shape=raw.shape)
+    config = CalibrationConfig(require=NO_MASTERS, star_guard=StarGuardConfig(enabled=guard))
+    result = calibrate_frame(raw, meta, config=config)
+    flagged = (result.mask & MaskBit.CR) != 0
+    real = truth.cr_mask(c.shape)
+    stars = truth.stars[truth.stars["in_frame"]]
+    radius = 1.5 * fwhm_pix  # a photometry aperture
+    npix = np.pi * radius**2
+    snr = stars["flux_e"] / np.sqrt(stars["flux_e"] + npix * (c.sky_e_s * c.exptime_s + c.read_noise_e**2))
+    stars = stars[snr > 5]
+    fy, fx = np.nonzero(flagged & ~real)  # flags no cosmic ray explains
+    hits = sum(
+        bool(np.any((fx - x) ** 2 + (fy - y) ** 2 <= radius**2))
+        for x, y in zip(stars["x"], stars["y"], strict=True)
+    )
+    real &= raw < c.saturation_adu  # a saturated pixel is flagged SAT, not CR
+    return hits, len(stars), int(np.count_nonzero(flagged & real)), int(np.count_nonzero(real))
+
+
+@pytest.mark.parametrize("fwhm_pix", [1.5, 2.0, 2.5])
+def test_no_star_gets_a_cosmic_ray_flag_and_recall_stays_high(fwhm_pix: float) -> None:
+    hits, n_stars, found, n_real = _star_hits_and_recall(fwhm_pix, seed=11, guard=True)
+    assert n_stars > 500 and n_real > 100
+    assert hits == 0, f"{hits} of {n_stars} stars above 5 sigma carry a false CR flag"
+    assert found / n_real >= 0.9, f"cosmic-ray recall {found / n_real:.3f}"
+
+
+def test_without_the_guard_undersampled_stars_are_flagged() -> None:
+    """The failure the guard fixes (keeps the test able to fail)."""
+    hits, n_stars, _, _ = _star_hits_and_recall(1.5, seed=11, guard=False)
+    assert hits > 0.05 * n_stars
+
+
+def test_guard_keeps_a_cosmic_ray_on_a_star_and_clears_the_core() -> None:
+    ny, nx = 41, 41
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    sigma = 1.6 / 2.3548
+    star = 20000.0 / (2 * np.pi * sigma**2) * np.exp(-((xx - 20.2) ** 2 + (yy - 19.8) ** 2) / (2 * sigma**2))
+    data = 500.0 + star
+    data[22, 20] += 3000.0  # a cosmic ray on the star's wing
+    var = np.full((ny, nx), 100.0) + np.clip(star, 0, None)
+    flags = np.zeros((ny, nx), bool)
+    flags[20, 20] = flags[19, 20] = True  # the star core, wrongly flagged
+    flags[22, 20] = True  # the cosmic ray
+    others = np.random.default_rng(1)
+    for y, x in others.integers(3, 38, (8, 2)):  # more stars, so the frame FWHM is measured
+        if abs(y - 20) > 6 or abs(x - 20) > 6:
+            data += (
+                8000.0 / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+            )
+    result = protect_stars(flags, data, np.full((ny, nx), 500.0), var)
+    assert not result.mask[20, 20] and not result.mask[19, 20]
+    assert result.mask[22, 20]
