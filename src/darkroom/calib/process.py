@@ -43,6 +43,7 @@ __all__ = [
     "CalibrationConfig",
     "PreparedFrame",
     "RequireConfig",
+    "adopt_calibrated",
     "calibrate_frame",
     "prepare_raw",
 ]
@@ -138,6 +139,11 @@ def prepare_raw(
     with np.errstate(invalid="ignore"):
         saturated = view >= sat_level if sat_level is not None else np.zeros(view.shape, dtype=bool)
     img = view.astype(_F32)  # the only full copy
+    softbias = getattr(meta, "software_bias_adu", None)
+    if softbias:
+        # a constant the acquisition software added (SDSS SOFTBIAS): not signal, no Poisson noise
+        img -= _F32(softbias)
+        history.append(f"software bias {softbias:g} adu subtracted")
     level = noise = None
     if cfg.do_overscan and meta.overscan_section:
         levels, axis, noise = overscan_levels(raw, meta.overscan_section, config=cfg.overscan)
@@ -493,3 +499,84 @@ def _shift_wcs(h: fits.Header, offset: tuple[int, int]) -> None:
             h[key] = h[key] - d
     for key, d in (("LTV1", dx), ("LTV2", dy)):
         h[key] = (h.get(key, 0.0) - d, "offset of the trimmed image (IRAF)")
+
+
+def adopt_calibrated(
+    data: np.ndarray,
+    meta,
+    *,
+    header: fits.Header | None = None,
+    gain_e_per_adu: float | None = None,
+) -> CalibratedFrame:
+    """SCI / MASK / VAR of a frame that is already calibrated (``meta.precalibrated``: a
+    flux-density unit such as SDSS nanomaggies); no master is used and the pixels are kept.
+
+    MASK: ``NO_DATA`` where a pixel is not finite. VAR [unit^2]: the sky variance (robust,
+    from a sep background rms map) plus, when the gain and the counts-per-unit factor are
+    known (GAIN and NMGY: ``var += sci * NMGY / gain``), the sources' Poisson term; without
+    them VAR holds the sky term only (said in the header and the history). The gain recorded
+    is in electrons per image unit (``gain / NMGY``), or None when unknown.
+    """
+    import sep
+
+    sci = np.array(data, dtype=_F32, copy=True)
+    if sci.ndim != 2:
+        raise BadInputError(f"expected a 2-D image, got shape {sci.shape}")
+    nodata = ~np.isfinite(sci)
+    if nodata.all():
+        raise BadInputError("no image data: every pixel is NaN or infinite")
+    work = np.where(nodata, _F32(0.0), sci) if nodata.any() else sci
+    box = int(min(64, *sci.shape))
+    bkg = sep.Background(np.ascontiguousarray(work), mask=nodata if nodata.any() else None, bw=box, bh=box)
+    var = np.square(bkg.rms()).astype(_F32)
+    history = [f"already calibrated ({meta.image_unit}): pixels kept, no masters"]
+    h = fits.Header() if header is None else header.copy()
+    per_count = None
+    for key in ("NMGY", "BSCALE_CAL"):
+        if key in h:
+            try:
+                per_count = float(h[key])
+                break
+            except (TypeError, ValueError):
+                pass
+    gain = gain_e_per_adu or meta.gain_e_per_adu
+    gain_unit = None
+    if gain and per_count and per_count > 0:
+        gain_unit = float(gain) / per_count  # electrons per image unit
+        var += np.clip(sci - bkg.back(), 0.0, None) / _F32(gain_unit)
+        history.append(f"VAR: sky rms map + Poisson term (gain {gain:g} e-/count, {per_count:g} unit/count)")
+    else:
+        history.append(
+            "VAR: sky rms map only (no gain and counts-per-unit factor: source Poisson noise left out)"
+        )
+    mask = np.zeros(sci.shape, dtype=MASK_DTYPE)
+    if nodata.any():
+        mask[nodata] |= MaskBit.NO_DATA
+        sci[nodata] = np.nan
+        var[nodata] = np.nan
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        h.remove(key, ignore_missing=True, remove_all=True)
+    h["BUNIT"] = (meta.image_unit or h.get("BUNIT", ""), "already calibrated; kept as given")
+    h["PRECALIB"] = (True, "the input was already calibrated: no masters applied")
+    if meta.unit_zero_point_mag is not None:
+        h["UNITZP"] = (float(meta.unit_zero_point_mag), "[mag] AB magnitude of 1 image unit (summed)")
+    if gain_unit is not None:
+        h["GAIN"] = (gain_unit, "[electron/unit] effective gain used for VAR")
+    else:
+        h.remove("GAIN", ignore_missing=True)
+        h["VARSKY"] = (True, "VAR holds the sky noise only (no gain)")
+    for line in history:
+        h.add_history(f"darkroom.calib: {line}")
+    return CalibratedFrame(
+        sci=sci,
+        mask=mask,
+        var=var,
+        header=h,
+        gain_e_per_adu=gain_unit,  # type: ignore[arg-type]
+        read_noise_e=0.0,
+        saturation_adu=None,
+        n_cosmic_pixels=0,
+        n_bad_pixels=0,
+        n_saturated=0,
+        steps=tuple(history),
+    )

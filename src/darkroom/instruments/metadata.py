@@ -62,6 +62,19 @@ class FrameMetadata(BaseModel):
         None, gt=0, description="pixel scale after binning [arcsec/pixel]"
     )
     has_wcs: bool = Field(False, description="the header carries a celestial WCS")
+    image_unit: str | None = Field(None, description="unit of the pixel values (BUNIT), normalised")
+    precalibrated: bool = Field(
+        False, description="the pixels are already calibrated (a flux-density unit): no masters needed"
+    )
+    unit_zero_point_mag: float | None = Field(
+        None,
+        description="AB magnitude of a source whose pixel values sum to 1 (not per second): 22.5 for "
+        "nanomaggies, 22.5 - 2.5 log10(NMGY) for SDSS counts; None: only a reference catalogue gives one",
+    )
+    software_bias_adu: float | None = Field(
+        None,
+        description="constant added to raw pixels by software (SOFTBIAS), subtracted by calibration [adu]",
+    )
     companion: str | None = Field(
         None,
         description="set when the file is a companion map of a science frame (weight, mask, "

@@ -55,6 +55,15 @@ __all__ = ["describe", "normalize"]
 logger = logging.getLogger(__name__)
 
 _NEEDS_EXPTIME = ("dark", "flat", "light", "arc")
+#: calibrated flux-density units (BUNIT, lower case, no spaces) -> (name, AB magnitude of one unit)
+_AB_UNITS: dict[str, tuple[str, float]] = {
+    **dict.fromkeys(("nanomaggy", "nanomaggies", "nmgy", "nmaggy"), ("nanomaggy", 22.5)),
+    **dict.fromkeys(("maggy", "maggies"), ("maggy", 0.0)),
+    "jy": ("Jy", 8.9),
+    "mjy": ("mJy", 16.4),
+    **dict.fromkeys(("ujy", "microjy", "µjy", "μjy"), ("uJy", 23.9)),
+    "njy": ("nJy", 31.4),
+}
 _JD_UNIX0 = 2440587.5  # JD of 1970-01-01T00:00 UTC
 _EPOCH = datetime(1970, 1, 1)
 _ARCSEC_PER_RAD_OVER_1000 = 206.264806  # arcsec per radian / 1000: scale = this * pixel_um / focal_mm
@@ -425,6 +434,38 @@ class _Reader:
         ceiling = (255.0 if bitpix == 8 else 2.0 ** (bitpix - 1) - 1) + bzero
         return ceiling if ceiling > 0 else None
 
+    # ---------------------------------------------------------------- unit, software bias
+
+    def image_unit(self) -> tuple[str | None, bool, float | None]:
+        """(normalised unit, already calibrated, AB zero point of one unit) from the profile's keywords."""
+        spec = self.profile.image_unit
+        unit = next((value_text(self.view[k]) for k in spec.keywords if self.present(k)), None)
+        key = None if unit is None else unit.strip().lower().replace(" ", "")
+        if key in _AB_UNITS:
+            name, zp = _AB_UNITS[key]
+            return name, True, zp
+        for keyword in spec.nanomaggy_per_count:
+            if not self.present(keyword):
+                continue
+            try:
+                per_count = parse_float(self.view[keyword])
+            except ValueError as err:
+                self.warn(f"{self.show(keyword)} ignored for the zero point: {err}")
+                continue
+            if per_count > 0:
+                return unit, False, 22.5 - 2.5 * math.log10(per_count)
+            self.warn(f"{self.show(keyword)} ignored for the zero point: not positive")
+        return unit, False, None
+
+    def software_bias(self, precalibrated: bool) -> float | None:
+        value, keyword = self.number(self.profile.software_bias, "software bias")
+        if value is None or keyword is None:
+            return None
+        if precalibrated:
+            self.warn(f"{self.show(keyword)} not subtracted: the image is already calibrated")
+            return None
+        return value
+
     # ---------------------------------------------------------------- time
 
     def time(self, exptime_s: float | None, lon_deg: float | None) -> tuple[datetime, str] | tuple[None, str]:
@@ -686,6 +727,11 @@ def _normalize(
         frame_type, type_source = reader.frame_type()
 
     exptime = reader.exptime()
+    image_unit, precalibrated, unit_zp = reader.image_unit()
+    if frame_type == "unknown" and companion is None and precalibrated:
+        # a frame in a calibrated flux unit is a science product, whatever else the header says
+        frame_type, type_source = "light", f"BUNIT={image_unit}"
+        reader.warn(f"frame type: light (already calibrated, in {image_unit})")
     if frame_type == "unknown" and companion is None:
         frame_type, type_source = _infer_type(reader, exptime, data)
     if exptime is None:
@@ -759,6 +805,10 @@ def _normalize(
             dec_deg=dec,
             pixel_scale_arcsec=scale,
             has_wcs=has_wcs,
+            image_unit=image_unit,
+            precalibrated=precalibrated,
+            unit_zero_point_mag=unit_zp,
+            software_bias_adu=reader.software_bias(precalibrated),
             companion=None if companion is None else f"{companion[0]} ({companion[1]})",
             warnings=tuple(reader.warnings),
         )
@@ -951,6 +1001,12 @@ def describe(meta: FrameMetadata) -> list[tuple[str, str]]:
         ("pointing (RA, Dec)", pointing),
         ("pixel scale", fmt(meta.pixel_scale_arcsec, "arcsec/px", ".4f")),
         ("WCS in header", "yes" if meta.has_wcs else "no"),
+        (
+            "pixel unit",
+            (meta.image_unit or "-") + (" (already calibrated)" if meta.precalibrated else ""),
+        ),
+        ("unit zero point", fmt(meta.unit_zero_point_mag, "mag (AB, 1 unit)", ".3f")),
+        ("software bias", fmt(meta.software_bias_adu, "adu")),
     ]
     rows.extend(("warning", w) for w in meta.warnings)
     return rows

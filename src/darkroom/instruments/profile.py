@@ -193,6 +193,21 @@ class FilterSpec(StringSpec):
     aliases: dict[str, str] = Field(default_factory=dict)
 
 
+class ImageUnitSpec(_Strict):
+    """The unit of the pixel values.
+
+    ``keywords`` hold the unit (BUNIT). A calibrated flux-density unit (nanomaggy, maggy, Jy,
+    mJy, uJy, nJy; AB) marks the frame as already calibrated: no masters are asked for and its
+    zero point follows from the unit (22.5 mag for 1 nanomaggy). ``nanomaggy_per_count``
+    keywords (SDSS NMGY) give the zero point of frames still in counts.
+    """
+
+    keywords: Keywords = Field(default_factory=list, description="keywords holding the unit (BUNIT)")
+    nanomaggy_per_count: Keywords = Field(
+        default_factory=list, description="keywords with nanomaggies per count (SDSS NMGY)"
+    )
+
+
 class SectionSpec(StringSpec):
     """A FITS section keyword (1-based, inclusive, x first)."""
 
@@ -364,6 +379,12 @@ class InstrumentProfile(_Strict):
     gain: NumberSpec = NumberSpec()
     read_noise: NumberSpec = NumberSpec()
     saturation: SaturationSpec = SaturationSpec()
+    image_unit: ImageUnitSpec = ImageUnitSpec()
+    software_bias: NumberSpec = Field(
+        NumberSpec(),
+        description="keywords of a constant added to every raw pixel by software (SDSS SOFTBIAS) [adu]; "
+        "subtracted from raw frames, ignored in already-calibrated ones",
+    )
     overscan_section: SectionSpec = SectionSpec()
     trim_section: SectionSpec = SectionSpec()
     site: SiteSpec = SiteSpec()

@@ -8,10 +8,12 @@ from darkroom.phot.calibrate import (
     ZeroPointConfig,
     ZeroPointResult,
     calibrate_photometry,
+    calibrate_with_unit,
     fit_zero_point,
     instrumental_magnitude,
     limiting_flux,
     limiting_magnitude,
+    ref_columns_for_filter,
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag, describe_flags
 from darkroom.phot.inject import add_gaussian_stars, noisy_frame
@@ -30,6 +32,7 @@ __all__ = [
     "aperture_radii",
     "build_epsf",
     "calibrate_photometry",
+    "calibrate_with_unit",
     "clipped_annulus_stats",
     "describe_flags",
     "fit_zero_point",
@@ -41,5 +44,6 @@ __all__ = [
     "noisy_frame",
     "pixel_to_sky",
     "psf_photometry",
+    "ref_columns_for_filter",
     "sky_to_pixel",
 ]

@@ -30,10 +30,12 @@ __all__ = [
     "ZeroPointConfig",
     "ZeroPointResult",
     "calibrate_photometry",
+    "calibrate_with_unit",
     "fit_zero_point",
     "instrumental_magnitude",
     "limiting_flux",
     "limiting_magnitude",
+    "ref_columns_for_filter",
 ]
 
 log = logging.getLogger(__name__)
@@ -384,3 +386,122 @@ def calibrate_photometry(
     out.meta["mag_system"] = "calibrated"
     out.meta["zero_point"] = res.as_dict()
     return res, out
+
+
+def calibrate_with_unit(
+    phot: Table, unit_zero_point_mag: float, *, exptime_s: float | None = None
+) -> tuple[ZeroPointResult, Table]:
+    """Magnitudes from the image's own flux unit (an already-calibrated survey frame).
+
+    ``unit_zero_point_mag`` is the AB magnitude of a source whose pixels sum to 1 (22.5 for
+    nanomaggies). ``mag_inst`` is ``-2.5 log10(flux / exptime_s)`` (per second, see
+    :func:`instrumental_magnitude`), so the zero point in that convention is
+    ``unit_zero_point_mag - 2.5 log10(exptime_s)`` and ``mag = unit_zp - 2.5 log10(flux)``.
+    The zero point has no error of its own (the survey's calibration is taken as given).
+    """
+    out = phot.copy(copy_data=True)
+    t = exptime_s if exptime_s else None
+    zp = float(unit_zero_point_mag) - (2.5 * math.log10(t) if t else 0.0)
+    n = len(out)
+    out["ref_index"] = np.full(n, -1, dtype=np.int64)
+    out["colour"] = np.full(n, np.nan)
+    out["zp_used"] = np.zeros(n, dtype=bool)
+    out["mag"] = np.asarray(out["mag_inst"], float) + zp
+    out["mag_err"] = np.asarray(out["mag_inst_err"], float)
+    out["mag"].unit = out["mag_err"].unit = "mag"
+    res = ZeroPointResult(zp, 0.0, 0.0, None, False, 0, 0, None, None, "zero point from the image unit")
+    out.meta["mag_system"] = "calibrated"
+    out.meta["zero_point"] = res.as_dict()
+    return res, out
+
+
+def _band_key(name: str) -> str:
+    """A filter or column name reduced to its band: 'sdss_r\'' -> 'r', 'Rc' -> 'rc', 'gmag' -> 'g'."""
+    key = name.strip().lower().replace("'", "").replace("prime", "").replace(" ", "").replace("-", "_")
+    for prefix in ("sdss_", "sdss", "ps1_", "panstarrs_", "johnson_", "cousins_", "bessell_", "phot_"):
+        key = key.removeprefix(prefix)
+    for suffix in ("_mean_mag", "_mag", "mag", "_psf", "psf"):
+        if key.endswith(suffix) and len(key) > len(suffix):
+            key = key[: -len(suffix)]
+            break
+    return key
+
+
+#: filter spellings that name the same band as a catalogue column (after :func:`_band_key`)
+_BAND_ALIASES: dict[str, tuple[str, ...]] = {
+    "rc": ("r",),
+    "ic": ("i",),
+    "sr": ("r",),
+    "sg": ("g",),
+    "si": ("i",),
+    "sz": ("z",),
+    "su": ("u",),
+    "clear": ("g", "r"),
+    "cv": ("v", "g"),
+    "lum": ("g", "r"),
+}
+
+_ERR_PATTERNS = ("{c}_err", "{c}err", "e_{c}", "{c}_error", "{c}_sigma", "e{c}", "{b}_err", "e_{b}", "{b}err")
+
+
+def ref_columns_for_filter(
+    filter_name: str | None,
+    columns: list[str],
+    *,
+    mapping: dict[str, str] | None = None,
+) -> tuple[str | None, str | None, str]:
+    """The reference catalogue's magnitude and error columns for a frame's filter.
+
+    ``mapping`` (photometry.measure.ref_mag_columns: filter -> column) wins; else a column
+    whose name reduces to the filter's band (``r``, ``rmag``, ``r_mag``, ``sdss_r``...; Rc and
+    Cousins names to r/i) is taken. The error column is the magnitude column's ``_err``,
+    ``err``, ``e_`` ... companion when the catalogue has one.
+
+    Returns ``(mag_column, err_column, how)``; ``mag_column`` is None when no column fits,
+    and ``how`` then says why (the frame stays instrumental).
+    """
+    cols = list(columns)
+    lower = {c.lower(): c for c in cols}
+    chosen = None
+    how = ""
+    if filter_name and mapping:
+        for key, col in mapping.items():
+            if key.strip().lower() == filter_name.strip().lower():
+                if col not in cols:
+                    return (
+                        None,
+                        None,
+                        f"ref_mag_columns maps {filter_name!r} to {col!r}, not in the catalogue",
+                    )
+                chosen, how = col, f"ref_mag_columns[{key!r}]"
+                break
+    if chosen is None and filter_name:
+        band = _band_key(filter_name)
+        wanted = (band, *_BAND_ALIASES.get(band, ()))
+        skip = ("err", "e_", "sigma", "flag", "ra", "dec", "pm", "id")
+        for w in wanted:
+            for c in cols:
+                low = c.lower()
+                if low.startswith("e_") or any(t in low for t in ("err", "sigma", "flag")):
+                    continue
+                if low in skip:
+                    continue
+                if _band_key(c) == w:
+                    chosen, how = c, f"column {c!r} for filter {filter_name!r}"
+                    break
+            if chosen is not None:
+                break
+    if chosen is None:
+        return (
+            None,
+            None,
+            f"no reference magnitude column for filter {filter_name!r} (set photometry.measure.ref_mag_columns)",
+        )
+    band = _band_key(chosen)
+    err = None
+    for pattern in _ERR_PATTERNS:
+        cand = pattern.format(c=chosen.lower(), b=band)
+        if cand in lower:
+            err = lower[cand]
+            break
+    return chosen, err, how

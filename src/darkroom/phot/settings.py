@@ -46,6 +46,20 @@ class MeasureSettings(BaseModel):
     )
     ref_mag_column: str = Field("mag", description="reference magnitude column in the filter observed [mag]")
     ref_mag_err_column: str | None = Field(None, description="its error column, if any [mag]")
+    ref_mag_columns: dict[str, str] | None = Field(
+        None,
+        description="filter -> reference magnitude column, e.g. {u: u, g: g, r: r, i: i, z: z}; the error "
+        "column beside it (<col>_err, e_<col>, <col>err) is found by name. Filters not listed use the column "
+        "named after their band (r, rmag, r_mag, sdss_r; Rc/Ic as r/i), else ref_mag_column when that is "
+        "no other band's; a filter with no column stays instrumental and says so",
+    )
+    max_zp_rms_mag: float = Field(
+        0.2,
+        gt=0,
+        le=5,
+        description="a zero point whose star-to-star scatter is larger is flagged (wrong band or "
+        "catalogue, clouds) [mag]",
+    )
     ref_colour_columns: tuple[str, str] | None = Field(
         None, description="two magnitude columns whose difference is the colour index, e.g. (g_mag, r_mag)"
     )

@@ -45,7 +45,7 @@ from darkroom.calib.masters import (
     master_from_hdus,
     master_to_hdus,
 )
-from darkroom.calib.process import calibrate_frame, prepare_raw
+from darkroom.calib.process import adopt_calibrated, calibrate_frame, prepare_raw
 from darkroom.calib.settings import CalibSettings
 from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
@@ -460,6 +460,10 @@ class CalibrateStage(Stage):
                 continue
             meta = _meta(e)
             payload: dict[str, Any] = {"path": e.path, "meta": e.meta}
+            if meta.precalibrated:  # survey products: the pixels are kept, no master is asked for
+                payload["precalibrated"] = True
+                units.append(Unit(key=f"exp:{e.id}", payload=payload, exposure_id=e.id))
+                continue
             errors = []
             for kind in ("bias", "dark", "flat"):
                 try:
@@ -485,6 +489,8 @@ class CalibrateStage(Stage):
             raise MissingCalibrationError(p["error"])
         meta = FrameMetadata.model_validate(p["meta"])
         raw = read_raw(p["path"])
+        if p.get("precalibrated"):
+            return self._write(unit, p, adopt_calibrated(raw.data, meta, header=raw.header))
         masters = {
             k: read_master(self.root / p[k][0], p[k][1]) if p.get(k) else None
             for k in ("bias", "dark", "flat")
@@ -502,6 +508,9 @@ class CalibrateStage(Stage):
             header=raw.header,
             config=cfg.calibration,
         )
+        return self._write(unit, p, result)
+
+    def _write(self, unit: Unit, p: dict[str, Any], result) -> dict[str, Any]:
         stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
         _write_fits(result.to_hdus(), path)
@@ -520,6 +529,8 @@ class CalibrateStage(Stage):
                     "median_adu": float(np.median(result.sci[finite])) if finite.any() else None,
                     "masters": {k: (p[k][0] if p.get(k) else None) for k in ("bias", "dark", "flat", "bpm")},
                     "steps": list(result.steps),
+                    "precalibrated": bool(p.get("precalibrated")),
+                    "unit_zero_point_mag": (p.get("meta") or {}).get("unit_zero_point_mag"),
                 }
             ),
         }

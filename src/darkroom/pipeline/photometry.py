@@ -103,11 +103,13 @@ from darkroom.phot import (
     PhotFlag,
     aperture_photometry,
     calibrate_photometry,
+    calibrate_with_unit,
     limiting_magnitude,
     match_catalogs,
     match_xy,
     pixel_to_sky,
     psf_photometry,
+    ref_columns_for_filter,
     sky_to_pixel,
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS
@@ -187,9 +189,32 @@ def _load_reference(root: Path, source, *, ra: float, dec: float, radius: float,
     )
 
 
-def _photometric_reference(table: Table, cfg: MeasureSettings) -> Table:
-    """The columns calibrate_photometry reads: ra, dec, mag, mag_err, colour."""
-    for col in (cfg.ref_mag_column, cfg.ref_mag_err_column, *(cfg.ref_colour_columns or ())):
+_BANDS = {"u", "g", "r", "i", "z", "y", "b", "v", "j", "h", "k", "ks", "bp", "rp", "rc", "ic"}
+
+
+def _reference_columns(columns: list[str], cfg: MeasureSettings, filter_name: str | None):
+    """(magnitude column, error column, how) of the reference catalogue for a frame's filter;
+    the magnitude column is None (and ``how`` the reason) when none fits the filter."""
+    from darkroom.phot.calibrate import _band_key
+
+    mag, err, how = ref_columns_for_filter(filter_name, columns, mapping=cfg.ref_mag_columns)
+    if mag is not None:
+        if mag == cfg.ref_mag_column and cfg.ref_mag_err_column:
+            err = cfg.ref_mag_err_column
+        return mag, err, how
+    legacy = cfg.ref_mag_column
+    if legacy in columns and (not filter_name or _band_key(legacy) not in _BANDS):
+        return legacy, cfg.ref_mag_err_column, f"ref_mag_column {legacy!r}"
+    return None, None, how
+
+
+def _photometric_reference(table: Table, cfg: MeasureSettings, filter_name: str | None = None):
+    """The columns calibrate_photometry reads (ra, dec, mag, mag_err, colour) and how the magnitude
+    column was chosen; (None, reason) when the catalogue has no column for the frame's filter."""
+    mag_col, err_col, how = _reference_columns(list(table.colnames), cfg, filter_name)
+    if mag_col is None:
+        return None, how
+    for col in (err_col, *(cfg.ref_colour_columns or ())):
         if col is not None and col not in table.colnames:
             raise BadInputError(
                 f"reference catalog has no column {col!r} (columns: {', '.join(table.colnames[:20])}); "
@@ -198,15 +223,15 @@ def _photometric_reference(table: Table, cfg: MeasureSettings) -> Table:
     out = Table()
     out["ra"] = np.asarray(table["ra_deg"], float)
     out["dec"] = np.asarray(table["dec_deg"], float)
-    out["mag"] = np.ma.filled(np.ma.asarray(table[cfg.ref_mag_column], float), np.nan)
-    if cfg.ref_mag_err_column:
-        out["mag_err"] = np.ma.filled(np.ma.asarray(table[cfg.ref_mag_err_column], float), np.nan)
+    out["mag"] = np.ma.filled(np.ma.asarray(table[mag_col], float), np.nan)
+    if err_col:
+        out["mag_err"] = np.ma.filled(np.ma.asarray(table[err_col], float), np.nan)
     if cfg.ref_colour_columns:
         a, b = cfg.ref_colour_columns
         out["colour"] = np.ma.filled(np.ma.asarray(table[a], float), np.nan) - np.ma.filled(
             np.ma.asarray(table[b], float), np.nan
         )
-    return out
+    return out, how
 
 
 def _image_rows(session: Session, where) -> list[tuple[Image, dict]]:
@@ -747,6 +772,7 @@ class PhotometryStage(Stage):
                             "fwhm_pix": (im.quality or {}).get("fwhm_pix"),
                             "exptime_s": meta.get("exptime_s"),
                             "gain_e_per_adu": calib.get("gain_e_per_adu"),
+                            "unit_zero_point_mag": calib.get("unit_zero_point_mag"),
                             "mjd": im.mjd_mid,
                             "filter": im.filter or "",
                             "sources": sources,
@@ -1012,6 +1038,18 @@ class PhotometryStage(Stage):
         f_ref = np.asarray(phot[f"flux_ap{ref}"], float)
         f_big = np.asarray(phot[f"flux_ap{big}"], float)
         use = self._bright_clean(phot)
+        # only stars alone in the large aperture: in a crowded field (a globular cluster) the
+        # neighbours' light in it would make every magnitude too bright (0.05 mag on SDSS M2)
+        from scipy.spatial import cKDTree
+
+        reach = float(radii[big]) + 2.0 * float(phot.meta.get("fwhm_pix") or 1.0)
+        xy = np.column_stack([np.asarray(phot["x"], float), np.asarray(phot["y"], float)])
+        flux = np.nan_to_num(f_ref, nan=0.0).clip(0.0)
+        near = cKDTree(xy).query_ball_point(xy, r=reach)
+        light = np.array([flux[v].sum() for v in near]) - flux
+        alone = use & (light < 0.01 * np.where(flux > 0, flux, np.inf))
+        if alone.sum() >= 3:
+            use = alone
         with np.errstate(all="ignore"):
             d = -2.5 * np.log10(f_big[use] / f_ref[use])
         if d.size < 3:
@@ -1041,6 +1079,7 @@ class PhotometryStage(Stage):
             phot["mag_inst"] = np.asarray(phot["mag_inst"], float) + apcorr
         reference = None
         reason = ""
+        zp_source = ""
         source = self.config.reference_catalog
         if source is not None and wcs is not None and len(phot):
             ny, nx = shape
@@ -1050,23 +1089,42 @@ class PhotometryStage(Stage):
             cat = _load_reference(
                 self.root, source, ra=float(ra0[0]), dec=float(dec0[0]), radius=radius, mjd=p.get("mjd")
             )
-            reference = _photometric_reference(cat, cfg) if len(cat) else None
-        elif source is not None:
+            if len(cat):
+                reference, zp_source = _photometric_reference(cat, cfg, p.get("filter") or None)
+                if reference is None:
+                    reason = zp_source
+        elif source is not None and p.get("unit_zero_point_mag") is None:
             reason = "no WCS: the reference catalog cannot be matched"
-        zp_cfg = cfg.zero_point.model_copy(
-            update={
-                "ra_col": "ra",
-                "dec_col": "dec",
-                "ref_ra_col": "ra",
-                "ref_dec_col": "dec",
-                "ref_mag_col": "mag",
-                "ref_mag_err_col": "mag_err" if cfg.ref_mag_err_column else None,
-                "ref_colour_col": "colour" if cfg.ref_colour_columns else None,
-            }
-        )
-        result, calibrated = calibrate_photometry(
-            phot, reference, config=zp_cfg, n_sigma_limit=cfg.limit_n_sigma
-        )
+        if p.get("unit_zero_point_mag") is not None:
+            # an already-calibrated image (e.g. SDSS nanomaggies): the zero point is its own unit's
+            result, calibrated = calibrate_with_unit(
+                phot, float(p["unit_zero_point_mag"]), exptime_s=p.get("exptime_s")
+            )
+            zp_source, reason = "image unit", ""
+        else:
+            zp_cfg = cfg.zero_point.model_copy(
+                update={
+                    "ra_col": "ra",
+                    "dec_col": "dec",
+                    "ref_ra_col": "ra",
+                    "ref_dec_col": "dec",
+                    "ref_mag_col": "mag",
+                    "ref_mag_err_col": "mag_err"
+                    if reference is not None and "mag_err" in reference.colnames
+                    else None,
+                    "ref_colour_col": "colour" if cfg.ref_colour_columns else None,
+                }
+            )
+            result, calibrated = calibrate_photometry(
+                phot, reference, config=zp_cfg, n_sigma_limit=cfg.limit_n_sigma
+            )
+        zp_flag = None
+        if result.zp is not None and result.rms is not None and result.rms > cfg.max_zp_rms_mag:
+            zp_flag = (
+                f"implausible zero-point scatter: rms {result.rms:.3f} mag > {cfg.max_zp_rms_mag:g} "
+                f"({zp_source}; wrong band or catalogue?)"
+            )
+            log.warning("image %s: %s", p.get("image_id"), zp_flag)
         for col in ("mag", "mag_err", "ref_index", "colour", "zp_used"):
             phot[col] = calibrated[col]
         mag_limit = result.mag_limit
@@ -1109,6 +1167,8 @@ class PhotometryStage(Stage):
             "apcorr_err": apcorr_err,
             "n_apcorr": n_apcorr,
             "reason": reason or result.reason,
+            "zp_source": zp_source if result.zp is not None else None,
+            "zp_flag": zp_flag,
             "aperture_radii_pix": [float(r) for r in radii],
             "ref_aperture": ref_ap,
             "fwhm_pix": phot.meta.get("fwhm_pix"),
