@@ -6,6 +6,7 @@ errors from darkroom print as one line and exit with status 1.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import tempfile
@@ -25,13 +26,38 @@ from darkroom import (
 )
 from darkroom.errors import DarkroomError
 
-app = typer.Typer(
+
+class _GuardedTyper(typer.Typer):
+    """A Typer whose commands never show a traceback.
+
+    Every command is wrapped: a :class:`DarkroomError` prints its one-line reason
+    (exit 1), a database error prints one line in plain words (exit 1), Ctrl-C prints
+    "interrupted; run again to resume" (exit 130), and anything unexpected prints one
+    line naming the log file that holds the traceback (exit 1).
+    """
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn):
+            @functools.wraps(fn)
+            def guarded(*a, **k):
+                return _guard(fn, a, k)
+
+            register(guarded)
+            return fn
+
+        return decorator
+
+
+app = _GuardedTyper(
     add_completion=False,
     no_args_is_help=True,
     help="darkroom: raw astronomical frames in; calibrated images, photometry and light curves out.",
 )
 console = Console()
 err_console = Console(stderr=True)
+log = logging.getLogger("darkroom.cli")
 
 RepoArg = Annotated[Path, typer.Argument(help="repository folder")]
 SetOpt = Annotated[
@@ -40,22 +66,128 @@ SetOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars; warnings and errors only")]
 
+#: exit statuses (README "Exit status"): 0 fine, 1 error (one line on stderr), 2 some units
+#: failed, 130 interrupted by Ctrl-C
+EXIT_ERROR, EXIT_FAILED_UNITS, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _error_line(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True, highlight=False)
+
 
 def _fail(exc: DarkroomError) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(exc.reason)}", soft_wrap=True)
-    raise typer.Exit(1)
+    _error_line(exc.reason)
+    raise typer.Exit(EXIT_ERROR)
 
 
-def _setup_logging(quiet: bool) -> None:
+def _guard(fn, args, kwargs):
+    """Run a command body; turn every escaping error into one line and an exit status."""
+    import click
+
+    try:
+        return fn(*args, **kwargs)
+    except (
+        typer.Exit,
+        typer.Abort,
+        click.exceptions.Exit,
+        click.exceptions.ClickException,
+        click.exceptions.Abort,
+    ):
+        raise
+    except DarkroomError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run again to resume", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            from darkroom.repo.registry import registry_error
+
+            url = str(getattr(getattr(exc, "engine", None), "url", "") or "the registry")
+            _error_line(registry_error(exc, url).reason)
+            raise typer.Exit(EXIT_ERROR) from None
+        if isinstance(exc, OSError) and exc.filename:
+            _error_line(f"{exc.filename}: {exc.strerror or exc}")
+            raise typer.Exit(EXIT_ERROR) from None
+        log.debug("unexpected error", exc_info=True)
+        where = _LOG_FILE[0] if _LOG_FILE else None
+        _error_line(
+            f"unexpected {exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}"
+            + (f" (traceback in {where})" if where else "")
+        )
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+class _OncePerKind(logging.Filter):
+    """Show the first warning of each kind on the console; count (and log to file) the rest.
+
+    A kind is the logger plus the message template, so 81 "no photometric calibration for
+    image %d" lines become one line and a count in the end-of-run summary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[tuple[str, str], int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, str(record.msg))
+        self.seen[kind] = self.seen.get(kind, 0) + 1
+        return self.seen[kind] == 1
+
+    def n_hidden(self) -> int:
+        return sum(n - 1 for n in self.seen.values())
+
+
+#: the log file of this command (set by _setup_logging when there is a repository)
+_LOG_FILE: list[Path] = []
+_CONSOLE_FILTER: list[_OncePerKind] = []
+#: loggers whose messages are details for the log file only (Dask's start-up and shutdown chatter)
+_FILE_ONLY = ("distributed", "tornado", "bokeh", "asyncio", "alembic", "matplotlib", "PIL", "fsspec")
+
+
+def _setup_logging(quiet: bool, repo: Path | None = None) -> None:
+    """Console: warnings a person should read (once per kind). File REPO/logs/darkroom-DATE.log: details.
+
+    ``quiet`` hides progress bars (not warnings).
+    """
     import astropy  # noqa: F401  (astropy must install its logger class before we touch its logger)
 
-    logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("alembic", "astropy", "matplotlib", "distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    del quiet  # warnings are shown either way; progress is handled by the callers
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_darkroom", False):
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(logging.INFO)
+    logging.getLogger("darkroom").setLevel(logging.DEBUG)
+    console_handler = logging.StreamHandler(sys.stderr)
+    console_handler.setLevel(logging.WARNING)
+    console_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    console_handler.addFilter(lambda r: not r.name.startswith(_FILE_ONLY))
+    once = _OncePerKind()
+    console_handler.addFilter(once)
+    console_handler._darkroom = True  # type: ignore[attr-defined]
+    root.addHandler(console_handler)
+    _CONSOLE_FILTER[:] = [once]
+    _LOG_FILE.clear()
+    logs = Path(repo).expanduser() / "logs" if repo is not None else None
+    if logs is not None and logs.is_dir():
+        path = logs / f"darkroom-{time.strftime('%Y-%m-%d')}.log"
+        try:
+            fh = logging.FileHandler(path, encoding="utf-8")
+        except OSError:
+            fh = None
+        if fh is not None:
+            fh.setLevel(logging.DEBUG)
+            fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            fh._darkroom = True  # type: ignore[attr-defined]
+            root.addHandler(fh)
+            _LOG_FILE.append(path)
+    for name in (*_FILE_ONLY, "astropy"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # even the log file needs no Dask INFO
 
 
 def _progress(quiet: bool) -> Progress:
@@ -98,6 +230,17 @@ def init(
     r.close()
 
 
+def _check_output_folder(path: Path | None, option: str) -> None:
+    """Refuse an output file whose folder does not exist, before any work is done."""
+    if path is None:
+        return
+    folder = path.expanduser().parent
+    if not folder.is_dir():
+        raise DarkroomError(f"{option} {path}: folder {folder} does not exist (create it first)")
+    if path.is_dir():
+        raise DarkroomError(f"{option} {path} is a folder; give a file name")
+
+
 @app.command()
 def ingest(
     repo: RepoArg,
@@ -115,10 +258,11 @@ def ingest(
     """Register raw FITS files in place (by checksum; ingesting twice changes nothing)."""
     from darkroom.facade import Repository
     from darkroom.pipeline.drive import print_ingest_summary
-    from darkroom.pipeline.ingest import find_fits_files, ingest_paths
+    from darkroom.pipeline.ingest import check_paths, find_fits_files, ingest_paths
 
-    _setup_logging(quiet)
+    _setup_logging(quiet, repo)
     try:
+        paths = check_paths(paths)  # a typo in a cron line fails here, before anything else
         r = Repository(repo, db_url=db, overrides=set_ or ())
         total = sum(1 for _ in find_fits_files(paths, suffixes=r.config.ingest.extensions))
         t0 = time.perf_counter()
@@ -251,7 +395,7 @@ def run(
     from darkroom.pipeline.run import all_stages, forget_from, select_stages
     from darkroom.repo.store import remove_orphan_temps
 
-    _setup_logging(quiet)
+    _setup_logging(quiet, repo)
     try:
         r = Repository(repo, db_url=db, overrides=set_ or ())
         remove_orphan_temps(r.root)  # left by a run that was killed mid-write
@@ -342,11 +486,13 @@ def lightcurve(
         write_lightcurve,
     )
 
-    _setup_logging(quiet)
+    _setup_logging(quiet, repo)
     overrides = list(set_ or ())
     if season_gap is not None:
         overrides.append(f"photometry.lightcurves.season_gap_days={season_gap}")
     try:
+        _check_output_folder(out, "-o/--out")
+        _check_output_folder(plot, "--plot")
         r = Repository(repo, db_url=db, overrides=overrides)
         lc = r.lightcurve(
             ra=ra,
@@ -423,7 +569,7 @@ def _run_named_stages(
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.run import all_stages
 
-    _setup_logging(quiet)
+    _setup_logging(quiet, repo)
     try:
         r = Repository(repo, db_url=db, overrides=set_ or ())
         stages = [st for st in all_stages(r.root, r.config) if st.name in names]

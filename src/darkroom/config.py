@@ -76,6 +76,14 @@ class IngestConfig(_Section):
     )
     batch_size: int = Field(200, ge=1, description="rows committed per registry transaction")
     follow_symlinks: bool = Field(False, description="descend into symlinked folders")
+    max_image_mb: float = Field(
+        256.0,
+        gt=0,
+        description="largest image accepted [MiB, as stored, after expanding gzip/bzip2/fpack]; "
+        "larger files (and decompression bombs) are quarantined",
+    )
+    max_hdus: int = Field(64, ge=1, description="most HDUs a raw file may have")
+    read_timeout_s: float = Field(60.0, gt=0, description="time budget for reading one file [s]")
 
 
 class AstrometrySettings(BaseModel):
@@ -151,17 +159,47 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return out
 
 
-def _validate(data: dict[str, Any], source: str) -> DarkroomConfig:
+def _suggest(loc: list[str]) -> str:
+    """A did-you-mean for an unknown key at ``loc`` (section path + key), or ""."""
+    import difflib
+    import typing
+
+    model: Any = DarkroomConfig
+    for part in loc[:-1]:
+        if part.isdigit():
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return ""
+        ann = fields[part].annotation
+        args = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = args[0] if args else ann
+    names = list(getattr(model, "model_fields", {}))
+    close = difflib.get_close_matches(loc[-1], names, n=1, cutoff=0.6)
+    prefix = ".".join(p for p in loc[:-1])
+    if close:
+        return f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+    return f"; {prefix or 'the top level'} has: {', '.join(names)}" if names else ""
+
+
+def _validate(
+    data: dict[str, Any], source: str, overrides: list[str] | tuple[str, ...] = ()
+) -> DarkroomConfig:
     try:
         return DarkroomConfig.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"{source}: {where}: {first['msg']} (and {exc.error_count() - 1} more)"
-            if exc.error_count() > 1
-            else f"{source}: {where}: {first['msg']}"
-        ) from exc
+        loc = [str(p) for p in first["loc"]]
+        where = ".".join(loc)
+        # Name the --set option that caused it, when one did, rather than the file.
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if key == where or key.startswith(where + "."):
+                source = f"--set {item}"
+                break
+        msg = "no such parameter" + _suggest(loc) if first["type"] == "extra_forbidden" else first["msg"]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {where}: {msg}{more}") from exc
 
 
 def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] = ()) -> DarkroomConfig:
@@ -172,15 +210,28 @@ def load_config(path: Path | str | None, overrides: list[str] | tuple[str, ...] 
         path = Path(path)
         source = str(path)
         try:
-            loaded = yaml.safe_load(path.read_text()) if path.exists() else {}
+            text = path.read_bytes().decode("utf-8") if path.exists() else None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded); save it as UTF-8"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+        try:
+            loaded = yaml.safe_load(text) if text is not None else {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
         if loaded is None:
-            loaded = {}
+            # An empty file would silently mean "all defaults": a PostgreSQL repository would
+            # be detached from its database and start a fresh SQLite registry.
+            raise ConfigError(
+                f"{path} is empty; restore it (every parameter, with registry.url) or delete it "
+                "and run 'darkroom init' to write the defaults"
+            )
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
         data = loaded
-    return _validate(apply_overrides(data, overrides), source)
+    return _validate(apply_overrides(data, overrides), source, overrides)
 
 
 def save_config(config: DarkroomConfig, path: Path | str) -> None:
@@ -189,4 +240,16 @@ def save_config(config: DarkroomConfig, path: Path | str) -> None:
 
     text = "# darkroom repository configuration: every parameter, defaults filled in.\n"
     text += yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
-    atomic_write_text(Path(path), text)
+    # A registry password makes the file a secret: readable by its owner only.
+    atomic_write_text(Path(path), text, mode=0o600 if url_has_password(config.registry.url) else None)
+
+
+def url_has_password(url: str) -> bool:
+    """Does a SQLAlchemy URL carry a password (then darkroom.yaml is written 0600)?"""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return bool(make_url(url).password)
+    except ArgumentError:
+        return ":" in url.split("@", 1)[0].split("//", 1)[-1] if "@" in url else False

@@ -15,6 +15,7 @@ __all__ = [
     "DarkroomError",
     "MissingCalibrationError",
     "ProfileError",
+    "RegistryError",
     "SolveError",
 ]
 
@@ -43,6 +44,10 @@ class BadInputError(DarkroomError):
 
 class ProfileError(BadInputError):
     """The header lacks what the instrument profile needs (type, exposure, time)."""
+
+
+class RegistryError(DarkroomError):
+    """The registry database cannot be reached, does not exist, or its URL is wrong."""
 
 
 class MissingCalibrationError(DarkroomError):

@@ -18,15 +18,35 @@ from pathlib import Path
 
 from astropy.table import Table
 from sqlalchemy import func, select
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from darkroom.config import CONFIG_NAME, DarkroomConfig, load_config, save_config
 from darkroom.errors import ConfigError
 from darkroom.repo.models import Download, Exposure, Image, Target, Task
-from darkroom.repo.registry import Registry, resolve_url
+from darkroom.repo.registry import Registry, registry_error, resolve_url
 
 __all__ = ["PRODUCT_DIRS", "Repository"]
 
 PRODUCT_DIRS = ("calib", "images", "catalogs", "lightcurves", "products", "reports", "logs")
+
+
+def open_registry(config: DarkroomConfig, root: Path) -> Registry:
+    """Connect to the configured registry and bring its schema up to date.
+
+    Any database problem (server unreachable, database missing, bad URL) becomes a
+    :class:`~darkroom.errors.RegistryError` with a one-line reason.
+    """
+    url = config.registry.url
+    registry = None
+    try:
+        registry = Registry(resolve_url(url, root), echo=config.registry.echo)
+        if not registry.is_current():
+            registry.upgrade()
+    except (SQLAlchemyError, ArgumentError, OSError) as exc:
+        if registry is not None:
+            registry.dispose()
+        raise registry_error(exc, url) from exc
+    return registry
 
 
 class Repository:
@@ -45,11 +65,7 @@ class Repository:
         if db_url:
             overrides.append(f"registry.url={db_url}")
         self.config: DarkroomConfig = load_config(cfg_path, overrides)
-        self.registry = Registry(
-            resolve_url(self.config.registry.url, self.root), echo=self.config.registry.echo
-        )
-        if not self.registry.is_current():
-            self.registry.upgrade()
+        self.registry = open_registry(self.config, self.root)
 
     @classmethod
     def init(
@@ -69,10 +85,10 @@ class Repository:
         if db_url:
             overrides.append(f"registry.url={db_url}")
         config = load_config(cfg_path if cfg_path.exists() else None, overrides)
+        # Reach the database before saving, so a wrong --db never lands in darkroom.yaml.
+        open_registry(config, root).dispose()
         save_config(config, cfg_path)
-        repo = cls(root)
-        repo.registry.upgrade()
-        return repo
+        return cls(root)
 
     def path(self, relative: str | Path) -> Path:
         """Absolute path of a product recorded relative to the repository root."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
@@ -52,37 +53,40 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it into place.
 
-    The caller writes the temporary file (with any library) and closes it; the
-    context fsyncs it, renames it over ``path`` and fsyncs the folder. On an
-    exception the temporary file is removed and ``path`` is untouched.
+    The temporary path lies in a fresh private folder (``mkdtemp``: created
+    exclusively, mode 0700) beside ``path``, so no other process can create or swap
+    the name while the writer (any library) creates, writes and closes it. Then the
+    context fsyncs it, applies ``mode`` (e.g. 0o600 for a file holding a password)
+    before the file becomes visible, renames it over ``path`` and fsyncs the folder.
+    On an exception the temporary folder is removed and ``path`` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The writer's host and pid are in the name, so cleanup never removes a live writer's file.
     prefix = f"{TEMP_PREFIX}{_HOST}-{os.getpid()}-"
-    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    private = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    tmp = private / path.name
     try:
-        tmp.unlink()  # let the writer create it (astropy refuses to overwrite by default)
         yield tmp
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], None]) -> Path:
-    """Write bytes (or call ``data(fh)`` to stream them) atomically to ``path``."""
+def atomic_write_bytes(
+    path: Path | str, data: bytes | Callable[[BinaryIO], None], *, mode: int | None = None
+) -> Path:
+    """Write bytes (or call ``data(fh)`` to stream them) atomically to ``path`` (``mode``: permissions)."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, mode=mode) as tmp, open(tmp, "wb") as fh:
         if callable(data):
             data(fh)
         else:
@@ -91,9 +95,9 @@ def atomic_write_bytes(path: Path | str, data: bytes | Callable[[BinaryIO], None
     return path
 
 
-def atomic_write_text(path: Path | str, text: str) -> Path:
-    """Write UTF-8 text atomically to ``path``."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: Path | str, text: str, *, mode: int | None = None) -> Path:
+    """Write UTF-8 text atomically to ``path`` (``mode``: permissions, e.g. 0o600)."""
+    return atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
 def _writer_alive(name: str, *, max_age_s: float, mtime: float) -> bool:
@@ -116,11 +120,15 @@ def _writer_alive(name: str, *, max_age_s: float, mtime: float) -> bool:
 def remove_orphan_temps(root: Path | str, *, max_age_s: float = 24 * 3600) -> list[Path]:
     """Delete temporary files left below ``root`` by writers that are no longer running."""
     removed = []
-    for tmp in Path(root).rglob(f"{TEMP_PREFIX}*"):
+    for tmp in sorted(Path(root).rglob(f"{TEMP_PREFIX}*")):
         try:
-            if tmp.is_file() and not _writer_alive(tmp.name, max_age_s=max_age_s, mtime=tmp.stat().st_mtime):
+            if _writer_alive(tmp.name, max_age_s=max_age_s, mtime=tmp.stat().st_mtime):
+                continue
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)  # a private folder of atomic_path
+            else:
                 tmp.unlink()
-                removed.append(tmp)
-        except FileNotFoundError:  # renamed into place meanwhile
+            removed.append(tmp)
+        except FileNotFoundError:  # renamed into place meanwhile, or inside a folder just removed
             continue
     return removed

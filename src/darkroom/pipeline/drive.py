@@ -13,11 +13,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
-from darkroom.pipeline.runner import Executor, StageReport, run_stage, wait_for_others
+from darkroom.pipeline.runner import Executor, StageReport, run_stage, wait_for_others, worker_id
 from darkroom.pipeline.stage import Stage
+from darkroom.repo.models import Task
 from darkroom.repo.registry import Registry
 
-__all__ = ["drive_stages", "print_ingest_summary", "print_reports"]
+__all__ = ["drive_stages", "print_ingest_summary", "print_reports", "release_claims"]
 
 
 def drive_stages(
@@ -40,15 +41,38 @@ def drive_stages(
         console=console,
         disable=quiet,
     ) as bar:
-        for i, stage in enumerate(stages):
-            task = bar.add_task(stage.name, total=None)
-            wait_for_others(registry, [st.name for st in stages[:i]])
+        try:
+            for i, stage in enumerate(stages):
+                task = bar.add_task(stage.name, total=None)
+                wait_for_others(registry, [st.name for st in stages[:i]])
 
-            def progress(done: int, total: int, _task=task) -> None:
-                bar.update(_task, completed=done, total=max(total, 1))
+                def progress(done: int, total: int, _task=task) -> None:
+                    bar.update(_task, completed=done, total=max(total, 1))
 
-            reports.append(run_stage(registry, stage, executor, retry_failed=retry_failed, progress=progress))
+                reports.append(
+                    run_stage(registry, stage, executor, retry_failed=retry_failed, progress=progress)
+                )
+        except KeyboardInterrupt:
+            release_claims(registry)
+            raise
     return reports
+
+
+def release_claims(registry: Registry) -> int:
+    """Put this process's 'running' tasks back to 'pending' (after Ctrl-C); return how many.
+
+    Their products were not recorded, so the next run plans and runs them again; status
+    never shows a task stuck "running" under a driver that has gone.
+    """
+    from sqlalchemy import update
+
+    with registry.session() as s:
+        n = s.execute(
+            update(Task)
+            .where(Task.state == "running", Task.worker == worker_id())
+            .values(state="pending", worker=None, started_utc=None, reason="interrupted")
+        ).rowcount
+    return int(n or 0)
 
 
 def print_reports(reports: Sequence[StageReport], console: Console) -> None:
@@ -89,3 +113,7 @@ def print_ingest_summary(summary, seconds: float, console: Console) -> None:
         console.print(f"quarantined ({len(summary.quarantined)}):")
         for item in summary.quarantined:
             console.print(f"  {item.path}: {item.reason}", soft_wrap=True, markup=False, highlight=False)
+    if getattr(summary, "skipped", None):
+        console.print(f"skipped, never opened ({len(summary.skipped)}):")
+        for path, reason in summary.skipped:
+            console.print(f"  {path}: {reason}", soft_wrap=True, markup=False, highlight=False)

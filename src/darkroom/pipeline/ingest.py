@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,12 +23,12 @@ from sqlalchemy import select
 from darkroom.config import IngestConfig
 from darkroom.errors import DarkroomError
 from darkroom.instruments import FrameMetadata, load_profiles, normalize
-from darkroom.io.rawfits import is_fits_name, read_raw
+from darkroom.io.rawfits import ReadLimits, is_fits_name, read_raw, regular_file_problem
 from darkroom.repo.models import Exposure
 from darkroom.repo.registry import Registry
 from darkroom.repo.store import sha256_file
 
-__all__ = ["Examined", "IngestSummary", "examine_file", "find_fits_files", "ingest_paths"]
+__all__ = ["Examined", "IngestSummary", "check_paths", "examine_file", "find_fits_files", "ingest_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Examined:
     size_bytes: int
     meta: FrameMetadata | None = None
     reason: str | None = None  # set when the file is quarantined
+    dropped_cards: tuple[str, ...] = ()  # unparsable header cards left out
 
     @property
     def ok(self) -> bool:
@@ -57,6 +59,10 @@ class IngestSummary:
     n_bytes: int = 0
     registered: list[Examined] = field(default_factory=list)
     quarantined: list[Examined] = field(default_factory=list)
+    #: entries never opened (FIFO, device, unreadable folder...) with the reason
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    #: keyword -> number of files in which an unparsable card of that keyword was left out
+    dropped_cards: Counter = field(default_factory=Counter)
 
     def counts(self, key: Callable[[FrameMetadata], object]) -> Counter:
         return Counter(key(e.meta) for e in self.registered if e.meta is not None)
@@ -76,29 +82,95 @@ class IngestSummary:
         return [(*k, n) for k, n in sorted(c.items())]
 
 
-def find_fits_files(
-    paths: Iterable[Path | str], *, suffixes: Iterable[str], follow_symlinks: bool = False
-) -> Iterator[Path]:
-    """FITS files below the given files/folders, sorted per folder; others are skipped silently."""
-    suffixes = tuple(suffixes)
+def check_paths(paths: Iterable[Path | str]) -> list[Path]:
+    """The paths to ingest, each an existing file or folder; else a one-line error.
+
+    A cron line with a typo must fail loudly, not report "0 files seen" for ever.
+    """
+    out = []
     for p in paths:
         p = Path(p).expanduser()
-        if p.is_file():
-            if is_fits_name(p.name, suffixes):
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:
+            raise DarkroomError(f"{p}: no such file or folder") from None
+        except OSError as exc:
+            raise DarkroomError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise DarkroomError(f"{p}: {regular_file_problem(mode)}")
+        out.append(p)
+    return out
+
+
+def find_fits_files(
+    paths: Iterable[Path | str],
+    *,
+    suffixes: Iterable[str],
+    follow_symlinks: bool = False,
+    on_skip: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
+    """Regular FITS files below the given files/folders, sorted per folder.
+
+    Files whose names are not FITS names are passed over silently. A FITS-named entry
+    that is not a regular file (FIFO, socket, device, broken link) and a folder that
+    cannot be read are reported through ``on_skip(path, reason)`` and never opened:
+    reading a FIFO or ``/dev/zero`` would block the night.
+    """
+    suffixes = tuple(suffixes)
+
+    def skip(path: Path, reason: str) -> None:
+        if on_skip is not None:
+            on_skip(path, reason)
+
+    def regular(path: Path) -> bool:
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            reason = "broken link" if path.is_symlink() else (exc.strerror or str(exc))
+            skip(path, f"cannot read file: {reason}")
+            return False
+        problem = regular_file_problem(mode)
+        if problem:
+            skip(path, problem)
+            return False
+        return True
+
+    for p in paths:
+        p = Path(p).expanduser()
+        try:
+            is_dir = stat.S_ISDIR(p.stat().st_mode)
+        except OSError as exc:
+            skip(p, f"cannot read: {exc.strerror or exc}")
+            continue
+        if not is_dir:
+            if is_fits_name(p.name, suffixes) and regular(p):
                 yield p
             continue
-        for dirpath, dirnames, filenames in os.walk(p, followlinks=follow_symlinks):
+
+        def walk_error(exc: OSError, _top: Path = p) -> None:
+            skip(Path(exc.filename or _top), f"cannot read folder: {exc.strerror or exc}")
+
+        for dirpath, dirnames, filenames in os.walk(p, followlinks=follow_symlinks, onerror=walk_error):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if not name.startswith(".") and is_fits_name(name, suffixes):
-                    yield Path(dirpath) / name
+                    path = Path(dirpath) / name
+                    if regular(path):
+                        yield path
 
 
-def examine_file(path: Path, profiles, *, sha256: str | None = None, checksum: bool = True) -> Examined:
+def examine_file(
+    path: Path,
+    profiles,
+    *,
+    sha256: str | None = None,
+    checksum: bool = True,
+    limits: ReadLimits | None = None,
+) -> Examined:
     """Read and classify one file. Never raises for a bad file: the reason is returned.
 
     ``darkroom inspect`` calls this too (``checksum=False``), so that both commands give
-    the same reason for the same file.
+    the same reason for the same file. ``limits`` bound the reading (ingest's configured ones).
     """
     try:
         size = path.stat().st_size
@@ -107,14 +179,18 @@ def examine_file(path: Path, profiles, *, sha256: str | None = None, checksum: b
         return Examined(path, "", 0, reason=f"cannot read file: {exc.strerror or exc}")
     item = Examined(path, digest, size)
     try:
-        raw = read_raw(path, with_data=True)
+        raw = read_raw(path, with_data=True, limits=limits)
+        item.dropped_cards = raw.dropped_cards
         meta = normalize(raw.header, filename=path.name, shape=raw.shape, profiles=profiles, data=raw.data)
     except DarkroomError as exc:
         item.reason = exc.reason
+        if item.dropped_cards:  # the keyword it missed may be one of them: say so
+            item.reason += f" (unparsable header cards left out: {', '.join(item.dropped_cards[:5])})"
         return item
     except Exception as exc:  # a bug or an exotic file must not stop the night
-        log.exception("unexpected error reading %s", path)
-        item.reason = f"unreadable: {exc.__class__.__name__}: {' '.join(str(exc).split())[:160]}"
+        # The traceback goes to the log file only; the console and registry get one line.
+        log.debug("unexpected error reading %s", path, exc_info=True)
+        item.reason = f"unreadable file ({exc.__class__.__name__}): {' '.join(str(exc).split())[:160]}"
         return item
     item.meta = meta
     if meta.companion is not None:
@@ -187,19 +263,32 @@ def ingest_paths(
                 s.add_all(pending)
             pending.clear()
 
-    for path in find_fits_files(paths, suffixes=config.extensions, follow_symlinks=config.follow_symlinks):
+    paths = check_paths(paths)
+    limits = ReadLimits(
+        max_image_mb=config.max_image_mb, max_hdus=config.max_hdus, timeout_s=config.read_timeout_s
+    )
+    files = find_fits_files(
+        paths,
+        suffixes=config.extensions,
+        follow_symlinks=config.follow_symlinks,
+        on_skip=lambda p, reason: (
+            summary.skipped.append((p, reason)),
+            log.warning("skipped %s: %s", p, reason),
+        ),
+    )
+    for path in files:
         summary.n_files += 1
         try:
             digest = sha256_file(path)
-        except OSError as exc:
-            digest = None
-            log.warning("cannot read %s: %s", path, exc)
+        except OSError:
+            digest = None  # examine_file records why
         if digest is not None and digest in known:
             summary.n_known += 1
             if progress:
                 progress(path)
             continue
-        item = examine_file(path, profiles, sha256=digest)
+        item = examine_file(path, profiles, sha256=digest, limits=limits)
+        summary.dropped_cards.update(item.dropped_cards)
         if not item.sha256:  # unreadable file: cannot be registered by checksum, report only
             summary.quarantined.append(item)
             if progress:
@@ -210,11 +299,19 @@ def ingest_paths(
         summary.n_bytes += item.size_bytes
         (summary.registered if item.ok else summary.quarantined).append(item)
         if not item.ok:
-            log.warning("quarantined %s: %s", path, item.reason)
+            log.info("quarantined %s: %s", path, item.reason)  # the summary lists them all
         pending.append(_row(item))
         if len(pending) >= config.batch_size:
             flush()
         if progress:
             progress(path)
     flush()
+    if summary.dropped_cards:
+        # Once per ingest, not once per file: such cards are common and usually irrelevant.
+        log.warning(
+            "left out unparsable header cards (they are not used): %s",
+            ", ".join(
+                f"{k} in {n} file{'s' if n > 1 else ''}" for k, n in sorted(summary.dropped_cards.items())
+            ),
+        )
     return summary

@@ -18,9 +18,12 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Registry", "alembic_config", "resolve_url"]
+from darkroom.errors import RegistryError
+
+__all__ = ["Registry", "alembic_config", "registry_error", "resolve_url", "safe_url"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -34,6 +37,52 @@ def resolve_url(url: str, root: Path | None = None) -> str:
             db = Path(root) / db
         return str(parsed.set(database=str(db)))
     return url
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def registry_error(exc: BaseException, url: str) -> RegistryError:
+    """One line in plain words for a database error (unreachable server, missing database, bad URL)."""
+    where = safe_url(url)
+    if isinstance(exc, NoSuchModuleError):
+        return RegistryError(f"registry.url {where}: unknown database or driver ({exc})")
+    if isinstance(exc, ArgumentError):
+        return RegistryError(
+            f"registry.url {url.split('@')[-1]!r} is not a database URL "
+            "(expected e.g. sqlite:///registry.db or postgresql+psycopg://user@host/dbname)"
+        )
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split()) or orig.__class__.__name__
+    low = text.lower()
+    if "does not exist" in low and "database" in low:
+        name = make_url(url).database
+        return RegistryError(
+            f"the registry database {name!r} does not exist at {where}; create it "
+            f"(createdb {name}) or fix registry.url in darkroom.yaml"
+        )
+    if any(
+        w in low
+        for w in ("connection refused", "could not connect", "timeout", "no route", "name or service")
+    ):
+        return RegistryError(
+            f"cannot reach the registry database at {where}: is the server running? ({text[:200]})"
+        )
+    if "password authentication failed" in low or "no password supplied" in low:
+        return RegistryError(
+            f"the registry database at {where} refused the login: check the user and password "
+            "(PGPASSWORD or ~/.pgpass)"
+        )
+    if "unable to open database file" in low:
+        return RegistryError(
+            f"cannot open the SQLite registry at {make_url(url).database}: its folder is missing or read-only"
+        )
+    return RegistryError(f"registry database error at {where}: {text[:200]}")
 
 
 def alembic_config(url: str) -> AlembicConfig:

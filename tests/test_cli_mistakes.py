@@ -1,0 +1,222 @@
+"""Every mistake a user or a cron line can make gives one line on stderr, no traceback,
+and the documented exit status (README "Exit status": 1 error, 2 failed units, 130 Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+
+import pytest
+from typer.testing import CliRunner
+
+from darkroom.cli import app
+
+PG_URL = os.environ.get("DARKROOM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mistakes") / "repo"
+    res = runner.invoke(app, ["init", str(root)])
+    assert res.exit_code == 0, res.output
+    return root
+
+
+def _broken_repo(tmp_path, content: bytes):
+    root = tmp_path / "broken"
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    (root / "darkroom.yaml").write_bytes(content)
+    return root
+
+
+def _pg_base() -> str:
+    return PG_URL.rsplit("/", 1)[0]
+
+
+# (id, argv builder, exit status, words the one line must hold)
+CASES = [
+    (
+        "status of a folder that is no repository",
+        lambda r, t: ["status", str(t / "nowhere")],
+        1,
+        "not a darkroom repository",
+    ),
+    (
+        "invalid --set value",
+        lambda r, t: ["init", str(t / "r"), "--set", "ingest.batch_size=-1"],
+        1,
+        "ingest.batch_size",
+    ),
+    ("--set without =", lambda r, t: ["run", str(r), "--set", "photometry"], 1, "section.key=value"),
+    ("--set of an unknown key", lambda r, t: ["run", str(r), "--set", "ingest.bach_size=3"], 1, "bach_size"),
+    (
+        "ingest of a path that does not exist",
+        lambda r, t: ["ingest", str(r), str(t / "typo")],
+        1,
+        "no such file or folder",
+    ),
+    ("ingest of a FIFO", lambda r, t: ["ingest", str(r), str(t / "pipe.fits")], 1, "not a regular file"),
+    (
+        "run --ingest of a path that does not exist",
+        lambda r, t: ["run", str(r), "--ingest", str(t / "typo")],
+        1,
+        "no such file or folder",
+    ),
+    (
+        "PostgreSQL unreachable",
+        lambda r, t: ["status", str(r), "--db", "postgresql+psycopg://u@127.0.0.1:9/x"],
+        1,
+        "cannot reach the registry database",
+    ),
+    (
+        "PostgreSQL database missing",
+        lambda r, t: ["status", str(r), "--db", f"{_pg_base()}/no_such_db_{uuid.uuid4().hex[:8]}"],
+        1,
+        "does not exist",
+    ),
+    (
+        "registry.url that is no URL",
+        lambda r, t: ["status", str(r), "--db", "registry.db"],
+        1,
+        "not a database URL",
+    ),
+    (
+        "registry.url with an unknown driver",
+        lambda r, t: ["status", str(r), "--db", "mongodb://h/x"],
+        1,
+        "unknown database or driver",
+    ),
+    (
+        "init --db unreachable",
+        lambda r, t: ["init", str(t / "pg"), "--db", "postgresql+psycopg://u@127.0.0.1:9/x"],
+        1,
+        "cannot reach",
+    ),
+    (
+        "non-UTF-8 darkroom.yaml",
+        lambda r, t: ["status", str(_broken_repo(t, b"registry:\n  url: caf\xe9\n"))],
+        1,
+        "not UTF-8",
+    ),
+    ("empty darkroom.yaml", lambda r, t: ["status", str(_broken_repo(t, b""))], 1, "is empty"),
+    (
+        "darkroom.yaml not YAML",
+        lambda r, t: ["status", str(_broken_repo(t, b"registry: [\n"))],
+        1,
+        "not valid YAML",
+    ),
+    (
+        "lightcurve -o into a missing folder",
+        lambda r, t: ["lightcurve", str(r), "--source", "1", "-o", str(t / "no" / "lc.csv")],
+        1,
+        "does not exist",
+    ),
+    (
+        "lightcurve --plot into a missing folder",
+        lambda r, t: ["lightcurve", str(r), "--source", "1", "--plot", str(t / "no" / "lc.png")],
+        1,
+        "does not exist",
+    ),
+    ("lightcurve of nothing", lambda r, t: ["lightcurve", str(r), "--source", "1"], 1, ""),
+    ("run --until an unknown stage", lambda r, t: ["run", str(r), "--until", "photmetry"], 1, "photmetry"),
+    ("inspect a missing file", lambda r, t: ["inspect", str(t / "none.fits")], 1, "none.fits"),
+    ("inspect a link to /dev/zero", lambda r, t: ["inspect", str(t / "zero.fits")], 1, "not a regular file"),
+]
+
+
+@pytest.mark.parametrize(("label", "argv", "status", "words"), CASES, ids=[c[0] for c in CASES])
+def test_mistake_gives_one_line(tmp_path, repo, label, argv, status, words):
+    os.mkfifo(tmp_path / "pipe.fits")
+    (tmp_path / "zero.fits").symlink_to("/dev/zero")
+    res = runner.invoke(app, argv(repo, tmp_path))
+    assert res.exit_code == status, (label, res.output)
+    assert res.exception is None or isinstance(res.exception, SystemExit), (label, repr(res.exception))
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, (label, res.stderr)
+    assert words.lower() in lines[0].lower(), (label, lines[0])
+
+
+def test_init_with_an_unreachable_database_saves_nothing(tmp_path):
+    root = tmp_path / "pg"
+    res = runner.invoke(app, ["init", str(root), "--db", "postgresql+psycopg://u@127.0.0.1:9/x"])
+    assert res.exit_code == 1
+    assert not (root / "darkroom.yaml").exists()
+
+
+def test_password_makes_darkroom_yaml_private(tmp_path):
+    name = f"darkroom_test_{uuid.uuid4().hex[:12]}"
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        base = _pg_base().replace("postgres@", "postgres:secret@")
+        root = tmp_path / "pw"
+        res = runner.invoke(app, ["init", str(root), "--db", f"{base}/{name}"])
+        assert res.exit_code == 0, res.output
+        mode = stat.S_IMODE((root / "darkroom.yaml").stat().st_mode)
+        assert mode == 0o600, oct(mode)
+        assert "secret" not in res.output
+        plain = tmp_path / "plain"
+        assert runner.invoke(app, ["init", str(plain)]).exit_code == 0
+        assert stat.S_IMODE((plain / "darkroom.yaml").stat().st_mode) & 0o044  # no secret: readable
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :n AND pid <> pg_backend_pid()"
+                ),
+                {"n": name},
+            )
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def test_ctrl_c_says_resume_and_leaves_no_task_running(tmp_path, monkeypatch):
+    import darkroom.pipeline.runner as runner_mod
+    from darkroom.facade import Repository
+    from darkroom.repo.models import Task
+
+    root = tmp_path / "repo"
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write_bias_frames(raw, 3)
+    assert runner.invoke(app, ["ingest", str(root), str(raw), "-q"]).exit_code == 0
+
+    real = runner_mod.SerialExecutor.map_units
+
+    def interrupted(self, fn, units):
+        for n, item in enumerate(real(self, fn, units)):
+            if n == 0:
+                raise KeyboardInterrupt  # Ctrl-C while the first unit is being recorded
+            yield item
+
+    monkeypatch.setattr(runner_mod.SerialExecutor, "map_units", interrupted)
+    res = runner.invoke(app, ["run", str(root), "-q"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted; run again to resume" in res.stderr
+    assert "Traceback" not in res.output
+    with Repository(root) as r, r.registry.session() as s:
+        from sqlalchemy import select
+
+        states = set(s.scalars(select(Task.state)))
+    assert "running" not in states, states
+
+
+def _write_bias_frames(folder, n):
+    import numpy as np
+    from astropy.io import fits
+
+    for i in range(n):
+        h = fits.Header()
+        h["IMAGETYP"] = "BIAS"
+        h["EXPTIME"] = 0.0
+        h["DATE-OBS"] = f"2024-03-01T0{i}:00:00"
+        fits.PrimaryHDU(np.full((16, 16), 1000 + i, dtype=np.uint16), header=h).writeto(folder / f"b{i}.fits")
