@@ -205,7 +205,6 @@ BAD_KINDS = [
     "no_end",
     "bad_date",
     "mangled_date_card",
-    "no_type",
     "nan_data",
 ]
 GOOD_PACKS = ["fits", "checksum", "gz", "bz2", "fz", "odd_card"]
