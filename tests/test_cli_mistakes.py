@@ -220,3 +220,48 @@ def _write_bias_frames(folder, n):
         h["EXPTIME"] = 0.0
         h["DATE-OBS"] = f"2024-03-01T0{i}:00:00"
         fits.PrimaryHDU(np.full((16, 16), 1000 + i, dtype=np.uint16), header=h).writeto(folder / f"b{i}.fits")
+
+
+def test_run_ends_with_a_summary_naming_the_report(tmp_path):
+    root = tmp_path / "repo"
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _write_bias_frames(raw, 3)
+    res = runner.invoke(app, ["run", str(root), "--ingest", str(raw)])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "frames in: 3 usable (3 bias); 0 quarantined" in out
+    assert "failed: 0 units" in out and "light curves: none" in out
+    assert "no targets in darkroom.yaml" in out  # a stage that made nothing says why
+    report = next(line.split("report: ", 1)[1] for line in out.splitlines() if line.startswith("report: "))
+    assert os.path.isfile(report) and report.startswith(str(root))
+    assert f"darkroom status {root}" in out
+    log_line = next(line for line in out.splitlines() if line.startswith("details: "))
+    assert str(root / "logs") in log_line
+
+
+def test_lightcurve_options_take_sexagesimal_and_default_to_darkroom_yaml(tmp_path, monkeypatch):
+    from darkroom import facade
+
+    seen = {}
+
+    def fake_lightcurve(self, **kwargs):
+        seen.update(kwargs)
+        from darkroom.errors import DarkroomError
+
+        raise DarkroomError("stop here")
+
+    monkeypatch.setattr(facade.Repository, "lightcurve", fake_lightcurve)
+    root = tmp_path / "repo"
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    res = runner.invoke(app, ["lightcurve", str(root), "--ra", "16:02:11.84", "--dec", "+28:10:10.4"])
+    assert res.exit_code == 1 and "stop here" in res.stderr
+    assert abs(seen["ra"] - 240.5493333) < 1e-6 and abs(seen["dec"] - 28.1695556) < 1e-6
+    assert seen["differential"] is True  # photometry.lightcurves.lightcurve.differential: true
+    res = runner.invoke(
+        app, ["lightcurve", str(root), "--ra", "240.549333", "--dec", "28.169556", "--absolute"]
+    )
+    assert seen["differential"] is False and abs(seen["ra"] - 240.549333) < 1e-9
+    res = runner.invoke(app, ["lightcurve", str(root), "--ra", "25:00:00", "--dec", "0"])
+    assert res.exit_code == 1 and "--ra" in res.stderr and "Traceback" not in res.output

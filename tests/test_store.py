@@ -77,3 +77,24 @@ def test_remove_orphan_temps_spares_live_writers(tmp_path):
     keep.write_bytes(b"y")
     assert sorted(remove_orphan_temps(tmp_path)) == sorted([orphan, old_unknown])
     assert keep.exists() and live.exists() and not orphan.exists()
+
+
+def test_atomic_path_writes_in_a_private_folder_and_applies_the_mode(tmp_path):
+    import os
+    import stat
+
+    p = tmp_path / "secret.yaml"
+    with atomic_path(p, mode=0o600) as tmp:
+        # Created exclusively by mkdtemp: nobody else can make or swap the name meanwhile.
+        assert tmp.parent != tmp_path and tmp.parent.name.startswith(TEMP_PREFIX)
+        assert stat.S_IMODE(tmp.parent.stat().st_mode) == 0o700
+        assert not tmp.exists()
+        tmp.write_text("password: x")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["secret.yaml"]
+    # An orphan private folder (its writer is gone) is cleared like an orphan file.
+    orphan = tmp_path / f"{TEMP_PREFIX}otherhost-1-abc"
+    orphan.mkdir()
+    (orphan / "x.fits").write_bytes(b"half")
+    os.utime(orphan, (1, 1))
+    assert remove_orphan_temps(tmp_path) == [orphan] and not orphan.exists()

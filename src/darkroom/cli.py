@@ -172,7 +172,7 @@ def _setup_logging(quiet: bool, repo: Path | None = None) -> None:
     root.addHandler(console_handler)
     _CONSOLE_FILTER[:] = [once]
     _LOG_FILE.clear()
-    logs = Path(repo).expanduser() / "logs" if repo is not None else None
+    logs = Path(repo).expanduser().resolve() / "logs" if repo is not None else None
     if logs is not None and logs.is_dir():
         path = logs / f"darkroom-{time.strftime('%Y-%m-%d')}.log"
         try:
@@ -228,6 +228,38 @@ def init(
         f"repository [bold]{r.root}[/] ready; registry {r.registry.backend} at revision {r.registry.revision()}"
     )
     r.close()
+
+
+def parse_ra(text: str | None) -> float | None:
+    """Right ascension [deg] from degrees ("240.5493") or hours ("16:02:11.84", "16h02m11.84s")."""
+    return _parse_angle(text, "--ra", hours=True)
+
+
+def parse_dec(text: str | None) -> float | None:
+    """Declination [deg] from degrees ("28.1696", "+28:10:10.4", "28d10m10.4s")."""
+    return _parse_angle(text, "--dec", hours=False)
+
+
+def _parse_angle(text: str | None, option: str, *, hours: bool) -> float | None:
+    if text is None:
+        return None
+    from astropy import units as u
+    from astropy.coordinates import Angle
+
+    t = text.strip()
+    try:
+        if hours and (":" in t or "h" in t.lower() or " " in t):
+            value = Angle(t, unit=u.hourangle).deg
+        else:
+            value = Angle(t, unit=u.deg).deg
+    except Exception:
+        raise DarkroomError(
+            f"{option} {text!r} is not an angle: give degrees (240.5493) or "
+            + ("hours 16:02:11.84" if hours else "degrees +28:10:10.4")
+        ) from None
+    if (hours and not 0 <= value < 360) or (not hours and not -90 <= value <= 90):
+        raise DarkroomError(f"{option} {text!r} is out of range")
+    return float(value)
 
 
 def _check_output_folder(path: Path | None, option: str) -> None:
@@ -383,16 +415,23 @@ def run(
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="address of a running Dask scheduler")
     ] = None,
+    report: Annotated[
+        bool,
+        typer.Option("--report/--no-report", help="write the night report (REPO/reports/) after a full run"),
+    ] = True,
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run every stage over what is registered, skipping what is done. Exit 2 when anything failed."""
+    """Run every stage over what is registered, skipping what is done; end with a summary.
+
+    Exit 2 when anything failed."""
     from darkroom.facade import Repository
     from darkroom.pipeline.drive import drive_stages, print_ingest_summary, print_reports
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages, forget_from, select_stages
+    from darkroom.pipeline.summary import print_run_summary, run_summary
     from darkroom.repo.store import remove_orphan_temps
 
     _setup_logging(quiet, repo)
@@ -422,24 +461,58 @@ def run(
             )
         finally:
             executor.close()
+        night = run_summary(r, reports)
+        if report and chosen and chosen[-1].name == stages[-1].name:
+            night.report = _write_report_quietly(r)
+        if not r.config.targets and not night.lightcurves:
+            night.nothing_made.append(
+                "no light curves: no targets in darkroom.yaml (targets:); add one, or run "
+                f"darkroom lightcurve {r.root} --ra RA --dec DEC"
+            )
         r.close()
     except DarkroomError as exc:
         _fail(exc)
     if not quiet:
         print_reports(reports, console)
+    night.log_file = _LOG_FILE[0] if _LOG_FILE else None
+    night.n_hidden_warnings = _CONSOLE_FILTER[0].n_hidden() if _CONSOLE_FILTER else 0
     failed = [(rep.stage, key, reason) for rep in reports for key, reason in rep.failures]
+    if not quiet:
+        print_run_summary(night, console)
+    elif failed:
+        for stage, key, reason in failed:
+            err_console.print(f"{stage} {key}: {reason}", soft_wrap=True, markup=False, highlight=False)
     if failed:
-        if quiet:
-            for stage, key, reason in failed:
-                err_console.print(f"{stage} {key}: {reason}", soft_wrap=True, markup=False, highlight=False)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_FAILED_UNITS)
+
+
+def _write_report_quietly(r) -> Path | None:
+    """The night report after a full run (its index page); a failure is a warning, not an error."""
+    from darkroom.pipeline.report import write_reports
+
+    try:
+        paths = write_reports(r)
+    except Exception as exc:
+        log.warning("the report could not be written: %s", " ".join(str(exc).split())[:200])
+        log.debug("report failure", exc_info=True)
+        return None
+    index = [p for p in paths if Path(p).name == "index.html"]
+    return Path(index[0] if index else paths[-1]) if paths else None
 
 
 @app.command()
 def lightcurve(
     repo: RepoArg,
-    ra: Annotated[float | None, typer.Option("--ra", help="right ascension (ICRS) [deg]")] = None,
-    dec: Annotated[float | None, typer.Option("--dec", help="declination (ICRS) [deg]")] = None,
+    ra: Annotated[
+        str | None,
+        typer.Option(
+            "--ra", help="right ascension (ICRS): degrees (240.5493) or hours 16:02:11.84 / 16h02m11.84s"
+        ),
+    ] = None,
+    dec: Annotated[
+        str | None,
+        typer.Option("--dec", help="declination (ICRS): degrees (28.1696) or +28:10:10.4 / 28d10m10.4s"),
+    ] = None,
     radius: Annotated[
         float | None, typer.Option("--radius", min=0.01, help="match radius [arcsec] (default: configured)")
     ] = None,
@@ -453,8 +526,14 @@ def lightcurve(
     frame: Annotated[Path | None, typer.Option("--frame", help="raw or calibrated file of --pixel")] = None,
     source: Annotated[int | None, typer.Option("--source", help="a source id")] = None,
     differential: Annotated[
-        bool, typer.Option("--differential/--absolute", help="divide by a comparison ensemble")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--differential/--absolute",
+            help="divide by a comparison ensemble (default: photometry.lightcurves.lightcurve.differential "
+            "of darkroom.yaml)",
+            show_default=False,
+        ),
+    ] = None,
     comparison: Annotated[
         list[int] | None, typer.Option("--comparison", help="comparison source id (repeatable)")
     ] = None,
@@ -493,10 +572,13 @@ def lightcurve(
     try:
         _check_output_folder(out, "-o/--out")
         _check_output_folder(plot, "--plot")
+        ra_deg, dec_deg = parse_ra(ra), parse_dec(dec)
         r = Repository(repo, db_url=db, overrides=overrides)
+        if differential is None:  # the repository's setting, as the lightcurves stage uses it
+            differential = r.config.photometry.lightcurves.lightcurve.differential
         lc = r.lightcurve(
-            ra=ra,
-            dec=dec,
+            ra=ra_deg,
+            dec=dec_deg,
             radius_arcsec=radius,
             name=name,
             pixel=pixel,
