@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from pytest_httpserver import HTTPServer
-from sqlalchemy import select
+from sqlalchemy import func, select
 from werkzeug import Response
 
 from darkroom.analysis.lcfile import read_lc_file
@@ -273,3 +273,60 @@ def test_credentials_file_must_be_private(tmp_path, monkeypatch):
     path.chmod(0o600)
     creds = load_credentials(file=path)
     assert creds.user == "bob" and creds.password == "hunter2" and "hunter2" not in repr(creds)
+
+
+def test_cli_import_run_and_status_on_a_survey_repository(tmp_path, irsa_server, reply_bytes):
+    from typer.testing import CliRunner
+
+    from darkroom.cli import app
+
+    irsa = Irsa(reply_bytes, stall_s=0.0)
+    irsa_server.expect_request("/cgi-bin/ZTF/nph_light_curves").respond_with_handler(irsa)
+    repo = tmp_path / "wd"
+    targets = _targets()
+    targets.rename_columns(["name", "ra_deg", "dec_deg", "mag_G"], ["Source", "RA", "DEC", "gmag"])
+    targets[["Source", "RA", "DEC", "gmag"]].write(tmp_path / "mine.ecsv")
+    runner = CliRunner()
+    sets = [
+        "--set", "surveys.run=[ztf]",
+        "--set", f"surveys.cache_dir={tmp_path / 'cache'}",
+        "--set", f"surveys.ztf.base_url={irsa_server.url_for('/')}",
+        "--set", "surveys.ztf.http.rate_per_s=1000",
+    ]  # fmt: skip
+    assert runner.invoke(app, ["init", str(repo), *sets]).exit_code == 0
+    res = runner.invoke(
+        app,
+        [
+            "targets",
+            "import",
+            str(repo),
+            str(tmp_path / "mine.ecsv"),
+            "--columns",
+            "name=Source,ra=RA,dec=DEC,mag.G=gmag",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "10 targets read, 10 registered" in res.output
+    again = runner.invoke(
+        app,
+        [
+            "targets",
+            "import",
+            str(repo),
+            str(tmp_path / "mine.ecsv"),
+            "--columns",
+            "name=Source,ra=RA,dec=DEC",
+        ],
+    )
+    assert "0 registered, 10 already known" in again.output
+    res = runner.invoke(app, ["run", str(repo), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["status", str(repo)])
+    flat = "".join(res.output.split())  # rich wraps titles and cells to the table width
+    assert "surveydownloads(10targetsregistered)" in flat
+    assert "noZTFepochswithinthecone" in flat and "skipped:Dec-45.00" in flat
+    with Registry(f"sqlite:///{repo / 'registry.db'}").session() as s:
+        states = dict(s.execute(select(Download.state, func.count()).group_by(Download.state)).all())
+    assert states == {"done": 1, "empty": 9}
+    res = runner.invoke(app, ["survey", "ztf", str(repo)])  # nothing left to ask
+    assert res.exit_code == 0 and "ztf: 0 targets" in res.output

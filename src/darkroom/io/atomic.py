@@ -53,7 +53,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, *, mode: int | None = None) -> Iterator[Path]:
+def atomic_path(path: Path | str, *, mode: int | None = None, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it into place.
 
     The temporary path lies in a fresh private folder (``mkdtemp``: created
@@ -62,6 +62,9 @@ def atomic_path(path: Path | str, *, mode: int | None = None) -> Iterator[Path]:
     context fsyncs it, applies ``mode`` (e.g. 0o600 for a file holding a password)
     before the file becomes visible, renames it over ``path`` and fsyncs the folder.
     On an exception the temporary folder is removed and ``path`` is untouched.
+    ``durable=False`` skips the two fsyncs: the rename still never shows a
+    half-written file after a process crash (kill -9), but a power cut may lose
+    the newest files (for many small files that can be fetched again).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,22 +74,29 @@ def atomic_path(path: Path | str, *, mode: int | None = None) -> Iterator[Path]:
     tmp = private / path.name
     try:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
 def atomic_write_bytes(
-    path: Path | str, data: bytes | Callable[[BinaryIO], None], *, mode: int | None = None
+    path: Path | str,
+    data: bytes | Callable[[BinaryIO], None],
+    *,
+    mode: int | None = None,
+    durable: bool = True,
 ) -> Path:
-    """Write bytes (or call ``data(fh)`` to stream them) atomically to ``path`` (``mode``: permissions)."""
+    """Write bytes (or call ``data(fh)`` to stream them) atomically to ``path`` (``mode``: permissions;
+    ``durable``: see :func:`atomic_path`)."""
     path = Path(path)
-    with atomic_path(path, mode=mode) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, mode=mode, durable=durable) as tmp, open(tmp, "wb") as fh:
         if callable(data):
             data(fh)
         else:

@@ -40,7 +40,13 @@ from darkroom.io.atomic import atomic_path, atomic_write_bytes, remove_orphan_te
 from darkroom.pipeline._products import jsonable
 from darkroom.pipeline.lightcurves import safe_name
 from darkroom.pipeline.stage import Stage, Unit
-from darkroom.pipeline.surveys import DriveReport, drive_threaded, resolve_cache_dir, target_rows
+from darkroom.pipeline.surveys import (
+    DownloadRecorder,
+    DriveReport,
+    drive_threaded,
+    resolve_cache_dir,
+    target_rows,
+)
 from darkroom.repo.models import Download, Target, utcnow
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import cutout_cube, read_cube, write_cube, write_cube_set
@@ -72,37 +78,7 @@ def _target_key(t: Target) -> str:
     return f"{t.catalog}/{t.name}"
 
 
-class _DownloadRows:
-    """Shared record helpers: one ``download`` row per (survey, key), updated in place."""
-
-    survey: str
-
-    def _row(self, session: Session, unit: Unit) -> Download:
-        row = session.scalars(
-            select(Download).where(Download.survey == self.survey, Download.key == unit.key)
-        ).one_or_none()
-        if row is None:
-            row = Download(
-                survey=self.survey, key=unit.key, target_id=unit.payload.get("target_id"), state="failed"
-            )
-            session.add(row)
-        return row
-
-    def record_failure(self, session: Session, unit: Unit, reason: str) -> None:
-        row = self._row(session, unit)
-        row.state, row.reason, row.fetched_utc = "failed", reason, utcnow()
-
-    def _settled(self, session: Session) -> set[str]:
-        return set(
-            session.scalars(
-                select(Download.key).where(
-                    Download.survey == self.survey, Download.state.in_(("done", "empty"))
-                )
-            )
-        )
-
-
-class SdssFieldFinder(_DownloadRows, Stage):
+class SdssFieldFinder(DownloadRecorder, Stage):
     """``sdss_fields``: the fields covering each target."""
 
     name = "sdss_fields"
@@ -127,7 +103,7 @@ class SdssFieldFinder(_DownloadRows, Stage):
             self._table = read_field_table(paths)
 
     def plan(self, session: Session) -> list[Unit]:
-        settled = set() if self.refresh else self._settled(session)
+        settled = set() if self.refresh else self.settled(session)
         units = []
         for t in target_rows(session):
             key = _target_key(t)
@@ -145,7 +121,7 @@ class SdssFieldFinder(_DownloadRows, Stage):
         return search_fields(self.client, self.config, ra_deg=ra, dec_deg=dec)
 
     def record(self, session: Session, unit: Unit, result: list[FieldId]) -> str:
-        row = self._row(session, unit)
+        row, _ = self._row(session, unit)
         row.state = "done" if result else "empty"
         row.reason = None if result else "no SDSS field covers the target"
         row.meta = {"fields": [[f.run, f.rerun, f.camcol, f.field] for f in result]}
@@ -164,7 +140,7 @@ class FileOutcome:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-class SdssDownloader(_DownloadRows, Stage):
+class SdssDownloader(DownloadRecorder, Stage):
     """``sdss``: every frame and object table the covering fields need, once each."""
 
     name = "sdss"
@@ -205,7 +181,7 @@ class SdssDownloader(_DownloadRows, Stage):
         return out
 
     def plan(self, session: Session) -> list[Unit]:
-        settled = set() if self.refresh else self._settled(session)
+        settled = set() if self.refresh else self.settled(session)
         return [
             Unit(key=name, payload={"field": [f.run, f.rerun, f.camcol, f.field], "kind": kind})
             for name, f, kind in self.wanted(session)
@@ -243,7 +219,7 @@ class SdssDownloader(_DownloadRows, Stage):
         return FileOutcome("done", None, meta=meta, **common)
 
     def record(self, session: Session, unit: Unit, result: FileOutcome) -> str:
-        row = self._row(session, unit)
+        row, _ = self._row(session, unit)
         row.state, row.reason = result.state, result.reason
         row.path, row.sha256, row.size_bytes, row.n_rows = (
             result.path,

@@ -49,6 +49,7 @@ from darkroom.surveys.ztf import (
 )
 
 __all__ = [
+    "DownloadRecorder",
     "DriveReport",
     "SurveysConfig",
     "ZtfDownloader",
@@ -170,6 +171,9 @@ def drive_threaded(
 
     def record_batch(batch: list[tuple[Unit, Any, BaseException | None]]) -> None:
         with registry.session() as s:
+            prefetch = getattr(stage, "prefetch", None)
+            if prefetch is not None:
+                prefetch(s, [unit for unit, _, _ in batch])
             for unit, result, error in batch:
                 if error is None:
                     state = stage.record(s, unit, result)
@@ -228,6 +232,55 @@ def drive_threaded(
 # --- ZTF -----------------------------------------------------------------------------------------
 
 
+class DownloadRecorder:
+    """Driver-side helpers of a stage whose units end as ``download`` rows of one survey: one
+    SELECT per batch (:meth:`prefetch`), then rows updated in place or added."""
+
+    survey: str
+    _rows: dict[str, Download]
+
+    def prefetch(self, session: Session, units: list[Unit]) -> None:
+        keys = [u.key for u in units]
+        self._rows = {
+            row.key: row
+            for row in session.scalars(
+                select(Download).where(Download.survey == self.survey, Download.key.in_(keys))
+            )
+        }
+
+    def _row(self, session: Session, unit: Unit) -> tuple[Download, bool]:
+        """The unit's row and whether it existed before."""
+        rows = getattr(self, "_rows", None)
+        row = rows.get(unit.key) if rows is not None else None
+        if row is None and rows is None:
+            row = session.scalars(
+                select(Download).where(Download.survey == self.survey, Download.key == unit.key)
+            ).one_or_none()
+        if row is not None:
+            return row, True
+        row = Download(
+            survey=self.survey, key=unit.key, target_id=unit.payload.get("target_id"), state="failed"
+        )
+        session.add(row)
+        if rows is not None:
+            rows[unit.key] = row
+        return row, False
+
+    def record_failure(self, session: Session, unit: Unit, reason: str) -> None:
+        row, _ = self._row(session, unit)
+        row.state, row.reason, row.fetched_utc = "failed", reason, utcnow()
+
+    def settled(self, session: Session) -> set[str]:
+        """Keys already done or empty (not asked again without refresh)."""
+        return set(
+            session.scalars(
+                select(Download.key).where(
+                    Download.survey == self.survey, Download.state.in_(("done", "empty"))
+                )
+            )
+        )
+
+
 @dataclass
 class ZtfOutcome:
     """One target's request, computed on a worker thread (files written, registry untouched)."""
@@ -242,10 +295,11 @@ class ZtfOutcome:
     lightcurves: list[dict[str, Any]] = field(default_factory=list)
 
 
-class ZtfDownloader(Stage):
+class ZtfDownloader(DownloadRecorder, Stage):
     """``ztf``: one IRSA light-curve request per target, kept raw, reduced to light curves."""
 
     name = "ztf"
+    survey = "ztf"
 
     def __init__(
         self,
@@ -256,8 +310,10 @@ class ZtfDownloader(Stage):
         refresh: bool = False,
         limit: int | None = None,
         client: HttpClient | None = None,
+        durable: bool = True,
     ) -> None:
         super().__init__(root, config)
+        self.durable = durable
         self.cache_dir = Path(cache_dir)
         self.refresh = refresh
         self.limit = limit
@@ -347,7 +403,7 @@ class ZtfDownloader(Stage):
                 return ZtfOutcome("failed", exc.reason, meta=meta)
             content = reply.content
             meta.update({"attempts": reply.attempts, "seconds": round(reply.seconds, 3)})
-            atomic_write_bytes(raw, content)
+            atomic_write_bytes(raw, content, durable=self.durable)
         common = {
             "raw_path": str(raw),
             "sha256": _sha256(content),
@@ -379,7 +435,7 @@ class ZtfDownloader(Stage):
                 "catalog": p["catalog"],
                 "provenance_id": self.provenance_id,
             }
-            with atomic_path(path) as tmp:
+            with atomic_path(path, durable=self.durable) as tmp:
                 write_lc_file(lc.table, tmp, meta=meta)
             mjd = np.asarray(lc.table["mjd"])
             lcs.append(
@@ -401,17 +457,8 @@ class ZtfDownloader(Stage):
             return ZtfOutcome("empty", reason, n_rows=reduction.n_epochs, meta=meta, **common)
         return ZtfOutcome("done", None, n_rows=reduction.n_epochs, meta=meta, lightcurves=lcs, **common)
 
-    def _download(self, session: Session, unit: Unit) -> Download:
-        row = session.scalars(
-            select(Download).where(Download.survey == "ztf", Download.key == unit.key)
-        ).one_or_none()
-        if row is None:
-            row = Download(survey="ztf", key=unit.key, target_id=unit.payload["target_id"], state="failed")
-            session.add(row)
-        return row
-
     def record(self, session: Session, unit: Unit, result: ZtfOutcome) -> str:
-        row = self._download(session, unit)
+        row, existed = self._row(session, unit)
         row.state, row.reason = result.state, result.reason
         row.path, row.sha256, row.size_bytes, row.n_rows = (
             result.raw_path,
@@ -422,13 +469,14 @@ class ZtfDownloader(Stage):
         row.meta = jsonable({**result.meta, "provenance_id": self.provenance_id})
         row.fetched_utc = utcnow()
         target_id = unit.payload["target_id"]
-        session.execute(
-            delete(Lightcurve).where(
-                Lightcurve.target_id == target_id,
-                Lightcurve.survey == "ztf",
-                Lightcurve.provenance_id == self.provenance_id,
+        if existed:  # asked before (refresh, or a retry): its light curves are replaced
+            session.execute(
+                delete(Lightcurve).where(
+                    Lightcurve.target_id == target_id,
+                    Lightcurve.survey == "ztf",
+                    Lightcurve.provenance_id == self.provenance_id,
+                )
             )
-        )
         if result.lightcurves:
             session.execute(
                 insert(Lightcurve),
@@ -446,10 +494,6 @@ class ZtfDownloader(Stage):
                 ],
             )
         return result.state
-
-    def record_failure(self, session: Session, unit: Unit, reason: str) -> None:
-        row = self._download(session, unit)
-        row.state, row.reason, row.fetched_utc = "failed", reason, utcnow()
 
     def forget_products(self, session: Session) -> None:
         session.execute(delete(Lightcurve).where(Lightcurve.provenance_id == self.provenance_id))
@@ -488,7 +532,9 @@ def run_ztf(
     for folder in (cache / "ztf", Path(root) / "lightcurves" / "ztf"):
         if folder.is_dir():
             remove_orphan_temps(folder)  # left by a run killed mid-write
-    stage = ZtfDownloader(root, config.ztf, cache_dir=cache, refresh=refresh, limit=limit, client=client)
+    stage = ZtfDownloader(
+        root, config.ztf, cache_dir=cache, refresh=refresh, limit=limit, client=client, durable=config.fsync
+    )
     with registry.session() as s:
         stage.ensure_provenance(s)
         units = stage.plan(s)
@@ -497,3 +543,76 @@ def run_ztf(
     finally:
         if client is None and stage._client is not None:
             stage._client.close()
+
+
+def drive_survey_steps(
+    root: Path,
+    registry: Registry,
+    config: SurveysConfig,
+    *,
+    console=None,
+    quiet: bool = False,
+) -> list:
+    """``darkroom run`` on a survey repository: the steps listed in ``surveys.run`` (ztf, sdss,
+    cutouts), each doing only what is missing, with a progress bar per step; one
+    :class:`~darkroom.pipeline.runner.StageReport` per step."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from darkroom.pipeline.runner import StageReport
+    from darkroom.pipeline.sdss import run_cutouts, run_sdss
+
+    def stage_report(rep: DriveReport) -> StageReport:
+        return StageReport(
+            stage=rep.step,
+            provenance_id="",
+            n_planned=rep.n_planned,
+            n_done=rep.n_planned - len(rep.failures),
+            n_failed=len(rep.failures),
+            failures=list(rep.failures),
+            seconds=rep.seconds,
+        )
+
+    reports: list[StageReport] = []
+    with Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console or Console(stderr=True),
+        disable=quiet,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = bar.add_task(step, total=max(total, 1))
+            bar.update(tasks[step], completed=done, total=max(total, 1))
+
+        for step in config.run:
+            if step == "ztf":
+                rep = run_ztf(root, registry, config, progress=lambda d, t: progress("ztf", d, t))
+                reports.append(stage_report(rep))
+            elif step == "sdss":
+                for rep in run_sdss(
+                    root, registry, config, progress=lambda s, d, t: progress(f"sdss {s}", d, t)
+                ):
+                    reports.append(stage_report(rep))
+            elif step == "cutouts":
+                out = Path(config.cutouts.out_dir).expanduser()
+                out = out if out.is_absolute() else Path(root) / out
+                cut = run_cutouts(
+                    root, registry, config, out_dir=out, progress=lambda d, t: progress("cutouts", d, t)
+                )
+                reports.append(
+                    StageReport(
+                        stage="cutouts",
+                        provenance_id="",
+                        n_planned=cut.n_targets,
+                        n_done=cut.n_written + cut.n_existing,
+                        n_failed=len(cut.failures),
+                        failures=list(cut.failures),
+                        seconds=cut.seconds,
+                    )
+                )
+    return reports

@@ -24,6 +24,12 @@ class SurveysConfig(BaseModel):
         description="raw archive replies, shared between repositories (relative: to the repository)",
         json_schema_extra={"critical": False},
     )
+    fsync: bool = Field(
+        True,
+        description="fsync every reply and light-curve file (False: faster for many small files; a kill -9 "
+        "still leaves no half-written file, a power cut may lose the newest ones)",
+        json_schema_extra={"critical": False},
+    )
     run: list[Literal["ztf", "sdss", "cutouts"]] = Field(
         default_factory=list, description="survey steps 'darkroom run' carries out (a survey repository)"
     )
