@@ -20,16 +20,37 @@ from darkroom.pipeline.surveys import import_targets
 from darkroom.repo.models import Download
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import read_cube
-from darkroom.surveys.sdss import read_frame
 from darkroom.surveys.settings import SurveysConfig
 
 BRIGHT = (323.342574, -0.682047)  # MANIFEST: a bright star of field 136
 FIELD_137 = (323.4926112298258, -0.7339760466872005)  # centre of the next field (photoField RA, DEC)
 
 
+def _small_frame(ra: float, dec: float, band: str) -> bytes:
+    """A 64 x 64 bzip2-compressed stand-in frame (TAN WCS, 0.396"/px) with a star at its centre."""
+    import bz2
+    import io
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [ra, dec]
+    wcs.wcs.crpix = [32.5, 32.5]  # 1-based: the centre is 0-based pixel (31.5, 31.5)
+    wcs.wcs.cdelt = [-0.396 / 3600, 0.396 / 3600]
+    yy, xx = np.mgrid[:64, :64]
+    data = (np.exp(-((xx - 31.5) ** 2 + (yy - 31.5) ** 2) / 4.0) * 100).astype(np.float32)
+    header = wcs.to_header()
+    header["FILTER"], header["TAI"] = band, 4507683881.19
+    buf = io.BytesIO()
+    fits.PrimaryHDU(data, header=header).writeto(buf)
+    return bz2.compress(buf.getvalue())
+
+
 class Sas:
     """Answers like the Science Archive Server: field 136's frames and its empty photoObj; for
-    field 137 the same bytes for u, g, r, i and a 404 for z (and its photoObj)."""
+    field 137 small stand-in frames for u, g, r, i and a 404 for z (and for its photoObj)."""
 
     def __init__(self, folder) -> None:
         self.folder = folder
@@ -44,7 +65,7 @@ class Sas:
         if "-0137" in name:
             if name.startswith("frame-z") or name.startswith("photoObj"):
                 return Response("Not Found", status=404)
-            name = name.replace("-0137", "-0136")
+            return Response(_small_frame(*FIELD_137, name[6]), content_type="application/octet-stream")
         path = self.folder / name
         if not path.is_file():
             return Response("Not Found", status=404)
@@ -64,8 +85,14 @@ def sas_server():
 @pytest.fixture
 def edge_target(data_dir):
     """A position 10 px inside the left edge of the r frame (0-based x = 10)."""
-    _, wcs, _ = read_frame(data_dir / "sdss-frames-m2" / "frame-r-002583-2-0136.fits.bz2")
-    world = wcs.pixel_to_world(10.0, 700.0)
+    import bz2
+
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    with bz2.open(data_dir / "sdss-frames-m2" / "frame-r-002583-2-0136.fits.bz2") as fh:
+        header = fits.Header.fromfile(fh)  # the header only: no need to expand the whole frame
+    world = WCS(header).pixel_to_world(10.0, 700.0)
     return float(world.ra.deg), float(world.dec.deg)
 
 
@@ -148,8 +175,11 @@ def test_sdss_frames_and_cubes_through_each_bands_wcs(tmp_path, sas_server, data
     assert edge_mask.any() and not edge_mask.all()
     assert np.all(np.isnan(edge[edge_mask > 0])) and np.all(np.isfinite(edge[edge_mask == 0]))
     assert edge_mask[2, :, :5].all() and not edge_mask[2, :, 10:].any()  # r: 10 px in, stamp centre at 15.5
-    _, nxt_mask, _ = read_cube(out / "cubes" / "ra323" / "m2_next.fits")
-    assert nxt_mask[4].all()  # z of field 137 is missing
+    nxt, nxt_mask, _ = read_cube(out / "cubes" / "ra323" / "m2_next.fits")
+    assert nxt_mask[4].all() and not nxt_mask[:4].any()  # z of field 137 is missing
+    for b in range(4):
+        y, x = np.unravel_index(np.nanargmax(nxt[b]), nxt[b].shape)
+        assert abs(x - 15.5) <= 0.5 and abs(y - 15.5) <= 0.5
     index = Table.read(out / "index.csv")
     assert list(index["name"]) == ["bright", "edge", "next"]
     missing = [str(v) if v is not np.ma.masked else "" for v in index["bands_missing"]]

@@ -330,3 +330,22 @@ def test_cli_import_run_and_status_on_a_survey_repository(tmp_path, irsa_server,
     assert states == {"done": 1, "empty": 9}
     res = runner.invoke(app, ["survey", "ztf", str(repo)])  # nothing left to ask
     assert res.exit_code == 0 and "ztf: 0 targets" in res.output
+
+    res = runner.invoke(
+        app,
+        [
+            "lightcurve",
+            str(repo),
+            "--name",
+            "star",
+            "-o",
+            str(tmp_path / "star.ecsv"),
+            "--plot",
+            str(tmp_path / "star.png"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    stacked = Table.read(tmp_path / "star.ecsv")
+    assert len(stacked) == 1852 and np.all(np.diff(stacked["mjd"]) >= 0)
+    assert set(stacked["season"]) == {"0", "1", "2", "3"} and int(np.sum(stacked["catflags"] != 0)) == 51
+    assert (tmp_path / "star.png").stat().st_size > 10_000

@@ -580,6 +580,12 @@ def lightcurve(
         _check_output_folder(plot, "--plot")
         ra_deg, dec_deg = parse_ra(ra), parse_dec(dec)
         r = Repository(repo, db_url=db, overrides=overrides)
+        if name is not None and ra is None and pixel is None and source is None:
+            survey_lc = r.survey_lightcurves(name)  # a survey target (darkroom survey ztf)
+            if len(survey_lc):
+                r.close()
+                _survey_lightcurve_out(name, survey_lc, out, plot)
+                return
         if differential is None:  # the repository's setting, as the lightcurves stage uses it
             differential = r.config.photometry.lightcurves.lightcurve.differential
         lc = r.lightcurve(
@@ -635,6 +641,32 @@ def lightcurve(
     console.print(t)
     for path in written:
         console.print(f"wrote {path}")
+
+
+def _survey_lightcurve_out(name: str, lc, out: Path | None, plot: Path | None) -> None:
+    """Summary table, then the stacked survey light curve to ``out`` and a PNG to ``plot``."""
+    import numpy as np
+
+    from darkroom.surveys.plot import plot_survey_lightcurve
+    from darkroom.timeseries import write_lightcurve
+
+    t = RichTable(title=f"survey light curves of {escape(name)}")
+    for col in ("survey", "band", "season", "points", "flagged", "median mag"):
+        t.add_column(col, justify="left" if col in ("survey", "band") else "right")
+    keys = sorted(
+        {(str(a), str(b), str(c)) for a, b, c in zip(lc["survey"], lc["band"], lc["season"], strict=True)}
+    )
+    for survey, band, season in keys:
+        sel = (lc["survey"] == survey) & (lc["band"] == band) & (lc["season"] == season)
+        flagged = int(np.sum(np.asarray(lc["catflags"])[sel] != 0)) if "catflags" in lc.colnames else 0
+        t.add_row(
+            survey, band, season, str(int(sel.sum())), str(flagged), f"{np.nanmedian(lc['mag'][sel]):.3f}"
+        )
+    console.print(t)
+    if out is not None:
+        console.print(f"wrote {write_lightcurve(lc, out)}")
+    if plot is not None:
+        console.print(f"wrote {plot_survey_lightcurve(lc, plot, title=name)}")
 
 
 CALIBRATION_STAGES = ("master_bias", "master_dark", "master_flat", "bad_pixels", "calibrate")

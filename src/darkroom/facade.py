@@ -138,6 +138,18 @@ class Repository:
         table["exptime_s"].unit = "s"
         return table
 
+    # -- survey light curves (darkroom.pipeline.surveys) ---------------------------
+    def survey_lightcurves(
+        self, name: str, *, catalog: str | None = None, survey: str | None = None
+    ) -> Table:
+        """Every survey light curve of a registered target, stacked in time order (the columns of
+        :mod:`darkroom.analysis.lcfile` plus ``survey``, ``season`` and ``key``); empty when the
+        target has none. ``name`` is the target's name in its catalogue."""
+        from darkroom.pipeline.surveys import survey_lightcurves
+
+        with self.registry.session() as s:
+            return survey_lightcurves(s, self.root, name=name, catalog=catalog, survey=survey)
+
     # -- photometry and light curves (darkroom.pipeline.lightcurves) -------------
     def lightcurve(
         self,

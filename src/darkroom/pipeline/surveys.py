@@ -616,3 +616,35 @@ def drive_survey_steps(
                     )
                 )
     return reports
+
+
+def survey_lightcurves(
+    session: Session, root: Path, *, name: str, catalog: str | None = None, survey: str | None = None
+) -> Table:
+    """The survey light curves of the target(s) called ``name`` stacked in time order, with
+    ``survey``, ``season`` and ``key`` columns; an empty Table when there are none."""
+    from astropy.table import vstack
+
+    from darkroom.analysis.lcfile import read_lc_file
+
+    q = select(Lightcurve).join(Target, Lightcurve.target_id == Target.id).where(Target.name == name)
+    if catalog:
+        q = q.where(Target.catalog == catalog)
+    if survey:
+        q = q.where(Lightcurve.survey == survey)
+    parts = []
+    for row in session.scalars(q.order_by(Lightcurve.mjd_start)):
+        if not row.path:
+            continue
+        t = read_lc_file(Path(root) / row.path)
+        t.meta.clear()
+        t["survey"] = row.survey
+        t["season"] = row.season or ""
+        t["key"] = row.key
+        parts.append(t)
+    if not parts:
+        return Table()
+    out = vstack(parts, metadata_conflicts="silent")
+    out.sort("mjd")
+    out.meta.update({"target": name, "n_lightcurves": len(parts)})
+    return out
