@@ -155,7 +155,8 @@ def test_header_names_each_master(synth):
 def test_missing_flat_raises_with_a_clear_reason(synth):
     _det, mb, md, _mf, _bpm, raw, _truth, _crs = synth
     with pytest.raises(MissingCalibrationError) as err:
-        calibrate_frame(raw, _meta("light", 60.0), bias=mb, dark=md, flat=None)
+        strict = CalibrationConfig(require=RequireConfig(flat=True))
+        calibrate_frame(raw, _meta("light", 60.0), bias=mb, dark=md, flat=None, config=strict)
     assert err.value.reason == (
         "missing master flat: a master flat, instrument synth, binning 1x1, size 320x256, filter v is needed "
         "(set require.flat=False to skip flat correction)"
@@ -171,8 +172,35 @@ def test_shape_mismatch_and_missing_gain(synth):
     with pytest.raises(CalibrationError, match="master bias has shape"):
         calibrate_frame(raw, narrow, bias=mb, dark=md, flat=mf)
     m = _meta("light", 60.0).model_copy(update={"gain_e_per_adu": None})
+    strict = CalibrationConfig(require=RequireConfig(flat=False), estimate_noise=False)
     with pytest.raises(CalibrationError, match="no gain"):
-        calibrate_frame(raw, m, bias=mb, dark=md, config=CalibrationConfig(require=RequireConfig(flat=False)))
+        calibrate_frame(raw, m, bias=mb, dark=md, config=strict)
+
+
+def test_missing_gain_is_estimated_from_the_sky_and_flagged(synth):
+    """With the zero level known (master bias) the gain comes from sky level / sky variance."""
+    _det, mb, md, _mf, _bpm, raw, _truth, _crs = synth
+    m = _meta("light", 60.0).model_copy(update={"gain_e_per_adu": None, "read_noise_e": None})
+    res = calibrate_frame(
+        raw, m, bias=mb, dark=md, config=CalibrationConfig(require=RequireConfig(flat=False))
+    )
+    assert res.noise_model.startswith("noise estimated: gain") and res.header["NOISEMOD"].startswith("noise")
+    # a lower bound (flat-field structure and the master noise add to the sky variance): 1.25 here
+    assert 0.75 * GAIN < res.gain_e_per_adu <= 1.05 * GAIN
+
+
+def test_without_masters_or_gain_var_follows_the_sky_noise(synth):
+    """No master, no overscan, no gain: VAR at the sky equals the measured sky variance."""
+    _det, _mb, _md, _mf, _bpm, raw, _truth, _crs = synth
+    m = _meta("light", 60.0).model_copy(
+        update={"gain_e_per_adu": None, "read_noise_e": None, "overscan_section": None}
+    )
+    res = calibrate_frame(raw, m, config=CalibrationConfig(do_cosmic_rays=False))
+    assert "zero level unknown" in res.noise_model and "1 e/adu assumed" in res.noise_model
+    assert "no master bias/dark/flat" in " ".join(res.steps)
+    diff = np.diff(res.sci.astype(float), axis=1)
+    sky_var = (1.4826 * np.median(np.abs(diff - np.median(diff))) / np.sqrt(2)) ** 2
+    assert float(np.median(res.var)) == pytest.approx(sky_var, rel=0.1)
 
 
 # ------------------------------------------------------------------ SAAO: overscan and trim from the header

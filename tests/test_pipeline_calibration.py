@@ -103,8 +103,25 @@ def _night_subset(tmp_path, arcsat_dir, patterns):
     return repo
 
 
-def test_missing_flat_fails_with_a_clear_reason(tmp_path, arcsat_dir):
+def test_night_without_flats_goes_on_by_default_and_says_so(tmp_path, arcsat_dir, caplog):
+    """require auto: a night with no flat frames is calibrated without a flat, warned once."""
     repo = _night_subset(tmp_path, arcsat_dir, ["Bias_*", "Dark_*"])
+    with caplog.at_level("WARNING"):
+        reports = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+    assert (reports[-1].n_done, reports[-1].n_failed) == (2, 0)
+    warnings = [r.getMessage() for r in caplog.records if "no flat frames" in r.getMessage()]
+    assert len(warnings) == 1 and "calib.calibration.require.flat=auto" in warnings[0]
+    with repo.registry.session() as s:
+        image = s.scalars(sa.select(Image)).first()
+        assert image.quality["calib"]["skipped_masters"] == ["flat"]
+    header = fits.getheader(repo.path(image.path), "SCI")
+    assert "FLATCORR" not in header and "BIASCORR" in header and "DARKCORR" in header
+    repo.close()
+
+
+def test_missing_flat_fails_with_a_clear_reason(tmp_path, arcsat_dir):
+    _night_subset(tmp_path, arcsat_dir, ["Bias_*", "Dark_*"]).close()
+    repo = Repository(tmp_path / "repo", overrides=["calib.calibration.require.flat=true"])
     reports = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
     cal = reports[-1]
     assert (cal.n_done, cal.n_failed) == (0, 2)
@@ -121,6 +138,8 @@ def test_require_lets_a_user_accept_frames_without_dark(tmp_path, arcsat_dir):
     repo = _night_subset(tmp_path, arcsat_dir, ["Bias_*", "domeflat*", "*flat*", "Flat*"])
     with repo.registry.session() as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(Calib)) == 0
+    repo.close()
+    repo = Repository(tmp_path / "repo", overrides=["calib.calibration.require.dark=true"])
     strict = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
     assert (strict[-1].n_done, strict[-1].n_failed) == (0, 2)
     assert strict[-1].failures[0][1].startswith("no master dark")

@@ -164,3 +164,16 @@ def test_pointing_segments():
     x = np.array([100.0, 100.5, 99.8, 140.0, 140.2, np.nan, 139.9, 100.1])
     y = np.array([50.0, 50.2, 49.9, 50.0, 50.1, np.nan, 50.3, 50.0])
     assert list(pointing_segments(x, y, jump_pix=10.0)) == [0, 0, 0, 1, 1, 1, 1, 2]
+
+
+def test_drift_is_not_a_jump_but_a_repointing_is():
+    """A field drifting 120 px over 4 h in 4-minute steps (2 px each, some gaps of 5 steps)
+    stays one segment; a 12 px re-pointing in the middle of the drift starts a new one."""
+    t = np.arange(60) * 4.0 / 60.0  # hours
+    t = np.delete(t, [20, 21, 22, 23])  # a gap: the drift over it is 10 px
+    x = 100.0 + 30.0 * t + np.random.default_rng(1).normal(0, 0.3, t.size)
+    y = 80.0 - 12.0 * t
+    assert set(pointing_segments(x, y, jump_pix=5.0, time=t)) == {0}
+    x[35:] += 12.0
+    labels = pointing_segments(x, y, jump_pix=5.0, time=t)
+    assert list(np.unique(labels)) == [0, 1] and labels[34] == 0 and labels[35] == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ __all__ = [
     "gain_from_flat_pair",
     "linearity_from_flats",
     "photon_transfer_curve",
+    "sky_level_and_noise",
     "two_frame_gain_read_noise",
 ]
 
@@ -461,3 +463,24 @@ def linearity_from_flats(
         saturation_adu=sat,
         table=table,
     )
+
+
+def sky_level_and_noise(image: np.ndarray, *, max_side: int = 512) -> tuple[float, float]:
+    """Sky level [adu] (median) and pixel-to-pixel sky noise [adu] of an image.
+
+    The noise comes from differences of horizontally adjacent pixels (MAD / sqrt 2), which
+    gradients, vignetting and the few pixels on stars do not inflate. A central cut of at
+    most ``max_side`` x ``max_side`` pixels is used.
+    """
+    img = np.asarray(image, dtype=np.float32)
+    ny, nx = img.shape
+    y0, x0 = max(0, (ny - max_side) // 2), max(0, (nx - max_side) // 2)
+    cut = img[y0 : y0 + max_side, x0 : x0 + max_side]
+    finite = np.isfinite(cut)
+    if finite.sum() < 16:
+        raise BadInputError("too few finite pixels to measure the sky noise")
+    level = float(np.median(cut[finite]))
+    diff = (cut[:, 1:] - cut[:, :-1]).ravel()
+    diff = diff[np.isfinite(diff)]
+    mad = float(np.median(np.abs(diff - np.median(diff))))
+    return level, 1.4826 * mad / math.sqrt(2.0)

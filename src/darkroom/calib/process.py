@@ -20,7 +20,9 @@ to median 1.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from astropy.io import fits
@@ -34,6 +36,7 @@ from .cosmics import CosmicRayConfig, detect_cosmic_rays
 from .grouping import describe_key, required_key
 from .interp import interpolate_masked
 from .masters import MasterFrame
+from .noise import sky_level_and_noise
 from .overscan import OverscanConfig, overscan_levels, parse_section
 from .starguard import StarGuardConfig, find_stars, protect_stars, tuned_objlim
 from .variance import flat_divided_variance, poisson_read_variance
@@ -43,6 +46,7 @@ __all__ = [
     "CalibrationConfig",
     "PreparedFrame",
     "RequireConfig",
+    "RequireMode",
     "adopt_calibrated",
     "calibrate_frame",
     "prepare_raw",
@@ -54,14 +58,24 @@ _F32 = np.float32
 MASK_DTYPE = np.int32
 
 
+RequireMode = bool | Literal["auto"]
+
+
 class RequireConfig(BaseModel):
-    """Which masters must be present (a missing required master is an error)."""
+    """Which masters must be present (a missing required master is an error).
+
+    ``True``: required; ``False``: that correction is skipped when no master is given;
+    ``"auto"`` (default): the caller decides -- the pipeline goes on without a kind of
+    master when the night has no frames of that kind at all (one warning per night) and
+    still fails when such frames exist but no master matches; :func:`calibrate_frame`
+    alone goes on and notes it in the history.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    bias: bool = Field(True, description="a master bias is required")
-    dark: bool = Field(True, description="a master dark is required")
-    flat: bool = Field(True, description="a master flat is required")
+    bias: RequireMode = Field("auto", description="a master bias is required (true, false or auto)")
+    dark: RequireMode = Field("auto", description="a master dark is required (true, false or auto)")
+    flat: RequireMode = Field("auto", description="a master flat is required (true, false or auto)")
 
 
 class CalibrationConfig(BaseModel):
@@ -83,6 +97,11 @@ class CalibrationConfig(BaseModel):
         0.05, gt=0, lt=1, description="flat values below this are treated as no response (BAD) [1]"
     )
     do_interpolate_bad: bool = Field(True, description="interpolate BAD pixels (flag INTRP)")
+    estimate_noise: bool = Field(
+        True,
+        description="without gain or read noise in the header, given or measured on the masters: "
+        "estimate them from the sky (flagged in NOISEMOD); false: fail",
+    )
     do_cosmic_rays: bool = Field(True, description="detect cosmic rays (needs gain and read noise)")
     do_interpolate_cosmic_rays: bool = Field(True, description="interpolate cosmic-ray pixels (flag INTRP)")
     cosmic_rays: CosmicRayConfig = Field(default_factory=CosmicRayConfig)
@@ -184,6 +203,9 @@ class CalibratedFrame:
         The input header with the calibration cards and history.
     gain_e_per_adu, read_noise_e, saturation_adu : float | None
         The noise figures used, and the raw saturation level.
+    noise_model : str
+        Where the noise figures come from: ``'header'``, ``'gain from the flat'``, or an
+        estimate from the sky (the product is flagged so: also in the NOISEMOD card).
     n_cosmic_pixels, n_bad_pixels, n_saturated : int
     """
 
@@ -198,6 +220,7 @@ class CalibratedFrame:
     n_bad_pixels: int
     n_saturated: int
     steps: tuple[str, ...] = field(default_factory=tuple)
+    noise_model: str = "header"
 
     def to_hdus(self) -> fits.HDUList:
         """HDUs ``[primary, SCI, MASK, VAR]`` (not written anywhere)."""
@@ -269,9 +292,12 @@ def calibrate_frame(
         (``bias.read_noise_adu``, else the overscan scatter) are used.
     """
     cfg = config or CalibrationConfig()
+    skipped = []
     for kind, master in (("bias", bias), ("dark", dark), ("flat", flat)):
-        if master is None and getattr(cfg.require, kind):
+        if master is None and getattr(cfg.require, kind) is True:
             raise _missing(meta, kind)
+        if master is None and getattr(cfg.require, kind) == "auto":
+            skipped.append(kind)
         if master is not None and master.kind != kind:
             raise BadInputError(f"the {kind} argument holds a master {master.kind}")
     sat_level = meta.saturation_adu if meta.saturation_adu is not None else cfg.default_saturation_adu
@@ -279,23 +305,28 @@ def calibrate_frame(
     shape = prep.data.shape
     history = list(prep.history)
     cards: list[tuple[str, object, str]] = []
+    if skipped:
+        history.append(f"no master {'/'.join(skipped)}: that correction skipped (require auto)")
 
     # noise figures
     gain = gain_e_per_adu or meta.gain_e_per_adu or (flat.gain_e_per_adu if flat is not None else None)
-    if not gain:
-        raise CalibrationError(
-            "no gain: not in the header, not given, not measured on the flat; measure it with "
-            "darkroom.calib.noise (two_frame_gain_read_noise or photon_transfer_curve)"
-        )
+    noise_model = "header" if (gain_e_per_adu or meta.gain_e_per_adu) else "gain from the flat"
     rn_e = read_noise_e if read_noise_e is not None else meta.read_noise_e
-    if rn_e is None and bias is not None and bias.read_noise_adu is not None:
+    if rn_e is None and bias is not None and bias.read_noise_adu is not None and gain:
         rn_e = bias.read_noise_adu * gain
-    if rn_e is None and prep.overscan_noise_adu is not None:
+    if rn_e is None and prep.overscan_noise_adu is not None and gain:
         rn_e = prep.overscan_noise_adu * gain
-    if rn_e is None:
-        raise CalibrationError(
-            "no read noise: not in the header, not given, no master bias or overscan to measure it"
-        )
+    sky_model: tuple[float, float] | None = None  # (sky level, sky noise) [adu] of the empirical model
+    if not gain or rn_e is None:
+        if not cfg.estimate_noise:
+            what = "gain" if not gain else "read noise"
+            raise CalibrationError(
+                f"no {what}: not in the header, not given, not measured on the masters or overscan "
+                "(calib.calibration.estimate_noise=true estimates it from the sky)"
+            )
+        gain, rn_e, sky_model, noise_model = _estimate_noise(prep, bias, gain)
+        log.warning("%s", noise_model)
+        history.append(noise_model)
     rn_adu = rn_e / gain
 
     sci = prep.data  # raw - overscan [adu], float32, a fresh array we own
@@ -338,6 +369,11 @@ def calibrate_frame(
         var += dark.variance if scale == 1.0 else dark.variance * _F32(scale * scale)
         history.append(f"dark x {scale:.4g} subtracted: {dark.name or 'master dark'}")
         cards.append(("DARKCORR", dark.name or "T", f"master dark subtracted, scaled by {scale:.4g}"))
+    if var is None and sky_model is not None:
+        # the zero level is unknown: the sky's measured noise plus the Poisson noise of what
+        # stands above the sky
+        level, sky_sigma = sky_model
+        var = poisson_read_variance(sci - _F32(level), gain_e_per_adu=gain, read_noise_adu=sky_sigma)
     if var is None:
         if prep.overscan_level_adu is None:
             log.warning("no bias, dark or overscan: the Poisson term of VAR uses the raw level")
@@ -403,6 +439,7 @@ def calibrate_frame(
     h["BUNIT"] = ("adu", "calibrated, bias/dark subtracted, flat divided")
     h["GAIN"] = (float(gain), "[electron/adu] gain used for VAR")
     h["RDNOISE"] = (float(rn_e), "[electron] read noise used for VAR")
+    h["NOISEMOD"] = (noise_model[:68], "where GAIN and RDNOISE come from")
     if sat_level is not None:
         h["SATURATE"] = (float(sat_level), "[adu] raw saturation level (SAT mask bit)")
     for key, value, comment in cards:
@@ -421,6 +458,53 @@ def calibrate_frame(
         n_bad_pixels=n_bad,
         n_saturated=int(np.count_nonzero(prep.saturated)),
         steps=tuple(history),
+        noise_model=noise_model,
+    )
+
+
+def _estimate_noise(
+    prep: PreparedFrame, bias: MasterFrame | None, gain: float | None
+) -> tuple[float, float, tuple[float, float] | None, str]:
+    """(gain [e/adu], read noise [e], empirical (sky level, sky noise) [adu] or None, description).
+
+    With the zero level known (a master bias or an overscan): the sky of S adu above zero
+    with variance V gives ``gain = S / V`` (read noise taken as part of the sky noise, so
+    the gain is a lower bound) and the read noise from the master bias or the overscan.
+    Without it the sky level is unknown: the VAR plane is then the measured sky noise
+    plus the Poisson noise of what stands above the sky, with the header gain or an
+    assumed 1 e/adu.
+    """
+    base = prep.data
+    if bias is not None:
+        base = base - bias.data
+    level, sky_sigma = sky_level_and_noise(base)
+    if not sky_sigma > 0:
+        raise CalibrationError("no gain or read noise, and the sky noise cannot be measured (flat frame?)")
+    zero_known = bias is not None or prep.overscan_level_adu is not None
+    rn_adu = None
+    if bias is not None and bias.read_noise_adu is not None:
+        rn_adu = bias.read_noise_adu
+    elif prep.overscan_noise_adu is not None:
+        rn_adu = prep.overscan_noise_adu
+    if zero_known and level > 0:
+        if not gain:
+            gain = level / max(sky_sigma**2 - (rn_adu or 0.0) ** 2, 1e-6 * sky_sigma**2)
+            what = (
+                f"gain {gain:.3g} e/adu estimated from the sky ({level:.1f} adu, noise {sky_sigma:.2f} adu)"
+            )
+        else:
+            what = "read noise estimated from the sky"
+        if rn_adu is None:
+            rn_adu = math.sqrt(max(sky_sigma**2 - level / gain, 0.0))
+        return gain, rn_adu * gain, None, f"noise estimated: {what}"
+    assumed = not gain
+    gain = gain or 1.0
+    what = "gain 1 e/adu assumed" if assumed else f"header gain {gain:.3g} e/adu"
+    return (
+        gain,
+        sky_sigma * gain,
+        (level, sky_sigma),
+        f"noise estimated: zero level unknown, VAR from the sky noise {sky_sigma:.2f} adu; {what}",
     )
 
 

@@ -111,6 +111,41 @@ def _master_records(session: Session, kind: str, provenance_ids: tuple[str, ...]
     return out
 
 
+class _GoingOn:
+    """``calib.calibration.require`` per kind and night: ``auto`` goes on without a kind of
+    master on a night that has no frames of that kind, with one warning per night and kind."""
+
+    def __init__(self, session: Session, settings: CalibSettings) -> None:
+        self.require = settings.calibration.require
+        rows = session.execute(
+            select(Exposure.frame_type, Exposure.night).where(Exposure.state == "ok").distinct()
+        ).all()
+        self.nights_with: dict[str, set[str | None]] = {}
+        for frame_type, night in rows:
+            self.nights_with.setdefault(frame_type, set()).add(night)
+        self.skipped: set[tuple[str | None, str]] = set()
+
+    def may_skip(self, kind: str, night: str | None) -> bool:
+        mode = getattr(self.require, kind)
+        if mode is False:
+            return True
+        if mode == "auto" and night not in self.nights_with.get(kind, set()):
+            self.skipped.add((night, kind))
+            return True
+        return False
+
+    def warn(self) -> None:
+        for night, kind in sorted(self.skipped, key=lambda x: (x[0] or "", x[1])):
+            log.warning(
+                "night %s has no %s frames: calibrating without a master %s "
+                "(calib.calibration.require.%s=auto; set it to true to refuse)",
+                night or "?",
+                kind,
+                kind,
+                kind,
+            )
+
+
 def _select(
     meta: FrameMetadata, kind: str, records: list[MasterRecord], settings: CalibSettings
 ) -> MasterRecord:
@@ -143,6 +178,7 @@ class MasterStage(Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: CalibSettings = self.config
+        going_on = _GoingOn(session, cfg)
         exps = session.scalars(
             select(Exposure)
             .where(Exposure.state == "ok", Exposure.frame_type == self.kind)
@@ -179,10 +215,11 @@ class MasterStage(Stage):
                     chosen = _select(first, kind, records, cfg)
                     payload[kind] = (chosen.path, chosen.sha256)
                 except MissingCalibrationError as err:
-                    if getattr(cfg.calibration.require, kind):
+                    if not going_on.may_skip(kind, group.night):
                         payload["error"] = f"{self.name} {gkey}: {err.reason}"
                     payload[kind] = None
             units.append(Unit(key=f"{self.kind}:{group.night}:{short_hash(gkey)}", payload=payload))
+        going_on.warn()
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
@@ -443,6 +480,7 @@ class CalibrateStage(Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: CalibSettings = self.config
+        going_on = _GoingOn(session, cfg)
         done = set(
             session.scalars(select(Image.exposure_id).where(Image.provenance_id == self.provenance_id))
         )
@@ -471,7 +509,9 @@ class CalibrateStage(Stage):
                     payload[kind] = (chosen.path, chosen.sha256)
                 except MissingCalibrationError as err:
                     payload[kind] = None
-                    if getattr(cfg.calibration.require, kind):
+                    if going_on.may_skip(kind, e.night):
+                        payload.setdefault("skipped_masters", []).append(kind)
+                    else:
                         errors.append(
                             f"{err.reason} (set calib.calibration.require.{kind}=false to go on without)"
                         )
@@ -480,6 +520,7 @@ class CalibrateStage(Stage):
             if errors:
                 payload["error"] = "; ".join(errors)
             units.append(Unit(key=f"exp:{e.id}", payload=payload, exposure_id=e.id))
+        going_on.warn()
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
@@ -528,6 +569,8 @@ class CalibrateStage(Stage):
                     "n_saturated": result.n_saturated,
                     "median_adu": float(np.median(result.sci[finite])) if finite.any() else None,
                     "masters": {k: (p[k][0] if p.get(k) else None) for k in ("bias", "dark", "flat", "bpm")},
+                    "skipped_masters": p.get("skipped_masters", []),
+                    "noise_model": result.noise_model,
                     "steps": list(result.steps),
                     "precalibrated": bool(p.get("precalibrated")),
                     "unit_zero_point_mag": (p.get("meta") or {}).get("unit_zero_point_mag"),

@@ -126,24 +126,54 @@ def clipped_std(values: np.ndarray, *, clip_sigma: float = 4.0, max_iters: int =
     return float(np.std(v[keep], ddof=1))
 
 
-def pointing_segments(x: np.ndarray, y: np.ndarray, *, jump_pix: float) -> np.ndarray:
-    """Segment label per epoch, incremented where the target's pixel position jumps.
+def pointing_segments(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    jump_pix: float,
+    time: np.ndarray | None = None,
+    drift_window: int = 4,
+) -> np.ndarray:
+    """Segment label per epoch, incremented where the pointing jumps (a re-pointing), not
+    where it drifts.
 
     ``x, y`` are the target's pixel positions in time order (NaN epochs continue the
-    current segment); a move of more than ``jump_pix`` between successive measured
-    epochs starts a new segment.
+    current segment); ``time`` their epochs (any unit; default: equally spaced). The
+    drift rate at each step is the median velocity of the ``drift_window`` steps on either
+    side of it (a jump is an outlier among them); a step that departs from the drift by
+    more than ``jump_pix`` starts a new segment. A field drifting 120 px over a night in
+    small steps stays one segment; a guider re-acquisition of 10 px starts a new one.
     """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
+    t = np.arange(x.size, dtype=float) if time is None else np.asarray(time, float)
     labels = np.zeros(x.size, dtype=np.int64)
-    last = None
-    seg = 0
+    good = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(t))
+    if good.size < 2:
+        return labels
+    dx, dy, dt = np.diff(x[good]), np.diff(y[good]), np.diff(t[good])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vx = np.where(dt > 0, dx / dt, np.nan)
+        vy = np.where(dt > 0, dy / dt, np.nan)
+    jumps = np.zeros(dx.size, bool)
+    for k in range(dx.size):
+        lo, hi = max(0, k - drift_window), min(dx.size, k + drift_window + 1)
+        around = np.r_[lo:k, k + 1 : hi]
+        if around.size == 0 or not np.isfinite(vx[around]).any():
+            px = py = 0.0
+        else:
+            px = float(np.nanmedian(vx[around])) * dt[k]
+            py = float(np.nanmedian(vy[around])) * dt[k]
+        jumps[k] = np.hypot(dx[k] - px, dy[k] - py) > jump_pix
+    seg_at_good = np.r_[0, np.cumsum(jumps)]
+    # epochs between measured ones continue the segment of the last measured epoch
+    current = 0
+    pos = 0
     for i in range(x.size):
-        if np.isfinite(x[i]) and np.isfinite(y[i]):
-            if last is not None and np.hypot(x[i] - x[last], y[i] - y[last]) > jump_pix:
-                seg += 1
-            last = i
-        labels[i] = seg
+        if pos < good.size and good[pos] == i:
+            current = int(seg_at_good[pos])
+            pos += 1
+        labels[i] = current
     return labels
 
 

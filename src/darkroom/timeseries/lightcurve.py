@@ -225,7 +225,7 @@ def _one_band(
     if config.segment_jump_pix is not None and "x" in sub.colnames and "y" in sub.colnames:
         tx = pivot_measurements(sub, "x", image_ids=image_ids, source_ids=source_ids)[:, tcol].astype(float)
         ty = pivot_measurements(sub, "y", image_ids=image_ids, source_ids=source_ids)[:, tcol].astype(float)
-        segments = pointing_segments(tx, ty, jump_pix=config.segment_jump_pix)
+        segments = pointing_segments(tx, ty, jump_pix=config.segment_jump_pix, time=mjd)
     if config.differential:
         colour_arr = None
         if colours is not None:
