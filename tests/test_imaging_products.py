@@ -148,3 +148,17 @@ def test_sdss_gri_composite_is_aligned_on_the_r_grid(sdss, tmp_path):
     assert PILImage.open(tif).size == (green.shape[1], green.shape[0])
     thumb = thumbnail(green.sci, tmp_path / "r.png", max_size=256)
     assert max(PILImage.open(thumb).size) <= 256
+
+
+def test_night_report_shows_coadd_pictures(tmp_path):
+    from darkroom.report import NightPicture, NightReport, render_night_report
+
+    grey = np.zeros((20, 30), np.uint8)
+    png = tmp_path / "t.png"
+    PILImage.fromarray(grey).save(png)
+    report = NightReport(
+        "2025-06-02", tmp_path, pictures=[NightPicture("XO1-b z coadd", png.read_bytes(), "52 images")]
+    )
+    html = render_night_report(report)
+    assert 'id="coadds"' in html and "XO1-b z coadd" in html and "data:image/png;base64," in html
+    assert 'id="coadds"' not in render_night_report(NightReport("2025-06-02", tmp_path))

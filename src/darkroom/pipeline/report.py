@@ -15,9 +15,10 @@ from astropy.io import fits
 from astropy.table import Table
 from sqlalchemy import select
 
-from darkroom.repo.models import Calib, Exposure, Image, Task
+from darkroom.repo.models import Calib, Coadd, Exposure, Image, Task
 from darkroom.report import (
     MasterSummary,
+    NightPicture,
     NightReport,
     QuarantinedFile,
     TargetLightCurve,
@@ -176,10 +177,73 @@ def build_night_reports(repo: Repository, *, nights: list[str] | None = None) ->
                 failures=failures,
                 quarantined=quarantined,
                 light_curves=_light_curves(repo, frames),
+                pictures=_pictures(repo, night),
                 summary=summary,
             )
         )
     return reports
+
+
+# reddest first: the order in which filters become R, G, B of a night's colour composite
+_WAVELENGTH_ORDER = ("y", "z", "i", "ha", "r", "v", "g", "b", "u")
+
+
+def _pictures(repo: Repository, night: str) -> list[NightPicture]:
+    """The night's coadds (thumbnails) and, per field with three filters, a colour composite."""
+    from darkroom.imaging import make_rgb, read_planes
+
+    with repo.registry.session() as s:
+        coadds = s.scalars(
+            select(Coadd).where(Coadd.night == night).order_by(Coadd.field, Coadd.filter)
+        ).all()
+        rows = [(c.field, c.filter, c.path, c.n_inputs, c.exptime_s, dict(c.values or {})) for c in coadds]
+    pictures = []
+    by_field: dict[str, dict[str, Path]] = {}
+    for field, band, path, n, exptime, values in rows:
+        by_field.setdefault(field or "", {})[band or ""] = repo.root / path
+        thumb = values.get("thumbnail")
+        if not thumb or not (repo.root / thumb).exists():
+            continue
+        limit = values.get("mag_limit")
+        caption = f"{n} images, {exptime or 0:.0f} s" + (f", 5-sigma limit {limit:.2f} mag" if limit else "")
+        pictures.append(NightPicture(f"{field} {band} coadd", (repo.root / thumb).read_bytes(), caption))
+    wanted = repo.config.coadd.rgb_filters
+    for field, bands in by_field.items():
+        if wanted:
+            chosen = list(wanted) if all(b in bands for b in wanted) else []
+        else:
+            order = sorted(
+                bands,
+                key=lambda b: next(
+                    (i for i, w in enumerate(_WAVELENGTH_ORDER) if b.lower().startswith(w)), 99
+                ),
+            )
+            chosen = order[:3] if len(order) >= 3 else []
+        if not chosen:
+            continue
+        try:
+            image = make_rgb(*(read_planes(bands[b]) for b in chosen), reference="green")
+        except Exception as exc:  # a composite is a picture: never stop the report for it
+            log.warning("no colour composite of %s: %s", field, exc)
+            continue
+        pictures.append(
+            NightPicture(
+                f"{field} colour", _rgb_png(image.rgb), f"R {chosen[0]}, G {chosen[1]}, B {chosen[2]}"
+            )
+        )
+    return pictures
+
+
+def _rgb_png(rgb: np.ndarray, max_size: int = 768) -> bytes:
+    import io
+
+    from PIL import Image as PILImage
+
+    picture = PILImage.fromarray(np.ascontiguousarray(rgb[::-1]))
+    picture.thumbnail((max_size, max_size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _task_night(key: str, exp_night: dict, image_night: dict) -> str | None:

@@ -256,6 +256,20 @@ def _plots(report: NightReport, config: ReportConfig) -> str:
     return "\n".join(out)
 
 
+def _pictures(report: NightReport) -> str:
+    """Coadds and colour composites of the night (nothing when there are none)."""
+    if not report.pictures:
+        return ""
+    out = ['<h2 id="coadds">Coadds</h2>']
+    for pic in report.pictures:
+        out.append(
+            "<figure>"
+            + _png_img(pic.png, alt=pic.title)
+            + f"<figcaption><b>{_e(pic.title)}</b> {_e(pic.caption)}</figcaption></figure>"
+        )
+    return "\n".join(out)
+
+
 def _frame_table(report: NightReport) -> str:
     frames = report.frames
     if len(frames) == 0:
@@ -378,6 +392,7 @@ def render_night_report(report: NightReport, *, config: ReportConfig | None = No
             _headline(report),
             '<h2 id="quality">Image quality</h2>',
             _plots(report, config),
+            _pictures(report),
             f'<h2 id="frames-table">Frames ({len(report.frames)})</h2>',
             _frame_table(report),
             f'<h2 id="masters-table">Master calibrations ({len(report.masters)})</h2>',

@@ -160,6 +160,15 @@ class TargetLightCurve:
         return next((c for c in ("ensemble_flux", "ens_flux") if c in self.table.colnames), None)
 
 
+@dataclass(frozen=True)
+class NightPicture:
+    """A picture shown in the report (a coadd's thumbnail, a colour composite): PNG bytes."""
+
+    title: str
+    png: bytes
+    caption: str = ""
+
+
 def _coerce(items: Iterable[Any] | None, cls: type) -> list[Any]:
     out = []
     for item in items or ():
@@ -209,6 +218,7 @@ class NightReport:
     failures: list[TaskFailure] = field(default_factory=list)
     quarantined: list[QuarantinedFile] = field(default_factory=list)
     light_curves: list[TargetLightCurve] = field(default_factory=list)
+    pictures: list[NightPicture] = field(default_factory=list)  #: coadds and colour composites
     summary: dict[str, str | float] = field(default_factory=dict)
     generated_utc: datetime = field(default_factory=lambda: datetime.now(UTC))
     software_version: str = __version__
