@@ -11,6 +11,9 @@ import pytest
 from darkroom import _threads  # noqa: F401  (as the CLI: one BLAS thread, so in-process runs match Dask runs)
 from darkroom.testing import shared_data_dir
 
+# No test reaches the public name resolvers (automatic targets); stand-in servers still work.
+os.environ.setdefault("DARKROOM_OFFLINE", "1")
+
 PG_URL = os.environ.get("DARKROOM_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

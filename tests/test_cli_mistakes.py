@@ -233,7 +233,7 @@ def test_run_ends_with_a_summary_naming_the_report(tmp_path):
     out = res.stdout
     assert "frames in: 3 usable (3 bias); 0 quarantined" in out
     assert "failed: 0 units" in out and "light curves: none" in out
-    assert "no targets in darkroom.yaml" in out  # a stage that made nothing says why
+    assert "no light frame names an OBJECT" in out  # a stage that made nothing says why
     report = next(line.split("report: ", 1)[1] for line in out.splitlines() if line.startswith("report: "))
     assert os.path.isfile(report) and report.startswith(str(root))
     assert f"darkroom status {root}" in out

@@ -443,6 +443,10 @@ def run(
             summary = ingest_paths(r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root)
             if not quiet or summary.quarantined:
                 print_ingest_summary(summary, time.perf_counter() - t0, console)
+        r.apply_automatic_targets(online=True)
+        for note in r.target_notes:  # what was chosen for each field, every run: a person checks it
+            log.info(note)
+            err_console.print(f"warning: {note}", soft_wrap=True, markup=False, highlight=False)
         stages = all_stages(r.root, r.config)
         if redo:
             forgotten = forget_from(r.registry, stages, redo)
@@ -470,10 +474,16 @@ def run(
         night = run_summary(r, reports)
         if report and chosen and chosen[-1].name == stages[-1].name:
             night.report = _write_report_quietly(r)
-        if not r.config.targets and not night.lightcurves and not r.config.surveys.run:
+        night.nothing_made += r.targets_left_out
+        if (
+            not r.config.targets
+            and not night.lightcurves
+            and not r.targets_left_out
+            and not r.config.surveys.run
+        ):
             night.nothing_made.append(
-                "no light curves: no targets in darkroom.yaml (targets:); add one, or run "
-                f"darkroom lightcurve {r.root} --ra RA --dec DEC"
+                "no light curves: no targets in darkroom.yaml and no light frame names an OBJECT; "
+                f"add targets:, or run darkroom lightcurve {r.root} --ra RA --dec DEC"
             )
         r.close()
     except DarkroomError as exc:

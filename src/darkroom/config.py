@@ -26,6 +26,7 @@ from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import ConfigError
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.phot.settings import MeasureSettings
+from darkroom.pipeline.targets import NameResolverConfig
 from darkroom.provenance import critical_params
 from darkroom.surveys.settings import SurveysConfig
 from darkroom.timeseries.settings import AssociateSettings, LightCurveSettings, TargetConfig
@@ -120,7 +121,13 @@ class DarkroomConfig(_Section):
     astrometry: AstrometrySettings = Field(default_factory=AstrometrySettings)
     photometry: PhotometrySettings = Field(default_factory=PhotometrySettings)
     targets: list[TargetConfig] = Field(
-        default_factory=list, description="objects whose light curves the lightcurves stage writes"
+        default_factory=list,
+        description="objects whose light curves the lightcurves stage writes (empty: one per observed "
+        "OBJECT, see names)",
+    )
+    names: NameResolverConfig = Field(
+        default_factory=NameResolverConfig,
+        description="automatic targets: OBJECT names resolved to coordinates (Sesame, cached)",
     )
     surveys: SurveysConfig = Field(
         default_factory=SurveysConfig, description="survey data (ZTF, SDSS) for the registered targets"

@@ -66,6 +66,27 @@ class Repository:
             overrides.append(f"registry.url={db_url}")
         self.config: DarkroomConfig = load_config(cfg_path, overrides)
         self.registry = open_registry(self.config, self.root)
+        #: how each automatic target was placed, and why an observed object has none
+        self.target_notes: list[str] = []
+        self.targets_left_out: list[str] = []
+        self.apply_automatic_targets(online=False)
+
+    def apply_automatic_targets(self, *, online: bool) -> None:
+        """With no ``targets:`` in darkroom.yaml, one target per observed OBJECT (see
+        :mod:`darkroom.pipeline.targets`); ``online`` lets names not yet cached go to Sesame.
+
+        darkroom.yaml is not changed: the targets live in the configuration in memory.
+        """
+        from darkroom.pipeline.targets import automatic_targets
+
+        if not self.config.names.automatic_targets:
+            return
+        if self.config.targets and not self.target_notes:  # the user's own list wins
+            return
+        found, left_out = automatic_targets(self.registry, self.root, self.config.names, online=online)
+        self.config = self.config.model_copy(update={"targets": [t.target for t in found]})
+        self.target_notes = [t.note for t in found]
+        self.targets_left_out = left_out
 
     @classmethod
     def init(

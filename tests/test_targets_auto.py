@@ -1,0 +1,97 @@
+"""Automatic targets: OBJECT names resolved through a stand-in Sesame server, cached in the
+repository; the pointing keywords when a name does not resolve; a reason when nothing is left."""
+
+from __future__ import annotations
+
+import json
+
+from darkroom.facade import Repository
+from darkroom.pipeline.targets import automatic_targets, name_variants
+from darkroom.repo.models import Exposure
+
+XO1 = (240.549333, 28.169556)  # XO-1 (ICRS), as the README's tour gives it
+
+
+def _sesame_reply(name: str, ra: float, dec: float) -> str:
+    # The lines of a Sesame answer that matter: a name echo and the %J ICRS position.
+    return f"# {name}\n#=S=Simbad:    1\n%C.0 Pl\n%J {ra:.6f} {dec:+.6f} = 16 02 11.84 +28 10 10.4\n%I.0 {name}\n"
+
+
+def _exposure(i: int, obj: str, ra: float | None, dec: float | None) -> Exposure:
+    return Exposure(
+        sha256=f"{i:064x}",
+        path=f"/data/f{i}.fits",
+        size_bytes=1,
+        state="ok",
+        frame_type="light",
+        object=obj,
+        ra_deg=ra,
+        dec_deg=dec,
+        meta={},
+    )
+
+
+def test_name_variants_cover_the_arcsat_spelling():
+    assert name_variants("XO1-b")[:3] == ["XO1-b", "XO-1b", "XO-1 b"]
+    assert "WASP-12b" in name_variants("WASP 12b")
+
+
+def test_objects_become_targets_resolved_cached_or_at_the_pointing(tmp_path, httpserver):
+    httpserver.expect_request("/SNV", query_string="XO-1b").respond_with_data(_sesame_reply("XO-1b", *XO1))
+    httpserver.expect_request("/SNV").respond_with_data("# nothing found\n#! *** Nothing found ***\n")
+    root = tmp_path / "repo"
+    repo = Repository.init(root, overrides=[f"names.sesame_urls=['{httpserver.url_for('/')}']"])
+    with repo.registry.session() as s:
+        s.add_all(
+            [
+                _exposure(1, "XO1-b", 240.5521, 28.1712),  # the pointing is 12" off the star
+                _exposure(2, "XO1-b", 240.5523, 28.1714),
+                _exposure(3, "Mystery field", 10.25, -5.5),
+                _exposure(4, "Mystery field", 10.27, -5.5),
+                _exposure(5, "Nowhere", None, None),
+            ]
+        )
+    found, left_out = automatic_targets(repo.registry, repo.root, repo.config.names, online=True)
+    by_name = {t.target.name: t for t in found}
+    assert set(by_name) == {"XO1-b", "Mystery field"}
+    xo1 = by_name["XO1-b"]
+    assert xo1.how == "sesame" and "XO-1b" in xo1.note and "XO1-b" in xo1.note
+    assert abs(xo1.target.ra_deg - XO1[0]) < 1e-6 and abs(xo1.target.dec_deg - XO1[1]) < 1e-6
+    mystery = by_name["Mystery field"]
+    assert mystery.how == "pointing" and "OBJCTRA/OBJCTDEC" in mystery.note
+    assert abs(mystery.target.ra_deg - 10.26) < 1e-9 and mystery.target.dec_deg == -5.5
+    assert len(left_out) == 1 and "Nowhere" in left_out[0] and "targets:" in left_out[0]
+    cache = json.loads((root / "catalogs" / "names.json").read_text())
+    assert cache["XO1-b"]["as"] == "XO-1b" and cache["Mystery field"] == {"unresolved": True}
+
+    # Cached: the next run asks nothing (the server would now fail every request).
+    n_requests = len(httpserver.log)
+    httpserver.clear()
+    again, _ = automatic_targets(repo.registry, repo.root, repo.config.names, online=True)
+    assert [t.target for t in again] == [t.target for t in found]
+    assert len(httpserver.log) == 0 and n_requests >= 2
+    repo.close()
+
+    # Every face of the repository sees the same targets, from the cache, darkroom.yaml untouched.
+    before = (root / "darkroom.yaml").read_text()
+    with Repository(root) as r:
+        assert {t.name for t in r.config.targets} == {"XO1-b", "Mystery field"}
+        assert any("resolved by Sesame" in n for n in r.target_notes)
+    assert (root / "darkroom.yaml").read_text() == before
+
+
+def test_user_targets_win_and_automatic_targets_can_be_turned_off(tmp_path):
+    root = tmp_path / "repo"
+    Repository.init(root, overrides=["names.automatic_targets=false"]).close()
+    with Repository(root) as r:
+        with r.registry.session() as s:
+            s.add(_exposure(1, "XO1-b", 240.55, 28.17))
+        r.apply_automatic_targets(online=False)
+        assert r.config.targets == []
+    root2 = tmp_path / "repo2"
+    Repository.init(root2, overrides=["targets=[{name: mine, ra_deg: 1.0, dec_deg: 2.0}]"]).close()
+    with Repository(root2) as r:
+        with r.registry.session() as s:
+            s.add(_exposure(1, "XO1-b", 240.55, 28.17))
+        r.apply_automatic_targets(online=False)
+        assert [t.name for t in r.config.targets] == ["mine"]
