@@ -95,3 +95,55 @@ def test_user_targets_win_and_automatic_targets_can_be_turned_off(tmp_path):
             s.add(_exposure(1, "XO1-b", 240.55, 28.17))
         r.apply_automatic_targets(online=False)
         assert [t.name for t in r.config.targets] == ["mine"]
+
+
+# XO-1b, Ivshina & Winn 2022 (the ARCSAT MANIFEST's known answer): this night's mid-transit is
+# 2460828.73779 BJD_TDB (+-0.8 min); T14 ~2.93 h.
+XO1B_ROW = {"pl_name": "XO-1 b", "pl_tranmid": 2456055.57566, "pl_orbper": 3.94150465, "pl_trandur": 2.93}
+
+
+def _votable(rows: list[dict]) -> bytes:
+    import io
+
+    from astropy.io.votable import from_table
+    from astropy.table import Table
+
+    table = (
+        Table(rows=[tuple(r.values()) for r in rows], names=list(rows[0]))
+        if rows
+        else Table(names=list(XO1B_ROW), dtype=[str, float, float, float])
+    )
+    buf = io.BytesIO()
+    from_table(table).to_xml(buf)
+    return buf.getvalue()
+
+
+def test_predicted_transit_of_xo1b_on_the_arcsat_night():
+    from darkroom.timeseries.ephemeris import Ephemeris, predict_transit
+
+    eph = Ephemeris("XO-1 b", XO1B_ROW["pl_tranmid"], XO1B_ROW["pl_orbper"], XO1B_ROW["pl_trandur"])
+    c = predict_transit(eph, 2460828.70)  # the night's middle
+    assert abs(c.mid - 2460828.73779) * 1440 < 0.8
+    assert abs((c.egress - c.ingress) * 24 - 2.93) < 1e-9 and c.ingress < c.mid < c.egress
+
+
+def test_ephemeris_from_a_stand_in_exoplanet_archive_is_cached(tmp_path, httpserver):
+    from darkroom.pipeline.targets import planet_ephemerides, planet_name
+
+    assert planet_name("XO1-b") == "XO-1 b" and planet_name("XO-1b") == "XO-1 b"
+    assert planet_name("43 Bet Com") is None and planet_name("M 13") is None
+    httpserver.expect_request("/TAP/sync", method="POST").respond_with_data(
+        _votable([XO1B_ROW]), content_type="text/xml"
+    )
+    root = tmp_path / "repo"
+    repo = Repository.init(root, overrides=[f"names.exoplanet_archive_tap={httpserver.url_for('/TAP')}"])
+    got = planet_ephemerides(repo.root, ["XO1-b", "Mystery field"], repo.config.names, online=True)
+    assert set(got) == {"XO1-b"}
+    assert got["XO1-b"].period_d == XO1B_ROW["pl_orbper"] and got["XO1-b"].duration_h == 2.93
+    query = httpserver.log[0][0].form.get("QUERY", "")
+    assert "pscomppars" in query and "'XO-1 b'" in query
+    n = len(httpserver.log)
+    httpserver.clear()
+    again = planet_ephemerides(repo.root, ["XO1-b", "Mystery field"], repo.config.names, online=True)
+    assert again == got and len(httpserver.log) == 0 and n == 1  # "Mystery field" is no planet name
+    repo.close()

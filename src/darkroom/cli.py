@@ -447,6 +447,13 @@ def run(
         for note in r.target_notes:  # what was chosen for each field, every run: a person checks it
             log.info(note)
             err_console.print(f"warning: {note}", soft_wrap=True, markup=False, highlight=False)
+        from darkroom.pipeline.targets import planet_ephemerides
+
+        ephemerides = planet_ephemerides(
+            r.root, [t.name for t in r.config.targets], r.config.names, online=True
+        )
+        for name, eph in ephemerides.items():
+            log.info("target %s: transit ephemeris of %s from the %s", name, eph.planet, eph.reference)
         stages = all_stages(r.root, r.config)
         if redo:
             forgotten = forget_from(r.registry, stages, redo)
@@ -500,6 +507,24 @@ def run(
             err_console.print(f"{stage} {key}: {reason}", soft_wrap=True, markup=False, highlight=False)
     if failed:
         raise typer.Exit(EXIT_FAILED_UNITS)
+
+
+def _predicted_contacts(r, name: str | None, lc) -> dict[str, float] | None:
+    """Predicted transit times near a light curve of a known planet (cached ephemerides only)."""
+    import numpy as np
+
+    from darkroom.pipeline.targets import planet_ephemerides
+    from darkroom.timeseries.ephemeris import predict_transit
+
+    target = name or lc.meta.get("target_name")
+    if not target or "bjd_tdb" not in lc.colnames or not len(lc):
+        return None
+    known = {t.name.replace("-", "").replace(" ", "").lower(): t.name for t in r.config.targets}
+    target = known.get(str(target).replace("-", "").replace(" ", "").lower(), target)
+    eph = planet_ephemerides(r.root, [target], r.config.names, online=False).get(target)
+    t = np.asarray(lc["bjd_tdb"], float)
+    t = t[np.isfinite(t)]
+    return predict_transit(eph, float(np.median(t))).as_dict() if eph is not None and len(t) else None
 
 
 def _write_report_quietly(r) -> Path | None:
@@ -611,6 +636,7 @@ def lightcurve(
             keep_flagged=keep_flagged or None,
         )
         bin_min = bin_minutes or r.config.photometry.lightcurves.bin_minutes
+        contacts = _predicted_contacts(r, name, lc)
         r.close()
         parts = {("", 0): lc}
         if split:
@@ -628,6 +654,7 @@ def lightcurve(
                         plot.with_name(f"{plot.stem}{suffix}{plot.suffix}"),
                         bin_minutes=bin_min,
                         title=title,
+                        contacts=contacts,
                     )
                 )
     except DarkroomError as exc:

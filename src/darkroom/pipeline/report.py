@@ -135,8 +135,33 @@ def _light_curves(repo: Repository, frames: Table) -> list[TargetLightCurve]:
         if "image_id" in table.colnames:
             table = table[[int(i) in ids for i in table["image_id"]]]
         if len(table):
-            out.append(TargetLightCurve(name=name, table=table))
+            contacts = _contacts(repo, name, table)
+            out.append(
+                TargetLightCurve(
+                    name=name,
+                    table=table,
+                    contacts=contacts,
+                    contacts_source="NASA Exoplanet Archive" if contacts else "",
+                )
+            )
     return out
+
+
+def _contacts(repo: Repository, name: str, table: Table) -> dict[str, float] | None:
+    """Predicted transit times of a known planet near this light curve (cached ephemeris only)."""
+    from darkroom.pipeline.lightcurves import safe_name
+    from darkroom.pipeline.targets import planet_ephemerides
+    from darkroom.timeseries.ephemeris import predict_transit
+
+    if "bjd_tdb" not in table.colnames:
+        return None
+    target = next((t.name for t in repo.config.targets if safe_name(t.name) == name), name)
+    eph = planet_ephemerides(repo.root, [target], repo.config.names, online=False).get(target)
+    if eph is None:
+        return None
+    t = np.asarray(table["bjd_tdb"], float)
+    t = t[np.isfinite(t)]
+    return predict_transit(eph, float(np.median(t))).as_dict() if len(t) else None
 
 
 def build_night_reports(repo: Repository, *, nights: list[str] | None = None) -> list[NightReport]:

@@ -34,7 +34,15 @@ from darkroom.repo.models import Exposure
 from darkroom.repo.registry import Registry
 from darkroom.timeseries.settings import TargetConfig
 
-__all__ = ["AutoTarget", "NameResolverConfig", "automatic_targets", "name_variants", "resolve_object_name"]
+__all__ = [
+    "AutoTarget",
+    "NameResolverConfig",
+    "automatic_targets",
+    "name_variants",
+    "planet_ephemerides",
+    "planet_name",
+    "resolve_object_name",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,12 @@ class NameResolverConfig(BaseModel):
         None, description="Sesame mirrors to ask (None: astropy's defaults, CDS then CfA)"
     )
     timeout_s: float = Field(5.0, gt=0, description="time allowed per Sesame request [s]")
+    ephemerides: bool = Field(
+        True, description="predicted transit times of known planets (NASA Exoplanet Archive) on the plots"
+    )
+    exoplanet_archive_tap: str | None = Field(
+        None, description="TAP service of the NASA Exoplanet Archive (None: astroquery's default)"
+    )
 
 
 @dataclass(frozen=True)
@@ -200,3 +214,119 @@ def automatic_targets(
         except OSError as exc:
             log.warning("cannot write the name cache %s: %s", cache_path, exc.strerror or exc)
     return targets, left_out
+
+
+# ----------------------------------------------------------------------------- ephemerides
+
+EPHEMERIS_CACHE = "ephemerides.json"
+_PLANET = re.compile(r"([A-Za-z]+(?:-[A-Za-z]+)?)[\s_-]*(\d+)[\s_-]*([b-i])")
+
+
+def planet_name(name: str) -> str | None:
+    """The NASA Exoplanet Archive spelling of a planet name (``XO1-b`` -> ``XO-1 b``), else None.
+
+    Only names of the form survey, number, planet letter qualify; the result holds only
+    letters, digits, hyphens and one space, so it is safe inside an ADQL string literal.
+    """
+    m = _PLANET.fullmatch(" ".join(name.split()))
+    if not m:
+        return None
+    survey, number, letter = m.groups()
+    return f"{survey}-{number} {letter}"
+
+
+def _query_archive(planet: str, config: NameResolverConfig) -> dict:
+    """One row of the archive's pscomppars table for ``planet`` (cache entry form)."""
+    import concurrent.futures
+
+    from astroquery.ipac.nexsci.nasa_exoplanet_archive import NasaExoplanetArchiveClass
+
+    def ask():
+        archive = NasaExoplanetArchiveClass()
+        # pscomppars is served by TAP (archive documentation); saying so spares astroquery a
+        # listing of every TAP table from the default host before each query.
+        archive._tap_tables = ["ps", "pscomppars"]
+        if config.exoplanet_archive_tap:
+            archive.URL_TAP = config.exoplanet_archive_tap
+        return archive.query_criteria(
+            table="pscomppars",
+            select="pl_name,pl_tranmid,pl_orbper,pl_trandur",
+            where=f"pl_name = '{planet}'",
+        )
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        # The TAP client has no timeout of its own: a silent network must not stall the night.
+        table = pool.submit(ask).result(timeout=max(config.timeout_s * 3, 5.0))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    if len(table) == 0:
+        return {"none": f"{planet} is not in the NASA Exoplanet Archive"}
+
+    def num(col: str) -> float | None:
+        value = table[col][0]
+        value = getattr(value, "value", value)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        return value if np.isfinite(value) else None
+
+    t0, period = num("pl_tranmid"), num("pl_orbper")
+    if t0 is None or period is None:
+        return {"none": f"{planet}: the archive gives no transit ephemeris"}
+    return {
+        "planet": str(table["pl_name"][0]),
+        "t0_bjd_tdb": t0,
+        "period_d": period,
+        "duration_h": num("pl_trandur"),
+    }
+
+
+def planet_ephemerides(root: Path, names: list[str], config: NameResolverConfig, *, online: bool) -> dict:
+    """``{target name: Ephemeris}`` for the targets that are known transiting planets.
+
+    Answers (and "not a planet") are cached in ``REPO/catalogs/ephemerides.json``; without
+    ``online`` only the cache is read. Network trouble is logged and leaves the name
+    uncached, to be asked again next run.
+    """
+    from darkroom.io.atomic import atomic_write_text
+    from darkroom.timeseries.ephemeris import Ephemeris
+
+    if online and config.exoplanet_archive_tap is None and os.environ.get("DARKROOM_OFFLINE"):
+        online = False
+    path = Path(root) / "catalogs" / EPHEMERIS_CACHE
+    cache = _load_cache(path)
+    names_cache = _load_cache(Path(root) / "catalogs" / CACHE_NAME)
+    changed = False
+    out = {}
+    for name in names:
+        entry = cache.get(name)
+        if entry is None and online and config.ephemerides:
+            spelled = (names_cache.get(name) or {}).get("as") or name
+            planet = planet_name(spelled) or planet_name(name)
+            if planet is None:
+                entry = {"none": "not a planet name"}
+            else:
+                try:
+                    entry = _query_archive(planet, config)
+                except Exception as exc:
+                    log.warning(
+                        "no ephemeris for %s: the NASA Exoplanet Archive did not answer (%s)",
+                        name,
+                        " ".join(str(exc).split())[:160] or exc.__class__.__name__,
+                    )
+                    entry = None
+            if entry is not None:
+                cache[name] = entry
+                changed = True
+        if entry and "t0_bjd_tdb" in entry:
+            out[name] = Ephemeris(
+                entry["planet"], entry["t0_bjd_tdb"], entry["period_d"], entry.get("duration_h")
+            )
+    if changed:
+        try:
+            atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True))
+        except OSError as exc:
+            log.warning("cannot write the ephemeris cache %s: %s", path, exc.strerror or exc)
+    return out

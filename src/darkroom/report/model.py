@@ -137,6 +137,10 @@ class TargetLightCurve:
 
     name: str
     table: Table
+    #: predicted transit times [BJD_TDB, d] ("ingress", "mid", "egress") from a published ephemeris
+    contacts: dict[str, float] | None = None
+    #: where ``contacts`` come from (drawn in the legend)
+    contacts_source: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, Table):

@@ -207,6 +207,22 @@ def thumbnail_png(image: np.ndarray, *, max_pix: int = 256) -> bytes:
     return buf.getvalue()
 
 
+def draw_contacts(ax, contacts: dict[str, float], t0: float, *, source: str = "") -> None:
+    """Vertical lines at predicted transit times (BJD_TDB [d], drawn relative to ``t0``)."""
+    styles = {"ingress": ("--", "ingress"), "mid": ("-", "mid-transit"), "egress": ("--", "egress")}
+    for key in ("ingress", "mid", "egress"):
+        if key in contacts:
+            ls, label = styles[key]
+            ax.axvline(
+                contacts[key] - t0,
+                color="tab:red",
+                ls=ls,
+                lw=1.0,
+                alpha=0.7,
+                label=f"predicted {label}" + (f" ({source})" if source and key == "mid" else ""),
+            )
+
+
 def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, dpi: int = 100) -> bytes:
     """Light curve of one target: points and time bins per filter, ensemble flux below.
 
@@ -279,6 +295,8 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
         e = ens[sel]
         if np.isfinite(e).any():
             ax2.plot(t, e / np.nanmedian(e), ".", color=colour, ms=4, label=f"{name} ensemble")
+    if lightcurve.contacts and time_col == "bjd_tdb":
+        draw_contacts(ax, lightcurve.contacts, t0, source=lightcurve.contacts_source)
     if not np.isfinite(ens).any():
         ax2.text(0.5, 0.5, "no ensemble flux", transform=ax2.transAxes, ha="center", va="center", color="0.5")
     if not np.isfinite(rel).any():

@@ -25,13 +25,15 @@ def plot_lightcurve(
     bin_minutes: float = 10.0,
     title: str | None = None,
     time_col: str = "bjd_tdb",
+    contacts: dict[str, float] | None = None,
 ) -> Path:
     """Plot a :func:`~darkroom.timeseries.lightcurve.build_lightcurve` table to a PNG.
 
     Top panel: ``rel_flux`` (or flux normalised to its median when no differential flux
     exists) per filter, individual points in light colour, epochs with quality flags as
     crosses, and the curve binned to ``bin_minutes``. Bottom panel: the comparison
-    ensemble's total flux normalised to its median (a drop means clouds).
+    ensemble's total flux normalised to its median (a drop means clouds). ``contacts``:
+    predicted transit times [BJD_TDB, d] ("ingress", "mid", "egress") drawn as red lines.
     """
     if len(table) == 0:
         raise BadInputError("empty light curve: nothing to plot")
@@ -78,6 +80,12 @@ def plot_lightcurve(
             ens = np.asarray(table["ens_flux"], float)[sel]
             if np.isfinite(ens).any():
                 ax2.plot(t, ens / np.nanmedian(ens), ".", color=c, ms=4, label=f"{band} ensemble")
+    if contacts and time_col == "bjd_tdb":
+        for key, ls in (("ingress", "--"), ("mid", "-"), ("egress", "--")):
+            if key in contacts:
+                ax.axvline(
+                    contacts[key] - t0, color="tab:red", ls=ls, lw=1.0, alpha=0.7, label=f"predicted {key}"
+                )
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
