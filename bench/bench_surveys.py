@@ -216,6 +216,10 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="stand-in latency per request [s]")
     args = parser.parse_args()
     rows = [
+        # an archive's own latency (IRSA: about a second): darkroom should sit at the ceiling
+        bench_ztf(200, 4, 0.5),
+        bench_ztf(500, 16, 0.5),
+        # a fast stand-in: what darkroom itself costs per target
         bench_ztf(1000, 4, args.latency),
         bench_ztf(1000, 16, args.latency),
         bench_ztf(1000, 4, args.latency, fsync=False),

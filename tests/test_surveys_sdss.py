@@ -15,11 +15,13 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from werkzeug import Response
 
+from darkroom.maskbits import MaskBit
 from darkroom.pipeline.sdss import run_cutouts, run_sdss
 from darkroom.pipeline.surveys import import_targets
 from darkroom.repo.models import Download
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import read_cube
+from darkroom.surveys.sdss import read_fpm_mask, read_frame
 from darkroom.surveys.settings import SurveysConfig
 
 BRIGHT = (323.342574, -0.682047)  # MANIFEST: a bright star of field 136
@@ -61,9 +63,15 @@ class Sas:
         name = request.path.rsplit("/", 1)[-1]
         with self.lock:
             self.calls[name] = self.calls.get(name, 0) + 1
-        assert request.path.startswith("/sas/dr17/eboss/photoObj/")
+        assert request.path.startswith(
+            ("/sas/dr17/eboss/photoObj/", "/sas/dr17/eboss/photo/redux/301/2583/objcs/2/")
+        )
+        if name.startswith("fpM-") and "-0136" in name:  # served gzip-compressed, as the archive does
+            import gzip
+
+            return Response(gzip.compress((self.folder / name.replace(".fit.gz", ".fits")).read_bytes()))
         if "-0137" in name:
-            if name.startswith("frame-z") or name.startswith("photoObj"):
+            if name.startswith(("frame-z", "photoObj", "fpM")):
                 return Response("Not Found", status=404)
             return Response(_small_frame(*FIELD_137, name[6]), content_type="application/octet-stream")
         path = self.folder / name
@@ -140,7 +148,8 @@ def test_sdss_frames_and_cubes_through_each_bands_wcs(tmp_path, sas_server, data
     config = _config(tmp_path, sas_server.url_for("/sas"), data_dir)
     fields, files = run_sdss(root, registry, config)
     assert fields.counts == {"done": 3, "empty": 1}
-    assert files.counts == {"done": 9, "empty": 3}, files.counts
+    # 136: 5 frames + 5 fpM done, photoObj empty; 137: 4 frames done, z frame, photoObj, 5 fpM 404
+    assert files.counts == {"done": 14, "empty": 8}, files.counts
     with registry.session() as s:
         rows = {(d.survey, d.key): d for d in s.scalars(select(Download))}
     assert rows[("sdss-field", "m2/nowhere")].reason == "no SDSS field covers the target"
@@ -164,7 +173,7 @@ def test_sdss_frames_and_cubes_through_each_bands_wcs(tmp_path, sas_server, data
     report = run_cutouts(root, registry, config, out_dir=out, size=32, bands="ugriz", workers=2)
     assert report.n_targets == 3 and report.n_written == 3 and not report.failures
     cube, mask, header = read_cube(out / "cubes" / "ra323" / "m2_bright.fits")
-    assert cube.shape == (5, 32, 32) and header["BANDS"] == "ugriz" and not mask.any()
+    assert cube.shape == (5, 32, 32) and header["BANDS"] == "ugriz" and not (mask & MaskBit.NO_DATA).any()
     for b in range(5):  # MANIFEST: the peak at (15 +- 1, 15 +- 1) in all five bands
         y, x = np.unravel_index(np.nanargmax(cube[b]), cube[b].shape)
         assert abs(x - 15) <= 1 and abs(y - 15) <= 1, ("ugriz"[b], x, y)
@@ -172,9 +181,10 @@ def test_sdss_frames_and_cubes_through_each_bands_wcs(tmp_path, sas_server, data
     xs = [header[f"X_{b.upper()}"] for b in "ugriz"]
     assert max(xs) - min(xs) > 4
     edge, edge_mask, _ = read_cube(out / "cubes" / f"ra{int(edge_target[0]):03d}" / "m2_edge.fits")
-    assert edge_mask.any() and not edge_mask.all()
-    assert np.all(np.isnan(edge[edge_mask > 0])) and np.all(np.isfinite(edge[edge_mask == 0]))
-    assert edge_mask[2, :, :5].all() and not edge_mask[2, :, 10:].any()  # r: 10 px in, stamp centre at 15.5
+    nodata = (edge_mask & MaskBit.NO_DATA) > 0  # fpM bits (SAT, CR, INTRP) may sit on valid pixels
+    assert nodata.any() and not nodata.all()
+    assert np.all(np.isnan(edge[nodata])) and np.all(np.isfinite(edge[~nodata]))
+    assert nodata[2, :, :5].all() and not nodata[2, :, 10:].any()  # r: 10 px in, stamp centre at 15.5
     nxt, nxt_mask, _ = read_cube(out / "cubes" / "ra323" / "m2_next.fits")
     assert nxt_mask[4].all() and not nxt_mask[:4].any()  # z of field 137 is missing
     for b in range(4):
@@ -222,3 +232,15 @@ def test_fields_through_the_search_service(tmp_path, sas_server, data_dir, edge_
     # 'next' gets field 136's box back from the service, but it lies outside that box
     assert fields.counts == {"done": 2, "empty": 2} and files.n_planned == 0
     registry.dispose()
+
+
+def test_fpm_mask_marks_saturated_pixels_of_the_frame(data_dir):
+    folder = data_dir / "sdss-frames-m2"
+    image, _, _ = read_frame(folder / "frame-r-002583-2-0136.fits.bz2")
+    bits = read_fpm_mask(folder / "fpM-002583-r2-0136.fits")
+    assert bits.shape == image.shape == (1489, 2048)
+    sat = (bits & MaskBit.SAT) > 0
+    # spans decoded in the right place: saturated pixels are the bright cores of stars
+    assert 1000 < sat.sum() < 0.01 * sat.size
+    assert np.median(image[sat]) > 100 * np.median(image) and np.median(image[sat]) > np.percentile(image, 99)
+    assert ((bits & MaskBit.CR) > 0).any() and ((bits & MaskBit.INTRP) > 0).any()

@@ -7,7 +7,7 @@ Three steps, each resumable:
     a ``download`` row of survey ``sdss-field`` per target, ``done`` with the fields in its
     ``meta``, ``empty`` when no field covers it, or ``failed``.
 ``sdss``
-    Each distinct file those fields need (five frames, the photoObj table), once however many
+    Each distinct file those fields need (five frames, their fpM masks, the photoObj table), once however many
     targets share it: a ``download`` row of survey ``sdss`` per file name. The file is kept in
     the shared cache as served (frames stay bzip2-compressed). A file the archive does not have
     (HTTP 404) and an object table without rows are ``empty`` with the reason, not asked again
@@ -55,12 +55,15 @@ from darkroom.surveys.sdss import (
     FieldId,
     SdssConfig,
     fields_from_table,
+    fpm_name,
+    fpm_url,
     frame_name,
     frame_url,
     photoobj_name,
     photoobj_rows,
     photoobj_url,
     read_field_table,
+    read_fpm_mask,
     read_frame,
     search_fields,
 )
@@ -178,6 +181,8 @@ class SdssDownloader(DownloadRecorder, Stage):
             out += [(frame_name(b, f), f, b) for b in self.config.bands]
             if self.config.photoobj:
                 out.append((photoobj_name(f), f, "photoObj"))
+            if self.config.fpm:
+                out += [(fpm_name(b, f), f, f"fpM-{b}") for b in self.config.bands]
         return out
 
     def plan(self, session: Session) -> list[Unit]:
@@ -193,7 +198,12 @@ class SdssDownloader(DownloadRecorder, Stage):
         kind = unit.payload["kind"]
         path = self.file_path(f, unit.key)
         meta = {"run": f.run, "rerun": f.rerun, "camcol": f.camcol, "field": f.field, "kind": kind}
-        url = photoobj_url(self.config, f) if kind == "photoObj" else frame_url(self.config, kind, f)
+        if kind == "photoObj":
+            url = photoobj_url(self.config, f)
+        elif kind.startswith("fpM-"):
+            url = fpm_url(self.config, kind[4:], f)
+        else:
+            url = frame_url(self.config, kind, f)
         if path.is_file() and not self.refresh:
             content = path.read_bytes()
             meta["cached"] = True
@@ -204,7 +214,7 @@ class SdssDownloader(DownloadRecorder, Stage):
                 if exc.details.get("status") == 404:
                     return FileOutcome("empty", "not in the archive (HTTP 404)", meta=meta)
                 return FileOutcome("failed", exc.reason, meta=meta)
-            if kind != "photoObj" and content[:3] != b"BZh":
+            if len(kind) == 1 and content[:3] != b"BZh":
                 return FileOutcome("failed", "reply is not a bzip2-compressed frame", meta=meta)
             atomic_write_bytes(path, content)
         common = {"path": str(path), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
@@ -308,12 +318,12 @@ class _FrameCache:
 
     def __init__(self, capacity: int = 20) -> None:
         self.capacity = capacity
-        self._frames: OrderedDict[str, tuple[np.ndarray, object, float | None]] = OrderedDict()
+        self._frames: OrderedDict[str, tuple] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
-    def get(self, path: str) -> tuple[np.ndarray, object, float | None]:
-        """(image, WCS, TAI [s]) of a frame file."""
+    def get(self, path: str, fpm: str | None = None) -> tuple:
+        """(image, WCS, TAI [s], mask bits from the fpM file ``fpm`` or None) of a frame file."""
         with self._lock:
             if path in self._frames:
                 self._frames.move_to_end(path)
@@ -325,12 +335,18 @@ class _FrameCache:
                     return self._frames[path]
             data, wcs, info = read_frame(path)
             tai = float(info["TAI"]) if info.get("TAI") is not None else None
+            bits = None
+            if fpm:
+                try:
+                    bits = read_fpm_mask(fpm)
+                except DarkroomError as exc:  # the cube goes on without those bits
+                    log.warning("%s", exc.reason)
             with self._lock:
-                self._frames[path] = (data, wcs, tai)
+                self._frames[path] = (data, wcs, tai, bits)
                 while len(self._frames) > self.capacity:
                     self._frames.popitem(last=False)
                 self._loading.pop(path, None)
-            return data, wcs, tai
+            return data, wcs, tai, bits
 
 
 def cube_path(out_dir: Path, catalog: str, name: str, ra_deg: float) -> Path:
@@ -398,6 +414,7 @@ def run_cutouts(
                     "motion": (t.pmra_masyr or 0.0, t.pmdec_masyr or 0.0, t.epoch_jyear),
                     "field": f,
                     "frames": {b: files.get(frame_name(b, f)) for b in bands},
+                    "fpm": {b: files.get(fpm_name(b, f)) for b in bands},
                     "path": cube_path(out_dir, t.catalog, t.name, t.ra_deg),
                 }
             )
@@ -409,8 +426,8 @@ def run_cutouts(
     def one(job: dict) -> str:
         if job["path"].is_file():
             return "existing"
-        loaded = {b: (frames.get(p) if p else None) for b, p in job["frames"].items()}
-        planes = {b: (v[0], v[1]) if v else None for b, v in loaded.items()}
+        loaded = {b: (frames.get(p, job["fpm"].get(b)) if p else None) for b, p in job["frames"].items()}
+        planes = {b: (v[0], v[1], v[3]) if v else None for b, v in loaded.items()}
         ra, dec = job["ra"], job["dec"]
         pmra, pmdec, epoch = job["motion"]
         tai = next((v[2] for v in loaded.values() if v and v[2]), None)

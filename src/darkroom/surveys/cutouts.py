@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 
 def cutout_cube(
-    frames: Mapping[str, tuple[np.ndarray, object] | None],
+    frames: Mapping[str, tuple[np.ndarray, object] | tuple[np.ndarray, object, np.ndarray | None] | None],
     *,
     ra_deg: float,
     dec_deg: float,
@@ -60,7 +60,8 @@ def cutout_cube(
     Parameters
     ----------
     frames
-        band -> (image (ny, nx), astropy WCS), or None when the band has no frame.
+        band -> (image (ny, nx), astropy WCS) or (image, WCS, mask bits (ny, nx) uint8, e.g. from
+        the fpM file), or None when the band has no frame.
     ra_deg, dec_deg
         ICRS position [deg].
     size
@@ -85,7 +86,13 @@ def cutout_cube(
         if item is None:
             centres[band] = None
             continue
-        data, wcs = item
+        data, wcs = item[0], item[1]
+        bits = item[2] if len(item) > 2 else None
+        if bits is not None and bits.shape != data.shape:
+            log.warning(
+                "band %s: mask of shape %s does not fit the image %s; ignored", band, bits.shape, data.shape
+            )
+            bits = None
         x, y = wcs.world_to_pixel(position)
         centres[band] = (float(x), float(y))
         # the stamp's first pixel: the target lies within half a pixel of its centre (size - 1) / 2
@@ -99,6 +106,8 @@ def cutout_cube(
         plane[ya - y0 : yb - y0, xa - x0 : xb - x0] = data[ya:yb, xa:xb]
         cube[i] = plane
         mask[i] = np.where(np.isfinite(plane), 0, int(MaskBit.NO_DATA)).astype(np.uint8)
+        if bits is not None:
+            mask[i, ya - y0 : yb - y0, xa - x0 : xb - x0] |= bits[ya:yb, xa:xb]
     return cube, mask, centres
 
 

@@ -13,6 +13,12 @@ Archive layout (Science Archive Server, ``{base_url}/{data_release}/eboss/...``)
 
     photoObj/frames/{rerun}/{run}/{camcol}/frame-{band}-{run:06d}-{camcol}-{field:04d}.fits.bz2
     photoObj/{rerun}/{run}/{camcol}/photoObj-{run:06d}-{camcol}-{field:04d}.fits
+    photo/redux/{rerun}/{run}/objcs/{camcol}/fpM-{run:06d}-{band}{camcol}-{field:04d}.fit.gz
+
+The fpM files are the photo pipeline's masks of each frame: one binary table per mask type
+(INTERP, SATUR, NOTCHECKED, OBJECT, ..., CR), each row an object given as spans ``(y, x0, x1)``
+(big-endian int16, inclusive, plus the row's ``row0``/``col0``) in frame pixels.
+:func:`read_fpm_mask` turns SATUR, CR and INTERP into darkroom's mask bits.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError
+from darkroom.maskbits import MaskBit
 from darkroom.surveys.http import HttpClient, HttpConfig
 
 __all__ = [
@@ -36,6 +43,8 @@ __all__ = [
     "FieldId",
     "SdssConfig",
     "fields_from_table",
+    "fpm_name",
+    "fpm_url",
     "frame_name",
     "frame_url",
     "parse_search_reply",
@@ -43,6 +52,7 @@ __all__ = [
     "photoobj_rows",
     "photoobj_url",
     "read_field_table",
+    "read_fpm_mask",
     "read_frame",
     "search_fields",
 ]
@@ -77,6 +87,7 @@ class SdssConfig(BaseModel):
     bands: list[str] = Field(default_factory=lambda: list(SDSS_BANDS), description="bands to download")
     max_fields: int = Field(1, ge=1, le=20, description="covering fields kept per target (best first)")
     photoobj: bool = Field(True, description="also download each field's photoObj object table")
+    fpm: bool = Field(True, description="also download each frame's fpM mask (saturation, cosmic rays)")
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="timeouts, retries, concurrency, rate limit"
     )
@@ -107,6 +118,15 @@ def photoobj_name(f: FieldId) -> str:
 def frame_url(config: SdssConfig, band: str, f: FieldId) -> str:
     base = config.base_url.rstrip("/")
     return f"{base}/{config.data_release}/eboss/photoObj/frames/{f.rerun}/{f.run}/{f.camcol}/{frame_name(band, f)}"
+
+
+def fpm_name(band: str, f: FieldId) -> str:
+    return f"fpM-{f.run:06d}-{band}{f.camcol}-{f.field:04d}.fit.gz"
+
+
+def fpm_url(config: SdssConfig, band: str, f: FieldId) -> str:
+    base = config.base_url.rstrip("/")
+    return f"{base}/{config.data_release}/eboss/photo/redux/{f.rerun}/{f.run}/objcs/{f.camcol}/{fpm_name(band, f)}"
 
 
 def photoobj_url(config: SdssConfig, f: FieldId) -> str:
@@ -240,3 +260,52 @@ def photoobj_rows(content: bytes) -> int:
             return 0
     except Exception as exc:
         raise BadInputError(f"photoObj reply is not FITS: {exc}") from exc
+
+
+# fpM mask types (HDU order of the file, after the primary) -> darkroom mask bits
+_FPM_BITS = {"S_MASK_INTERP": MaskBit.INTRP, "S_MASK_SATUR": MaskBit.SAT, "S_MASK_CR": MaskBit.CR}
+
+
+def read_fpm_mask(path: str | Path) -> np.ndarray:
+    """darkroom mask bits (SAT, CR, INTRP; uint8, shape (rows, cols) of the frame) from an fpM
+    file (gzip-compressed as served, or plain)."""
+    import gzip
+
+    from astropy.io import fits
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        with fits.open(io.BytesIO(raw), memmap=False) as hdul:
+            rows, cols = int(hdul[0].header["MASKROWS"]), int(hdul[0].header["MASKCOLS"])
+            names = [str(r["attributeName"]) for r in hdul[-1].data]
+            mask = np.zeros((rows, cols), dtype=np.uint8)
+            for plane, name in enumerate(names):
+                bit = _FPM_BITS.get(name)
+                if bit is None or plane + 1 >= len(hdul) - 1:
+                    continue
+                table = hdul[plane + 1].data
+                if table is None:
+                    continue
+                if len(table) == 0:
+                    continue
+                spans = [
+                    np.frombuffer(np.asarray(r["s"], dtype=np.uint8).tobytes(), ">i2")
+                    .reshape(-1, 3)
+                    .astype(np.int64)
+                    + np.array([int(r["row0"]), int(r["col0"]), int(r["col0"])])
+                    for r in table
+                ]
+                y, x0, x1 = np.concatenate(spans).T
+                keep = (y >= 0) & (y < rows) & (x1 >= 0) & (x0 < cols)
+                y, x0, x1 = y[keep], np.clip(x0[keep], 0, cols), np.clip(x1[keep] + 1, 0, cols)
+                # mark each span [x0, x1) of its row: +1 at its start, -1 after its end, cumulative sum
+                edges = np.zeros((rows, cols + 1), dtype=np.int32)
+                np.add.at(edges, (y, x0), 1)
+                np.add.at(edges, (y, x1), -1)
+                mask[np.cumsum(edges, axis=1)[:, :cols] > 0] |= int(bit)
+    except Exception as exc:
+        raise BadInputError(f"cannot read fpM mask {path.name}: {' '.join(str(exc).split())[:160]}") from exc
+    return mask
