@@ -19,7 +19,7 @@ from werkzeug import Response
 
 from darkroom.analysis.lcfile import read_lc_file
 from darkroom.errors import ConfigError
-from darkroom.pipeline.surveys import SurveysConfig, import_targets, run_ztf
+from darkroom.pipeline.surveys import SurveysConfig, ZtfDownloader, import_targets, run_ztf
 from darkroom.repo.models import Download, Lightcurve, Target
 from darkroom.repo.registry import Registry
 from darkroom.surveys.http import load_credentials
@@ -223,7 +223,11 @@ def test_every_target_fetched_retried_timed_out_and_empty_not_asked_again(
     assert table.meta["object"] == lcs[0].object_id and str(table["oid"][0]) == lcs[0].object_id
     assert int(np.sum(table["catflags"] != 0)) == lcs[0].n_flagged
 
-    # second run: done and empty targets are not asked again; the failed one is retried
+    # second run: done and empty targets are not asked again; the failed one is retried as a new
+    # unit of work (a runner that remembers done units by key asks again too)
+    with registry.session() as s:
+        planned = ZtfDownloader(root, config.ztf, cache_dir=tmp_path / "cache").plan(s)
+    assert [u.key for u in planned] == ["test/stall@ztf_dr23 (retry 1)"]
     before = dict(irsa.calls)
     irsa.stall_s = 0.0
     again = run_ztf(root, registry, config)

@@ -107,12 +107,14 @@ class SdssFieldFinder(DownloadRecorder, Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         settled = set() if self.refresh else self.settled(session)
+        failed = self.failed_runs(session)
         units = []
         for t in target_rows(session):
             key = _target_key(t)
             if key in settled:
                 continue
-            units.append(Unit(key=key, payload={"target_id": t.id, "ra_deg": t.ra_deg, "dec_deg": t.dec_deg}))
+            payload = {"download_key": key, "target_id": t.id, "ra_deg": t.ra_deg, "dec_deg": t.dec_deg}
+            units.append(Unit(key=self.unit_key(key, failed.get(key, 0)), payload=payload))
             if self.limit is not None and len(units) >= self.limit:
                 break
         return units
@@ -187,8 +189,12 @@ class SdssDownloader(DownloadRecorder, Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         settled = set() if self.refresh else self.settled(session)
+        failed = self.failed_runs(session)
         return [
-            Unit(key=name, payload={"field": [f.run, f.rerun, f.camcol, f.field], "kind": kind})
+            Unit(
+                key=self.unit_key(name, failed.get(name, 0)),
+                payload={"download_key": name, "field": [f.run, f.rerun, f.camcol, f.field], "kind": kind},
+            )
             for name, f, kind in self.wanted(session)
             if name not in settled
         ]
@@ -196,7 +202,7 @@ class SdssDownloader(DownloadRecorder, Stage):
     def run(self, unit: Unit) -> FileOutcome:
         f = FieldId(*unit.payload["field"])
         kind = unit.payload["kind"]
-        path = self.file_path(f, unit.key)
+        path = self.file_path(f, self.download_key(unit))
         meta = {"run": f.run, "rerun": f.rerun, "camcol": f.camcol, "field": f.field, "kind": kind}
         if kind == "photoObj":
             url = photoobj_url(self.config, f)
@@ -237,7 +243,9 @@ class SdssDownloader(DownloadRecorder, Stage):
             result.size_bytes,
             result.n_rows,
         )
-        row.meta, row.fetched_utc = jsonable(result.meta), utcnow()
+        meta = jsonable(result.meta)
+        row.meta = self._count_failure(row, meta) if result.state == "failed" else meta
+        row.fetched_utc = utcnow()
         return row.state
 
 

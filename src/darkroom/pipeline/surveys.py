@@ -234,13 +234,26 @@ def drive_threaded(
 
 class DownloadRecorder:
     """Driver-side helpers of a stage whose units end as ``download`` rows of one survey: one
-    SELECT per batch (:meth:`prefetch`), then rows updated in place or added."""
+    SELECT per batch (:meth:`prefetch`), then rows updated in place or added.
+
+    A unit's key is its download key, with `` (retry N)`` appended when the download failed N
+    times before: each retry is a new unit of work, so a runner that remembers done units by
+    key (the task table) still asks again for a target whose download failed.
+    """
 
     survey: str
-    _rows: dict[str, Download]
+    _rows: dict[str, Download] | None = None
+
+    @staticmethod
+    def download_key(unit: Unit) -> str:
+        return str(unit.payload.get("download_key", unit.key))
+
+    @staticmethod
+    def unit_key(download_key: str, failed_runs: int) -> str:
+        return f"{download_key} (retry {failed_runs})" if failed_runs else download_key
 
     def prefetch(self, session: Session, units: list[Unit]) -> None:
-        keys = [u.key for u in units]
+        keys = [self.download_key(u) for u in units]
         self._rows = {
             row.key: row
             for row in session.scalars(
@@ -250,24 +263,31 @@ class DownloadRecorder:
 
     def _row(self, session: Session, unit: Unit) -> tuple[Download, bool]:
         """The unit's row and whether it existed before."""
-        rows = getattr(self, "_rows", None)
-        row = rows.get(unit.key) if rows is not None else None
+        key = self.download_key(unit)
+        rows = self._rows
+        row = rows.get(key) if rows is not None else None
         if row is None and rows is None:
             row = session.scalars(
-                select(Download).where(Download.survey == self.survey, Download.key == unit.key)
+                select(Download).where(Download.survey == self.survey, Download.key == key)
             ).one_or_none()
         if row is not None:
             return row, True
-        row = Download(
-            survey=self.survey, key=unit.key, target_id=unit.payload.get("target_id"), state="failed"
-        )
+        row = Download(survey=self.survey, key=key, target_id=unit.payload.get("target_id"), state="failed")
         session.add(row)
         if rows is not None:
-            rows[unit.key] = row
+            rows[key] = row
         return row, False
+
+    @staticmethod
+    def _count_failure(row: Download, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``meta`` (or the row's) with ``failed_runs`` counted up for a failed download."""
+        out = dict(meta if meta is not None else row.meta or {})
+        out["failed_runs"] = int((row.meta or {}).get("failed_runs", 0)) + 1
+        return out
 
     def record_failure(self, session: Session, unit: Unit, reason: str) -> None:
         row, _ = self._row(session, unit)
+        row.meta = self._count_failure(row)
         row.state, row.reason, row.fetched_utc = "failed", reason, utcnow()
 
     def settled(self, session: Session) -> set[str]:
@@ -279,6 +299,17 @@ class DownloadRecorder:
                 )
             )
         )
+
+    def failed_runs(self, session: Session) -> dict[str, int]:
+        """Download key -> how many runs failed to get it (of the rows now failed)."""
+        return {
+            key: int((meta or {}).get("failed_runs", 1))
+            for key, meta in session.execute(
+                select(Download.key, Download.meta).where(
+                    Download.survey == self.survey, Download.state == "failed"
+                )
+            ).all()
+        }
 
 
 @dataclass
@@ -334,15 +365,8 @@ class ZtfDownloader(DownloadRecorder, Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: ZtfConfig = self.config
-        settled = set()
-        if not self.refresh:
-            settled = set(
-                session.scalars(
-                    select(Download.key).where(
-                        Download.survey == "ztf", Download.state.in_(("done", "empty"))
-                    )
-                )
-            )
+        settled = set() if self.refresh else self.settled(session)
+        failed = self.failed_runs(session)
         units = []
         for t in target_rows(session):
             key = self.key(t)
@@ -350,8 +374,9 @@ class ZtfDownloader(DownloadRecorder, Stage):
                 continue
             units.append(
                 Unit(
-                    key=key,
+                    key=self.unit_key(key, failed.get(key, 0)),
                     payload={
+                        "download_key": key,
                         "target_id": t.id,
                         "catalog": t.catalog,
                         "name": t.name,
@@ -466,7 +491,8 @@ class ZtfDownloader(DownloadRecorder, Stage):
             result.size_bytes,
             result.n_rows,
         )
-        row.meta = jsonable({**result.meta, "provenance_id": self.provenance_id})
+        meta = jsonable({**result.meta, "provenance_id": self.provenance_id})
+        row.meta = self._count_failure(row, meta) if result.state == "failed" else meta
         row.fetched_utc = utcnow()
         target_id = unit.payload["target_id"]
         if existed:  # asked before (refresh, or a retry): its light curves are replaced
@@ -487,7 +513,10 @@ class ZtfDownloader(DownloadRecorder, Stage):
                         "target_id": target_id,
                         "survey": "ztf",
                         "time_scale": "utc",
-                        "meta": {"collection": self.config.collection, "download_key": unit.key},
+                        "meta": {
+                            "collection": self.config.collection,
+                            "download_key": self.download_key(unit),
+                        },
                         "created_utc": utcnow(),
                     }
                     for lc in result.lightcurves
