@@ -95,3 +95,17 @@ def test_rgb_png_tiff_and_fits_cube(files):
         assert abs(cx - x[0]) < 0.5 and abs(cy - y[0]) < 0.5
     missing = CliRunner().invoke(app, ["rgb", "--red", "nope.fits", "--green", str(a), "--blue", str(b)])
     assert missing.exit_code == 1 and "no such file" in missing.output
+
+
+def test_coadd_is_an_optional_stage_of_run(tmp_path):
+    from darkroom.config import DarkroomConfig
+    from darkroom.pipeline.run import all_stages, coadd_family
+
+    config = DarkroomConfig()
+    names = [s.name for s in all_stages(tmp_path, config)]
+    assert "coadd" not in names
+    on = config.model_copy(update={"coadd": config.coadd.model_copy(update={"enabled": True})})
+    stages = all_stages(tmp_path, on)
+    assert stages[-1].name == "coadd"
+    # enabling it is not a change of the coadds themselves: same provenance either way
+    assert stages[-1].provenance_id == coadd_family(tmp_path, config)[0].provenance_id

@@ -298,17 +298,22 @@ def coadd_images(
                 if ref_planes is None:
                     ref_planes = resampled
                     method = "stars"
+                    try:  # the reference's good stars, measured on every later input
+                        own = stellar_flux_ratio(ref_planes, ref_planes, config=cfg.flux_ratio)
+                        ref_positions = (own.x, own.y, own.radius_pix)
+                    except (SolveError, BadInputError) as exc:
+                        note = f"reference stars: {exc.reason}"
                 else:
                     try:
+                        if ref_positions is None:
+                            raise SolveError("no stars on the reference input")
                         ratio = stellar_flux_ratio(
                             resampled,
                             ref_planes,
                             config=cfg.flux_ratio,
-                            positions=ref_positions[:2] if ref_positions else None,
-                            radius_pix=ref_positions[2] if ref_positions else None,
+                            positions=ref_positions[:2],
+                            radius_pix=ref_positions[2],
                         )
-                        if ref_positions is None:
-                            ref_positions = (ratio.x, ratio.y, ratio.radius_pix)
                         scale = 1.0 / ratio.ratio
                         note = f"flux ratio {ratio.ratio:.4f} +- {ratio.err:.4f} from {ratio.n_stars} stars"
                     except (SolveError, BadInputError) as exc:

@@ -4,7 +4,10 @@ Resampled images and coadds have noise correlated between neighbouring pixels, s
 per-pixel rms underestimates the noise in an aperture. The empty-aperture method measures
 it directly: apertures of radius ``r`` placed at random where there is no source (a
 segmentation map from sep, dilated) and no masked pixel, on the background-subtracted image;
-the aperture noise is the robust rms (1.4826 MAD) of their sums. The ``n_sigma`` limiting
+the aperture noise is the robust rms (1.4826 MAD) of their sums, each less the mean of an
+annulus of 2 to 3 radii around it (masked pixels left out), as aperture photometry measures
+a local sky: structure of the sky larger than the annulus (fringes, gradients, the mesh
+background's residuals) does not count, the annulus's own noise does. The ``n_sigma`` limiting
 flux is ``n_sigma`` times that (the source's own Poisson noise is neglected: faint sources),
 divided by the fraction of a point source's flux inside the aperture when given, so the
 limit is a total flux.
@@ -59,6 +62,7 @@ def empty_aperture_depth(
     dilate_pix: int = 4,
     seed: int = 0,
     background_box_pix: int = 32,
+    annulus: tuple[float, float] | None = (2.0, 3.0),
 ) -> Depth:
     """Empty-aperture noise and the ``n_sigma`` limiting flux of an image (module docstring)."""
     arr = as_sep_array(sci)
@@ -90,7 +94,10 @@ def empty_aperture_depth(
     y = np.concatenate(ys)[:want]
     if len(x) < 50:
         raise BadInputError(f"only {len(x)} empty apertures of radius {r:.1f} px fit on the image")
-    sums, _, _ = sep.sum_circle(sub, x, y, r)
+    if annulus is not None:  # a local sky per aperture, as aperture photometry measures it
+        sums, _, _ = sep.sum_circle(sub, x, y, r, bkgann=(annulus[0] * r, annulus[1] * r), mask=occupied)
+    else:
+        sums, _, _ = sep.sum_circle(sub, x, y, r)
     sums = np.asarray(sums)
     sig_ap = float(1.4826 * np.median(np.abs(sums - np.median(sums))))
     free_pix = sub[~occupied]
