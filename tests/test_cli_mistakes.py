@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import uuid
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -265,3 +266,46 @@ def test_lightcurve_options_take_sexagesimal_and_default_to_darkroom_yaml(tmp_pa
     assert seen["differential"] is False and abs(seen["ra"] - 240.549333) < 1e-9
     res = runner.invoke(app, ["lightcurve", str(root), "--ra", "25:00:00", "--dec", "0"])
     assert res.exit_code == 1 and "--ra" in res.stderr and "Traceback" not in res.output
+
+
+def test_stage_names_in_the_help_are_the_pipeline_stages():
+    from darkroom.cli import STAGE_NAMES
+    from darkroom.config import DarkroomConfig
+    from darkroom.pipeline.run import all_stages
+
+    assert tuple(s.name for s in all_stages(Path("/nonexistent"), DarkroomConfig())) == STAGE_NAMES
+    res = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert "master_bias" in res.output and "lightcurves" in res.output
+
+
+def test_status_names_failed_units_by_file_and_speaks_json_and_csv(tmp_path):
+    import csv
+    import io
+    import json
+
+    from darkroom.facade import Repository
+    from darkroom.repo.models import Exposure, Task
+
+    root = tmp_path / "repo"
+    assert runner.invoke(app, ["init", str(root)]).exit_code == 0
+    long_name = "/data/" + "a-very-long-folder-name/" * 4 + "XO1-b_z_20250602_041008.fits.gz"
+    with Repository(root) as r, r.registry.session() as s:
+        exp = Exposure(sha256="0" * 64, path=long_name, size_bytes=1, state="ok", frame_type="light", meta={})
+        s.add(exp)
+        s.flush()
+        s.add(
+            Task(stage="calibrate", key=f"exp:{exp.id}", provenance_id="p", state="failed", reason="no flat")
+        )
+    res = runner.invoke(app, ["status", str(root)])
+    assert res.exit_code == 2
+    assert f"calibrate {long_name} (exp:1): no flat" in res.stdout  # whole, never truncated
+    res = runner.invoke(app, ["status", str(root), "--format", "json"])
+    doc = json.loads(res.stdout)
+    assert res.exit_code == 2 and doc["failed"] == [
+        {"stage": "calibrate", "file": long_name, "unit": "exp:1", "reason": "no flat"}
+    ]
+    res = runner.invoke(app, ["status", str(root), "--format", "csv"])
+    rows = list(csv.reader(io.StringIO(res.stdout)))
+    assert ["failed", "calibrate", long_name, "1", "no flat"] in rows
+    res = runner.invoke(app, ["status", str(root), "--format", "yaml"])
+    assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1

@@ -66,6 +66,23 @@ SetOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars; warnings and errors only")]
 
+#: the stages of ``darkroom run`` in order, for the help of --until/--only/--redo (a test keeps
+#: it equal to pipeline.run.all_stages; importing the pipeline here would slow every --help)
+STAGE_NAMES = (
+    "master_bias",
+    "master_dark",
+    "master_flat",
+    "bad_pixels",
+    "calibrate",
+    "extract",
+    "quality",
+    "astrometry",
+    "associate",
+    "photometry",
+    "lightcurves",
+)
+STAGE_HELP = ", ".join(STAGE_NAMES) + " (and the coadd stages when coadd.enabled)"
+
 #: exit statuses (README "Exit status"): 0 fine, 1 error (one line on stderr), 2 some units
 #: failed, 130 interrupted by Ctrl-C
 EXIT_ERROR, EXIT_FAILED_UNITS, EXIT_INTERRUPTED = 1, 2, 130
@@ -318,16 +335,31 @@ def ingest(
 def status(
     repo: RepoArg,
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="text (for people), json or csv (for scripts)", case_sensitive=False),
+    ] = "text",
 ) -> None:
-    """What is registered, what is done, what failed and why."""
+    """What is registered, what is done, what failed and why (exit 2 when something failed)."""
     from darkroom.facade import Repository
 
+    fmt = fmt.lower()
+    if fmt not in ("text", "json", "csv"):
+        raise DarkroomError(f"--format {fmt!r}: choose text, json or csv")
     try:
         r = Repository(repo, db_url=db)
         st = r.status()
+        files = _unit_files(r, [key for _stage, key, _reason in st["failed"]])
         r.close()
     except DarkroomError as exc:
         _fail(exc)
+    # Failed units by the file they concern (the registry key stays for reference).
+    st["failed"] = [(stage, files.get(key, key), key, reason) for stage, key, reason in st["failed"]]
+    if fmt != "text":
+        _print_status_machine(st, fmt)
+        if st["failed"]:
+            raise typer.Exit(EXIT_FAILED_UNITS)
+        return
     t = RichTable(title=f"exposures in {Path(repo).resolve()}")
     t.add_column("state")
     t.add_column("count", justify="right")
@@ -358,21 +390,76 @@ def status(
         console.print(tt)
     if st["downloads"]:
         _print_downloads(st["targets"], st["downloads"])
+    # Files and reasons as whole lines, never cut to a table column's width.
     if st["quarantined"]:
-        q = RichTable(title="quarantined files")
-        q.add_column("file")
-        q.add_column("reason")
+        console.print(f"quarantined files ({len(st['quarantined'])}):")
         for p, reason in st["quarantined"]:
-            q.add_row(escape(p), escape(reason or ""))
-        console.print(q)
+            console.print(f"  {p}: {reason or ''}", soft_wrap=True, markup=False, highlight=False)
     if st["failed"]:
-        f = RichTable(title="failed tasks")
-        for col in ("stage", "unit", "reason"):
-            f.add_column(col)
-        for stage, key, reason in st["failed"]:
-            f.add_row(stage, escape(key), escape(reason or ""))
-        console.print(f)
-        raise typer.Exit(2)
+        console.print(f"failed units ({len(st['failed'])}):")
+        for stage, file, key, reason in st["failed"]:
+            unit = file if file == key else f"{file} ({key})"
+            console.print(f"  {stage} {unit}: {reason or ''}", soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(EXIT_FAILED_UNITS)
+
+
+def _unit_files(r, keys: list[str]) -> dict[str, str]:
+    """The raw file of each unit key ``exp:ID`` / ``img:ID`` (other keys: none)."""
+    from sqlalchemy import select
+
+    from darkroom.repo.models import Exposure, Image
+
+    exp_ids = {int(k[4:]): k for k in keys if k.startswith("exp:") and k[4:].isdigit()}
+    img_ids = {int(k[4:]): k for k in keys if k.startswith("img:") and k[4:].isdigit()}
+    out: dict[str, str] = {}
+    with r.registry.session() as s:
+        if exp_ids:
+            for eid, path in s.execute(select(Exposure.id, Exposure.path).where(Exposure.id.in_(exp_ids))):
+                out[exp_ids[eid]] = path
+        if img_ids:
+            rows = s.execute(
+                select(Image.id, Exposure.path)
+                .join(Exposure, Image.exposure_id == Exposure.id)
+                .where(Image.id.in_(img_ids))
+            )
+            for iid, path in rows:
+                out[img_ids[iid]] = path
+    return out
+
+
+def _print_status_machine(st: dict, fmt: str) -> None:
+    """``status --format json|csv``: every count and every file with its reason, for scripts."""
+    import csv
+    import io
+    import json
+
+    if fmt == "json":
+        doc = {
+            "exposures": st["exposures"],
+            "types": st["types"],
+            "images_quality": st["images_quality"],
+            "images_astrometry": st["images_astrometry"],
+            "tasks": [{"stage": a, "state": b, "count": n} for a, b, n in st["tasks"]],
+            "poor": [{"file": p, "reason": r} for p, r in st["poor"]],
+            "quarantined": [{"file": p, "reason": r} for p, r in st["quarantined"]],
+            "failed": [{"stage": a, "file": f, "unit": k, "reason": r} for a, f, k, r in st["failed"]],
+        }
+        sys.stdout.write(json.dumps(doc, indent=1, default=str) + "\n")
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["kind", "stage_or_state", "file", "count", "reason"])
+    for state, n in sorted(st["exposures"].items()):
+        w.writerow(["exposures", state, "", n, ""])
+    for stage, state, n in sorted(st["tasks"]):
+        w.writerow(["tasks", f"{stage}:{state}", "", n, ""])
+    for p, reason in st["poor"]:
+        w.writerow(["poor", "", p, 1, reason])
+    for p, reason in st["quarantined"]:
+        w.writerow(["quarantined", "", p, 1, reason or ""])
+    for stage, file, _key, reason in st["failed"]:
+        w.writerow(["failed", stage, file, 1, reason or ""])
+    sys.stdout.write(buf.getvalue())
 
 
 def _print_downloads(n_targets: int, downloads: list[tuple[str, str, str, int]]) -> None:
@@ -403,10 +490,11 @@ def run(
         list[Path] | None,
         typer.Option("--ingest", help="register new files from this folder first (repeatable)"),
     ] = None,
-    until: Annotated[str | None, typer.Option("--until", help="stop after this stage")] = None,
-    only: Annotated[str | None, typer.Option("--only", help="run only this stage")] = None,
+    until: Annotated[str | None, typer.Option("--until", help=f"stop after this stage: {STAGE_HELP}")] = None,
+    only: Annotated[str | None, typer.Option("--only", help=f"run only this stage: {STAGE_HELP}")] = None,
     redo: Annotated[
-        str | None, typer.Option("--redo", help="forget this stage's products (and later ones) and redo")
+        str | None,
+        typer.Option("--redo", help=f"forget this stage's products (and later ones) and redo: {STAGE_HELP}"),
     ] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
     workers: Annotated[

@@ -251,9 +251,21 @@ def _plots(report: NightReport, config: ReportConfig) -> str:
             "<figure>"
             + _png_img(png, alt=f"light curve of {lc.name}")
             + f"<figcaption>{len(lc.table)} epochs; {config.lightcurve_bin_minutes:g}-minute bins; "
-            "flagged epochs as grey crosses.</figcaption></figure>"
+            "flagged epochs as grey crosses."
+            + _contacts_caption(lc)
+            + "</figcaption></figure>"
         )
     return "\n".join(out)
+
+
+def _contacts_caption(lc) -> str:
+    """The predicted transit times drawn on the plot, in words (BJD_TDB [d])."""
+    contacts = getattr(lc, "contacts", None)
+    if not contacts:
+        return ""
+    parts = [f"{k} {contacts[k]:.4f}" for k in ("ingress", "mid", "egress") if k in contacts]
+    source = getattr(lc, "contacts_source", "") or "a published ephemeris"
+    return f" Red lines: predicted transit from {_e(source)}: {', '.join(parts)} BJD_TDB."
 
 
 def _pictures(report: NightReport) -> str:
