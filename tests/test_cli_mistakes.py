@@ -240,6 +240,15 @@ def test_run_ends_with_a_summary_naming_the_report(tmp_path):
     assert f"darkroom status {root}" in out
     log_line = next(line for line in out.splitlines() if line.startswith("details: "))
     assert str(root / "logs") in log_line
+    # darkroom products: where each product of a frame is.
+    res = runner.invoke(app, ["products", str(root), "--image", "b1.fits"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0] == str(raw / "b1.fits") and "bias" in lines[1] and "; ok" in lines[1]
+    master = next(line for line in lines if "went into master bias: " in line).split(": ", 1)[1]
+    assert os.path.isfile(master) and master.startswith(str(root / "calib"))
+    res = runner.invoke(app, ["products", str(root), "--image", "nothing-like-this"])
+    assert res.exit_code == 1 and "no registered file matches" in res.stderr
 
 
 def test_lightcurve_options_take_sexagesimal_and_default_to_darkroom_yaml(tmp_path, monkeypatch):

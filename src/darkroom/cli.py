@@ -966,6 +966,7 @@ def demo(
 
 
 __import__("darkroom.commands.surveys", fromlist=["register"]).register(app)
+__import__("darkroom.commands.products", fromlist=["register"]).register(app)
 __import__("darkroom.commands.imaging", fromlist=["register"]).register(app)
 
 
