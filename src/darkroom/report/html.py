@@ -251,9 +251,7 @@ def _plots(report: NightReport, config: ReportConfig) -> str:
             "<figure>"
             + _png_img(png, alt=f"light curve of {lc.name}")
             + f"<figcaption>{len(lc.table)} epochs; {config.lightcurve_bin_minutes:g}-minute bins; "
-            "flagged epochs as grey crosses."
-            + _contacts_caption(lc)
-            + "</figcaption></figure>"
+            "flagged epochs as grey crosses." + _contacts_caption(lc) + "</figcaption></figure>"
         )
     return "\n".join(out)
 
