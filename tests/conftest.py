@@ -82,13 +82,13 @@ def db_url(request, tmp_path: Path):
 def arcsat_calibrated(tmp_path_factory, arcsat_dir):
     """A SQLite repository with the ARCSAT night ingested and calibrated (built once per session)."""
     from darkroom.facade import Repository
-    from darkroom.pipeline.calibration import calibration_stages
     from darkroom.pipeline.ingest import ingest_paths
+    from darkroom.pipeline.run import section_stages
     from darkroom.pipeline.runner import run_stage
 
     root = tmp_path_factory.mktemp("arcsat_repo")
     repo = Repository.init(root)
     ingest_paths(repo.registry, [arcsat_dir], config=repo.config.ingest)
-    reports = [run_stage(repo.registry, stage) for stage in calibration_stages(repo.root, repo.config.calib)]
+    reports = [run_stage(repo.registry, stage) for stage in section_stages(repo.root, repo.config, "calib")]
     yield repo, reports
     repo.close()

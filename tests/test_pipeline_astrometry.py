@@ -33,17 +33,16 @@ from darkroom.astrom import fit_affine
 from darkroom.catalogs import read_table
 from darkroom.cli import app
 from darkroom.facade import Repository
-from darkroom.pipeline.astrometry import FIGURE_KEYS, AstrometryStage, astrometry_stages, wcs_from_astrom
-from darkroom.pipeline.calibration import calibration_stages
+from darkroom.pipeline.astrometry import FIGURE_KEYS, AstrometryStage, wcs_from_astrom
 from darkroom.pipeline.ingest import ingest_paths
+from darkroom.pipeline.run import section_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Exposure, Image, Task
 from darkroom.sim import PointingJump, SimConfig, simulate_night
 
 
 def _stages(repo: Repository):
-    calibrated = calibration_stages(repo.root, repo.config.calib)[-1].provenance_id
-    return astrometry_stages(repo.root, repo.config.astrometry, upstream=(calibrated,))
+    return section_stages(repo.root, repo.config, "astrometry")
 
 
 def _images(repo: Repository) -> list[tuple[Image, str]]:
@@ -298,7 +297,7 @@ def sim(tmp_path_factory):
     repo = Repository.init(base / "repo", overrides=_catalog_overrides("refcat.ecsv"))  # relative to the repo
     shutil.copy(night.refcat_path, repo.root / "refcat.ecsv")
     ingest_paths(repo.registry, [p for paths in night.raw_paths.values() for p in paths])
-    cal = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+    cal = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
     assert cal[-1].n_done == 6
     repo.close()
     result = CliRunner().invoke(app, ["astrometry", str(base / "repo"), "-q"])

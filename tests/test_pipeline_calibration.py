@@ -12,8 +12,8 @@ from astropy.io import fits
 
 from darkroom.facade import Repository
 from darkroom.maskbits import MaskBit
-from darkroom.pipeline.calibration import calibration_stages
 from darkroom.pipeline.ingest import ingest_paths
+from darkroom.pipeline.run import section_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Calib, Image, Task
 from darkroom.repo.store import sha256_file
@@ -86,7 +86,7 @@ def test_arcsat_defect_is_flagged_and_frames_calibrated(arcsat_calibrated):
 
 def test_rerun_does_nothing(arcsat_calibrated):
     repo, _ = arcsat_calibrated
-    again = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+    again = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
     assert [r.n_planned for r in again] == [0, 0, 0, 0, 0]
 
 
@@ -107,7 +107,7 @@ def test_night_without_flats_goes_on_by_default_and_says_so(tmp_path, arcsat_dir
     """require auto: a night with no flat frames is calibrated without a flat, warned once."""
     repo = _night_subset(tmp_path, arcsat_dir, ["Bias_*", "Dark_*"])
     with caplog.at_level("WARNING"):
-        reports = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+        reports = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
     assert (reports[-1].n_done, reports[-1].n_failed) == (2, 0)
     warnings = [r.getMessage() for r in caplog.records if "no flat frames" in r.getMessage()]
     assert len(warnings) == 1 and "calib.calibration.require.flat=auto" in warnings[0]
@@ -122,7 +122,7 @@ def test_night_without_flats_goes_on_by_default_and_says_so(tmp_path, arcsat_dir
 def test_missing_flat_fails_with_a_clear_reason(tmp_path, arcsat_dir):
     _night_subset(tmp_path, arcsat_dir, ["Bias_*", "Dark_*"]).close()
     repo = Repository(tmp_path / "repo", overrides=["calib.calibration.require.flat=true"])
-    reports = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+    reports = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
     cal = reports[-1]
     assert (cal.n_done, cal.n_failed) == (0, 2)
     reason = cal.failures[0][1]
@@ -140,13 +140,13 @@ def test_require_lets_a_user_accept_frames_without_dark(tmp_path, arcsat_dir):
         assert s.scalar(sa.select(sa.func.count()).select_from(Calib)) == 0
     repo.close()
     repo = Repository(tmp_path / "repo", overrides=["calib.calibration.require.dark=true"])
-    strict = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+    strict = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
     assert (strict[-1].n_done, strict[-1].n_failed) == (0, 2)
     assert strict[-1].failures[0][1].startswith("no master dark")
     repo.close()
     lenient = Repository(tmp_path / "repo", overrides=["calib.calibration.require.dark=false"])
     reports = [
-        run_stage(lenient.registry, st) for st in calibration_stages(lenient.root, lenient.config.calib)
+        run_stage(lenient.registry, st) for st in section_stages(lenient.root, lenient.config, "calib")
     ]
     assert (reports[-1].n_done, reports[-1].n_failed) == (2, 0)
     with lenient.registry.session() as s:
@@ -179,7 +179,7 @@ def test_new_master_is_compared_with_the_previous_one_of_its_group(tmp_path):
     repo = Repository.init(tmp_path / "repo")
     for night in nights:
         ingest_paths(repo.registry, night.raw_paths["bias"])
-    bias_stage = calibration_stages(repo.root, repo.config.calib)[0]
+    bias_stage = section_stages(repo.root, repo.config, "calib")[0]
     report = run_stage(repo.registry, bias_stage)
     assert report.n_done == 2
     with repo.registry.session() as s:

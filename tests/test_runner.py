@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from darkroom.errors import BadInputError
 from darkroom.pipeline.runner import run_stage
-from darkroom.pipeline.stage import Stage, Unit
+from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Task
 from darkroom.repo.registry import Registry
 from darkroom.repo.store import atomic_write_text
@@ -37,7 +37,7 @@ class ToyStage(Stage):
         for e in session.scalars(sa.select(Exposure).where(Exposure.state == "ok").order_by(Exposure.id)):
             key = f"exp:{e.id}"
             if key not in done:
-                units.append(Unit(key=key, payload={"value": e.id}, exposure_id=e.id))
+                units.append(Unit(key=key, payload={"value": e.id, "exposure_id": e.id}))
         return units
 
     def run(self, unit):
@@ -50,8 +50,11 @@ class ToyStage(Stage):
         return self.relative(path)
 
     def record(self, session, unit, result):
-        exp = session.get(Exposure, unit.exposure_id)
+        exp = session.get(Exposure, unit.payload["exposure_id"])
         exp.meta = {**exp.meta, "toy": result}
+
+    def quarantine(self, session, unit, reason):
+        quarantine_exposure(session, unit.payload["exposure_id"], f"{self.name}: {reason}")
 
 
 @pytest.fixture
@@ -164,7 +167,7 @@ def test_claims_are_exclusive_between_drivers(registry, tmp_path):
     import darkroom.pipeline.runner as runner_mod
 
     stage = ToyStage(tmp_path, ToyConfig())
-    units = [Unit(key=f"exp:{i}", payload={"value": i}, exposure_id=i) for i in (1, 2)]
+    units = [Unit(key=f"exp:{i}", payload={"value": i, "exposure_id": i}) for i in (1, 2)]
     first = runner_mod.claim_units(registry, stage, units)
     assert [u.key for u in first] == ["exp:1", "exp:2"]
     # Hand the claims to another live driver (this test's parent process stands in for it).

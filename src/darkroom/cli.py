@@ -794,13 +794,9 @@ def _survey_lightcurve_out(name: str, lc, out: Path | None, plot: Path | None) -
         console.print(f"wrote {plot_survey_lightcurve(lc, plot, title=name)}")
 
 
-CALIBRATION_STAGES = ("master_bias", "master_dark", "master_flat", "bad_pixels", "calibrate")
-ASTROMETRY_STAGES = ("extract", "quality", "astrometry")
-
-
-def _run_named_stages(
+def _run_section_stages(
     repo: Path,
-    names: tuple[str, ...],
+    section: str,
     *,
     db: str | None,
     set_: list[str] | None,
@@ -808,16 +804,17 @@ def _run_named_stages(
     retry_failed: bool,
     quiet: bool,
 ) -> None:
-    """Run the named stages of ``darkroom run``'s list (same provenance chain), print, exit 2 on failures."""
+    """Run the stages whose settings live in one darkroom.yaml section (same provenance chain as
+    ``darkroom run``), print, exit 2 on failures."""
     from darkroom.facade import Repository
     from darkroom.pipeline.drive import drive_stages, print_reports
     from darkroom.pipeline.executors import make_executor
-    from darkroom.pipeline.run import all_stages
+    from darkroom.pipeline.run import section_stages
 
     _setup_logging(quiet, repo)
     try:
         r = Repository(repo, db_url=db, overrides=set_ or ())
-        stages = [st for st in all_stages(r.root, r.config) if st.name in names]
+        stages = section_stages(r.root, r.config, section)
         executor = make_executor(workers=workers)
         try:
             reports = drive_stages(
@@ -853,8 +850,8 @@ def calibrate(
     quiet: QuietOpt = False,
 ) -> None:
     """Build master calibrations and calibrate every registered light frame (skips what is done)."""
-    _run_named_stages(
-        repo, CALIBRATION_STAGES, db=db, set_=set_, workers=workers, retry_failed=retry_failed, quiet=quiet
+    _run_section_stages(
+        repo, "calib", db=db, set_=set_, workers=workers, retry_failed=retry_failed, quiet=quiet
     )
 
 
@@ -868,8 +865,8 @@ def astrometry(
     quiet: QuietOpt = False,
 ) -> None:
     """Extract sources, flag poor frames and solve the astrometry of calibrated images; skips what is done."""
-    _run_named_stages(
-        repo, ASTROMETRY_STAGES, db=db, set_=set_, workers=workers, retry_failed=retry_failed, quiet=quiet
+    _run_section_stages(
+        repo, "astrometry", db=db, set_=set_, workers=workers, retry_failed=retry_failed, quiet=quiet
     )
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "IngestConfig",
     "PhotometrySettings",
     "RegistryConfig",
+    "RunConfig",
     "apply_overrides",
     "critical_params",
     "load_config",
@@ -112,10 +113,22 @@ class PhotometrySettings(BaseModel):
     )
 
 
+class RunConfig(_Section):
+    """What ``darkroom run`` runs (never part of a product's provenance)."""
+
+    families: list[str] | None = Field(
+        None,
+        description="stage families to run: night (raw frames to light curves), survey, analysis, "
+        "images; None: every family",
+        json_schema_extra={"critical": False},
+    )
+
+
 class DarkroomConfig(_Section):
     """Every parameter of a repository, defaults filled in."""
 
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     calib: CalibSettings = Field(default_factory=CalibSettings)
     astrometry: AstrometrySettings = Field(default_factory=AstrometrySettings)

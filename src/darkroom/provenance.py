@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from darkroom.constants import __version__
 
-__all__ = ["code_version", "critical_params", "provenance_id"]
+__all__ = ["code_version", "critical_params", "plain_value", "provenance_id"]
 
 
 def code_version() -> str:
@@ -67,17 +67,18 @@ def critical_params(model: BaseModel) -> dict[str, Any]:
             if sub:
                 out[name] = sub
         else:
-            out[name] = _plain(value)
+            out[name] = plain_value(value)
     return out
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
+    """A setting's value as plain JSON types (models dumped, paths as text)."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, Path):
         return str(value)
     return value

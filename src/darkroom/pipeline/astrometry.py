@@ -51,7 +51,6 @@ import math
 import re
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +93,7 @@ from darkroom.detect import (
 from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import BadInputError, SolveError
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
-from darkroom.pipeline.stage import Stage, Unit
+from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Image
 from darkroom.repo.store import atomic_path
 
@@ -106,7 +105,6 @@ __all__ = [
     "ExtractStage",
     "QualityStage",
     "SolveSettings",
-    "astrometry_stages",
     "wcs_from_astrom",
 ]
 
@@ -204,6 +202,8 @@ class ExtractStage(Stage):
     """Background, sources and image-quality figures of each calibrated image."""
 
     name = "extract"
+    reads = ("calibrate",)
+    settings = ("astrometry.extract",)
 
     def plan(self, session: Session) -> list[Unit]:
         rows = session.execute(
@@ -226,8 +226,8 @@ class ExtractStage(Stage):
                         "path": image.path,
                         "gain_e_per_adu": calib.get("gain_e_per_adu"),
                         "pixel_scale_arcsec": (meta or {}).get("pixel_scale_arcsec"),
+                        "exposure_id": image.exposure_id,
                     },
-                    exposure_id=image.exposure_id,
                 )
             )
         return units
@@ -276,6 +276,9 @@ class ExtractStage(Stage):
             "pixel_scale_arcsec": scale,
         }
 
+    def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
+        quarantine_exposure(session, unit.payload.get("exposure_id"), f"{self.name}: {reason}")
+
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         image = session.get(Image, unit.payload["image_id"])
         quality = dict(image.quality or {})
@@ -320,6 +323,8 @@ class QualityStage(Stage):
     """Flag poor frames by the configured limits; a per-night table and plot in ``reports/``."""
 
     name = "quality"
+    reads = ("extract",)
+    settings = ("astrometry.limits",)
 
     def plan(self, session: Session) -> list[Unit]:
         by_night: dict[str, list[tuple[Image, dict]]] = defaultdict(list)
@@ -468,6 +473,8 @@ class AstrometryStage(Stage):
     """Solve the frames of each field and night: a reference frame absolutely, the others by alignment."""
 
     name = "astrometry"
+    reads = ("extract",)
+    settings = ("astrometry.solve",)
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: SolveSettings = self.config
@@ -808,15 +815,3 @@ class AstrometryStage(Stage):
             if (image.astrom or {}).get("provenance_id") == self.provenance_id:
                 image.astrom = {}
                 image.astrom_flag = None
-
-
-def astrometry_stages(root: Path, settings: AstrometrySettings, *, upstream: Sequence[str]) -> list[Stage]:
-    """The extraction, quality and astrometry stages in dependency order.
-
-    ``upstream`` holds the provenance ids of the calibrated images to work on (the
-    ``calibrate`` stage's, e.g. ``calibration_stages(root, calib)[-1].provenance_id``).
-    """
-    extract = ExtractStage(root, settings.extract, upstream=tuple(upstream))
-    quality = QualityStage(root, settings.limits, upstream=(extract.provenance_id,))
-    astrometry = AstrometryStage(root, settings.solve, upstream=(extract.provenance_id,))
-    return [extract, quality, astrometry]

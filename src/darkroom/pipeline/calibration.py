@@ -51,7 +51,7 @@ from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
 from darkroom.io.rawfits import read_raw
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
-from darkroom.pipeline.stage import Stage, Unit
+from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Calib, CalibInput, Exposure, Image
 from darkroom.repo.store import atomic_path, sha256_file
 
@@ -59,8 +59,10 @@ __all__ = [
     "BadPixelStage",
     "CalibSettings",
     "CalibrateStage",
+    "MasterBiasStage",
+    "MasterDarkStage",
+    "MasterFlatStage",
     "MasterStage",
-    "calibration_stages",
     "read_master",
 ]
 
@@ -161,20 +163,19 @@ def _select(
         return chosen
 
 
-class MasterStage(Stage):
-    """Combine the bias, dark or flat frames of each group into a master."""
+_MASTER_COMMON = ("calib.grouping", "calib.calibration", "calib.comparison", "calib.allow_outside_window")
 
+
+class MasterStage(Stage):
+    """Combine the bias, dark or flat frames of each group into a master (one subclass per kind)."""
+
+    kind: ClassVar[str]
+    #: the master kinds each kind is made with (their stages are in ``reads``)
     depends_on_kinds: ClassVar[dict[str, tuple[str, ...]]] = {
         "bias": (),
         "dark": ("bias",),
         "flat": ("bias", "dark"),
     }
-
-    def __init__(self, root: Path, config: CalibSettings, *, kind: str, upstream: tuple[str, ...] = ()):
-        self.kind = kind
-        self.name = f"master_{kind}"
-        super().__init__(root, config, upstream=upstream)
-        self.upstream_by_kind: dict[str, str] = {}
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: CalibSettings = self.config
@@ -347,11 +348,43 @@ class MasterStage(Stage):
                 )
 
 
+class MasterBiasStage(MasterStage):
+    name = "master_bias"
+    kind = "bias"
+    settings = (*_MASTER_COMMON, "calib.masters.bias", "calib.masters.min_frames")
+
+
+class MasterDarkStage(MasterStage):
+    name = "master_dark"
+    kind = "dark"
+    reads = ("master_bias",)
+    settings = (
+        *_MASTER_COMMON,
+        "calib.masters.dark",
+        "calib.masters.min_frames",
+        "calib.masters.dark_exptime_tolerance_s",
+    )
+
+
+class MasterFlatStage(MasterStage):
+    name = "master_flat"
+    kind = "flat"
+    reads = ("master_bias", "master_dark")
+    settings = (
+        *_MASTER_COMMON,
+        "calib.masters.flat",
+        "calib.masters.min_frames",
+        "calib.masters.flat_min_level",
+    )
+
+
 class BadPixelStage(Stage):
     """One bad-pixel mask per camera and night: hot pixels from the master dark, low/high
     pixels from the master flats, bad columns and rows from both, and the user's list."""
 
     name = "bad_pixels"
+    reads = ("master_dark", "master_flat")
+    settings = ("calib.bad_pixels", "calib.user_badpixels")
 
     def plan(self, session: Session) -> list[Unit]:
         darks = session.scalars(
@@ -477,6 +510,8 @@ class CalibrateStage(Stage):
     variance; write SCI/MASK/VAR."""
 
     name = "calibrate"
+    reads = ("master_bias", "master_dark", "master_flat", "bad_pixels")
+    settings = ("calib.grouping", "calib.calibration", "calib.allow_outside_window")
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: CalibSettings = self.config
@@ -500,7 +535,7 @@ class CalibrateStage(Stage):
             payload: dict[str, Any] = {"path": e.path, "meta": e.meta}
             if meta.precalibrated:  # survey products: the pixels are kept, no master is asked for
                 payload["precalibrated"] = True
-                units.append(Unit(key=f"exp:{e.id}", payload=payload, exposure_id=e.id))
+                units.append(Unit(key=f"exp:{e.id}", payload={**payload, "exposure_id": e.id}))
                 continue
             errors = []
             for kind in ("bias", "dark", "flat"):
@@ -519,7 +554,8 @@ class CalibrateStage(Stage):
             payload["bpm"] = (bpm.path, bpm.sha256) if bpm is not None else None
             if errors:
                 payload["error"] = "; ".join(errors)
-            units.append(Unit(key=f"exp:{e.id}", payload=payload, exposure_id=e.id))
+            payload["exposure_id"] = e.id
+            units.append(Unit(key=f"exp:{e.id}", payload=payload))
         going_on.warn()
         return units
 
@@ -578,11 +614,14 @@ class CalibrateStage(Stage):
             ),
         }
 
+    def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
+        quarantine_exposure(session, unit.payload.get("exposure_id"), f"{self.name}: {reason}")
+
     def forget_products(self, session: Session) -> None:
         session.execute(delete(Image).where(Image.provenance_id == self.provenance_id))
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
-        exp = session.get(Exposure, unit.exposure_id)
+        exp = session.get(Exposure, unit.payload["exposure_id"])
         session.add(
             Image(
                 exposure_id=exp.id,
@@ -628,17 +667,3 @@ def _dt(value):
     from datetime import datetime
 
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-
-
-def calibration_stages(root: Path, settings: CalibSettings) -> list[Stage]:
-    """The calibration stages in dependency order, each carrying its upstream provenance."""
-    bias = MasterStage(root, settings, kind="bias")
-    dark = MasterStage(root, settings, kind="dark", upstream=(bias.provenance_id,))
-    flat = MasterStage(root, settings, kind="flat", upstream=(bias.provenance_id, dark.provenance_id))
-    bpm = BadPixelStage(root, settings, upstream=(dark.provenance_id, flat.provenance_id))
-    cal = CalibrateStage(
-        root,
-        settings,
-        upstream=(bias.provenance_id, dark.provenance_id, flat.provenance_id, bpm.provenance_id),
-    )
-    return [bias, dark, flat, bpm, cal]

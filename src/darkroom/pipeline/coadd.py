@@ -51,7 +51,7 @@ from darkroom.pipeline._products import jsonable, short_hash
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Coadd, CoaddInput, Exposure, Image
 
-__all__ = ["CoaddStage", "coadd_stages", "load_input_planes"]
+__all__ = ["CoaddStage", "load_input_planes"]
 
 log = logging.getLogger(__name__)
 
@@ -88,17 +88,18 @@ class CoaddStage(Stage):
     """Coadd the good images of each field, filter and night (see the module docstring)."""
 
     name = "coadd"
+    family = "images"
+    reads = ("extract", "quality", "astrometry", "photometry")
+    settings = ("coadd",)
 
-    def __init__(
-        self,
-        root: Path,
-        config: CoaddSettings,
-        *,
-        upstream: tuple[str, ...] = (),
-        astrometry_provenance: str | None = None,
-    ) -> None:
-        super().__init__(root, config, upstream=upstream)
-        self.astrometry_provenance = astrometry_provenance
+    @classmethod
+    def enabled(cls, config: Any) -> bool:
+        return bool(config.coadd.enabled)
+
+    def __init__(self, root: Path, config: CoaddSettings, **kwargs: Any) -> None:
+        astrometry_provenance = kwargs.pop("astrometry_provenance", None)
+        super().__init__(root, config, **kwargs)
+        self.astrometry_provenance = astrometry_provenance or self.upstream_by_name.get("astrometry")
         # restrictions of `darkroom coadd --field/--filter/--nights` (not part of the provenance)
         self.fields: set[str] | None = None
         self.filters: set[str] | None = None
@@ -319,10 +320,3 @@ class CoaddStage(Stage):
         if ids:
             session.execute(delete(CoaddInput).where(CoaddInput.coadd_id.in_(ids)))
             session.execute(delete(Coadd).where(Coadd.id.in_(ids)))
-
-
-def coadd_stages(
-    root: Path, settings: CoaddSettings, *, upstream: tuple[str, ...], astrometry_provenance: str | None
-) -> list[Stage]:
-    """The coadd stage family (one stage today), following ``upstream``."""
-    return [CoaddStage(root, settings, upstream=upstream, astrometry_provenance=astrometry_provenance)]

@@ -73,7 +73,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -127,7 +126,7 @@ from darkroom.pipeline.lightcurves import (
     pool_window,
     safe_name,
 )
-from darkroom.pipeline.stage import Stage, Unit
+from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.bulk import replace_measurements_for_images
 from darkroom.repo.models import Exposure, Image, Measurement, Source
 from darkroom.repo.store import atomic_path
@@ -141,7 +140,6 @@ __all__ = [
     "MeasureSettings",
     "PhotometrySettings",
     "PhotometryStage",
-    "photometry_stages",
 ]
 
 log = logging.getLogger(__name__)
@@ -349,28 +347,25 @@ class AssociateStage(Stage):
     """Detections of a field's frames become sources (see the module docstring)."""
 
     name = "associate"
+    reads = ("extract", "astrometry")
+    settings = ("photometry.associate",)
+    extra_inputs = ("reference_catalog", "ref_mag_column")
 
-    def __init__(
-        self,
-        root: Path,
-        config: AssociateSettings,
-        *,
-        upstream: tuple[str, ...] = (),
-        reference: tuple[Any, MeasureSettings] | None = None,
-    ) -> None:
-        super().__init__(root, config, upstream=upstream)
-        # The reference catalog and its columns (for reference_stars_mag_max): part of the
-        # photometry settings, so the provenance carries them only when they are used.
-        self.reference = reference if config.reference_stars_mag_max is not None else None
-        if self.reference is not None and self.reference[0] is not None:
-            from darkroom.provenance import critical_params, provenance_id
+    def critical(self) -> dict[str, Any]:
+        # The reference catalog and its magnitude column (for reference_stars_mag_max) enter
+        # the provenance only when they are used.
+        crit = super().critical()
+        if self.config.reference_stars_mag_max is None or self.inputs.get("reference_catalog") is None:
+            crit.pop("input:reference_catalog", None)
+            crit.pop("input:ref_mag_column", None)
+        return crit
 
-            crit = {
-                **critical_params(config),
-                "reference": jsonable(self.reference[0].model_dump(mode="json")),
-                "ref_mag_column": self.reference[1].ref_mag_column,
-            }
-            self.provenance_id = provenance_id(self.name, crit, upstream=self.upstream)
+    @property
+    def reference(self) -> tuple[Any, str] | None:
+        """(reference catalog, magnitude column) when reference stars become sources, else None."""
+        if self.config.reference_stars_mag_max is None:
+            return None
+        return self.inputs.get("reference_catalog"), self.inputs.get("ref_mag_column", "mag")
 
     def _coords(self, items: list[tuple[Image, dict]]) -> str:
         mode = self.config.coords
@@ -599,7 +594,7 @@ class AssociateStage(Stage):
         self, frames: list[dict], summary: Table, known: dict, radius: float
     ) -> list[dict]:
         """Reference stars on the field's frames with no source yet (never detected)."""
-        source, measure = self.reference  # type: ignore[misc]
+        source, ref_mag_column = self.reference  # type: ignore[misc]
         if source is None:
             return []
         cfg: AssociateSettings = self.config
@@ -620,9 +615,9 @@ class AssociateStage(Stage):
             radius=1.2 * half_diag,
             mjd=ref_frame["mjd"],
         )
-        if not len(cat) or measure.ref_mag_column not in cat.colnames:
+        if not len(cat) or ref_mag_column not in cat.colnames:
             return []
-        mag = np.ma.filled(np.ma.asarray(cat[measure.ref_mag_column], float), np.nan)
+        mag = np.ma.filled(np.ma.asarray(cat[ref_mag_column], float), np.nan)
         keep = np.isfinite(mag) & (mag <= cfg.reference_stars_mag_max)
         cat, mag = cat[keep], mag[keep]
         ra = np.asarray(cat["ra_deg"], float)
@@ -730,6 +725,16 @@ class PhotometryStage(Stage):
     """Aperture (or PSF) photometry of every source of the field on each image, zero point, measurements."""
 
     name = "photometry"
+    reads = ("extract", "astrometry", "associate")
+    settings = ("photometry.measure",)
+    extra_inputs = ("reference_catalog",)
+
+    def __init__(self, root: Path, config: MeasureSettings, **kwargs: Any) -> None:
+        inputs = kwargs.get("inputs") or {}
+        if config.reference_catalog is None and inputs.get("reference_catalog") is not None:
+            # the repository's one reference catalog (the astrometry's when photometry names none)
+            config = config.model_copy(update={"reference_catalog": inputs["reference_catalog"]})
+        super().__init__(root, config, **kwargs)
 
     def plan(self, session: Session) -> list[Unit]:
         items = [
@@ -776,8 +781,8 @@ class PhotometryStage(Stage):
                             "mjd": im.mjd_mid,
                             "filter": im.filter or "",
                             "sources": sources,
+                            "exposure_id": im.exposure_id,
                         },
-                        exposure_id=im.exposure_id,
                     )
                 )
         return units
@@ -1175,6 +1180,9 @@ class PhotometryStage(Stage):
             **extra,
         }
 
+    def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
+        quarantine_exposure(session, unit.payload.get("exposure_id"), f"{self.name}: {reason}")
+
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         image_id = result["image_id"]
         replace_measurements_for_images(
@@ -1201,22 +1209,19 @@ class LightCurvesStage(Stage):
     """Frame transparency, mean magnitudes and the targets' light curves, per field."""
 
     name = "lightcurves"
+    reads = ("quality", "associate", "photometry")
+    settings = ("photometry.lightcurves",)
+    extra_inputs = ("targets",)
 
-    def __init__(
-        self,
-        root: Path,
-        config: LightCurveSettings,
-        *,
-        upstream: tuple[str, ...] = (),
-        targets: Sequence[TargetConfig] = (),
-    ) -> None:
-        self.targets = tuple(targets)
-        super().__init__(root, config, upstream=upstream)
-        if self.targets:
-            from darkroom.provenance import critical_params, provenance_id
+    @property
+    def targets(self) -> tuple[TargetConfig, ...]:
+        return tuple(self.inputs.get("targets") or ())
 
-            crit = {**critical_params(config), "targets": [t.model_dump(mode="json") for t in self.targets]}
-            self.provenance_id = provenance_id(self.name, crit, upstream=self.upstream)
+    def critical(self) -> dict[str, Any]:
+        crit = super().critical()
+        if not self.targets:
+            crit.pop("input:targets", None)
+        return crit
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: LightCurveSettings = self.config
@@ -1494,30 +1499,3 @@ def _unmark_poor(image: Image) -> None:
         log.debug("image %s: quality flag changed since the transparency mark; left as it is", image.id)
     photcal["transparency"] = entry
     image.photcal = photcal
-
-
-def photometry_stages(
-    root: Path,
-    settings: PhotometrySettings,
-    *,
-    upstream: Sequence[str],
-    reference_catalog: Any = None,
-    targets: Sequence[TargetConfig] = (),
-) -> list[Stage]:
-    """The associate, photometry and lightcurves stages in dependency order.
-
-    ``upstream`` holds the astrometry stage's provenance id;
-    ``reference_catalog`` (the astrometry's) is used for the zero point when
-    ``settings.measure.reference_catalog`` is None; ``targets`` are darkroom.yaml's.
-    """
-    measure = settings.measure
-    if measure.reference_catalog is None and reference_catalog is not None:
-        measure = measure.model_copy(update={"reference_catalog": reference_catalog})
-    associate_stage = AssociateStage(
-        root, settings.associate, upstream=tuple(upstream), reference=(measure.reference_catalog, measure)
-    )
-    photometry = PhotometryStage(root, measure, upstream=(associate_stage.provenance_id,))
-    lightcurves = LightCurvesStage(
-        root, settings.lightcurves, upstream=(photometry.provenance_id,), targets=tuple(targets)
-    )
-    return [associate_stage, photometry, lightcurves]

@@ -1,8 +1,8 @@
-"""``darkroom run``: every stage in dependency order over all that is registered.
+"""``darkroom run``: the declared stages (:mod:`darkroom.pipeline.stages`) over all that is registered.
 
-The stage list is read top to bottom like BANZAI's ORDERED_STAGES; each stage
-carries the provenance of the stages it depends on, so changing a critical
-parameter upstream gives new products downstream too, beside the old ones.
+Which stages run: the families selected in darkroom.yaml (``run.families``), cut by
+``--only`` / ``--until``; ``--redo NAME`` forgets NAME's products and those of every
+stage that reads them (by declaration, not list position).
 """
 
 from __future__ import annotations
@@ -11,47 +11,31 @@ from pathlib import Path
 
 from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
-from darkroom.pipeline.astrometry import astrometry_stages
-from darkroom.pipeline.calibration import calibration_stages
-from darkroom.pipeline.coadd import coadd_stages
-from darkroom.pipeline.photometry import photometry_stages
 from darkroom.pipeline.stage import Stage
+from darkroom.pipeline.stages import build_stages, downstream_of, select_families
 from darkroom.repo.registry import Registry
 
-__all__ = ["all_stages", "coadd_family", "forget_from", "select_stages", "stage_names"]
+__all__ = ["all_stages", "coadd_family", "forget_from", "section_stages", "select_stages", "stage_names"]
 
 
 def all_stages(root: Path, config: DarkroomConfig) -> list[Stage]:
-    """Every stage, in the order they must run."""
-    calib = calibration_stages(root, config.calib)
-    astrom = astrometry_stages(root, config.astrometry, upstream=(calib[-1].provenance_id,))
-    phot = photometry_stages(
-        root,
-        config.photometry,
-        upstream=(astrom[-1].provenance_id,),
-        reference_catalog=config.astrometry.solve.reference_catalog,
-        targets=config.targets,
-    )
-    stages = [*calib, *astrom, *phot]
-    if config.coadd.enabled:
-        stages += coadd_stages(
-            root,
-            config.coadd,
-            upstream=(phot[-1].provenance_id,),
-            astrometry_provenance=astrom[-1].provenance_id,
-        )
-    return stages
+    """Every stage of the selected families, in the order they must run."""
+    stages = select_families(build_stages(root, config), config.run.families)
+    return [st for st in stages if type(st).enabled(config)]
 
 
 def coadd_family(root: Path, config: DarkroomConfig) -> list[Stage]:
-    """The coadd stages wired after every other stage, whether or not ``coadd.enabled``."""
-    stages = all_stages(
-        root, config.model_copy(update={"coadd": config.coadd.model_copy(update={"enabled": False})})
-    )
-    astrom = next(s for s in stages if s.name == "astrometry")
-    return coadd_stages(
-        root, config.coadd, upstream=(stages[-1].provenance_id,), astrometry_provenance=astrom.provenance_id
-    )
+    """The image-products family (coadds), whether or not ``coadd.enabled`` (``darkroom coadd``)."""
+    return [st for st in build_stages(root, config) if st.family == "images"]
+
+
+def section_stages(root: Path, config: DarkroomConfig, section: str) -> list[Stage]:
+    """The stages whose settings live in one darkroom.yaml section (``calib``, ``astrometry``...).
+
+    ``darkroom calibrate`` and ``darkroom astrometry`` run these; the provenance chain is
+    the same as ``darkroom run``'s.
+    """
+    return [st for st in build_stages(root, config) if any(k.split(".")[0] == section for k in st.settings)]
 
 
 def stage_names(stages: list[Stage]) -> list[str]:
@@ -72,15 +56,14 @@ def select_stages(stages: list[Stage], *, until: str | None = None, only: str | 
 
 
 def forget_from(registry: Registry, stages: list[Stage], name: str) -> list[str]:
-    """For ``--redo NAME``: forget the products of NAME and of every stage after it.
+    """For ``--redo NAME``: forget the products of NAME and of every stage that reads them.
 
-    Downstream stages go first (their rows refer to NAME's rows). Returns the
-    names forgotten.
+    Readers go first (their rows refer to NAME's rows). Returns the names forgotten.
     """
     names = stage_names(stages)
     if name not in names:
         raise ConfigError(f"--redo {name!r}: no such stage; stages are {', '.join(names)}")
-    doomed = stages[names.index(name) :]
+    doomed = downstream_of(stages, name)
     with registry.session() as s:
         for stage in reversed(doomed):
             stage.forget(s)

@@ -5,7 +5,10 @@ plans the units not yet done, marks their tasks running, submits ``stage.run`` t
 the executor, and as each result arrives calls ``stage.record`` and marks the
 task done in the same transaction. An exception in a unit marks that task failed
 with a one-line reason (the traceback goes to the log); when the error says the
-input is at fault, the exposure is quarantined. The run goes on.
+input is at fault, the stage sets its input aside (:meth:`Stage.quarantine`). The
+run goes on. A stage that declares ``executor = "thread"`` (network-bound work) runs
+on a :class:`ThreadExecutor` with at most ``max_in_flight`` units at once, whatever
+executor the run was given.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from sqlalchemy.exc import IntegrityError
 
 from darkroom.errors import DarkroomError
 from darkroom.pipeline.stage import Stage, Unit
-from darkroom.repo.models import Exposure, Task, utcnow
+from darkroom.repo.models import Task, utcnow
 from darkroom.repo.registry import Registry
 
 __all__ = [
     "Executor",
     "SerialExecutor",
     "StageReport",
+    "ThreadExecutor",
     "claim_units",
     "one_line",
     "run_stage",
@@ -80,6 +84,48 @@ class SerialExecutor(Executor):
             except Exception as exc:
                 log.debug("unit %s failed:\n%s", unit.key, traceback.format_exc())
                 yield unit, None, exc
+
+
+class ThreadExecutor(Executor):
+    """A thread pool for I/O-bound units (downloads): at most ``max_in_flight`` at once.
+
+    Units are taken from the (lazy) iterable only as slots free up, so the runner
+    claims a unit just before it starts; results are yielded as they finish.
+    """
+
+    name = "thread"
+
+    def __init__(self, max_in_flight: int = 4) -> None:
+        self.max_in_flight = max(int(max_in_flight), 1)
+
+    def map_units(self, fn, units):
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        source = iter(units)
+        with ThreadPoolExecutor(max_workers=self.max_in_flight, thread_name_prefix="darkroom") as pool:
+            running = {}
+
+            def submit_next() -> bool:
+                unit = next(source, None)
+                if unit is None:
+                    return False
+                running[pool.submit(fn, unit)] = unit
+                return True
+
+            for _ in range(self.max_in_flight):
+                if not submit_next():
+                    break
+            while running:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    unit = running.pop(fut)
+                    exc = fut.exception()
+                    if exc is not None:
+                        log.debug("unit %s failed: %s", unit.key, exc)
+                        yield unit, None, exc
+                    else:
+                        yield unit, fut.result(), None
+                    submit_next()
 
 
 @dataclass
@@ -240,10 +286,8 @@ def _record_one(
     with registry.session() as s:
         task = _task(s, stage, unit)
         task.state, task.reason, task.finished_utc = "failed", reason, utcnow()
-        if isinstance(error, DarkroomError) and error.quarantine and unit.exposure_id is not None:
-            exp = s.get(Exposure, unit.exposure_id)
-            if exp is not None:
-                exp.state, exp.reason = "quarantined", f"{stage.name}: {reason}"
+        if isinstance(error, DarkroomError) and error.quarantine:
+            stage.quarantine(s, unit, reason)
     report.n_failed += 1
     report.failures.append((unit.key, reason))
 
@@ -260,6 +304,8 @@ def run_stage(
     import time
 
     t0 = time.perf_counter()
+    if stage.executor == "thread":
+        executor = ThreadExecutor(stage.max_in_flight)
     executor = executor or SerialExecutor()
     report = StageReport(stage=stage.name, provenance_id=stage.provenance_id)
     try:

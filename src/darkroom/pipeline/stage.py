@@ -1,11 +1,40 @@
 """What a pipeline stage is: plan units on the driver, run them on workers, record results.
 
-A stage object holds only its configuration, the repository root and its
-provenance id, so it pickles to a Dask worker. ``plan`` and ``record`` get a
-registry session and run on the driver only (the single writer); ``run`` gets a
-:class:`Unit` and returns a picklable result after writing its product files
-atomically under deterministic names, so a unit that is run twice (after a crash
-between the file and the row) overwrites its own file and leaves no orphan.
+A stage object holds only its settings, the repository root, the provenance ids
+of the stages it reads and its own provenance id, so it pickles to a Dask worker.
+``plan`` and ``record`` get a registry session and run on the driver only (the
+single writer); ``run`` gets a :class:`Unit` and returns a picklable result after
+writing its product files atomically under deterministic names, so a unit that is
+run twice (after a crash between the file and the row) overwrites its own file and
+leaves no orphan.
+
+A stage class *declares* what it depends on (see :mod:`darkroom.pipeline.stages`
+for the ordered list and how a new stage joins it):
+
+``name``
+    unique stage name (``darkroom run --only/--until/--redo NAME``, task rows).
+``family``
+    which family it belongs to (``night``, ``survey``, ``analysis``, ``images``);
+    ``run.families`` in darkroom.yaml selects the families ``darkroom run`` runs.
+``reads``
+    names of the stages whose products it reads; their provenance ids become this
+    stage's ``upstream`` and enter its provenance id, so changing a critical
+    parameter of any of them makes new products of this stage too.
+``settings``
+    dotted keys of darkroom.yaml this stage reads (``("astrometry.extract",)``, or
+    several keys below one section such as ``("calib.grouping", "calib.masters.bias")``).
+    Only those values enter its provenance id; the stage receives the section at the
+    keys' common prefix with every undeclared field at its default, so it cannot
+    depend on a setting it did not declare.
+``extra_inputs``
+    names of extra provenance inputs that are not its own settings (``reference_catalog``,
+    ``targets``), resolved by :data:`darkroom.pipeline.stages.INPUTS`; they arrive in
+    ``self.inputs`` and enter the provenance id unless :meth:`Stage.critical` leaves
+    them out.
+``executor`` / ``max_in_flight``
+    ``"default"`` runs on the executor ``darkroom run`` was given (serial or Dask);
+    ``"thread"`` runs the stage's units on a thread pool with at most ``max_in_flight``
+    units at once (network-bound work: downloads from a survey archive).
 """
 
 from __future__ import annotations
@@ -18,10 +47,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
-from darkroom.provenance import code_version, critical_params, provenance_id
-from darkroom.repo.models import Provenance
+from darkroom.provenance import code_version, critical_params, plain_value, provenance_id
+from darkroom.repo.models import Exposure, Provenance
 
-__all__ = ["Stage", "Unit"]
+__all__ = ["Stage", "Unit", "quarantine_exposure"]
 
 
 @dataclass(frozen=True)
@@ -30,20 +59,66 @@ class Unit:
 
     key: str
     payload: dict[str, Any] = field(default_factory=dict)
-    exposure_id: int | None = None  # the raw exposure to quarantine when the input is at fault
+
+
+def quarantine_exposure(session: Session, exposure_id: int | None, reason: str) -> bool:
+    """Mark a raw exposure quarantined with the reason (the input is at fault); True if marked."""
+    exp = session.get(Exposure, exposure_id) if exposure_id is not None else None
+    if exp is None:
+        return False
+    exp.state, exp.reason = "quarantined", reason
+    return True
 
 
 class Stage(ABC):
-    """Base class of every stage (see the module docstring)."""
+    """Base class of every stage (see the module docstring for the declarations)."""
 
     name: ClassVar[str]
-    depends_on: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = "night"
+    reads: ClassVar[tuple[str, ...]] = ()
+    settings: ClassVar[tuple[str, ...]] = ()
+    extra_inputs: ClassVar[tuple[str, ...]] = ()
+    executor: ClassVar[str] = "default"  # default | thread
+    max_in_flight: ClassVar[int] = 4
 
-    def __init__(self, root: Path, config: BaseModel, *, upstream: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        config: BaseModel,
+        *,
+        upstream: tuple[str, ...] = (),
+        inputs: dict[str, Any] | None = None,
+        critical: dict[str, Any] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.config = config
         self.upstream = tuple(upstream)
-        self.provenance_id = provenance_id(self.name, critical_params(config), upstream=self.upstream)
+        self.inputs: dict[str, Any] = dict(inputs or {})
+        self._critical = critical
+        self.provenance_id = provenance_id(self.name, self.critical(), upstream=self.upstream)
+
+    @classmethod
+    def enabled(cls, config: Any) -> bool:
+        """Whether ``darkroom run`` runs this stage under ``config`` (an optional stage overrides)."""
+        return True
+
+    @property
+    def upstream_by_name(self) -> dict[str, str]:
+        """The provenance id of each stage in ``reads`` (built by ``build_stages``), else empty."""
+        return (
+            dict(zip(self.reads, self.upstream, strict=True)) if len(self.reads) == len(self.upstream) else {}
+        )
+
+    def critical(self) -> dict[str, Any]:
+        """The parameters that enter the provenance id: the declared settings and the inputs.
+
+        ``build_stages`` hands in the declared settings' values (``critical``); a stage made
+        by hand uses its whole config. Override to leave out an input the settings do not use.
+        """
+        out = dict(self._critical) if self._critical is not None else critical_params(self.config)
+        for key, value in sorted(self.inputs.items()):
+            out[f"input:{key}"] = plain_value(value)
+        return out
 
     def ensure_provenance(self, session: Session) -> None:
         """Record this stage's provenance row once."""
@@ -52,7 +127,7 @@ class Stage(ABC):
                 Provenance(
                     id=self.provenance_id,
                     stage=self.name,
-                    params=critical_params(self.config),
+                    params=self.critical(),
                     code_version=code_version(),
                     upstream=list(self.upstream),
                 )
@@ -71,10 +146,21 @@ class Stage(ABC):
     def record(self, session: Session, unit: Unit, result: Any) -> None:
         """Write the unit's result into the registry (driver side)."""
 
+    def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
+        """The unit failed because its input is bad: set the input aside (override).
+
+        Called by the runner when a unit raises a :class:`~darkroom.errors.DarkroomError`
+        with ``quarantine`` set; the default keeps nothing aside (the failed task with
+        its reason is the record). A stage whose unit is one raw exposure quarantines it
+        with :func:`quarantine_exposure`.
+        """
+        return None
+
     def forget(self, session: Session) -> None:
         """Remove this provenance's registry rows (products and tasks) so ``--redo`` runs it again.
 
-        Files are left in place and overwritten by the new run (same names).
+        Product files are removed by :meth:`forget_products` where the stage knows them
+        (rows deleted by provenance); files not removed are overwritten by the next run.
         """
         from sqlalchemy import delete
 
@@ -94,3 +180,17 @@ class Stage(ABC):
     def relative(self, path: Path) -> str:
         """A product path as recorded in the registry (relative to the root)."""
         return str(Path(path).relative_to(self.root))
+
+    def remove_files(self, paths: list[str | None]) -> int:
+        """Delete product files (recorded relative paths) of this stage; returns how many went."""
+        n = 0
+        for rel in paths:
+            if not rel:
+                continue
+            p = self.root / rel
+            try:
+                p.unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
