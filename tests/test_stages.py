@@ -77,7 +77,7 @@ def test_stage_list_is_ordered_by_reads_and_names_unique():
     assert by_name["lightcurves"].upstream == tuple(
         by_name[n].provenance_id for n in ("quality", "associate", "photometry")
     )
-    assert [s.name for s in downstream_of(stages, "quality")] == ["quality", "lightcurves"]
+    assert [s.name for s in downstream_of(stages, "quality")] == ["quality", "lightcurves", "coadd"]
     assert [s.name for s in section_stages(ROOT, load_config(None), "astrometry")] == [
         "extract",
         "quality",
@@ -87,13 +87,18 @@ def test_stage_list_is_ordered_by_reads_and_names_unique():
 
 def test_families_select_stages():
     assert all_stages(ROOT, load_config(None, ["run.families=[survey]"])) == []
-    assert len(all_stages(ROOT, load_config(None, ["run.families=[night]"]))) == len(STAGES)
+    night = [cls for cls in STAGES if cls.family == "night"]
+    assert len(all_stages(ROOT, load_config(None, ["run.families=[night]"]))) == len(night) == 11
+    # the optional coadd stage (family images) runs only when enabled
+    assert [s.name for s in all_stages(ROOT, load_config(None, ["run.families=[images]"]))] == []
+    enabled = load_config(None, ["run.families=[images]", "coadd.enabled=true"])
+    assert [s.name for s in all_stages(ROOT, enabled)] == ["coadd"]
     with pytest.raises(ConfigError, match="unknown"):
         all_stages(ROOT, load_config(None, ["run.families=[nights]"]))
 
 
 class _Cfg(BaseModel):
-    delay_s: float = 0.05
+    delay_s: float = 0.5
 
 
 class _SlowStage(Stage):
@@ -136,7 +141,7 @@ def test_thread_executor_keeps_its_limit_and_stage_quarantines(db_url, tmp_path)
     reg.upgrade()
     stage = _SlowStage(tmp_path, _Cfg())
     report = run_stage(reg, stage)
-    assert stage.peak == 3  # never more than max_in_flight at once, and it did overlap
+    assert 2 <= stage.peak <= 3  # never more than max_in_flight at once, and units did overlap
     assert (report.n_done, report.n_failed) == (9, 1)
     assert stage.quarantined == ("u7", "archive says no such object")
     with reg.session() as s:
