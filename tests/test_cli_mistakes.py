@@ -318,3 +318,22 @@ def test_status_names_failed_units_by_file_and_speaks_json_and_csv(tmp_path):
     assert ["failed", "calibrate", long_name, "1", "no flat"] in rows
     res = runner.invoke(app, ["status", str(root), "--format", "yaml"])
     assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_binned_curve_breaks_at_gaps_and_bad_pixel_thumbnail_shows_bad_pixels():
+    import io
+
+    import numpy as np
+    from matplotlib import image as mimage
+
+    from darkroom.report.plots import thumbnail_png
+    from darkroom.timeseries.plot import break_at_gaps
+
+    t = np.array([0.0, 10.0, 20.0, 45.0, 55.0]) / 1440.0  # a 25-minute gap after the third bin
+    tb, yb, _ = break_at_gaps(t, np.ones(5), np.ones(5), bin_minutes=10.0)
+    assert len(tb) == 6 and np.isnan(tb[3]) and np.isnan(yb[3])
+    bpm = np.zeros((1024, 1024), np.uint8)
+    bpm[100, 200] = 1  # one hot pixel of a million
+    png = mimage.imread(io.BytesIO(thumbnail_png(bpm, max_pix=256, mask=True)))
+    grey = png[..., 0]
+    assert grey.max() > 0.9 and (grey > 0.9).sum() == 1  # visible, and only there

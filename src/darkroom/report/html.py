@@ -322,12 +322,16 @@ def _masters(report: NightReport, config: ReportConfig) -> str:
     ]
     for master in report.masters:
         if master.thumbnail is not None:
-            png = thumbnail_png(master.thumbnail, max_pix=config.thumbnail_max_pix)
+            png = thumbnail_png(
+                master.thumbnail, max_pix=config.thumbnail_max_pix, mask=master.kind in ("bpm", "mask")
+            )
             thumb = _png_img(png, alt=f"{master.kind} {master.name}", css_class="thumb")
         else:
             thumb = '<span class="none">no thumbnail</span>'
         stats = "".join(
-            f"<li>{_e(key)} = {_e(_format_number(value))}</li>" for key, value in master.stats.items()
+            f"<li>{_e(key)} = {_e(_format_number(value))}</li>"
+            for key, value in master.stats.items()
+            if value is not None  # an unmeasured statistic is left out, not printed as None
         )
         flag = f'<span class="flag">{_e(master.flag)}</span>' if master.flag else ""
         cls = ' class="poor"' if master.flag else ""

@@ -29,6 +29,7 @@ from darkroom.report.model import (
     frame_times_mjd,
 )
 from darkroom.timeseries.lightcurve import bin_lightcurve
+from darkroom.timeseries.plot import break_at_gaps
 from darkroom.timeseries.quality import LightCurveFlag
 
 __all__ = ["downsample_block_mean", "lightcurve_png", "quality_png", "thumbnail_png"]
@@ -176,12 +177,37 @@ def downsample_block_mean(image: np.ndarray, *, max_pix: int) -> np.ndarray:
         return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
-def thumbnail_png(image: np.ndarray, *, max_pix: int = 256) -> bytes:
+def _block_any(mask: np.ndarray, *, max_pix: int) -> np.ndarray:
+    """1.0 where any pixel of a block is set (a mask shrunk so single bad pixels stay visible)."""
+    ny, nx = mask.shape
+    f = max(1, int(np.ceil(max(ny, nx) / max_pix)))
+    pad = np.zeros((-(-ny // f) * f, -(-nx // f) * f), bool)
+    pad[:ny, :nx] = mask
+    return pad.reshape(pad.shape[0] // f, f, pad.shape[1] // f, f).any(axis=(1, 3)).astype(np.float32)
+
+
+def thumbnail_png(image: np.ndarray, *, max_pix: int = 256, mask: bool = False) -> bytes:
     """Grey-scale PNG of a 2-D image, block-averaged to ``max_pix`` and z-scaled.
 
     Row 0 of ``image`` (shape (ny, nx)) is drawn at the bottom, as FITS viewers do.
-    Pixels without a finite value are dark red.
+    Pixels without a finite value are dark red. With ``mask`` (a bad-pixel mask: non-zero
+    is bad) a block is white when any of its pixels is bad, on a dark grey ground: a
+    block average would drown a few bad pixels in black.
     """
+    if mask:
+        shrunk = _block_any(np.nan_to_num(np.asarray(image, float)) != 0, max_pix=max_pix)
+        buf = io.BytesIO()
+        mimage.imsave(
+            buf,
+            shrunk,
+            vmin=-0.25,
+            vmax=1.0,
+            cmap="gray",
+            origin="lower",
+            format="png",
+            metadata=_PNG_METADATA,
+        )
+        return buf.getvalue()
     small = downsample_block_mean(image, max_pix=max_pix)
     finite = np.isfinite(small)
     if finite.any():
@@ -278,6 +304,7 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
             tb, yb, eb, _n = bin_lightcurve(
                 t[good], rel[sel][good], rel_err[sel][good], bin_minutes=bin_minutes
             )
+            tb, yb, eb = break_at_gaps(tb, yb, eb, bin_minutes=bin_minutes)
             if tb.size:
                 ax.errorbar(
                     tb,

@@ -13,9 +13,22 @@ from darkroom.errors import BadInputError
 from darkroom.timeseries.lightcurve import bin_lightcurve
 from darkroom.timeseries.quality import LightCurveFlag
 
-__all__ = ["plot_lightcurve"]
+__all__ = ["break_at_gaps", "plot_lightcurve"]
 
 _QUALITY_BITS = int(LightCurveFlag.LOW_TRANSPARENCY | LightCurveFlag.NO_ENSEMBLE)
+
+
+def break_at_gaps(
+    t_days: np.ndarray, y: np.ndarray, e: np.ndarray, *, bin_minutes: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Binned points with a NaN row inserted wherever two bins are more than 1.5 bin widths
+    apart, so a line drawn through them breaks at gaps (clouds, a pointing) instead of
+    joining across them. Times in days; ``bin_minutes`` the bin width."""
+    t_days, y, e = (np.asarray(a, float) for a in (t_days, y, e))
+    if t_days.size < 2:
+        return t_days, y, e
+    cut = np.flatnonzero(np.diff(t_days) > 1.5 * bin_minutes / 1440.0) + 1
+    return (np.insert(t_days, cut, np.nan), np.insert(y, cut, np.nan), np.insert(e, cut, np.nan))
 
 
 def plot_lightcurve(
@@ -72,6 +85,7 @@ def plot_lightcurve(
         if bad.any():
             ax.plot(t[bad], y[bad], "x", color="0.4", ms=5, label=f"{band} flagged")
         tb, yb, eb, _ = bin_lightcurve(t[~bad], y[~bad], e[~bad], bin_minutes=bin_minutes)
+        tb, yb, eb = break_at_gaps(tb, yb, eb, bin_minutes=bin_minutes)
         if tb.size:
             ax.errorbar(
                 tb, yb, yerr=eb, fmt="o-", color=c, ms=4, lw=1.2, label=f"{band} {bin_minutes:g}-min bins"
