@@ -40,6 +40,9 @@ class DaskExecutor(Executor):
                 processes=True,
                 dashboard_address=None,
                 memory_limit=memory_limit,
+                # Worker processes log to the console they inherit; start-up, shutdown and
+                # "killed by signal" chatter is not for people (unit errors come back as results).
+                silence_logs=logging.ERROR,
             )
             self.client = Client(self.cluster)
         log.info("dask executor on %s", self.client.scheduler.address)
