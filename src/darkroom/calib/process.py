@@ -129,6 +129,7 @@ class PreparedFrame:
     overscan_level_adu: float | None
     overscan_noise_adu: float | None
     history: tuple[str, ...]
+    saturation_adu: float | None = None  #: the raw saturation level used for ``saturated``
 
 
 def prepare_raw(
@@ -151,6 +152,10 @@ def prepare_raw(
     if sat_level is None:
         sat_level = meta.saturation_adu if meta.saturation_adu is not None else cfg.default_saturation_adu
     history: list[str] = []
+    ceiling = _adc_ceiling(raw, sat_level)
+    if ceiling is not None:
+        history.append(f"saturation {ceiling:g} adu: the frame's pixels stop at this ADC ceiling")
+        sat_level = ceiling
     rows, cols = slice(0, raw.shape[0]), slice(0, raw.shape[1])
     if cfg.do_trim and meta.trim_section:
         rows, cols = parse_section(meta.trim_section, shape=raw.shape)
@@ -184,7 +189,25 @@ def prepare_raw(
         overscan_level_adu=level,
         overscan_noise_adu=noise,
         history=tuple(history),
+        saturation_adu=sat_level,
     )
+
+
+def _adc_ceiling(raw: np.ndarray, sat_level: float | None) -> float | None:
+    """The saturation of a camera with fewer bits than its file (a 12- or 14-bit ADC written
+    as 16-bit FITS): the data's maximum when it is 2^n - 1 (8 <= n < 16), below the level
+    assumed, and reached by at least 3 pixels. None otherwise."""
+    if raw.dtype.kind not in "iuf" or raw.size == 0:
+        return None
+    top = float(np.nanmax(raw))
+    if not np.isfinite(top) or (sat_level is not None and top >= sat_level):
+        return None
+    n = round(math.log2(top + 1.0)) if top > 0 else 0
+    if not (8 <= n < 16 and top == 2.0**n - 1.0):
+        return None
+    if int(np.count_nonzero(raw == top)) < 3:
+        return None
+    return top
 
 
 @dataclass(frozen=True)
@@ -302,6 +325,7 @@ def calibrate_frame(
             raise BadInputError(f"the {kind} argument holds a master {master.kind}")
     sat_level = meta.saturation_adu if meta.saturation_adu is not None else cfg.default_saturation_adu
     prep = prepare_raw(data, meta, config=cfg, saturation_adu=sat_level)
+    sat_level = prep.saturation_adu
     shape = prep.data.shape
     history = list(prep.history)
     cards: list[tuple[str, object, str]] = []
@@ -478,8 +502,10 @@ def _estimate_noise(
     if bias is not None:
         base = base - bias.data
     level, sky_sigma = sky_level_and_noise(base)
-    if not sky_sigma > 0:
-        raise CalibrationError("no gain or read noise, and the sky noise cannot be measured (flat frame?)")
+    floor = ""
+    if not sky_sigma > 1.0 / math.sqrt(12.0):
+        # a noiseless (synthetic or constant) frame: an integer pixel is uncertain by its rounding
+        sky_sigma, floor = 1.0 / math.sqrt(12.0), " (the rounding floor: no noise measurable)"
     zero_known = bias is not None or prep.overscan_level_adu is not None
     rn_adu = None
     if bias is not None and bias.read_noise_adu is not None:
@@ -504,7 +530,7 @@ def _estimate_noise(
         gain,
         sky_sigma * gain,
         (level, sky_sigma),
-        f"noise estimated: zero level unknown, VAR from the sky noise {sky_sigma:.2f} adu; {what}",
+        f"noise estimated: zero level unknown, VAR from the sky noise {sky_sigma:.2f} adu{floor}; {what}",
     )
 
 

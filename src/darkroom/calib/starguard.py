@@ -120,16 +120,14 @@ def _peak_ratio_table() -> tuple[np.ndarray, np.ndarray]:
     """(lower-quartile peak-pixel / aperture-flux ratio over random centring, FWHM) of a Gaussian."""
     fwhms = np.linspace(0.6, 12.0, 80)
     offsets = np.linspace(-0.5, 0.5, 7)
-    oy, ox = np.meshgrid(offsets, offsets, indexing="ij")
+    oy, ox = (o.ravel()[:, None, None] for o in np.meshgrid(offsets, offsets, indexing="ij"))
     py, px = np.mgrid[-6:7, -6:7]
+    dx, dy = px[None] - ox, py[None] - oy  # (49 centrings, 13, 13)
+    inside = dx**2 + dy**2 <= _RATIO_RADIUS**2
     ratios = []
     for f in fwhms:
-        sigma = f * _GAUSS_SIGMA_PER_FWHM
-        vals = []
-        for dy, dx in zip(oy.ravel(), ox.ravel(), strict=True):
-            frac = _pixel_fraction(px - dx, py - dy, sigma)
-            inside = (px - dx) ** 2 + (py - dy) ** 2 <= _RATIO_RADIUS**2
-            vals.append(frac.max() / frac[inside].sum())
+        frac = _pixel_fraction(dx, dy, f * _GAUSS_SIGMA_PER_FWHM)
+        vals = frac.max(axis=(1, 2)) / np.where(inside, frac, 0.0).sum(axis=(1, 2))
         ratios.append(np.percentile(vals, _RATIO_PERCENTILE))
     return np.asarray(ratios), fwhms
 
@@ -169,7 +167,7 @@ def find_stars(
     old = sep.get_extract_pixstack()
     sep.set_extract_pixstack(max(old, work.size))
     try:
-        objs = sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=1, deblend_cont=0.005)
+        objs = sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
     except Exception:  # sep refuses pathological frames (too many objects): no protection possible
         return np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
     finally:
@@ -210,6 +208,13 @@ def find_stars(
     # (protect_stars) is what tells a star from a cosmic ray, so faint stars whose peak-to-
     # flux ratio is noisy stay protected; the ratio and width tests only count the stars
     return x, y, flux, fwhm, int(np.count_nonzero(star))
+
+
+def ndimage_distance_reach(flags: np.ndarray, half: int) -> np.ndarray:
+    """Pixels within ``half`` pixels (Chebyshev) of a flag."""
+    from scipy import ndimage
+
+    return ndimage.maximum_filter(flags.astype(np.uint8), size=2 * half + 1, mode="constant") > 0
 
 
 def _flag_group_centroids(flags: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -366,9 +371,12 @@ def protect_stars(
     order = np.argsort(cy * nx + cx)
     keys = (cy * nx + cx)[order]
     half = math.ceil(r)
-    for x0, y0, f in zip(xs, ys, fluxes, strict=True):
-        if not f > 0:
-            continue
+    # only candidates with a flag within reach need a fit
+    reach = ndimage_distance_reach(out, half)
+    ixs = np.clip(np.rint(xs).astype(int), 0, nx - 1)
+    iys = np.clip(np.rint(ys).astype(int), 0, ny - 1)
+    near_flag = reach[iys, ixs] & (fluxes > 0)
+    for x0, y0 in zip(xs[near_flag], ys[near_flag], strict=True):
         ix0, iy0 = round(float(x0)), round(float(y0))
         ylo, yhi = max(0, iy0 - half), min(ny - 1, iy0 + half)
         lo = np.searchsorted(keys, ylo * nx)

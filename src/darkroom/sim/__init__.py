@@ -12,6 +12,7 @@ from darkroom.sim.config import PointingJump, SimConfig, TransitConfig, Variable
 from darkroom.sim.detector import DetectorModel, make_detector
 from darkroom.sim.lightcurves import TransitGeometry, solve_transit, transit_model, variable_star
 from darkroom.sim.night import SimNight, SimTruth, load_truth, simulate_night
+from darkroom.sim.presets import hostile_small_telescope
 from darkroom.sim.psf import moffat_psf, render_stars
 from darkroom.sim.render import FrameTruth, light_electrons, render_frame, truth_image
 from darkroom.sim.scene import FrameSpec, SimScene, build_scene
@@ -29,6 +30,7 @@ __all__ = [
     "TransitGeometry",
     "VariableConfig",
     "build_scene",
+    "hostile_small_telescope",
     "light_electrons",
     "load_truth",
     "make_detector",

@@ -117,6 +117,15 @@ class SimConfig(BaseModel):
         description="OBJECT keyword, also the start of the science file names",
     )
     filter_name: Literal["r"] = Field("r", description="filter of flats and science frames")
+    header_style: Literal["maxim", "minimal"] = Field(
+        "maxim",
+        description="maxim: MaxIm DL/ACP headers with every keyword; minimal: what a bare small-telescope "
+        "driver writes -- no type keyword, gain, read noise, saturation or pixel size, DATE-OBS in local "
+        "time with its UTC offset, a west-positive LONGITUD with LST-OBS, RA/DEC, generic file names",
+    )
+    utc_offset_h: float = Field(
+        -7.0, ge=-14, le=14, description="minimal headers: UTC offset of the local DATE-OBS [hour]"
+    )
 
     # --- site --------------------------------------------------------------------------------
     site_name: str = Field("APO-sim", description="observatory name")

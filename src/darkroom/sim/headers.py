@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 import numpy as np
 from astropy.io import fits
 
 from darkroom.sim._rng import stream
-from darkroom.sim.observing import jd_utc
+from darkroom.sim.observing import jd_utc, local_sidereal_deg
 from darkroom.sim.scene import FrameSpec, SimScene
 from darkroom.sim.wcs import perturbed_wcs
 
@@ -44,8 +45,11 @@ def dec_dms(dec_deg: float) -> str:
 
 
 def frame_header(scene: SimScene, spec: FrameSpec, *, flat_level_adu: float | None = None) -> fits.Header:
-    """The header MaxIm/ACP would write for ``spec`` (no data-structure cards)."""
+    """The header MaxIm/ACP would write for ``spec`` (no data-structure cards); with
+    ``header_style='minimal'`` what a bare small-telescope driver writes."""
     c = scene.config
+    if c.header_style == "minimal":
+        return _minimal_header(scene, spec)
     rng = stream(c.seed, "header", 1000 + scene.position(spec))
     h = fits.Header()
     h["DATE-OBS"] = (
@@ -125,4 +129,34 @@ def frame_header(scene: SimScene, spec: FrameSpec, *, flat_level_adu: float | No
                 rng=stream(c.seed, "header", 100000 + spec.index),
             )
         h.extend(wcs_cards.cards)
+    return h
+
+
+def _minimal_header(scene: SimScene, spec: FrameSpec) -> fits.Header:
+    """No type keyword, no gain/read noise/saturation/pixel size; DATE-OBS in local time with
+    its offset; longitude written west-positive (LONGITUD) next to the local sidereal time."""
+    c = scene.config
+    h = fits.Header()
+    local = spec.start_utc + timedelta(hours=c.utc_offset_h)
+    sign = "-" if c.utc_offset_h < 0 else "+"
+    hh, mm = divmod(round(abs(c.utc_offset_h) * 60), 60)
+    h["DATE-OBS"] = (f"{local.isoformat(timespec='seconds')}{sign}{hh:02d}:{mm:02d}", "local time, start")
+    h["EXPTIME"] = (float(spec.exptime_s), "[s]")
+    if spec.kind == "light":
+        ra, dec = scene.light_centre_sky(spec.index)
+        d_ra, d_dec = scene.header_pointing_offset_deg
+        h["OBJECT"] = c.object_name
+        h["RA"] = (ra_hms(ra + d_ra / max(math.cos(math.radians(dec)), 1e-6)).replace(" ", ":"), "hours")
+        h["DEC"] = (dec_dms(float(np.clip(dec + d_dec, -90.0, 90.0))).replace(" ", ":"), "degrees")
+    if spec.kind in ("flat", "light"):
+        h["FILTER"] = c.filter_name
+    h["LATITUDE"] = (round(c.site_lat_deg, 4), "degrees")
+    h["LONGITUD"] = (round(-c.site_lon_deg, 4), "degrees west")
+    lst_h = float(local_sidereal_deg(jd_utc(spec.start_utc), c.site_lon_deg)[0]) / 15.0
+    h["LST-OBS"] = (
+        sexagesimal(lst_h, decimals=1, signed=False).replace(" ", ":"),
+        "local sidereal time, start",
+    )
+    h["TELESCOP"] = "small-scope"
+    h["INSTRUME"] = "cmos-12bit"
     return h

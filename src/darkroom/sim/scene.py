@@ -132,6 +132,8 @@ def _schedule(config: SimConfig) -> tuple[FrameSpec, ...]:
             "flat": f"Flat_{config.filter_name}_{stamp}.fits",
             "light": f"{config.object_name}_{config.filter_name}_{stamp}.fits",
         }[kind]
+        if config.header_style == "minimal":  # a driver's running names: no type hint in them
+            name = f"frame_{stamp}.fits"
         start = nominal + timedelta(milliseconds=int(rng.integers(0, 900)))
         frames.append(FrameSpec(kind=kind, index=index, start_utc=start, exptime_s=exptime, filename=name))
 
