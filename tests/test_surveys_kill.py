@@ -73,6 +73,7 @@ def test_kill_9_mid_download_then_resume(tmp_path, server):
         "surveys.ztf.http.rate_per_s=100000",
         "surveys.ztf.http.timeout_s=10",
         "surveys.ztf.http.max_attempts=1",
+        "surveys.fsync=false",  # a kill -9 needs no fsync to leave whole files (atomic renames)
     ]
     repo = Repository.init(root, overrides=overrides)
     t = Table()

@@ -226,7 +226,7 @@ def test_every_target_fetched_retried_timed_out_and_empty_not_asked_again(
     # second run: done and empty targets are not asked again; the failed one is retried as a new
     # unit of work (a runner that remembers done units by key asks again too)
     with registry.session() as s:
-        planned = ZtfDownloader(root, config.ztf, cache_dir=tmp_path / "cache").plan(s)
+        planned = ZtfDownloader(root, config).plan(s)
     assert [u.key for u in planned] == ["test/stall@ztf_dr23 (retry 1)"]
     before = dict(irsa.calls)
     irsa.stall_s = 0.0

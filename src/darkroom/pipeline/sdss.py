@@ -69,7 +69,16 @@ from darkroom.surveys.sdss import (
 )
 from darkroom.surveys.settings import SurveysConfig
 
-__all__ = ["CutoutReport", "SdssDownloader", "SdssFieldFinder", "run_cutouts", "run_sdss"]
+__all__ = [
+    "CutoutReport",
+    "CutoutStage",
+    "SdssDownloader",
+    "SdssFieldFinder",
+    "cut_cubes",
+    "cutout_jobs",
+    "run_cutouts",
+    "run_sdss",
+]
 
 log = logging.getLogger(__name__)
 
@@ -85,25 +94,55 @@ class SdssFieldFinder(DownloadRecorder, Stage):
     """``sdss_fields``: the fields covering each target."""
 
     name = "sdss_fields"
+    family = "survey"
+    reads = ()
+    settings = ("surveys.sdss", "surveys.cache_dir")
+    executor = "thread"
     survey = FIELD_SURVEY
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return "sdss" in config.surveys.run or "cutouts" in config.surveys.run
 
     def __init__(
         self,
         root: Path,
-        config: SdssConfig,
+        config: SurveysConfig,
         *,
-        client: HttpClient,
+        upstream: tuple[str, ...] = (),
+        inputs: dict[str, Any] | None = None,
+        critical: dict[str, Any] | None = None,
+        client: HttpClient | None = None,
         refresh: bool = False,
         limit: int | None = None,
     ):
-        super().__init__(root, config)
-        self.client = client
+        extra = {"inputs": inputs} if inputs else {}
+        super().__init__(root, config.sdss, upstream=upstream, **extra)
+        # twice the HTTP slots: threads parse and write files while others wait on the archive;
+        # the client's semaphore still bounds the requests in flight
+        self.max_in_flight = 2 * config.sdss.http.concurrency
+        self._client = client
         self.refresh = refresh
         self.limit = limit
         self._table: Table | None = None
-        if config.field_table:
-            paths = [Path(p) if Path(p).is_absolute() else Path(root) / p for p in config.field_table]
-            self._table = read_field_table(paths)
+        self._table_lock = threading.Lock()
+
+    @property
+    def client(self) -> HttpClient:
+        if self._client is None:
+            self._client = _client(self.config)
+        return self._client
+
+    @property
+    def field_table(self) -> Table | None:
+        """The local field tables (read once), or None to ask the search service."""
+        if not self.config.field_table:
+            return None
+        with self._table_lock:
+            if self._table is None:
+                paths = [Path(p) if Path(p).is_absolute() else self.root / p for p in self.config.field_table]
+                self._table = read_field_table(paths)
+        return self._table
 
     def plan(self, session: Session) -> list[Unit]:
         settled = set() if self.refresh else self.settled(session)
@@ -121,8 +160,9 @@ class SdssFieldFinder(DownloadRecorder, Stage):
 
     def run(self, unit: Unit) -> list[FieldId]:
         ra, dec = unit.payload["ra_deg"], unit.payload["dec_deg"]
-        if self._table is not None:
-            return fields_from_table(self._table, ra_deg=ra, dec_deg=dec, max_fields=self.config.max_fields)
+        table = self.field_table
+        if table is not None:
+            return fields_from_table(table, ra_deg=ra, dec_deg=dec, max_fields=self.config.max_fields)
         return search_fields(self.client, self.config, ra_deg=ra, dec_deg=dec)
 
     def record(self, session: Session, unit: Unit, result: list[FieldId]) -> str:
@@ -149,15 +189,41 @@ class SdssDownloader(DownloadRecorder, Stage):
     """``sdss``: every frame and object table the covering fields need, once each."""
 
     name = "sdss"
+    family = "survey"
+    reads = ("sdss_fields",)
+    settings = ("surveys.sdss", "surveys.cache_dir")
+    executor = "thread"
     survey = FILE_SURVEY
 
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return "sdss" in config.surveys.run or "cutouts" in config.surveys.run
+
     def __init__(
-        self, root: Path, config: SdssConfig, *, cache_dir: Path, client: HttpClient, refresh: bool = False
+        self,
+        root: Path,
+        config: SurveysConfig,
+        *,
+        upstream: tuple[str, ...] = (),
+        inputs: dict[str, Any] | None = None,
+        critical: dict[str, Any] | None = None,
+        client: HttpClient | None = None,
+        refresh: bool = False,
     ):
-        super().__init__(root, config)
-        self.cache_dir = Path(cache_dir)
-        self.client = client
+        extra = {"inputs": inputs} if inputs else {}
+        super().__init__(root, config.sdss, upstream=upstream, **extra)
+        # twice the HTTP slots: threads parse and write files while others wait on the archive;
+        # the client's semaphore still bounds the requests in flight
+        self.max_in_flight = 2 * config.sdss.http.concurrency
+        self.cache_dir = resolve_cache_dir(root, config)
+        self._client = client
         self.refresh = refresh
+
+    @property
+    def client(self) -> HttpClient:
+        if self._client is None:
+            self._client = _client(self.config)
+        return self._client
 
     def file_path(self, f: FieldId, name: str) -> Path:
         return (
@@ -188,6 +254,8 @@ class SdssDownloader(DownloadRecorder, Stage):
         return out
 
     def plan(self, session: Session) -> list[Unit]:
+        if (self.cache_dir / "sdss").is_dir():
+            remove_orphan_temps(self.cache_dir / "sdss")  # left by a run killed mid-write
         settled = set() if self.refresh else self.settled(session)
         failed = self.failed_runs(session)
         return [
@@ -267,14 +335,11 @@ def run_sdss(
     client: HttpClient | None = None,
 ) -> list[DriveReport]:
     """Find the covering fields of the targets that need them, then download the missing files."""
-    cache = resolve_cache_dir(root, config)
-    if (cache / "sdss").is_dir():
-        remove_orphan_temps(cache / "sdss")
     own = client is None
     client = client or _client(config.sdss)
-    workers = config.sdss.http.concurrency
+    workers = 2 * config.sdss.http.concurrency  # see SdssFieldFinder.max_in_flight
     try:
-        finder = SdssFieldFinder(root, config.sdss, client=client, refresh=refresh, limit=limit)
+        finder = SdssFieldFinder(root, config, client=client, refresh=refresh, limit=limit)
         with registry.session() as s:
             units = finder.plan(s)
         reports = [
@@ -286,7 +351,7 @@ def run_sdss(
                 progress=(lambda d, t: progress("fields", d, t)) if progress else None,
             )
         ]
-        downloader = SdssDownloader(root, config.sdss, cache_dir=cache, client=client, refresh=refresh)
+        downloader = SdssDownloader(root, config, client=client, refresh=refresh)
         with registry.session() as s:
             units = downloader.plan(s)
         reports.append(
@@ -367,65 +432,60 @@ def cube_path(out_dir: Path, catalog: str, name: str, ra_deg: float) -> Path:
     )
 
 
-def run_cutouts(
-    root: Path,
-    registry: Registry,
-    config: SurveysConfig,
+def cutout_jobs(session: Session, *, out_dir: Path, bands: str) -> list[dict]:
+    """One job per target with a covering field: its position, motion, frame and fpM files and
+    the cube's path (driver side: reads the registry)."""
+    files = {
+        key: path
+        for key, path in session.execute(
+            select(Download.key, Download.path).where(
+                Download.survey == FILE_SURVEY, Download.state == "done"
+            )
+        ).all()
+    }
+    jobs = []
+    for t, meta in session.execute(
+        select(Target, Download.meta)
+        .join(Download, Download.target_id == Target.id)
+        .where(Download.survey == FIELD_SURVEY, Download.state == "done")
+        .order_by(Target.id)
+    ).all():
+        run, rerun, camcol, fld = meta["fields"][0]
+        f = FieldId(run, rerun, camcol, fld)
+        jobs.append(
+            {
+                "catalog": t.catalog,
+                "name": t.name,
+                "ra": t.ra_deg,
+                "dec": t.dec_deg,
+                "motion": (t.pmra_masyr or 0.0, t.pmdec_masyr or 0.0, t.epoch_jyear),
+                "field": f,
+                "frames": {b: files.get(frame_name(b, f)) for b in bands},
+                "fpm": {b: files.get(fpm_name(b, f)) for b in bands},
+                "path": cube_path(Path(out_dir), t.catalog, t.name, t.ra_deg),
+            }
+        )
+    return jobs
+
+
+def cut_cubes(
+    jobs: list[dict],
     *,
     out_dir: Path,
-    size: int | None = None,
-    bands: str | None = None,
-    workers: int | None = None,
+    size: int,
+    bands: str,
+    workers: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> CutoutReport:
-    """Cut a cube for every target with a covering field whose cube is not written yet; then
-    gather every cube into ``cubes.h5`` and ``index.csv`` under ``out_dir``.
-
-    A target with an epoch is moved by its proper motion to the epoch of the frames (their
-    ``TAI`` header), so fast movers sit at the centre too.
-    """
+    """Cut the cubes not written yet (threads), then gather all into ``cubes.h5`` and
+    ``index.csv`` (worker side: files only)."""
     from darkroom.surveys.targets import propagate_space_motion
 
-    cfg = config.cutouts
-    size = size or cfg.size
-    bands = bands or cfg.bands
-    workers = workers or cfg.workers
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_orphan_temps(out_dir)
     t0 = time.perf_counter()
     report = CutoutReport()
-    with registry.session() as s:
-        files = {
-            key: path
-            for key, path in s.execute(
-                select(Download.key, Download.path).where(
-                    Download.survey == FILE_SURVEY, Download.state == "done"
-                )
-            ).all()
-        }
-        jobs = []
-        for t, meta in s.execute(
-            select(Target, Download.meta)
-            .join(Download, Download.target_id == Target.id)
-            .where(Download.survey == FIELD_SURVEY, Download.state == "done")
-            .order_by(Target.id)
-        ).all():
-            run, rerun, camcol, fld = meta["fields"][0]
-            f = FieldId(run, rerun, camcol, fld)
-            jobs.append(
-                {
-                    "catalog": t.catalog,
-                    "name": t.name,
-                    "ra": t.ra_deg,
-                    "dec": t.dec_deg,
-                    "motion": (t.pmra_masyr or 0.0, t.pmdec_masyr or 0.0, t.epoch_jyear),
-                    "field": f,
-                    "frames": {b: files.get(frame_name(b, f)) for b in bands},
-                    "fpm": {b: files.get(fpm_name(b, f)) for b in bands},
-                    "path": cube_path(out_dir, t.catalog, t.name, t.ra_deg),
-                }
-            )
     report.n_targets = len(jobs)
     # targets of one field together: the frame cache then reads each frame once
     jobs.sort(key=lambda j: (j["field"], j["name"]))
@@ -483,6 +543,84 @@ def run_cutouts(
     report.hdf5, report.index = _gather(out_dir, jobs, bands=bands, size=size)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def run_cutouts(
+    root: Path,
+    registry: Registry,
+    config: SurveysConfig,
+    *,
+    out_dir: Path,
+    size: int | None = None,
+    bands: str | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CutoutReport:
+    """Cut a cube for every target with a covering field whose cube is not written yet; then
+    gather every cube into ``cubes.h5`` and ``index.csv`` under ``out_dir``.
+
+    A target with an epoch is moved by its proper motion to the epoch of the frames (their
+    ``TAI`` header), so fast movers sit at the centre too.
+    """
+    cfg = config.cutouts
+    bands = bands or cfg.bands
+    with registry.session() as s:
+        jobs = cutout_jobs(s, out_dir=out_dir, bands=bands)
+    return cut_cubes(
+        jobs,
+        out_dir=out_dir,
+        size=size or cfg.size,
+        bands=bands,
+        workers=workers or cfg.workers,
+        progress=progress,
+    )
+
+
+class CutoutStage(Stage):
+    """``cutouts`` (``darkroom run``): the cubes of every target with SDSS frames, one unit for
+    all (its key names the set of targets and files, so new ones make a new unit)."""
+
+    name = "cutouts"
+    family = "survey"
+    reads = ("sdss",)
+    settings = ("surveys.cutouts",)
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return "cutouts" in config.surveys.run
+
+    def __init__(self, root: Path, config, *, upstream: tuple[str, ...] = (), inputs=None, critical=None):
+        cutouts = config.cutouts if isinstance(config, SurveysConfig) else config
+        extra = {"inputs": inputs} if inputs else {}
+        super().__init__(root, cutouts, upstream=upstream, **extra)
+
+    @property
+    def out_dir(self) -> Path:
+        out = Path(self.config.out_dir).expanduser()
+        return out if out.is_absolute() else self.root / out
+
+    def plan(self, session: Session) -> list[Unit]:
+        jobs = cutout_jobs(session, out_dir=self.out_dir, bands=self.config.bands)
+        if not jobs:
+            return []
+        import hashlib
+
+        blob = repr([(j["catalog"], j["name"], sorted((j["frames"] | j["fpm"]).items())) for j in jobs])
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return [Unit(key=f"cubes of {len(jobs)} targets {digest}", payload={"jobs": jobs})]
+
+    def run(self, unit: Unit) -> CutoutReport:
+        cfg = self.config
+        return cut_cubes(
+            unit.payload["jobs"], out_dir=self.out_dir, size=cfg.size, bands=cfg.bands, workers=cfg.workers
+        )
+
+    def record(self, session: Session, unit: Unit, result: CutoutReport) -> str:
+        if result.failures:
+            log.warning(
+                "cutouts: %d targets failed, first: %s: %s", len(result.failures), *result.failures[0]
+            )
+        return "done"
 
 
 def _gather(out_dir: Path, jobs: list[dict], *, bands: str, size: int) -> tuple[Path, Path]:

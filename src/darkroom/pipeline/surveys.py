@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from darkroom.analysis.lcfile import write_lc_file
 from darkroom.errors import DarkroomError
-from darkroom.io.atomic import atomic_path, atomic_write_bytes, sha256_file
+from darkroom.io.atomic import atomic_path, atomic_write_bytes, remove_orphan_temps, sha256_file
 from darkroom.pipeline._products import jsonable
 from darkroom.pipeline.lightcurves import safe_name
 from darkroom.pipeline.runner import one_line
@@ -327,25 +327,44 @@ class ZtfOutcome:
 
 
 class ZtfDownloader(DownloadRecorder, Stage):
-    """``ztf``: one IRSA light-curve request per target, kept raw, reduced to light curves."""
+    """``ztf``: one IRSA light-curve request per target, kept raw, reduced to light curves.
+
+    Built from the ``surveys`` section (``config``: :class:`SurveysConfig`); its provenance is
+    that of ``surveys.ztf`` alone, however it is built (``darkroom survey ztf`` or
+    ``darkroom run``), so both record the same light curves.
+    """
 
     name = "ztf"
+    family = "survey"
+    reads = ()
+    settings = ("surveys.ztf", "surveys.cache_dir", "surveys.fsync")
+    executor = "thread"
     survey = "ztf"
+
+    @classmethod
+    def enabled(cls, config) -> bool:
+        return "ztf" in config.surveys.run
 
     def __init__(
         self,
         root: Path,
-        config: ZtfConfig,
+        config: SurveysConfig,
         *,
-        cache_dir: Path,
+        upstream: tuple[str, ...] = (),
+        inputs: dict[str, Any] | None = None,
+        critical: dict[str, Any] | None = None,
         refresh: bool = False,
         limit: int | None = None,
         client: HttpClient | None = None,
-        durable: bool = True,
     ) -> None:
-        super().__init__(root, config)
-        self.durable = durable
-        self.cache_dir = Path(cache_dir)
+        extra = {"inputs": inputs} if inputs else {}
+        super().__init__(root, config.ztf, upstream=upstream, **extra)
+        self.surveys = config
+        # twice the HTTP slots: threads parse, reduce and write while others wait on the archive;
+        # the client's semaphore still bounds the requests in flight
+        self.max_in_flight = 2 * config.ztf.http.concurrency
+        self.durable = config.fsync
+        self.cache_dir = resolve_cache_dir(root, config)
         self.refresh = refresh
         self.limit = limit
         self._client = client
@@ -365,6 +384,9 @@ class ZtfDownloader(DownloadRecorder, Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: ZtfConfig = self.config
+        for folder in (self.cache_dir / "ztf", self.root / "lightcurves" / "ztf"):
+            if folder.is_dir():
+                remove_orphan_temps(folder)  # left by a run killed mid-write
         settled = set() if self.refresh else self.settled(session)
         failed = self.failed_runs(session)
         units = []
@@ -555,20 +577,12 @@ def run_ztf(
     client: HttpClient | None = None,
 ) -> DriveReport:
     """Download and reduce ZTF light curves for the registered targets that need them."""
-    from darkroom.io.atomic import remove_orphan_temps
-
-    cache = resolve_cache_dir(root, config)
-    for folder in (cache / "ztf", Path(root) / "lightcurves" / "ztf"):
-        if folder.is_dir():
-            remove_orphan_temps(folder)  # left by a run killed mid-write
-    stage = ZtfDownloader(
-        root, config.ztf, cache_dir=cache, refresh=refresh, limit=limit, client=client, durable=config.fsync
-    )
+    stage = ZtfDownloader(root, config, refresh=refresh, limit=limit, client=client)
     with registry.session() as s:
         stage.ensure_provenance(s)
         units = stage.plan(s)
     try:
-        return drive_threaded(registry, stage, units, workers=config.ztf.http.concurrency, progress=progress)
+        return drive_threaded(registry, stage, units, workers=stage.max_in_flight, progress=progress)
     finally:
         if client is None and stage._client is not None:
             stage._client.close()
