@@ -15,7 +15,10 @@ from pytest_httpserver import HTTPServer
 from sqlalchemy import select
 from werkzeug import Response
 
+from darkroom.config import DarkroomConfig
 from darkroom.maskbits import MaskBit
+from darkroom.pipeline.run import all_stages
+from darkroom.pipeline.runner import run_stage
 from darkroom.pipeline.sdss import run_cutouts, run_sdss
 from darkroom.pipeline.surveys import import_targets
 from darkroom.repo.models import Download
@@ -198,6 +201,23 @@ def test_sdss_frames_and_cubes_through_each_bands_wcs(tmp_path, sas_server, data
         assert h5["cubes"].shape == (3, 5, 32, 32) and h5.attrs["bands"] == "ugriz"
         np.testing.assert_array_equal(h5["cubes"][0], cube)
         assert [n.decode() for n in h5["names"][:]] == ["m2/bright", "m2/edge", "m2/next"]
+    # the same steps as declared stages of darkroom run (family survey, thread executor): nothing
+    # left to download, one cutouts unit that finds every cube there
+    full = DarkroomConfig.model_validate(
+        {
+            "run": {"families": ["survey"]},
+            "surveys": {
+                **config.model_dump(mode="json"),
+                "run": ["sdss", "cutouts"],
+                "cutouts": {"out_dir": str(out)},
+            },
+        }
+    )
+    stages = all_stages(root, full)
+    assert [st.name for st in stages] == ["sdss_fields", "sdss", "cutouts"]
+    assert [st.executor for st in stages] == ["thread", "thread", "default"]
+    reports = [run_stage(registry, st) for st in stages]
+    assert [r.n_planned for r in reports] == [0, 0, 1] and reports[2].n_done == 1 and not reports[2].failures
     # resumable: a second run writes nothing new, a removed cube is made again
     (out / "cubes" / "ra323" / "m2_next.fits").unlink()
     again = run_cutouts(root, registry, config, out_dir=out, size=32, bands="ugriz", workers=2)

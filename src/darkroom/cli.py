@@ -560,12 +560,6 @@ def run(
             )
         finally:
             executor.close()
-        if r.config.surveys.run and only is None and until is None:  # a survey repository
-            from darkroom.pipeline.surveys import drive_survey_steps
-
-            reports += drive_survey_steps(
-                r.root, r.registry, r.config.surveys, console=err_console, quiet=quiet
-            )
         night = run_summary(r, reports)
         if report and chosen and chosen[-1].name == stages[-1].name:
             night.report = _write_report_quietly(r)

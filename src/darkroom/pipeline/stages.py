@@ -60,7 +60,9 @@ from darkroom.pipeline.calibration import (
 )
 from darkroom.pipeline.coadd import CoaddStage
 from darkroom.pipeline.photometry import AssociateStage, LightCurvesStage, PhotometryStage
+from darkroom.pipeline.sdss import CutoutStage, SdssDownloader, SdssFieldFinder
 from darkroom.pipeline.stage import Stage
+from darkroom.pipeline.surveys import ZtfDownloader
 from darkroom.provenance import critical_params, plain_value
 
 __all__ = [
@@ -88,6 +90,11 @@ STAGES: list[type[Stage]] = [
     PhotometryStage,
     LightCurvesStage,
     CoaddStage,
+    # survey family: run when listed in surveys.run (a survey repository)
+    ZtfDownloader,
+    SdssFieldFinder,
+    SdssDownloader,
+    CutoutStage,
 ]
 
 #: The stage families ``run.families`` may select.
