@@ -132,19 +132,48 @@ def _light_curves(repo: Repository, frames: Table) -> list[TargetLightCurve]:
         except (OSError, ValueError) as exc:
             log.warning("cannot read light curve %s: %s", path, exc)
             continue
+        excluded = [int(i) for i in table.meta.get("excluded_image_ids", []) if int(i) in ids]
         if "image_id" in table.colnames:
             table = table[[int(i) in ids for i in table["image_id"]]]
         if len(table):
             contacts = _contacts(repo, name, table)
+            excluded_times = _excluded_times(frames, excluded, table)
             out.append(
                 TargetLightCurve(
                     name=name,
                     table=table,
                     contacts=contacts,
                     contacts_source="NASA Exoplanet Archive" if contacts else "",
+                    excluded_times=excluded_times,
                 )
             )
     return out
+
+
+def _excluded_times(frames: Table, excluded: list[int], table: Table) -> tuple[float, ...]:
+    """Times of the excluded frames on the light curve's time axis (BJD_TDB or MJD UTC [d]).
+
+    Frames carry UTC mid-exposure times; for a BJD_TDB axis the light curve's own offset
+    between its ``bjd_tdb`` and ``mjd_utc`` columns (the barycentric and TDB corrections,
+    constant to a few seconds over a night) is added.
+    """
+    if not excluded or "time_utc" not in frames.colnames:
+        return ()
+    from astropy.time import Time
+
+    wanted = set(excluded)
+    utc = [t for i, t in zip(frames["image_id"], frames["time_utc"], strict=True) if int(i) in wanted and t]
+    if not utc:
+        return ()
+    mjd = Time([str(t) for t in utc], scale="utc").mjd
+    if "bjd_tdb" in table.colnames and "mjd_utc" in table.colnames:
+        offset = float(
+            np.nanmedian(np.asarray(table["bjd_tdb"], float) - np.asarray(table["mjd_utc"], float))
+        )
+        return tuple(float(x) for x in mjd + offset)
+    if "mjd_utc" in table.colnames:
+        return tuple(float(x) for x in mjd)
+    return ()
 
 
 def _contacts(repo: Repository, name: str, table: Table) -> dict[str, float] | None:

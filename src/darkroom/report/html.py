@@ -251,7 +251,15 @@ def _plots(report: NightReport, config: ReportConfig) -> str:
             "<figure>"
             + _png_img(png, alt=f"light curve of {lc.name}")
             + f"<figcaption>{len(lc.table)} epochs; {config.lightcurve_bin_minutes:g}-minute bins; "
-            "flagged epochs as grey crosses." + _contacts_caption(lc) + "</figcaption></figure>"
+            "flagged epochs as grey crosses"
+            + (
+                f"; {len(lc.excluded_times)} excluded frames as grey crosses along the top"
+                if getattr(lc, "excluded_times", ())
+                else ""
+            )
+            + "."
+            + _contacts_caption(lc)
+            + "</figcaption></figure>"
         )
     return "\n".join(out)
 

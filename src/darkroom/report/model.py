@@ -141,6 +141,9 @@ class TargetLightCurve:
     contacts: dict[str, float] | None = None
     #: where ``contacts`` come from (drawn in the legend)
     contacts_source: str = ""
+    #: times (the table's time scale, days) of frames left out of the light curve (clouds,
+    #: poor frames): drawn as grey crosses along the top of the plot
+    excluded_times: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, Table):

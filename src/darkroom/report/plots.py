@@ -322,6 +322,18 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
         e = ens[sel]
         if np.isfinite(e).any():
             ax2.plot(t, e / np.nanmedian(e), ".", color=colour, ms=4, label=f"{name} ensemble")
+    if lightcurve.excluded_times:
+        tx = np.asarray(lightcurve.excluded_times, float) - t0
+        top = np.nanmax(rel[np.isfinite(rel)]) if np.isfinite(rel).any() else 1.0
+        ax.plot(
+            tx,
+            np.full(tx.size, top),
+            "x",
+            color="0.55",
+            ms=6,
+            mew=1.2,
+            label=f"excluded frames ({tx.size}; no flux used)",
+        )
     if lightcurve.contacts and time_col == "bjd_tdb":
         draw_contacts(ax, lightcurve.contacts, t0, source=lightcurve.contacts_source)
     if not np.isfinite(ens).any():
