@@ -42,3 +42,12 @@ def test_excluded_frames_are_grey_crosses_and_contacts_red_lines():
         TargetLightCurve("XO1-b", table, contacts=contacts, contacts_source="NASA Exoplanet Archive")
     )
     assert _reddish(with_contacts) > _reddish(plain) + 300  # three full-height lines
+
+
+def test_conditions_panel_when_airmass_and_fwhm_are_known():
+    table = _table()
+    plain = mimage.imread(io.BytesIO(lightcurve_png(TargetLightCurve("XO1-b", table))))
+    table["airmass"] = np.linspace(1.05, 1.6, len(table))
+    table["fwhm"] = np.full(len(table), 2.7)
+    three = mimage.imread(io.BytesIO(lightcurve_png(TargetLightCurve("XO1-b", table))))
+    assert plain.shape[0] == 550 and three.shape[0] == 680  # a third panel: airmass, FWHM

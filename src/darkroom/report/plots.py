@@ -280,9 +280,18 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
     ens_col = lightcurve.ensemble_column
     ens = float_column(table, ens_col) if ens_col else np.full(len(table), np.nan)
 
-    fig = Figure(figsize=(9.0, 5.5), dpi=dpi)
+    conditions = [
+        c
+        for c in ("airmass", "fwhm", "sky")
+        if c in table.colnames and np.isfinite(float_column(table, c)).any()
+    ]
+    fig = Figure(figsize=(9.0, 6.8 if conditions else 5.5), dpi=dpi)
     FigureCanvasAgg(fig)
-    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    if conditions:
+        ax, ax2, ax3 = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
+    else:
+        ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        ax3 = None
     for k, band in enumerate(sorted(set(bands))):
         sel = bands == band
         colour = _COLOURS[k % len(_COLOURS)]
@@ -345,8 +354,26 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
-    ax2.set_ylabel("ensemble / median")
-    ax2.set_xlabel(f"{'BJD_TDB' if time_col == 'bjd_tdb' else 'MJD (UTC)'} - {t0:.0f} [d]")
+    ax2.set_ylabel("comparison stars\n(ensemble) / median", fontsize=8)
     ax2.grid(alpha=0.3)
+    bottom = ax2
+    if ax3 is not None:
+        # Observing conditions: each series over its median, so airmass, FWHM and sky share an axis.
+        styles = {
+            "airmass": ("tab:brown", "airmass"),
+            "fwhm": ("tab:purple", "FWHM"),
+            "sky": ("tab:gray", "sky"),
+        }
+        for c in conditions:
+            v = float_column(table, c)
+            med = np.nanmedian(v)
+            if np.isfinite(med) and med != 0:
+                colour, label = styles[c]
+                ax3.plot(t_all - t0, v / med, ".", ms=3, color=colour, label=f"{label} (median {med:.3g})")
+        ax3.set_ylabel("conditions / median", fontsize=8)
+        ax3.legend(fontsize=7, loc="best")
+        ax3.grid(alpha=0.3)
+        bottom = ax3
+    bottom.set_xlabel(f"{'BJD_TDB' if time_col == 'bjd_tdb' else 'MJD (UTC)'} - {t0:.0f} [d]")
     fig.tight_layout()
     return _figure_png(fig)
