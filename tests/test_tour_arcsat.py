@@ -74,6 +74,8 @@ def test_readme_tour_on_the_arcsat_night(tmp_path, arcsat_dir, arcsat_calibrated
     assert caption, "no predicted contact times in the report"
     mid = float(re.search(r"mid ([0-9.]+)", caption.group(1)).group(1))
     assert abs(mid - 2460828.73779) * 1440 < 1.0  # the MANIFEST's mid-transit for this night
+    # 28 frames of low transparency are left out of the curve: drawn, and counted in the caption.
+    assert re.search(r"; (\d+) excluded frames as grey crosses along the top", page)
 
     dom = _run_chromium(_chromium(), tmp_path / "profile", "--dump-dom", f"file://{report}")
     assert dom.returncode == 0, dom.stderr[-2000:]
