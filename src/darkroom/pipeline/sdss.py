@@ -43,6 +43,7 @@ from darkroom.pipeline.stage import Stage, Unit
 from darkroom.pipeline.surveys import (
     DownloadRecorder,
     DriveReport,
+    atomic_write_path,
     drive_threaded,
     resolve_cache_dir,
     target_rows,
@@ -475,10 +476,12 @@ def cut_cubes(
     size: int,
     bands: str,
     workers: int,
+    durable: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> CutoutReport:
     """Cut the cubes not written yet (threads), then gather all into ``cubes.h5`` and
-    ``index.csv`` (worker side: files only)."""
+    ``index.csv`` (worker side: files only). ``durable=False`` skips the fsync of each cube
+    file (``surveys.fsync``)."""
     from darkroom.surveys.targets import propagate_space_motion
 
     out_dir = Path(out_dir)
@@ -517,7 +520,7 @@ def cut_cubes(
         for b, c in centres.items():
             if c is not None:
                 meta[f"X_{b}"], meta[f"Y_{b}"] = round(c[0], 3), round(c[1], 3)
-        with atomic_path(job["path"]) as tmp:
+        with atomic_write_path(job["path"], durable=durable) as tmp:
             write_cube(tmp, cube, mask, bands=list(bands), meta=meta)
         return "masked" if mask.any() else "written"
 
@@ -572,6 +575,7 @@ def run_cutouts(
         size=size or cfg.size,
         bands=bands,
         workers=workers or cfg.workers,
+        durable=config.fsync,
         progress=progress,
     )
 
@@ -583,7 +587,7 @@ class CutoutStage(Stage):
     name = "cutouts"
     family = "survey"
     reads = ("sdss",)
-    settings = ("surveys.cutouts",)
+    settings = ("surveys.cutouts", "surveys.fsync")
 
     @classmethod
     def enabled(cls, config) -> bool:
@@ -593,6 +597,7 @@ class CutoutStage(Stage):
         cutouts = config.cutouts if isinstance(config, SurveysConfig) else config
         extra = {"inputs": inputs} if inputs else {}
         super().__init__(root, cutouts, upstream=upstream, **extra)
+        self.durable = config.fsync if isinstance(config, SurveysConfig) else True
 
     @property
     def out_dir(self) -> Path:
@@ -612,7 +617,12 @@ class CutoutStage(Stage):
     def run(self, unit: Unit) -> CutoutReport:
         cfg = self.config
         return cut_cubes(
-            unit.payload["jobs"], out_dir=self.out_dir, size=cfg.size, bands=cfg.bands, workers=cfg.workers
+            unit.payload["jobs"],
+            out_dir=self.out_dir,
+            size=cfg.size,
+            bands=cfg.bands,
+            workers=cfg.workers,
+            durable=self.durable,
         )
 
     def record(self, session: Session, unit: Unit, result: CutoutReport) -> str:

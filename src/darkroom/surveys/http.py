@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,9 @@ class HttpClient:
         self._rate = RateLimiter(config.rate_per_s)
         self._sessions: list[requests.Session] = []
         self._sessions_lock = threading.Lock()
+        # proxies from the environment, read once: requests reads them (and ~/.netrc) on every
+        # request otherwise, which costs more than a small reply
+        self._proxies = urllib.request.getproxies()
 
     @property
     def has_credentials(self) -> bool:
@@ -193,6 +197,8 @@ class HttpClient:
         if sess is None:
             sess = requests.Session()
             sess.headers["User-Agent"] = USER_AGENT
+            sess.trust_env = False
+            sess.proxies.update(self._proxies)
             adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
             sess.mount("http://", adapter)
             sess.mount("https://", adapter)

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import astropy.units as u
 import numpy as np
-from astropy.table import Column, Table
+from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError
@@ -211,6 +211,8 @@ def parse_reply(content: bytes) -> Table:
     try:
         arrow = pacsv.read_csv(
             io.BytesIO(content),
+            # reader threads only pay off on big replies (most are a few rows, or none)
+            read_options=pacsv.ReadOptions(use_threads=len(content) > (1 << 20)),
             convert_options=pacsv.ConvertOptions(column_types={"oid": pa.int64(), "filtercode": pa.string()}),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -218,18 +220,17 @@ def parse_reply(content: bytes) -> Table:
     missing = [c for c in _NEEDED if c not in arrow.column_names]
     if missing:
         raise BadInputError(f"reply lacks the columns {', '.join(missing)}")
-    table = Table()
+    cols: dict[str, np.ndarray] = {}
     for name in arrow.column_names:
         if not name:  # a leading index column written by pandas
             continue
-        col = arrow.column(name)
         if arrow.num_rows == 0:
-            table[name] = np.zeros(0, dtype=np.int64 if name in ("oid", "catflags") else float)
-            if name == "filtercode":
-                table[name] = np.zeros(0, dtype="U2")
-            continue
-        table[name] = col.to_numpy(zero_copy_only=False)
-    return table
+            kind = np.int64 if name in ("oid", "catflags") else ("U2" if name == "filtercode" else float)
+            cols[name] = np.zeros(0, dtype=kind)
+        else:
+            cols[name] = arrow.column(name).to_numpy(zero_copy_only=False)
+    # one Table built at once (adding columns one by one costs more than the parse)
+    return Table(cols, copy=False)
 
 
 def season_ids(mjd: np.ndarray, *, gap_days: float) -> np.ndarray:
@@ -316,33 +317,45 @@ def reduce_reply(
             rejected[str(obj)] = f"median mag {med_mag:.2f} vs catalogue {catalogue_mag:.2f}"
             continue
         keep[sel] = True
-    kept = table[keep]
-    if len(kept) == 0:
+    if not keep.any():
         return Reduction([], n, rejected)
-    exptime = np.asarray(kept["exptime"], dtype=float) if "exptime" in kept.colnames else np.zeros(len(kept))
+    # plain arrays from here on: astropy row slicing per group costs more than the arithmetic
+    kept = {name: np.asarray(table[name])[keep] for name in table.colnames}
+    n_kept = int(keep.sum())
+    exptime = np.asarray(kept["exptime"], dtype=float) if "exptime" in kept else np.zeros(n_kept)
     mjd_mid = np.asarray(kept["mjd"], dtype=float) + 0.5 * np.nan_to_num(exptime) / 86400.0
     seasons = season_ids(mjd_mid, gap_days=config.season_gap_days)
-    bands = np.array([str(f)[-1] if str(f).startswith("z") else str(f) for f in kept["filtercode"]])
+    codes = kept["filtercode"].astype(str)
+    bands = np.where(np.char.startswith(codes, "z"), np.char.lstrip(codes, "z"), codes)
     catflags = np.asarray(kept["catflags"]).astype(np.int64)
     kept_oid = np.asarray(kept["oid"]).astype(np.int64)
+    mag_k = np.asarray(kept["mag"], dtype=float)
+    magerr_k = np.asarray(kept["magerr"], dtype=float)
+    ra_k = np.asarray(kept["ra"], dtype=float)
+    dec_k = np.asarray(kept["dec"], dtype=float)
     out: list[ReducedLightCurve] = []
     groups = sorted({(int(o), str(b), int(s)) for o, b, s in zip(kept_oid, bands, seasons, strict=True)})
     for obj, band, season in groups:
         sel = (kept_oid == obj) & (bands == band) & (seasons == season)
         order = np.argsort(mjd_mid[sel], kind="stable")
         idx = np.flatnonzero(sel)[order]
-        lc = Table()
-        lc["mjd"] = Column(mjd_mid[idx], unit=u.day, description="MJD (UTC) at mid-exposure")
-        lc["mag"] = Column(np.asarray(kept["mag"], dtype=float)[idx], unit=u.mag)
-        lc["magerr"] = Column(np.asarray(kept["magerr"], dtype=float)[idx], unit=u.mag)
-        lc["band"] = Column(np.full(idx.size, band), description="ZTF filter (g, r, i)")
-        lc["catflags"] = Column(catflags[idx], description="IRSA catalogue flags (0 = good)")
-        lc["ra"] = Column(np.asarray(kept["ra"], dtype=float)[idx], unit=u.deg)
-        lc["dec"] = Column(np.asarray(kept["dec"], dtype=float)[idx], unit=u.deg)
-        lc["oid"] = Column(np.full(idx.size, obj, dtype=np.int64), description="ZTF object id")
+        data = {
+            "mjd": mjd_mid[idx],
+            "mag": mag_k[idx],
+            "magerr": magerr_k[idx],
+            "band": np.full(idx.size, band),
+            "catflags": catflags[idx],
+            "ra": ra_k[idx],
+            "dec": dec_k[idx],
+            "oid": np.full(idx.size, obj, dtype=np.int64),
+        }
         for extra in _EXTRA_COLUMNS:
-            if extra in kept.colnames:
-                lc[extra] = np.asarray(kept[extra])[idx]
+            if extra in kept:
+                data[extra] = np.asarray(kept[extra])[idx]
+        lc = Table(data, copy=False)
+        lc["mjd"].unit, lc["mjd"].description = u.day, "MJD (UTC) at mid-exposure"
+        for name, unit in (("mag", u.mag), ("magerr", u.mag), ("ra", u.deg), ("dec", u.deg)):
+            lc[name].unit = unit
         lc.meta.update(
             {"survey": "ztf", "time_scale": "utc", "object": str(obj), "band": band, "season": season}
         )
