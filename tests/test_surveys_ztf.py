@@ -279,6 +279,7 @@ def test_credentials_file_must_be_private(tmp_path, monkeypatch):
     assert creds.user == "bob" and creds.password == "hunter2" and "hunter2" not in repr(creds)
 
 
+@pytest.mark.slow
 def test_cli_import_run_and_status_on_a_survey_repository(tmp_path, irsa_server, reply_bytes):
     from typer.testing import CliRunner
 
