@@ -27,8 +27,8 @@ import pytest
 from astropy.io import fits
 
 from darkroom.facade import Repository
-from darkroom.pipeline.calibration import calibration_stages
 from darkroom.pipeline.ingest import ingest_paths
+from darkroom.pipeline.run import section_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.models import Exposure, Image
 
@@ -305,7 +305,7 @@ def test_hostile_night_is_read_to_the_end_and_good_frames_reduced(tmp_path, capf
     assert sum("unparsable header cards" in r.getMessage() for r in caplog.records) == 1
 
     # Every good frame is reduced: masters made, every light frame calibrated.
-    reports = [run_stage(repo.registry, st) for st in calibration_stages(repo.root, repo.config.calib)]
+    reports = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
     assert not [f for r in reports for f in r.failures], [f for r in reports for f in r.failures]
     from sqlalchemy import select
 
