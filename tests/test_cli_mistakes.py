@@ -54,6 +54,18 @@ CASES = [
     ("--set without =", lambda r, t: ["run", str(r), "--set", "photometry"], 1, "section.key=value"),
     ("--set of an unknown key", lambda r, t: ["run", str(r), "--set", "ingest.bach_size=3"], 1, "bach_size"),
     (
+        "status --set of a misspelt key",
+        lambda r, t: ["status", str(r), "--set", "ingest.bach_size=3"],
+        1,
+        "did you mean ingest.batch_size",
+    ),
+    (
+        "report --set of an unknown section",
+        lambda r, t: ["report", str(r), "--set", "reprot.x=1"],
+        1,
+        "no such",
+    ),
+    (
         "ingest of a path that does not exist",
         lambda r, t: ["ingest", str(r), str(t / "typo")],
         1,

@@ -339,6 +339,7 @@ def status(
         str,
         typer.Option("--format", help="text (for people), json or csv (for scripts)", case_sensitive=False),
     ] = "text",
+    set_: SetOpt = None,
 ) -> None:
     """What is registered, what is done, what failed and why (exit 2 when something failed)."""
     from darkroom.facade import Repository
@@ -347,7 +348,7 @@ def status(
     if fmt not in ("text", "json", "csv"):
         raise DarkroomError(f"--format {fmt!r}: choose text, json or csv")
     try:
-        r = Repository(repo, db_url=db)
+        r = Repository(repo, db_url=db, overrides=set_ or ())
         st = r.status()
         files = _unit_files(r, [key for _stage, key, _reason in st["failed"]])
         r.close()
@@ -874,13 +875,14 @@ def report(
         list[str] | None, typer.Option("--night", help="only this night, YYYY-MM-DD (repeatable)")
     ] = None,
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Write a self-contained HTML report per night: frames, masters, quality, failures, light curves."""
     from darkroom.facade import Repository
     from darkroom.pipeline.report import write_reports
 
     try:
-        r = Repository(repo, db_url=db)
+        r = Repository(repo, db_url=db, overrides=set_ or ())
         paths = write_reports(r, out, nights=night or None)
         r.close()
     except DarkroomError as exc:
