@@ -961,6 +961,7 @@ def demo(
 __import__("darkroom.commands.surveys", fromlist=["register"]).register(app)
 __import__("darkroom.commands.products", fromlist=["register"]).register(app)
 __import__("darkroom.commands.imaging", fromlist=["register"]).register(app)
+__import__("darkroom.commands.analysis", fromlist=["register"]).register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from darkroom.analysis.finders import AnalysisConfig
 from darkroom.astrom.settings import SolveSettings
 from darkroom.calib.settings import CalibSettings
 from darkroom.detect.quality import QualityLimits
@@ -147,6 +148,10 @@ class DarkroomConfig(_Section):
     )
     coadd: CoaddSettings = Field(
         default_factory=CoaddSettings, description="coadds per field, filter and night (optional stage)"
+    )
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig,
+        description="time-domain analysis: quality checks, finders, injections",
     )
 
 

@@ -1,0 +1,330 @@
+"""Analysis commands: ``darkroom lightcurves import``, ``analyze``, ``properties``, ``detections``,
+``rates`` and ``transit``. Thin wiring over :mod:`darkroom.pipeline.analysis`; errors print as one
+line and exit 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from darkroom.errors import DarkroomError
+
+__all__ = ["register"]
+
+console = Console()
+err_console = Console(stderr=True)
+RepoArg = Annotated[Path, typer.Argument(help="repository folder")]
+OutOpt = Annotated[Path, typer.Option("-o", "--output", help="output table (.csv, .ecsv or .parquet)")]
+
+
+def _fail(reason: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(reason)}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _repo(path: Path):
+    from darkroom.facade import Repository
+
+    return Repository(path)
+
+
+def _write(table, out: Path) -> None:
+    from darkroom.io.atomic import atomic_path
+
+    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv", ".parquet": "parquet"}.get(out.suffix.lower())
+    if fmt is None:
+        _fail(f"{out.name}: use a .csv, .ecsv or .parquet suffix")
+    with atomic_path(out) as tmp:
+        table.write(tmp, format=fmt)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the analysis commands to ``app``."""
+    lc_app = typer.Typer(help="survey and imported light curves", no_args_is_help=True)
+    app.add_typer(lc_app, name="lightcurves")
+
+    @lc_app.command("import")
+    def lightcurves_import(
+        repo: RepoArg,
+        paths: Annotated[list[Path], typer.Argument(help="light-curve files (CSV, ECSV, Parquet, FITS)")],
+        survey: Annotated[str, typer.Option("--survey", help="survey label (ztf maps zg/zr/zi)")] = "import",
+        season_gap: Annotated[
+            float | None, typer.Option("--season-gap", help="days; default from config")
+        ] = None,
+    ) -> None:
+        """Register light curves (one object per file), split per band and season."""
+        from darkroom.pipeline.analysis import import_lightcurves
+
+        try:
+            r = _repo(repo)
+            gap = season_gap or r.config.analysis.season_gap_days
+            files = [p for path in paths for p in (sorted(path.rglob("*.*")) if path.is_dir() else [path])]
+            with r.registry.session() as s, s.begin():
+                n_new, n_known, failures = import_lightcurves(
+                    s, r.root, files, survey=survey, season_gap_days=gap
+                )
+            r.close()
+        except DarkroomError as exc:
+            _fail(exc.reason)
+        for f in failures:
+            err_console.print(f"[yellow]skipped[/] {escape(f)}", soft_wrap=True)
+        console.print(
+            f"{n_new} light curves registered, {n_known} already known, {len(failures)} files skipped"
+        )
+
+    @app.command("analyze")
+    def analyze_cmd(
+        repo: RepoArg,
+        injections: Annotated[
+            int, typer.Option("--injections", min=0, help="events injected per light curve")
+        ] = 0,
+    ) -> None:
+        """Quality checks, finders and injection-recovery on every light curve (skips what is done)."""
+        from rich.progress import Progress
+
+        from darkroom.pipeline.analysis import analyze
+
+        try:
+            r = _repo(repo)
+            with Progress(console=console, transient=True) as bar, r.registry.session() as s, s.begin():
+                task = bar.add_task("analyze", total=None)
+                rep = analyze(
+                    s,
+                    r.root,
+                    r.config.analysis,
+                    injections=injections,
+                    progress=lambda k, n: bar.update(task, completed=k, total=n),
+                )
+            r.close()
+        except DarkroomError as exc:
+            _fail(exc.reason)
+        for f in rep.failures:
+            err_console.print(f"[yellow]failed[/] {escape(f)}", soft_wrap=True)
+        console.print(
+            f"analysis {rep.provenance_id}: {rep.n_objects} objects analysed, {rep.n_skipped} already done, "
+            f"{rep.n_detections} detections; {rep.n_injections} injections, {rep.n_recovered} recovered; "
+            f"histograms {rep.histogram_path}"
+        )
+
+    @app.command("properties")
+    def properties_cmd(repo: RepoArg, output: OutOpt) -> None:
+        """Per-object properties of the current analysis settings as a table."""
+        from astropy.table import Table
+        from sqlalchemy import select
+
+        from darkroom.pipeline.analysis import analysis_provenance
+        from darkroom.repo.models import Properties, Target
+
+        r = _repo(repo)
+        pid, _ = analysis_provenance(r.config.analysis)
+        with r.registry.session() as s:
+            rows = s.execute(
+                select(Properties, Target).outerjoin(Target, Target.id == Properties.target_id)
+                .where(Properties.provenance_id == pid)
+                .order_by(Properties.object_key)
+            ).all()  # fmt: skip
+            tab = Table(
+                rows=[
+                    (
+                        p.object_key.split(":", 1)[-1],
+                        t.ra_deg if t else float("nan"),
+                        t.dec_deg if t else float("nan"),
+                        p.n_epochs,
+                        p.period_d if p.period_d is not None else float("nan"),
+                        p.period_fap if p.period_fap is not None else float("nan"),
+                        p.best_snr if p.best_snr is not None else float("nan"),
+                        int(p.values.get("transient", {}).get("n_events", 0)),
+                    )
+                    for p, t in rows
+                ],
+                names=("name", "ra", "dec", "n_epochs", "period_d", "period_fap", "best_snr", "n_events"),
+                dtype=(str, float, float, int, float, float, float, int),
+            )
+        r.close()
+        _write(tab, output)
+        console.print(f"{len(tab)} objects written to {output}")
+
+    @app.command("detections")
+    def detections_cmd(
+        repo: RepoArg,
+        output: OutOpt,
+        simulated: Annotated[
+            bool, typer.Option("--simulated", help="the recovered injections instead")
+        ] = False,
+    ) -> None:
+        """Detections of the current analysis settings as a table."""
+        from astropy.table import Table
+        from sqlalchemy import select
+
+        from darkroom.pipeline.analysis import analysis_provenance
+        from darkroom.repo.models import Detection, Lightcurve
+
+        r = _repo(repo)
+        pid, _ = analysis_provenance(r.config.analysis)
+        with r.registry.session() as s:
+            rows = s.execute(
+                select(Detection, Lightcurve.object_id)
+                .outerjoin(Lightcurve, Lightcurve.id == Detection.lightcurve_id)
+                .where(Detection.provenance_id == pid, Detection.simulated.is_(simulated))
+                .order_by(Detection.id)
+            ).all()
+            tab = Table(
+                rows=[
+                    (o or "", d.finder, d.mjd, d.snr, d.duration_d or 0.0, d.peak_mag, d.simulated)
+                    for d, o in rows
+                ],
+                names=("name", "finder", "mjd", "snr", "duration_d", "peak_mag", "simulated"),
+                dtype=(str, str, float, float, float, float, bool),
+            )
+        r.close()
+        _write(tab, output)
+        console.print(f"{len(tab)} detections written to {output}")
+
+    @app.command("rates")
+    def rates_cmd(
+        repo: RepoArg,
+        plot: Annotated[
+            Path | None, typer.Option("--plot", help="efficiency PNG (default: beside the histograms)")
+        ] = None,
+    ) -> None:
+        """Searched epochs, detections and the injection efficiency; a PNG of efficiency vs S/N."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import numpy as np
+        import xarray as xr
+        from sqlalchemy import func, select
+
+        from darkroom.io.atomic import atomic_path
+        from darkroom.pipeline.analysis import analysis_provenance, efficiency_curve
+        from darkroom.repo.models import Detection
+
+        r = _repo(repo)
+        pid, _ = analysis_provenance(r.config.analysis)
+        nc = r.root / "analysis" / pid / "searched.nc"
+        if not nc.exists():
+            _fail(f"no analysis {pid} yet: run darkroom analyze first")
+        ds = xr.load_dataset(nc, engine="h5netcdf")
+        with r.registry.session() as s:
+            n_real = s.scalar(
+                select(func.count()).where(Detection.provenance_id == pid, Detection.simulated.is_(False))
+            )
+            curve = efficiency_curve(s, pid, np.geomspace(1.0, 20.0, 14))
+        r.close()
+        n_ep = int(ds["n_epochs"].sum())
+        t_d = float(ds["time_searched_d"].sum())
+        console.print(
+            f"analysis {pid}: {int(ds['n_lightcurves'].sum())} light curves, {n_ep} epochs, {t_d:.0f} days "
+            f"searched; {n_real} real detections; efficiency 50 % at S/N {curve['snr50']:.2f} "
+            f"(threshold {ds.attrs.get('snr_threshold')})"
+        )
+        for c, n, k in zip(curve["centre"], curve["n"], curve["k"], strict=True):
+            if n:
+                console.print(f"  S/N {c:6.2f}: {k:4d}/{n:<4d} recovered")
+        out = plot or nc.with_name("efficiency.png")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ok = curve["n"] > 0
+        ax.plot(curve["centre"][ok], curve["eff"][ok], "o-")
+        ax.axvline(float(ds.attrs.get("snr_threshold", 5.0)), ls="--", color="grey", label="threshold")
+        ax.set_xscale("log")
+        ax.set_xlabel("expected S/N of the injected event")
+        ax.set_ylabel("fraction recovered")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend()
+        fig.tight_layout()
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+        console.print(f"plot {out}")
+
+    @app.command("transit")
+    def transit_cmd(
+        lightcurve: Annotated[
+            Path, typer.Argument(help="light-curve file: bjd_tdb (or mjd), rel_flux/flux, errors")
+        ],
+        name: Annotated[str, typer.Option("--name", help="planet name")],
+        period: Annotated[float, typer.Option("--period", help="orbital period [day]")],
+        t0: Annotated[float, typer.Option("--t0", help="a mid-transit time [BJD_TDB]")],
+        rp_rs: Annotated[float, typer.Option("--rp-rs")] = 0.1,
+        a_rs: Annotated[float | None, typer.Option("--a-rs", help="prior mean of a/Rs")] = None,
+        a_rs_err: Annotated[float, typer.Option("--a-rs-err")] = 0.5,
+        inc: Annotated[
+            float | None, typer.Option("--inc", help="prior mean of the inclination [deg]")
+        ] = None,
+        inc_err: Annotated[float, typer.Option("--inc-err")] = 1.0,
+        u1: Annotated[float, typer.Option("--u1")] = 0.4,
+        u2: Annotated[float, typer.Option("--u2")] = 0.25,
+        detrend: Annotated[str, typer.Option("--detrend", help="linear | airmass | none")] = "linear",
+        method: Annotated[str, typer.Option("--method", help="mcmc | laplace")] = "mcmc",
+        output: Annotated[Path | None, typer.Option("-o", help="AAVSO Exoplanet Watch table")] = None,
+        plot: Annotated[Path | None, typer.Option("--plot", help="PNG of data, model and residuals")] = None,
+        filter_name: Annotated[str, typer.Option("--filter")] = "",
+        exposure: Annotated[float, typer.Option("--exposure", help="[s]")] = 0.0,
+    ) -> None:
+        """Fit a known planet's transit in one night's light curve (mid-time BJD_TDB, Rp/Rs, a/Rs, i)."""
+        import numpy as np
+
+        from darkroom.analysis.transit import TransitFitConfig, aavso_report, fit_transit
+        from darkroom.io.atomic import atomic_write_text
+        from darkroom.timeseries import read_lightcurve
+
+        try:
+            lc = read_lightcurve(lightcurve)
+            cols = lc.colnames
+            t = np.asarray(lc["bjd_tdb"] if "bjd_tdb" in cols else lc["mjd"], float)
+            if t.max() < 2_400_000:
+                t = t + 2_400_000.5
+            fcol = "rel_flux" if "rel_flux" in cols else "flux"
+            f = np.asarray(lc[fcol], float)
+            e = np.asarray(lc[fcol + "_err" if fcol + "_err" in cols else "fluxerr"], float)
+            f, e = f / np.nanmedian(f), e / np.nanmedian(f)
+            n = round((np.median(t) - t0) / period)
+            tc = t0 + n * period
+            fit = fit_transit(
+                t, f, e, period_d=period, t_c_guess=tc, t_c_window_d=0.1, rp_rs_guess=rp_rs,
+                a_rs_prior=(a_rs, a_rs_err) if a_rs else None, inc_prior=(inc, inc_err) if inc else None,
+                u=(u1, u2), airmass=np.asarray(lc["airmass"], float) if "airmass" in cols else None,
+                config=TransitFitConfig(method=method, detrend=detrend),  # type: ignore[arg-type]
+            )  # fmt: skip
+        except DarkroomError as exc:
+            _fail(exc.reason)
+        console.print(
+            f"{escape(name)}: Tc = {fit.t_c:.5f} +- {fit.t_c_err * 1440:.2f} min BJD_TDB "
+            f"(predicted {tc:.5f}, O-C {(fit.t_c - tc) * 1440:+.2f} min); Rp/Rs = {fit.rp_rs:.4f} +- "
+            f"{fit.rp_rs_err:.4f}; depth {fit.depth * 100:.3f} %; a/Rs {fit.a_rs:.2f}; i {fit.inc_deg:.2f} deg; "
+            f"residual scatter {fit.residual_rms * 1e3:.2f} ppt"
+        )
+        if output:
+            atomic_write_text(
+                output,
+                aavso_report(
+                    fit, t, f, e, star=name.rstrip("bcdefgh ").strip() or name, planet=name,
+                    filter_name=filter_name, exposure_s=exposure,
+                ),
+            )  # fmt: skip
+        if plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            from darkroom.io.atomic import atomic_path
+
+            ok = np.isfinite(t) & np.isfinite(f) & np.isfinite(e) & (e > 0)
+            fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), height_ratios=(3, 1))
+            hours = (t[ok] - fit.t_c) * 24
+            a1.errorbar(hours, f[ok], e[ok], fmt=".", alpha=0.6)
+            a1.plot(hours, fit.model, "r-")
+            a1.set_ylabel("relative flux")
+            a2.plot(hours, f[ok] - fit.model, ".")
+            a2.set_xlabel("hours from mid-transit")
+            a1.set_title(f"{name}: Tc {fit.t_c:.5f} +- {fit.t_c_err * 1440:.1f} min")
+            fig.tight_layout()
+            with atomic_path(plot) as tmp:
+                fig.savefig(tmp, format="png", dpi=100)
+            plt.close(fig)
