@@ -151,6 +151,9 @@ def main() -> None:
                     "ratio": 1.0,
                 },
             ]
+        print(flush=True)
+        print_table(rows[-4 * len(args.densities.split(",")) :])
+    print("\nall rows:")
     print_table(rows)
 
 
