@@ -248,58 +248,72 @@ def _flag_group_centroids(flags: np.ndarray, signal: np.ndarray) -> tuple[np.nda
     return xs, ys
 
 
-def _fit_psf_plane(design: np.ndarray, observed: np.ndarray, use: np.ndarray) -> np.ndarray | None:
-    """Least-squares (amplitude, level, x slope, y slope) on the pixels ``use``; None if too few."""
-    if np.count_nonzero(use) < 8:
-        return None
-    coef, *_ = np.linalg.lstsq(design[use], observed[use], rcond=None)
-    return coef
-
-
-def _star_shaped(
-    coef: np.ndarray,
-    design: np.ndarray,
-    observed: np.ndarray,
-    sig: np.ndarray,
-    use: np.ndarray,
-    misfit: float,
-) -> bool:
-    """Whether the fit explains the pixels ``use`` as a star: residual power within the noise
-    (twice its expectation) and ``misfit`` times the model's power."""
-    resid = observed[use] - design[use] @ coef
-    noise_power = float(np.sum(sig[use] ** 2))
-    star_power = float(np.sum((coef[0] * design[use, 0]) ** 2))
-    allowed = misfit * star_power + 2.0 * noise_power
-    return float(np.sum(resid**2)) <= allowed
-
-
-def _explained_flags(
-    flags: np.ndarray,
-    observed: np.ndarray,
-    sig: np.ndarray,
-    dx: np.ndarray,
-    dy: np.ndarray,
+def _explained_batch(
+    flags_image: np.ndarray,
+    signal: np.ndarray,
+    noise: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
     sigma: float,
+    r: float,
     cfg: StarGuardConfig,
-) -> np.ndarray:
-    """Which flagged pixels of a candidate's disk a star at its centre explains.
+    *,
+    ignore: np.ndarray | None,
+    saturated: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """For every candidate star at (xs, ys), which flagged pixels of its disk a star there explains.
 
     A PSF (pixel-integrated Gaussian of width ``sigma``) plus a plane (a neighbour's wing,
-    a sky error) is fitted to the unflagged pixels, so that a cosmic ray on a star, or one
-    taken for a star, cannot explain itself; the fit must be star-shaped, and a flagged
-    pixel is explained when it stays below ``(1 + psf_tolerance)`` x the model plus
-    ``nsigma`` sigma.
+    a sky error) is fitted by weighted least squares to the disk's pixels that are not
+    flagged, or flagged below ``nsigma`` (the cosmic-ray step's growth into a star's wings
+    or the sky around a cosmic ray), so that a cosmic ray on a star, or one taken for a
+    star, cannot explain itself. When the fit is star-shaped (residual power within twice
+    the noise plus ``max_misfit`` of the model's), a flagged pixel is explained when it
+    stays below ``(1 + psf_tolerance)`` x the model plus ``nsigma`` sigma. All candidates
+    are fitted together (batched normal equations). Returns the pixel rows, columns
+    (n, m) and the explained mask (n, m), or None without candidates.
     """
+    if xs.size == 0:
+        return None
+    ny, nx = flags_image.shape
+    half = math.ceil(r)
+    oy, ox = (o.ravel() for o in np.mgrid[-half : half + 1, -half : half + 1])
+    gy = np.rint(ys).astype(int)[:, None] + oy[None, :]
+    gx = np.rint(xs).astype(int)[:, None] + ox[None, :]
+    inside = (gy >= 0) & (gy < ny) & (gx >= 0) & (gx < nx)
+    gy, gx = np.clip(gy, 0, ny - 1), np.clip(gx, 0, nx - 1)
+    dx, dy = gx - xs[:, None], gy - ys[:, None]
+    disk = inside & (dx * dx + dy * dy <= r * r)
+    if ignore is not None:
+        disk &= ~ignore[gy, gx]
+    if saturated is not None:
+        disk &= ~saturated[gy, gx]
+    flags = flags_image[gy, gx] & disk
+    obs = signal[gy, gx].astype(float)
+    sig = noise[gy, gx].astype(float)
+    use = disk & (~flags | (obs < cfg.nsigma * sig))
+    keep = flags.any(axis=1) & (use.sum(axis=1) >= 8)
+    if not keep.any():
+        return None
+    gy, gx, dx, dy, flags, obs, sig, use = (a[keep] for a in (gy, gx, dx, dy, flags, obs, sig, use))
     unit = _pixel_fraction(dx, dy, sigma)
-    design = np.column_stack([unit, np.ones_like(unit), dx, dy])
-    # flagged pixels below nsigma are the cosmic-ray step's growth into the neighbours:
-    # they carry the star's wings (or show the sky around a cosmic ray) and join the fit
-    use = ~flags | (observed < cfg.nsigma * sig)
-    coef = _fit_psf_plane(design, observed, use)
-    if coef is None or not coef[0] > 0 or not _star_shaped(coef, design, observed, sig, use, cfg.max_misfit):
-        return np.zeros(flags.size, bool)
-    excess = observed - design[:, 1:] @ coef[1:] - (1.0 + cfg.psf_tolerance) * coef[0] * unit
-    return flags & (excess <= cfg.nsigma * sig)
+    design = np.stack([unit, np.ones_like(unit), dx, dy], axis=-1)  # (n, m, 4)
+    w = use.astype(float)
+    normal = np.einsum("nmi,nm,nmj->nij", design, w, design)
+    normal += 1e-9 * np.trace(normal, axis1=1, axis2=2)[:, None, None] * np.eye(4)[None]
+    rhs = np.einsum("nmi,nm,nm->ni", design, w, obs)
+    try:
+        coef = np.linalg.solve(normal, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        coef = np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(normal, rhs, strict=True)])
+    fit = np.einsum("nmi,ni->nm", design, coef)
+    star = coef[:, :1] * unit
+    resid_power = np.sum(w * (obs - fit) ** 2, axis=1)
+    allowed = cfg.max_misfit * np.sum(w * star**2, axis=1) + 2.0 * np.sum(w * sig**2, axis=1)
+    star_shaped = (coef[:, 0] > 0) & (resid_power <= allowed)
+    excess = obs - (fit - star) - (1.0 + cfg.psf_tolerance) * star
+    explained = flags & star_shaped[:, None] & (excess <= cfg.nsigma * sig)
+    return gy, gx, explained
 
 
 def protect_stars(
@@ -366,43 +380,30 @@ def protect_stars(
         return StarGuardResult(out, fwhm, n_sat_stars, n_cleared)
     sigma = fwhm * _GAUSS_SIGMA_PER_FWHM
     r = max(cfg.protect_radius_fwhm * fwhm, 2.5)
-    cy, cx = np.nonzero(out)
-    # flagged pixels near each star; only flagged pixels are examined
-    order = np.argsort(cy * nx + cx)
-    keys = (cy * nx + cx)[order]
     half = math.ceil(r)
     # only candidates with a flag within reach need a fit
     reach = ndimage_distance_reach(out, half)
     ixs = np.clip(np.rint(xs).astype(int), 0, nx - 1)
     iys = np.clip(np.rint(ys).astype(int), 0, ny - 1)
     near_flag = reach[iys, ixs] & (fluxes > 0)
-    for x0, y0 in zip(xs[near_flag], ys[near_flag], strict=True):
-        ix0, iy0 = round(float(x0)), round(float(y0))
-        ylo, yhi = max(0, iy0 - half), min(ny - 1, iy0 + half)
-        lo = np.searchsorted(keys, ylo * nx)
-        hi = np.searchsorted(keys, (yhi + 1) * nx)
-        if lo == hi:
-            continue
-        idx = keys[lo:hi]
-        py, px = idx // nx, idx % nx
-        near = ((px - x0) ** 2 + (py - y0) ** 2 <= r * r) & out[py, px]
-        if not near.any():
-            continue
-        wy0, wy1 = max(0, iy0 - half), min(ny, iy0 + half + 1)
-        wx0, wx1 = max(0, ix0 - half), min(nx, ix0 + half + 1)
-        gy, gx = np.mgrid[wy0:wy1, wx0:wx1]
-        disk = (gx - x0) ** 2 + (gy - y0) ** 2 <= r * r
-        if ignore is not None:
-            disk &= ~ignore[wy0:wy1, wx0:wx1]
-        if saturated is not None:
-            disk &= ~saturated[wy0:wy1, wx0:wx1]
-        gy, gx = gy[disk], gx[disk]
-        if gy.size < 8:
-            continue
-        cleared = _explained_flags(
-            out[gy, gx], data[gy, gx] - sky[gy, gx], noise[gy, gx], gx - x0, gy - y0, sigma, cfg
+    signal = data - sky
+    for _ in range(2):  # a second pass sees the flags the first one cleared as usable pixels
+        cleared = _explained_batch(
+            out,
+            signal,
+            noise,
+            xs[near_flag],
+            ys[near_flag],
+            sigma,
+            r,
+            cfg,
+            ignore=ignore,
+            saturated=saturated,
         )
-        if cleared.any():
-            out[gy[cleared], gx[cleared]] = False
-            n_cleared += int(cleared.sum())
+        if cleared is None or not cleared[2].any():
+            break
+        gy, gx, hit = cleared
+        before = int(np.count_nonzero(out))
+        out[gy[hit], gx[hit]] = False
+        n_cleared += before - int(np.count_nonzero(out))
     return StarGuardResult(out, fwhm, n_star_like + n_sat_stars, n_cleared)
