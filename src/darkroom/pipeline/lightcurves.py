@@ -598,6 +598,28 @@ def comparison_window(meas: Table, *, target_id: int, settings: LightCurveSettin
     return float(window)
 
 
+def _label_columns(lc: Table, meas: Table, *, calibrated: bool) -> None:
+    """Units (and words) on the light-curve columns, so ECSV and Parquet files carry them.
+
+    Units come from the measurements (flux in adu, positions in pixels...); the ensemble
+    flux has the flux's unit, the FWHM is in pixels; an uncalibrated ``mag`` is named
+    instrumental (-2.5 log10 of the flux in adu, no zero point).
+    """
+    for name in lc.colnames:
+        if lc[name].unit is None and name in meas.colnames and meas[name].unit is not None:
+            lc[name].unit = meas[name].unit
+    flux_unit = meas["flux"].unit if "flux" in meas.colnames else None
+    for name in ("ens_flux", "ens_flux_err"):
+        if name in lc.colnames and lc[name].unit is None and flux_unit is not None:
+            lc[name].unit = flux_unit
+    if "fwhm" in lc.colnames and lc["fwhm"].unit is None:
+        lc["fwhm"].unit = "pix"
+        lc["fwhm"].description = "the frame's PSF FWHM"
+    if "mag" in lc.colnames and not calibrated:
+        lc["mag"].description = "instrumental magnitude: -2.5 log10(flux / adu), no photometric zero point"
+        lc.meta["mag_system"] = "instrumental"
+
+
 def assemble_lightcurve(
     meas: Table,
     frames: Table,
@@ -685,6 +707,7 @@ def assemble_lightcurve(
     for (_band, season), part in split_lightcurve(lc, season_gap_days=settings.season_gap_days).items():
         seasons[np.isin(np.asarray(lc["image_id"]), np.asarray(part["image_id"]))] = season
     lc["season"] = seasons
+    _label_columns(lc, meas, calibrated=bool(np.isfinite(np.asarray(frames["zp"], float)).any()))
     lc.meta["excluded_image_ids"] = sorted(int(i) for i in excluded)
     lc.meta["comparison_window_mag"] = float(comparison.max_mag_diff)
     lc.meta["kept_flagged"] = bool(keep_flagged)
