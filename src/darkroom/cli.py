@@ -575,6 +575,7 @@ def run(
                 "no light curves: no targets in darkroom.yaml and no light frame names an OBJECT; "
                 f"add targets:, or run darkroom lightcurve {r.root} --ra RA --dec DEC"
             )
+        unsolved = _unsolved_frames(r.registry, chosen)
         r.close()
     except DarkroomError as exc:
         _fail(exc)
@@ -583,6 +584,12 @@ def run(
     night.log_file = _LOG_FILE[0] if _LOG_FILE else None
     night.n_hidden_warnings = _CONSOLE_FILTER[0].n_hidden() if _CONSOLE_FILTER else 0
     failed = [(rep.stage, key, reason) for rep in reports for key, reason in rep.failures]
+    if unsolved:
+        # a frame without a solution is a failure of the night, not a quiet footnote
+        console.print(f"astrometry failed for {len(unsolved)} frame(s):")
+        for name, reason in unsolved:
+            console.print(f"  {name}: {reason}", soft_wrap=True, markup=False, highlight=False)
+        failed += [("astrometry", name, reason) for name, reason in unsolved]
     if not quiet:
         print_run_summary(night, console)
     elif failed:
@@ -622,6 +629,28 @@ def _write_report_quietly(r) -> Path | None:
         return None
     index = [p for p in paths if Path(p).name == "index.html"]
     return Path(index[0] if index else paths[-1]) if paths else None
+
+
+def _unsolved_frames(registry, stages) -> list[tuple[str, str]]:
+    """(raw file name, reason) of the images the run's astrometry stage left unsolved."""
+    from sqlalchemy import select
+
+    from darkroom.repo.models import Exposure, Image
+
+    prov = next((st.provenance_id for st in stages if st.name == "astrometry"), None)
+    if prov is None:
+        return []
+    out = []
+    with registry.session() as s:
+        rows = s.execute(
+            select(Exposure.path, Image.astrom)
+            .join(Image, Image.exposure_id == Exposure.id)
+            .where(Image.astrom_flag == "failed")
+        ).all()
+        for path, astrom in rows:
+            if (astrom or {}).get("provenance_id") == prov:
+                out.append((Path(path).name, str((astrom or {}).get("reason") or "not solved")))
+    return sorted(out)
 
 
 @app.command()
@@ -962,6 +991,7 @@ __import__("darkroom.commands.surveys", fromlist=["register"]).register(app)
 __import__("darkroom.commands.products", fromlist=["register"]).register(app)
 __import__("darkroom.commands.imaging", fromlist=["register"]).register(app)
 __import__("darkroom.commands.analysis", fromlist=["register"]).register(app)
+__import__("darkroom.commands.catalog", fromlist=["register"]).register(app)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -293,15 +293,31 @@ class MasterRecord(BaseModel):
         )
 
 
-def _mismatch(need: CalibKey, m: Any, cfg: GroupingConfig) -> str | None:
-    """Why master record ``m`` cannot serve ``need`` (None when it can)."""
+def _contains(m: Any, need: CalibKey, origin: tuple[int, int] | None) -> bool:
+    """Whether a larger master covers a subframe of ``need``'s size at ``origin`` (x, y, 0-based)."""
+    if origin is None or not (m.naxis1 and m.naxis2):
+        return False
+    x0, y0 = origin
+    return x0 + need.naxis1 <= m.naxis1 and y0 + need.naxis2 <= m.naxis2
+
+
+def _mismatch(
+    need: CalibKey, m: Any, cfg: GroupingConfig, origin: tuple[int, int] | None = None
+) -> str | None:
+    """Why master record ``m`` cannot serve ``need`` (None when it can); a frame read out as a
+    subframe at ``origin`` (x, y) is served by a larger master of the same binning covering it."""
     if m.kind != need.kind:
         return "kind"
     if str(m.instrument or "") != need.instrument:
         return f"instrument {m.instrument}"
     if (m.binning_x, m.binning_y) != (need.binning_x, need.binning_y):
         return f"binning {m.binning_x}x{m.binning_y}"
-    if (m.naxis1, m.naxis2) != (need.naxis1, need.naxis2) and m.naxis1 and need.naxis1:
+    if (
+        (m.naxis1, m.naxis2) != (need.naxis1, need.naxis2)
+        and m.naxis1
+        and need.naxis1
+        and not _contains(m, need, origin)
+    ):
         return f"size {m.naxis1}x{m.naxis2}"
     if (
         need.set_temp_c is not None
@@ -343,7 +359,9 @@ def select_master(
     cfg = config or GroupingConfig()
     need = required_key(meta, kind, config=cfg)
     t = getattr(meta, "time_mid_utc", None)
-    matching = [m for m in candidates if _mismatch(need, m, cfg) is None]
+    sx, sy = getattr(meta, "subframe_x", None), getattr(meta, "subframe_y", None)
+    origin = None if sx is None and sy is None else (int(sx or 0), int(sy or 0))
+    matching = [m for m in candidates if _mismatch(need, m, cfg, origin) is None]
     valid = [m for m in matching if _valid_at(m, t)]
     if valid:
 
@@ -352,7 +370,8 @@ def select_master(
             if kind == "dark" and need.exptime_s is not None and m.exptime_s is not None:
                 exact = 0 if abs(float(m.exptime_s) - need.exptime_s) <= cfg.exptime_tolerance_s else 1
             dt = abs((m.time_mid_utc - t).total_seconds()) if (t and m.time_mid_utc) else 0.0
-            return (exact, dt, m.name)
+            same_size = 0 if (m.naxis1, m.naxis2) == (need.naxis1, need.naxis2) else 1
+            return (same_size, exact, dt, m.name)
 
         return min(valid, key=rank)
     when = t.isoformat(timespec="seconds") if t else "an unknown time"

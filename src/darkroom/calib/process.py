@@ -49,6 +49,7 @@ __all__ = [
     "RequireMode",
     "adopt_calibrated",
     "calibrate_frame",
+    "cut_masters_to_subframe",
     "prepare_raw",
 ]
 
@@ -690,3 +691,48 @@ def adopt_calibrated(
         n_saturated=0,
         steps=tuple(history),
     )
+
+
+def cut_masters_to_subframe(
+    meta,
+    shape: tuple[int, int],
+    *,
+    bias: MasterFrame | None = None,
+    dark: MasterFrame | None = None,
+    flat: MasterFrame | None = None,
+    bad_pixels: BadPixelMask | None = None,
+) -> tuple[MasterFrame | None, MasterFrame | None, MasterFrame | None, BadPixelMask | None]:
+    """Full-frame masters cut to a subframe read-out (``meta.subframe_x/y``, binned 0-based
+    pixels; ``shape`` the frame's (ny, nx) after trimming). Masters of the frame's own shape are
+    returned as they are; one that does not cover the subframe raises CalibrationError."""
+    import dataclasses
+
+    x0, y0 = int(meta.subframe_x or 0), int(meta.subframe_y or 0)
+    ny, nx = shape
+    sl = (slice(y0, y0 + ny), slice(x0, x0 + nx))
+
+    def cut_master(m: MasterFrame | None) -> MasterFrame | None:
+        if m is None or tuple(m.data.shape) == (ny, nx):
+            return m
+        if y0 + ny > m.data.shape[0] or x0 + nx > m.data.shape[1]:
+            raise CalibrationError(
+                f"master {m.kind} {m.data.shape} does not cover the subframe {nx}x{ny} at x={x0}, y={y0}"
+            )
+        return dataclasses.replace(
+            m,
+            data=np.ascontiguousarray(m.data[sl]),
+            variance=np.ascontiguousarray(m.variance[sl]),
+            name=f"{m.name}[{x0 + 1}:{x0 + nx},{y0 + 1}:{y0 + ny}]" if m.name else m.name,
+        )
+
+    bpm = bad_pixels
+    if bpm is not None and tuple(bpm.reasons.shape) != (ny, nx):
+        if y0 + ny > bpm.reasons.shape[0] or x0 + nx > bpm.reasons.shape[1]:
+            raise CalibrationError(f"bad-pixel mask {bpm.reasons.shape} does not cover the subframe")
+        bpm = dataclasses.replace(
+            bpm,
+            reasons=np.ascontiguousarray(bpm.reasons[sl]),
+            bad_columns=tuple(c - x0 for c in bpm.bad_columns if x0 <= c < x0 + nx),
+            bad_rows=tuple(r - y0 for r in bpm.bad_rows if y0 <= r < y0 + ny),
+        )
+    return cut_master(bias), cut_master(dark), cut_master(flat), bpm

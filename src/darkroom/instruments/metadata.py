@@ -62,6 +62,15 @@ class FrameMetadata(BaseModel):
         None, gt=0, description="pixel scale after binning [arcsec/pixel]"
     )
     has_wcs: bool = Field(False, description="the header carries a celestial WCS")
+    subframe_x: int | None = Field(
+        None,
+        ge=0,
+        description="column of the frame's first pixel in the full detector (binned, 0-based); "
+        "None: not a subframe read-out (no offset keyword)",
+    )
+    subframe_y: int | None = Field(
+        None, ge=0, description="row of the frame's first pixel in the full detector (binned, 0-based)"
+    )
     image_unit: str | None = Field(None, description="unit of the pixel values (BUNIT), normalised")
     precalibrated: bool = Field(
         False, description="the pixels are already calibrated (a flux-density unit): no masters needed"

@@ -457,6 +457,29 @@ class _Reader:
             self.warn(f"{self.show(keyword)} ignored for the zero point: not positive")
         return unit, False, None
 
+    def subframe(self) -> tuple[int | None, int | None]:
+        """(x, y) offset of a subframe read-out in the full binned detector, 0-based; None where
+        no offset keyword is present."""
+        spec = self.profile.subframe
+        out: list[int | None] = []
+        for keywords in (spec.x, spec.y):
+            value = None
+            for keyword in keywords:
+                if not self.present(keyword):
+                    continue
+                try:
+                    value = parse_int(self.view[keyword])
+                except ValueError as err:
+                    self.warn(f"{self.show(keyword)} ignored for the subframe offset: {err}")
+                    continue
+                if value < 0:
+                    self.warn(f"{self.show(keyword)} ignored for the subframe offset: negative")
+                    value = None
+                    continue
+                break
+            out.append(value)
+        return out[0], out[1]
+
     def software_bias(self, precalibrated: bool) -> float | None:
         value, keyword = self.number(self.profile.software_bias, "software bias")
         if value is None or keyword is None:
@@ -805,6 +828,8 @@ def _normalize(
             dec_deg=dec,
             pixel_scale_arcsec=scale,
             has_wcs=has_wcs,
+            subframe_x=reader.subframe()[0],
+            subframe_y=reader.subframe()[1],
             image_unit=image_unit,
             precalibrated=precalibrated,
             unit_zero_point_mag=unit_zp,
@@ -1007,6 +1032,12 @@ def describe(meta: FrameMetadata) -> list[tuple[str, str]]:
         ),
         ("unit zero point", fmt(meta.unit_zero_point_mag, "mag (AB, 1 unit)", ".3f")),
         ("software bias", fmt(meta.software_bias_adu, "adu")),
+        (
+            "subframe offset",
+            "-"
+            if meta.subframe_x is None and meta.subframe_y is None
+            else f"x {meta.subframe_x or 0}, y {meta.subframe_y or 0} px",
+        ),
     ]
     rows.extend(("warning", w) for w in meta.warnings)
     return rows

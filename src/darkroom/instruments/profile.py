@@ -208,6 +208,14 @@ class ImageUnitSpec(_Strict):
     )
 
 
+class SubframeSpec(_Strict):
+    """Where a subframe read-out says its offset in the full (binned) detector, 0-based pixels
+    (MaxIm XORGSUBF/YORGSUBF)."""
+
+    x: Keywords = Field(default_factory=list, description="keywords with the column offset [binned pixels]")
+    y: Keywords = Field(default_factory=list, description="keywords with the row offset [binned pixels]")
+
+
 class SectionSpec(StringSpec):
     """A FITS section keyword (1-based, inclusive, x first)."""
 
@@ -380,6 +388,7 @@ class InstrumentProfile(_Strict):
     read_noise: NumberSpec = NumberSpec()
     saturation: SaturationSpec = SaturationSpec()
     image_unit: ImageUnitSpec = ImageUnitSpec()
+    subframe: SubframeSpec = SubframeSpec()
     software_bias: NumberSpec = Field(
         NumberSpec(),
         description="keywords of a constant added to every raw pixel by software (SDSS SOFTBIAS) [adu]; "

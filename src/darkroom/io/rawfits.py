@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import dataclasses
 import gzip
 import io
 import math
@@ -46,6 +47,7 @@ import numpy as np
 from astropy.io import fits
 
 from darkroom.errors import BadInputError
+from darkroom.io.bayer import bayer_pattern, bin_bayer_to_luminance, luminance_header
 
 __all__ = ["FITS_SUFFIXES", "RawImage", "ReadLimits", "is_fits_name", "read_raw", "regular_file_problem"]
 
@@ -368,7 +370,9 @@ def _checksum_problem(caught: list[warnings.WarningMessage]) -> str | None:
     return None
 
 
-def read_raw(path: Path | str, *, with_data: bool = True, limits: ReadLimits | None = None) -> RawImage:
+def read_raw(
+    path: Path | str, *, with_data: bool = True, limits: ReadLimits | None = None, debayer: bool = True
+) -> RawImage:
     """Read the first 2-D image of a FITS file; raise BadInputError with a one-line reason.
 
     The data come back as stored after BZERO/BSCALE scaling (float32 for integer
@@ -377,6 +381,9 @@ def read_raw(path: Path | str, *, with_data: bool = True, limits: ReadLimits | N
     which also proves the file is not truncated; gzip/bzip2 streams are always read
     to the end. ``limits`` default to generous ones meant for re-reading files that
     ingest accepted under the configured :class:`ReadLimits`.
+    A one-shot colour frame (BAYERPAT/COLORTYP) comes back, with ``debayer``, as its 2 x 2
+    luminance sum with the header rewritten to match (:mod:`darkroom.io.bayer`), so that every
+    frame of the camera is read the same way.
     """
     path = Path(path)
     limits = limits or _REREAD
@@ -401,7 +408,14 @@ def read_raw(path: Path | str, *, with_data: bool = True, limits: ReadLimits | N
         if st.st_size == 0:
             raise BadInputError("empty file (0 bytes)")
         with _alarm(budget):
-            return _read_open(fh, st.st_size, with_data=with_data, limits=limits, budget=budget)
+            raw = _read_open(fh, st.st_size, with_data=with_data, limits=limits, budget=budget)
+    if debayer and bayer_pattern(raw.header) is not None and min(raw.shape) >= 2:
+        if raw.data is not None:
+            data, header = bin_bayer_to_luminance(raw.data, raw.header)
+        else:
+            data, header = None, luminance_header(raw.header, raw.shape)
+        raw = dataclasses.replace(raw, header=header, data=data, shape=(raw.shape[0] // 2, raw.shape[1] // 2))
+    return raw
 
 
 def _read_open(fh: BinaryIO, size: int, *, with_data: bool, limits: ReadLimits, budget: _Budget) -> RawImage:

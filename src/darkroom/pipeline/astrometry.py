@@ -95,7 +95,7 @@ from darkroom.errors import BadInputError, SolveError
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Image
-from darkroom.repo.store import atomic_path
+from darkroom.repo.store import atomic_path, sha256_file
 
 __all__ = [
     "FIGURE_KEYS",
@@ -121,6 +121,58 @@ FIGURE_KEYS = (
     "n_saturated",
     "n_stars",
 )
+
+
+_WCS_KEY = re.compile(
+    r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|LONPOLE|LATPOLE|"
+    r"RADESYSA?|EQUINOX|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER|A_DMAX|B_DMAX|[AB]P?_\d+_\d+)$"
+)
+
+
+_GIVEN_WCS = "GIVENWCS"
+
+
+def _scaled_by_fwhm(cfg: SolveSettings, fwhms: list[float | None]) -> SolveSettings:
+    """Match radii and rms limits of the solver no tighter than the field's seeing allows: a
+    centroid is good to ~0.1-0.2 FWHM, so a 5-pixel DSLR star is not held to a 1-pixel rms."""
+    values = [float(f) for f in fwhms if f]
+    if not values:
+        return cfg
+    fwhm = float(np.median(values))
+    solve = cfg.series.solve
+    scaled = solve.model_copy(
+        update={
+            "good_rms_pix": max(solve.good_rms_pix, 0.2 * fwhm),
+            "marginal_rms_pix": max(solve.marginal_rms_pix, 0.4 * fwhm),
+            "match_radius_pix": max(solve.match_radius_pix, 1.5 * fwhm),
+            "min_match_radius_pix": max(solve.min_match_radius_pix, 0.4 * fwhm),
+        }
+    )
+    if scaled == solve:
+        return cfg
+    return cfg.model_copy(update={"series": cfg.series.model_copy(update={"solve": scaled})})
+
+
+def _widening(cfg: SolveSettings, frames: list[FrameSources]):
+    """The near-blind search ladder: the configured pointing uncertainty, then 5x and 25x it
+    (at least 0.5 and 2 deg), then, for a local catalogue file or shards, 10 deg around the
+    pointing. Only frames with a pointing and no header WCS need more than the first step."""
+    yield cfg
+    if cfg.reference_catalog is None or not any(f.wcs is None and f.hint is not None for f in frames):
+        return
+    base = cfg.pointing_uncertainty_deg
+    steps = [max(0.5, 5 * base), max(2.0, 25 * base)]
+    if isinstance(cfg.reference_catalog, FileCatalogSource | ShardCatalogSource):
+        steps.append(10.0)
+    solve = cfg.series.solve
+    for unc in sorted({u for u in steps if u > base}):
+        wide = solve.model_copy(update={"search_radius_deg": min(30.0, max(solve.search_radius_deg, unc))})
+        yield cfg.model_copy(
+            update={
+                "pointing_uncertainty_deg": min(30.0, unc),
+                "series": cfg.series.model_copy(update={"solve": wide}),
+            }
+        )
 
 
 def _safe_name(text: str) -> str:
@@ -512,6 +564,7 @@ class AstrometryStage(Stage):
                             "ra_deg": meta.get("ra_deg"),
                             "dec_deg": meta.get("dec_deg"),
                             "pixel_scale_arcsec": meta.get("pixel_scale_arcsec"),
+                            "fwhm_pix": (image.quality or {}).get("fwhm_pix"),
                             "name": Path(meta["raw_path"]).name,
                         }
                     )
@@ -534,9 +587,11 @@ class AstrometryStage(Stage):
             source = source.model_copy(update={"folder": self.root / source.folder})
         return source
 
-    def _load_catalog(self, frames: list[FrameSources], mjds: list[float | None]) -> Table | None:
+    def _load_catalog(
+        self, frames: list[FrameSources], mjds: list[float | None], cfg: SolveSettings | None = None
+    ) -> Table | None:
         """The reference stars over every frame of the field (None without a catalog or a pointing)."""
-        cfg: SolveSettings = self.config
+        cfg = cfg or self.config
         if cfg.reference_catalog is None:
             return None
         centres, radii = [], []
@@ -575,10 +630,16 @@ class AstrometryStage(Stage):
         log.info("reference catalog: %d stars within %.3f deg", len(catalog), radius)
         return catalog
 
-    def _choose_reference(self, frames: list[FrameSources], counts: list[int], catalog: Table | None) -> int:
+    def _choose_reference(
+        self,
+        frames: list[FrameSources],
+        counts: list[int],
+        catalog: Table | None,
+        cfg: SolveSettings | None = None,
+    ) -> int:
         """The reference frame: header WCS first, then the most usable sources; with a catalog,
         the first of the leading candidates that solves."""
-        cfg: SolveSettings = self.config
+        cfg = cfg or self.config
         order = sorted(range(len(frames)), key=lambda i: (frames[i].wcs is None, -counts[i], i))
         if catalog is None or not len(catalog):
             return order[0]
@@ -609,11 +670,14 @@ class AstrometryStage(Stage):
         except BadInputError as exc:
             raise BadInputError(f"source catalog {Path(f['catalog_path']).name}: {exc.reason}") from exc
         try:
-            header = fits.getheader(self.root / f["path"], "SCI")
+            with fits.open(self.root / f["path"], memmap=False) as hdul:
+                header = hdul["SCI"].header.copy()
+                # the WCS the frame came with, kept aside when a solution was written into SCI
+                given = hdul[_GIVEN_WCS].header.copy() if _GIVEN_WCS in hdul else header
         except (OSError, KeyError) as exc:
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-        wcs = _header_wcs(header) if cfg.use_header_wcs else None
+        wcs = _header_wcs(given) if cfg.use_header_wcs else None
         hint = None
         if f["ra_deg"] is not None and f["dec_deg"] is not None and f["pixel_scale_arcsec"]:
             hint = PointingHint(
@@ -650,9 +714,23 @@ class AstrometryStage(Stage):
             else:
                 counts.append(0)
         blind_method = self._blind(frames, counts, [p["frames"][k] for k in usable])
-        catalog = self._load_catalog(frames, [p["frames"][k]["mjd"] for k in usable])
-        ref = self._choose_reference(frames, counts, catalog)
-        results = solve_frame_series(frames, catalog=catalog, reference_index=ref, config=cfg.series)
+        fwhms = [p["frames"][k].get("fwhm_pix") for k in usable]
+        cfg = _scaled_by_fwhm(cfg, fwhms)
+        mjds = [p["frames"][k]["mjd"] for k in usable]
+        for attempt in _widening(cfg, frames):
+            # pointing keyword -> a growing radius -> the whole catalogue: widen only while the
+            # field's reference frame stays unsolved
+            catalog = self._load_catalog(frames, mjds, attempt)
+            ref = self._choose_reference(frames, counts, catalog, attempt)
+            results = solve_frame_series(frames, catalog=catalog, reference_index=ref, config=attempt.series)
+            if results[ref].ok or catalog is None:
+                break
+            log.info(
+                "field %s: not solved within %.2f deg of the pointing; widening",
+                p["field"],
+                attempt.pointing_uncertainty_deg,
+            )
+        cfg = attempt
         if counts[ref] < solve_cfg.min_sources:  # even the best frame has (next to) no stars
             results[ref] = _failed_result(
                 f"too few stars: {counts[ref]} sources, at least {solve_cfg.min_sources} needed "
@@ -663,7 +741,20 @@ class AstrometryStage(Stage):
         for i, result in enumerate(results):
             if result.ok or i == ref:
                 continue
-            results[i] = self._solve_alone(frames[i], result, catalog, ref_wcs)
+            results[i] = self._solve_alone(frames[i], result, catalog, ref_wcs, cfg)
+        for i, result in enumerate(results):
+            if result.quality == "failed" and frames[i].wcs is not None and counts[i] < solve_cfg.min_sources:
+                # too few stars to check or refine it, but a header WCS is what the frame was given
+                results[i] = SolveResult(
+                    wcs=frames[i].wcs,
+                    method="header",
+                    n_matched=0,
+                    rms_arcsec=float("nan"),
+                    rms_pix=float("nan"),
+                    quality="marginal",
+                    reason=f"header WCS kept unverified: {counts[i]} sources, too few to check it "
+                    f"(at least {solve_cfg.min_sources})",
+                )
         ref_image_id = p["frames"][usable[ref]]["image_id"]
         for k, frame, result in zip(usable, frames, results, strict=True):
             out.append(
@@ -722,10 +813,15 @@ class AstrometryStage(Stage):
         return rows[i]["image_id"], sol.method
 
     def _solve_alone(
-        self, frame: FrameSources, aligned: SolveResult, catalog: Table | None, ref_wcs: WCS | None
+        self,
+        frame: FrameSources,
+        aligned: SolveResult,
+        catalog: Table | None,
+        ref_wcs: WCS | None,
+        cfg: SolveSettings | None = None,
     ) -> SolveResult:
         """A frame that did not align: its own header WCS or hint, tied to the reference through the sky."""
-        cfg: SolveSettings = self.config
+        cfg = cfg or self.config
         if frame.wcs is None and (catalog is None or frame.hint is None):
             return aligned
         try:
@@ -764,7 +860,7 @@ class AstrometryStage(Stage):
         if result.wcs is None and quality == "good":
             quality = "marginal"
             reason = reason or "no absolute WCS: aligned to the field's reference frame only"
-        wcs_cards = wcs_path = centre = scale = None
+        wcs_cards = wcs_path = centre = scale = image_sha256 = None
         if result.wcs is not None and frame is not None:
             header = result.to_header()
             header["ASTQUAL"] = quality
@@ -773,6 +869,7 @@ class AstrometryStage(Stage):
             with atomic_path(out) as tmp:
                 fits.PrimaryHDU(header=header).writeto(tmp)
             wcs_path = self.relative(out)
+            image_sha256 = self._wcs_into_image(f["path"], header)
             ny, nx = frame.shape
             ra, dec = result.wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
             centre = (float(ra[0]) % 360.0, float(dec[0]))
@@ -799,13 +896,47 @@ class AstrometryStage(Stage):
             "centre_dec_deg": None if centre is None else centre[1],
             "pixel_scale_arcsec": scale,
         }
-        return {"image_id": f["image_id"], "flag": quality, "astrom": jsonable(astrom)}
+        return {
+            "image_id": f["image_id"],
+            "flag": quality,
+            "astrom": jsonable(astrom),
+            "image_sha256": image_sha256,
+        }
+
+    def _wcs_into_image(self, rel_path: str, wcs_header: fits.Header) -> str | None:
+        """Write the solution into the calibrated image's SCI header (old WCS cards replaced), so
+        that any FITS viewer shows it; returns the file's new checksum (None when unreadable)."""
+        path = self.root / rel_path
+        try:
+            with fits.open(path, memmap=False) as hdul:
+                hdul = fits.HDUList([hdu.copy() for hdu in hdul])
+        except (OSError, KeyError) as exc:
+            log.warning("solution not written into %s: %s", path.name, exc)
+            return None
+        sci = hdul["SCI"].header if "SCI" in hdul else hdul[0].header
+        if _GIVEN_WCS not in hdul:
+            # keep the frame's own WCS, so that another provenance starts from what it was given
+            given = fits.Header([c for c in sci.cards if c.keyword and _WCS_KEY.match(c.keyword)])
+            given["EXTNAME"] = (_GIVEN_WCS, "the WCS the calibrated frame came with")
+            hdul.append(fits.ImageHDU(header=given))
+        for key in [k for k in sci if _WCS_KEY.match(k)]:
+            sci.remove(key, ignore_missing=True, remove_all=True)
+        for card in wcs_header.cards:
+            if (card.keyword and _WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL":
+                sci[card.keyword] = (card.value, card.comment)
+        sci.add_history("darkroom.astrom: WCS from the astrometry stage")
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            hdul.writeto(tmp)
+        return sha256_file(path)
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         for item in result["frames"]:
             image = session.get(Image, item["image_id"])
             image.astrom = item["astrom"]
             image.astrom_flag = item["flag"]
+            if item.get("image_sha256"):
+                image.sha256 = item["image_sha256"]
             if item["flag"] == "failed":
                 log.warning("astrometry of image %d failed: %s", image.id, item["astrom"]["reason"])
 

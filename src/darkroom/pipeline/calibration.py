@@ -45,7 +45,7 @@ from darkroom.calib.masters import (
     master_from_hdus,
     master_to_hdus,
 )
-from darkroom.calib.process import adopt_calibrated, calibrate_frame, prepare_raw
+from darkroom.calib.process import adopt_calibrated, calibrate_frame, cut_masters_to_subframe, prepare_raw
 from darkroom.calib.settings import CalibSettings
 from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
@@ -573,6 +573,12 @@ class CalibrateStage(Stage):
             for k in ("bias", "dark", "flat")
         }
         bpm = _read_bpm_cached(str(self.root / p["bpm"][0]), p["bpm"][1]) if p.get("bpm") else None
+        if meta.subframe_x is not None or meta.subframe_y is not None:
+            # a subframe read-out: the matching cut of the full-frame masters
+            shape = prepare_raw(raw.data, meta, config=cfg.calibration).data.shape
+            masters["bias"], masters["dark"], masters["flat"], bpm = cut_masters_to_subframe(
+                meta, shape, bias=masters["bias"], dark=masters["dark"], flat=masters["flat"], bad_pixels=bpm
+            )
         if bpm is not None and masters["bias"] is not None and bpm.shape != masters["bias"].shape:
             raise BadInputError(f"bad-pixel mask {bpm.shape} does not match the frame")
         result = calibrate_frame(
@@ -638,14 +644,23 @@ class CalibrateStage(Stage):
         )
 
 
+def _bpm_fits(b: Calib, meta: FrameMetadata) -> bool:
+    """The mask has the frame's size, or covers the frame's subframe read-out."""
+    n1, n2 = b.stats.get("record", {}).get("naxis1"), b.stats.get("record", {}).get("naxis2")
+    if (n1, n2) == (meta.naxis1, meta.naxis2):
+        return True
+    if (meta.subframe_x is None and meta.subframe_y is None) or not (n1 and n2):
+        return False
+    return (meta.subframe_x or 0) + meta.naxis1 <= n1 and (meta.subframe_y or 0) + meta.naxis2 <= n2
+
+
 def _nearest_bpm(bpms: list[Calib], meta: FrameMetadata) -> Calib | None:
     same = [
         b
         for b in bpms
         if b.instrument == (meta.instrument or "")
         and (b.binning_x, b.binning_y) == (meta.binning_x, meta.binning_y)
-        and (b.stats.get("record", {}).get("naxis1"), b.stats.get("record", {}).get("naxis2"))
-        == (meta.naxis1, meta.naxis2)
+        and _bpm_fits(b, meta)
     ]
     if not same:
         return None
