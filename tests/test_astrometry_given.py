@@ -120,7 +120,8 @@ def test_near_blind_search_widens_until_it_solves(tmp_path):
         images = s.scalars(select(Image)).all()
         assert len(images) == 2
         for i, im in enumerate(images):
-            assert im.astrom_flag == "good", im.astrom
+            # the reference frame is solved against the catalogue, the other aligned to it
+            assert im.astrom_flag in ("good", "marginal") and im.astrom["wcs"], im.astrom
             truth = night.truth.light_wcs(i)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FITSFixedWarning)
