@@ -62,4 +62,3 @@ def test_unsolvable_frames_fail_the_run(tmp_path):
     assert "too few stars" in res.output
     res = runner.invoke(app, ["status", str(repo)])
     assert "failed=2" in " ".join(res.output.split())
-
