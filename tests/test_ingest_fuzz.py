@@ -103,7 +103,7 @@ KINDS = [
     "bad_date",
     "no_date",
     "bad_exptime",
-    "no_type",
+    # "no_type" is no longer unusable: the frame type is inferred (OBJECT names a target: light)
     "nan_data",
 ]
 
