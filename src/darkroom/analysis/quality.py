@@ -29,6 +29,7 @@ class QFlag(enum.IntFlag):
     SEEING = 32  #: FWHM above ``max_fwhm_ratio`` times the median
     TRANSPARENCY = 64  #: transparency below ``min_transparency``
     AIRMASS = 128  #: airmass above ``max_airmass``
+    SHALLOW = 256  #: image limiting magnitude within ``min_depth_mag`` of the object's median
 
 
 class QualityConfig(BaseModel):
@@ -49,6 +50,12 @@ class QualityConfig(BaseModel):
     max_fwhm_ratio: float | None = Field(2.0, gt=1, description="FWHM over its median; None: off")
     min_transparency: float | None = Field(0.5, gt=0, description="None: off")
     max_airmass: float | None = Field(2.5, gt=1, description="None: off")
+    min_depth_mag: float | None = Field(
+        None,
+        description="an epoch whose limiting magnitude (limitmag) is brighter than the band's median "
+        "magnitude + this is flagged: near the limit only upward fluctuations are measured "
+        "(Malmquist bias), which mimic flares; 0.5 is a good value for faint ZTF stars; None: off",
+    )
 
 
 def _robust_sigma(x: np.ndarray) -> float:
@@ -106,4 +113,13 @@ def check_quality(table: Table, config: QualityConfig | None = None) -> np.ndarr
         q[np.asarray(table["transparency"], float) < config.min_transparency] |= QFlag.TRANSPARENCY
     if config.max_airmass is not None and "airmass" in cols:
         q[np.asarray(table["airmass"], float) > config.max_airmass] |= QFlag.AIRMASS
+    if config.min_depth_mag is not None and "limitmag" in cols:
+        lim = np.asarray(table["limitmag"], float)
+        for band in np.unique(bands):
+            sel = bands == band
+            ok = sel & np.isfinite(mag)
+            if ok.sum() == 0:
+                continue
+            shallow = sel & np.isfinite(lim) & (lim < np.median(mag[ok]) + config.min_depth_mag)
+            q[shallow] |= QFlag.SHALLOW
     return q

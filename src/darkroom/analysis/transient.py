@@ -23,6 +23,11 @@ time (refined on a fine grid; it may lie before the first epoch, where the templ
 extrapolates a rise that was missed), its duration, and its peak magnitude (the brightest
 band's ``A_b``).
 
+For ordinary photometry each template's S/N is divided by the robust width of its signed
+output over all trial times when that exceeds 1: correlated noise (nightly zero points,
+seasonal drifts) makes dimmings as often as brightenings, and this keeps the 5-sigma
+threshold honest on real survey light curves.
+
 One light curve can hold several events only if it returns to the baseline between them
 (an epoch with single-epoch S/N < ``baseline_snr``), so an alert light curve, which has no
 baseline epochs, holds at most one event per season.
@@ -58,6 +63,9 @@ class TransientConfig(BaseModel):
     min_epochs_in_event: int = Field(1, ge=1, description="epochs within the event's duration needed")
     baseline_snr: float = Field(2.0, gt=0, description="an epoch below this single-epoch S/N is at baseline")
     max_events: int = Field(5, ge=1, description="events kept per light curve at most")
+    season_gap_days: float | None = Field(
+        60.0, gt=0, description="a longer gap starts a new season with its own baseline; None: one"
+    )
     extrapolate_unsampled_peak: bool = Field(
         False, description="when no band samples its maximum, take the template's (extrapolated) peak"
     )
@@ -65,6 +73,11 @@ class TransientConfig(BaseModel):
         12.0, gt=0, description="epochs within this of the brightest one enter the peak parabola [day]"
     )
     scale_errors: bool = Field(True, description="scale errors up by the robust spread (ordinary photometry)")
+    normalise: bool = Field(
+        True,
+        description="divide each template's S/N by the robust width (MAD) of its signed output over the "
+        "light curve when > 1 (ordinary photometry)",
+    )
 
 
 @dataclass
@@ -142,8 +155,8 @@ def _scan(
     d: float,
     q: float,
     free_baseline: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """snr (F,) and amplitudes (F, nb) of one template at the trial peak times.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """snr (F,), amplitudes (F, nb) and the signed S/N (F,) of one template at the trial peak times.
 
     With ``free_baseline`` each band's baseline is fitted with the amplitude (the template
     minus its weighted mean), so a long event does not hide in a baseline it shifted.
@@ -151,6 +164,8 @@ def _scan(
     s = template(t[None, :], centres[:, None], d, q)  # (F, n)
     snr2 = np.zeros(centres.size)
     amp = np.zeros((centres.size, nb))
+    num_all = np.zeros(centres.size)
+    den_all = np.zeros(centres.size)
     for b in range(nb):
         sel = bi == b
         sb = s[:, sel]
@@ -162,7 +177,10 @@ def _scan(
         a = np.where(good, num / np.where(good, den, 1.0), 0.0)
         amp[:, b] = a
         snr2 += np.where(good & (num > 0), num * num / np.where(good, den, 1.0), 0.0)
-    return np.sqrt(snr2), amp
+        num_all += num
+        den_all += den
+    signed = np.where(den_all > 0, num_all / np.sqrt(np.where(den_all > 0, den_all, 1.0)), 0.0)
+    return np.sqrt(snr2), amp, signed
 
 
 def find_transients(
@@ -188,6 +206,15 @@ def find_transients(
     t, mag, magerr, b = t[ok], mag[ok], magerr[ok], b[ok]
     if t.size < config.min_epochs:
         return []
+    band_of = b
+    if config.season_gap_days is not None and not difference:
+        # each band and season has its own baseline (zero points and slow drifts differ)
+        season = np.zeros(t.size, np.int64)
+        for band in np.unique(b):
+            idx = np.flatnonzero(b == band)
+            idx = idx[np.argsort(t[idx])]
+            season[idx] = np.concatenate([[0], np.cumsum(np.diff(t[idx]) > config.season_gap_days)])
+        b = np.char.add(np.char.add(b.astype(str), "#"), season.astype(str))
     names, bi = np.unique(b, return_inverse=True)
     nb = names.size
     x, sig, m0 = relative_flux(mag, magerr, b, difference=difference, scale_errors=config.scale_errors)
@@ -196,7 +223,7 @@ def find_transients(
     durations = [config.min_duration_d]
     while durations[-1] * config.duration_step <= config.max_duration_d:
         durations.append(durations[-1] * config.duration_step)
-    best: list[tuple[float, float, float, float, np.ndarray]] = []  # snr, tp, d, q, amp
+    best: list[tuple[float, float, float, float, float]] = []  # snr, tp, d, q, noise scale
     for d in durations:
         for q in config.rise_ratios:
             step = max(min(q, 1.0) * d / 2.0, 0.01)
@@ -204,24 +231,29 @@ def find_transients(
             grid = np.unique(np.concatenate([t, np.arange(lo, hi, step)]))
             if grid.size > 4000:  # a long season at a short duration: epochs and their neighbours suffice
                 grid = np.unique(np.concatenate([t, t - q * d, t + 0.5 * d]))
-            snr, amp = _scan(t, x, w, bi, nb, grid, d, q, not difference)
-            # local maxima over the peak-time grid above the threshold
+            snr, amp, signed = _scan(t, x, w, bi, nb, grid, d, q, not difference)
+            scale = 1.0
+            if config.normalise and not difference and signed.size >= 20:
+                # correlated noise (nightly zero points, seasonal drifts) widens the filter's output
+                # beyond its white-noise unit width, dimmings as much as brightenings: divide by it
+                scale = max(1.0, 1.4826 * float(np.median(np.abs(signed - np.median(signed)))))
+            snr = snr / scale
             for i in np.flatnonzero(snr >= config.snr_threshold):
-                best.append((float(snr[i]), float(grid[i]), d, q, amp[i]))
+                best.append((float(snr[i]), float(grid[i]), d, q, scale))
     if not best:
         return []
     best.sort(key=lambda e: -e[0])
     events: list[Event] = []
-    for snr_v, tp, d, q, _ in best:
+    for snr_v, tp, d, q, scale in best:
         if len(events) >= config.max_events:
             break
         if any(not _separated(t, single, tp, d, q, ev, config.baseline_snr) for ev in events):
             continue
         # refine the peak time on a fine grid around tp
         fine = tp + np.linspace(-min(q, 1.0) * d / 2, min(q, 1.0) * d / 2, 41)
-        s2, a2 = _scan(t, x, w, bi, nb, fine, d, q, not difference)
+        s2, a2, _ = _scan(t, x, w, bi, nb, fine, d, q, not difference)
         j = int(np.argmax(s2))
-        tp, snr_v, amp = float(fine[j]), float(s2[j]), a2[j]
+        tp, snr_v, amp = float(fine[j]), float(s2[j]) / scale, a2[j]
         span = (t >= tp - 3 * q * d) & (t <= tp + 3 * d)
         if span.sum() < config.min_epochs_in_event:
             continue
@@ -232,11 +264,16 @@ def find_transients(
                 peak[str(names[k])] = DIFF_ZP - 2.5 * math.log10(a) if a > 0 else math.inf
             else:
                 peak[str(names[k])] = m0[str(names[k])] - 2.5 * math.log10(1.0 + a) if a > -1 else math.inf
-        band = min(peak, key=peak.get)
-        t_obs, _m_obs, band_obs, per_band = _observed_peak(t[span], mag[span], magerr[span], b[span], config)
+        t_obs, _m_obs, _, per_band = _observed_peak(t[span], mag[span], magerr[span], band_of[span], config)
+        bands_peak: dict[str, float] = {}
+        for key, value in peak.items():  # band#season -> band: the brightest season's value
+            bk = key.split("#")[0]
+            bands_peak[bk] = min(value, bands_peak.get(bk, math.inf))
+        peak = bands_peak
         if t_obs is not None:  # the maximum was sampled: trust the data over the template
-            tp, band = t_obs, band_obs
+            tp = t_obs
             peak.update(per_band)
+        band = min(peak, key=peak.get)
         events.append(
             Event(
                 mjd_peak=tp,
@@ -246,7 +283,7 @@ def find_transients(
                 peak_mag=peak[band],
                 band=band,
                 peak_mags=peak,
-                amplitude={str(names[k]): float(amp[k]) for k in range(nb)},
+                amplitude={str(names[k]): float(amp[k]) for k in range(nb) if amp[k] != 0},
                 n_epochs=int(span.sum()),
                 max_single_snr=float(single[span].max()) if span.any() else 0.0,
             )
