@@ -235,16 +235,15 @@ def _flag_group_centroids(flags: np.ndarray, signal: np.ndarray) -> tuple[np.nda
     local_max = signal >= ndimage.maximum_filter(unflagged, size=3, mode="nearest")
     near_flags = ndimage.binary_dilation(flags, structure=np.ones((3, 3), bool))
     py, px = np.nonzero(local_max & near_flags)
-    xs, ys = np.empty(py.size), np.empty(py.size)
-    for k, (y, x) in enumerate(zip(py, px, strict=True)):
-        y0, y1, x0, x1 = max(0, y - 1), min(ny, y + 2), max(0, x - 1), min(nx, x + 2)
-        w = np.clip(signal[y0:y1, x0:x1], 0, None)
-        total = float(w.sum())
-        if total > 0:
-            gy, gx = np.mgrid[y0:y1, x0:x1]
-            xs[k], ys[k] = float((w * gx).sum() / total), float((w * gy).sum() / total)
-        else:
-            xs[k], ys[k] = float(x), float(y)
+    # 3x3 blocks (clipped at the edges) weighted by their positive signal
+    oy, ox = (o.ravel() for o in np.mgrid[-1:2, -1:2])
+    by = np.clip(py[:, None] + oy[None, :], 0, ny - 1)
+    bx = np.clip(px[:, None] + ox[None, :], 0, nx - 1)
+    w = np.clip(signal[by, bx], 0, None).astype(float)
+    total = w.sum(axis=1)
+    safe = np.where(total > 0, total, 1.0)
+    xs = np.where(total > 0, (w * bx).sum(axis=1) / safe, px.astype(float))
+    ys = np.where(total > 0, (w * by).sum(axis=1) / safe, py.astype(float))
     return xs, ys
 
 
