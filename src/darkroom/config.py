@@ -27,10 +27,14 @@ from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import ConfigError
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.phot.settings import MeasureSettings
-from darkroom.pipeline.targets import NameResolverConfig
 from darkroom.provenance import critical_params
 from darkroom.surveys.settings import SurveysConfig
-from darkroom.timeseries.settings import AssociateSettings, LightCurveSettings, TargetConfig
+from darkroom.timeseries.settings import (
+    AssociateSettings,
+    LightCurveSettings,
+    NameResolverConfig,
+    TargetConfig,
+)
 
 __all__ = [
     "CONFIG_NAME",

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from darkroom.repo.models import Exposure
 from darkroom.repo.registry import Registry
-from darkroom.timeseries.settings import TargetConfig
+from darkroom.timeseries.settings import NameResolverConfig, TargetConfig
 
 __all__ = [
     "AutoTarget",
@@ -47,27 +46,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CACHE_NAME = "names.json"
-
-
-class NameResolverConfig(BaseModel):
-    """The ``names`` section of darkroom.yaml: how OBJECT names become coordinates."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    automatic_targets: bool = Field(
-        True, description="with no targets: in darkroom.yaml, make one per observed OBJECT"
-    )
-    online: bool = Field(True, description="ask the Sesame name resolver (CDS) about names not in the cache")
-    sesame_urls: list[str] | None = Field(
-        None, description="Sesame mirrors to ask (None: astropy's defaults, CDS then CfA)"
-    )
-    timeout_s: float = Field(5.0, gt=0, description="time allowed per Sesame request [s]")
-    ephemerides: bool = Field(
-        True, description="predicted transit times of known planets (NASA Exoplanet Archive) on the plots"
-    )
-    exoplanet_archive_tap: str | None = Field(
-        None, description="TAP service of the NASA Exoplanet Archive (None: astroquery's default)"
-    )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from darkroom.timeseries.differential import ComparisonConfig
 from darkroom.timeseries.lightcurve import LightCurveConfig
 from darkroom.timeseries.quality import TransparencyConfig
 
-__all__ = ["AssociateSettings", "LightCurveSettings", "TargetConfig"]
+__all__ = ["AssociateSettings", "LightCurveSettings", "NameResolverConfig", "TargetConfig"]
 
 
 class AssociateSettings(BaseModel):
@@ -120,3 +120,24 @@ class LightCurveSettings(BaseModel):
         60.0, gt=0, description="a gap longer than this starts a new season [day]; None: one season"
     )
     bin_minutes: float = Field(10.0, gt=0, le=1440, description="bin width of the plotted curve [minute]")
+
+
+class NameResolverConfig(BaseModel):
+    """The ``names`` section of darkroom.yaml: how OBJECT names become coordinates."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    automatic_targets: bool = Field(
+        True, description="with no targets: in darkroom.yaml, make one per observed OBJECT"
+    )
+    online: bool = Field(True, description="ask the Sesame name resolver (CDS) about names not in the cache")
+    sesame_urls: list[str] | None = Field(
+        None, description="Sesame mirrors to ask (None: astropy's defaults, CDS then CfA)"
+    )
+    timeout_s: float = Field(5.0, gt=0, description="time allowed per Sesame request [s]")
+    ephemerides: bool = Field(
+        True, description="predicted transit times of known planets (NASA Exoplanet Archive) on the plots"
+    )
+    exoplanet_archive_tap: str | None = Field(
+        None, description="TAP service of the NASA Exoplanet Archive (None: astroquery's default)"
+    )
