@@ -1,0 +1,127 @@
+"""A hostile small telescope's night, reduced with no profile and no settings.
+
+The simulator preset :func:`darkroom.sim.hostile_small_telescope` writes what a bare
+driver writes: 650 x 500 pixels of 5 arcsec, a 12-bit camera, FWHM 1.5-2.2 px, no type
+keyword, no gain or read noise, DATE-OBS in local time with its offset, a west-positive
+LONGITUD with LST-OBS, no calibration frames, a field drifting 120 px over 4 h, and a
+2.4 % transit. ``darkroom init / ingest / run`` must make every frame a light of one
+night, and the host's differential light curve must give the transit depth within 5 %
+and the mid-time within 2 minutes (fitted here with batman), with no cosmic-ray pixel
+in the target's aperture.
+"""
+
+from __future__ import annotations
+
+import batman
+import numpy as np
+import pytest
+from astropy.io import fits
+from scipy.optimize import least_squares
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from darkroom.cli import app
+from darkroom.facade import Repository
+from darkroom.instruments import normalize
+from darkroom.maskbits import MaskBit
+from darkroom.repo.models import Exposure, Image
+from darkroom.sim import build_scene, hostile_small_telescope, render_frame, simulate_night
+
+N_FRAMES = 90
+APERTURE_PIX = 3.5  # covers 1.5 x the widest FWHM (2.2 px)
+
+
+def _fit_transit(t: np.ndarray, flux: np.ndarray, summary: dict) -> tuple[float, float]:
+    """(depth = 1 - minimum of the model, mid-time [BJD_TDB]) of a batman fit with free mid-time,
+    radius ratio and a linear baseline; the orbit's shape and limb darkening from the truth."""
+    tr = summary["transit"]
+    params = batman.TransitParams()
+    params.t0, params.per, params.rp = tr["t0_bjd_tdb"], tr["period_d"], tr["rp_rs"]
+    params.a, params.inc, params.ecc, params.w = tr["a_rs"], tr["inc_deg"], 0.0, 90.0
+    params.u, params.limb_dark = [tr["u1"], tr["u2"]], "quadratic"
+    t_ref = float(np.median(t))
+
+    def model(p: np.ndarray, times: np.ndarray) -> np.ndarray:
+        params.t0, params.rp = t_ref + p[0], p[1]
+        shape = batman.TransitModel(params, times).light_curve(params)
+        return shape * (p[2] + p[3] * (times - t_ref))
+
+    start = np.array([float(t[np.argmin(flux)]) - t_ref, 0.15, 1.0, 0.0])
+    fit = least_squares(lambda p: model(p, t) - flux, start, x_scale=[0.01, 0.01, 0.01, 0.1])
+    fine = np.linspace(t.min(), t.max(), 4000)
+    params.t0, params.rp = t_ref + fit.x[0], fit.x[1]
+    depth = 1.0 - float(batman.TransitModel(params, fine).light_curve(params).min())
+    return depth, t_ref + float(fit.x[0])
+
+
+def test_hostile_headers_are_read_right_with_no_profile():
+    scene = build_scene(hostile_small_telescope(n_science=3))
+    raw, truth = render_frame(scene, kind="light", index=2)
+    assert "IMAGETYP" not in truth.header and "EGAIN" not in truth.header
+    meta = normalize(truth.header, filename=truth.spec.filename, shape=raw.shape, data=raw)
+    assert (meta.frame_type, meta.type_source) == ("light", "inferred from header")
+    assert meta.site_lon_deg == pytest.approx(-110.88) and meta.night == "2025-06-01"
+    assert abs((meta.time_start_utc - truth.spec.start_utc).total_seconds()) < 1.0
+    assert meta.gain_e_per_adu is None and meta.read_noise_e is None
+    assert raw.max() <= 4095
+
+
+@pytest.mark.slow
+def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
+    night = simulate_night(tmp_path / "sim", hostile_small_telescope(n_science=N_FRAMES, seed=4))
+    repo_dir = tmp_path / "repo"
+    cli = CliRunner()
+    for args in (
+        ["init", str(repo_dir)],
+        ["ingest", str(repo_dir), str(tmp_path / "sim" / "raw")],
+        ["run", str(repo_dir)],
+    ):
+        res = cli.invoke(app, args)
+        assert res.exit_code == 0, (args, res.output)
+
+    repo = Repository(repo_dir)
+    try:
+        with repo.registry.session() as s:
+            exposures = s.scalars(select(Exposure)).all()
+            images = {i.exposure_id: i for i in s.scalars(select(Image))}
+            assert len(exposures) == N_FRAMES
+            assert {(e.state, e.frame_type) for e in exposures} == {("ok", "light")}
+            assert {e.night for e in exposures} == {"2025-06-01"}  # one local night, west of Greenwich
+            meta = exposures[0].meta
+            assert meta["site_lon_deg"] == pytest.approx(-110.88)
+            assert any("west-positive" in w for w in meta["warnings"])
+            assert any("inferred light" in w for w in meta["warnings"])
+            assert len(images) == N_FRAMES
+            calib = images[exposures[0].id].quality["calib"]
+            assert calib["noise_model"].startswith("noise estimated")
+            assert sorted(calib["skipped_masters"]) == ["bias", "dark", "flat"]
+            paths = [
+                (e.path, repo.path(images[e.id].path)) for e in sorted(exposures, key=lambda e: e.mjd_mid)
+            ]
+
+        truth = night.truth
+        host = truth.host_id
+        first = truth.light_stars[0]
+        hx, hy = (float(v) for v in first[first["id"] == host][0]["x", "y"])
+        lc = repo.lightcurve(pixel=(hx, hy), frame=paths[0][0], differential=True, keep_flagged=True)
+        assert len(lc) >= 0.95 * N_FRAMES
+        assert len(set(np.asarray(lc["segment"]))) == 1 if "segment" in lc.colnames else True
+
+        # no cosmic-ray pixel inside the host's aperture, in any frame
+        for k, (_, image_path) in enumerate(paths):
+            stars = truth.light_stars[k]
+            x, y = (float(v) for v in stars[stars["id"] == host][0]["x", "y"])
+            mask = fits.getdata(image_path, "MASK")
+            yy, xx = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
+            inside = (xx - x) ** 2 + (yy - y) ** 2 <= APERTURE_PIX**2
+            assert not np.any(mask[inside] & MaskBit.CR), f"CR pixel in the host aperture, frame {k}"
+
+        t = np.asarray(lc["bjd_tdb"], float)
+        flux = np.asarray(lc["rel_flux"], float)
+        good = np.isfinite(t) & np.isfinite(flux)
+        depth, t0 = _fit_transit(t[good], flux[good] / np.nanmedian(flux[good]), truth.summary)
+        true_depth = truth.summary["transit"]["depth"]
+        assert depth == pytest.approx(true_depth, rel=0.05), (depth, true_depth)
+        assert abs(t0 - truth.summary["transit"]["t0_bjd_tdb"]) * 1440.0 < 2.0
+    finally:
+        repo.close()
