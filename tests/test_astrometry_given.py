@@ -62,3 +62,71 @@ def test_unsolvable_frames_fail_the_run(tmp_path):
     assert "too few stars" in res.output
     res = runner.invoke(app, ["status", str(repo)])
     assert "failed=2" in " ".join(res.output.split())
+
+
+@pytest.mark.slow
+def test_near_blind_search_widens_until_it_solves(tmp_path):
+    """A pointing keyword 0.42 deg off the field (the default uncertainty is 0.1 deg): the search
+    widens by itself (pointing -> growing radius -> whole catalogue) and the frames solve."""
+    from astropy.time import Time
+
+    cfg = SimConfig(
+        seed=8,
+        n_science=2,
+        shape=(256, 256),
+        n_bias=2,
+        n_dark=2,
+        n_flat=2,
+        header_pointing_error_arcsec=1500.0,
+    )
+    night = simulate_night(tmp_path / "raw", config=cfg)
+    repo = tmp_path / "repo"
+    epoch = Time(cfg.start_utc).jyear
+    res = runner.invoke(
+        app,
+        [
+            "init",
+            str(repo),
+            "--set",
+            "astrometry.solve.reference_catalog.kind=file",
+            "--set",
+            "astrometry.solve.reference_catalog.path=refcat.ecsv",
+            "--set",
+            "astrometry.solve.reference_catalog.columns={ra: ra_deg, dec: dec_deg, mag: r_mag, "
+            f"pmra: pmra_mas_yr, pmdec: pmdec_mas_yr, source_id: source_id, epoch_jyear: {epoch:.5f}}}",
+            "--set",
+            "photometry.measure.ref_mag_column=r_mag",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    import shutil
+
+    shutil.copy(night.refcat_path, repo / "refcat.ecsv")
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            str(repo),
+            "--ingest",
+            str(night.raw_paths["light"][0].parent),
+            "-q",
+            "--until",
+            "astrometry",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    reg = Registry(f"sqlite:///{repo / 'registry.db'}")
+    with reg.session() as s:
+        images = s.scalars(select(Image)).all()
+        assert len(images) == 2
+        for i, im in enumerate(images):
+            assert im.astrom_flag == "good" and im.astrom["wcs"], im.astrom
+            truth = night.truth.light_wcs(i)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FITSFixedWarning)
+                from darkroom.pipeline.astrometry import wcs_from_astrom
+
+                w = wcs_from_astrom(im.astrom)
+            ra1, de1 = w.all_pix2world([128.0], [128.0], 0)
+            ra2, de2 = truth.all_pix2world([128.0], [128.0], 0)
+            assert abs(de1[0] - de2[0]) * 3600 < 1.0 and abs(ra1[0] - ra2[0]) * 3600 < 1.0

@@ -723,7 +723,7 @@ class AstrometryStage(Stage):
             catalog = self._load_catalog(frames, mjds, attempt)
             ref = self._choose_reference(frames, counts, catalog, attempt)
             results = solve_frame_series(frames, catalog=catalog, reference_index=ref, config=attempt.series)
-            if results[ref].ok or catalog is None:
+            if (results[ref].ok and results[ref].wcs is not None) or catalog is None:
                 break
             log.info(
                 "field %s: not solved within %.2f deg of the pointing; widening",
