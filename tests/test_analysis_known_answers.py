@@ -40,7 +40,7 @@ def test_rrlyrae_multiband_period_within_0p1_percent():
 @pytest.mark.slow
 def test_snia_one_event_near_the_bts_peak():
     # measured on all 549 light curves with >= 5 epochs: 94.0 % within 5 d and 0.3 mag (brightest
-    # epoch in any band: 92.7 %), never a second event. Every 4th light curve here.
+    # epoch in any band: 92.7 %), never a second event. Every 4th light curve here (CI time).
     bts = Table.read(KA / "snia" / "bts.csv")
     ok, n_events = [], []
     for row in bts[::4]:
