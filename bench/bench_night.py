@@ -5,7 +5,7 @@ cluster of 2 workers, each into a fresh repository, and prints the wall time per
 stage and in total, next to the ccdproc + photutils + astroscrappy tutorial stack
 (227 s wall on this machine for the same night, 106 s without cosmic rays: the
 issue's measured figure, not re-run here).
-Run: .venv/bin/python bench/bench_night.py [--workers N [N ...]] [--skip-serial]
+Run: .venv/bin/python bench/bench_night.py [--workers N [N ...]] [--skip-serial] [--skip-dask]
 (e.g. ``--workers 1 2 4``: one Dask run per count). The "driver CPU" row is the CPU time of
 the driving process (claims, records, scheduling): what --workers cannot spread out. The
 machine's load average is printed, since other work changes every figure.
@@ -69,11 +69,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[2])
     ap.add_argument("--skip-serial", action="store_true")
+    ap.add_argument("--skip-dask", action="store_true", help="serial only")
     args = ap.parse_args()
     runs = []
     if not args.skip_serial:
         runs.append(("serial", *night(0)))
-    for n in args.workers:
+    for n in [] if args.skip_dask else args.workers:
         runs.append((f"dask x{n}", *night(n)))
     stages = list(runs[0][1])
     rows = []

@@ -42,9 +42,9 @@ from darkroom.catalogs import read_table
 from darkroom.facade import Repository
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.ingest import ingest_paths
+from darkroom.pipeline.products import image_products
 from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
-from darkroom.repo.models import Image
 from darkroom.sim import SimConfig, simulate_night
 
 
@@ -79,9 +79,7 @@ def _association_core(repo: Repository) -> tuple[float, float, int]:
     from darkroom.timeseries import AssociationConfig, associate
 
     with repo.registry.session() as s:
-        images = [
-            (im.id, im.mjd_mid, im.catalog_path, im.astrom) for im in s.query(Image).order_by(Image.mjd_mid)
-        ]
+        images = [(im.id, im.mjd_mid, im.catalog_path, im.astrom) for im in image_products(s, None)]
     parts = []
     for image_id, mjd, catalog_path, astrom in images:
         cat = read_table(repo.root / catalog_path)
@@ -124,7 +122,7 @@ def _aperture_core(repo: Repository) -> tuple[float, float, int]:
     from darkroom.phot import aperture_photometry as darkroom_photometry
 
     with repo.registry.session() as s:
-        image = s.query(Image).order_by(Image.mjd_mid).first()
+        image = image_products(s, None, need=("photcal",))[0]
         path, phot_path, fwhm = image.path, image.photcal["path"], image.photcal["fwhm_pix"]
     config = all_stages(repo.root, repo.config)[-2].config.aperture
     meas = read_table(repo.root / phot_path)

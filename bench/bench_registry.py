@@ -83,9 +83,7 @@ def populate(reg: Registry, n_sources: int, n_images: int) -> None:
                     sha256="0",
                     filter="gr"[i % 2],
                     mjd_mid=60000.0 + i * 300 / 86400,
-                    quality={},
-                    astrom={},
-                    photcal={},
+                    calib={},
                 )
                 for i in range(n_images)
             ],

@@ -33,11 +33,13 @@ from darkroom.astrom import fit_affine
 from darkroom.catalogs import read_table
 from darkroom.cli import app
 from darkroom.facade import Repository
-from darkroom.pipeline.astrometry import FIGURE_KEYS, AstrometryStage, wcs_from_astrom
+from darkroom.pipeline.astrometry import AstrometryStage, wcs_from_astrom
+from darkroom.pipeline.extract import FIGURE_KEYS
 from darkroom.pipeline.ingest import ingest_paths
+from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.run import section_stages
 from darkroom.pipeline.runner import run_stage
-from darkroom.repo.models import Exposure, Image, Task
+from darkroom.repo.models import AstromSolution, ImageQuality, SourceCatalog, Task
 from darkroom.sim import PointingJump, SimConfig, simulate_night
 
 
@@ -45,15 +47,11 @@ def _stages(repo: Repository):
     return section_stages(repo.root, repo.config, "astrometry")
 
 
-def _images(repo: Repository) -> list[tuple[Image, str]]:
-    """Image rows in time order with the raw file path of each."""
+def _images(repo: Repository, provenances=None) -> list[tuple[ImageProducts, str]]:
+    """Images in time order with their newest products (or those of ``provenances``) and raw paths."""
     with repo.registry.session() as s:
-        rows = s.execute(
-            sa.select(Image, Exposure.path)
-            .join(Exposure, Exposure.id == Image.exposure_id)
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()
-    return [(im, path) for im, path in rows]
+        rows = image_products(s, provenances, only_ok=False)
+    return [(im, im.meta["raw_path"]) for im in rows]
 
 
 def _raw_wcs(path: str) -> WCS | None:
@@ -374,6 +372,22 @@ def test_sim_changed_parameter_makes_new_products_beside_the_old(sim, tmp_path):
         # fewer, brighter sources at 5 sigma than at 3
         assert im.quality["n_sources"] < len(read_table(repo.path(old_catalog)))
     assert [r.n_planned for r in (run_stage(repo.registry, s) for s in stages)] == [0, 0, 0]
+    # both provenances' products are rows, each reachable by its provenance
+    with repo.registry.session() as s:
+        for table, n in ((SourceCatalog, 12), (ImageQuality, 12), (AstromSolution, 12)):
+            assert s.scalar(sa.select(sa.func.count()).select_from(table)) == n
+    before = _images(repo, [st.provenance_id for st in old_stages])
+    assert {im.id: (im.catalog_path, im.astrom["wcs_path"]) for im, _ in before} == old
+    # --redo extract forgets only the new provenance's rows and files
+    new_paths = [(im.catalog_path, im.astrom["wcs_path"]) for im, _ in _images(repo)]
+    from darkroom.pipeline.run import forget_from
+
+    assert forget_from(repo.registry, stages, "extract") == ["extract", "quality", "astrometry"]
+    with repo.registry.session() as s:
+        for table in (SourceCatalog, ImageQuality, AstromSolution):
+            assert s.scalar(sa.select(sa.func.count()).select_from(table)) == 6
+    assert not any(repo.path(p).exists() for pair in new_paths for p in pair)
+    assert all(repo.path(p).is_file() for pair in old.values() for p in pair)
     repo.close()
 
 
@@ -430,9 +444,7 @@ def test_sim_broken_frames_fail_alone_and_a_mirrored_frame_is_solved_on_its_own(
     with repo.registry.session() as s:
         stage.forget(s)  # as `darkroom run --redo astrometry` does
     with repo.registry.session() as s:
-        assert (
-            s.scalar(sa.select(sa.func.count()).select_from(Image).where(Image.astrom_flag.is_not(None))) == 0
-        )
+        assert s.scalar(sa.select(sa.func.count()).select_from(AstromSolution)) == 0
     report = run_stage(repo.registry, stage)
     assert (report.n_done, report.n_failed) == (1, 0)  # the field goes on
     images = _images(repo)

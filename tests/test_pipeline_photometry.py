@@ -34,14 +34,30 @@ from darkroom.cli import app
 from darkroom.errors import BadInputError
 from darkroom.facade import Repository
 from darkroom.phot import PhotFlag
-from darkroom.pipeline.lightcurves import LightCurveSettings, assemble_lightcurve, frame_transparency
-from darkroom.pipeline.photometry import AssociateStage, LightCurvesStage, PhotometryStage
+from darkroom.pipeline.associate import AssociateStage
+from darkroom.pipeline.lightcurves import LightCurvesStage
+from darkroom.pipeline.photometry import PhotometryStage
+from darkroom.pipeline.products import ImageProducts, image_products, poor_image_ids
 from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.repo.bulk import insert_measurements
-from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
+from darkroom.repo.models import (
+    Association,
+    AstromSolution,
+    Exposure,
+    Image,
+    ImageQuality,
+    Measurement,
+    PhotCal,
+    Provenance,
+    Source,
+    SourceCatalog,
+    Transparency,
+)
 from darkroom.sim import PointingJump, SimConfig, SimNight, TransitConfig, VariableConfig, simulate_night
 from darkroom.timeseries import LightCurveFlag
+from darkroom.timeseries.field import assemble_lightcurve, frame_transparency
+from darkroom.timeseries.settings import LightCurveSettings
 
 runner = CliRunner()
 
@@ -143,9 +159,10 @@ def crowded(tmp_path_factory):
     repo.close()
 
 
-def _images(repo: Repository) -> list[Image]:
+def _images(repo: Repository) -> list[ImageProducts]:
+    """Images in time order with their newest products."""
     with repo.registry.session() as s:
-        return list(s.scalars(sa.select(Image).order_by(Image.mjd_mid)))
+        return image_products(s, None, only_ok=False)
 
 
 def test_sim_zero_point_and_colour_term_against_truth(sim):
@@ -501,13 +518,32 @@ def test_crowded_psf_fluxes_against_apertures_and_truth(crowded):
 
 def _add_provenances(s) -> None:
     """The provenance rows a hand-built registry's images, sources and measurements refer to."""
-    for pid, stage in (("calprov", "calibrate"), ("assocprov", "associate"), ("photprov", "photometry")):
+    for pid, stage in (
+        ("calprov", "calibrate"),
+        ("extprov", "extract"),
+        ("qualprov", "quality"),
+        ("astprov", "astrometry"),
+        ("assocprov", "associate"),
+        ("photprov", "photometry"),
+    ):
         s.add(Provenance(id=pid, stage=stage, params={}, code_version="0", upstream=[]))
     s.flush()
 
 
-def _add_light_image(s, k: int, mjd: float, *, prefix: str, meta: dict, **image) -> int:
-    """One V-band light exposure of field F and its calibrated image; returns the image id."""
+def _add_light_image(
+    s,
+    k: int,
+    mjd: float,
+    *,
+    prefix: str,
+    meta: dict,
+    fwhm_pix: float = 3.0,
+    quality: tuple[str, str | None] | None = None,
+    measured: bool = False,
+) -> int:
+    """One V-band light exposure of field F, its calibrated image and products (a source catalogue
+    with the FWHM; ``quality`` = (flag, reason); ``measured``: solved, associated and calibrated);
+    returns the image id."""
     exp = Exposure(
         sha256=f"{k:064d}", path=f"/raw/{prefix}{k}.fits", size_bytes=1, frame_type="light", filter="V",
         mjd_mid=float(mjd), meta=meta,
@@ -516,9 +552,18 @@ def _add_light_image(s, k: int, mjd: float, *, prefix: str, meta: dict, **image)
     s.flush()
     im = Image(
         exposure_id=exp.id, provenance_id="calprov", path=f"images/{prefix}{k}.fits", sha256="x", filter="V",
-        mjd_mid=float(mjd), field="F", **image,
+        mjd_mid=float(mjd), field="F",
     )  # fmt: skip
     s.add(im)
+    s.flush()
+    s.add(SourceCatalog(image_id=im.id, provenance_id="extprov", path=f"catalogs/{prefix}{k}.parquet",
+                        values={"fwhm_pix": fwhm_pix}))  # fmt: skip
+    if quality is not None:
+        s.add(ImageQuality(image_id=im.id, provenance_id="qualprov", flag=quality[0], reason=quality[1]))
+    if measured:
+        s.add(AstromSolution(image_id=im.id, provenance_id="astprov", flag="good"))
+        s.add(Association(image_id=im.id, provenance_id="assocprov", field="F"))
+        s.add(PhotCal(image_id=im.id, provenance_id="photprov", flag="instrumental"))
     s.flush()
     return im.id
 
@@ -530,10 +575,7 @@ def _small_registry(tmp_path) -> tuple[Repository, dict]:
     with repo.registry.session() as s:
         _add_provenances(s)
         site = {"site_lat_deg": 32.78, "site_lon_deg": -105.82, "site_height_m": 2788.0}
-        ids = [
-            _add_light_image(s, k, mjd, prefix="f", meta=site, quality={"fwhm_pix": 3.0}, photcal={})
-            for k, mjd in enumerate(mjds)
-        ]
+        ids = [_add_light_image(s, k, mjd, prefix="f", meta=site) for k, mjd in enumerate(mjds)]
         srcs = [
             Source(
                 provenance_id="assocprov",
@@ -574,7 +616,7 @@ def _small_registry(tmp_path) -> tuple[Repository, dict]:
 
 def test_small_registry_lightcurve_has_only_the_source_rows_in_time_order(tmp_path):
     repo, info = _small_registry(tmp_path)
-    from darkroom.pipeline.lightcurves import LightCurveContext, query_lightcurve
+    from darkroom.pipeline.queries import LightCurveContext, query_lightcurve
 
     ctx = LightCurveContext(
         registry=repo.registry,
@@ -617,9 +659,7 @@ def _cloudy_registry(tmp_path) -> tuple[Repository, list[int]]:
         _add_provenances(s)
         ids = []
         for k, mjd in enumerate(mjds):
-            quality = {"fwhm_pix": 3.0, "poor_reason": "fwhm_pix 6.1 > 5.0" if k == 6 else None}
-            if k == 7:
-                quality = {"fwhm_pix": 3.0}
+            quality = {6: ("poor", "fwhm_pix 6.1 > 5.0"), 7: None}.get(k, ("good", None))
             ids.append(
                 _add_light_image(
                     s,
@@ -628,12 +668,7 @@ def _cloudy_registry(tmp_path) -> tuple[Repository, list[int]]:
                     prefix="c",
                     meta={"site_lat_deg": 32.78, "site_lon_deg": -105.82},
                     quality=quality,
-                    astrom_flag="good",
-                    quality_flag={6: "poor", 7: None}.get(k, "good"),
-                    photcal={
-                        "provenance_id": "photprov",
-                        "association": {"field": "F", "provenance_id": "assocprov"},
-                    },
+                    measured=True,
                 )
             )
         srcs = [
@@ -671,60 +706,42 @@ def _cloudy_registry(tmp_path) -> tuple[Repository, list[int]]:
 
 def _quality_state(repo: Repository) -> dict[int, tuple]:
     with repo.registry.session() as s:
-        return {im.id: (im.quality_flag, dict(im.quality)) for im in s.scalars(sa.select(Image))}
+        return {r.image_id: (r.provenance_id, r.flag, r.reason) for r in s.scalars(sa.select(ImageQuality))}
 
 
-def test_lightcurves_stage_marks_cloudy_frames_poor_and_forget_restores_them(tmp_path):
+def test_lightcurves_stage_flags_cloudy_frames_and_never_edits_the_quality_verdict(tmp_path):
     repo, ids = _cloudy_registry(tmp_path)
     before = _quality_state(repo)
-    stage = LightCurvesStage(repo.root, LightCurveSettings(), upstream=("photprov",))
+    stage = LightCurvesStage(repo.root, LightCurveSettings(), upstream=("qualprov", "assocprov", "photprov"))
     report = run_stage(repo.registry, stage)
     assert report.n_done == 1 and report.n_failed == 0
-    after = _quality_state(repo)
     with repo.registry.session() as s:
-        trans = {im.id: im.photcal["transparency"] for im in s.scalars(sa.select(Image))}
-    assert [k for k, i in enumerate(ids) if trans[i]["low"]] == [3, 6]
-    assert abs(trans[ids[3]]["of_clear"] - 0.5) < 0.01 and abs(trans[ids[6]]["of_clear"] - 0.6) < 0.01
-    # a clear frame became poor with the reason; a poor frame keeps its reason, extended
-    assert after[ids[3]] == ("poor", {"fwhm_pix": 3.0, "poor_reason": "low transparency (0.50 of clear)"})
-    assert after[ids[6]][0] == "poor"
-    assert after[ids[6]][1]["poor_reason"] == "fwhm_pix 6.1 > 5.0; low transparency (0.60 of clear)"
-    for k in (0, 1, 2, 4, 5, 7):
-        assert after[ids[k]] == before[ids[k]] and "marked_poor" not in trans[ids[k]]
-    assert trans[ids[3]]["marked_poor"]["previous_flag"] == "good"
-    # recording the field again (a later run) marks once, not twice; the plan sees the frames as
-    # the quality stage left them
+        trans = {r.image_id: r for r in s.scalars(sa.select(Transparency))}
+        assert all(r.provenance_id == stage.provenance_id for r in trans.values())
+        poor = poor_image_ids(s, quality=["qualprov"], transparency=[stage.provenance_id])
+        poor_quality_only = poor_image_ids(s, quality=["qualprov"])
+    assert [k for k, i in enumerate(ids) if trans[i].flag == "poor"] == [3, 6]
+    assert abs(trans[ids[3]].values["of_clear"] - 0.5) < 0.01
+    assert abs(trans[ids[6]].values["of_clear"] - 0.6) < 0.01
+    assert trans[ids[3]].reason == "low transparency (0.50 of clear)"
+    # "poor frame" is a query over quality and transparency; the quality rows are untouched
+    assert _quality_state(repo) == before
+    assert poor == {
+        ids[3]: "low transparency (0.50 of clear)",
+        ids[6]: "fwhm_pix 6.1 > 5.0; low transparency (0.60 of clear)",
+    }
+    assert poor_quality_only == {ids[6]: "fwhm_pix 6.1 > 5.0"}
     with repo.registry.session() as s:
         assert stage.plan(s) == []
-        image = s.get(Image, ids[3])
-        image.photcal = {
-            **image.photcal,
-            "transparency": {**image.photcal["transparency"], "provenance_id": "old"},
-        }
+    # forget is a DELETE by provenance: transparency rows go, the quality verdict stays
     with repo.registry.session() as s:
+        stage.forget(s)
+    with repo.registry.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Transparency)) == 0
         (unit,) = stage.plan(s)
-    assert list(np.flatnonzero(unit.payload["frames"]["poor"])) == [6]
-    result = stage.run(unit)
-    with repo.registry.session() as s:
-        stage.record(s, unit, result)
-    assert _quality_state(repo) == after
-    # forget restores exactly what was there before (reason key absent on image 7 stays absent)
-    with repo.registry.session() as s:
-        stage.forget(s)
     assert _quality_state(repo) == before
-    with repo.registry.session() as s:
-        assert all("transparency" not in im.photcal for im in s.scalars(sa.select(Image)))
-    # a flag rewritten after the mark (the quality stage run again) is left as it is by forget
-    run_stage(repo.registry, stage)
-    with repo.registry.session() as s:
-        image = s.get(Image, ids[3])
-        image.quality_flag = "good"
-        image.quality = {"fwhm_pix": 3.0, "poor_reason": None}
-    with repo.registry.session() as s:
-        stage.forget(s)
-    state = _quality_state(repo)
-    assert state[ids[3]] == ("good", {"fwhm_pix": 3.0, "poor_reason": None})
-    assert state[ids[6]] == before[ids[6]]
+    # the plan hands the quality stage's verdict to run: only image 6 is poor before transparency
+    assert list(np.flatnonzero(unit.payload["frames"]["poor"])) == [6]
     repo.close()
 
 
@@ -794,7 +811,11 @@ def test_stages_pickle_for_dask_workers(sim):
 
     with Session(repo.registry.engine) as s:  # rolled back: one image looks unmeasured
         image = s.scalars(sa.select(Image).order_by(Image.mjd_mid)).first()
-        image.photcal = {**image.photcal, "provenance_id": "not-yet"}
+        s.execute(
+            sa.delete(PhotCal).where(
+                PhotCal.image_id == image.id, PhotCal.provenance_id == stages[1].provenance_id
+            )
+        )
         s.flush()
         units = stages[1].plan(s)
         image_id = image.id

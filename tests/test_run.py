@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from darkroom.cli import app
+from darkroom.pipeline.products import image_products
 from darkroom.repo.models import Calib, CalibInput, Exposure, Image, Measurement, Source, Task
 from darkroom.repo.registry import Registry
 from darkroom.repo.store import TEMP_PREFIX, sha256_file
@@ -50,23 +51,19 @@ def snapshot(root: Path, url: str | None = None) -> dict:
             ).all()
         )
         n_inputs = s.scalar(sa.select(sa.func.count()).select_from(CalibInput))
-        image_cols = (
-            Exposure.sha256,
-            Image.provenance_id,
-            Image.path,
-            Image.sha256,
-            Image.catalog_path,
-            Image.quality_flag,
-            Image.astrom_flag,
-            Image.quality,
-            Image.astrom,
-            Image.photcal,
-        )
+        sha = dict(s.execute(sa.select(Exposure.id, Exposure.sha256)).all())
         images = sorted(
-            (*row[:7], *(json.dumps(j, sort_keys=True) for j in row[7:]))
-            for row in s.execute(
-                sa.select(*image_cols).join(Exposure, Image.exposure_id == Exposure.id)
-            ).all()
+            (
+                sha[ip.exposure_id],
+                ip.image.provenance_id,
+                ip.path,
+                ip.image.sha256,
+                ip.catalog_path,
+                ip.quality_flag,
+                ip.astrom_flag,
+                *(json.dumps(j, sort_keys=True) for j in (ip.quality, ip.astrom, ip.photcal)),
+            )
+            for ip in image_products(s, None, only_ok=False)
         )
         tasks = sorted(s.execute(sa.select(Task.stage, Task.key, Task.provenance_id, Task.state)).all())
         n_sources = s.scalar(sa.select(sa.func.count()).select_from(Source))

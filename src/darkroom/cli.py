@@ -332,6 +332,33 @@ def ingest(
 
 
 @app.command()
+def upgrade(
+    repo: RepoArg,
+    no_backup: Annotated[
+        bool, typer.Option("--no-backup", help="do not back the registry up first (you did it yourself)")
+    ] = False,
+    db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
+) -> None:
+    """Bring a repository's registry to the newest schema, backing it up first (REPO/backups)."""
+    from darkroom.facade import Repository
+
+    try:
+        r = Repository(repo, db_url=db, upgrade=False)
+        old, head = r.registry.revision(), r.registry.head_revision()
+        if old == head:
+            console.print(f"registry at revision {head}: up to date")
+            r.close()
+            return
+        backup = r.upgrade(backup=not no_backup)
+        r.close()
+    except DarkroomError as exc:
+        _fail(exc)
+    console.print(f"registry upgraded from revision {old} to {head}", soft_wrap=True)
+    if backup is not None:
+        console.print(f"the old registry is saved in {backup}", soft_wrap=True, markup=False, highlight=False)
+
+
+@app.command()
 def status(
     repo: RepoArg,
     db: Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")] = None,
@@ -382,6 +409,17 @@ def status(
         console.print(f"poor frames ({len(st['poor'])}):")
         for path, reason in st["poor"]:
             console.print(f"  {Path(path).name}: {reason}", soft_wrap=True, markup=False, highlight=False)
+    provs = st.get("provenances")
+    if provs is not None and len(provs):
+        pt = RichTable(title="provenances (products of each configuration; * = current)")
+        for col in ("stage", "provenance", "created [UTC]", "products"):
+            pt.add_column(col, justify="right" if col == "products" else "left")
+        for row in provs:
+            mark = "*" if row["current"] else ""
+            pt.add_row(
+                row["stage"], f"{row['provenance_id']}{mark}", row["created_utc"], str(row["n_products"])
+            )
+        console.print(pt)
     if st["tasks"]:
         tt = RichTable(title="tasks")
         for col in ("stage", "state", "count"):
@@ -710,7 +748,7 @@ def lightcurve(
     import numpy as np
 
     from darkroom.facade import Repository
-    from darkroom.pipeline.lightcurves import safe_name
+    from darkroom.pipeline.queries import safe_name
     from darkroom.timeseries import (
         plot_lightcurve,
         point_to_point_scatter,

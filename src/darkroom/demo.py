@@ -18,7 +18,6 @@ from astropy.time import Time
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
-from sqlalchemy import select
 
 __all__ = ["demo_sim_config", "run_demo"]
 
@@ -81,12 +80,12 @@ def _transit_depth(repo, night) -> tuple[float | None, float | None]:
 
 def _photcal(repo, night) -> tuple[float | None, float | None]:
     """(median zero-point error [mag], mean colour term) over the frames."""
-    from darkroom.repo.models import Image
+    from darkroom.pipeline.products import image_products
 
     s = night.truth.summary
     lights = night.truth.frames[night.truth.frames["kind"] == "light"]
     with repo.registry.session() as sess:
-        images = list(sess.scalars(select(Image).order_by(Image.mjd_mid)))
+        images = image_products(sess, None, only_ok=False)
     dzp, colour = [], []
     for image, row in zip(images, lights, strict=False):
         pc = image.photcal or {}
@@ -106,10 +105,10 @@ def _photcal(repo, night) -> tuple[float | None, float | None]:
 def _astrometric_rms(repo, night) -> float | None:
     """Median over frames of the rms [pixels] between darkroom's WCS and the truth over a grid."""
     from darkroom.pipeline.astrometry import wcs_from_astrom
-    from darkroom.repo.models import Image
+    from darkroom.pipeline.products import image_products
 
     with repo.registry.session() as sess:
-        images = list(sess.scalars(select(Image).order_by(Image.mjd_mid)))
+        images = image_products(sess, None, only_ok=False)
     ny, nx = night.config.shape
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 8), np.linspace(0, ny - 1, 8))
     rms = []

@@ -30,8 +30,8 @@ __all__ = ["PRODUCT_DIRS", "Repository"]
 PRODUCT_DIRS = ("calib", "images", "catalogs", "lightcurves", "products", "reports", "logs")
 
 
-def open_registry(config: DarkroomConfig, root: Path) -> Registry:
-    """Connect to the configured registry and bring its schema up to date.
+def open_registry(config: DarkroomConfig, root: Path, *, upgrade: bool = True) -> Registry:
+    """Connect to the configured registry and (``upgrade``) bring its schema up to date.
 
     Any database problem (server unreachable, database missing, bad URL) becomes a
     :class:`~darkroom.errors.RegistryError` with a one-line reason.
@@ -40,8 +40,10 @@ def open_registry(config: DarkroomConfig, root: Path) -> Registry:
     registry = None
     try:
         registry = Registry(resolve_url(url, root), echo=config.registry.echo)
-        if not registry.is_current():
+        if upgrade and not registry.is_current():
             registry.upgrade()
+        else:
+            registry.revision()  # connects: a bad URL or a server that is down fails here, in one line
     except (SQLAlchemyError, ArgumentError, OSError) as exc:
         if registry is not None:
             registry.dispose()
@@ -53,8 +55,15 @@ class Repository:
     """An existing repository. Use :meth:`Repository.init` to make a new one."""
 
     def __init__(
-        self, root: Path | str, *, db_url: str | None = None, overrides: tuple[str, ...] | list[str] = ()
+        self,
+        root: Path | str,
+        *,
+        db_url: str | None = None,
+        overrides: tuple[str, ...] | list[str] = (),
+        upgrade: bool = True,
     ):
+        """Open a repository; a registry made by an older release is backed up and upgraded
+        (``upgrade=False`` leaves it as it is, for :meth:`upgrade` to do)."""
         self.root = Path(root).expanduser().resolve()
         cfg_path = self.root / CONFIG_NAME
         if not cfg_path.is_file():
@@ -65,11 +74,41 @@ class Repository:
         if db_url:
             overrides.append(f"registry.url={db_url}")
         self.config: DarkroomConfig = load_config(cfg_path, overrides)
-        self.registry = open_registry(self.config, self.root)
+        self.backup_path: Path | None = None
+        self.registry = open_registry(self.config, self.root, upgrade=False)
+        if upgrade and not self.registry.is_current():
+            self.upgrade()
         #: how each automatic target was placed, and why an observed object has none
         self.target_notes: list[str] = []
         self.targets_left_out: list[str] = []
         self.apply_automatic_targets(online=False)
+
+    def upgrade(self, *, backup: bool = True) -> Path | None:
+        """Bring the registry to the newest schema, backing it up first (into ``REPO/backups``).
+
+        Returns the backup's path (None for a new, empty registry or ``backup=False``).
+        Every row stays reachable: products the old schema kept on the Image row move to
+        their tables, keyed by the provenance that made them.
+        """
+        import logging
+
+        if self.registry.is_current():
+            return None
+        old = self.registry.revision()
+        if backup and old is not None:
+            self.backup_path = self.registry.backup(self.root / "backups")
+        try:
+            self.registry.upgrade()
+        except (SQLAlchemyError, ArgumentError, OSError) as exc:
+            raise registry_error(exc, self.config.registry.url) from exc
+        if old is not None:
+            logging.getLogger(__name__).warning(
+                "registry upgraded from revision %s to %s%s",
+                old,
+                self.registry.head_revision(),
+                f"; the old one is saved in {self.backup_path}" if self.backup_path else "",
+            )
+        return self.backup_path
 
     def apply_automatic_targets(self, *, online: bool) -> None:
         """With no ``targets:`` in darkroom.yaml, one target per observed OBJECT (see
@@ -171,7 +210,7 @@ class Repository:
         with self.registry.session() as s:
             return survey_lightcurves(s, self.root, name=name, catalog=catalog, survey=survey)
 
-    # -- photometry and light curves (darkroom.pipeline.lightcurves) -------------
+    # -- photometry and light curves (darkroom.pipeline.queries) -------------
     def lightcurve(
         self,
         *,
@@ -185,13 +224,20 @@ class Repository:
         differential: bool = False,
         comparison: list[int] | None = None,
         keep_flagged: bool | None = None,
+        provenance: str | None = None,
     ) -> Table:
         """The light curve of one object: by ``ra``/``dec`` [deg], ``name``, ``pixel=(x, y)``
         (0-based) of a ``frame`` file, or ``source_id``; see
-        :func:`darkroom.pipeline.lightcurves.query_lightcurve` for the columns."""
-        from darkroom.pipeline.lightcurves import LightCurveContext, query_lightcurve
+        :func:`darkroom.pipeline.queries.query_lightcurve` for the columns.
+
+        ``provenance`` names the photometry provenance to read (``darkroom status`` lists
+        them); by default the current configuration's."""
+        from darkroom.pipeline.queries import LightCurveContext, query_lightcurve
 
         ctx = LightCurveContext.from_config(self.root, self.registry, self.config)
+        if provenance is not None:
+            with self.registry.session() as s:
+                ctx = ctx.with_photometry(s, provenance)
         return query_lightcurve(
             ctx,
             ra_deg=ra,
@@ -206,13 +252,16 @@ class Repository:
             keep_flagged=keep_flagged,
         )
 
-    def sources(self, *, field: str | None = None, all_provenances: bool = False) -> Table:
+    def sources(
+        self, *, field: str | None = None, all_provenances: bool = False, provenance: str | None = None
+    ) -> Table:
         """Sources (id, field, mean position, reference-frame position, epochs, mean magnitudes)
-        of the current association (``all_provenances``: of every association)."""
-        from darkroom.pipeline.lightcurves import LightCurveContext, source_table
+        of the current association (``provenance``: of that associate provenance; ``all_provenances``:
+        of every association)."""
+        from darkroom.pipeline.queries import LightCurveContext, source_table
 
-        prov = None
-        if not all_provenances:
+        prov = provenance
+        if not all_provenances and prov is None:
             prov = LightCurveContext.from_config(self.root, self.registry, self.config).associate_provenance
         with self.registry.session() as s:
             return source_table(s, provenance_id=prov, field=field)
@@ -226,8 +275,8 @@ class Repository:
     ) -> Table:
         """Measurements of the current photometry (or ``provenance_id``), optionally of some
         sources and/or images, in time order (columns as
-        :func:`darkroom.pipeline.lightcurves.field_measurements`)."""
-        from darkroom.pipeline.lightcurves import LightCurveContext, field_measurements
+        :func:`darkroom.pipeline.queries.field_measurements`)."""
+        from darkroom.pipeline.queries import LightCurveContext, field_measurements
 
         if provenance_id is None:
             ctx = LightCurveContext.from_config(self.root, self.registry, self.config)
@@ -237,9 +286,123 @@ class Repository:
         with self.registry.session() as s:
             return field_measurements(s, provenance_id=provenance_id, source_ids=sources, image_ids=images)
 
+    def stage_provenances(self) -> dict[str, str]:
+        """The provenance id of each stage under the current configuration (stage -> id)."""
+        from darkroom.pipeline.stages import build_stages
+
+        return {st.name: st.provenance_id for st in build_stages(self.root, self.config)}
+
+    def provenances(self) -> Table:
+        """Every provenance in the registry: stage, id, when, how many product rows it holds,
+        and whether the current configuration makes it (``current``)."""
+        from darkroom.repo.models import (
+            Association,
+            AstromSolution,
+            Calib,
+            ImageQuality,
+            Lightcurve,
+            PhotCal,
+            Provenance,
+            Source,
+            SourceCatalog,
+            Transparency,
+        )
+
+        tables = (
+            Calib,
+            Image,
+            SourceCatalog,
+            ImageQuality,
+            AstromSolution,
+            Association,
+            Source,
+            PhotCal,
+            Transparency,
+            Lightcurve,
+        )
+        current = set(self.stage_provenances().values())
+        rows: dict[str, int] = {}
+        with self.registry.session() as s:
+            for table in tables:
+                for pid, n in s.execute(
+                    select(table.provenance_id, func.count()).group_by(table.provenance_id)
+                ).all():
+                    rows[pid] = rows.get(pid, 0) + n
+            provs = s.execute(
+                select(Provenance.stage, Provenance.id, Provenance.created_utc).order_by(
+                    Provenance.created_utc, Provenance.id
+                )
+            ).all()
+        return Table(
+            rows=[
+                (st, pid, str(created)[:19], rows.get(pid, 0), pid in current) for st, pid, created in provs
+            ]
+            or None,
+            names=("stage", "provenance_id", "created_utc", "n_products", "current"),
+            dtype=(str, str, str, int, bool),
+        )
+
+    def images(self, *, provenance: str | list[str] | None = None) -> Table:
+        """Calibrated images with their products of the current configuration (or of ``provenance``,
+        one id or several): FWHM, quality flag and reason, astrometric flag and rms, zero point,
+        transparency, and ``poor`` (by the quality limits or the transparency)."""
+        from darkroom.pipeline.products import image_products
+
+        provs = [provenance] if isinstance(provenance, str) else provenance
+        if provs is None:
+            provs = list(self.stage_provenances().values())
+        cols = (
+            "image_id",
+            "exposure_id",
+            "night",
+            "field",
+            "filter",
+            "mjd_mid",
+            "fwhm_pix",
+            "quality_flag",
+            "astrom_flag",
+            "astrom_rms_arcsec",
+            "zp",
+            "transparency",
+            "poor",
+            "poor_reason",
+        )
+        out = []
+        with self.registry.session() as s:
+            for ip in image_products(s, provs, only_ok=False):
+                out.append(
+                    (
+                        ip.id,
+                        ip.exposure_id,
+                        ip.night or "",
+                        ip.field or "",
+                        ip.filter or "",
+                        ip.mjd_mid if ip.mjd_mid is not None else float("nan"),
+                        ip.quality.get("fwhm_pix") or float("nan"),
+                        ip.quality_flag or "",
+                        ip.astrom_flag or "",
+                        ip.astrom_row.rms_arcsec
+                        if ip.astrom_row and ip.astrom_row.rms_arcsec
+                        else float("nan"),
+                        ip.photcal_row.zp
+                        if ip.photcal_row and ip.photcal_row.zp is not None
+                        else float("nan"),
+                        ip.transparency.value
+                        if ip.transparency and ip.transparency.value is not None
+                        else float("nan"),
+                        ip.poor,
+                        ip.poor_reason or "",
+                    )
+                )
+        dtype = (int, int, str, str, str, float, float, str, str, float, float, float, bool, str)
+        return Table(rows=out or None, names=cols, dtype=dtype)
+
     def status(self) -> dict:
         """Counts of exposures per state and type, images per quality and astrometry flag (with the
         poor frames and why), tasks per stage and state, and the failures."""
+        from darkroom.pipeline.products import poor_image_ids
+        from darkroom.repo.models import AstromSolution, ImageQuality
+
         with self.registry.session() as s:
             by_state = dict(s.execute(select(Exposure.state, func.count()).group_by(Exposure.state)).all())
             by_type = dict(
@@ -265,11 +428,29 @@ class Repository:
                 .where(Task.state == "failed")
                 .order_by(Task.stage, Task.key)
             ).all()
+            current = self.stage_provenances()
             quality = dict(
-                s.execute(select(Image.quality_flag, func.count()).group_by(Image.quality_flag)).all()
+                s.execute(
+                    select(ImageQuality.flag, func.count())
+                    .where(ImageQuality.provenance_id == current.get("quality"))
+                    .group_by(ImageQuality.flag)
+                ).all()
             )
             astrometry = dict(
-                s.execute(select(Image.astrom_flag, func.count()).group_by(Image.astrom_flag)).all()
+                s.execute(
+                    select(AstromSolution.flag, func.count())
+                    .where(AstromSolution.provenance_id == current.get("astrometry"))
+                    .group_by(AstromSolution.flag)
+                ).all()
+            )
+            n_images = s.scalar(
+                select(func.count()).select_from(Image).where(Image.provenance_id == current.get("calibrate"))
+            )
+            if n_images:
+                quality["unmeasured"] = n_images - sum(quality.values())
+                astrometry["unsolved"] = n_images - sum(astrometry.values())
+            reasons = poor_image_ids(
+                s, quality=[current.get("quality", "")], transparency=[current.get("lightcurves", "")]
             )
             downloads = [
                 (survey, state, reason or "", n)
@@ -281,17 +462,18 @@ class Repository:
             ]
             n_targets = s.scalar(select(func.count()).select_from(Target)) or 0
             poor = [
-                (path, (q or {}).get("poor_reason") or "")
-                for path, q in s.execute(
-                    select(Exposure.path, Image.quality)
+                (path, reasons[image_id])
+                for image_id, path in s.execute(
+                    select(Image.id, Exposure.path)
                     .join(Exposure, Image.exposure_id == Exposure.id)
-                    .where(Image.quality_flag == "poor")
+                    .where(Image.id.in_(list(reasons)))
                     .order_by(Image.mjd_mid)
                 ).all()
             ]
         return {
-            "images_quality": {k or "unmeasured": v for k, v in quality.items()},
-            "images_astrometry": {k or "unsolved": v for k, v in astrometry.items()},
+            "images_quality": {k: v for k, v in quality.items() if v},
+            "images_astrometry": {k: v for k, v in astrometry.items() if v},
+            "provenances": self.provenances(),
             "poor": poor,
             "exposures": by_state,
             "types": by_type,

@@ -29,6 +29,7 @@ from darkroom.catalogs.sources import (
     ReferenceCatalogSource,
     ShardCatalogSource,
     load_reference_catalog,
+    resolve_catalog_source,
 )
 
 __all__ = [
@@ -51,6 +52,7 @@ __all__ = [
     "read_catalog_file",
     "read_catalog_shards",
     "read_table",
+    "resolve_catalog_source",
     "standardize_catalog",
     "ucac4",
 ]

@@ -18,6 +18,7 @@ __all__ = [
     "ReferenceCatalogSource",
     "ShardCatalogSource",
     "load_reference_catalog",
+    "resolve_catalog_source",
 ]
 
 
@@ -54,6 +55,20 @@ class OnlineCatalogSource(BaseModel):
 ReferenceCatalogSource = Annotated[
     FileCatalogSource | ShardCatalogSource | OnlineCatalogSource, Field(discriminator="kind")
 ]
+
+
+def resolve_catalog_source(source, root: Path | str | None):
+    """The one place a configured reference catalogue is tied to a repository: a file or folder of
+    shards given relative to the repository ``root`` becomes absolute; anything else is returned
+    as it is (None stays None)."""
+    if root is None or source is None:
+        return source
+    root = Path(root)
+    if isinstance(source, FileCatalogSource) and not Path(source.path).is_absolute():
+        return source.model_copy(update={"path": root / source.path})
+    if isinstance(source, ShardCatalogSource) and not Path(source.folder).is_absolute():
+        return source.model_copy(update={"folder": root / source.folder})
+    return source
 
 
 def load_reference_catalog(

@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from sqlalchemy import select
 
         from darkroom.facade import Repository
-        from darkroom.repo.models import Calib, CalibInput, Exposure, Image
+        from darkroom.repo.models import Calib, CalibInput, Exposure, Image, SourceCatalog
 
         try:
             r = Repository(repo, db_url=db)
@@ -65,6 +65,14 @@ def register(app: typer.Typer) -> None:
             images: dict[int, list[Image]] = {}
             for im in s.scalars(select(Image).where(Image.exposure_id.in_(ids)).order_by(Image.id)):
                 images.setdefault(im.exposure_id, []).append(im)
+            catalogs: dict[int, list[str]] = {}
+            for image_id, path in s.execute(
+                select(SourceCatalog.image_id, SourceCatalog.path)
+                .join(Image, Image.id == SourceCatalog.image_id)
+                .where(Image.exposure_id.in_(ids))
+                .order_by(SourceCatalog.id)
+            ):
+                catalogs.setdefault(image_id, []).append(path)
             masters: dict[int, list[Calib]] = {}
             for eid, calib in s.execute(
                 select(CalibInput.exposure_id, Calib)
@@ -79,8 +87,8 @@ def register(app: typer.Typer) -> None:
             _say(f"  {e.frame_type or '?'} {e.filter or ''} night {e.night or '?'}; {state}")
             for im in images.get(e.id, []):
                 _say(f"  calibrated image: {r.path(im.path)}  (provenance {im.provenance_id[:12]})")
-                if im.catalog_path:
-                    _say(f"  source catalogue: {r.path(im.catalog_path)}")
+                for path in catalogs.get(im.id, []):  # one per extract provenance
+                    _say(f"  source catalogue: {r.path(path)}")
             for calib in masters.get(e.id, []):
                 _say(f"  went into master {calib.kind}: {r.path(calib.path) if calib.path else '-'}")
         if lightcurves and any(images.values()):

@@ -32,6 +32,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import erf
 
+from darkroom.robust import robust_std
+
 __all__ = [
     "GaussianFits",
     "MoffatFits",
@@ -573,7 +575,7 @@ def measure_psf(
     if good.sum() >= min_stars:
         values = fits_.fwhm_pix[good]
         med = float(np.median(values))
-        mad = 1.4826 * float(np.median(np.abs(values - med)))
+        mad = robust_std(values)
         keep = np.abs(fits_.fwhm_pix - med) <= max(3.0 * mad, 0.02 * med)
         good &= keep
     if good.sum() < min_stars:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable", "raw_stem", "short_hash"]
+__all__ = ["jsonable", "raw_stem", "safe_file_name", "short_hash"]
 
 
 def short_hash(text: str) -> str:
@@ -38,3 +39,8 @@ def raw_stem(path: str | Path) -> str:
     for suffix in (".gz", ".bz2", ".fz", ".fits", ".fit", ".fts", ".FITS", ".FIT", ".FTS"):
         name = name.removesuffix(suffix)
     return name
+
+
+def safe_file_name(text: str) -> str:
+    """``text`` with anything but letters, digits and ``_.+-`` replaced, for a product file name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:80] or "unknown"

@@ -1,22 +1,7 @@
-"""Source extraction, image quality and astrometry stages.
+"""The astrometry stage: the frames of each field and night solved against the reference catalogue.
 
-Wiring only: the registry says which calibrated images exist; :mod:`darkroom.detect`
-measures the background, the sources and the image quality, :mod:`darkroom.catalogs`
-reads the reference catalog and :mod:`darkroom.astrom` solves. Three stages, in order:
+Wiring only: :mod:`darkroom.astrom` solves, :mod:`darkroom.catalogs` reads the reference catalog.
 
-``extract`` (one unit per calibrated image, parallel)
-    Background and sources of the SCI plane with the MASK plane honoured. The source
-    catalog goes to ``catalogs/<provenance>/<image>.parquet`` (``Image.catalog_path``);
-    the figures go to ``Image.quality`` beside the ``calib`` entry: ``fwhm_pix``,
-    ``fwhm_arcsec``, ``ellipticity``, ``sky_adu``, ``sky_rms_adu``, ``n_sources``,
-    ``n_saturated``, ``n_stars``, ``pixel_scale_arcsec`` and ``detect`` (provenance
-    and catalog path).
-``quality`` (one unit per night)
-    The configured :class:`~darkroom.detect.QualityLimits` flag poor frames:
-    ``Image.quality_flag`` is ``good`` or ``poor``, ``Image.quality["poor_reason"]``
-    says why. A per-frame table (with the night's summary in its metadata) and a plot
-    of FWHM, sky and source count against time go to ``reports/quality_<night>.ecsv``
-    and ``.png``. Per night because a limit may be relative to the night's median.
 ``astrometry`` (one unit per field and night)
     The frames of one field (``Image.field``, i.e. OBJECT), night, camera shape and
     binning, split where the pointing moves by more than ``split_field_fraction`` of
@@ -25,18 +10,18 @@ reads the reference catalog and :mod:`darkroom.astrom` solves. Three stages, in 
     catalog), every other frame is aligned to it
     (:func:`~darkroom.astrom.solve_frame_series`) and gets the reference WCS carried
     over (refined against the catalog when there is one). A frame that does not align
-    is solved on its own when it can; otherwise it gets ``astrom_flag`` 'failed' with
+    is solved on its own when it can; otherwise it gets the flag 'failed' with
     the reason, and the field goes on. Without any absolute WCS the frames still get
     consistent ``to_reference`` transforms (pixels of the reference frame).
 
-``Image.astrom`` holds: ``provenance_id``, ``method``, ``quality``, ``n_matched``,
+An ``astrom_solution`` row holds the method, WCS cards, matches, rms and flag; its ``values``: ``provenance_id``, ``method``, ``quality``, ``n_matched``,
 ``rms_arcsec``, ``rms_pix``, ``reason``, ``sip_order``, ``wcs`` (the WCS cards, 1-based
 CRPIX as in FITS, or None), ``wcs_path`` (a header-only FITS file
 ``catalogs/<provenance>/<image>.wcs``), ``to_reference`` (``matrix`` 2x2 and
 ``offset`` [pixels]: 0-based pixels of this frame -> 0-based pixels of the reference
 frame), ``reference_image_id``, ``field_key``, ``n_frames``, ``catalog`` (name and
 number of stars used), ``centre_ra_deg``, ``centre_dec_deg`` and ``pixel_scale_arcsec``.
-``Image.astrom_flag`` is good / marginal / failed; a frame without an absolute WCS is
+Its ``flag`` is good / marginal / failed; a frame without an absolute WCS is
 at best 'marginal'.
 
 An image row has one slot per product, so it describes the last run; the products of
@@ -59,7 +44,7 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import WCS, FITSFixedWarning
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from darkroom.astrom import (
@@ -74,6 +59,7 @@ from darkroom.astrom import (
     source_positions,
 )
 from darkroom.astrom.blind import blind_solve
+from darkroom.astrom.pointing import cluster_pointings
 from darkroom.astrom.settings import SolveSettings
 from darkroom.catalogs import (
     FileCatalogSource,
@@ -81,46 +67,19 @@ from darkroom.catalogs import (
     angular_separation_deg,
     load_reference_catalog,
     read_table,
+    resolve_catalog_source,
 )
 from darkroom.config import AstrometrySettings
-from darkroom.detect import (
-    QualityLimits,
-    extract_frame,
-    flag_poor_frames,
-    plot_quality,
-    summarize_nights,
-)
-from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import BadInputError, SolveError
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
-from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
-from darkroom.repo.models import Exposure, Image
+from darkroom.pipeline.products import ImageProducts, extracted_images
+from darkroom.pipeline.stage import Stage, Unit
+from darkroom.repo.models import AstromSolution, Image
 from darkroom.repo.store import atomic_path, sha256_file
 
-__all__ = [
-    "FIGURE_KEYS",
-    "AstrometrySettings",
-    "AstrometryStage",
-    "ExtractSettings",
-    "ExtractStage",
-    "QualityStage",
-    "SolveSettings",
-    "wcs_from_astrom",
-]
+__all__ = ["AstrometrySettings", "AstrometryStage", "SolveSettings", "header_wcs", "wcs_from_astrom"]
 
 log = logging.getLogger(__name__)
-
-#: Image-quality figures written at the top level of ``Image.quality``.
-FIGURE_KEYS = (
-    "fwhm_pix",
-    "fwhm_arcsec",
-    "ellipticity",
-    "sky_adu",
-    "sky_rms_adu",
-    "n_sources",
-    "n_saturated",
-    "n_stars",
-)
 
 
 _WCS_KEY = re.compile(
@@ -175,11 +134,7 @@ def _widening(cfg: SolveSettings, frames: list[FrameSources]):
         )
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:80] or "unknown"
-
-
-def _header_wcs(header: fits.Header) -> WCS | None:
+def header_wcs(header: fits.Header) -> WCS | None:
     """The celestial WCS of a header, or None when it has none or it is unusable."""
     if "CTYPE1" not in header and "CTYPE2" not in header:
         return None
@@ -197,7 +152,7 @@ def _header_wcs(header: fits.Header) -> WCS | None:
 
 
 def wcs_from_astrom(astrom: dict[str, Any]) -> WCS | None:
-    """The astropy WCS recorded in an ``Image.astrom`` dict (None when the frame has none).
+    """The astropy WCS recorded in an astrometric solution (``astrom_solution.values``) (None when the frame has none).
 
     Use it with ``origin=0`` on darkroom's 0-based positions.
     """
@@ -247,278 +202,21 @@ def _affine_between(wcs: WCS, reference: WCS, shape: tuple[int, int]) -> AffineT
     return fit_affine(gx.ravel(), gy.ravel(), rx, ry)
 
 
-# --------------------------------------------------------------------------- extraction
-
-
-class ExtractStage(Stage):
-    """Background, sources and image-quality figures of each calibrated image."""
-
-    name = "extract"
-    reads = ("calibrate",)
-    settings = ("astrometry.extract",)
-
-    def plan(self, session: Session) -> list[Unit]:
-        rows = session.execute(
-            select(Image, Exposure.meta)
-            .join(Exposure, Exposure.id == Image.exposure_id)
-            .where(Image.provenance_id.in_(self.upstream), Exposure.state == "ok")
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()
-        units = []
-        for image, meta in rows:
-            detect = (image.quality or {}).get("detect") or {}
-            if detect.get("provenance_id") == self.provenance_id and image.catalog_path:
-                continue
-            calib = (image.quality or {}).get("calib") or {}
-            units.append(
-                Unit(
-                    key=f"img:{image.id}",
-                    payload={
-                        "image_id": image.id,
-                        "path": image.path,
-                        "gain_e_per_adu": calib.get("gain_e_per_adu"),
-                        "pixel_scale_arcsec": (meta or {}).get("pixel_scale_arcsec"),
-                        "exposure_id": image.exposure_id,
-                    },
-                )
-            )
-        return units
-
-    def run(self, unit: Unit) -> dict[str, Any]:
-        cfg: ExtractSettings = self.config
-        p = unit.payload
-        path = self.root / p["path"]
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
-                mask = np.asarray(hdul["MASK"].data) if "MASK" in hdul else None
-                header = hdul["SCI"].header.copy()
-        except (OSError, KeyError) as exc:
-            raise BadInputError(f"cannot read calibrated image {Path(p['path']).name}: {exc}") from exc
-        scale = p.get("pixel_scale_arcsec")
-        if not scale:
-            wcs = _header_wcs(header)
-            scale = pixel_scale_arcsec(wcs) if wcs is not None else None
-        extraction = extract_frame(
-            sci,
-            mask=mask,
-            background_config=cfg.background,
-            detect_config=cfg.detect,
-            quality_config=cfg.quality,
-            gain_e_per_adu=p.get("gain_e_per_adu"),
-            pixel_scale_arcsec=scale,
-        )
-        figures = extraction.quality.model_dump()
-        catalog = extraction.catalog
-        catalog.meta.update(
-            {
-                "image": p["path"],
-                "image_id": p["image_id"],
-                "provenance_id": self.provenance_id,
-                "quality": jsonable(figures),
-                "pixel_scale_arcsec": scale,
-            }
-        )
-        out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.parquet")
-        with atomic_path(out) as tmp:
-            catalog.write(tmp, format="parquet")
-        return {
-            "catalog_path": self.relative(out),
-            "figures": jsonable(figures),
-            "pixel_scale_arcsec": scale,
-        }
-
-    def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
-        quarantine_exposure(session, unit.payload.get("exposure_id"), f"{self.name}: {reason}")
-
-    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
-        image = session.get(Image, unit.payload["image_id"])
-        quality = dict(image.quality or {})
-        quality.update(result["figures"])
-        quality["pixel_scale_arcsec"] = result["pixel_scale_arcsec"]
-        quality["detect"] = {"provenance_id": self.provenance_id, "catalog_path": result["catalog_path"]}
-        image.quality = quality  # a new dict, so that the JSON column is written
-        image.catalog_path = result["catalog_path"]
-
-    def forget_products(self, session: Session) -> None:
-        """Drop the figures and catalog path that this provenance recorded (files stay)."""
-        for image in session.scalars(select(Image).where(Image.provenance_id.in_(self.upstream))):
-            quality = dict(image.quality or {})
-            if (quality.get("detect") or {}).get("provenance_id") != self.provenance_id:
-                continue
-            for key in (*FIGURE_KEYS, "pixel_scale_arcsec", "detect"):
-                quality.pop(key, None)
-            image.quality = quality
-            image.catalog_path = None
-
-
-# --------------------------------------------------------------------------- quality
-
-
-def _extracted_images(session: Session, extract_provenance: tuple[str, ...]) -> list[tuple[Image, dict]]:
-    """Images whose current catalog comes from one of ``extract_provenance``, with exposure metadata."""
-    rows = session.execute(
-        select(Image, Exposure.meta, Exposure.path)
-        .join(Exposure, Exposure.id == Image.exposure_id)
-        .where(Exposure.state == "ok", Image.catalog_path.is_not(None))
-        .order_by(Image.mjd_mid, Image.id)
-    ).all()
-    out = []
-    for image, meta, raw_path in rows:
-        detect = (image.quality or {}).get("detect") or {}
-        if detect.get("provenance_id") in extract_provenance:
-            out.append((image, {**(meta or {}), "raw_path": raw_path}))
-    return out
-
-
-class QualityStage(Stage):
-    """Flag poor frames by the configured limits; a per-night table and plot in ``reports/``."""
-
-    name = "quality"
-    reads = ("extract",)
-    settings = ("astrometry.limits",)
-
-    def plan(self, session: Session) -> list[Unit]:
-        by_night: dict[str, list[tuple[Image, dict]]] = defaultdict(list)
-        for image, meta in _extracted_images(session, self.upstream):
-            by_night[image.night or "unknown"].append((image, meta))
-        units = []
-        for night, items in sorted(by_night.items()):
-            done = all(
-                ((im.quality or {}).get("flag") or {}).get("provenance_id") == self.provenance_id
-                for im, _ in items
-            )
-            if done:
-                continue
-            frames = []
-            for image, meta in items:
-                q = image.quality or {}
-                frames.append(
-                    {
-                        "image_id": image.id,
-                        "file": Path(meta["raw_path"]).name,
-                        "field": image.field or "",
-                        "filter": image.filter or "",
-                        "time_utc": image.time_mid_utc.isoformat() if image.time_mid_utc else "",
-                        "mjd": image.mjd_mid,
-                        **{k: q.get(k) for k in FIGURE_KEYS},
-                    }
-                )
-            units.append(Unit(key=f"night:{night}", payload={"night": night, "frames": frames}))
-        return units
-
-    def run(self, unit: Unit) -> dict[str, Any]:
-        limits: QualityLimits = self.config
-        night = unit.payload["night"]
-        frames = unit.payload["frames"]
-        columns: dict[str, Any] = {
-            "image_id": np.array([f["image_id"] for f in frames], dtype=np.int64),
-            "file": np.array([f["file"] for f in frames], dtype=str),
-            "field": np.array([f["field"] for f in frames], dtype=str),
-            "filter": np.array([f["filter"] for f in frames], dtype=str),
-            "time_utc": np.array([f["time_utc"] for f in frames], dtype=str),
-            "mjd": np.array([np.nan if f["mjd"] is None else f["mjd"] for f in frames], dtype=float),
-        }
-        for key in FIGURE_KEYS:
-            values = [f.get(key) for f in frames]
-            columns[key] = np.array([np.nan if v is None else v for v in values], dtype=float)
-        figures = Table(columns)
-        figures["night"] = np.array([night] * len(frames), dtype=str)
-        units = {"fwhm_pix": "pix", "fwhm_arcsec": "arcsec", "sky_adu": "adu", "sky_rms_adu": "adu"}
-        for key, unit_name in units.items():
-            figures[key].unit = unit_name
-        flagged = flag_poor_frames(figures, limits=limits)
-        timed = flagged[np.isfinite(flagged["mjd"])]
-        timed["time"] = Time(np.asarray(timed["mjd"], dtype=float), format="mjd", scale="utc")
-        summary = summarize_nights(timed if len(timed) else flagged, night_column="night")
-        name = f"quality_{_safe_name(night)}"
-        table_path = self.product_path("reports", f"{name}.ecsv")
-        plot_path = self.product_path("reports", f"{name}.png")
-        out = flagged.copy()
-        out.meta["night"] = night
-        out.meta["provenance_id"] = self.provenance_id
-        out.meta["limits"] = limits.model_dump(mode="json")
-        out.meta["summary"] = jsonable({c: summary[c][0] for c in summary.colnames}) if len(summary) else {}
-        with atomic_path(table_path) as tmp:
-            out.write(tmp, format="ascii.ecsv")
-        if len(timed):
-            with atomic_path(plot_path) as tmp:
-                plot_quality(timed, tmp, title=f"image quality, night {night}")
-        return {
-            "flags": [
-                (int(i), bool(poor), str(reason))
-                for i, poor, reason in zip(
-                    flagged["image_id"], flagged["poor"], flagged["poor_reason"], strict=True
-                )
-            ],
-            "table_path": self.relative(table_path),
-            "plot_path": self.relative(plot_path) if len(timed) else None,
-            "n_poor": int(np.count_nonzero(flagged["poor"])),
-        }
-
-    def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
-        for image_id, poor, reason in result["flags"]:
-            image = session.get(Image, image_id)
-            quality = dict(image.quality or {})
-            quality["poor_reason"] = reason or None
-            quality["flag"] = {
-                "provenance_id": self.provenance_id,
-                "table": result["table_path"],
-                "plot": result["plot_path"],
-            }
-            image.quality = quality
-            image.quality_flag = "poor" if poor else "good"
-        if result["n_poor"]:
-            log.info("night %s: %d poor frames", unit.payload["night"], result["n_poor"])
-
-    def forget_products(self, session: Session) -> None:
-        """Drop the flags that this provenance recorded (reports stay)."""
-        for image in session.scalars(select(Image).where(Image.quality_flag.is_not(None))):
-            quality = dict(image.quality or {})
-            if (quality.get("flag") or {}).get("provenance_id") != self.provenance_id:
-                continue
-            quality.pop("flag", None)
-            quality.pop("poor_reason", None)
-            image.quality = quality
-            image.quality_flag = None
-
-
-# --------------------------------------------------------------------------- astrometry
-
-
 def _split_by_pointing(
-    items: list[tuple[Image, dict]], fraction: float | None
-) -> list[list[tuple[Image, dict]]]:
-    """Clusters of frames whose hinted pointings lie within ``fraction`` of the frame's shorter side."""
-    if fraction is None:
-        return [items]
-    clusters: list[tuple[tuple[float, float] | None, list]] = []
-    for item in items:
-        meta = item[1]
+    items: list[tuple[ImageProducts, dict]], fraction: float | None
+) -> list[list[tuple[ImageProducts, dict]]]:
+    """Clusters of frames whose hinted pointings lie within ``fraction`` of the frame's shorter side
+    (:func:`darkroom.astrom.cluster_pointings`), each in time order."""
+    pointings = []
+    for _, meta in items:
         ra, dec, scale = meta.get("ra_deg"), meta.get("dec_deg"), meta.get("pixel_scale_arcsec")
         side = min(meta.get("naxis1") or 0, meta.get("naxis2") or 0)
-        centre = (ra, dec) if ra is not None and dec is not None and scale and side else None
-        for seed, members in clusters:
-            if centre is None or seed is None:
-                if centre is None and seed is None:
-                    members.append(item)
-                    break
-                continue
-            limit = fraction * side * scale / 3600.0
-            if float(angular_separation_deg(seed[0], seed[1], centre[0], centre[1])) <= limit:
-                members.append(item)
-                break
-        else:
-            clusters.append((centre, [item]))
-    # frames without a pointing join the largest cluster (alignment decides)
-    unplaced = [c for c in clusters if c[0] is None]
-    placed = [c for c in clusters if c[0] is not None]
-    if unplaced and placed:
-        largest = max(placed, key=lambda c: len(c[1]))
-        for _, members in unplaced:
-            largest[1].extend(members)
-        clusters = placed
-    return [sorted(members, key=lambda it: (it[0].mjd_mid or 0.0, it[0].id)) for _, members in clusters]
+        ok = ra is not None and dec is not None and scale and side
+        pointings.append((float(ra), float(dec), float(side) * float(scale) / 3600.0) if ok else None)
+    return [
+        sorted((items[i] for i in members), key=lambda it: (it[0].mjd_mid or 0.0, it[0].id))
+        for members in cluster_pointings(pointings, fraction)
+    ]
 
 
 class AstrometryStage(Stage):
@@ -530,8 +228,13 @@ class AstrometryStage(Stage):
 
     def plan(self, session: Session) -> list[Unit]:
         cfg: SolveSettings = self.config
-        groups: dict[tuple, list[tuple[Image, dict]]] = defaultdict(list)
-        for image, meta in _extracted_images(session, self.upstream):
+        done = set(
+            session.scalars(
+                select(AstromSolution.image_id).where(AstromSolution.provenance_id == self.provenance_id)
+            )
+        )
+        groups: dict[tuple, list[tuple[ImageProducts, dict]]] = defaultdict(list)
+        for image, meta in extracted_images(session, self.upstream):
             key = (
                 image.field or "",
                 image.night or "unknown",
@@ -545,11 +248,7 @@ class AstrometryStage(Stage):
         units = []
         for key, items in sorted(groups.items(), key=lambda kv: str(kv[0])):
             for members in _split_by_pointing(items, cfg.split_field_fraction):
-                done = all(
-                    (im.astrom or {}).get("provenance_id") == self.provenance_id and im.astrom_flag
-                    for im, _ in members
-                )
-                if done:
+                if all(im.id in done for im, _ in members):
                     continue
                 field, night = key[0], key[1]
                 field_key = "|".join(str(k) for k in key) + f"|{members[0][0].id}"
@@ -579,13 +278,7 @@ class AstrometryStage(Stage):
     # -- worker side -------------------------------------------------------------------------
 
     def _catalog_source(self):
-        cfg: SolveSettings = self.config
-        source = cfg.reference_catalog
-        if isinstance(source, FileCatalogSource) and not source.path.is_absolute():
-            source = source.model_copy(update={"path": self.root / source.path})
-        if isinstance(source, ShardCatalogSource) and not source.folder.is_absolute():
-            source = source.model_copy(update={"folder": self.root / source.folder})
-        return source
+        return resolve_catalog_source(self.config.reference_catalog, self.root)
 
     def _load_catalog(
         self, frames: list[FrameSources], mjds: list[float | None], cfg: SolveSettings | None = None
@@ -677,7 +370,7 @@ class AstrometryStage(Stage):
         except (OSError, KeyError) as exc:
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-        wcs = _header_wcs(given) if cfg.use_header_wcs else None
+        wcs = header_wcs(given) if cfg.use_header_wcs else None
         hint = None
         if f["ra_deg"] is not None and f["dec_deg"] is not None and f["pixel_scale_arcsec"]:
             hint = PointingHint(
@@ -932,17 +625,31 @@ class AstrometryStage(Stage):
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         for item in result["frames"]:
-            image = session.get(Image, item["image_id"])
-            image.astrom = item["astrom"]
-            image.astrom_flag = item["flag"]
-            if item.get("image_sha256"):
+            a = item["astrom"]
+            session.add(
+                AstromSolution(
+                    image_id=item["image_id"],
+                    provenance_id=self.provenance_id,
+                    method=a.get("method"),
+                    wcs=a.get("wcs") or {},
+                    n_matches=a.get("n_matched"),
+                    rms_arcsec=a.get("rms_arcsec"),
+                    flag=item["flag"],
+                    reason=a.get("reason"),
+                    values={k: v for k, v in a.items() if k != "provenance_id"},
+                )
+            )
+            if item.get("image_sha256"):  # the solution was written into the calibrated file
+                image = session.get(Image, item["image_id"])
                 image.sha256 = item["image_sha256"]
             if item["flag"] == "failed":
-                log.warning("astrometry of image %d failed: %s", image.id, item["astrom"]["reason"])
+                log.warning("astrometry of image %d failed: %s", item["image_id"], a["reason"])
 
     def forget_products(self, session: Session) -> None:
-        """Drop the solutions that this provenance recorded (WCS files stay)."""
-        for image in session.scalars(select(Image).where(Image.astrom_flag.is_not(None))):
-            if (image.astrom or {}).get("provenance_id") == self.provenance_id:
-                image.astrom = {}
-                image.astrom_flag = None
+        """Delete this provenance's solutions and their WCS files."""
+        rows = session.scalars(
+            select(AstromSolution).where(AstromSolution.provenance_id == self.provenance_id)
+        ).all()
+        paths = [(r.values or {}).get("wcs_path") for r in rows]
+        session.execute(delete(AstromSolution).where(AstromSolution.provenance_id == self.provenance_id))
+        self.remove_files(paths)

@@ -5,7 +5,7 @@ combines, measures the depth; :mod:`darkroom.detect` extracts the coadd's source
 
 ``coadd`` (one unit per field, filter and night; optional: ``coadd.enabled`` in
 darkroom.yaml, or ``darkroom coadd``)
-    Images of the group with an astrometric solution (``astrom_flag`` good or marginal, of
+    Images of the group with an astrometric solution (``astrom_solution.flag`` good or marginal, of
     the astrometry provenance this stage follows) and, with ``quality: good``, a good
     quality flag (after the lightcurves stage has marked cloudy frames) are coadded onto a
     common tangent plane (:func:`darkroom.imaging.coadd_images`). Products, under
@@ -21,7 +21,7 @@ darkroom.yaml, or ``darkroom coadd``)
     its weight.
 
     Zero point: SCI / EXPTIME is the count rate of the reference (first) input, so the
-    coadd takes that image's photometric zero point (``Image.photcal["zp"]``, mag for 1 adu/s)
+    coadd takes that image's photometric zero point (its ``photcal`` row's ``zp``, mag for 1 adu/s)
     when it has one; otherwise magnitudes are instrumental (zp 0).
 
 Pixel convention: 0-based (sep); times MJD UTC.
@@ -48,8 +48,9 @@ from darkroom.imaging.resample import grid_covering, pixel_scale_arcsec
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.io.atomic import atomic_path, sha256_file
 from darkroom.pipeline._products import jsonable, short_hash
+from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit
-from darkroom.repo.models import Coadd, CoaddInput, Exposure, Image
+from darkroom.repo.models import Coadd, CoaddInput, Exposure
 
 __all__ = ["CoaddStage", "load_input_planes"]
 
@@ -89,7 +90,7 @@ class CoaddStage(Stage):
 
     name = "coadd"
     family = "images"
-    reads = ("extract", "quality", "astrometry", "photometry")
+    reads = ("extract", "quality", "astrometry", "photometry", "lightcurves")
     settings = ("coadd",)
 
     @classmethod
@@ -120,20 +121,18 @@ class CoaddStage(Stage):
 
     def _groups(self, session: Session) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
         cfg: CoaddSettings = self.config
-        rows = session.execute(
-            select(Image, Exposure.exptime_s)
-            .join(Exposure, Exposure.id == Image.exposure_id)
-            .where(Exposure.state == "ok", Image.astrom_flag.in_(("good", "marginal")))
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()
+        exptimes = dict(session.execute(select(Exposure.id, Exposure.exptime_s)).all())
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
-        for im, exptime in rows:
-            astrom = im.astrom or {}
+        for im in image_products(session, self.lineage, need=("astrom",)):
+            exptime = exptimes.get(im.exposure_id)
+            if im.astrom_flag not in ("good", "marginal"):
+                continue
+            astrom = im.astrom
             if not astrom.get("wcs"):
                 continue
             if self.astrometry_provenance and astrom.get("provenance_id") != self.astrometry_provenance:
                 continue
-            if cfg.quality == "good" and im.quality_flag != "good":
+            if cfg.quality == "good" and (im.quality_flag != "good" or im.poor):
                 continue
             if (
                 (self.fields and (im.field or "unknown") not in self.fields)
@@ -145,7 +144,7 @@ class CoaddStage(Stage):
                 night = im.night or "unknown"
             else:  # one coadd over all nights (or over the nights asked for)
                 night = "+".join(sorted(self.nights))[:200] if self.nights else "all"
-            quality = im.quality or {}
+            quality = im.quality
             groups[(im.field or "unknown", im.filter or "none", night)].append(
                 {
                     "image_id": im.id,
@@ -156,7 +155,7 @@ class CoaddStage(Stage):
                     "mjd_mid": im.mjd_mid,
                     "gain": (quality.get("calib") or {}).get("gain_e_per_adu"),
                     "fwhm_pix": quality.get("fwhm_pix"),
-                    "zp": (im.photcal or {}).get("zp"),
+                    "zp": im.photcal.get("zp"),
                     "filter": im.filter,
                 }
             )

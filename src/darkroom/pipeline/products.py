@@ -33,7 +33,7 @@ from darkroom.repo.models import (
     Transparency,
 )
 
-__all__ = ["PRODUCT_TABLES", "ImageProducts", "image_products", "poor_image_ids"]
+__all__ = ["PRODUCT_TABLES", "ImageProducts", "extracted_images", "image_products", "poor_image_ids"]
 
 #: product kind -> table (one row per image and provenance)
 PRODUCT_TABLES: dict[str, Any] = {
@@ -230,6 +230,11 @@ def image_products(
         if all(_has(item, kind) for kind in need):
             out.append(item)
     return out
+
+
+def extracted_images(session: Session, extract_provenance: Sequence[str]) -> list[tuple[ImageProducts, dict]]:
+    """Images with a source catalogue of one of ``extract_provenance``, with exposure metadata."""
+    return [(ip, ip.meta) for ip in image_products(session, extract_provenance, need=("catalog",))]
 
 
 def _has(item: ImageProducts, kind: str) -> bool:

@@ -15,6 +15,7 @@ from astropy.io import fits
 from astropy.table import Table
 from sqlalchemy import select
 
+from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.repo.models import Calib, Coadd, Exposure, Image, Task
 from darkroom.report import (
     MasterSummary,
@@ -36,16 +37,12 @@ log = logging.getLogger(__name__)
 
 def _frames(repo: Repository, night: str) -> Table:
     with repo.registry.session() as s:
-        rows = s.execute(
-            select(Image, Exposure)
-            .join(Exposure, Image.exposure_id == Exposure.id)
-            .where(Image.night == night)
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()
-        # One row per exposure: the newest calibrated image (highest id) describes it.
-        latest: dict[int, tuple[Image, Exposure]] = {}
-        for image, exp in rows:
-            latest[exp.id] = (image, exp)
+        # One row per exposure: the newest calibrated image (highest id) with its newest products.
+        latest: dict[int, ImageProducts] = {}
+        for ip in image_products(s, None, only_ok=False):
+            if ip.night == night:
+                latest[ip.exposure_id] = ip
+        exposures = {e.id: e for e in s.scalars(select(Exposure).where(Exposure.id.in_(list(latest))))}
         cols: dict[str, list] = {
             k: []
             for k in (
@@ -66,8 +63,9 @@ def _frames(repo: Repository, night: str) -> Table:
                 "state",
             )
         }
-        for image, exp in sorted(latest.values(), key=lambda ie: (ie[0].mjd_mid or 0, ie[0].id)):
-            q, a, p = image.quality or {}, image.astrom or {}, image.photcal or {}
+        for image in sorted(latest.values(), key=lambda ip: (ip.mjd_mid or 0, ip.id)):
+            exp = exposures[image.exposure_id]
+            q, a, p = image.quality, image.astrom, image.photcal
             cols["image_id"].append(image.id)
             cols["file"].append(Path(exp.path).name)
             cols["time_utc"].append(image.time_mid_utc.isoformat() if image.time_mid_utc else None)
@@ -81,7 +79,8 @@ def _frames(repo: Repository, night: str) -> Table:
             cols["zero_point_err"].append(p.get("zp_err", p.get("zero_point_err")))
             cols["astrom_rms_arcsec"].append(a.get("rms_arcsec"))
             cols["astrom_flag"].append(image.astrom_flag)
-            cols["quality_flag"].append(image.quality_flag)
+            # poor by the quality limits or, under the newest light-curve provenance, by clouds
+            cols["quality_flag"].append("poor" if image.poor else image.quality_flag)
             cols["state"].append(exp.state)
     return Table({k: np.array(v, dtype=object) for k, v in cols.items()})
 
@@ -178,7 +177,7 @@ def _excluded_times(frames: Table, excluded: list[int], table: Table) -> tuple[f
 
 def _contacts(repo: Repository, name: str, table: Table) -> dict[str, float] | None:
     """Predicted transit times of a known planet near this light curve (cached ephemeris only)."""
-    from darkroom.pipeline.lightcurves import safe_name
+    from darkroom.pipeline.queries import safe_name
     from darkroom.pipeline.targets import planet_ephemerides
     from darkroom.timeseries.ephemeris import predict_transit
 

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from darkroom.errors import DarkroomError
 from darkroom.io.atomic import atomic_path, atomic_write_bytes, remove_orphan_temps, sha256_file
 from darkroom.pipeline._products import jsonable
-from darkroom.pipeline.lightcurves import safe_name
+from darkroom.pipeline.queries import safe_name
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.pipeline.surveys import (
     DownloadRecorder,

@@ -89,10 +89,13 @@ class Stage(ABC):
         upstream: tuple[str, ...] = (),
         inputs: dict[str, Any] | None = None,
         critical: dict[str, Any] | None = None,
+        lineage: tuple[str, ...] | None = None,
     ) -> None:
         self.root = Path(root)
         self.config = config
         self.upstream = tuple(upstream)
+        #: every provenance upstream of this stage, directly or through others (reads of reads)
+        self.lineage = tuple(lineage) if lineage is not None else self.upstream
         self.inputs: dict[str, Any] = dict(inputs or {})
         self._critical = critical
         self.provenance_id = provenance_id(self.name, self.critical(), upstream=self.upstream)

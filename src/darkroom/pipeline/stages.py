@@ -50,16 +50,16 @@ from pydantic import BaseModel
 
 from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
-from darkroom.pipeline.astrometry import AstrometryStage, ExtractStage, QualityStage
-from darkroom.pipeline.calibration import (
-    BadPixelStage,
-    CalibrateStage,
-    MasterBiasStage,
-    MasterDarkStage,
-    MasterFlatStage,
-)
+from darkroom.pipeline.associate import AssociateStage
+from darkroom.pipeline.astrometry import AstrometryStage
+from darkroom.pipeline.badpixels import BadPixelStage
+from darkroom.pipeline.calibrate import CalibrateStage
+from darkroom.pipeline.calibration import MasterBiasStage, MasterDarkStage, MasterFlatStage
 from darkroom.pipeline.coadd import CoaddStage
-from darkroom.pipeline.photometry import AssociateStage, LightCurvesStage, PhotometryStage
+from darkroom.pipeline.extract import ExtractStage
+from darkroom.pipeline.lightcurves import LightCurvesStage
+from darkroom.pipeline.photometry import PhotometryStage
+from darkroom.pipeline.quality import QualityStage
 from darkroom.pipeline.sdss import CutoutStage, SdssDownloader, SdssFieldFinder
 from darkroom.pipeline.stage import Stage
 from darkroom.pipeline.surveys import ZtfDownloader
@@ -178,7 +178,10 @@ def build_stages(
                 raise ConfigError(f"stage {cls.name}: unknown input {name!r}; inputs are {', '.join(INPUTS)}")
             inputs[name] = INPUTS[name](config)
         upstream = tuple(built[name].provenance_id for name in cls.reads)
-        built[cls.name] = cls(root, view, upstream=upstream, inputs=inputs, critical=critical)
+        lineage = tuple(dict.fromkeys([*upstream, *(p for n in cls.reads for p in built[n].lineage)]))
+        built[cls.name] = cls(
+            root, view, upstream=upstream, inputs=inputs, critical=critical, lineage=lineage
+        )
     return list(built.values())
 
 

@@ -36,7 +36,7 @@ from darkroom.analysis.lcfile import write_lc_file
 from darkroom.errors import DarkroomError
 from darkroom.io.atomic import TEMP_PREFIX, atomic_path, remove_orphan_temps, sha256_file
 from darkroom.pipeline._products import jsonable
-from darkroom.pipeline.lightcurves import safe_name
+from darkroom.pipeline.queries import safe_name
 from darkroom.pipeline.runner import one_line
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Download, Lightcurve, Target, utcnow

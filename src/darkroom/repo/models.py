@@ -155,7 +155,7 @@ class CalibInput(Base):
 
 
 class Image(Base):
-    """A calibrated exposure (SCI/MASK/VAR file), its quality and solutions."""
+    """A calibrated exposure (SCI/MASK/VAR file) and what calibration made of it."""
 
     __tablename__ = "image"
     __table_args__ = (UniqueConstraint("exposure_id", "provenance_id"),)
@@ -169,12 +169,9 @@ class Image(Base):
     mjd_mid: Mapped[float | None] = mapped_column(Float, nullable=True, index=True)
     night: Mapped[str | None] = mapped_column(String(10), nullable=True, index=True)
     field: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
-    quality: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    quality_flag: Mapped[str | None] = mapped_column(String(16), nullable=True)  # good | poor
-    astrom: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    astrom_flag: Mapped[str | None] = mapped_column(String(16), nullable=True)  # good | marginal | failed
-    photcal: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    catalog_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What calibration made: gain, read noise, saturation, masters used, steps, counts.
+    # Every later product has its own table keyed by (image, provenance).
+    calib: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_utc: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -125,11 +125,72 @@ class Registry:
 
     # -- schema -----------------------------------------------------------------
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration (creates it on an empty database)."""
+        """Bring the schema to the newest migration (creates it on an empty database).
+
+        On SQLite, foreign keys are off while the migrations run: a batch ALTER copies a
+        table and drops the old one, which would otherwise cascade to (or be refused by)
+        the rows that refer to it. They are checked after the upgrade.
+        """
         cfg = alembic_config(self.url)
-        with self.engine.begin() as conn:
+        sqlite = self.backend == "sqlite"
+        with self.engine.connect() as conn:
+            if sqlite:
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # before any BEGIN, or it is ignored
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+            conn.commit()
+            if sqlite:
+                bad = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                if bad:
+                    raise RuntimeError(f"registry upgrade left {len(bad)} dangling references, e.g. {bad[0]}")
+
+    def backup(self, folder: Path) -> Path:
+        """Copy the whole registry into ``folder`` before an upgrade; returns the copy's path.
+
+        SQLite: an online copy of the database file (the SQLite backup API, safe with WAL).
+        PostgreSQL: ``pg_dump`` in its custom format (restore with ``pg_restore``); a
+        :class:`~darkroom.errors.ConfigError` says so when ``pg_dump`` is not installed.
+        """
+        import shutil
+        import sqlite3
+        import subprocess
+        from datetime import UTC, datetime
+
+        from darkroom.errors import ConfigError
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        revision = self.revision() or "empty"
+        url = make_url(self.url)
+        if self.backend == "sqlite":
+            dest = folder / f"registry-{revision}-{stamp}.db"
+            src = sqlite3.connect(url.database)
+            try:
+                dst = sqlite3.connect(dest)
+                with dst:
+                    src.backup(dst)
+                dst.close()
+            finally:
+                src.close()
+            return dest
+        pg_dump = shutil.which("pg_dump")
+        if pg_dump is None:
+            raise ConfigError(
+                "the registry needs an upgrade and pg_dump is not installed to back it up first: back up "
+                "the database yourself, then run 'darkroom upgrade REPO --no-backup'"
+            )
+        dest = folder / f"registry-{revision}-{stamp}.pgdump"
+        libpq = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        proc = subprocess.run(
+            [pg_dump, "--format=custom", "--file", str(dest), "--dbname", libpq],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise ConfigError(f"pg_dump failed, registry not upgraded: {' '.join(proc.stderr.split())[:300]}")
+        return dest
 
     def revision(self) -> str | None:
         with self.engine.connect() as conn:

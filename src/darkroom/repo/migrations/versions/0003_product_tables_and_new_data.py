@@ -7,6 +7,8 @@ Create Date: 2026-12-03 12:01:37.832649
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -387,8 +389,25 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_detection_simulated"), ["simulated"], unique=False)
         batch_op.create_index(batch_op.f("ix_detection_target_id"), ["target_id"], unique=False)
 
+    # The Image row keeps only what calibration made (see _move_image_slots).
+    with op.batch_alter_table("image", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("calib", sa.JSON(), nullable=True))
+    _move_image_slots()
+    with op.batch_alter_table("image", schema=None) as batch_op:
+        batch_op.alter_column("calib", existing_type=sa.JSON(), nullable=False)
+        for column in ("quality", "quality_flag", "astrom", "astrom_flag", "photcal", "catalog_path"):
+            batch_op.drop_column(column)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("image", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("quality", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("quality_flag", sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column("astrom", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("astrom_flag", sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column("photcal", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("catalog_path", sa.Text(), nullable=True))
+        batch_op.drop_column("calib")
 
     with op.batch_alter_table("detection", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_detection_target_id"))
@@ -461,3 +480,178 @@ def downgrade() -> None:
         batch_op.drop_index("ix_target_radec")
 
     op.drop_table("target")
+
+
+# --- the Image row keeps only what calibration made ---------------------------------------
+# Before 0003 the extract, quality, astrometry, associate, photometry and lightcurves stages
+# kept their results in JSON slots of the Image row (one provenance at a time). They move to
+# the product tables above, keyed by (image, provenance); what calibration made moves from
+# quality["calib"] to the new ``calib`` column; then the slots go.
+
+_FIGURES = ("fwhm_pix", "ellipticity", "sky_adu", "sky_rms_adu", "n_sources")
+
+
+def _move_image_slots() -> None:
+    bind = op.get_bind()
+    image = sa.table(
+        "image",
+        sa.column("id", sa.Integer),
+        sa.column("quality", sa.JSON),
+        sa.column("quality_flag", sa.String),
+        sa.column("astrom", sa.JSON),
+        sa.column("astrom_flag", sa.String),
+        sa.column("photcal", sa.JSON),
+        sa.column("catalog_path", sa.Text),
+        sa.column("calib", sa.JSON),
+    )
+    provenance = sa.table(
+        "provenance",
+        sa.column("id", sa.String),
+        sa.column("stage", sa.String),
+        sa.column("params", sa.JSON),
+        sa.column("code_version", sa.String),
+        sa.column("upstream", sa.JSON),
+        sa.column("created_utc", sa.DateTime),
+    )
+    now = datetime.now(UTC).replace(tzinfo=None)
+    known = set(bind.execute(sa.select(provenance.c.id)).scalars())
+
+    def prov(pid: str | None, stage: str) -> str:
+        # A slot written without a provenance id (never by darkroom itself) gets a legacy one.
+        pid = pid or f"legacy-{stage}"
+        if pid not in known:
+            bind.execute(
+                provenance.insert().values(
+                    id=pid, stage=stage, params={}, code_version="0.0", upstream=[], created_utc=now
+                )
+            )
+            known.add(pid)
+        return pid
+
+    def table(name: str, *cols: str) -> sa.TableClause:
+        return sa.table(name, *(sa.column(c, sa.JSON if c in ("values", "wcs") else None) for c in cols))
+
+    rows: dict[str, list[dict]] = {
+        k: []
+        for k in (
+            "source_catalog",
+            "image_quality",
+            "astrom_solution",
+            "association",
+            "photcal",
+            "transparency",
+        )
+    }
+    calib_updates = []
+    for r in bind.execute(sa.select(image)).mappings():
+        q = dict(r["quality"] or {})
+        a = dict(r["astrom"] or {})
+        pc = dict(r["photcal"] or {})
+        calib_updates.append({"b_id": r["id"], "b_calib": q.get("calib") or {}})
+        figures = {k: v for k, v in q.items() if k not in ("calib", "detect", "flag", "poor_reason")}
+        if r["catalog_path"]:
+            detect = q.get("detect") or {}
+            rows["source_catalog"].append(
+                dict(
+                    image_id=r["id"],
+                    provenance_id=prov(detect.get("provenance_id"), "extract"),
+                    path=r["catalog_path"],
+                    sha256=None,
+                    n_sources=figures.get("n_sources"),
+                    values=figures,
+                    created_utc=now,
+                )
+            )
+        transp = dict(pc.pop("transparency", None) or {})
+        assoc = dict(pc.pop("association", None) or {})
+        if r["quality_flag"]:
+            flag, reason = r["quality_flag"], q.get("poor_reason")
+            undo = transp.get("marked_poor")
+            if undo and flag == "poor" and reason == undo.get("poor_reason"):
+                # the lightcurves stage had marked the frame poor: the quality verdict is what it replaced
+                flag, reason = undo.get("previous_flag"), undo.get("previous_reason")
+            fl = dict(q.get("flag") or {})
+            rows["image_quality"].append(
+                dict(
+                    image_id=r["id"],
+                    provenance_id=prov(fl.pop("provenance_id", None), "quality"),
+                    **{k: figures.get(k) for k in _FIGURES},
+                    flag=flag,
+                    reason=reason or None,
+                    values=fl,
+                    created_utc=now,
+                )
+            )
+        if r["astrom_flag"]:
+            rows["astrom_solution"].append(
+                dict(
+                    image_id=r["id"],
+                    provenance_id=prov(a.get("provenance_id"), "astrometry"),
+                    method=a.get("method"),
+                    wcs=a.get("wcs") or {},
+                    n_matches=a.get("n_matched"),
+                    rms_arcsec=a.get("rms_arcsec"),
+                    flag=r["astrom_flag"],
+                    reason=a.get("reason"),
+                    values={k: v for k, v in a.items() if k != "provenance_id"},
+                    created_utc=now,
+                )
+            )
+        if assoc:
+            rows["association"].append(
+                dict(
+                    image_id=r["id"],
+                    provenance_id=prov(assoc.get("provenance_id"), "associate"),
+                    field=assoc.get("field"),
+                    segment=None,
+                    n_matched=assoc.get("n_matched"),
+                    values={k: v for k, v in assoc.items() if k not in ("provenance_id", "field")},
+                    created_utc=now,
+                )
+            )
+        if pc.get("provenance_id"):
+            rows["photcal"].append(
+                dict(
+                    image_id=r["id"],
+                    provenance_id=prov(pc.get("provenance_id"), "photometry"),
+                    band=pc.get("band"),
+                    ref_column=pc.get("ref_column"),
+                    zp=pc.get("zp"),
+                    zp_err=pc.get("zp_err"),
+                    colour_term=pc.get("colour_term"),
+                    mag_limit=pc.get("mag_limit"),
+                    n_stars=pc.get("n_used"),
+                    flag=pc.get("mag_system"),
+                    reason=pc.get("reason"),
+                    values={k: v for k, v in pc.items() if k != "provenance_id"},
+                    created_utc=now,
+                )
+            )
+        if transp:
+            low = bool(transp.get("low"))
+            of_clear = transp.get("of_clear")
+            rows["transparency"].append(
+                dict(
+                    image_id=r["id"],
+                    provenance_id=prov(transp.get("provenance_id"), "lightcurves"),
+                    value=transp.get("value"),
+                    flag="poor" if low else "clear",
+                    reason=(
+                        None
+                        if not low
+                        else "low transparency"
+                        if of_clear is None
+                        else f"low transparency ({of_clear:.2f} of clear)"
+                    ),
+                    values={k: v for k, v in transp.items() if k in ("of_clear", "low")},
+                    created_utc=now,
+                )
+            )
+    for name, items in rows.items():
+        if items:
+            bind.execute(table(name, *items[0]).insert(), items)
+    if calib_updates:
+        bind.execute(
+            image.update().where(image.c.id == sa.bindparam("b_id")).values(calib=sa.bindparam("b_calib")),
+            calib_updates,
+        )

@@ -1,0 +1,506 @@
+"""Light curves from the registry: find the object, gather its field's measurements, assemble.
+
+Used by ``darkroom lightcurve``, :meth:`darkroom.Repository.lightcurve` and the
+``lightcurves`` stage (:mod:`darkroom.pipeline.photometry`). The algorithms are
+:mod:`darkroom.timeseries`; this module only queries and joins.
+
+Finding the object
+    By sky position (the nearest source of the associate provenance within
+    ``match_radius_arcsec``), by name (a target of ``darkroom.yaml``, spaces, case and
+    ``-``/``_`` ignored, else a ``source_id`` of the reference catalog file) or by a
+    0-based pixel ``(x, y)`` of one frame (through that frame's WCS, or, in a field
+    without an absolute WCS, its ``to_reference`` transform into the field's reference
+    frame, where the nearest source within ``match_radius_pix`` is taken).
+
+Which rows
+    Every measurement of the photometry provenance of the current configuration (the
+    latest one that measured the object when the configuration's has not run). The
+    comparison pool is the object's field (``Source.field``) within
+    ``max_mag_diff + pool_mag_margin`` of its mean magnitude.
+
+Frame quality
+    Each frame's *transparency* is the median, over the ``n_transparency_stars``
+    brightest unflagged stars of the pool measured in at least 80 % of the frames, of
+    the star's flux over its median flux (1 = a clear frame). A frame below
+    ``frame_transparency.fraction`` of the reference level (or whose zero point says
+    so) is flagged ``LOW_TRANSPARENCY``; the default light curve leaves flagged frames
+    out and builds its comparison ensemble from the others (``keep_flagged`` keeps and
+    flags them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from astropy.table import Table
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from darkroom.catalogs import resolve_catalog_source
+from darkroom.errors import BadInputError, ConfigError
+from darkroom.phot.match import match_catalogs, radec_to_unit
+from darkroom.pipeline.products import ImageProducts, image_products
+from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
+from darkroom.timeseries.field import (
+    FRAME_COLUMNS,
+    QUALITY_BITS,
+    assemble_lightcurve,
+    comparison_window,
+    frame_transparency,
+    pool_window,
+)
+from darkroom.timeseries.settings import LightCurveSettings, TargetConfig
+
+if TYPE_CHECKING:
+    from darkroom.config import DarkroomConfig
+    from darkroom.repo.registry import Registry
+
+from darkroom.pipeline.rows import (
+    bright_source_ids,
+    field_measurements,
+    frame_table,
+    measurement_table,
+    pool_source_ids,
+    source_table,
+)
+
+__all__ = [
+    "FRAME_COLUMNS",
+    "QUALITY_BITS",
+    "LightCurveContext",
+    "LightCurveSettings",
+    "TargetConfig",
+    "assemble_lightcurve",
+    "bright_source_ids",
+    "comparison_window",
+    "field_measurements",
+    "find_source",
+    "frame_table",
+    "frame_transparency",
+    "measurement_table",
+    "pool_source_ids",
+    "pool_window",
+    "query_lightcurve",
+    "resolve_name",
+    "safe_name",
+    "source_at_pixel",
+    "source_table",
+]
+
+log = logging.getLogger(__name__)
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a target name."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text.strip())[:80] or "target"
+
+
+def _norm_name(text: str) -> str:
+    return re.sub(r"[\s_\-]+", "", text).lower()
+
+
+# ----------------------------------------------------------------------------- context
+
+
+@dataclass(frozen=True)
+class LightCurveContext:
+    """What a light-curve query needs: where to read, which provenances, how to assemble."""
+
+    registry: Registry
+    root: Path
+    settings: LightCurveSettings
+    targets: tuple[TargetConfig, ...]
+    associate_provenance: str
+    photometry_provenance: str
+    reference_catalog: Any = None  #: ReferenceCatalogSource or None (name look-up)
+    #: the provenances of the frames' products (extract, quality, astrometry, associate, photometry)
+    provenances: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_config(cls, root: Path, registry: Registry, config: DarkroomConfig) -> LightCurveContext:
+        """The context of a repository's configuration (provenances of its stages)."""
+        from darkroom.pipeline.run import all_stages
+
+        stages = {s.name: s for s in all_stages(root, config)}
+        for needed in ("associate", "photometry"):
+            if needed not in stages:
+                raise ConfigError(f"the pipeline has no {needed!r} stage")
+        measure = stages["photometry"].config
+        return cls(
+            registry=registry,
+            root=Path(root),
+            settings=config.photometry.lightcurves,
+            targets=tuple(config.targets),
+            associate_provenance=stages["associate"].provenance_id,
+            photometry_provenance=stages["photometry"].provenance_id,
+            reference_catalog=getattr(measure, "reference_catalog", None),
+            provenances=tuple(
+                stages[n].provenance_id
+                for n in ("extract", "quality", "astrometry", "associate", "photometry")
+                if n in stages
+            ),
+        )
+
+    def with_photometry(self, session: Session, photometry_provenance: str) -> LightCurveContext:
+        """The same context on another photometry provenance (and the association it read)."""
+        import dataclasses
+
+        row = session.get(Provenance, photometry_provenance)
+        if row is None or row.stage != "photometry":
+            raise BadInputError(f"no photometry provenance {photometry_provenance!r} in the registry")
+        chain = _upstream_chain(session, photometry_provenance)
+        assoc = next((pid for pid, stage in chain if stage == "associate"), self.associate_provenance)
+        return dataclasses.replace(
+            self,
+            photometry_provenance=photometry_provenance,
+            associate_provenance=assoc,
+            provenances=tuple(pid for pid, _ in chain),
+        )
+
+
+def _upstream_chain(session: Session, provenance_id: str) -> list[tuple[str, str]]:
+    """(id, stage) of a provenance and of every provenance upstream of it."""
+    out, todo, seen = [], [provenance_id], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        row = session.get(Provenance, pid)
+        if row is None:
+            continue
+        out.append((pid, row.stage))
+        todo.extend(row.upstream or [])
+    return out
+
+
+# ----------------------------------------------------------------------------- finding the object
+
+
+def _sources_near(
+    session: Session, ra_deg: float, dec_deg: float, radius_arcsec: float, provenance_id: str | None
+) -> list[Source]:
+    half = radius_arcsec / 3600.0
+    cosd = max(math.cos(math.radians(dec_deg)), 1e-6)
+    dra = min(half / cosd, 180.0)
+    cond = [Source.dec_deg.between(dec_deg - half, dec_deg + half)]
+    lo, hi = ra_deg - dra, ra_deg + dra
+    if lo < 0 or hi >= 360:  # the box wraps through RA 0
+        cond.append((Source.ra_deg >= lo % 360.0) | (Source.ra_deg <= hi % 360.0))
+    else:
+        cond.append(Source.ra_deg.between(lo, hi))
+    if provenance_id is not None:
+        cond.append(Source.provenance_id == provenance_id)
+    return list(session.scalars(select(Source).where(and_(*cond))))
+
+
+def _nearest_on_sky(sources: Sequence[Source], ra_deg: float, dec_deg: float, radius_arcsec: float):
+    if not sources:
+        return None
+    ra = np.array([s.ra_deg for s in sources], float)
+    dec = np.array([s.dec_deg for s in sources], float)
+    i, j, _ = match_catalogs(np.array([ra_deg]), np.array([dec_deg]), ra, dec, radius_arcsec=radius_arcsec)
+    return sources[int(j[0])] if i.size else None
+
+
+def _latest_provenance(session: Session, stage: str, where) -> str | None:
+    row = session.execute(
+        select(Provenance.id)
+        .where(Provenance.stage == stage, where)
+        .order_by(Provenance.created_utc.desc(), Provenance.id)
+        .limit(1)
+    ).first()
+    return None if row is None else row[0]
+
+
+def find_source(
+    session: Session, *, ra_deg: float, dec_deg: float, radius_arcsec: float, provenance_id: str | None
+) -> Source | None:
+    """The source nearest to (ra_deg, dec_deg) [deg] within ``radius_arcsec``.
+
+    Searches ``provenance_id`` first; when that association has not run (no source of
+    it exists at all), the latest associate provenance that has sources near the point.
+    """
+    near = _sources_near(session, ra_deg, dec_deg, radius_arcsec, provenance_id)
+    best = _nearest_on_sky(near, ra_deg, dec_deg, radius_arcsec)
+    if best is not None or provenance_id is None:
+        return best
+    if session.scalar(select(Source.id).where(Source.provenance_id == provenance_id).limit(1)) is not None:
+        return None
+    near = _sources_near(session, ra_deg, dec_deg, radius_arcsec, None)
+    if not near:
+        return None
+    by_prov: dict[str, list[Source]] = {}
+    for s in near:
+        by_prov.setdefault(s.provenance_id, []).append(s)
+    latest = _latest_provenance(session, "associate", Provenance.id.in_(list(by_prov)))
+    if latest is None:
+        return None
+    log.warning("no association of the current configuration yet: using sources of provenance %s", latest)
+    return _nearest_on_sky(by_prov[latest], ra_deg, dec_deg, radius_arcsec)
+
+
+def resolve_name(ctx: LightCurveContext, name: str) -> tuple[float, float, TargetConfig | None]:
+    """RA, Dec [deg] of a named object: a target of darkroom.yaml, else a reference-catalog id.
+
+    Offline only: the reference catalog must be a local file (its ``source_id`` column
+    is compared as text).
+    """
+    key = _norm_name(name)
+    for target in ctx.targets:
+        if _norm_name(target.name) == key:
+            return target.ra_deg, target.dec_deg, target
+    source = resolve_catalog_source(ctx.reference_catalog, ctx.root)
+    if source is not None and getattr(source, "kind", None) == "file":
+        from darkroom.catalogs import read_catalog_file
+
+        path = Path(source.path)
+        if path.is_file():
+            cat = read_catalog_file(path, columns=source.columns)
+            ids = np.array([_norm_name(str(v)) for v in cat["source_id"]])
+            hit = np.flatnonzero(ids == key)
+            if hit.size:
+                row = cat[int(hit[0])]
+                return float(row["ra_deg"]), float(row["dec_deg"]), None
+    known = ", ".join(t.name for t in ctx.targets) or "none"
+    raise BadInputError(
+        f"no object named {name!r}: not a target in darkroom.yaml (targets: {known}) "
+        "nor an id of the local reference catalog; give --ra/--dec instead"
+    )
+
+
+def _frame_image(
+    session: Session, frame: str | Path, provenances: Sequence[str] | None = None
+) -> ImageProducts:
+    """The image of a raw or calibrated file (path, or a unique file name) with its products."""
+    text = str(frame)
+    name = Path(text).name
+    rows = session.execute(
+        select(Image, Exposure.path).join(Exposure, Exposure.id == Image.exposure_id)
+    ).all()
+    exact = [im for im, raw in rows if text in (raw, im.path) or str(Path(text).resolve()) == raw]
+    by_name = [im for im, raw in rows if name in (Path(raw).name, Path(im.path).name)]
+    hits = exact or by_name
+    if not hits:
+        raise BadInputError(f"--frame {name}: no calibrated image of that file in the registry")
+    products = image_products(session, provenances, image_ids=[im.id for im in hits], only_ok=False)
+    with_astrom = [im for im in products if im.astrom_row is not None]
+    return max(with_astrom or products, key=lambda im: im.id)
+
+
+def source_at_pixel(
+    ctx: LightCurveContext, session: Session, *, x: float, y: float, frame: str | Path
+) -> Source:
+    """The source at 0-based pixel (x, y) of a frame (WCS, or the reference pixel frame)."""
+    from darkroom.astrom import AffineTransform
+    from darkroom.pipeline.astrometry import wcs_from_astrom
+
+    image = _frame_image(session, frame, ctx.provenances)
+    wcs = wcs_from_astrom(image.astrom or {})
+    assoc = (image.photcal or {}).get("association") or {}
+    if wcs is not None and assoc.get("coords", "sky") == "sky":
+        ra, dec = wcs.all_pix2world([x], [y], 0)
+        src = find_source(
+            session,
+            ra_deg=float(ra[0]) % 360.0,
+            dec_deg=float(dec[0]),
+            radius_arcsec=ctx.settings.match_radius_arcsec,
+            provenance_id=ctx.associate_provenance,
+        )
+    else:
+        t = (image.astrom or {}).get("to_reference")
+        if not t or not assoc.get("field"):
+            raise BadInputError(
+                f"--frame {Path(str(frame)).name}: the frame has no astrometry or association yet"
+            )
+        xr, yr = AffineTransform(np.asarray(t["matrix"], float), np.asarray(t["offset"], float)).apply(
+            np.array([x]), np.array([y])
+        )
+        cands = session.scalars(
+            select(Source).where(
+                Source.field == assoc["field"], Source.provenance_id == assoc["provenance_id"]
+            )
+        ).all()
+        src = None
+        if cands:
+            d = np.hypot(
+                np.array([c.x_ref for c in cands]) - xr[0], np.array([c.y_ref for c in cands]) - yr[0]
+            )
+            k = int(np.argmin(d))
+            src = cands[k] if d[k] <= ctx.settings.match_radius_pix else None
+    if src is None:
+        raise BadInputError(f"no source at pixel ({x:g}, {y:g}) of {Path(str(frame)).name}")
+    return src
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+def query_lightcurve(
+    ctx: LightCurveContext,
+    *,
+    ra_deg: float | None = None,
+    dec_deg: float | None = None,
+    radius_arcsec: float | None = None,
+    name: str | None = None,
+    pixel: tuple[float, float] | None = None,
+    frame: str | Path | None = None,
+    source_id: int | None = None,
+    differential: bool = False,
+    comparison_ids: Sequence[int] | None = None,
+    keep_flagged: bool | None = None,
+) -> Table:
+    """The light curve of one object from the registry (see the module docstring).
+
+    Give exactly one of: ``ra_deg`` and ``dec_deg`` [deg] (with ``radius_arcsec``,
+    default the setting), ``name``, ``pixel=(x, y)`` (0-based) with ``frame`` (a raw or
+    calibrated file), or ``source_id``. Named targets bring their own comparison ids
+    unless ``comparison_ids`` is given.
+
+    Returns
+    -------
+    astropy.table.Table
+        :func:`~darkroom.timeseries.build_lightcurve` columns (``bjd_tdb, mjd_utc,
+        filter, flux, flux_err, mag, mag_err, rel_flux, rel_flux_err, airmass, fwhm,
+        flags, image_id``, ...) plus ``frame_transparency``, ``season``, ``source_id``;
+        in time order. meta: target, source, provenance, comparison ensemble.
+    """
+    modes = (
+        ra_deg is not None or dec_deg is not None,
+        name is not None,
+        pixel is not None or frame is not None,
+    )
+    if (
+        sum(modes) + (source_id is not None) != 1
+        or (ra_deg is None) != (dec_deg is None)
+        or (pixel is None) != (frame is None)
+    ):
+        raise BadInputError(
+            "select the object by one of: --ra/--dec, --name, --pixel with --frame, a source id"
+        )
+    settings = ctx.settings
+    target_cfg = None
+    with ctx.registry.session() as s:
+        if name is not None:
+            ra_deg, dec_deg, target_cfg = resolve_name(ctx, name)
+        if source_id is not None:
+            src = s.get(Source, int(source_id))
+            if src is None:
+                raise BadInputError(f"no source with id {source_id}")
+        elif pixel is not None:
+            src = source_at_pixel(ctx, s, x=float(pixel[0]), y=float(pixel[1]), frame=frame)  # type: ignore[arg-type]
+        else:
+            radius = radius_arcsec if radius_arcsec is not None else settings.match_radius_arcsec
+            src = find_source(
+                s,
+                ra_deg=float(ra_deg),
+                dec_deg=float(dec_deg),
+                radius_arcsec=radius,
+                provenance_id=ctx.associate_provenance,
+            )  # type: ignore[arg-type]
+            if src is None:
+                raise BadInputError(
+                    f"no source within {radius:g} arcsec of RA {ra_deg:.6f}, Dec {dec_deg:+.6f} "
+                    "(is the photometry done? widen --radius)"
+                )
+        if comparison_ids is None and target_cfg is not None:
+            comparison_ids = target_cfg.comparison_ids
+        prov = ctx.photometry_provenance
+        target_images = s.scalars(
+            select(Measurement.image_id).where(
+                Measurement.source_id == src.id, Measurement.provenance_id == prov
+            )
+        ).all()
+        if not target_images:
+            latest = _latest_provenance(
+                s,
+                "photometry",
+                Provenance.id.in_(select(Measurement.provenance_id).where(Measurement.source_id == src.id)),
+            )
+            if latest is None:
+                raise BadInputError(f"source {src.id} has no measurement yet (run the photometry stage)")
+            log.warning(
+                "source %d has no measurement of the current photometry: using provenance %s", src.id, latest
+            )
+            prov = latest
+            target_images = s.scalars(
+                select(Measurement.image_id).where(
+                    Measurement.source_id == src.id, Measurement.provenance_id == prov
+                )
+            ).all()
+        window = pool_window(settings)
+        pool = [
+            src.id,
+            *bright_source_ids(
+                s, field=src.field, provenance_id=src.provenance_id, n=3 * settings.n_transparency_stars
+            ),
+        ]
+        if differential:
+            pool = sorted(
+                set(pool)
+                | set(pool_source_ids(s, src, mag_window=window))
+                | {int(c) for c in comparison_ids or ()}
+            )
+        meas = field_measurements(s, source_ids=pool, provenance_id=prov, image_ids=target_images)
+        frames, location = frame_table(s, target_images, provenances=ctx.provenances)
+        src_id, src_field = src.id, src.field
+        t_ra = ra_deg if ra_deg is not None else src.ra_deg
+        t_dec = dec_deg if dec_deg is not None else src.dec_deg
+        position = "requested" if ra_deg is not None else "source"
+        if t_ra is None or t_dec is None:
+            tr = meas[np.asarray(meas["source_id"]) == src_id]
+            finite = np.isfinite(np.asarray(tr["ra"], float))
+            if finite.any():
+                vec = radec_to_unit(np.asarray(tr["ra"])[finite], np.asarray(tr["dec"])[finite]).sum(axis=0)
+                position = "measurements"
+            else:
+                # a field without absolute WCS: the telescope pointing of the frames (a few
+                # arcmin off: ~1 s in BJD_TDB, nothing in airmass)
+                pointing = s.execute(
+                    select(Exposure.ra_deg, Exposure.dec_deg)
+                    .join(Image, Image.exposure_id == Exposure.id)
+                    .where(Image.id.in_(sorted(set(target_images))[:2000]))
+                ).all()
+                pts = np.array([p for p in pointing if p[0] is not None and p[1] is not None], float)
+                if not pts.size:
+                    raise BadInputError(
+                        f"source {src_id} has no sky position (no WCS, no pointing in the headers): "
+                        "BJD_TDB needs one; select the object with --ra/--dec"
+                    )
+                vec = radec_to_unit(pts[:, 0], pts[:, 1]).sum(axis=0)
+                position = "pointing"
+                log.warning(
+                    "source %d has no sky position: BJD_TDB and airmass use the frames' pointing", src_id
+                )
+            t_ra = float(np.degrees(np.arctan2(vec[1], vec[0])) % 360.0)
+            t_dec = float(np.degrees(np.arctan2(vec[2], np.hypot(vec[0], vec[1]))))
+    lc = assemble_lightcurve(
+        meas,
+        frames,
+        target_id=src_id,
+        ra_deg=float(t_ra),
+        dec_deg=float(t_dec),
+        location=location,
+        settings=settings,
+        differential=differential,
+        comparison_ids=comparison_ids,
+        keep_flagged=keep_flagged,
+    )
+    lc.meta.update(
+        {
+            "source_id": int(src_id),
+            "field": src_field,
+            "photometry_provenance": prov,
+            "target_name": name if name is not None else (target_cfg.name if target_cfg else None),
+            "differential": bool(differential),
+            "position_from": position,
+        }
+    )
+    return lc

@@ -1,0 +1,140 @@
+"""Known answers for the algorithms that moved out of the pipeline stages (no registry needed):
+robust statistics, the Moffat PSF stamp, aperture corrections, blend flags, forced positions,
+pointing clusters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from darkroom.astrom import AffineTransform
+from darkroom.astrom.pointing import cluster_pointings
+from darkroom.catalogs import FileCatalogSource, resolve_catalog_source
+from darkroom.errors import SolveError
+from darkroom.phot import ApertureConfig, PhotFlag
+from darkroom.phot.apcorr import aperture_correction, psf_minus_aperture
+from darkroom.phot.blend import blend_flags
+from darkroom.phot.forced import predict_positions
+from darkroom.phot.psfmodel import disc_mask, moffat_psf_model, psf_noise_area
+from darkroom.robust import MAD_TO_SIGMA, clipped_median, robust_std
+
+
+def test_robust_std_and_clipped_median_known_answers():
+    rng = np.random.default_rng(1)
+    x = rng.normal(5.0, 2.0, 200_000)
+    assert robust_std(x) == pytest.approx(2.0, rel=0.01)
+    x[:1000] = 1e6  # 0.5 % wild points change neither
+    assert robust_std(x) == pytest.approx(2.0, rel=0.02)
+    centre, err, n = clipped_median(x, n_sigma=3.0)
+    assert centre == pytest.approx(5.0, abs=0.02) and n < x.size - 1000
+    assert err == pytest.approx(1.2533 * 2.0 * 0.986 / math.sqrt(n), rel=0.05)  # 3-sigma-truncated std
+    assert clipped_median([1.0, 1.0, 1.0, 9.0], floor=0.5)[:3:2] == (1.0, 3)
+    assert math.isnan(clipped_median([np.nan])[0]) and pytest.approx(1.4826, abs=1e-4) == MAD_TO_SIGMA
+
+
+def test_moffat_stamp_integrates_to_the_enclosed_flux_and_has_its_fwhm():
+    fwhm, beta = 4.0, 3.0
+    psf = moffat_psf_model(fwhm, beta, half_size_pix=25, oversampling=5)
+    data = np.asarray(psf.data)
+    # each element is a pixel's fraction of the flux; 25 oversampled elements per pixel area
+    total = data.sum() / 25.0
+    alpha = fwhm / (2 * math.sqrt(2 ** (1 / beta) - 1))
+    r_eff = 25.5 * 2 / math.sqrt(math.pi)  # circle of the square stamp's area
+    enclosed = 1 - (1 + r_eff**2 / alpha**2) ** (1 - beta)
+    assert total == pytest.approx(enclosed, abs=0.003)
+    c = data.shape[0] // 2
+    row = data[c] / data[c, c]
+    # half maximum (of the pixel-integrated profile, slightly wider than the true one) near FWHM/2
+    half = np.interp(0.5, row[c:][::-1], np.arange(row[c:].size)[::-1]) / 5.0
+    assert half == pytest.approx(fwhm / 2, rel=0.05)
+
+
+def test_disc_mask_and_noise_area():
+    m = disc_mask((20, 30), np.array([5.0, np.nan]), np.array([10.0, 3.0]), radius_pix=2.0)
+    assert m.sum() == 13 and m[10, 5] and not m[10, 8]
+    phot = Table({"flux_err": [3.0, 3.0, 30.0, 40.0]})
+    assert psf_noise_area(phot, sky_rms=1.5) == pytest.approx(4.0)
+    assert psf_noise_area(phot, sky_rms=0.0) is None
+
+
+def _apertures(ratio: float, n: int = 40) -> Table:
+    """Stars whose largest-aperture flux is ``ratio`` x the reference aperture's."""
+    f = np.linspace(1e4, 1e5, n)
+    t = Table(
+        {
+            "x": np.arange(n) * 50.0,
+            "y": np.zeros(n),
+            "flux_ap0": f,
+            "flux_err_ap0": np.sqrt(f),
+            "flags_ap0": np.zeros(n, np.int32),
+            "flux_ap1": f * ratio,
+            "flux_err_ap1": np.sqrt(f),
+            "flags_ap1": np.zeros(n, np.int32),
+            "flux": f * ratio,
+            "flags": np.zeros(n, np.int32),
+            "group_size": np.ones(n, int),
+        }
+    )
+    t.meta.update(aperture_radii_pix=[3.0, 9.0], ref_aperture=0, fwhm_pix=3.0)
+    return t
+
+
+def test_aperture_correction_known_answer():
+    t = _apertures(1.25)
+    t["flux_ap1"][0] *= 3  # a blended star far off the correction is clipped
+    apcorr, err, n = aperture_correction(t, min_snr=30.0)
+    assert apcorr == pytest.approx(-2.5 * math.log10(1.25), abs=1e-9) and n == 39 and err == pytest.approx(0)
+    t["flags_ap1"][:] = int(PhotFlag.SAT)
+    assert aperture_correction(t, min_snr=30.0) == (0.0, None, 0)
+    # the PSF flux equal to the largest aperture's: PSF - aperture = 0
+    d, n = psf_minus_aperture(_apertures(1.25), min_snr=30.0)
+    assert d == pytest.approx(0.0, abs=1e-12) and n == 40
+
+
+def test_blend_flags_from_neighbours():
+    t = _apertures(1.0, n=3)
+    t["x"] = [0.0, 10.0, 100.0]
+    cfg = ApertureConfig()
+    blend_flags(t, np.array([0.0, 10.0, 100.0, 104.0]), np.zeros(4), config=cfg)
+    bit = int(PhotFlag.BLENDED)
+    margin = cfg.blend_margin_fwhm * 3.0
+    # star 0: neighbour at 10 px blends the 9-px aperture only if 10 < 9 + margin
+    assert bool(t["flags_ap1"][0] & bit) == (9 + margin > 10) and not t["flags_ap0"][0] & bit
+    assert t["flags_ap0"][2] & bit and t["flags_ap1"][2] & bit  # 4 px away blends both
+
+
+def test_forced_positions_through_wcs_and_reference_transform():
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [51.0, 41.0]  # 1-based: pixel (50, 40) 0-based
+    w.wcs.cdelt = [-1 / 3600, 1 / 3600]
+    sources = {"ra": np.array([150.0, np.nan, 151.0]), "dec": np.array([2.0, 2.0, 2.0])}
+    x, y, on = predict_positions(sources, coords="sky", wcs=w, to_reference=None, shape=(80, 100))
+    assert (x[0], y[0]) == pytest.approx((50.0, 40.0)) and list(on) == [True, False, False]
+    shift = AffineTransform(np.eye(2), np.array([5.0, -2.0]))  # frame -> reference
+    ref = {"x_ref": np.array([5.0, 200.0]), "y_ref": np.array([-2.0, 0.0])}
+    x, y, on = predict_positions(ref, coords="pixel", wcs=None, to_reference=shift, shape=(80, 100))
+    assert (x[0], y[0]) == pytest.approx((0.0, 0.0)) and list(on) == [True, False]
+    with pytest.raises(SolveError):
+        predict_positions(sources, coords="sky", wcs=None, to_reference=None, shape=(80, 100))
+
+
+def test_pointing_clusters():
+    side = 0.2  # deg
+    pts = [(10.0, 20.0, side), (10.05, 20.0, side), None, (11.0, 20.0, side), (10.01, 20.0, side)]
+    assert cluster_pointings(pts, 0.5) == [[0, 1, 4, 2], [3]]  # the unknown joins the largest
+    assert cluster_pointings(pts, None) == [[0, 1, 2, 3, 4]]
+    assert cluster_pointings([None, None], 0.5) == [[0, 1]]
+
+
+def test_reference_catalog_resolved_against_the_repository(tmp_path):
+    src = FileCatalogSource(kind="file", path="refcat.ecsv")
+    assert resolve_catalog_source(src, tmp_path).path == tmp_path / "refcat.ecsv"
+    absolute = FileCatalogSource(kind="file", path=tmp_path / "x.ecsv")
+    assert resolve_catalog_source(absolute, "/elsewhere").path == tmp_path / "x.ecsv"
+    assert resolve_catalog_source(None, tmp_path) is None
