@@ -292,6 +292,23 @@ class Repository:
 
         return {st.name: st.provenance_id for st in build_stages(self.root, self.config)}
 
+    @staticmethod
+    def _transparency_provenances(session, current: dict[str, str]) -> list[str]:
+        """Light-curve provenances whose transparency was measured on the current photometry.
+
+        The transparency of a frame does not depend on the target list, which enters the
+        light-curve provenance too (automatic targets may appear after a run): every
+        light-curve provenance made from the current photometry counts.
+        """
+        from darkroom.repo.models import Provenance
+
+        phot = current.get("photometry")
+        rows = session.execute(
+            select(Provenance.id, Provenance.upstream).where(Provenance.stage == "lightcurves")
+        )
+        found = [pid for pid, up in rows if phot in (up or [])]
+        return found or [current.get("lightcurves", "")]
+
     def provenances(self) -> Table:
         """Every provenance in the registry: stage, id, when, how many product rows it holds,
         and whether the current configuration makes it (``current``)."""
@@ -350,7 +367,9 @@ class Repository:
 
         provs = [provenance] if isinstance(provenance, str) else provenance
         if provs is None:
-            provs = list(self.stage_provenances().values())
+            current = self.stage_provenances()
+            with self.registry.session() as s:
+                provs = [*current.values(), *self._transparency_provenances(s, current)]
         cols = (
             "image_id",
             "exposure_id",
@@ -450,7 +469,9 @@ class Repository:
                 quality["unmeasured"] = n_images - sum(quality.values())
                 astrometry["unsolved"] = n_images - sum(astrometry.values())
             reasons = poor_image_ids(
-                s, quality=[current.get("quality", "")], transparency=[current.get("lightcurves", "")]
+                s,
+                quality=[current.get("quality", "")],
+                transparency=self._transparency_provenances(s, current),
             )
             downloads = [
                 (survey, state, reason or "", n)

@@ -179,9 +179,9 @@ def build_stages(
             inputs[name] = INPUTS[name](config)
         upstream = tuple(built[name].provenance_id for name in cls.reads)
         lineage = tuple(dict.fromkeys([*upstream, *(p for n in cls.reads for p in built[n].lineage)]))
-        built[cls.name] = cls(
-            root, view, upstream=upstream, inputs=inputs, critical=critical, lineage=lineage
-        )
+        stage = cls(root, view, upstream=upstream, inputs=inputs, critical=critical)
+        stage.lineage = lineage  # set after construction: stage classes may narrow the constructor
+        built[cls.name] = stage
     return list(built.values())
 
 
