@@ -673,22 +673,19 @@ def _unsolved_frames(registry, stages) -> list[tuple[str, str]]:
     """(raw file name, reason) of the images the run's astrometry stage left unsolved."""
     from sqlalchemy import select
 
-    from darkroom.repo.models import Exposure, Image
+    from darkroom.repo.models import AstromSolution, Exposure, Image
 
     prov = next((st.provenance_id for st in stages if st.name == "astrometry"), None)
     if prov is None:
         return []
-    out = []
     with registry.session() as s:
         rows = s.execute(
-            select(Exposure.path, Image.astrom)
+            select(Exposure.path, AstromSolution.reason)
             .join(Image, Image.exposure_id == Exposure.id)
-            .where(Image.astrom_flag == "failed")
+            .join(AstromSolution, AstromSolution.image_id == Image.id)
+            .where(AstromSolution.provenance_id == prov, AstromSolution.flag == "failed")
         ).all()
-        for path, astrom in rows:
-            if (astrom or {}).get("provenance_id") == prov:
-                out.append((Path(path).name, str((astrom or {}).get("reason") or "not solved")))
-    return sorted(out)
+    return sorted((Path(path).name, str(reason or "not solved")) for path, reason in rows)
 
 
 @app.command()

@@ -55,11 +55,15 @@ def _find_image(session, raw: Path):
     ).first()
     if image is None:
         raise BadInputError(f"{raw.name} has no calibrated image yet (darkroom run)")
-    return image, exp.exptime_s
+    from darkroom.pipeline.products import image_products
+
+    # the image with its newest products (catalogue, solution, zero point)
+    (products,) = image_products(session, None, image_ids=[image.id], only_ok=False)
+    return products, exp.exptime_s
 
 
 def image_catalog(root: Path, image, *, exptime_s: float | None = None) -> Table:
-    """The source table of one :class:`~darkroom.repo.models.Image` row (see the module docstring);
+    """The source table of one image with its products (:class:`~darkroom.pipeline.products.ImageProducts`, see the module docstring);
     ``exptime_s`` [s] scales the instrumental magnitudes of an image without photometry."""
     from darkroom.pipeline._products import raw_stem
     from darkroom.pipeline.astrometry import wcs_from_astrom
