@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from darkroom.analysis.finders import AnalysisConfig
 from darkroom.astrom.settings import SolveSettings
 from darkroom.calib.settings import CalibSettings
-from darkroom.catalogs.names import NameResolverConfig
 from darkroom.detect.quality import QualityLimits
 from darkroom.detect.settings import ExtractSettings
 from darkroom.errors import ConfigError

@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from darkroom.catalogs.names import NameResolverConfig
 from darkroom.repo.models import Exposure
 from darkroom.repo.registry import Registry
 from darkroom.timeseries.settings import NameResolverConfig, TargetConfig
