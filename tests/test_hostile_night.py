@@ -92,7 +92,7 @@ def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
             assert any("west-positive" in w for w in meta["warnings"])
             assert any("inferred light" in w for w in meta["warnings"])
             assert len(images) == N_FRAMES
-            calib = images[exposures[0].id].quality["calib"]
+            calib = images[exposures[0].id].calib
             assert calib["noise_model"].startswith("noise estimated")
             assert sorted(calib["skipped_masters"]) == ["bias", "dark", "flat"]
             paths = [
