@@ -99,7 +99,8 @@ def test_every_frame_measured_once_per_source(arcsat):
     with repo.registry.session() as s:
         (std,) = [ip for ip in image_products(s, None) if ip.field == "43Bet Com"]
     assert (
-        std.photcal["association"]["field"] == f"43Bet Com@image{std.id}" and std.photcal["n_measured"] >= 1
+        std.photcal["association"]["field"] == f"43Bet Com@exp{std.exposure_id}"
+        and std.photcal["n_measured"] >= 1
     )
     # the sparse field: faint sources are measured where they were not detected
     assert sum(im.photcal["n_forced"] for im in images) > 100

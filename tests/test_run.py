@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,15 @@ def snapshot(root: Path, url: str | None = None) -> dict:
         )
         n_inputs = s.scalar(sa.select(sa.func.count()).select_from(CalibInput))
         sha = dict(s.execute(sa.select(Exposure.id, Exposure.sha256)).all())
+        image_sha = {i: sha[e] for i, e in s.execute(sa.select(Image.id, Image.exposure_id)).all()}
+
+        def without_ids(value) -> str:
+            # Image ids follow the order drivers record in (two drivers at once differ):
+            # name the reference image by its raw file's checksum instead.
+            text = json.dumps(value, sort_keys=True)
+            text = re.sub(r'("reference_image_id": )(\d+)', lambda m: f'{m[1]}"{image_sha[int(m[2])]}"', text)
+            return text
+
         images = sorted(
             (
                 sha[ip.exposure_id],
@@ -61,7 +71,7 @@ def snapshot(root: Path, url: str | None = None) -> dict:
                 ip.catalog_path,
                 ip.quality_flag,
                 ip.astrom_flag,
-                *(json.dumps(j, sort_keys=True) for j in (ip.quality, ip.astrom, ip.photcal)),
+                *(without_ids(j) for j in (ip.quality, ip.astrom, ip.photcal)),
             )
             for ip in image_products(s, None, only_ok=False)
         )

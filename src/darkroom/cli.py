@@ -398,7 +398,7 @@ def status(
         console.print(
             "usable frames by type: " + ", ".join(f"{k}={v}" for k, v in sorted(st["types"].items()))
         )
-    if st["images_quality"]:
+    if st["images_quality"] or st["images_astrometry"]:
         console.print(
             "images by quality: "
             + ", ".join(f"{k}={v}" for k, v in sorted(st["images_quality"].items()))

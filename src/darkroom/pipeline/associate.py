@@ -14,7 +14,7 @@ Wiring only: :func:`darkroom.timeseries.associate` does the matching.
     stars below the detection limit are measured (forced). A later run of the same field
     (new nights) starts from the sources already recorded: their ids stay (frames measured
     before are not measured again for the sources a later night adds).
-    Registry: ``Source`` rows (``field`` = OBJECT, or ``OBJECT@image<ref id>`` for a
+    Registry: ``Source`` rows (``field`` = OBJECT, or ``OBJECT@exp<reference exposure id>`` for a
     reference pixel frame; mean ``ra_deg, dec_deg``; mean ``x_ref, y_ref`` in the
     reference frame; ``n_epochs`` = frames with a detection; ``mean_mag`` per filter,
     instrumental here and replaced by the measured mean in ``lightcurves``) and
@@ -53,6 +53,7 @@ from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import (
     Association,
+    Image,
     Measurement,
     Source,
 )
@@ -114,10 +115,17 @@ class AssociateStage(Stage):
             if self._coords(members) == "sky":
                 groups = [(field, "sky", members)]
             else:
+                # A pixel field is named by its reference frame's exposure (registered once, at
+                # ingest), not its image id: image ids follow the order drivers record in.
                 by_ref: dict[int, list] = defaultdict(list)
                 for im, meta in members:
                     by_ref[int(im.astrom.get("reference_image_id") or im.id)].append((im, meta))
-                groups = [(f"{field}@image{ref}", "pixel", m) for ref, m in sorted(by_ref.items())]
+                exposure_of = {im.id: im.exposure_id for im, _ in items}
+                for ref in by_ref:
+                    if ref not in exposure_of:
+                        ref_image = session.get(Image, ref)
+                        exposure_of[ref] = ref_image.exposure_id if ref_image is not None else -ref
+                groups = [(f"{field}@exp{exposure_of[ref]}", "pixel", m) for ref, m in sorted(by_ref.items())]
             for source_field, coords, group in groups:
                 todo = [(im, meta) for im, meta in group if im.id not in done]
                 if not todo:
@@ -132,7 +140,7 @@ class AssociateStage(Stage):
                 cols = list(zip(*known, strict=True)) if known else [()] * 6
                 units.append(
                     Unit(
-                        key=f"field:{short_hash(source_field)}:{short_hash(','.join(str(im.id) for im, _ in todo))}",
+                        key=f"field:{short_hash(source_field)}:{short_hash(','.join(str(im.exposure_id) for im, _ in todo))}",
                         payload={
                             "field": field,
                             "source_field": source_field,

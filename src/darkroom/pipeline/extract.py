@@ -112,8 +112,9 @@ class ExtractStage(Stage):
         catalog = extraction.catalog
         catalog.meta.update(
             {
+                # No registry id in the file: ids depend on the order drivers record in, and
+                # products must be byte-identical whoever made them.
                 "image": p["path"],
-                "image_id": p["image_id"],
                 "provenance_id": self.provenance_id,
                 "quality": jsonable(figures),
                 "pixel_scale_arcsec": scale,

@@ -227,7 +227,6 @@ class PhotometryStage(Stage):
         )
         blend_flags(phot, det_x[finite], det_y[finite], config=cfg.aperture)
         phot["source_id"] = source_id
-        phot["image_id"] = np.full(len(phot), p["image_id"], np.int64)
         if wcs is not None:
             phot["ra"], phot["dec"] = pixel_to_sky(wcs, x, y) if len(phot) else (np.zeros(0), np.zeros(0))
         else:
@@ -248,7 +247,6 @@ class PhotometryStage(Stage):
         photcal.update(psf_info)
         out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.phot.parquet")
         phot.meta["photcal"] = jsonable(photcal)
-        phot.meta["image_id"] = p["image_id"]
         with atomic_path(out) as tmp:
             phot.write(tmp, format="parquet")
         photcal["path"] = self.relative(out)
@@ -259,7 +257,7 @@ class PhotometryStage(Stage):
             "image_id": p["image_id"],
             "columns": {
                 "source_id": np.asarray(phot["source_id"], np.int64),
-                "image_id": np.asarray(phot["image_id"], np.int64),
+                "image_id": np.full(len(phot), p["image_id"], np.int64),
                 "x": np.asarray(phot["x"], float),
                 "y": np.asarray(phot["y"], float),
                 "ra_deg": np.asarray(phot["ra"], float),
