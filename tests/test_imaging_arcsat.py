@@ -14,9 +14,10 @@ import pytest
 from astropy.io import fits
 from astropy.table import Table
 
+from darkroom.pipeline.products import image_products
 from darkroom.pipeline.run import all_stages, coadd_family
 from darkroom.pipeline.runner import run_stage
-from darkroom.repo.models import Coadd, CoaddInput, Image
+from darkroom.repo.models import Coadd, CoaddInput
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # the whole night's chain when run first
 
@@ -34,10 +35,14 @@ def arcsat_coadd(arcsat_calibrated):
             for c in coadds
         ]
         n_inputs = {c.id: len(s.scalars(select_inputs(c.id)).all()) for c in coadds}
-        good = (
-            s.query(Image)
-            .filter(Image.quality_flag == "good", Image.astrom_flag.in_(("good", "marginal")))
-            .count()
+        # good frames: quality good, not poor after the clouds, solved with an absolute WCS
+        good = sum(
+            1
+            for im in image_products(s, None)
+            if im.quality_flag == "good"
+            and not im.poor
+            and im.astrom_flag in ("good", "marginal")
+            and im.astrom.get("wcs")
         )
     return repo, reports, rows, n_inputs, good
 
