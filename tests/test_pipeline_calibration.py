@@ -66,8 +66,9 @@ def test_arcsat_master_bias_noise_is_single_over_sqrt5(arcsat_calibrated, arcsat
 def test_arcsat_defect_is_flagged_and_frames_calibrated(arcsat_calibrated):
     repo, _ = arcsat_calibrated
     with repo.registry.session() as s:
-        images = s.scalars(sa.select(Image)).all()
-    assert len(images) == 81
+        images = s.scalars(sa.select(Image).order_by(Image.id)).all()
+    # the session's ARCSAT repository is shared: other modules may add calibrations of their own
+    assert len({im.exposure_id for im in images}) == 81
     with fits.open(repo.path(images[10].path)) as hdul:
         assert [h.name for h in hdul[1:]] == ["SCI", "MASK", "VAR"]
         sci, mask, var = hdul["SCI"].data, hdul["MASK"].data, hdul["VAR"].data
