@@ -164,6 +164,25 @@ _CONSOLE_FILTER: list[_OncePerKind] = []
 _FILE_ONLY = ("distributed", "tornado", "bokeh", "asyncio", "alembic", "matplotlib", "PIL", "fsspec")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes, not the stream at set-up.
+
+    A caller that swaps stderr (a test runner, a notebook capturing output) and closes it
+    afterwards must not leave logging writing into a closed stream.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool, repo: Path | None = None) -> None:
     """Console: warnings a person should read (once per kind). File REPO/logs/darkroom-DATE.log: details.
 
@@ -179,7 +198,7 @@ def _setup_logging(quiet: bool, repo: Path | None = None) -> None:
             h.close()
     root.setLevel(logging.INFO)
     logging.getLogger("darkroom").setLevel(logging.DEBUG)
-    console_handler = logging.StreamHandler(sys.stderr)
+    console_handler = _StderrHandler()
     console_handler.setLevel(logging.WARNING)
     console_handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     console_handler.addFilter(lambda r: not r.name.startswith(_FILE_ONLY))
