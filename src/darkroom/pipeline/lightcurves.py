@@ -128,7 +128,7 @@ class LightCurvesStage(Stage):
             )
             units.append(
                 Unit(
-                    key=f"field:{short_hash(field + assoc_prov)}:{short_hash(','.join(map(str, image_ids)))}",
+                    key=f"field:{short_hash(field + assoc_prov)}:{short_hash(','.join(str(im.exposure_id) for im in images))}",
                     payload={
                         "field": field,
                         "association": assoc_prov,
