@@ -31,6 +31,7 @@ from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError
+from darkroom.robust import robust_std
 
 from ._stats import clipped_mean_std
 
@@ -192,7 +193,7 @@ def _hot_mask(flat: np.ndarray, n_sigma: float) -> np.ndarray:
     from scipy.ndimage import binary_dilation, median_filter
 
     res = flat - median_filter(flat, size=7, mode="nearest")
-    s = 1.482602218505602 * np.median(np.abs(res - np.median(res)))
+    s = robust_std(res)
     return binary_dilation(np.abs(res) > n_sigma * max(s, 1e-12))
 
 
@@ -482,5 +483,4 @@ def sky_level_and_noise(image: np.ndarray, *, max_side: int = 512) -> tuple[floa
     level = float(np.median(cut[finite]))
     diff = (cut[:, 1:] - cut[:, :-1]).ravel()
     diff = diff[np.isfinite(diff)]
-    mad = float(np.median(np.abs(diff - np.median(diff))))
-    return level, 1.4826 * mad / math.sqrt(2.0)
+    return level, robust_std(diff) / math.sqrt(2.0)

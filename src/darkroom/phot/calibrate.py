@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from darkroom.errors import BadInputError, SolveError
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
 from darkroom.phot.match import match_catalogs
+from darkroom.robust import robust_std
 
 __all__ = [
     "ZeroPointConfig",
@@ -190,7 +191,7 @@ def fit_zero_point(
         resid = y - design @ params
         r_used = resid[used]
         centre = float(np.median(r_used))
-        mad = 1.4826 * np.median(np.abs(r_used - centre))
+        mad = robust_std(r_used)
         scale = max(mad, float(np.median(np.sqrt(sig2[used]))) * 0.5)
         new_used = good & (np.abs(resid - centre) <= config.clip_sigma * scale)
         if np.array_equal(new_used, used):
