@@ -157,3 +157,42 @@ def test_thread_executor_yields_every_unit():
         for _, r, e in ex.map_units(lambda u: u.payload["i"] * 2, (Unit(f"{i}", {"i": i}) for i in range(7)))
     )
     assert out == [0, 2, 4, 6, 8, 10, 12]
+
+
+def test_survey_stages_built_from_their_section_have_the_run_provenance():
+    from darkroom.pipeline.sdss import CutoutStage, SdssDownloader, SdssFieldFinder
+    from darkroom.pipeline.surveys import ZtfDownloader
+
+    def provenances(*overrides: str) -> dict[str, str]:
+        cfg = load_config(None, ["surveys.run=[ztf, sdss, cutouts]", *overrides])
+        by_run = {s.name: s.provenance_id for s in all_stages(ROOT, cfg) if s.family == "survey"}
+        # as ``darkroom survey ...`` builds them: from the surveys section alone
+        fields = SdssFieldFinder(ROOT, cfg.surveys)
+        files = SdssDownloader(ROOT, cfg.surveys, upstream=(fields.provenance_id,))
+        by_command = {
+            "ztf": ZtfDownloader(ROOT, cfg.surveys).provenance_id,
+            "sdss_fields": fields.provenance_id,
+            "sdss": files.provenance_id,
+            "cutouts": CutoutStage(ROOT, cfg.surveys, upstream=(files.provenance_id,)).provenance_id,
+        }
+        assert by_command == by_run
+        return by_run
+
+    base = provenances("surveys.ztf.mag_limit=20", "surveys.sdss.bands=[g, r]")
+
+    def changed(*overrides: str) -> list[str]:
+        after = provenances("surveys.ztf.mag_limit=20", "surveys.sdss.bands=[g, r]", *overrides)
+        return [name for name in base if after[name] != base[name]]
+
+    assert changed("surveys.ztf.radius_arcsec=3") == ["ztf"]
+    assert changed("surveys.sdss.max_fields=2") == ["sdss_fields", "sdss", "cutouts"]
+    assert changed("surveys.cutouts.size=48") == ["cutouts"]
+    # not critical: where the cache lives, fsync, the archive's address, threads and HTTP politeness
+    for override in (
+        "surveys.cache_dir=/elsewhere",
+        "surveys.fsync=false",
+        "surveys.ztf.base_url=http://mirror.example",
+        "surveys.ztf.http.concurrency=16",
+        "surveys.cutouts.workers=8",
+    ):
+        assert changed(override) == [], override

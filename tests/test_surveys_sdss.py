@@ -21,7 +21,7 @@ from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.pipeline.sdss import run_cutouts, run_sdss
 from darkroom.pipeline.surveys import import_targets
-from darkroom.repo.models import Download
+from darkroom.repo.models import Download, Provenance
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import read_cube
 from darkroom.surveys.sdss import read_fpm_mask, read_frame
@@ -216,6 +216,9 @@ def test_sdss_frames_and_cubes_through_each_bands_wcs(tmp_path, sas_server, data
     stages = all_stages(root, full)
     assert [st.name for st in stages] == ["sdss_fields", "sdss", "cutouts"]
     assert [st.executor for st in stages] == ["thread", "thread", "default"]
+    with registry.session() as s:  # darkroom survey sdss recorded the provenances darkroom run uses
+        recorded = dict(s.execute(select(Provenance.stage, Provenance.id)).all())
+    assert recorded == {st.name: st.provenance_id for st in stages[:2]}
     reports = [run_stage(registry, st) for st in stages]
     assert [r.n_planned for r in reports] == [0, 0, 1] and reports[2].n_done == 1 and not reports[2].failures
     # resumable: a second run writes nothing new, a removed cube is made again

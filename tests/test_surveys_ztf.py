@@ -18,9 +18,17 @@ from sqlalchemy import func, select
 from werkzeug import Response
 
 from darkroom.analysis.lcfile import read_lc_file
+from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
-from darkroom.pipeline.surveys import SurveysConfig, ZtfDownloader, import_targets, run_ztf
-from darkroom.repo.models import Download, Lightcurve, Target
+from darkroom.pipeline.stages import build_stages
+from darkroom.pipeline.surveys import (
+    SurveysConfig,
+    ZtfDownloader,
+    import_targets,
+    run_ztf,
+    survey_lightcurves,
+)
+from darkroom.repo.models import Download, Lightcurve, Provenance, Target
 from darkroom.repo.registry import Registry
 from darkroom.surveys.http import load_credentials
 from darkroom.surveys.ztf import ZtfConfig, parse_reply, reduce_reply
@@ -242,6 +250,69 @@ def test_every_target_fetched_retried_timed_out_and_empty_not_asked_again(
     assert refreshed.n_planned == 10 and sum(irsa.calls.values()) - n_before == 8
     with registry.session() as s:
         assert s.query(Lightcurve).count() == len(lcs)  # replaced, not duplicated
+
+
+def test_critical_parameter_gives_light_curves_beside_the_old_and_command_records_runs_provenance(
+    tmp_path, irsa_server, survey_repo, reply_bytes
+):
+    root, registry = survey_repo
+    irsa = Irsa(reply_bytes, stall_s=0.0)
+    irsa_server.expect_request("/cgi-bin/ZTF/nph_light_curves").respond_with_handler(irsa)
+    config = _config(tmp_path, irsa_server.url_for("/"))
+
+    def stage_provenance(surveys: SurveysConfig) -> str:
+        """The ztf provenance ``darkroom run`` would use (the declared stages)."""
+        full = DarkroomConfig.model_validate({"surveys": surveys.model_dump(mode="json")})
+        return {st.name: st.provenance_id for st in build_stages(root, full)}["ztf"]
+
+    def lightcurves() -> dict[str, list[Lightcurve]]:
+        with registry.session() as s:
+            out: dict[str, list[Lightcurve]] = {}
+            for lc in s.scalars(select(Lightcurve)):
+                out.setdefault(lc.provenance_id, []).append(lc)
+            return out
+
+    assert run_ztf(root, registry, config).counts == {"done": 1, "empty": 9}
+    old = stage_provenance(config)
+    with registry.session() as s:
+        assert list(s.scalars(select(Provenance.id).where(Provenance.stage == "ztf"))) == [old]
+    n_old = len(lightcurves()[old])
+    n_calls = sum(irsa.calls.values())
+
+    # not critical (how fast to ask, whether to fsync, which mirror): the same provenance, nothing to do
+    calm = config.model_copy(deep=True)
+    calm.fsync = False
+    calm.ztf.http.concurrency = 1
+    calm.ztf.base_url = irsa_server.url_for("/mirror/")
+    assert stage_provenance(calm) == old == ZtfDownloader(root, calm).provenance_id
+    assert run_ztf(root, registry, calm).n_planned == 0
+
+    # critical (how the reply is cut into seasons): a new provenance, its light curves beside the old
+    # ones (rows and files), every target reduced again from the cached replies (no new request)
+    wide = config.model_copy(deep=True)
+    wide.ztf.season_gap_days = 4000.0
+    new = stage_provenance(wide)
+    assert new != old
+    report = run_ztf(root, registry, wide)
+    assert report.n_planned == 10 and report.counts == {"done": 1, "empty": 9}
+    assert sum(irsa.calls.values()) == n_calls
+    by_prov = lightcurves()
+    assert set(by_prov) == {old, new} and len(by_prov[old]) == n_old
+    assert {lc.season for lc in by_prov[new]} == {"0"} and sum(lc.n_points for lc in by_prov[new]) == 1852
+    files = {p: [root / lc.path for lc in lcs] for p, lcs in by_prov.items()}
+    assert all(p.is_file() and prov in str(p) for prov, paths in files.items() for p in paths)
+    with registry.session() as s:
+        assert set(s.scalars(select(Provenance.id).where(Provenance.stage == "ztf"))) == {old, new}
+        assert len(survey_lightcurves(s, root, name="star", provenance=old)) == 1852
+        current = survey_lightcurves(s, root, name="star", current={"ztf": new})
+        assert len(current) == 1852 and set(current["season"]) == {"0"}  # the old ones do not enter twice
+
+    # --redo of the new provenance removes only its rows and files
+    with registry.session() as s:
+        ZtfDownloader(root, wide).forget(s)
+    assert set(lightcurves()) == {old}
+    assert not any(p.exists() for p in files[new]) and all(p.is_file() for p in files[old])
+    assert run_ztf(root, registry, wide).n_planned == 10  # and it is asked again
 
 
 def test_credentials_sent_never_stored_or_logged(

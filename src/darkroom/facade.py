@@ -200,15 +200,32 @@ class Repository:
 
     # -- survey light curves (darkroom.pipeline.surveys) ---------------------------
     def survey_lightcurves(
-        self, name: str, *, catalog: str | None = None, survey: str | None = None
+        self,
+        name: str,
+        *,
+        catalog: str | None = None,
+        survey: str | None = None,
+        provenance: str | None = None,
     ) -> Table:
         """Every survey light curve of a registered target, stacked in time order (the columns of
         :mod:`darkroom.analysis.lcfile` plus ``survey``, ``season`` and ``key``); empty when the
-        target has none. ``name`` is the target's name in its catalogue."""
+        target has none. ``name`` is the target's name in its catalogue.
+
+        ``provenance`` names the provenance to read (``darkroom status`` lists them); by default
+        the survey stages' under the current configuration."""
         from darkroom.pipeline.surveys import survey_lightcurves
 
+        current = self.stage_provenances()
         with self.registry.session() as s:
-            return survey_lightcurves(s, self.root, name=name, catalog=catalog, survey=survey)
+            return survey_lightcurves(
+                s,
+                self.root,
+                name=name,
+                catalog=catalog,
+                survey=survey,
+                provenance=provenance,
+                current=current,
+            )
 
     # -- photometry and light curves (darkroom.pipeline.queries) -------------
     def lightcurve(

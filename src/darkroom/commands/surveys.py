@@ -123,7 +123,8 @@ def register(app: typer.Typer) -> None:
         dwarfs, Gentile Fusillo et al. 2021)."""
         from darkroom.catalogs.online import VIZIER_URL
         from darkroom.facade import Repository
-        from darkroom.pipeline.surveys import import_targets, resolve_cache_dir
+        from darkroom.pipeline.survey_stage import resolve_cache_dir
+        from darkroom.pipeline.surveys import import_targets
         from darkroom.surveys.targets import (
             DEFAULT_CATALOGS,
             fetch_default_catalog,

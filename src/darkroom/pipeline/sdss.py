@@ -37,24 +37,16 @@ from sqlalchemy.orm import Session
 
 from darkroom.errors import DarkroomError
 from darkroom.io.atomic import atomic_path, atomic_write_bytes, remove_orphan_temps, sha256_file
-from darkroom.pipeline._products import jsonable
 from darkroom.pipeline.queries import safe_name
-from darkroom.pipeline.stage import Stage, Unit
-from darkroom.pipeline.surveys import (
-    DownloadRecorder,
-    DriveReport,
-    atomic_write_path,
-    drive_threaded,
-    resolve_cache_dir,
-    target_rows,
-)
-from darkroom.repo.models import Download, Target, utcnow
+from darkroom.pipeline.stage import Unit
+from darkroom.pipeline.survey_stage import DownloadOutcome, DownloadStage, SurveyStage
+from darkroom.pipeline.surveys import DriveReport, atomic_write_path, drive_stage, target_rows
+from darkroom.repo.models import Download, Target
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import cutout_cube, read_cube, write_cube, write_cube_set
-from darkroom.surveys.http import DownloadError, HttpClient, load_credentials
+from darkroom.surveys.http import DownloadError, HttpClient
 from darkroom.surveys.sdss import (
     FieldId,
-    SdssConfig,
     fields_from_table,
     fpm_name,
     fpm_url,
@@ -91,48 +83,21 @@ def _target_key(t: Target) -> str:
     return f"{t.catalog}/{t.name}"
 
 
-class SdssFieldFinder(DownloadRecorder, Stage):
+class SdssFieldFinder(DownloadStage):
     """``sdss_fields``: the fields covering each target."""
 
     name = "sdss_fields"
-    family = "survey"
     reads = ()
     settings = ("surveys.sdss", "surveys.cache_dir")
-    executor = "thread"
+    section = "sdss"
+    steps = ("sdss", "cutouts")
     survey = FIELD_SURVEY
+    credentials_env = "DARKROOM_SDSS"
 
-    @classmethod
-    def enabled(cls, config) -> bool:
-        return "sdss" in config.surveys.run or "cutouts" in config.surveys.run
-
-    def __init__(
-        self,
-        root: Path,
-        config: SurveysConfig,
-        *,
-        upstream: tuple[str, ...] = (),
-        inputs: dict[str, Any] | None = None,
-        critical: dict[str, Any] | None = None,
-        client: HttpClient | None = None,
-        refresh: bool = False,
-        limit: int | None = None,
-    ):
-        extra = {"inputs": inputs} if inputs else {}
-        super().__init__(root, config.sdss, upstream=upstream, **extra)
-        # twice the HTTP slots: threads parse and write files while others wait on the archive;
-        # the client's semaphore still bounds the requests in flight
-        self.max_in_flight = 2 * config.sdss.http.concurrency
-        self._client = client
-        self.refresh = refresh
-        self.limit = limit
+    def __init__(self, root: Path, config: SurveysConfig, **kw: Any) -> None:
+        super().__init__(root, config, **kw)
         self._table: Table | None = None
         self._table_lock = threading.Lock()
-
-    @property
-    def client(self) -> HttpClient:
-        if self._client is None:
-            self._client = _client(self.config)
-        return self._client
 
     @property
     def field_table(self) -> Table | None:
@@ -159,72 +124,31 @@ class SdssFieldFinder(DownloadRecorder, Stage):
                 break
         return units
 
-    def run(self, unit: Unit) -> list[FieldId]:
+    def run(self, unit: Unit) -> DownloadOutcome:
         ra, dec = unit.payload["ra_deg"], unit.payload["dec_deg"]
         table = self.field_table
         if table is not None:
-            return fields_from_table(table, ra_deg=ra, dec_deg=dec, max_fields=self.config.max_fields)
-        return search_fields(self.client, self.config, ra_deg=ra, dec_deg=dec)
-
-    def record(self, session: Session, unit: Unit, result: list[FieldId]) -> str:
-        row, _ = self._row(session, unit)
-        row.state = "done" if result else "empty"
-        row.reason = None if result else "no SDSS field covers the target"
-        row.meta = {"fields": [[f.run, f.rerun, f.camcol, f.field] for f in result]}
-        row.n_rows, row.fetched_utc = len(result), utcnow()
-        return row.state
-
-
-@dataclass
-class FileOutcome:
-    state: str
-    reason: str | None
-    path: str | None = None
-    sha256: str | None = None
-    size_bytes: int | None = None
-    n_rows: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+            found = fields_from_table(table, ra_deg=ra, dec_deg=dec, max_fields=self.config.max_fields)
+        else:
+            found = search_fields(self.client, self.config, ra_deg=ra, dec_deg=dec)
+        return DownloadOutcome(
+            "done" if found else "empty",
+            None if found else "no SDSS field covers the target",
+            n_rows=len(found),
+            meta={"fields": [[f.run, f.rerun, f.camcol, f.field] for f in found]},
+        )
 
 
-class SdssDownloader(DownloadRecorder, Stage):
+class SdssDownloader(DownloadStage):
     """``sdss``: every frame and object table the covering fields need, once each."""
 
     name = "sdss"
-    family = "survey"
     reads = ("sdss_fields",)
     settings = ("surveys.sdss", "surveys.cache_dir")
-    executor = "thread"
+    section = "sdss"
+    steps = ("sdss", "cutouts")
     survey = FILE_SURVEY
-
-    @classmethod
-    def enabled(cls, config) -> bool:
-        return "sdss" in config.surveys.run or "cutouts" in config.surveys.run
-
-    def __init__(
-        self,
-        root: Path,
-        config: SurveysConfig,
-        *,
-        upstream: tuple[str, ...] = (),
-        inputs: dict[str, Any] | None = None,
-        critical: dict[str, Any] | None = None,
-        client: HttpClient | None = None,
-        refresh: bool = False,
-    ):
-        extra = {"inputs": inputs} if inputs else {}
-        super().__init__(root, config.sdss, upstream=upstream, **extra)
-        # twice the HTTP slots: threads parse and write files while others wait on the archive;
-        # the client's semaphore still bounds the requests in flight
-        self.max_in_flight = 2 * config.sdss.http.concurrency
-        self.cache_dir = resolve_cache_dir(root, config)
-        self._client = client
-        self.refresh = refresh
-
-    @property
-    def client(self) -> HttpClient:
-        if self._client is None:
-            self._client = _client(self.config)
-        return self._client
+    credentials_env = "DARKROOM_SDSS"
 
     def file_path(self, f: FieldId, name: str) -> Path:
         return (
@@ -268,7 +192,7 @@ class SdssDownloader(DownloadRecorder, Stage):
             if name not in settled
         ]
 
-    def run(self, unit: Unit) -> FileOutcome:
+    def run(self, unit: Unit) -> DownloadOutcome:
         f = FieldId(*unit.payload["field"])
         kind = unit.payload["kind"]
         path = self.file_path(f, self.download_key(unit))
@@ -287,42 +211,23 @@ class SdssDownloader(DownloadRecorder, Stage):
                 content = self.client.get(url).content
             except DownloadError as exc:
                 if exc.details.get("status") == 404:
-                    return FileOutcome("empty", "not in the archive (HTTP 404)", meta=meta)
-                return FileOutcome("failed", exc.reason, meta=meta)
+                    return DownloadOutcome("empty", "not in the archive (HTTP 404)", meta=meta)
+                return DownloadOutcome("failed", exc.reason, meta=meta)
             if len(kind) == 1 and content[:3] != b"BZh":
-                return FileOutcome("failed", "reply is not a bzip2-compressed frame", meta=meta)
+                return DownloadOutcome("failed", "reply is not a bzip2-compressed frame", meta=meta)
             atomic_write_bytes(path, content)
         common = {"path": str(path), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
         if kind == "photoObj":
             try:
                 n = photoobj_rows(content)
             except DarkroomError as exc:
-                return FileOutcome("failed", exc.reason, meta=meta, **common)
+                return DownloadOutcome("failed", exc.reason, meta=meta, **common)
             if n == 0:
-                return FileOutcome("empty", "photoObj file holds no objects", n_rows=0, meta=meta, **common)
-            return FileOutcome("done", None, n_rows=n, meta=meta, **common)
-        return FileOutcome("done", None, meta=meta, **common)
-
-    def record(self, session: Session, unit: Unit, result: FileOutcome) -> str:
-        row, _ = self._row(session, unit)
-        row.state, row.reason = result.state, result.reason
-        row.path, row.sha256, row.size_bytes, row.n_rows = (
-            result.path,
-            result.sha256,
-            result.size_bytes,
-            result.n_rows,
-        )
-        meta = jsonable(result.meta)
-        row.meta = self._count_failure(row, meta) if result.state == "failed" else meta
-        row.fetched_utc = utcnow()
-        return row.state
-
-
-def _client(config: SdssConfig) -> HttpClient:
-    http = config.http
-    return HttpClient(
-        http, credentials=load_credentials(env_prefix="DARKROOM_SDSS", file=http.credentials_file)
-    )
+                return DownloadOutcome(
+                    "empty", "photoObj file holds no objects", n_rows=0, meta=meta, **common
+                )
+            return DownloadOutcome("done", None, n_rows=n, meta=meta, **common)
+        return DownloadOutcome("done", None, meta=meta, **common)
 
 
 def run_sdss(
@@ -335,33 +240,23 @@ def run_sdss(
     progress: Callable[[str, int, int], None] | None = None,
     client: HttpClient | None = None,
 ) -> list[DriveReport]:
-    """Find the covering fields of the targets that need them, then download the missing files."""
+    """Find the covering fields of the targets that need them, then download the missing files
+    (the provenances are those ``darkroom run`` records)."""
     own = client is None
-    client = client or _client(config.sdss)
-    workers = 2 * config.sdss.http.concurrency  # see SdssFieldFinder.max_in_flight
+    finder = SdssFieldFinder(root, config, client=client, refresh=refresh, limit=limit)
+    client = finder.client  # one client (and one politeness budget) for both steps
     try:
-        finder = SdssFieldFinder(root, config, client=client, refresh=refresh, limit=limit)
-        with registry.session() as s:
-            units = finder.plan(s)
         reports = [
-            drive_threaded(
-                registry,
-                finder,
-                units,
-                workers=workers,
-                progress=(lambda d, t: progress("fields", d, t)) if progress else None,
+            drive_stage(
+                registry, finder, progress=(lambda d, t: progress("fields", d, t)) if progress else None
             )
         ]
-        downloader = SdssDownloader(root, config, client=client, refresh=refresh)
-        with registry.session() as s:
-            units = downloader.plan(s)
+        downloader = SdssDownloader(
+            root, config, upstream=(finder.provenance_id,), client=client, refresh=refresh
+        )
         reports.append(
-            drive_threaded(
-                registry,
-                downloader,
-                units,
-                workers=workers,
-                progress=(lambda d, t: progress("files", d, t)) if progress else None,
+            drive_stage(
+                registry, downloader, progress=(lambda d, t: progress("files", d, t)) if progress else None
             )
         )
         return reports
@@ -580,24 +475,15 @@ def run_cutouts(
     )
 
 
-class CutoutStage(Stage):
+class CutoutStage(SurveyStage):
     """``cutouts`` (``darkroom run``): the cubes of every target with SDSS frames, one unit for
     all (its key names the set of targets and files, so new ones make a new unit)."""
 
     name = "cutouts"
-    family = "survey"
     reads = ("sdss",)
     settings = ("surveys.cutouts", "surveys.fsync")
-
-    @classmethod
-    def enabled(cls, config) -> bool:
-        return "cutouts" in config.surveys.run
-
-    def __init__(self, root: Path, config, *, upstream: tuple[str, ...] = (), inputs=None, critical=None):
-        cutouts = config.cutouts if isinstance(config, SurveysConfig) else config
-        extra = {"inputs": inputs} if inputs else {}
-        super().__init__(root, cutouts, upstream=upstream, **extra)
-        self.durable = config.fsync if isinstance(config, SurveysConfig) else True
+    section = "cutouts"
+    steps = ("cutouts",)
 
     @property
     def out_dir(self) -> Path:

@@ -40,6 +40,7 @@ for the ordered list and how a new stage joins it):
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,10 +48,11 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
+from darkroom.errors import ConfigError
 from darkroom.provenance import code_version, critical_params, plain_value, provenance_id
 from darkroom.repo.models import Exposure, Provenance
 
-__all__ = ["Stage", "Unit", "quarantine_exposure"]
+__all__ = ["Stage", "Unit", "declared_critical", "quarantine_exposure"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,37 @@ def quarantine_exposure(session: Session, exposure_id: int | None, reason: str) 
         return False
     exp.state, exp.reason = "quarantined", reason
     return True
+
+
+def declared_critical(config: BaseModel, keys: Sequence[str], *, below: str = "") -> dict[str, Any]:
+    """The provenance parameters of the declared settings ``keys``: declared key -> critical value.
+
+    ``keys`` are dotted from the top of darkroom.yaml (``"surveys.ztf"``); ``config`` is the
+    section at ``below`` (``""``: the whole configuration; ``"surveys"``: the surveys section),
+    so a stage built from its section alone gets the same parameters, hence the same provenance,
+    as one built from the whole file. A section contributes its critical fields
+    (:func:`~darkroom.provenance.critical_params`); a declared field marked
+    ``json_schema_extra={"critical": False}`` (a cache folder, fsync) contributes nothing.
+    """
+    prefix = tuple(p for p in below.split(".") if p)
+    out: dict[str, Any] = {}
+    for key in keys:
+        parts = tuple(p for p in key.split(".") if p)
+        if parts[: len(prefix)] != prefix or len(parts) == len(prefix):
+            raise ConfigError(f"stage setting {key!r} is not below {below!r}")
+        node: Any = config
+        for part in parts[len(prefix) : -1]:
+            node = getattr(node, part, None)
+        leaf = parts[-1]
+        fields = type(node).model_fields if isinstance(node, BaseModel) else {}
+        if leaf not in fields:
+            raise ConfigError(f"stage setting {key!r}: no such key in darkroom.yaml")
+        extra = fields[leaf].json_schema_extra
+        if isinstance(extra, dict) and extra.get("critical", True) is False:
+            continue
+        value = getattr(node, leaf)
+        out[key] = critical_params(value) if isinstance(value, BaseModel) else plain_value(value)
+    return out
 
 
 class Stage(ABC):

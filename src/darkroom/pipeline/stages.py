@@ -61,9 +61,8 @@ from darkroom.pipeline.lightcurves import LightCurvesStage
 from darkroom.pipeline.photometry import PhotometryStage
 from darkroom.pipeline.quality import QualityStage
 from darkroom.pipeline.sdss import CutoutStage, SdssDownloader, SdssFieldFinder
-from darkroom.pipeline.stage import Stage
+from darkroom.pipeline.stage import Stage, declared_critical
 from darkroom.pipeline.surveys import ZtfDownloader
-from darkroom.provenance import critical_params, plain_value
 
 __all__ = [
     "FAMILIES",
@@ -144,7 +143,8 @@ def _masked(model: Any, keep: list[tuple[str, ...]]) -> Any:
 
 def settings_view(config: DarkroomConfig, keys: Sequence[str]) -> tuple[Any, dict[str, Any]]:
     """The settings a stage declared: the section at the keys' common prefix (undeclared fields at
-    their defaults) and the critical values of the declared keys (its provenance parameters)."""
+    their defaults) and the critical values of the declared keys (its provenance parameters,
+    :func:`~darkroom.pipeline.stage.declared_critical`)."""
     if not keys:
         return None, {}
     paths = [tuple(k.split(".")) for k in keys]
@@ -155,11 +155,7 @@ def settings_view(config: DarkroomConfig, keys: Sequence[str]) -> tuple[Any, dic
         prefix = (*prefix, parts[0])
     section = _at(config, ".".join(prefix))
     view = _masked(section, [p[len(prefix) :] for p in paths])
-    critical = {}
-    for key in keys:
-        value = _at(config, key)
-        critical[key] = critical_params(value) if isinstance(value, BaseModel) else plain_value(value)
-    return view, critical
+    return view, declared_critical(config, keys)
 
 
 def build_stages(

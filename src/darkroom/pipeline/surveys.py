@@ -10,7 +10,8 @@ next run asks again for what has no row (and overwrites the same names).
 Each target's request ends as one ``download`` row: ``done`` (the raw reply's path and sha256,
 and its light curves as ``lightcurve`` rows), ``empty`` (the archive has nothing there, or a
 skip rule applied: the reason says which) or ``failed`` with the reason. Done and empty targets
-are not asked again unless ``refresh``; failed ones are retried on the next run.
+are not asked again under the same provenance unless ``refresh``; failed ones are retried on the
+next run (:mod:`darkroom.pipeline.survey_stage`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +31,19 @@ from typing import Any
 import numpy as np
 from astropy.table import Table
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from darkroom.analysis.lcfile import write_lc_file
 from darkroom.errors import DarkroomError
 from darkroom.io.atomic import TEMP_PREFIX, atomic_path, remove_orphan_temps, sha256_file
-from darkroom.pipeline._products import jsonable
 from darkroom.pipeline.queries import safe_name
 from darkroom.pipeline.runner import one_line
 from darkroom.pipeline.stage import Stage, Unit
-from darkroom.repo.models import Download, Lightcurve, Target, utcnow
+from darkroom.pipeline.survey_stage import DownloadOutcome, DownloadStage
+from darkroom.repo.models import Download, Lightcurve, Provenance, Target, utcnow
 from darkroom.repo.registry import Registry
-from darkroom.surveys.http import HttpClient, load_credentials
+from darkroom.surveys.http import HttpClient
 from darkroom.surveys.settings import SurveysConfig
 from darkroom.surveys.ztf import (
     ZtfConfig,
@@ -53,23 +55,15 @@ from darkroom.surveys.ztf import (
 )
 
 __all__ = [
-    "DownloadRecorder",
     "DriveReport",
     "SurveysConfig",
     "ZtfDownloader",
     "drive_threaded",
     "import_targets",
-    "resolve_cache_dir",
     "target_rows",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_cache_dir(root: Path, config: SurveysConfig) -> Path:
-    """The shared cache folder (``~`` expanded; a relative path is relative to the repository)."""
-    path = Path(config.cache_dir).expanduser()
-    return path if path.is_absolute() else Path(root) / path
 
 
 # --- targets -----------------------------------------------------------------------------------
@@ -233,155 +227,46 @@ def drive_threaded(
     return report
 
 
+def drive_stage(
+    registry: Registry, stage: Stage, *, progress: Callable[[int, int], None] | None = None
+) -> DriveReport:
+    """Record the stage's provenance, plan its units and drive them on ``stage.max_in_flight``
+    threads (``darkroom survey ...``: the provenance is the one ``darkroom run`` records)."""
+    try:
+        with registry.session() as s:
+            stage.ensure_provenance(s)
+    except IntegrityError:  # another driver recorded the same provenance at the same moment
+        pass
+    with registry.session() as s:
+        units = stage.plan(s)
+    return drive_threaded(registry, stage, units, workers=stage.max_in_flight, progress=progress)
+
+
 # --- ZTF -----------------------------------------------------------------------------------------
 
 
-class DownloadRecorder:
-    """Driver-side helpers of a stage whose units end as ``download`` rows of one survey: one
-    SELECT per batch (:meth:`prefetch`), then rows updated in place or added.
-
-    A unit's key is its download key, with `` (retry N)`` appended when the download failed N
-    times before: each retry is a new unit of work, so a runner that remembers done units by
-    key (the task table) still asks again for a target whose download failed.
-    """
-
-    survey: str
-    _rows: dict[str, Download] | None = None
-
-    @staticmethod
-    def download_key(unit: Unit) -> str:
-        return str(unit.payload.get("download_key", unit.key))
-
-    @staticmethod
-    def unit_key(download_key: str, failed_runs: int) -> str:
-        return f"{download_key} (retry {failed_runs})" if failed_runs else download_key
-
-    def prefetch(self, session: Session, units: list[Unit]) -> None:
-        keys = [self.download_key(u) for u in units]
-        self._rows = {
-            row.key: row
-            for row in session.scalars(
-                select(Download).where(Download.survey == self.survey, Download.key.in_(keys))
-            )
-        }
-
-    def _row(self, session: Session, unit: Unit) -> tuple[Download, bool]:
-        """The unit's row and whether it existed before."""
-        key = self.download_key(unit)
-        rows = self._rows
-        row = rows.get(key) if rows is not None else None
-        if row is None and rows is None:
-            row = session.scalars(
-                select(Download).where(Download.survey == self.survey, Download.key == key)
-            ).one_or_none()
-        if row is not None:
-            return row, True
-        row = Download(survey=self.survey, key=key, target_id=unit.payload.get("target_id"), state="failed")
-        session.add(row)
-        if rows is not None:
-            rows[key] = row
-        return row, False
-
-    @staticmethod
-    def _count_failure(row: Download, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-        """``meta`` (or the row's) with ``failed_runs`` counted up for a failed download."""
-        out = dict(meta if meta is not None else row.meta or {})
-        out["failed_runs"] = int((row.meta or {}).get("failed_runs", 0)) + 1
-        return out
-
-    def record_failure(self, session: Session, unit: Unit, reason: str) -> None:
-        row, _ = self._row(session, unit)
-        row.meta = self._count_failure(row)
-        row.state, row.reason, row.fetched_utc = "failed", reason, utcnow()
-
-    def settled(self, session: Session) -> set[str]:
-        """Keys already done or empty (not asked again without refresh)."""
-        return set(
-            session.scalars(
-                select(Download.key).where(
-                    Download.survey == self.survey, Download.state.in_(("done", "empty"))
-                )
-            )
-        )
-
-    def failed_runs(self, session: Session) -> dict[str, int]:
-        """Download key -> how many runs failed to get it (of the rows now failed)."""
-        return {
-            key: int((meta or {}).get("failed_runs", 1))
-            for key, meta in session.execute(
-                select(Download.key, Download.meta).where(
-                    Download.survey == self.survey, Download.state == "failed"
-                )
-            ).all()
-        }
-
-
 @dataclass
-class ZtfOutcome:
-    """One target's request, computed on a worker thread (files written, registry untouched)."""
+class ZtfOutcome(DownloadOutcome):
+    """One target's request: the raw reply kept, and the light curves it reduced to."""
 
-    state: str  # done | empty | failed
-    reason: str | None
-    raw_path: str | None = None
-    sha256: str | None = None
-    size_bytes: int | None = None
-    n_rows: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
     lightcurves: list[dict[str, Any]] = field(default_factory=list)
 
 
-class ZtfDownloader(DownloadRecorder, Stage):
+class ZtfDownloader(DownloadStage):
     """``ztf``: one IRSA light-curve request per target, kept raw, reduced to light curves.
 
-    Built from the ``surveys`` section (``config``: :class:`SurveysConfig`); its provenance is
-    that of ``surveys.ztf`` alone, however it is built (``darkroom survey ztf`` or
-    ``darkroom run``), so both record the same light curves.
+    Built from the ``surveys`` section; its provenance is that of its declared settings
+    (``surveys.ztf``), however it is built (``darkroom survey ztf`` or ``darkroom run``), so both
+    record the same light curves. A changed critical parameter makes new light curves (files
+    under the new provenance) beside the old ones.
     """
 
     name = "ztf"
-    family = "survey"
     reads = ()
     settings = ("surveys.ztf", "surveys.cache_dir", "surveys.fsync")
-    executor = "thread"
+    section = "ztf"
+    steps = ("ztf",)
     survey = "ztf"
-
-    @classmethod
-    def enabled(cls, config) -> bool:
-        return "ztf" in config.surveys.run
-
-    def __init__(
-        self,
-        root: Path,
-        config: SurveysConfig,
-        *,
-        upstream: tuple[str, ...] = (),
-        inputs: dict[str, Any] | None = None,
-        critical: dict[str, Any] | None = None,
-        refresh: bool = False,
-        limit: int | None = None,
-        client: HttpClient | None = None,
-    ) -> None:
-        extra = {"inputs": inputs} if inputs else {}
-        super().__init__(root, config.ztf, upstream=upstream, **extra)
-        self.surveys = config
-        # twice the HTTP slots: threads parse, reduce and write while others wait on the archive;
-        # the client's semaphore still bounds the requests in flight
-        self.max_in_flight = 2 * config.ztf.http.concurrency
-        self.durable = config.fsync
-        self.cache_dir = resolve_cache_dir(root, config)
-        self.refresh = refresh
-        self.limit = limit
-        self._client = client
-
-    @property
-    def client(self) -> HttpClient:
-        if self._client is None:
-            http = self.config.http
-            self._client = HttpClient(
-                http,
-                credentials=load_credentials(env_prefix=http.credentials_env, file=http.credentials_file),
-            )
-        return self._client
 
     def key(self, target: Target) -> str:
         return f"{target.catalog}/{target.name}@{self.config.collection}"
@@ -457,7 +342,7 @@ class ZtfDownloader(DownloadRecorder, Stage):
             with atomic_write_path(raw, durable=self.durable) as tmp:
                 tmp.write_bytes(content)
         common = {
-            "raw_path": str(raw),
+            "path": str(raw),
             "sha256": _sha256(content),
             "size_bytes": len(content),
         }
@@ -471,16 +356,18 @@ class ZtfDownloader(DownloadRecorder, Stage):
             table, ra_deg=query.ra_deg, dec_deg=query.dec_deg, config=cfg, catalogue_mag=p.get("mag")
         )
         meta.update({"rejected": reduction.rejected, "n_seasons": reduction.n_seasons})
+        # under the provenance: light curves of other settings stay beside these
         folder = self.product_path(
             "lightcurves",
             "ztf",
+            self.provenance_id,
             f"ra{int(np.floor(query.ra_deg)) % 360:03d}",
             f"{safe_name(p['catalog'])}_{safe_name(p['name'])}",
         )
         lcs = []
         for lc in reduction.lightcurves:
             path = folder / f"{lc.object_id}_{lc.band}_s{lc.season}.parquet"
-            meta = {
+            lc_meta = {
                 **lc.table.meta,
                 "difference": False,
                 "target": p["name"],
@@ -488,7 +375,7 @@ class ZtfDownloader(DownloadRecorder, Stage):
                 "provenance_id": self.provenance_id,
             }
             with atomic_write_path(path, durable=self.durable) as tmp:
-                write_lc_file(lc.table, tmp, meta=meta)
+                write_lc_file(lc.table, tmp, meta=lc_meta)
             mjd = np.asarray(lc.table["mjd"])
             lcs.append(
                 {
@@ -510,17 +397,7 @@ class ZtfDownloader(DownloadRecorder, Stage):
         return ZtfOutcome("done", None, n_rows=reduction.n_epochs, meta=meta, lightcurves=lcs, **common)
 
     def record(self, session: Session, unit: Unit, result: ZtfOutcome) -> str:
-        row, existed = self._row(session, unit)
-        row.state, row.reason = result.state, result.reason
-        row.path, row.sha256, row.size_bytes, row.n_rows = (
-            result.raw_path,
-            result.sha256,
-            result.size_bytes,
-            result.n_rows,
-        )
-        meta = jsonable({**result.meta, "provenance_id": self.provenance_id})
-        row.meta = self._count_failure(row, meta) if result.state == "failed" else meta
-        row.fetched_utc = utcnow()
+        _, existed = self.record_outcome(session, unit, result)
         target_id = unit.payload["target_id"]
         if existed:  # asked before (refresh, or a retry): its light curves are replaced
             session.execute(
@@ -552,7 +429,13 @@ class ZtfDownloader(DownloadRecorder, Stage):
         return result.state
 
     def forget_products(self, session: Session) -> None:
+        """This provenance's light curves (rows and files) and the download rows settled under it."""
+        paths = list(
+            session.scalars(select(Lightcurve.path).where(Lightcurve.provenance_id == self.provenance_id))
+        )
         session.execute(delete(Lightcurve).where(Lightcurve.provenance_id == self.provenance_id))
+        self.remove_files(paths)
+        super().forget_products(session)
 
 
 @contextlib.contextmanager
@@ -607,21 +490,30 @@ def run_ztf(
 ) -> DriveReport:
     """Download and reduce ZTF light curves for the registered targets that need them."""
     stage = ZtfDownloader(root, config, refresh=refresh, limit=limit, client=client)
-    with registry.session() as s:
-        stage.ensure_provenance(s)
-        units = stage.plan(s)
     try:
-        return drive_threaded(registry, stage, units, workers=stage.max_in_flight, progress=progress)
+        return drive_stage(registry, stage, progress=progress)
     finally:
         if client is None and stage._client is not None:
             stage._client.close()
 
 
 def survey_lightcurves(
-    session: Session, root: Path, *, name: str, catalog: str | None = None, survey: str | None = None
+    session: Session,
+    root: Path,
+    *,
+    name: str,
+    catalog: str | None = None,
+    survey: str | None = None,
+    provenance: str | None = None,
+    current: Mapping[str, str] | None = None,
 ) -> Table:
     """The survey light curves of the target(s) called ``name`` stacked in time order, with
-    ``survey``, ``season`` and ``key`` columns; an empty Table when there are none."""
+    ``survey``, ``season`` and ``key`` columns; an empty Table when there are none.
+
+    ``provenance``: only the light curves of that provenance. ``current`` (stage name ->
+    provenance id): light curves made by one of those stages only under that id, so the light
+    curves of older settings (kept beside) do not enter twice.
+    """
     from astropy.table import vstack
 
     from darkroom.analysis.lcfile import read_lc_file
@@ -631,6 +523,13 @@ def survey_lightcurves(
         q = q.where(Target.catalog == catalog)
     if survey:
         q = q.where(Lightcurve.survey == survey)
+    if provenance:
+        q = q.where(Lightcurve.provenance_id == provenance)
+    elif current:
+        stale = select(Provenance.id).where(
+            Provenance.stage.in_(list(current)), Provenance.id.not_in(list(current.values()))
+        )
+        q = q.where(Lightcurve.provenance_id.not_in(stale))
     parts = []
     for row in session.scalars(q.order_by(Lightcurve.mjd_start)):
         if not row.path:
