@@ -43,3 +43,44 @@ def test_arcsat_report_renders_in_chromium(arcsat_calibrated, tmp_path):
     decoded = int(re.search(r'data-images-decoded="(\d+)"', body).group(1))
     total = int(re.search(r'data-images-total="(\d+)"', body).group(1))
     assert total >= 5 and decoded == total
+
+
+def test_report_reads_light_curves_from_the_registry_not_the_folder(tmp_path):
+    import numpy as np
+    from astropy.table import Table
+
+    from darkroom.facade import Repository
+    from darkroom.repo.models import Lightcurve, Provenance
+
+    repo = Repository.init(tmp_path / "repo")
+    folder = repo.root / "lightcurves"
+    rows = []
+    for prov, level in (("p-old", 1.0), ("p-new", 2.0)):
+        path = folder / prov / "T-1.ecsv"
+        path.parent.mkdir(parents=True)
+        Table(
+            {"mjd_utc": np.arange(5.0), "rel_flux": np.full(5, level), "rel_flux_err": np.full(5, 0.01)}
+        ).write(path)
+        rows.append((prov, path))
+    Table({"mjd_utc": [1.0], "rel_flux": [9.0], "rel_flux_err": [0.1]}).write(
+        folder / "stray.ecsv"
+    )  # no row: not a product
+    with repo.registry.session() as s:
+        for prov, path in rows:
+            s.add(Provenance(id=prov, stage="lightcurves", params={}, code_version="0", upstream=[]))
+            s.flush()
+            s.add(
+                Lightcurve(
+                    provenance_id=prov,
+                    key="darkroom:T-1:F",
+                    survey="darkroom",
+                    object_id="T-1",
+                    n_points=5,
+                    path=str(path.relative_to(repo.root)),
+                )
+            )
+    (newest,) = build_night_reports(repo, nights=["2025-01-01"])
+    assert [(lc.name, float(lc.table["rel_flux"][0])) for lc in newest.light_curves] == [("T-1", 2.0)]
+    (chosen,) = build_night_reports(repo, nights=["2025-01-01"], provenances=["p-old"])
+    assert [float(lc.table["rel_flux"][0]) for lc in chosen.light_curves] == [1.0]
+    repo.close()

@@ -11,6 +11,10 @@ the newest product of each kind).
 "Poor frame" is a query, not a flag a stage edits: a frame is poor under a quality
 provenance when its ``image_quality`` row says so, and under a light-curve provenance
 when its ``transparency`` row does (:func:`poor_image_ids`).
+
+The products of a night that are not per image (masters, coadds, the targets' light
+curves) are read here too (:func:`night_masters`, :func:`night_coadds`,
+:func:`target_lightcurves`), with the same choice of provenances.
 """
 
 from __future__ import annotations
@@ -25,15 +29,27 @@ from sqlalchemy.orm import Session
 from darkroom.repo.models import (
     Association,
     AstromSolution,
+    Calib,
+    Coadd,
     Exposure,
     Image,
     ImageQuality,
+    Lightcurve,
     PhotCal,
     SourceCatalog,
     Transparency,
 )
 
-__all__ = ["PRODUCT_TABLES", "ImageProducts", "extracted_images", "image_products", "poor_image_ids"]
+__all__ = [
+    "PRODUCT_TABLES",
+    "ImageProducts",
+    "extracted_images",
+    "image_products",
+    "night_coadds",
+    "night_masters",
+    "poor_image_ids",
+    "target_lightcurves",
+]
 
 #: product kind -> table (one row per image and provenance)
 PRODUCT_TABLES: dict[str, Any] = {
@@ -57,6 +73,7 @@ class ImageProducts:
 
     image: Image
     meta: dict[str, Any] = field(default_factory=dict)  # exposure metadata and ``raw_path``
+    exposure: Exposure | None = None  # the raw exposure (file, exposure time, state)
     catalog: SourceCatalog | None = None
     quality_row: ImageQuality | None = None
     astrom_row: AstromSolution | None = None
@@ -172,13 +189,19 @@ class ImageProducts:
 
 
 def _rows_by_image(
-    session: Session, table: Any, provenances: Sequence[str] | None, image_ids: Sequence[int] | None
+    session: Session,
+    table: Any,
+    provenances: Sequence[str] | None,
+    image_ids: Sequence[int] | None,
+    of_images: Any = None,
 ) -> dict[int, Any]:
     stmt = select(table)
     if provenances is not None:
         stmt = stmt.where(table.provenance_id.in_(list(provenances)))
     if image_ids is not None:
         stmt = stmt.where(table.image_id.in_(list(image_ids)))
+    if of_images is not None:  # a SELECT of image ids
+        stmt = stmt.where(table.image_id.in_(of_images))
     out: dict[int, Any] = {}
     for row in session.scalars(stmt.order_by(table.id)):
         out[row.image_id] = row  # the newest row wins when several provenances are chosen
@@ -192,34 +215,41 @@ def image_products(
     need: Sequence[str] = (),
     image_ids: Sequence[int] | None = None,
     image_provenances: Iterable[str] | None = None,
+    nights: Sequence[str] | None = None,
     only_ok: bool = True,
 ) -> list[ImageProducts]:
     """Calibrated images with their products of ``provenances`` (None: the newest of each kind).
 
     ``need`` names product kinds (keys of :data:`PRODUCT_TABLES`) an image must have to be
-    listed; ``image_provenances`` restricts the images to those calibrations; ``only_ok``
-    leaves out images of quarantined exposures. Ordered by mid-exposure time.
+    listed; ``image_provenances`` restricts the images to those calibrations, ``nights`` to
+    those nights; ``only_ok`` leaves out images of quarantined exposures. Ordered by
+    mid-exposure time.
     """
     provs = None if provenances is None else list(provenances)
     stmt = (
-        select(Image, Exposure.meta, Exposure.path)
+        select(Image, Exposure)
         .join(Exposure, Exposure.id == Image.exposure_id)
         .order_by(Image.mjd_mid, Image.id)
     )
     if only_ok:
         stmt = stmt.where(Exposure.state == "ok")
+    of_nights = None if nights is None else select(Image.id).where(Image.night.in_(list(nights)))
+    if of_nights is not None:
+        stmt = stmt.where(Image.id.in_(of_nights))
     if image_ids is not None:
         stmt = stmt.where(Image.id.in_(list(image_ids)))
     if image_provenances is not None:
         stmt = stmt.where(Image.provenance_id.in_(list(image_provenances)))
     products = {
-        kind: _rows_by_image(session, table, provs, image_ids) for kind, table in PRODUCT_TABLES.items()
+        kind: _rows_by_image(session, table, provs, image_ids, of_nights)
+        for kind, table in PRODUCT_TABLES.items()
     }
     out = []
-    for image, meta, raw_path in session.execute(stmt).all():
+    for image, exposure in session.execute(stmt).all():
         item = ImageProducts(
             image=image,
-            meta={**(meta or {}), "raw_path": raw_path},
+            meta={**(exposure.meta or {}), "raw_path": exposure.path},
+            exposure=exposure,
             catalog=products["catalog"].get(image.id),
             quality_row=products["quality"].get(image.id),
             astrom_row=products["astrom"].get(image.id),
@@ -263,3 +293,32 @@ def poor_image_ids(
         ):
             out.setdefault(image_id, []).append(reason or "low transparency")
     return {k: "; ".join(v) for k, v in out.items()}
+
+
+# --- the products of a night that are not per image ------------------------------------------
+
+
+def _of(stmt: Any, table: Any, provenances: Iterable[str] | None) -> Any:
+    return stmt if provenances is None else stmt.where(table.provenance_id.in_(list(provenances)))
+
+
+def night_masters(session: Session, night: str, provenances: Iterable[str] | None = None) -> list[Calib]:
+    """The master calibrations made from a night's frames (of ``provenances``; None: all), by kind."""
+    stmt = select(Calib).where(Calib.night == night).order_by(Calib.kind, Calib.id)
+    return list(session.scalars(_of(stmt, Calib, provenances)))
+
+
+def night_coadds(session: Session, night: str, provenances: Iterable[str] | None = None) -> list[Coadd]:
+    """The coadds of one night (of ``provenances``; None: all), by field and filter."""
+    stmt = select(Coadd).where(Coadd.night == night).order_by(Coadd.field, Coadd.filter, Coadd.id)
+    return list(session.scalars(_of(stmt, Coadd, provenances)))
+
+
+def target_lightcurves(session: Session, provenances: Iterable[str] | None = None) -> list[Lightcurve]:
+    """The light curves our own photometry made of the targets (the lightcurves stage), one per
+    target: of ``provenances``, the newest when several hold one (None: of any provenance)."""
+    stmt = select(Lightcurve).where(Lightcurve.survey == "darkroom", Lightcurve.path.is_not(None))
+    newest: dict[str, Lightcurve] = {}
+    for row in session.scalars(_of(stmt, Lightcurve, provenances).order_by(Lightcurve.id)):
+        newest[row.object_id or row.key] = row
+    return [newest[name] for name in sorted(newest)]

@@ -1,12 +1,15 @@
 """Night reports from the registry: fill :class:`~darkroom.report.NightReport` and write HTML.
 
-Wiring only: this module reads the registry and product files and hands plain
-tables and arrays to :mod:`darkroom.report`, which renders them.
+Wiring only: this module reads the recorded products through
+:mod:`darkroom.pipeline.products` (the per-image product tables, the night's masters,
+coadds and target light curves, of chosen provenances), reads their files, and hands
+plain tables and arrays to :mod:`darkroom.report`, which renders them.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +18,15 @@ from astropy.io import fits
 from astropy.table import Table
 from sqlalchemy import select
 
-from darkroom.pipeline.products import ImageProducts, image_products
-from darkroom.repo.models import Calib, Coadd, Exposure, Image, Task
+from darkroom.pipeline.products import (
+    ImageProducts,
+    image_products,
+    night_coadds,
+    night_masters,
+    target_lightcurves,
+)
+from darkroom.pipeline.queries import safe_name
+from darkroom.repo.models import Exposure, Image, Task
 from darkroom.report import (
     MasterSummary,
     NightPicture,
@@ -35,36 +45,35 @@ __all__ = ["build_night_reports", "write_reports"]
 log = logging.getLogger(__name__)
 
 
-def _frames(repo: Repository, night: str) -> Table:
+def _frames(repo: Repository, night: str, provenances: Iterable[str] | None) -> Table:
+    cols: dict[str, list] = {
+        k: []
+        for k in (
+            "image_id",
+            "file",
+            "time_utc",
+            "filter",
+            "exptime_s",
+            "fwhm_arcsec",
+            "ellipticity",
+            "sky_adu",
+            "n_sources",
+            "zero_point",
+            "zero_point_err",
+            "astrom_rms_arcsec",
+            "astrom_flag",
+            "quality_flag",
+            "state",
+        )
+    }
     with repo.registry.session() as s:
-        # One row per exposure: the newest calibrated image (highest id) with its newest products.
+        # One row per exposure: the newest calibrated image (highest id) with its products.
         latest: dict[int, ImageProducts] = {}
-        for ip in image_products(s, None, only_ok=False):
-            if ip.night == night:
+        for ip in image_products(s, provenances, nights=[night], only_ok=False):
+            if ip.exposure_id not in latest or ip.id > latest[ip.exposure_id].id:
                 latest[ip.exposure_id] = ip
-        exposures = {e.id: e for e in s.scalars(select(Exposure).where(Exposure.id.in_(list(latest))))}
-        cols: dict[str, list] = {
-            k: []
-            for k in (
-                "image_id",
-                "file",
-                "time_utc",
-                "filter",
-                "exptime_s",
-                "fwhm_arcsec",
-                "ellipticity",
-                "sky_adu",
-                "n_sources",
-                "zero_point",
-                "zero_point_err",
-                "astrom_rms_arcsec",
-                "astrom_flag",
-                "quality_flag",
-                "state",
-            )
-        }
         for image in sorted(latest.values(), key=lambda ip: (ip.mjd_mid or 0, ip.id)):
-            exp = exposures[image.exposure_id]
+            exp = image.exposure
             q, a, p = image.quality, image.astrom, image.photcal
             cols["image_id"].append(image.id)
             cols["file"].append(Path(exp.path).name)
@@ -79,13 +88,14 @@ def _frames(repo: Repository, night: str) -> Table:
             cols["zero_point_err"].append(p.get("zp_err", p.get("zero_point_err")))
             cols["astrom_rms_arcsec"].append(a.get("rms_arcsec"))
             cols["astrom_flag"].append(image.astrom_flag)
-            # poor by the quality limits or, under the newest light-curve provenance, by clouds
+            # poor by the quality limits or, under the chosen light-curve provenance, by clouds
             cols["quality_flag"].append("poor" if image.poor else image.quality_flag)
             cols["state"].append(exp.state)
     return Table({k: np.array(v, dtype=object) for k, v in cols.items()})
 
 
 def _thumbnail(path: Path) -> np.ndarray | None:
+    """The image of a master file (its primary HDU), or None when it cannot be read."""
     try:
         with fits.open(path, memmap=False) as hdul:
             return np.asarray(hdul[0].data, dtype=np.float32)
@@ -94,38 +104,39 @@ def _thumbnail(path: Path) -> np.ndarray | None:
         return None
 
 
-def _masters(repo: Repository, night: str) -> list[MasterSummary]:
+def _masters(repo: Repository, night: str, provenances: Iterable[str] | None) -> list[MasterSummary]:
     with repo.registry.session() as s:
-        calibs = s.scalars(select(Calib).where(Calib.night == night).order_by(Calib.kind, Calib.id)).all()
-        out = []
-        for c in calibs:
-            stats = {
-                k: v
-                for k, v in (c.stats or {}).items()
-                if k not in ("record", "counts", "bad_columns", "bad_rows")
-            }
-            data = _thumbnail(repo.path(c.path)) if c.path else None
-            out.append(
-                MasterSummary(
-                    kind=c.kind,
-                    name=Path(c.path or "").name,
-                    n_inputs=c.n_inputs,
-                    stats=stats,
-                    thumbnail=data,
-                    flag=c.flag,
-                )
+        calibs = night_masters(s, night, provenances)
+    out = []
+    for c in calibs:
+        stats = {
+            k: v
+            for k, v in (c.stats or {}).items()
+            if k not in ("record", "counts", "bad_columns", "bad_rows")
+        }
+        out.append(
+            MasterSummary(
+                kind=c.kind,
+                name=Path(c.path or "").name,
+                n_inputs=c.n_inputs,
+                stats=stats,
+                thumbnail=_thumbnail(repo.path(c.path)) if c.path else None,
+                flag=c.flag,
             )
+        )
     return out
 
 
-def _light_curves(repo: Repository, frames: Table) -> list[TargetLightCurve]:
-    """The newest light curve file of each target, cut to this night's frames."""
+def _light_curves(
+    repo: Repository, frames: Table, provenances: Iterable[str] | None
+) -> list[TargetLightCurve]:
+    """The newest light curve of each target (the lightcurves stage's rows), cut to this night's frames."""
     ids = {int(i) for i in frames["image_id"]} if len(frames) else set()
-    newest: dict[str, Path] = {}
-    for path in sorted((repo.root / "lightcurves").rglob("*.ecsv"), key=lambda p: p.stat().st_mtime):
-        newest[path.stem] = path
+    with repo.registry.session() as s:
+        rows = [(row.object_id or row.key, row.path) for row in target_lightcurves(s, provenances)]
     out = []
-    for name, path in sorted(newest.items()):
+    for name, rel in rows:
+        path = repo.path(rel)
         try:
             table = Table.read(path, format="ascii.ecsv")
         except (OSError, ValueError) as exc:
@@ -139,7 +150,7 @@ def _light_curves(repo: Repository, frames: Table) -> list[TargetLightCurve]:
             excluded_times = _excluded_times(frames, excluded, table)
             out.append(
                 TargetLightCurve(
-                    name=name,
+                    name=safe_name(name),
                     table=table,
                     contacts=contacts,
                     contacts_source="NASA Exoplanet Archive" if contacts else "",
@@ -177,13 +188,12 @@ def _excluded_times(frames: Table, excluded: list[int], table: Table) -> tuple[f
 
 def _contacts(repo: Repository, name: str, table: Table) -> dict[str, float] | None:
     """Predicted transit times of a known planet near this light curve (cached ephemeris only)."""
-    from darkroom.pipeline.queries import safe_name
     from darkroom.pipeline.targets import planet_ephemerides
     from darkroom.timeseries.ephemeris import predict_transit
 
     if "bjd_tdb" not in table.colnames:
         return None
-    target = next((t.name for t in repo.config.targets if safe_name(t.name) == name), name)
+    target = next((t.name for t in repo.config.targets if name in (t.name, safe_name(t.name))), name)
     eph = planet_ephemerides(repo.root, [target], repo.config.names, online=False).get(target)
     if eph is None:
         return None
@@ -192,8 +202,11 @@ def _contacts(repo: Repository, name: str, table: Table) -> dict[str, float] | N
     return predict_transit(eph, float(np.median(t))).as_dict() if len(t) else None
 
 
-def build_night_reports(repo: Repository, *, nights: list[str] | None = None) -> list[NightReport]:
-    """One report per night that has exposures (or the nights asked for)."""
+def build_night_reports(
+    repo: Repository, *, nights: list[str] | None = None, provenances: Iterable[str] | None = None
+) -> list[NightReport]:
+    """One report per night that has exposures (or the nights asked for), with the products of
+    ``provenances`` (None: the newest of each kind, :mod:`darkroom.pipeline.products`)."""
     with repo.registry.session() as s:
         all_nights = sorted(n for n in s.scalars(select(Exposure.night).distinct()) if n)
         failures_all = s.execute(
@@ -206,7 +219,7 @@ def build_night_reports(repo: Repository, *, nights: list[str] | None = None) ->
         image_night = dict(s.execute(select(Image.id, Image.night)).all())
     reports = []
     for night in nights or all_nights:
-        frames = _frames(repo, night)
+        frames = _frames(repo, night, provenances)
         failures = [
             TaskFailure(stage, key, reason or "")
             for stage, key, reason in failures_all
@@ -226,11 +239,11 @@ def build_night_reports(repo: Repository, *, nights: list[str] | None = None) ->
                 night,
                 repo.root,
                 frames=frames,
-                masters=_masters(repo, night),
+                masters=_masters(repo, night, provenances),
                 failures=failures,
                 quarantined=quarantined,
-                light_curves=_light_curves(repo, frames),
-                pictures=_pictures(repo, night),
+                light_curves=_light_curves(repo, frames, provenances),
+                pictures=_pictures(repo, night, provenances),
                 summary=summary,
             )
         )
@@ -241,15 +254,15 @@ def build_night_reports(repo: Repository, *, nights: list[str] | None = None) ->
 _WAVELENGTH_ORDER = ("y", "z", "i", "ha", "r", "v", "g", "b", "u")
 
 
-def _pictures(repo: Repository, night: str) -> list[NightPicture]:
+def _pictures(repo: Repository, night: str, provenances: Iterable[str] | None) -> list[NightPicture]:
     """The night's coadds (thumbnails) and, per field with three filters, a colour composite."""
     from darkroom.imaging import make_rgb, read_planes
 
     with repo.registry.session() as s:
-        coadds = s.scalars(
-            select(Coadd).where(Coadd.night == night).order_by(Coadd.field, Coadd.filter)
-        ).all()
-        rows = [(c.field, c.filter, c.path, c.n_inputs, c.exptime_s, dict(c.values or {})) for c in coadds]
+        rows = [
+            (c.field, c.filter, c.path, c.n_inputs, c.exptime_s, dict(c.values or {}))
+            for c in night_coadds(s, night, provenances)
+        ]
     pictures = []
     by_field: dict[str, dict[str, Path]] = {}
     for field, band, path, n, exptime, values in rows:
