@@ -71,11 +71,12 @@ from darkroom.catalogs import (
 )
 from darkroom.config import AstrometrySettings
 from darkroom.errors import BadInputError, SolveError
+from darkroom.io.fitsheader import rewrite_header
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.products import ImageProducts, extracted_images
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import AstromSolution, Image
-from darkroom.repo.store import atomic_path, sha256_file
+from darkroom.repo.store import atomic_path
 
 __all__ = ["AstrometrySettings", "AstrometryStage", "SolveSettings", "header_wcs", "wcs_from_astrom"]
 
@@ -598,30 +599,36 @@ class AstrometryStage(Stage):
 
     def _wcs_into_image(self, rel_path: str, wcs_header: fits.Header) -> str | None:
         """Write the solution into the calibrated image's SCI header (old WCS cards replaced), so
-        that any FITS viewer shows it; returns the file's new checksum (None when unreadable)."""
+        that any FITS viewer shows it; returns the file's new checksum (None when unreadable).
+        Only the header blocks change: the planes are copied as bytes."""
         path = self.root / rel_path
         try:
             with fits.open(path, memmap=False) as hdul:
-                hdul = fits.HDUList([hdu.copy() for hdu in hdul])
+                sci_name = "SCI" if "SCI" in hdul else 0
+                append = []
+                if _GIVEN_WCS not in hdul:
+                    # keep the frame's own WCS, so that another provenance starts from what it was given
+                    cards = hdul[sci_name].header.cards
+                    given = fits.Header([c for c in cards if c.keyword and _WCS_KEY.match(c.keyword)])
+                    given["EXTNAME"] = (_GIVEN_WCS, "the WCS the calibrated frame came with")
+                    append.append(given)
         except (OSError, KeyError) as exc:
             log.warning("solution not written into %s: %s", path.name, exc)
             return None
-        sci = hdul["SCI"].header if "SCI" in hdul else hdul[0].header
-        if _GIVEN_WCS not in hdul:
-            # keep the frame's own WCS, so that another provenance starts from what it was given
-            given = fits.Header([c for c in sci.cards if c.keyword and _WCS_KEY.match(c.keyword)])
-            given["EXTNAME"] = (_GIVEN_WCS, "the WCS the calibrated frame came with")
-            hdul.append(fits.ImageHDU(header=given))
-        for key in [k for k in sci if _WCS_KEY.match(k)]:
-            sci.remove(key, ignore_missing=True, remove_all=True)
-        for card in wcs_header.cards:
-            if (card.keyword and _WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL":
-                sci[card.keyword] = (card.value, card.comment)
-        sci.add_history("darkroom.astrom: WCS from the astrometry stage")
-        with warnings.catch_warnings(), atomic_path(path) as tmp:
-            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            hdul.writeto(tmp)
-        return sha256_file(path)
+
+        def update(sci: fits.Header) -> None:
+            for key in [k for k in sci if _WCS_KEY.match(k)]:
+                sci.remove(key, ignore_missing=True, remove_all=True)
+            for card in wcs_header.cards:
+                if (card.keyword and _WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL":
+                    sci[card.keyword] = (card.value, card.comment)
+            sci.add_history("darkroom.astrom: WCS from the astrometry stage")
+
+        try:
+            return rewrite_header(path, sci_name, update, append=append)
+        except BadInputError as exc:
+            log.warning("solution not written into %s: %s", path.name, exc.reason)
+            return None
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         for item in result["frames"]:

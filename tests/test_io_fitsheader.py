@@ -1,0 +1,74 @@
+"""Given a calibrated-image file, rewriting one header swaps only its blocks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from darkroom.errors import BadInputError
+from darkroom.io.atomic import sha256_file
+from darkroom.io.fitsheader import rewrite_header
+
+
+def _calibrated(path, n_cards: int = 20):
+    rng = np.random.default_rng(1)
+    sci_h = fits.Header()
+    sci_h["EXTNAME"] = "SCI"
+    for k in range(n_cards):
+        sci_h[f"KEY{k}"] = (k, "a card")
+    sci_h["CRPIX1"] = 10.0
+    hdus = fits.HDUList(
+        [
+            fits.PrimaryHDU(),
+            fits.ImageHDU(rng.normal(size=(50, 70)).astype(np.float32), header=sci_h),
+            fits.ImageHDU(rng.integers(0, 4, size=(50, 70)).astype(np.uint16), name="MASK"),
+            fits.ImageHDU(rng.random((50, 70)).astype(np.float32), name="VAR"),
+        ]
+    )
+    hdus.writeto(path)
+    return hdus
+
+
+@pytest.mark.parametrize("n_new", [3, 200])  # the header stays in its blocks / grows by blocks
+def test_rewritten_header_equals_what_astropy_writes(tmp_path, n_new):
+    path = tmp_path / "cal.fits"
+    _calibrated(path)
+
+    def update(h: fits.Header) -> None:
+        h.remove("CRPIX1")
+        for k in range(n_new):
+            h[f"NEW{k}"] = (k * 0.5, "added")
+        h.add_history("rewritten")
+
+    given = fits.Header()
+    given["CRPIX1"] = 10.0
+    given["EXTNAME"] = "GIVENWCS"
+    sha = rewrite_header(path, "SCI", update, append=[given])
+
+    # the same change made through astropy's own reader and writer
+    expected = tmp_path / "expected.fits"
+    with fits.open(path) as done:
+        assert [h.name for h in done] == ["PRIMARY", "SCI", "MASK", "VAR", "GIVENWCS"]
+        done.verify("exception")
+    original = tmp_path / "orig.fits"
+    hdul = _calibrated(original)
+    update(hdul["SCI"].header)
+    hdul.append(fits.ImageHDU(header=given))
+    hdul.writeto(expected)
+    assert path.read_bytes() == expected.read_bytes()
+    assert sha == sha256_file(path)
+    with fits.open(path) as h:
+        assert h["SCI"].header["NEW1"] == 0.5 and "CRPIX1" not in h["SCI"].header
+        np.testing.assert_array_equal(h["VAR"].data, fits.getdata(original, "VAR"))
+
+
+def test_layout_change_and_missing_extension_are_refused(tmp_path):
+    path = tmp_path / "cal.fits"
+    _calibrated(path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="NAXIS1"):
+        rewrite_header(path, "SCI", lambda h: h.set("NAXIS1", 71))
+    with pytest.raises(BadInputError, match=r"cal\.fits"):
+        rewrite_header(path, "NOPE", lambda h: None)
+    assert path.read_bytes() == before  # nothing written on refusal
