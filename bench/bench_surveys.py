@@ -31,8 +31,10 @@ from werkzeug import Request, Response
 from werkzeug.serving import make_server
 
 from _common import max_rss_mb, print_table
-from darkroom.pipeline.sdss import FIELD_SURVEY, FILE_SURVEY, run_cutouts
-from darkroom.pipeline.surveys import import_targets, run_ztf
+from darkroom.pipeline.cutouts import run_cutouts
+from darkroom.pipeline.sdss import FIELD_SURVEY, FILE_SURVEY
+from darkroom.pipeline.survey_targets import import_targets
+from darkroom.pipeline.ztf import run_ztf
 from darkroom.repo.models import Download, Target
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import cutout_cube

@@ -160,8 +160,9 @@ def test_thread_executor_yields_every_unit():
 
 
 def test_survey_stages_built_from_their_section_have_the_run_provenance():
-    from darkroom.pipeline.sdss import CutoutStage, SdssDownloader, SdssFieldFinder
-    from darkroom.pipeline.surveys import ZtfDownloader
+    from darkroom.pipeline.cutouts import CutoutStage
+    from darkroom.pipeline.sdss import SdssDownloader, SdssFieldFinder
+    from darkroom.pipeline.ztf import ZtfDownloader
 
     def provenances(*overrides: str) -> dict[str, str]:
         cfg = load_config(None, ["surveys.run=[ztf, sdss, cutouts]", *overrides])

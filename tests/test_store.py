@@ -98,3 +98,23 @@ def test_atomic_path_writes_in_a_private_folder_and_applies_the_mode(tmp_path):
     (orphan / "x.fits").write_bytes(b"half")
     os.utime(orphan, (1, 1))
     assert remove_orphan_temps(tmp_path) == [orphan] and not orphan.exists()
+
+
+def test_quick_path_renames_into_place_and_leaves_nothing_on_failure(tmp_path):
+    from darkroom.io.atomic import atomic_write_path, quick_path, sha256_bytes
+
+    target = tmp_path / "a" / "lc.parquet"
+    with quick_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(TEMP_PREFIX) and tmp.suffix == ".parquet"
+        assert (tmp.stat().st_mode & 0o777) == 0o600  # made exclusively, private until renamed
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and sha256_bytes(b"new") == sha256_file(target)
+    with pytest.raises(RuntimeError), quick_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["lc.parquet"]
+    for durable in (True, False):  # fsynced or quick: the same file in the end
+        with atomic_write_path(target, durable=durable) as tmp:
+            tmp.write_bytes(b"x%d" % durable)
+        assert target.read_bytes() == b"x%d" % durable
+    assert sorted(p.name for p in target.parent.iterdir()) == ["lc.parquet"]

@@ -22,7 +22,8 @@ from werkzeug import Response
 import darkroom
 from darkroom.facade import Repository
 from darkroom.io.atomic import TEMP_PREFIX
-from darkroom.pipeline.surveys import import_targets, run_ztf
+from darkroom.pipeline.survey_targets import import_targets
+from darkroom.pipeline.ztf import run_ztf
 from darkroom.repo.models import Download, Lightcurve
 
 N_TARGETS = 2000

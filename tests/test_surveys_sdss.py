@@ -17,10 +17,11 @@ from werkzeug import Response
 
 from darkroom.config import DarkroomConfig
 from darkroom.maskbits import MaskBit
+from darkroom.pipeline.cutouts import run_cutouts
 from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
-from darkroom.pipeline.sdss import run_cutouts, run_sdss
-from darkroom.pipeline.surveys import import_targets
+from darkroom.pipeline.sdss import run_sdss
+from darkroom.pipeline.survey_targets import import_targets
 from darkroom.repo.models import Download, Provenance
 from darkroom.repo.registry import Registry
 from darkroom.surveys.cutouts import read_cube

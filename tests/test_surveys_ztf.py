@@ -21,17 +21,13 @@ from darkroom.analysis.lcfile import read_lc_file
 from darkroom.config import DarkroomConfig
 from darkroom.errors import ConfigError
 from darkroom.pipeline.stages import build_stages
-from darkroom.pipeline.surveys import (
-    SurveysConfig,
-    ZtfDownloader,
-    import_targets,
-    run_ztf,
-    survey_lightcurves,
-)
+from darkroom.pipeline.survey_targets import import_targets, survey_lightcurves
+from darkroom.pipeline.ztf import ZtfDownloader, run_ztf
 from darkroom.repo.models import Download, Lightcurve, Provenance, Target
 from darkroom.repo.registry import Registry
 from darkroom.surveys.http import load_credentials
-from darkroom.surveys.ztf import ZtfConfig, parse_reply, reduce_reply
+from darkroom.surveys.settings import SurveysConfig
+from darkroom.surveys.ztf import ZtfConfig, parse_reply, reduce_reply, skip_reason
 
 STAR = (359.99975, 51.39372)  # MANIFEST: the faint star of the recorded reply
 
@@ -86,6 +82,15 @@ def test_distance_and_magnitude_cuts_name_what_they_leave_out(reply_bytes):
     assert far.lightcurves == [] and len(far.rejected) == 5
     bright = reduce_reply(table, ra_deg=STAR[0], dec_deg=STAR[1], config=ZtfConfig(), catalogue_mag=17.0)
     assert bright.lightcurves == [] and all("vs catalogue 17.00" in r for r in bright.rejected.values())
+
+
+def test_skip_rules_name_the_rule_and_the_values():
+    cfg = ZtfConfig(dec_min_deg=-30.0, mag_band="G", mag_limit=21.5)
+    assert skip_reason(cfg, dec_deg=-45.0, mag=18.0) == "skipped: Dec -45.00 deg south of dec_min_deg -30.0"
+    assert skip_reason(cfg, dec_deg=10.0, mag=22.5) == "skipped: G = 22.50 fainter than mag_limit 21.50"
+    for mag in (21.5, None, float("nan")):  # at the limit, or no magnitude known: asked
+        assert skip_reason(cfg, dec_deg=-30.0, mag=mag) is None
+    assert skip_reason(ZtfConfig(mag_band=None), dec_deg=10.0, mag=25.0) is None  # no magnitude rules
 
 
 # --- the IRSA stand-in ---------------------------------------------------------------------------

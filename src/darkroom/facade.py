@@ -198,7 +198,7 @@ class Repository:
         table["exptime_s"].unit = "s"
         return table
 
-    # -- survey light curves (darkroom.pipeline.surveys) ---------------------------
+    # -- survey light curves (darkroom.pipeline.survey_targets) ---------------------------
     def survey_lightcurves(
         self,
         name: str,
@@ -213,7 +213,7 @@ class Repository:
 
         ``provenance`` names the provenance to read (``darkroom status`` lists them); by default
         the survey stages' under the current configuration."""
-        from darkroom.pipeline.surveys import survey_lightcurves
+        from darkroom.pipeline.survey_targets import survey_lightcurves
 
         current = self.stage_provenances()
         with self.registry.session() as s:

@@ -1,6 +1,7 @@
 """Survey commands: ``darkroom targets import``, ``darkroom survey ztf|sdss``, ``darkroom cutouts``.
 
-Thin wiring over :mod:`darkroom.pipeline.surveys` and :mod:`darkroom.pipeline.sdss`; errors
+Thin wiring over :mod:`darkroom.pipeline.ztf`, :mod:`darkroom.pipeline.sdss` and
+:mod:`darkroom.pipeline.cutouts`; errors
 print as one line and exit 1; a step with failed targets exits 2 after its summary.
 """
 
@@ -52,7 +53,7 @@ def _setup_logging(quiet: bool) -> None:
     for noisy in ("alembic", "astropy", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # one line per target would drown the progress bar
-    logging.getLogger("darkroom.pipeline.surveys").setLevel(logging.WARNING)
+    logging.getLogger("darkroom.pipeline.threaded").setLevel(logging.WARNING)
 
 
 def _bar(quiet: bool) -> Progress:
@@ -124,7 +125,7 @@ def register(app: typer.Typer) -> None:
         from darkroom.catalogs.online import VIZIER_URL
         from darkroom.facade import Repository
         from darkroom.pipeline.survey_stage import resolve_cache_dir
-        from darkroom.pipeline.surveys import import_targets
+        from darkroom.pipeline.survey_targets import import_targets
         from darkroom.surveys.targets import (
             DEFAULT_CATALOGS,
             fetch_default_catalog,
@@ -169,7 +170,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """ZTF light curves for every registered target (IRSA), kept raw and reduced; resumable."""
         from darkroom.facade import Repository
-        from darkroom.pipeline.surveys import run_ztf
+        from darkroom.pipeline.ztf import run_ztf
 
         _setup_logging(quiet)
         try:
@@ -248,7 +249,7 @@ def register(app: typer.Typer) -> None:
         """A band x size x size cube per target (each band cut through its own WCS, mask plane where the
         stamp leaves the frame), one FITS per target plus cubes.h5 and index.csv; resumable."""
         from darkroom.facade import Repository
-        from darkroom.pipeline.sdss import run_cutouts
+        from darkroom.pipeline.cutouts import run_cutouts
 
         _setup_logging(quiet)
         try:

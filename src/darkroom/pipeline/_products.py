@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable", "raw_stem", "safe_file_name", "short_hash"]
+__all__ = ["jsonable", "raw_stem", "safe_file_name", "safe_name", "short_hash"]
 
 
 def short_hash(text: str) -> str:
@@ -44,3 +44,8 @@ def raw_stem(path: str | Path) -> str:
 def safe_file_name(text: str) -> str:
     """``text`` with anything but letters, digits and ``_.+-`` replaced, for a product file name."""
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)[:80] or "unknown"
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a target name (surrounding blanks dropped; ``target`` when empty)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text.strip())[:80] or "target"

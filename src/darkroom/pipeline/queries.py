@@ -46,6 +46,7 @@ from sqlalchemy.orm import Session
 from darkroom.catalogs import resolve_catalog_source
 from darkroom.errors import BadInputError, ConfigError
 from darkroom.phot.match import match_catalogs, radec_to_unit
+from darkroom.pipeline._products import safe_name
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
 from darkroom.timeseries.field import (
@@ -95,11 +96,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def safe_name(text: str) -> str:
-    """A file-name-safe form of a target name."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text.strip())[:80] or "target"
 
 
 def _norm_name(text: str) -> str:

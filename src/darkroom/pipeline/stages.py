@@ -56,13 +56,14 @@ from darkroom.pipeline.badpixels import BadPixelStage
 from darkroom.pipeline.calibrate import CalibrateStage
 from darkroom.pipeline.calibration import MasterBiasStage, MasterDarkStage, MasterFlatStage
 from darkroom.pipeline.coadd import CoaddStage
+from darkroom.pipeline.cutouts import CutoutStage
 from darkroom.pipeline.extract import ExtractStage
 from darkroom.pipeline.lightcurves import LightCurvesStage
 from darkroom.pipeline.photometry import PhotometryStage
 from darkroom.pipeline.quality import QualityStage
-from darkroom.pipeline.sdss import CutoutStage, SdssDownloader, SdssFieldFinder
+from darkroom.pipeline.sdss import SdssDownloader, SdssFieldFinder
 from darkroom.pipeline.stage import Stage, declared_critical
-from darkroom.pipeline.surveys import ZtfDownloader
+from darkroom.pipeline.ztf import ZtfDownloader
 
 __all__ = [
     "FAMILIES",

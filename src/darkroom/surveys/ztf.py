@@ -57,6 +57,7 @@ __all__ = [
     "query_for_target",
     "reduce_reply",
     "season_ids",
+    "skip_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,17 @@ def query_for_target(
         bad_catflags_mask=config.bad_catflags_mask,
         collection=config.collection,
     )
+
+
+def skip_reason(config: ZtfConfig, *, dec_deg: float, mag: float | None = None) -> str | None:
+    """Why a target is not asked for (``None``: ask): south of ``dec_min_deg`` [deg], where ZTF
+    never looks, or fainter than ``mag_limit`` in ``mag_band`` (``mag``: the catalogue's
+    magnitude in that band, None or NaN when unknown: no magnitude rule)."""
+    if dec_deg < config.dec_min_deg:
+        return f"skipped: Dec {dec_deg:+.2f} deg south of dec_min_deg {config.dec_min_deg:+.1f}"
+    if config.mag_band and mag is not None and np.isfinite(mag) and mag > config.mag_limit:
+        return f"skipped: {config.mag_band} = {mag:.2f} fainter than mag_limit {config.mag_limit:.2f}"
+    return None
 
 
 def cache_path(cache_dir: str | Path, query: ZtfQuery) -> Path:
