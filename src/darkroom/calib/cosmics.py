@@ -210,7 +210,13 @@ def _block_min(a: np.ndarray, b: int) -> np.ndarray:
     nby, nbx = -(-ny // b), -(-nx // b)
     if ny % b or nx % b:
         a = np.pad(a, ((0, nby * b - ny), (0, nbx * b - nx)), mode="edge")
-    return a.reshape(nby, b, nbx, b).min(axis=(1, 3))
+    # rows first (a reduction over a middle axis with a long contiguous inner one), then the
+    # columns as b strided minima: numpy reduces a short inner axis ~25x slower than this
+    rows = a.reshape(nby, b, nbx * b).min(axis=1)
+    out = rows[:, 0::b].copy()
+    for k in range(1, b):
+        np.minimum(out, rows[:, k::b], out=out)
+    return out
 
 
 class _Cache:
