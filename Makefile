@@ -25,9 +25,17 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
-bench: $(STAMP)
+# The peer reduction (../shared/tools/peer_baseline.py) runs in its own environment: it needs
+# photutils 3, darkroom pins photutils 2.
+PEER_VENV ?= .venv-peer
+$(PEER_VENV)/bin/python:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet numpy scipy "astropy>=6,<8" "ccdproc>=2.4,<3" \
+	  "photutils>=3,<4" "astroscrappy>=1.2,<2" "astroalign>=2.5,<3" "matplotlib>=3.8,<4" "batman-package>=2.4,<3"
+
+bench: $(STAMP) $(PEER_VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,19 +1,25 @@
 """Whole-night benchmark: the ARCSAT night (96 frames) from raw files to the XO-1 light curve.
 
-Runs ingest and every stage of ``darkroom run`` serially and on a local Dask
-cluster of 2 workers, each into a fresh repository, and prints the wall time per
-stage and in total, next to the ccdproc + photutils + astroscrappy tutorial stack
-(227 s wall on this machine for the same night, 106 s without cosmic rays: the
-issue's measured figure, not re-run here).
+In one invocation, side by side: the careful peer reduction
+(``../shared/tools/peer_baseline.py``: ccdproc + photutils + astroscrappy, run from
+there in a subprocess with the interpreter of ``.venv-peer``, which ``make bench`` makes
+with the peer's own libraries: it needs photutils 3, darkroom pins photutils 2;
+``DARKROOM_PEER_PYTHON`` names another interpreter),
+then darkroom's ingest and every stage of ``darkroom run`` serially and on a local
+Dask cluster of 2 workers, each into a fresh repository. Prints the wall time per
+stage and in total, and each darkroom run's speed-up over the peer.
 Run: .venv/bin/python bench/bench_night.py [--workers N [N ...]] [--skip-serial] [--skip-dask]
-(e.g. ``--workers 1 2 4``: one Dask run per count). The "driver CPU" row is the CPU time of
-the driving process (claims, records, scheduling): what --workers cannot spread out. The
-machine's load average is printed, since other work changes every figure.
+[--skip-peer] (e.g. ``--workers 1 2 4``: one Dask run per count). The "driver CPU" row is the
+CPU time of the driving process (claims, records, scheduling): what --workers cannot spread
+out. The machine's load average is printed, since other work changes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,13 +36,38 @@ from darkroom.pipeline.run import all_stages
 from darkroom.pipeline.runner import run_stage
 from darkroom.testing import shared_data_dir
 
-TUTORIAL_STACK_S = 227.0
+PEER_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "peer_baseline.py"
+PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peer" / "bin" / "python"
 XO1 = "targets=[{name: XO-1, ra_deg: 240.549333, dec_deg: 28.169556}]"
 
 
-def night(workers: int) -> tuple[dict[str, float], float]:
-    import os
+def peer() -> tuple[dict[str, float], float]:
+    """The peer script's own per-step wall times and its wall time from outside (start-up included)."""
+    script = Path(os.environ.get("DARKROOM_PEER_SCRIPT", PEER_SCRIPT))
+    if not script.exists():
+        raise SystemExit(f"peer script not found: {script} (set DARKROOM_PEER_SCRIPT, or --skip-peer)")
+    python = os.environ.get("DARKROOM_PEER_PYTHON") or str(PEER_PYTHON)
+    if not Path(python).exists():
+        raise SystemExit(f"no interpreter for the peer at {python}: run 'make bench', or --skip-peer")
+    data = shared_data_dir() / "arcsat-xo1b-transit"
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        done = subprocess.run(
+            [python, str(script), "--data", str(data), "--out", tmp],
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise SystemExit(f"peer script failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        summary = json.loads((Path(tmp) / "summary.json").read_text())
+    seconds = {f"peer: {k}": float(v) for k, v in summary.get("wall_s", {}).items()}
+    seconds["load average (1 min, start)"] = load0
+    return seconds, wall
 
+
+def night(workers: int) -> tuple[dict[str, float], float]:
     cpu0 = time.process_time()
     load0 = os.getloadavg()[0]
     data = shared_data_dir() / "arcsat-xo1b-transit"
@@ -70,13 +101,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[2])
     ap.add_argument("--skip-serial", action="store_true")
     ap.add_argument("--skip-dask", action="store_true", help="serial only")
+    ap.add_argument("--skip-peer", action="store_true", help="do not run the peer script")
     args = ap.parse_args()
     runs = []
+    peer_wall = None
+    if not args.skip_peer:
+        peer_seconds, peer_wall = peer()
+        runs.append(("peer", peer_seconds, peer_wall))
     if not args.skip_serial:
         runs.append(("serial", *night(0)))
     for n in [] if args.skip_dask else args.workers:
         runs.append((f"dask x{n}", *night(n)))
-    stages = list(runs[0][1])
+    stages = list(dict.fromkeys(k for _, seconds, _ in runs for k in seconds))
     rows = []
     for name in stages:
         row = {"stage": name, "size": "96 frames 1024^2"}
@@ -87,10 +123,11 @@ def main() -> None:
     for label, _, wall in runs:
         total[f"{label} [s]"] = wall
     rows.append(total)
-    ratio = {"stage": f"speed-up vs tutorial stack ({TUTORIAL_STACK_S:.0f} s)", "size": ""}
-    for label, _, wall in runs:
-        ratio[f"{label} [s]"] = TUTORIAL_STACK_S / wall
-    rows.append(ratio)
+    if peer_wall is not None:
+        ratio = {"stage": f"speed-up vs the peer ({peer_wall:.1f} s)", "size": ""}
+        for label, _, wall in runs:
+            ratio[f"{label} [s]"] = peer_wall / wall
+        rows.append(ratio)
     print_table(rows)
     print(f"max RSS of the driver {max_rss_mb():.0f} MB")
 
