@@ -20,7 +20,7 @@ from darkroom.phot.apcorr import aperture_correction, psf_minus_aperture
 from darkroom.phot.blend import blend_flags
 from darkroom.phot.forced import predict_positions
 from darkroom.phot.psfmodel import disc_mask, moffat_psf_model, psf_noise_area
-from darkroom.robust import MAD_TO_SIGMA, clipped_median, robust_std
+from darkroom.robust import MAD_TO_SIGMA, clipped_median, median, robust_std
 
 
 def test_robust_std_and_clipped_median_known_answers():
@@ -34,6 +34,24 @@ def test_robust_std_and_clipped_median_known_answers():
     assert err == pytest.approx(1.2533 * 2.0 * 0.986 / math.sqrt(n), rel=0.05)  # 3-sigma-truncated std
     assert clipped_median([1.0, 1.0, 1.0, 9.0], floor=0.5)[:3:2] == (1.0, 3)
     assert math.isnan(clipped_median([np.nan])[0]) and pytest.approx(1.4826, abs=1e-4) == MAD_TO_SIGMA
+
+
+@pytest.mark.parametrize("n", [70_001, 1 << 20])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_is_exactly_numpys(n, dtype):
+    rng = np.random.default_rng(n)
+    x = (300.0 + 50.0 * rng.standard_normal(n)).astype(dtype)
+    sorted_x, rounded = np.sort(x), np.round(x)  # a sorted image, many ties
+    tied = x.copy()
+    tied[::7] = x[0]
+    edge = x.copy()
+    edge[: n // 2 + 1] = -1e30  # the median outside the pivots: the fallback
+    nan = x.copy()
+    nan[n // 3] = np.nan
+    for values in (x, sorted_x, rounded, tied, edge, nan, np.full(n, 2.5, dtype), x[:-1]):
+        want, got = np.median(values), median(values)
+        assert got.dtype == want.dtype
+        assert got == want or (np.isnan(got) and np.isnan(want))
 
 
 def test_moffat_stamp_integrates_to_the_enclosed_flux_and_has_its_fwhm():

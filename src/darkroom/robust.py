@@ -10,9 +10,46 @@ import math
 
 import numpy as np
 
-__all__ = ["MAD_TO_SIGMA", "clipped_mean_std", "clipped_median", "robust_std"]
+__all__ = ["MAD_TO_SIGMA", "clipped_mean_std", "clipped_median", "median", "robust_std"]
 
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a normal sample -> its sigma
+
+_SELECT_MIN = 1 << 16  # below this many values np.median itself is as fast
+_SAMPLE = 1 << 14  # values in the pivot sample of :func:`median`
+
+
+def median(values: np.ndarray) -> np.floating:
+    """Exactly ``np.median(values)`` (value and dtype; NaN when any value is NaN) of all the
+    values, ~3x faster on large float arrays.
+
+    The median's two order statistics are selected among the values between two pivots
+    taken from an evenly strided sample (a few % of the values) instead of partitioning a
+    copy of the whole array: two counting passes, one small compress and one small
+    partition. When the pivots do not bracket the median (or NaN is present) it falls
+    back to ``np.median``.
+    """
+    a = np.asarray(values).ravel()
+    n = a.size
+    if n < _SELECT_MIN or a.dtype.kind != "f":
+        return np.median(a)
+    k_lo, k_hi = (n - 1) // 2, n // 2  # the order statistics np.median averages
+    sample = np.sort(a[:: n // _SAMPLE][:_SAMPLE])
+    m = sample.size
+    # the sample median's rank scatters by sqrt(m) / 2: pivots 4 of those away either side
+    half = int(2.0 * math.sqrt(m)) + 1
+    lo, hi = sample[max(0, m // 2 - half)], sample[min(m - 1, m // 2 + half)]
+    if not (lo <= hi):  # NaN in the sample
+        return np.median(a)
+    below = int(np.count_nonzero(a < lo))
+    band = a[(a >= lo) & (a <= hi)]
+    if not (below <= k_lo and below + band.size > k_hi):
+        return np.median(a)  # the pivots missed (or NaN: it counts in neither set)
+    if below + band.size + int(np.count_nonzero(a > hi)) != n:
+        return np.median(a)  # NaN among the values
+    i, j = k_lo - below, k_hi - below
+    part = np.partition(band, (i, j) if i != j else i)
+    # np.median's own mean of its middle value(s), for the same rounding and dtype
+    return np.median(part[i : j + 1])
 
 
 def robust_std(values: np.ndarray) -> float:

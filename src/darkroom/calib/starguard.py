@@ -32,6 +32,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erf
 
+from darkroom.robust import median
+
 __all__ = ["StarGuardConfig", "StarGuardResult", "find_stars", "protect_stars", "tuned_objlim"]
 
 _GAUSS_SIGMA_PER_FWHM = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -185,7 +187,7 @@ def find_stars(
     # bright, unsaturated and wider than a cosmic-ray track (a single pixel has b = 0.29)
     bright = (
         (objs["npix"] >= 4)
-        & (objs["peak"] > 20 * np.median(err))
+        & (objs["peak"] > 20 * median(err))
         & unsaturated
         & (ratio > 0)
         & (objs["b"] >= _MIN_STAR_B)

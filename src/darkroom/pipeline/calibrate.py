@@ -31,6 +31,7 @@ from darkroom.pipeline.calibration import (
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Calib, Exposure, Image
 from darkroom.repo.store import sha256_file
+from darkroom.robust import median
 
 __all__ = ["CalibrateStage"]
 
@@ -143,7 +144,9 @@ class CalibrateStage(Stage):
                     "n_cosmic_pixels": result.n_cosmic_pixels,
                     "n_bad_pixels": result.n_bad_pixels,
                     "n_saturated": result.n_saturated,
-                    "median_adu": float(np.median(result.sci[finite])) if finite.any() else None,
+                    "median_adu": float(median(result.sci if finite.all() else result.sci[finite]))
+                    if finite.any()
+                    else None,
                     "masters": {k: (p[k][0] if p.get(k) else None) for k in ("bias", "dark", "flat", "bpm")},
                     "skipped_masters": p.get("skipped_masters", []),
                     "noise_model": result.noise_model,
