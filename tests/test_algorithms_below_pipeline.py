@@ -156,3 +156,14 @@ def test_reference_catalog_resolved_against_the_repository(tmp_path):
     absolute = FileCatalogSource(kind="file", path=tmp_path / "x.ecsv")
     assert resolve_catalog_source(absolute, "/elsewhere").path == tmp_path / "x.ecsv"
     assert resolve_catalog_source(None, tmp_path) is None
+
+
+def test_mean_radec_across_ra_zero_and_at_the_pole():
+    from darkroom.phot.match import mean_radec
+
+    ra, dec = mean_radec(np.array([359.9, 0.1]), np.array([10.0, 10.0]))
+    assert min(ra, 360.0 - ra) < 1e-9 and dec == pytest.approx(10.0, abs=1e-4)  # not RA 180
+    ra, dec = mean_radec(np.array([0.0, 90.0, 180.0, 270.0]), np.full(4, 89.0))
+    assert dec == pytest.approx(90.0, abs=1e-9)
+    ra, dec = mean_radec(np.array([10.0, 20.0]), np.array([0.0, 0.0]))
+    assert (ra, dec) == (pytest.approx(15.0), pytest.approx(0.0, abs=1e-12))

@@ -764,7 +764,7 @@ def lightcurve(
     import numpy as np
 
     from darkroom.facade import Repository
-    from darkroom.pipeline.queries import safe_name
+    from darkroom.pipeline._products import safe_name
     from darkroom.timeseries import (
         plot_lightcurve,
         point_to_point_scatter,

@@ -275,7 +275,8 @@ class Repository:
         """Sources (id, field, mean position, reference-frame position, epochs, mean magnitudes)
         of the current association (``provenance``: of that associate provenance; ``all_provenances``:
         of every association)."""
-        from darkroom.pipeline.queries import LightCurveContext, source_table
+        from darkroom.pipeline.queries import LightCurveContext
+        from darkroom.pipeline.rows import source_table
 
         prov = provenance
         if not all_provenances and prov is None:
@@ -292,8 +293,9 @@ class Repository:
     ) -> Table:
         """Measurements of the current photometry (or ``provenance_id``), optionally of some
         sources and/or images, in time order (columns as
-        :func:`darkroom.pipeline.queries.field_measurements`)."""
-        from darkroom.pipeline.queries import LightCurveContext, field_measurements
+        :func:`darkroom.pipeline.rows.field_measurements`)."""
+        from darkroom.pipeline.queries import LightCurveContext
+        from darkroom.pipeline.rows import field_measurements
 
         if provenance_id is None:
             ctx = LightCurveContext.from_config(self.root, self.registry, self.config)

@@ -17,6 +17,7 @@ __all__ = [
     "match_catalogs",
     "match_points",
     "match_xy",
+    "mean_radec",
     "pixel_to_sky",
     "radec_to_unit",
     "sky_to_pixel",
@@ -30,6 +31,13 @@ def radec_to_unit(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
     dec = np.radians(np.asarray(dec_deg, dtype=np.float64))
     cd = np.cos(dec)
     return np.column_stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)])
+
+
+def mean_radec(ra_deg: np.ndarray, dec_deg: np.ndarray) -> tuple[float, float]:
+    """The mean direction of sky positions [deg]: RA in [0, 360) and Dec of the sum of their unit
+    vectors (right across RA 0 and near the poles, where averaging the angles is not)."""
+    ra, dec = unit_to_radec(radec_to_unit(ra_deg, dec_deg).sum(axis=0, keepdims=True))
+    return float(ra[0]), float(dec[0])
 
 
 def unit_to_radec(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,7 @@
 """The lightcurves stage: frame transparency, mean magnitudes and the targets' light curves, per field.
 
 Wiring only: :mod:`darkroom.timeseries.field` measures the transparency and assembles the curves;
-the registry queries live in :mod:`darkroom.pipeline.queries`.
+the registry queries live in :mod:`darkroom.pipeline.rows` and :mod:`darkroom.pipeline.objects`.
 
 ``lightcurves`` (one unit per field)
     Per frame, the transparency relative to a clear frame
@@ -34,19 +34,10 @@ from darkroom.phot import (
     PhotFlag,
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS
-from darkroom.pipeline._products import short_hash
+from darkroom.pipeline._products import safe_name, short_hash
+from darkroom.pipeline.objects import find_source
 from darkroom.pipeline.products import ImageProducts, image_products
-from darkroom.pipeline.queries import (
-    assemble_lightcurve,
-    bright_source_ids,
-    field_measurements,
-    find_source,
-    frame_table,
-    frame_transparency,
-    pool_source_ids,
-    pool_window,
-    safe_name,
-)
+from darkroom.pipeline.rows import bright_source_ids, field_measurements, frame_table, pool_source_ids
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import (
     Image,
@@ -57,6 +48,7 @@ from darkroom.repo.models import (
 )
 from darkroom.repo.store import atomic_path, sha256_file
 from darkroom.timeseries import plot_lightcurve, reference_level
+from darkroom.timeseries.field import assemble_lightcurve, frame_transparency, pool_window
 from darkroom.timeseries.settings import LightCurveSettings, TargetConfig
 
 __all__ = ["LightCurveSettings", "LightCurvesStage"]

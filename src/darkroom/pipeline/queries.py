@@ -5,12 +5,7 @@ Used by ``darkroom lightcurve``, :meth:`darkroom.Repository.lightcurve` and the
 :mod:`darkroom.timeseries`; this module only queries and joins.
 
 Finding the object
-    By sky position (the nearest source of the associate provenance within
-    ``match_radius_arcsec``), by name (a target of ``darkroom.yaml``, spaces, case and
-    ``-``/``_`` ignored, else a ``source_id`` of the reference catalog file) or by a
-    0-based pixel ``(x, y)`` of one frame (through that frame's WCS, or, in a field
-    without an absolute WCS, its ``to_reference`` transform into the field's reference
-    frame, where the nearest source within ``match_radius_pix`` is taken).
+    By sky position, by name or by a pixel of one frame: :mod:`darkroom.pipeline.objects`.
 
 Which rows
     Every measurement of the photometry provenance of the current configuration (the
@@ -31,8 +26,6 @@ Frame quality
 from __future__ import annotations
 
 import logging
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,66 +33,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.table import Table
-from sqlalchemy import and_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from darkroom.catalogs import resolve_catalog_source
 from darkroom.errors import BadInputError, ConfigError
-from darkroom.phot.match import match_catalogs, radec_to_unit
-from darkroom.pipeline._products import safe_name
-from darkroom.pipeline.products import ImageProducts, image_products
+from darkroom.phot.match import mean_radec
+from darkroom.pipeline.objects import find_source, latest_provenance, resolve_name, source_at_pixel
+from darkroom.pipeline.rows import bright_source_ids, field_measurements, frame_table, pool_source_ids
 from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
-from darkroom.timeseries.field import (
-    FRAME_COLUMNS,
-    QUALITY_BITS,
-    assemble_lightcurve,
-    comparison_window,
-    frame_transparency,
-    pool_window,
-)
+from darkroom.timeseries.field import assemble_lightcurve, pool_window
 from darkroom.timeseries.settings import LightCurveSettings, TargetConfig
 
 if TYPE_CHECKING:
     from darkroom.config import DarkroomConfig
     from darkroom.repo.registry import Registry
 
-from darkroom.pipeline.rows import (
-    bright_source_ids,
-    field_measurements,
-    frame_table,
-    measurement_table,
-    pool_source_ids,
-    source_table,
-)
-
-__all__ = [
-    "FRAME_COLUMNS",
-    "QUALITY_BITS",
-    "LightCurveContext",
-    "LightCurveSettings",
-    "TargetConfig",
-    "assemble_lightcurve",
-    "bright_source_ids",
-    "comparison_window",
-    "field_measurements",
-    "find_source",
-    "frame_table",
-    "frame_transparency",
-    "measurement_table",
-    "pool_source_ids",
-    "pool_window",
-    "query_lightcurve",
-    "resolve_name",
-    "safe_name",
-    "source_at_pixel",
-    "source_table",
-]
+__all__ = ["LightCurveContext", "query_lightcurve"]
 
 log = logging.getLogger(__name__)
-
-
-def _norm_name(text: str) -> str:
-    return re.sub(r"[\s_\-]+", "", text).lower()
 
 
 # ----------------------------------------------------------------------------- context
@@ -175,165 +126,6 @@ def _upstream_chain(session: Session, provenance_id: str) -> list[tuple[str, str
         out.append((pid, row.stage))
         todo.extend(row.upstream or [])
     return out
-
-
-# ----------------------------------------------------------------------------- finding the object
-
-
-def _sources_near(
-    session: Session, ra_deg: float, dec_deg: float, radius_arcsec: float, provenance_id: str | None
-) -> list[Source]:
-    half = radius_arcsec / 3600.0
-    cosd = max(math.cos(math.radians(dec_deg)), 1e-6)
-    dra = min(half / cosd, 180.0)
-    cond = [Source.dec_deg.between(dec_deg - half, dec_deg + half)]
-    lo, hi = ra_deg - dra, ra_deg + dra
-    if lo < 0 or hi >= 360:  # the box wraps through RA 0
-        cond.append((Source.ra_deg >= lo % 360.0) | (Source.ra_deg <= hi % 360.0))
-    else:
-        cond.append(Source.ra_deg.between(lo, hi))
-    if provenance_id is not None:
-        cond.append(Source.provenance_id == provenance_id)
-    return list(session.scalars(select(Source).where(and_(*cond))))
-
-
-def _nearest_on_sky(sources: Sequence[Source], ra_deg: float, dec_deg: float, radius_arcsec: float):
-    if not sources:
-        return None
-    ra = np.array([s.ra_deg for s in sources], float)
-    dec = np.array([s.dec_deg for s in sources], float)
-    i, j, _ = match_catalogs(np.array([ra_deg]), np.array([dec_deg]), ra, dec, radius_arcsec=radius_arcsec)
-    return sources[int(j[0])] if i.size else None
-
-
-def _latest_provenance(session: Session, stage: str, where) -> str | None:
-    row = session.execute(
-        select(Provenance.id)
-        .where(Provenance.stage == stage, where)
-        .order_by(Provenance.created_utc.desc(), Provenance.id)
-        .limit(1)
-    ).first()
-    return None if row is None else row[0]
-
-
-def find_source(
-    session: Session, *, ra_deg: float, dec_deg: float, radius_arcsec: float, provenance_id: str | None
-) -> Source | None:
-    """The source nearest to (ra_deg, dec_deg) [deg] within ``radius_arcsec``.
-
-    Searches ``provenance_id`` first; when that association has not run (no source of
-    it exists at all), the latest associate provenance that has sources near the point.
-    """
-    near = _sources_near(session, ra_deg, dec_deg, radius_arcsec, provenance_id)
-    best = _nearest_on_sky(near, ra_deg, dec_deg, radius_arcsec)
-    if best is not None or provenance_id is None:
-        return best
-    if session.scalar(select(Source.id).where(Source.provenance_id == provenance_id).limit(1)) is not None:
-        return None
-    near = _sources_near(session, ra_deg, dec_deg, radius_arcsec, None)
-    if not near:
-        return None
-    by_prov: dict[str, list[Source]] = {}
-    for s in near:
-        by_prov.setdefault(s.provenance_id, []).append(s)
-    latest = _latest_provenance(session, "associate", Provenance.id.in_(list(by_prov)))
-    if latest is None:
-        return None
-    log.warning("no association of the current configuration yet: using sources of provenance %s", latest)
-    return _nearest_on_sky(by_prov[latest], ra_deg, dec_deg, radius_arcsec)
-
-
-def resolve_name(ctx: LightCurveContext, name: str) -> tuple[float, float, TargetConfig | None]:
-    """RA, Dec [deg] of a named object: a target of darkroom.yaml, else a reference-catalog id.
-
-    Offline only: the reference catalog must be a local file (its ``source_id`` column
-    is compared as text).
-    """
-    key = _norm_name(name)
-    for target in ctx.targets:
-        if _norm_name(target.name) == key:
-            return target.ra_deg, target.dec_deg, target
-    source = resolve_catalog_source(ctx.reference_catalog, ctx.root)
-    if source is not None and getattr(source, "kind", None) == "file":
-        from darkroom.catalogs import read_catalog_file
-
-        path = Path(source.path)
-        if path.is_file():
-            cat = read_catalog_file(path, columns=source.columns)
-            ids = np.array([_norm_name(str(v)) for v in cat["source_id"]])
-            hit = np.flatnonzero(ids == key)
-            if hit.size:
-                row = cat[int(hit[0])]
-                return float(row["ra_deg"]), float(row["dec_deg"]), None
-    known = ", ".join(t.name for t in ctx.targets) or "none"
-    raise BadInputError(
-        f"no object named {name!r}: not a target in darkroom.yaml (targets: {known}) "
-        "nor an id of the local reference catalog; give --ra/--dec instead"
-    )
-
-
-def _frame_image(
-    session: Session, frame: str | Path, provenances: Sequence[str] | None = None
-) -> ImageProducts:
-    """The image of a raw or calibrated file (path, or a unique file name) with its products."""
-    text = str(frame)
-    name = Path(text).name
-    rows = session.execute(
-        select(Image, Exposure.path).join(Exposure, Exposure.id == Image.exposure_id)
-    ).all()
-    exact = [im for im, raw in rows if text in (raw, im.path) or str(Path(text).resolve()) == raw]
-    by_name = [im for im, raw in rows if name in (Path(raw).name, Path(im.path).name)]
-    hits = exact or by_name
-    if not hits:
-        raise BadInputError(f"--frame {name}: no calibrated image of that file in the registry")
-    products = image_products(session, provenances, image_ids=[im.id for im in hits], only_ok=False)
-    with_astrom = [im for im in products if im.astrom_row is not None]
-    return max(with_astrom or products, key=lambda im: im.id)
-
-
-def source_at_pixel(
-    ctx: LightCurveContext, session: Session, *, x: float, y: float, frame: str | Path
-) -> Source:
-    """The source at 0-based pixel (x, y) of a frame (WCS, or the reference pixel frame)."""
-    from darkroom.astrom import AffineTransform
-    from darkroom.pipeline.astrometry import wcs_from_astrom
-
-    image = _frame_image(session, frame, ctx.provenances)
-    wcs = wcs_from_astrom(image.astrom or {})
-    assoc = (image.photcal or {}).get("association") or {}
-    if wcs is not None and assoc.get("coords", "sky") == "sky":
-        ra, dec = wcs.all_pix2world([x], [y], 0)
-        src = find_source(
-            session,
-            ra_deg=float(ra[0]) % 360.0,
-            dec_deg=float(dec[0]),
-            radius_arcsec=ctx.settings.match_radius_arcsec,
-            provenance_id=ctx.associate_provenance,
-        )
-    else:
-        t = (image.astrom or {}).get("to_reference")
-        if not t or not assoc.get("field"):
-            raise BadInputError(
-                f"--frame {Path(str(frame)).name}: the frame has no astrometry or association yet"
-            )
-        xr, yr = AffineTransform(np.asarray(t["matrix"], float), np.asarray(t["offset"], float)).apply(
-            np.array([x]), np.array([y])
-        )
-        cands = session.scalars(
-            select(Source).where(
-                Source.field == assoc["field"], Source.provenance_id == assoc["provenance_id"]
-            )
-        ).all()
-        src = None
-        if cands:
-            d = np.hypot(
-                np.array([c.x_ref for c in cands]) - xr[0], np.array([c.y_ref for c in cands]) - yr[0]
-            )
-            k = int(np.argmin(d))
-            src = cands[k] if d[k] <= ctx.settings.match_radius_pix else None
-    if src is None:
-        raise BadInputError(f"no source at pixel ({x:g}, {y:g}) of {Path(str(frame)).name}")
-    return src
 
 
 # ----------------------------------------------------------------------------- assembly
@@ -415,7 +207,7 @@ def query_lightcurve(
             )
         ).all()
         if not target_images:
-            latest = _latest_provenance(
+            latest = latest_provenance(
                 s,
                 "photometry",
                 Provenance.id.in_(select(Measurement.provenance_id).where(Measurement.source_id == src.id)),
@@ -454,7 +246,7 @@ def query_lightcurve(
             tr = meas[np.asarray(meas["source_id"]) == src_id]
             finite = np.isfinite(np.asarray(tr["ra"], float))
             if finite.any():
-                vec = radec_to_unit(np.asarray(tr["ra"])[finite], np.asarray(tr["dec"])[finite]).sum(axis=0)
+                t_ra, t_dec = mean_radec(np.asarray(tr["ra"])[finite], np.asarray(tr["dec"])[finite])
                 position = "measurements"
             else:
                 # a field without absolute WCS: the telescope pointing of the frames (a few
@@ -470,13 +262,11 @@ def query_lightcurve(
                         f"source {src_id} has no sky position (no WCS, no pointing in the headers): "
                         "BJD_TDB needs one; select the object with --ra/--dec"
                     )
-                vec = radec_to_unit(pts[:, 0], pts[:, 1]).sum(axis=0)
+                t_ra, t_dec = mean_radec(pts[:, 0], pts[:, 1])
                 position = "pointing"
                 log.warning(
                     "source %d has no sky position: BJD_TDB and airmass use the frames' pointing", src_id
                 )
-            t_ra = float(np.degrees(np.arctan2(vec[1], vec[0])) % 360.0)
-            t_dec = float(np.degrees(np.arctan2(vec[2], np.hypot(vec[0], vec[1]))))
     lc = assemble_lightcurve(
         meas,
         frames,

@@ -18,6 +18,7 @@ from astropy.io import fits
 from astropy.table import Table
 from sqlalchemy import select
 
+from darkroom.pipeline._products import safe_name
 from darkroom.pipeline.products import (
     ImageProducts,
     image_products,
@@ -25,7 +26,6 @@ from darkroom.pipeline.products import (
     night_masters,
     target_lightcurves,
 )
-from darkroom.pipeline.queries import safe_name
 from darkroom.repo.models import Exposure, Image, Task
 from darkroom.report import (
     MasterSummary,
