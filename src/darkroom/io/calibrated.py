@@ -8,7 +8,9 @@ its header) and ``VAR`` (float32, adu^2, the variance of SCI). Shapes ``(ny, nx)
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +18,13 @@ import numpy as np
 from astropy.io import fits
 
 from darkroom.errors import BadInputError
-from darkroom.io.atomic import atomic_path
+from darkroom.io.atomic import atomic_path, sha256_file
+from darkroom.io.fitsheader import header_bytes
 from darkroom.maskbits import mask_header_cards
 
 __all__ = ["CalibratedImage", "read_calibrated", "write_calibrated"]
+
+_BLOCK = 2880  # FITS block [bytes]
 
 
 @dataclass(frozen=True)
@@ -68,11 +73,66 @@ def calibrated_hdus(image: CalibratedImage) -> fits.HDUList:
     return fits.HDUList(hdus)
 
 
-def write_calibrated(path: Path | str, image: CalibratedImage) -> Path:
-    """Write a calibrated image atomically (temporary name, fsync, rename); long header cards are
-    truncated quietly. Returns ``path``."""
+#: pixel types written directly (FITS BITPIX for each); others go through astropy's writer
+_DIRECT = {
+    np.dtype(np.float32): ">f4",
+    np.dtype(np.float64): ">f8",
+    np.dtype(np.int16): ">i2",
+    np.dtype(np.int32): ">i4",
+    np.dtype(np.int64): ">i8",
+    np.dtype(np.uint8): "u1",
+}
+
+
+#: cards astropy rewrites on the way out (checksums over the new data, integer scaling)
+_REWRITTEN = ("CHECKSUM", "DATASUM", "BZERO", "BSCALE")
+
+
+def _direct(hdu) -> bool:
+    """True when astropy would write ``hdu``'s header as it is and its data as big-endian bytes."""
+    if any(key in hdu.header for key in _REWRITTEN):
+        return False
+    return hdu.data is None or hdu.data.dtype in _DIRECT
+
+
+def _hdu_chunks(hdus: fits.HDUList) -> Iterator[bytes | memoryview]:
+    """The file's bytes, HDU by HDU, as astropy writes them: header blocks, then the data in
+    big-endian order zero-padded to whole 2880-byte blocks (every HDU :func:`_direct`). One
+    plane's big-endian copy is alive at a time."""
+    for hdu in hdus:
+        yield header_bytes(hdu.header)
+        data = hdu.data
+        if data is None:
+            continue
+        be = np.ascontiguousarray(data, dtype=_DIRECT[data.dtype])
+        yield memoryview(be).cast("B")
+        if pad := -be.nbytes % _BLOCK:
+            yield bytes(pad)
+
+
+def write_calibrated(path: Path | str, image: CalibratedImage) -> str:
+    """Write a calibrated image atomically (temporary name, fsync, rename) and return the file's
+    SHA-256 (hex), computed from the bytes as they are written rather than by reading the file
+    back. Long header cards are truncated quietly.
+
+    The bytes are astropy's (the HDUs built and verified by astropy, their headers as astropy
+    formats them, the planes converted to big-endian) written directly; HDUs whose cards astropy
+    rewrites on the way out (checksums, integer scaling) or of other pixel types go through
+    astropy's own writer and the file is read back for its checksum.
+    """
     path = Path(path)
-    with warnings.catch_warnings(), atomic_path(path) as tmp:
+    hdus = calibrated_hdus(image)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        calibrated_hdus(image).writeto(tmp)
-    return path
+        hdus.verify("exception")  # what astropy's writeto checks first
+    if not all(_direct(h) for h in hdus):
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            hdus.writeto(tmp)
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for chunk in _hdu_chunks(hdus):
+            digest.update(chunk)
+            fh.write(chunk)
+    return digest.hexdigest()

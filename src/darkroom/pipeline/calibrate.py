@@ -30,7 +30,6 @@ from darkroom.pipeline.calibration import (
 )
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Calib, Exposure, Image
-from darkroom.repo.store import sha256_file
 from darkroom.robust import median
 
 __all__ = ["CalibrateStage"]
@@ -129,13 +128,13 @@ class CalibrateStage(Stage):
     def _write(self, unit: Unit, p: dict[str, Any], result) -> dict[str, Any]:
         stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
-        write_calibrated(
+        sha256 = write_calibrated(
             path, CalibratedImage(sci=result.sci, header=result.header, mask=result.mask, var=result.var)
         )
         finite = np.isfinite(result.sci)
         return {
             "path": self.relative(path),
-            "sha256": sha256_file(path),
+            "sha256": sha256,
             "calib": jsonable(
                 {
                     "gain_e_per_adu": result.gain_e_per_adu,

@@ -1,0 +1,70 @@
+"""The calibrated-image writer: astropy's bytes, written directly, with the checksum of what was written."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from darkroom.io.atomic import sha256_file
+from darkroom.io.calibrated import CalibratedImage, calibrated_hdus, read_calibrated, write_calibrated
+
+
+def _image(rng, *, mask_dtype=np.int32, extra_cards=()) -> CalibratedImage:
+    sci = (300.0 + 10.0 * rng.standard_normal((37, 53))).astype(np.float32)
+    sci[3, 4] = np.nan
+    header = fits.Header()
+    header["OBJECT"] = ("XO-1", "target")
+    header["EXPTIME"] = 60.0
+    header["GAIN"] = (1.5, "[electron/adu] gain used for VAR")
+    header["NOTE"] = ("x" * 60, "a comment too long for the card: truncated quietly " * 2)
+    for key, value in extra_cards:
+        header[key] = value
+    header.add_history("darkroom.calib: a history line")
+    mask = rng.integers(0, 4, sci.shape).astype(mask_dtype)
+    var = (sci / 1.5 + 36.0).astype(np.float32)
+    return CalibratedImage(sci=sci, header=header, mask=mask, var=var)
+
+
+def _astropy_bytes(image: CalibratedImage, path) -> bytes:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        calibrated_hdus(image).writeto(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("mask_dtype", "extra_cards"),
+    [
+        (np.int32, ()),  # the direct path
+        (np.uint16, ()),  # unsigned: astropy's writer (BZERO)
+        (np.int32, (("CHECKSUM", "0000000000000000"), ("DATASUM", "0"))),  # recomputed by astropy
+    ],
+)
+def test_written_bytes_are_astropys_and_the_checksum_is_the_files(tmp_path, mask_dtype, extra_cards):
+    image = _image(np.random.default_rng(4), mask_dtype=mask_dtype, extra_cards=extra_cards)
+    want = _astropy_bytes(image, tmp_path / "astropy.fits")
+    sha = write_calibrated(tmp_path / "darkroom.fits", image)
+    got = (tmp_path / "darkroom.fits").read_bytes()
+    if "CHECKSUM" in dict(extra_cards):  # astropy stamps the write time into the checksum comment
+        assert len(got) == len(want)
+    else:
+        assert got == want
+    assert sha == sha256_file(tmp_path / "darkroom.fits")
+    back = read_calibrated(tmp_path / "darkroom.fits")
+    np.testing.assert_array_equal(back.sci, image.sci)
+    np.testing.assert_array_equal(back.mask, image.mask)
+    np.testing.assert_array_equal(back.var, image.var)
+    assert back.header["OBJECT"] == "XO-1"
+
+
+def test_no_temporary_file_is_left_and_the_input_is_untouched(tmp_path):
+    image = _image(np.random.default_rng(5))
+    before = image.sci.copy(), image.mask.copy()
+    write_calibrated(tmp_path / "a.fits", image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.fits"]
+    np.testing.assert_array_equal(image.sci, before[0])
+    np.testing.assert_array_equal(image.mask, before[1])
+    assert image.sci.dtype.byteorder in ("=", "<")
