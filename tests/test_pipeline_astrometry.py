@@ -146,8 +146,11 @@ def test_arcsat_quality_flags_and_report(arcsat):
         assert bool(reasons) == expect_poor
         if expect_poor:
             assert "n_sources" in reasons[0] or "ellipticity" in reasons[0]
-    table_path = repo.root / "reports" / "quality_2025-06-01.ecsv"
-    plot_path = repo.root / "reports" / "quality_2025-06-01.png"
+    # the night's table and plot, in this provenance's own folder
+    files = images[0][0].quality_row.values
+    table_path, plot_path = repo.path(files["table"]), repo.path(files["plot"])
+    assert table_path.name == "quality_2025-06-01.ecsv" and plot_path.name == "quality_2025-06-01.png"
+    assert table_path.parent.name == images[0][0].quality_row.provenance_id
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = Table.read(table_path, format="ascii.ecsv")
     assert len(table) == 81

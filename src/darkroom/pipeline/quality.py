@@ -6,8 +6,10 @@ Wiring only: :func:`darkroom.detect.flag_poor_frames` decides.
     The configured :class:`~darkroom.detect.QualityLimits` flag poor frames:
     the ``image_quality`` row's ``flag`` is ``good`` or ``poor``, its ``reason``
     says why. A per-frame table (with the night's summary in its metadata) and a plot
-    of FWHM, sky and source count against time go to ``reports/quality_<night>.ecsv``
-    and ``.png``. Per night because a limit may be relative to the night's median.
+    of FWHM, sky and source count against time go to
+    ``reports/quality/<provenance>/quality_<night>.ecsv`` and ``.png`` (recorded in the
+    rows' ``values``), so other limits make files beside these, not over them. Per night
+    because a limit may be relative to the night's median.
 """
 
 from __future__ import annotations
@@ -103,8 +105,8 @@ class QualityStage(Stage):
         timed["time"] = Time(np.asarray(timed["mjd"], dtype=float), format="mjd", scale="utc")
         summary = summarize_nights(timed if len(timed) else flagged, night_column="night")
         name = f"quality_{safe_file_name(night)}"
-        table_path = self.product_path("reports", f"{name}.ecsv")
-        plot_path = self.product_path("reports", f"{name}.png")
+        table_path = self.product_path("reports", "quality", self.provenance_id, f"{name}.ecsv")
+        plot_path = self.product_path("reports", "quality", self.provenance_id, f"{name}.png")
         out = flagged.copy()
         out.meta["night"] = night
         out.meta["provenance_id"] = self.provenance_id
@@ -149,5 +151,9 @@ class QualityStage(Stage):
             log.info("night %s: %d poor frames", unit.payload["night"], result["n_poor"])
 
     def forget_products(self, session: Session) -> None:
-        """Delete this provenance's quality rows (the per-night report files are shared by name)."""
+        """Delete this provenance's quality rows and its per-night tables and plots."""
+        rows = session.scalars(
+            select(ImageQuality.values).where(ImageQuality.provenance_id == self.provenance_id)
+        ).all()
+        self.remove_files(sorted({p for v in rows for p in (v or {}).values() if isinstance(p, str)}))
         session.execute(delete(ImageQuality).where(ImageQuality.provenance_id == self.provenance_id))
