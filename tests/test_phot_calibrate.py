@@ -213,3 +213,72 @@ def test_sky_pixel_round_trip_is_zero_based():
     np.testing.assert_allclose(x, [0.0, 379.5], atol=1e-8)
     ra, dec = pixel_to_sky(w, np.array([379.5]), np.array([349.5]))  # CRPIX (1-based 380.5) is 0-based 379.5
     assert ra[0] == pytest.approx(359.95) and dec[0] == pytest.approx(28.2)
+
+
+def test_calibrate_frame_zero_point_unit_and_implausible_scatter():
+    from darkroom.phot.frame import calibrate_frame, frame_cone
+    from darkroom.phot.settings import MeasureSettings
+
+    rng = np.random.default_rng(42)
+    sci, mask, var, x, y, w, ref = _field(rng)
+    settings = MeasureSettings(ref_colour_columns=("b", "v"), zero_point={"match_radius_arcsec": 1.5})
+    t = _phot_with_sky(sci, mask, var, x, y, w)
+    cal = calibrate_frame(t, ref, settings=settings, exptime_s=EXPTIME, zp_source="ref_mag_column 'v'")
+    # the largest aperture is the reference one: the aperture correction is ~0 and the zero point true
+    assert abs(cal["apcorr_mag"]) < 0.01 and abs(cal["zp"] + cal["apcorr_mag"] - ZP_TRUE) < 0.015
+    assert abs(cal["colour_term"] - C_TRUE) < 0.02 and cal["mag_system"] == "calibrated"
+    assert cal["zp_flag"] is None and cal["zp_source"] == "ref_mag_column 'v'"
+    used = np.asarray(t["zp_used"], bool)
+    faintest_used = np.max(np.asarray(ref["mag"])[np.asarray(t["ref_index"])[used]])
+    assert (
+        cal["mag_limit"] > faintest_used and cal["ref_aperture"] == 1 and len(cal["aperture_radii_pix"]) == 2
+    )
+    assert "mag" in t.colnames and "mag_inst_ap" in t.colnames
+    # a catalogue in another band: the scatter is named, not silently used
+    strict = settings.model_copy(update={"max_zp_rms_mag": 0.001})
+    flagged = calibrate_frame(
+        _phot_with_sky(sci, mask, var, x, y, w), ref, settings=strict, exptime_s=EXPTIME
+    )
+    assert flagged["zp_flag"].startswith("implausible zero-point scatter")
+    # no reference: instrumental, with the reason given; the image's own unit: that zero point
+    none = calibrate_frame(
+        _phot_with_sky(sci, mask, var, x, y, w), None, settings=settings, exptime_s=EXPTIME, reason="no WCS"
+    )
+    assert none["mag_system"] == "instrumental" and none["zp"] is None and none["reason"] == "no WCS"
+    unit = calibrate_frame(
+        _phot_with_sky(sci, mask, var, x, y, w),
+        None,
+        settings=settings,
+        unit_zero_point_mag=22.5,
+        exptime_s=EXPTIME,
+    )
+    assert unit["zp_source"] == "image unit" and unit["zp"] == pytest.approx(22.5 - 2.5 * math.log10(EXPTIME))
+    # the reference cone holds the whole frame
+    ra, dec, radius = frame_cone(w, SHAPE)
+    corners = pixel_to_sky(w, np.array([0.0, SHAPE[1] - 1.0]), np.array([0.0, SHAPE[0] - 1.0]))
+    half_diagonal = math.hypot(*SHAPE) / 2 * 0.67 / 3600
+    assert radius == pytest.approx(1.1 * half_diagonal, rel=1e-6) and abs(dec - 28.2) < 0.01
+    assert abs((ra - 359.95 + 180.0) % 360.0 - 180.0) < 0.01  # the centre, across RA 0
+    assert all(abs(d - dec) < radius for d in corners[1])
+
+
+def test_recentre_on_detections_shifts_every_prediction_and_forces_the_undetected():
+    from darkroom.phot.forced import recentre_on_detections
+
+    rng = np.random.default_rng(3)
+    true_x, true_y = rng.uniform(20, 300, 12), rng.uniform(20, 300, 12)
+    det_x, det_y = true_x[:8] + rng.normal(0, 0.05, 8), true_y[:8] + rng.normal(0, 0.05, 8)
+    # predictions off by a systematic (1.6, -1.1) pixels: more than half the 2-pixel radius
+    pred_x, pred_y = true_x - 1.6, true_y + 1.1
+    tied = recentre_on_detections(pred_x, pred_y, det_x, det_y, radius_pix=2.0)
+    assert tied.n_offset_stars >= 3 and list(tied.forced) == [False] * 8 + [True] * 4
+    np.testing.assert_array_equal(tied.x[:8], det_x)  # measured at the detections
+    np.testing.assert_allclose(tied.x[8:], true_x[8:], atol=0.1)  # the forced ones shifted too
+    np.testing.assert_allclose(tied.y[8:], true_y[8:], atol=0.1)
+    at_prediction = recentre_on_detections(pred_x, pred_y, det_x, det_y, radius_pix=2.0, recentre=False)
+    np.testing.assert_allclose(at_prediction.x, true_x, atol=0.1)
+    lone = recentre_on_detections(pred_x, pred_y, det_x[:2], det_y[:2], radius_pix=2.0)
+    assert lone.n_offset_stars == 0 and np.array_equal(lone.x[2:], pred_x[2:])  # two matches: no shift
+    assert np.array_equal(lone.x[:2], det_x[:2]) and list(lone.forced) == [False] * 2 + [True] * 10
+    nothing = recentre_on_detections(pred_x, pred_y, np.zeros(0), np.zeros(0), radius_pix=2.0)
+    assert nothing.forced.all()

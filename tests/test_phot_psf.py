@@ -99,3 +99,23 @@ def test_psf_input_errors():
         psf_photometry(np.zeros((20, 20), np.float32), None, None, [5.0], [5.0], fwhm_pix=0.0)
     with pytest.raises(BadInputError, match="1-D"):
         psf_photometry(np.zeros((20, 20), np.float32), None, None, [], [], fwhm_pix=2.0)
+
+
+def test_psf_fluxes_replace_the_aperture_columns_at_fixed_positions():
+    from darkroom.phot.frame import psf_fluxes_at_apertures
+    from darkroom.phot.settings import MeasureSettings
+
+    _, sci, var, x, y, flux = _grid(5)
+    forced = np.zeros(x.size, bool)
+    forced[::7] = True  # no detection matched these: FORCED must survive the swap
+    phot = aperture_photometry(sci, None, var, x, y, fwhm_pix=FWHM, config=ApertureConfig(), forced=forced,
+                               exptime_s=2.0)  # fmt: skip
+    ap_mag = np.array(phot["mag_inst"])
+    settings = MeasureSettings(method="psf", psf_moffat=True)  # no Moffat fit given: the Gaussian
+    info = psf_fluxes_at_apertures(phot, sci, None, var, fwhm_pix=FWHM, settings=settings, exptime_s=2.0)
+    assert info["psf_model"] == "gaussian" and info["psf_fwhm_pix"] == FWHM and info["n_psf_blended"] == 0
+    assert abs(np.median(phot["flux"] / flux) - 1) < 0.01  # total fluxes, no aperture correction
+    np.testing.assert_array_equal(phot["mag_inst_ap"], ap_mag)
+    is_forced = (np.asarray(phot["flags"]) & PhotFlag.FORCED) != 0
+    np.testing.assert_array_equal(is_forced, forced)
+    assert {"psf_flags", "qfit", "cfit", "group_id", "group_size"} <= set(phot.colnames)

@@ -1,6 +1,8 @@
 """The photometry stage: every source of the field measured on every frame, and the zero point.
 
-Wiring only: :mod:`darkroom.phot` measures (aperture, forced PSF) and calibrates.
+Wiring only: :mod:`darkroom.phot` predicts and recentres the positions
+(:mod:`darkroom.phot.forced`), measures (aperture, PSF at fixed positions) and calibrates
+(:mod:`darkroom.phot.frame`).
 
 ``photometry`` (one unit per image, parallel)
     Every source of the field that falls on the frame is measured
@@ -41,7 +43,6 @@ unit (adu); times MJD UTC at mid-exposure.
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -51,25 +52,12 @@ from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.catalogs import (
-    read_table,
-)
-from darkroom.detect import estimate_background
+from darkroom.catalogs import read_table
 from darkroom.io.calibrated import read_calibrated
-from darkroom.phot import (
-    PhotFlag,
-    aperture_photometry,
-    calibrate_photometry,
-    calibrate_with_unit,
-    limiting_magnitude,
-    match_xy,
-    pixel_to_sky,
-    psf_photometry,
-)
-from darkroom.phot.apcorr import aperture_correction, psf_minus_aperture
+from darkroom.phot import aperture_photometry, pixel_to_sky
 from darkroom.phot.blend import blend_flags
-from darkroom.phot.forced import predict_positions
-from darkroom.phot.psfmodel import disc_mask, moffat_psf_model, psf_noise_area
+from darkroom.phot.forced import predict_positions, recentre_on_detections
+from darkroom.phot.frame import calibrate_frame, frame_cone, psf_fluxes_at_apertures
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline._shared import affine_from_dict, load_reference, parquet_meta, photometric_reference
@@ -188,23 +176,16 @@ class PhotometryStage(Stage):
         good_det = np.isfinite(det_x) & np.isfinite(det_y)
         if len(det) and "sharp" in det.colnames:
             good_det &= ~np.asarray(det["sharp"], bool)
-        forced = np.ones(x.size, bool)
-        n_shift = 0
-        if idx.size and good_det.any():
-            radius = cfg.recentre_radius_fwhm * fwhm
-            gi = np.flatnonzero(good_det)
-            i_src, i_det, _ = match_xy(x, y, det_x[gi], det_y[gi], radius_pix=radius)
-            if i_src.size >= 3:
-                # the prediction's systematic offset (WCS or transform error) moves forced positions too
-                dx = float(np.median(det_x[gi][i_det] - x[i_src]))
-                dy = float(np.median(det_y[gi][i_det] - y[i_src]))
-                x, y = x + dx, y + dy
-                n_shift = i_src.size
-                i_src, i_det, _ = match_xy(x, y, det_x[gi], det_y[gi], radius_pix=radius)
-            if cfg.do_recentre and i_src.size:
-                x[i_src] = det_x[gi][i_det]
-                y[i_src] = det_y[gi][i_det]
-            forced[i_src] = False
+        gi = np.flatnonzero(good_det)
+        tied = recentre_on_detections(
+            x,
+            y,
+            det_x[gi],
+            det_y[gi],
+            radius_pix=cfg.recentre_radius_fwhm * fwhm,
+            recentre=cfg.do_recentre,
+        )
+        x, y, forced, n_shift = tied.x, tied.y, tied.forced, tied.n_offset_stars
         inside = (x >= -0.5) & (x <= sci.shape[1] - 0.5) & (y >= -0.5) & (y <= sci.shape[0] - 0.5)
         x, y, forced, source_id = x[inside], y[inside], forced[inside], source_id[inside]
         # annulus masking: every detection and every source position (light of undetected stars
@@ -233,14 +214,17 @@ class PhotometryStage(Stage):
             phot["ra"] = phot["dec"] = np.full(len(phot), np.nan)
         psf_info: dict[str, Any] = {}
         if cfg.method == "psf" and len(phot):
-            psf_info = self._psf_fluxes(
+            psf_fit = parquet_meta(self.root / p["catalog_path"]) if p.get("catalog_path") else {}
+            psf_info = psf_fluxes_at_apertures(
                 phot,
                 sci,
                 mask,
                 var,
                 fwhm_pix=float(fwhm),
+                settings=cfg,
                 exptime_s=p.get("exptime_s"),
-                catalog_meta=parquet_meta(self.root / p["catalog_path"]) if p.get("catalog_path") else {},
+                moffat_fwhm_pix=psf_fit.get("psf_fwhm_pix"),
+                moffat_beta=psf_fit.get("psf_beta"),
             )
         photcal = self._calibrate(phot, p, wcs, sci.shape)
         photcal["method"] = cfg.method
@@ -273,189 +257,34 @@ class PhotometryStage(Stage):
             "photcal": jsonable(photcal),
         }
 
-    def _psf_fluxes(
-        self,
-        phot: Table,
-        sci: np.ndarray,
-        mask: np.ndarray | None,
-        var: np.ndarray | None,
-        *,
-        fwhm_pix: float,
-        exptime_s: float | None,
-        catalog_meta: dict[str, Any],
-    ) -> dict[str, Any]:
-        """PSF fit at the aperture positions (held fixed) replaces the measurement columns (in place).
-
-        ``flux, flux_err`` [adu] (total PSF flux), ``snr``, ``mag_inst, mag_inst_err`` and
-        ``flags`` come from :func:`~darkroom.phot.psf_photometry`; FORCED keeps its meaning here
-        (no detection matched), BLENDED means a star fitted together with others. The aperture
-        columns (``flux_ap{k}``, ``flux_err_ap{k}``, ``flags_ap{k}``, ``bkg``) stay, the reference
-        aperture's magnitude as ``mag_inst_ap``; the fit adds ``psf_flags`` (photutils' bits),
-        ``qfit``, ``cfit``, ``group_id``, ``group_size``. Returns the photcal entries of the fit.
-        """
-        cfg: MeasureSettings = self.config
-        model = None
-        info: dict[str, Any] = {"psf_model": cfg.psf.model}
-        moffat_fwhm = float(catalog_meta.get("psf_fwhm_pix") or np.nan)
-        beta = float(catalog_meta.get("psf_beta") or np.nan)
-        if cfg.psf_moffat and np.isfinite(moffat_fwhm) and np.isfinite(beta) and moffat_fwhm > 0 and beta > 1:
-            fwhm_pix = moffat_fwhm
-            model = moffat_psf_model(fwhm_pix, beta, half_size_pix=math.ceil(4.0 * fwhm_pix) + 1)
-            info = {"psf_model": "moffat", "psf_beta": beta}
-        elif cfg.psf_moffat:
-            log.warning("no Moffat fit in the frame's catalog: PSF model %r instead", cfg.psf.model)
-        x = np.asarray(phot["x"], float)
-        y = np.asarray(phot["y"], float)
-        background = None
-        if cfg.psf_background_mask_fwhm > 0:
-            bad = disc_mask(sci.shape, x, y, radius_pix=cfg.psf_background_mask_fwhm * fwhm_pix)
-            if mask is not None:
-                bad |= (np.asarray(mask).astype(np.int64) & cfg.psf.exclude_bits) != 0
-            if not bad.all():
-                background = estimate_background(sci, mask=bad).level_adu
-        fit = psf_photometry(
-            sci,
-            mask,
-            var,
-            x,
-            y,
-            fwhm_pix=fwhm_pix,
-            config=cfg.psf,
-            background=background,
-            forced=True,
-            psf_model=model,
-            exptime_s=exptime_s,
-        )
-        forced_bit = int(PhotFlag.FORCED)
-        flags = np.asarray(fit["flags"], np.int64) & ~forced_bit
-        flags |= np.where(np.asarray(phot["forced"], bool), forced_bit, 0)
-        phot["mag_inst_ap"] = phot["mag_inst"]
-        for col in ("flux", "flux_err", "snr", "mag_inst", "mag_inst_err"):
-            phot[col] = np.asarray(fit[col], float)
-        phot["flags"] = flags.astype(np.int32)
-        for col in ("psf_flags", "qfit", "cfit", "group_id", "group_size"):
-            phot[col] = fit[col]
-        info["psf_fwhm_pix"] = fwhm_pix
-        info["psf_fit_shape_pix"] = int(fit.meta["fit_shape_pix"])
-        info["n_psf_blended"] = int(np.count_nonzero(np.asarray(fit["group_size"]) > 1))
-        phot.meta.update(info)
-        return info
-
     def _calibrate(self, phot: Table, p: dict[str, Any], wcs, shape: tuple[int, int]) -> dict[str, Any]:
-        """Zero point (with a catalog) or instrumental magnitudes; adds mag, mag_err to ``phot``."""
+        """The frame's reference stars (the repository's catalogue in a cone over the frame), then
+        :func:`~darkroom.phot.frame.calibrate_frame`; adds mag, mag_err to ``phot``."""
         cfg: MeasureSettings = self.config
-        psf = cfg.method == "psf"
-        apcorr, apcorr_err, n_apcorr = (0.0, None, 0)
-        if cfg.do_aperture_correction:
-            apcorr, apcorr_err, n_apcorr = aperture_correction(phot, min_snr=self.config.apcorr_min_snr)
-        extra: dict[str, Any] = {}
-        if psf:
-            # PSF fluxes are total: the aperture correction describes the aperture columns only
-            extra["aperture_apcorr_mag"] = apcorr
-            extra["psf_minus_aperture_mag"], extra["n_psf_aperture"] = psf_minus_aperture(
-                phot, min_snr=self.config.apcorr_min_snr
-            )
-            apcorr = 0.0
-        else:
-            phot["mag_inst_ap"] = phot["mag_inst"]
-            phot["mag_inst"] = np.asarray(phot["mag_inst"], float) + apcorr
-        reference = None
-        reason = ""
-        zp_source = ""
-        source = self.config.reference_catalog
+        reference, zp_source, reason = None, "", ""
+        source = cfg.reference_catalog
         if source is not None and wcs is not None and len(phot):
-            ny, nx = shape
-            ra0, dec0 = pixel_to_sky(wcs, np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0]))
-            scale = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
-            radius = 0.55 * math.hypot(nx, ny) * scale / 3600.0
-            cat = load_reference(
-                self.root, source, ra=float(ra0[0]), dec=float(dec0[0]), radius=radius, mjd=p.get("mjd")
-            )
+            ra, dec, radius = frame_cone(wcs, shape)
+            cat = load_reference(self.root, source, ra=ra, dec=dec, radius=radius, mjd=p.get("mjd"))
             if len(cat):
                 reference, zp_source = photometric_reference(cat, cfg, p.get("filter") or None)
                 if reference is None:
                     reason = zp_source
         elif source is not None and p.get("unit_zero_point_mag") is None:
             reason = "no WCS: the reference catalog cannot be matched"
-        if p.get("unit_zero_point_mag") is not None:
-            # an already-calibrated image (e.g. SDSS nanomaggies): the zero point is its own unit's
-            result, calibrated = calibrate_with_unit(
-                phot, float(p["unit_zero_point_mag"]), exptime_s=p.get("exptime_s")
-            )
-            zp_source, reason = "image unit", ""
-        else:
-            zp_cfg = cfg.zero_point.model_copy(
-                update={
-                    "ra_col": "ra",
-                    "dec_col": "dec",
-                    "ref_ra_col": "ra",
-                    "ref_dec_col": "dec",
-                    "ref_mag_col": "mag",
-                    "ref_mag_err_col": "mag_err"
-                    if reference is not None and "mag_err" in reference.colnames
-                    else None,
-                    "ref_colour_col": "colour" if cfg.ref_colour_columns else None,
-                }
-            )
-            result, calibrated = calibrate_photometry(
-                phot, reference, config=zp_cfg, n_sigma_limit=cfg.limit_n_sigma
-            )
-        zp_flag = None
-        if result.zp is not None and result.rms is not None and result.rms > cfg.max_zp_rms_mag:
-            zp_flag = (
-                f"implausible zero-point scatter: rms {result.rms:.3f} mag > {cfg.max_zp_rms_mag:g} "
-                f"({zp_source}; wrong band or catalogue?)"
-            )
-            log.warning("image %s: %s", p.get("image_id"), zp_flag)
-        for col in ("mag", "mag_err", "ref_index", "colour", "zp_used"):
-            phot[col] = calibrated[col]
-        mag_limit = result.mag_limit
-        radii = phot.meta["aperture_radii_pix"]
-        ref_ap = int(phot.meta["ref_aperture"])
-        if len(phot) and np.isfinite(np.asarray(phot["bkg_rms"], float)).any():
-            sky_rms = float(np.nanmedian(np.asarray(phot["bkg_rms"], float)))
-            radius_pix = float(radii[ref_ap])
-            n_bkg: float | None = float(np.median(np.asarray(phot["n_bkg_pix"], float)))
-            if psf:
-                # a PSF fit's sky noise is that of an aperture of the PSF's noise-equivalent area
-                noise_area = psf_noise_area(phot, sky_rms)
-                extra["psf_noise_area_pix"] = noise_area
-                radius_pix = math.sqrt(noise_area / math.pi) if noise_area else radius_pix
-                n_bkg = None
-            zp_for_limit = result.zp if result.zp is not None else 0.0
-            mag_limit = limiting_magnitude(
-                zp=zp_for_limit + apcorr,
-                sky_rms=sky_rms,
-                radius_pix=radius_pix,
-                n_sigma=cfg.limit_n_sigma,
-                n_bkg_pix=n_bkg,
-                exptime_s=p.get("exptime_s"),
-                gain_e_per_adu=p.get("gain_e_per_adu"),
-            )
-        return {
-            "provenance_id": self.provenance_id,
-            "mag_system": "calibrated" if result.zp is not None else "instrumental",
-            "zp": result.zp,
-            "zp_err": result.zp_err,
-            "colour_term": result.colour_term if result.zp is not None else None,
-            "colour_term_err": result.colour_term_err,
-            "colour_fitted": result.colour_fitted,
-            "n_matched": result.n_matched,
-            "n_used": result.n_used,
-            "rms_mag": result.rms,
-            "mag_limit": mag_limit,
-            "limit_n_sigma": cfg.limit_n_sigma,
-            "apcorr_mag": apcorr,
-            "apcorr_err": apcorr_err,
-            "n_apcorr": n_apcorr,
-            "reason": reason or result.reason,
-            "zp_source": zp_source if result.zp is not None else None,
-            "zp_flag": zp_flag,
-            "aperture_radii_pix": [float(r) for r in radii],
-            "ref_aperture": ref_ap,
-            "fwhm_pix": phot.meta.get("fwhm_pix"),
-            **extra,
-        }
+        photcal = calibrate_frame(
+            phot,
+            reference,
+            settings=cfg,
+            unit_zero_point_mag=p.get("unit_zero_point_mag"),
+            exptime_s=p.get("exptime_s"),
+            gain_e_per_adu=p.get("gain_e_per_adu"),
+            zp_source=zp_source,
+            reason=reason,
+        )
+        if photcal["zp_flag"]:
+            log.warning("image %s: %s", p.get("image_id"), photcal["zp_flag"])
+        return {"provenance_id": self.provenance_id, **photcal}
 
     def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
         quarantine_exposure(session, unit.payload.get("exposure_id"), f"{self.name}: {reason}")
