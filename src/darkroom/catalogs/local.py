@@ -14,6 +14,7 @@ from astropy.table import Table, vstack
 
 from darkroom.catalogs.reference import CatalogColumns, cone_select, standardize_catalog
 from darkroom.errors import BadInputError
+from darkroom.io.tables import read_parquet
 
 __all__ = ["CATALOG_SUFFIXES", "read_catalog_file", "read_catalog_shards", "read_table"]
 
@@ -36,37 +37,9 @@ def _format(path: Path) -> str:
 
 
 def _read_parquet(path: Path) -> Table:
-    """Parquet through pyarrow (astropy's reader wants pandas), keeping astropy's column units."""
-    import pyarrow.parquet as pq
-    from astropy.table import MaskedColumn
-    from astropy.table.meta import get_header_from_yaml
-
-    arrow = pq.read_table(path)
-    units: dict[str, str] = {}
-    descriptions: dict[str, str] = {}
-    meta = arrow.schema.metadata or {}
-    if b"table_meta_yaml" in meta:
-        header = get_header_from_yaml(meta[b"table_meta_yaml"].decode().splitlines())
-        for col in header.get("datatype", []):
-            if col.get("unit"):
-                units[col["name"]] = col["unit"]
-            if col.get("description"):
-                descriptions[col["name"]] = col["description"]
-    table = Table()
-    for name in arrow.column_names:
-        chunked = arrow.column(name)
-        values = chunked.to_numpy(zero_copy_only=False)
-        if chunked.null_count:
-            nulls = chunked.is_null().to_numpy(zero_copy_only=False)
-            column = MaskedColumn(values, mask=nulls, name=name)
-        else:
-            column = values
-        table[name] = column
-        if name in units:
-            table[name].unit = units[name]
-        if name in descriptions:
-            table[name].description = descriptions[name]
-    return table
+    """Parquet through pyarrow (astropy's reader wants pandas), keeping astropy's column units
+    and descriptions (not the table meta: see :func:`darkroom.io.tables.read_parquet_meta`)."""
+    return read_parquet(path)
 
 
 def read_table(path: str | Path) -> Table:

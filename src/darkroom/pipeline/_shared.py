@@ -1,5 +1,5 @@
 """Inputs shared by the associate, photometry and lightcurves stages: the reference catalogue's cone
-(cached per worker), its photometric columns, transforms and Parquet metadata from product rows."""
+(cached per worker), its photometric columns and transforms from product rows."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from darkroom.errors import BadInputError
 from darkroom.phot import ref_columns_for_filter
 from darkroom.phot.settings import MeasureSettings
 
-__all__ = ["affine_from_dict", "load_reference", "parquet_meta", "photometric_reference"]
+__all__ = ["affine_from_dict", "load_reference", "photometric_reference"]
 
 
 def affine_from_dict(d: dict[str, Any] | None) -> AffineTransform | None:
@@ -99,14 +99,3 @@ def photometric_reference(table: Table, cfg: MeasureSettings, filter_name: str |
             np.ma.asarray(table[b], float), np.nan
         )
     return out, how
-
-
-def parquet_meta(path: Path) -> dict[str, Any]:
-    """The astropy ``meta`` of a Parquet table (its schema only is read; read_table drops it)."""
-    import pyarrow.parquet as pq
-    from astropy.table.meta import get_header_from_yaml
-
-    raw = (pq.read_schema(path).metadata or {}).get(b"table_meta_yaml")
-    if not raw:
-        return {}
-    return dict(get_header_from_yaml(raw.decode("utf-8").splitlines()).get("meta") or {})

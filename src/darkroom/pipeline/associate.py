@@ -37,10 +37,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from darkroom.astrom import AffineTransform
-from darkroom.catalogs import (
-    read_table,
-)
 from darkroom.errors import SolveError
+from darkroom.io.tables import read_parquet_columns
 from darkroom.phot import (
     match_catalogs,
     pixel_to_sky,
@@ -188,18 +186,20 @@ class AssociateStage(Stage):
         cfg: AssociateSettings = self.config
         parts: dict[str, list] = defaultdict(list)
         for f in frames:
-            cat = read_table(self.root / f["catalog_path"])
-            if not len(cat):
+            n, cat = read_parquet_columns(
+                self.root / f["catalog_path"], ("x", "y", "snr", "sharp", "flux_aper_adu")
+            )
+            if not n:
                 continue
             x = np.asarray(cat["x"], float)
             y = np.asarray(cat["y"], float)
             keep = np.isfinite(x) & np.isfinite(y)
-            if "snr" in cat.colnames:
+            if "snr" in cat:
                 keep &= np.nan_to_num(np.asarray(cat["snr"], float), nan=0.0) >= cfg.min_snr
-            if cfg.exclude_sharp and "sharp" in cat.colnames:
+            if cfg.exclude_sharp and "sharp" in cat:
                 keep &= ~np.asarray(cat["sharp"], bool)
             x, y = x[keep], y[keep]
-            flux = np.asarray(cat["flux_aper_adu"], float)[keep] if "flux_aper_adu" in cat.colnames else None
+            flux = np.asarray(cat["flux_aper_adu"], float)[keep] if "flux_aper_adu" in cat else None
             t = affine_from_dict(f["to_reference"]) or AffineTransform.identity()
             xr, yr = t.apply(x, y)
             if coords == "sky":

@@ -27,6 +27,7 @@ from darkroom.detect import (
 )
 from darkroom.detect.settings import ExtractSettings
 from darkroom.io.calibrated import read_calibrated
+from darkroom.io.tables import write_parquet
 from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline.astrometry import header_wcs
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
@@ -122,7 +123,7 @@ class ExtractStage(Stage):
         )
         out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.parquet")
         with atomic_path(out) as tmp:
-            catalog.write(tmp, format="parquet")
+            write_parquet(catalog, tmp)
         return {
             "catalog_path": self.relative(out),
             "sha256": sha256_file(out),

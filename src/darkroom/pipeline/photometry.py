@@ -52,15 +52,15 @@ from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.catalogs import read_table
 from darkroom.io.calibrated import read_calibrated
+from darkroom.io.tables import read_parquet_columns, read_parquet_meta, write_parquet
 from darkroom.phot import aperture_photometry, pixel_to_sky
 from darkroom.phot.blend import blend_flags
 from darkroom.phot.forced import predict_positions, recentre_on_detections
 from darkroom.phot.frame import calibrate_frame, frame_cone, psf_fluxes_at_apertures
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem
-from darkroom.pipeline._shared import affine_from_dict, load_reference, parquet_meta, photometric_reference
+from darkroom.pipeline._shared import affine_from_dict, load_reference, photometric_reference
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
@@ -170,11 +170,15 @@ class PhotometryStage(Stage):
         idx = np.flatnonzero(on)
         x, y = x[idx], y[idx]
         source_id = p["sources"]["source_id"][idx]
-        det = read_table(self.root / p["catalog_path"]) if p.get("catalog_path") else Table()
-        det_x = np.asarray(det["x"], float) if len(det) else np.zeros(0)
-        det_y = np.asarray(det["y"], float) if len(det) else np.zeros(0)
+        n_det, det = (
+            read_parquet_columns(self.root / p["catalog_path"], ("x", "y", "sharp"))
+            if p.get("catalog_path")
+            else (0, {})
+        )
+        det_x = np.asarray(det["x"], float) if n_det else np.zeros(0)
+        det_y = np.asarray(det["y"], float) if n_det else np.zeros(0)
         good_det = np.isfinite(det_x) & np.isfinite(det_y)
-        if len(det) and "sharp" in det.colnames:
+        if n_det and "sharp" in det:
             good_det &= ~np.asarray(det["sharp"], bool)
         gi = np.flatnonzero(good_det)
         tied = recentre_on_detections(
@@ -214,7 +218,7 @@ class PhotometryStage(Stage):
             phot["ra"] = phot["dec"] = np.full(len(phot), np.nan)
         psf_info: dict[str, Any] = {}
         if cfg.method == "psf" and len(phot):
-            psf_fit = parquet_meta(self.root / p["catalog_path"]) if p.get("catalog_path") else {}
+            psf_fit = read_parquet_meta(self.root / p["catalog_path"]) if p.get("catalog_path") else {}
             psf_info = psf_fluxes_at_apertures(
                 phot,
                 sci,
@@ -232,7 +236,7 @@ class PhotometryStage(Stage):
         out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.phot.parquet")
         phot.meta["photcal"] = jsonable(photcal)
         with atomic_path(out) as tmp:
-            phot.write(tmp, format="parquet")
+            write_parquet(phot, tmp)
         photcal["path"] = self.relative(out)
         photcal["n_measured"] = len(phot)
         photcal["n_forced"] = int(np.count_nonzero(phot["forced"]))
