@@ -140,7 +140,8 @@ def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url):
                 for i in range(1, 6)
             ]
         )
-    executor = DaskExecutor(n_workers=2)
+    # batches of two: exp:3 (quarantined) and exp:4 (a bug) fail inside one batch, alone
+    executor = DaskExecutor(n_workers=2, batch_size=2)
     try:
         assert len(executor.client.scheduler_info()["workers"]) == 2
         report = run_stage(other, ToyStage(dask_root, ToyConfig(factor=5)), executor)

@@ -10,7 +10,9 @@ connects to a running cluster whose workers see the repository at the same path.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import traceback
 import uuid
 
 from darkroom.pipeline.runner import Executor, SerialExecutor
@@ -20,16 +22,34 @@ __all__ = ["DaskExecutor", "make_executor"]
 log = logging.getLogger(__name__)
 
 
+def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
+    """Run ``fn`` on each unit of a batch (on a worker); one unit's error does not stop the others."""
+    out: list[tuple[object, BaseException | None]] = []
+    for unit in units:
+        try:
+            out.append((fn(unit), None))
+        except Exception as exc:
+            log.debug("unit %s failed:\n%s", unit.key, traceback.format_exc())
+            out.append((None, exc))
+    return out
+
+
 class DaskExecutor(Executor):
     """Runs units as Dask futures and yields them as they complete."""
 
     name = "dask"
 
     def __init__(
-        self, *, n_workers: int | None = None, scheduler: str | None = None, memory_limit: str = "auto"
+        self,
+        *,
+        n_workers: int | None = None,
+        scheduler: str | None = None,
+        memory_limit: str = "auto",
+        batch_size: int = 4,
     ):
         from distributed import Client, LocalCluster
 
+        self.batch_size = max(int(batch_size), 1)
         self.cluster = None
         if scheduler:
             self.client = Client(scheduler)
@@ -52,15 +72,20 @@ class DaskExecutor(Executor):
 
         tag = uuid.uuid4().hex[:8]
         source = iter(units)
-        # Keep a bounded number of units in flight (claimed lazily by the runner).
-        window = max(2 * len(self.client.scheduler_info().get("workers", {})), 2)
+        n_workers = max(len(self.client.scheduler_info().get("workers", {})), 1)
+        # A bounded number of batches in flight (units are claimed lazily by the runner, as a
+        # batch is formed). Batches spare the scheduler and the driver a round trip per unit;
+        # they stay small so that the last batches do not leave a worker idle for long.
+        window = max(2 * n_workers, 2)
+        batch = self.batch_size
         futures = {}
 
         def submit_next() -> bool:
-            unit = next(source, None)
-            if unit is None:
+            chunk = list(itertools.islice(source, batch))
+            if not chunk:
                 return False
-            futures[self.client.submit(fn, unit, key=f"{unit.key}-{tag}", pure=False, retries=0)] = unit
+            key = f"{chunk[0].key}+{len(chunk) - 1}-{tag}"
+            futures[self.client.submit(_run_batch, fn, chunk, key=key, pure=False, retries=0)] = chunk
             return True
 
         for _ in range(window):
@@ -68,13 +93,13 @@ class DaskExecutor(Executor):
                 break
         pending = as_completed(list(futures))
         for fut in pending:
-            unit = futures.pop(fut)
+            chunk = futures.pop(fut)
             try:
-                result = fut.result()
-            except Exception as exc:
-                yield unit, None, exc
-            else:
-                yield unit, result, None
+                outcomes = fut.result()
+            except Exception as exc:  # the batch itself failed (a worker died): every unit in it did
+                outcomes = [(None, exc)] * len(chunk)
+            for unit, (result, error) in zip(chunk, outcomes, strict=True):
+                yield unit, result, error
             fut.release()
             if submit_next():
                 pending.add(list(futures)[-1])
