@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 
 from darkroom.calib._stats import robust_std
 from darkroom.calib.badpix import build_bad_pixel_mask
+from darkroom.calib.interp import interpolate_masked
 from darkroom.calib.masters import make_master_bias, make_master_dark, make_master_flat
 from darkroom.calib.process import CalibrationConfig, RequireConfig, calibrate_frame, prepare_raw
 from darkroom.calib.synthetic import cosmic_ray_image, star_image
@@ -292,3 +293,25 @@ def test_arcsat_lights_are_sane(arcsat):
         assert res.header["FLATCORR"] == "master_flat_z.fits" and res.header["BPM"] == "bpm.fits"
         assert res.header["CRPIX1"] == 512.0  # untrimmed: the WCS is unchanged
         assert res.gain_e_per_adu == mf.gain_e_per_adu  # no GAIN in the ARCSAT header: measured on the flats
+
+
+def test_interpolation_is_the_inverse_distance_squared_mean_of_usable_neighbours():
+    rng = np.random.default_rng(2)
+    img = rng.uniform(100.0, 200.0, (30, 40)).astype(np.float32)
+    masked = np.zeros(img.shape, bool)
+    masked[10, 12] = True  # one pixel: its 5x5 neighbourhood
+    masked[20:26, 5:11] = True  # a 6x6 block: its centre needs the radius doubled
+    img[9, 12] = np.nan  # a NaN neighbour is not used
+    filled, done = interpolate_masked(img, masked)
+    dj, di = np.mgrid[-2:3, -2:3]
+    w = np.where((dj == 0) & (di == 0), 0.0, 1.0 / np.maximum(dj**2 + di**2, 1))
+    patch = img[8:13, 10:15].astype(np.float64)
+    usable = np.isfinite(patch) & ~masked[8:13, 10:15]
+    want = np.sum(np.where(usable, w * patch, 0.0)) / np.sum(np.where(usable, w, 0.0))
+    assert filled[10, 12] == pytest.approx(want, rel=1e-6)
+    assert done[masked].all() and not done[~masked].any()
+    assert np.all((filled[20:26, 5:11] > 100.0) & (filled[20:26, 5:11] < 200.0))
+    # several images share the weights; in place
+    var = np.full(img.shape, 4.0, np.float32)
+    done2 = interpolate_masked([img, var], masked, copy=False)
+    assert np.array_equal(done2, done) and np.all(var[masked] == 4.0) and img[10, 12] == filled[10, 12]

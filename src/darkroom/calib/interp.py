@@ -50,40 +50,63 @@ def interpolate_masked(
     if copy:
         imgs = [np.array(im, dtype=np.float32, copy=True) for im in imgs]
     ny, nx = imgs[0].shape
-    usable = ~np.asarray(masked, dtype=bool)
-    if check_finite:
-        for im in imgs:
-            usable &= np.isfinite(im)
-    target = np.asarray(masked if fill is None else fill, dtype=bool)
-    todo = np.flatnonzero(target)
+    masked = np.asarray(masked, dtype=bool)
+    todo = np.flatnonzero(masked if fill is None else np.asarray(fill, dtype=bool))
     done = np.zeros((ny, nx), dtype=bool)
     r = max(1, int(radius_pix))
     while todo.size and r <= max_radius_pix:
-        j, i = np.divmod(todo, nx)
-        den = np.zeros(todo.size, dtype=np.float64)
-        nums = [np.zeros(todo.size, dtype=np.float64) for _ in imgs]
-        for dj in range(-r, r + 1):
-            j2 = j + dj
-            okj = (j2 >= 0) & (j2 < ny)
-            for di in range(-r, r + 1):
-                if dj == 0 and di == 0:
-                    continue
-                i2 = i + di
-                ok = okj & (i2 >= 0) & (i2 < nx)
-                sel = np.flatnonzero(ok)
-                jj, ii = j2[sel], i2[sel]
-                use = usable[jj, ii]
-                sel, jj, ii = sel[use], jj[use], ii[use]
-                w = 1.0 / (dj * dj + di * di)
-                den[sel] += w
-                for num, im in zip(nums, imgs, strict=True):
-                    num[sel] += w * im[jj, ii]
-        got = den > 0
-        for num, im in zip(nums, imgs, strict=True):
-            im.ravel()[todo[got]] = (num[got] / den[got]).astype(im.dtype)
+        got, values = _fill_values(imgs, masked, todo, r, nx, ny, check_finite=check_finite)
+        for im, val in zip(imgs, values, strict=True):
+            im.ravel()[todo[got]] = val.astype(im.dtype)
         done.ravel()[todo[got]] = True
         todo = todo[~got]
         r *= 2
     if single:
         return imgs[0], done
     return (imgs, done) if copy else done
+
+
+def _fill_values(
+    imgs: list[np.ndarray],
+    masked: np.ndarray,
+    todo: np.ndarray,
+    r: int,
+    nx: int,
+    ny: int,
+    *,
+    check_finite: bool,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Which of the flat pixels ``todo`` have a usable neighbour within ``r`` (Chebyshev), and
+    their inverse-distance-squared means (float64) for each image.
+
+    The neighbours' pixels are gathered for all offsets at once (only there is ``masked`` or
+    finiteness looked at), and the sums run over the offsets in a fixed order (rows, then
+    columns), so the result does not depend on how the work is batched.
+    """
+    d = np.arange(-r, r + 1)
+    dj, di = (o.ravel() for o in np.meshgrid(d, d, indexing="ij"))
+    centre = (dj == 0) & (di == 0)
+    dj, di = dj[~centre], di[~centre]
+    weight = 1.0 / (dj * dj + di * di)
+    j, i = np.divmod(todo, nx)
+    # gathered pixel by pixel (a pixel's neighbours lie close in memory), summed offset by offset
+    jj = j[:, None] + dj[None, :]
+    ii = i[:, None] + di[None, :]
+    inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
+    flat = np.where(inside, jj * nx + ii, 0)
+    use = (inside & ~masked.ravel()[flat]).T
+    vals = [np.ascontiguousarray(im.ravel()[flat].T) for im in imgs]
+    if check_finite:
+        for v in vals:
+            use &= np.isfinite(v)
+    w_use = np.where(use, weight[:, None], 0.0)
+    # the products in the images' type (weight x pixel, as a Python float times a float32 pixel)
+    prods = [np.where(use, weight.astype(v.dtype)[:, None] * v, v.dtype.type(0)) for v in vals]
+    den = np.zeros(todo.size, dtype=np.float64)
+    nums = [np.zeros(todo.size, dtype=np.float64) for _ in imgs]
+    for k in range(dj.size):  # offset by offset: the same additions in the same order for any n
+        den += w_use[k]
+        for num, p in zip(nums, prods, strict=True):
+            num += p[k]
+    got = den > 0
+    return got, [num[got] / den[got] for num in nums]
