@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
-from astropy.table import Table
 from rich.console import Console
 from rich.markup import escape
 
 from darkroom.errors import BadInputError, DarkroomError
+
+if TYPE_CHECKING:  # astropy.table costs 0.4 s to import: every --help would pay it
+    from astropy.table import Table
 
 __all__ = ["image_catalog", "register", "write_catalog"]
 
@@ -65,6 +67,8 @@ def _find_image(session, raw: Path):
 def image_catalog(root: Path, image, *, exptime_s: float | None = None) -> Table:
     """The source table of one image with its products (:class:`~darkroom.pipeline.products.ImageProducts`, see the module docstring);
     ``exptime_s`` [s] scales the instrumental magnitudes of an image without photometry."""
+    from astropy.table import Table
+
     from darkroom.pipeline._products import raw_stem
     from darkroom.pipeline.astrometry import wcs_from_astrom
 
