@@ -134,3 +134,87 @@ def test_custom_column_names_and_seeding_from_a_summary():
         assert set(second.source_id[truth[~early] == k]) == set(first.source_id[truth[early] == k])
     with pytest.raises(BadInputError, match="source_id"):
         associate(t, config=cfg, sources=first.sources[["ra", "dec"]])
+
+
+# --- from an association to sources (timeseries.sources) -----------------------------------------
+
+
+def test_match_radius_min_epochs_and_usable_detections():
+    from darkroom.timeseries.settings import AssociateSettings
+    from darkroom.timeseries.sources import match_radius, min_epochs_for, usable_detections
+
+    s = AssociateSettings(radius_rms_factor=3.0, min_radius_arcsec=1.0, max_radius_arcsec=4.0,
+                          min_radius_pix=1.5, max_radius_pix=5.0, min_snr=5.0, exclude_sharp=True,
+                          min_epochs=3, min_epoch_fraction=0.5)  # fmt: skip
+    assert match_radius([0.2, 0.4, None, float("nan")], s, "sky") == 1.0  # 0.9 raised to the floor
+    assert match_radius([1.0, 2.0], s, "sky") == 4.0  # 4.5 capped
+    assert match_radius([1.0], s, "pixel") == 3.0 and match_radius([], s, "pixel") == 1.5
+    assert min_epochs_for(s, 10, new_field=False) == 5 and min_epochs_for(s, 4, new_field=False) == 3
+    assert min_epochs_for(s, 2, new_field=True) == 2  # a new field seen twice keeps what both show
+    cat = Table(
+        {
+            "x": [1.0, 2.0, np.nan, 4.0, 5.0],
+            "y": [1.0, 2.0, 3.0, 4.0, 5.0],
+            "snr": [50.0, 4.0, 50.0, 50.0, np.nan],
+            "sharp": [False, False, False, True, False],
+            "flux_aper_adu": [1000.0, 10.0, 10.0, 10.0, 10.0],
+        }
+    )
+    x, y, mag = usable_detections(cat.columns, s, exptime_s=10.0)
+    assert list(x) == list(y) == [1.0] and mag[0] == pytest.approx(-2.5 * np.log10(100.0))
+    cat.remove_column("flux_aper_adu")
+    assert np.isnan(usable_detections(cat.columns, s)[2]).all()
+
+
+def test_field_sources_new_updated_and_merged_means():
+    from darkroom.timeseries.sources import SourceMeans, field_sources, merge_means
+
+    summary = Table(
+        {
+            "source_id": [7, 8, 9],
+            "n_epochs": [2, 3, 1],
+            "ra": [10.0, 11.0, 12.0],
+            "dec": [20.0, 21.0, 22.0],
+            "mag_V": [12.0, np.nan, 14.0],
+            "mag_all": [12.0, 13.0, 14.0],
+        }
+    )
+    sid = np.array([7, 7, 8, 8, 8, 9])
+    x = np.array([1.0, 3.0, 10.0, 11.0, 12.0, 50.0])
+    new, updated = field_sources(summary, sid, x, x * 2, coords="sky", known_ids={7}, min_epochs=2)
+    assert [u["source_id"] for u in updated] == [7] and [n["source_id"] for n in new] == [8]  # 9: one frame
+    assert (
+        updated[0]["x_ref"] == 2.0
+        and updated[0]["y_ref"] == 4.0
+        and updated[0]["mean_mag"] == {"V": 12.0, "": 12.0}
+    )
+    assert new[0]["mean_mag"] == {"": 13.0} and new[0]["ra"] == 11.0
+    pixel_new, _ = field_sources(summary, sid, x, x, coords="pixel", known_ids=set(), min_epochs=1)
+    assert all(n["ra"] is None for n in pixel_new) and len(pixel_new) == 3
+    # a known source seen again: positions as the mean unit vector, magnitudes weighted by frames
+    merged = merge_means(
+        SourceMeans(359.9999, 0.0, 2, {"V": 12.0}), SourceMeans(0.0001, 0.0, 2, {"V": 12.2, "B": 13.0})
+    )
+    assert merged.n_epochs == 4 and merged.mean_mag == {"V": pytest.approx(12.1), "B": 13.0}
+    assert min(merged.ra_deg, 360 - merged.ra_deg) < 1e-9 and abs(merged.dec_deg) < 1e-12
+    first = merge_means(SourceMeans(None, None, 0, {}), SourceMeans(5.0, 6.0, 3, {"V": 11.0}))
+    assert (first.ra_deg, first.n_epochs, first.mean_mag) == (None, 3, {"V": 11.0})  # kept: no old position
+
+
+def test_reference_stars_on_the_frames_that_no_source_holds():
+    from astropy.wcs import WCS
+
+    from darkroom.timeseries.sources import on_any_frame, undetected_reference_stars
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [100.0, 10.0], [50.5, 50.5], [-1 / 3600, 1 / 3600]
+    ra = np.array([100.0, 100.0 + 10 / 3600, 100.0, 101.0])
+    dec = np.array([10.0, 10.0, 10.0 + 20 / 3600, 10.0])  # the last one far off the 100" frame
+    on = on_any_frame(ra, dec, [(w, 100, 100)])
+    assert list(on) == [True, True, True, False]
+    sel = undetected_reference_stars(
+        ra, dec, on_frames=on, have_ra=np.array([100.0, np.nan]), have_dec=np.array([10.0 + 0.3 / 3600, 0.0]),
+        radius_arcsec=0.5,
+    )  # fmt: skip
+    assert list(sel) == [1, 2]  # star 0 is a source already (within max(0.5, 1) arcsec)

@@ -29,13 +29,13 @@ __all__ = ["calibrate_frame", "frame_cone", "psf_fluxes_at_apertures"]
 log = logging.getLogger(__name__)
 
 
-def frame_cone(wcs: Any, shape: tuple[int, int]) -> tuple[float, float, float]:
-    """RA, Dec of a frame's centre and the radius [deg] of a cone holding the whole frame (with a
-    10 % margin) through its WCS; ``shape`` is ``(ny, nx)``."""
+def frame_cone(wcs: Any, shape: tuple[int, int], *, margin: float = 1.1) -> tuple[float, float, float]:
+    """RA, Dec of a frame's centre and the radius [deg] of a cone holding the whole frame: its
+    half diagonal times ``margin``, through its WCS; ``shape`` is ``(ny, nx)``."""
     ny, nx = shape
     ra0, dec0 = pixel_to_sky(wcs, np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0]))
     scale_arcsec = math.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
-    return float(ra0[0]), float(dec0[0]), 0.55 * math.hypot(nx, ny) * scale_arcsec / 3600.0
+    return float(ra0[0]), float(dec0[0]), margin * 0.5 * math.hypot(nx, ny) * scale_arcsec / 3600.0
 
 
 def psf_fluxes_at_apertures(

@@ -1,6 +1,7 @@
 """The associate stage: the detections of a field's frames become sources.
 
-Wiring only: :func:`darkroom.timeseries.associate` does the matching.
+Wiring only: :func:`darkroom.timeseries.associate` does the matching, :mod:`darkroom.timeseries.sources`
+turns its groups into sources.
 
 ``associate`` (one unit per field)
     The detections of every frame of a field (``Image.field``, i.e. OBJECT; frames
@@ -27,7 +28,6 @@ unit (adu); times MJD UTC at mid-exposure.
 from __future__ import annotations
 
 import logging
-import math
 from collections import defaultdict
 from typing import Any
 
@@ -39,24 +39,26 @@ from sqlalchemy.orm import Session
 from darkroom.astrom import AffineTransform
 from darkroom.errors import SolveError
 from darkroom.io.tables import read_parquet_columns
-from darkroom.phot import (
-    match_catalogs,
-    pixel_to_sky,
-    sky_to_pixel,
-)
+from darkroom.phot import pixel_to_sky, sky_to_pixel
+from darkroom.phot.frame import frame_cone
 from darkroom.pipeline._products import short_hash
 from darkroom.pipeline._shared import affine_from_dict, load_reference
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.stage import Stage, Unit
-from darkroom.repo.models import (
-    Association,
-    Image,
-    Measurement,
-    Source,
-)
+from darkroom.repo.models import Association, Image, Measurement, Source
 from darkroom.timeseries import AssociationConfig, associate
 from darkroom.timeseries.settings import AssociateSettings
+from darkroom.timeseries.sources import (
+    SourceMeans,
+    field_sources,
+    match_radius,
+    merge_means,
+    min_epochs_for,
+    on_any_frame,
+    undetected_reference_stars,
+    usable_detections,
+)
 
 __all__ = ["AssociateSettings", "AssociateStage"]
 
@@ -173,15 +175,6 @@ class AssociateStage(Stage):
             "naxis": (meta.get("naxis1"), meta.get("naxis2")),
         }
 
-    def _radius(self, frames: list[dict], coords: str) -> float:
-        cfg: AssociateSettings = self.config
-        key = "rms_arcsec" if coords == "sky" else "rms_pix"
-        rms = [f[key] for f in frames if f.get(key) is not None and np.isfinite(f[key])]
-        r = cfg.radius_rms_factor * float(np.median(rms)) if rms else 0.0
-        if coords == "sky":
-            return float(np.clip(r, cfg.min_radius_arcsec, cfg.max_radius_arcsec))
-        return float(np.clip(r, cfg.min_radius_pix, cfg.max_radius_pix))
-
     def _detections(self, frames: list[dict], coords: str) -> Table:
         cfg: AssociateSettings = self.config
         parts: dict[str, list] = defaultdict(list)
@@ -191,15 +184,7 @@ class AssociateStage(Stage):
             )
             if not n:
                 continue
-            x = np.asarray(cat["x"], float)
-            y = np.asarray(cat["y"], float)
-            keep = np.isfinite(x) & np.isfinite(y)
-            if "snr" in cat:
-                keep &= np.nan_to_num(np.asarray(cat["snr"], float), nan=0.0) >= cfg.min_snr
-            if cfg.exclude_sharp and "sharp" in cat:
-                keep &= ~np.asarray(cat["sharp"], bool)
-            x, y = x[keep], y[keep]
-            flux = np.asarray(cat["flux_aper_adu"], float)[keep] if "flux_aper_adu" in cat else None
+            x, y, mag = usable_detections(cat, cfg, exptime_s=f.get("exptime_s"))
             t = affine_from_dict(f["to_reference"]) or AffineTransform.identity()
             xr, yr = t.apply(x, y)
             if coords == "sky":
@@ -212,12 +197,6 @@ class AssociateStage(Stage):
             parts["image_id"].append(np.full(x.size, f["image_id"], np.int64))
             parts["mjd_utc"].append(np.full(x.size, np.nan if f["mjd"] is None else f["mjd"]))
             parts["filter"].append(np.full(x.size, f["filter"], dtype=object))
-            exptime = f.get("exptime_s") or 1.0
-            if flux is None:
-                mag = np.full(x.size, np.nan)
-            else:
-                with np.errstate(all="ignore"):
-                    mag = np.where(flux > 0, -2.5 * np.log10(np.where(flux > 0, flux, 1.0) / exptime), np.nan)
             parts["mag"].append(mag)
         if not parts:
             return Table()
@@ -230,7 +209,9 @@ class AssociateStage(Stage):
         p = unit.payload
         coords = p["coords"]
         frames = p["frames"]
-        radius = self._radius(frames, coords)
+        radius = match_radius(
+            [f["rms_arcsec" if coords == "sky" else "rms_pix"] for f in frames], cfg, coords
+        )
         det = self._detections(frames, coords)
         known = p["known"]
         n_known = int(known["source_id"].size)
@@ -260,43 +241,15 @@ class AssociateStage(Stage):
         else:
             sid = np.zeros(0, np.int64)
             summary = Table({"source_id": np.zeros(0, np.int64), "n_epochs": np.zeros(0, np.int64)})
-        # mean reference-frame position of every source (also in sky mode)
-        uniq, inv = np.unique(sid, return_inverse=True)
-        cnt = np.bincount(inv, minlength=uniq.size) if sid.size else np.zeros(0)
-        xr = np.bincount(inv, weights=np.asarray(det["x"], float), minlength=uniq.size) / np.maximum(cnt, 1)
-        yr = np.bincount(inv, weights=np.asarray(det["y"], float), minlength=uniq.size) / np.maximum(cnt, 1)
-        ref_xy = {int(s): (float(a), float(b)) for s, a, b in zip(uniq, xr, yr, strict=True)}
-        bands = [c[4:] for c in summary.colnames if c.startswith("mag_") and not c.startswith("mag_err_")]
-        min_n = max(cfg.min_epochs, math.ceil(cfg.min_epoch_fraction * len(frames)))
-        if not n_known:
-            # a new field seen in fewer frames (a standard star, a single visit) keeps what
-            # every one of its frames shows
-            min_n = min(min_n, len(frames))
-        known_ids = set(known["source_id"].tolist())
-        new, updated = [], []
-        for row in summary:
-            s = int(row["source_id"])
-            n = int(row["n_epochs"])
-            if n == 0:
-                continue
-            mags = {}
-            for band in bands:
-                v = row[f"mag_{band}"]
-                if np.isfinite(v):
-                    mags[band if band != "all" else ""] = float(v)
-            item = {
-                "source_id": s,
-                "ra": float(row["ra"]) if coords == "sky" else None,
-                "dec": float(row["dec"]) if coords == "sky" else None,
-                "x_ref": ref_xy.get(s, (None, None))[0],
-                "y_ref": ref_xy.get(s, (None, None))[1],
-                "n_epochs": n,
-                "mean_mag": mags,
-            }
-            if s in known_ids:
-                updated.append(item)
-            elif n >= min_n:
-                new.append(item)
+        new, updated = field_sources(
+            summary,
+            sid,
+            np.asarray(det["x"], float) if len(det) else np.zeros(0),
+            np.asarray(det["y"], float) if len(det) else np.zeros(0),
+            coords=coords,
+            known_ids=set(known["source_id"].tolist()),
+            min_epochs=min_epochs_for(cfg, len(frames), new_field=not n_known),
+        )
         if coords == "sky" and cfg.reference_stars_mag_max is not None and self.reference is not None:
             new.extend(self._reference_sources(frames, summary, known, radius))
         log.info(
@@ -330,18 +283,8 @@ class AssociateStage(Stage):
         nx, ny = (int(v) if v else 0 for v in ref_frame["naxis"])
         if not nx or not ny:
             return []
-        cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
-        ra0, dec0 = pixel_to_sky(wcs, np.array([cx]), np.array([cy]))
-        scale = np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))) * 3600.0
-        half_diag = 0.5 * math.hypot(nx, ny) * scale / 3600.0
-        cat = load_reference(
-            self.root,
-            source,
-            ra=float(ra0[0]),
-            dec=float(dec0[0]),
-            radius=1.2 * half_diag,
-            mjd=ref_frame["mjd"],
-        )
+        ra0, dec0, radius_deg = frame_cone(wcs, (ny, nx), margin=1.2)
+        cat = load_reference(self.root, source, ra=ra0, dec=dec0, radius=radius_deg, mjd=ref_frame["mjd"])
         if not len(cat) or ref_mag_column not in cat.colnames:
             return []
         mag = np.ma.filled(np.ma.asarray(cat[ref_mag_column], float), np.nan)
@@ -349,25 +292,25 @@ class AssociateStage(Stage):
         cat, mag = cat[keep], mag[keep]
         ra = np.asarray(cat["ra_deg"], float)
         dec = np.asarray(cat["dec_deg"], float)
-        # on at least one frame
-        on = np.zeros(ra.size, bool)
-        for f in frames:
-            fw = wcs_from_astrom({"wcs": f["wcs"]})
-            fx, fy = sky_to_pixel(fw, ra, dec)
-            fnx, fny = (int(v) if v else nx for v in f["naxis"])
-            on |= (fx >= 0) & (fx <= fnx - 1) & (fy >= 0) & (fy <= fny - 1)
+        shapes = [
+            tuple(int(v) if v else d for v, d in zip(f["naxis"], (nx, ny), strict=True)) for f in frames
+        ]
+        on = on_any_frame(
+            ra, dec, [(wcs_from_astrom({"wcs": f["wcs"]}), *n) for f, n in zip(frames, shapes, strict=True)]
+        )
         have_ra = [np.asarray(summary["ra"], float)] if "ra" in summary.colnames and len(summary) else []
         have_dec = [np.asarray(summary["dec"], float)] if "dec" in summary.colnames and len(summary) else []
         if known["source_id"].size:
             have_ra.append(known["ra"])
             have_dec.append(known["dec"])
-        taken = np.zeros(ra.size, bool)
-        if have_ra:
-            hr, hd = np.concatenate(have_ra), np.concatenate(have_dec)
-            ok = np.isfinite(hr) & np.isfinite(hd)
-            i_ref, _, _ = match_catalogs(ra, dec, hr[ok], hd[ok], radius_arcsec=max(radius, 1.0))
-            taken[i_ref] = True
-        sel = np.flatnonzero(on & ~taken)
+        sel = undetected_reference_stars(
+            ra,
+            dec,
+            on_frames=on,
+            have_ra=np.concatenate(have_ra) if have_ra else np.zeros(0),
+            have_dec=np.concatenate(have_dec) if have_dec else np.zeros(0),
+            radius_arcsec=radius,
+        )
         xr, yr = sky_to_pixel(wcs, ra[sel], dec[sel])
         t = affine_from_dict(ref_frame["to_reference"]) or AffineTransform.identity()
         xr, yr = t.apply(xr, yr)
@@ -403,24 +346,12 @@ class AssociateStage(Stage):
         session.add_all(rows)
         for item in result["updated"]:
             src = session.get(Source, item["source_id"])
-            n_old = src.n_epochs or 0
-            n_all = n_old + item["n_epochs"]
-            if item["ra"] is not None and src.ra_deg is not None and n_old:
-                # mean unit vector of the old and new detections
-                from darkroom.phot.match import radec_to_unit, unit_to_radec
-
-                v = radec_to_unit([src.ra_deg], [src.dec_deg])[0] * n_old
-                v = v + radec_to_unit([item["ra"]], [item["dec"]])[0] * item["n_epochs"]
-                ra, dec = unit_to_radec(v[None, :])
-                src.ra_deg, src.dec_deg = float(ra[0]), float(dec[0])
-            mags = dict(src.mean_mag or {})
-            for band, value in item["mean_mag"].items():
-                old = mags.get(band)
-                mags[band] = (
-                    value if old is None or not n_old else (old * n_old + value * item["n_epochs"]) / n_all
-                )
-            src.mean_mag = mags
-            src.n_epochs = n_all
+            merged = merge_means(
+                SourceMeans(src.ra_deg, src.dec_deg, src.n_epochs or 0, dict(src.mean_mag or {})),
+                SourceMeans(item["ra"], item["dec"], item["n_epochs"], item["mean_mag"]),
+            )
+            src.ra_deg, src.dec_deg = merged.ra_deg, merged.dec_deg
+            src.mean_mag, src.n_epochs = merged.mean_mag, merged.n_epochs
         assoc = {
             "provenance_id": self.provenance_id,
             "coords": p["coords"],
