@@ -1,20 +1,37 @@
-"""Benchmark: calibrating one frame (1k and 4k), without and with cosmic rays.
+"""Benchmark: calibrating one frame, synthetic (1k and 4k) and real (the ARCSAT night).
 
-darkroom.calib.calibrate_frame: saturation flags, overscan subtraction and trim,
-bias, dark scaled by exposure time, flat, the variance plane, bad-pixel
-interpolation (0.1% bad pixels); optionally cosmic rays (sparse L.A.Cosmic with a
-sep sky model). Compared with ccdproc.ccd_process doing overscan, trim, bias,
-dark, flat and gain with error propagation (no bad-pixel interpolation, no
-cosmic rays), when ccdproc is installed.
+Synthetic table: darkroom.calib.calibrate_frame (saturation flags, overscan subtraction and
+trim, bias, dark scaled by exposure time, flat, the variance plane, bad-pixel interpolation
+(0.1% bad pixels); optionally cosmic rays (sparse L.A.Cosmic with a sep sky model and the
+star guard)) against ccdproc.ccd_process doing overscan, trim, bias, dark, flat and gain with
+error propagation (no bad-pixel interpolation, no cosmic rays), when ccdproc is installed.
 
-    .venv/bin/python bench/bench_calibrate.py [--sizes 1024 4096] [--repeat 3]
+ARCSAT table (``--night``, default on when ../shared/data is there): the calibrate stage per
+1k x 1k frame of the XO-1b night (gzip-compressed raw FITS, ~25 stars), step by step (read,
+calibrate without and with cosmic rays, write SCI/MASK/VAR with its SHA-256, the whole stage
+unit), against the peer's per-frame calibration (ccdproc bias/dark/flat + astroscrappy +
+write, ``bench/_peer_calibrate.py`` in the ``.venv-peer`` interpreter that ``make bench``
+makes; ``DARKROOM_PEER_PYTHON`` names another). Seconds are CPU seconds per frame
+(``time.process_time``, median over the frames: the machine is shared, CPU time is steadier
+than wall time), peak memory the traced peak of one frame; the load average is printed.
+
+    .venv/bin/python bench/bench_calibrate.py [--sizes 1024 4096] [--repeat 3] [--frames 20]
+        [--no-night] [--night-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import measure, print_table
 
 OVERSCAN_COLS = 32
+PEER_PYTHON = Path(__file__).resolve().parents[1] / ".venv-peer" / "bin" / "python"
+XO1 = "targets=[{name: XO-1, ra_deg: 240.549333, dec_deg: 28.169556}]"
 
 
 def setup(n: int):
@@ -148,17 +167,150 @@ def run_size(n: int, repeat: int) -> list[dict]:
     return rows
 
 
+def _cpu_per_frame(fn: Callable[[object], object], items: list) -> tuple[float, float]:
+    """Median CPU seconds of ``fn(item)`` over the items, and the traced peak [MB] of the first."""
+    tracemalloc.start()
+    fn(items[0])
+    peak = tracemalloc.get_traced_memory()[1] / 1e6
+    tracemalloc.stop()
+    times = []
+    for item in items:
+        t = time.process_time()
+        fn(item)
+        times.append(time.process_time() - t)
+    return statistics.median(times), peak
+
+
+def _peer_per_frame(data: Path, frames: list[str]) -> tuple[list[dict], float | None]:
+    """Rows of the peer's per-frame steps and its total CPU seconds per frame (None: no peer)."""
+    python = os.environ.get("DARKROOM_PEER_PYTHON") or str(PEER_PYTHON)
+    if not Path(python).exists():
+        return [{"stage": f"peer: no interpreter at {python} (make bench)", "size": "1k^2"}], None
+    done = subprocess.run(
+        [python, str(Path(__file__).parent / "_peer_calibrate.py"), str(data), *frames],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        return [{"stage": f"peer failed: {done.stderr.strip()[-200:]}", "size": "1k^2"}], None
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    per = {k: statistics.median(v) for k, v in out["cpu_s"].items()}
+    total = statistics.median([sum(parts) for parts in zip(*out["cpu_s"].values(), strict=True)])
+    label = f"peer: ccdproc {out['ccdproc']} + astroscrappy {out['astroscrappy']}"
+    rows = [{"stage": f"{label}, per frame", "size": "1k^2", "seconds": total, "peak_MB": out["peak_mb"]}]
+    rows += [{"stage": f"  peer {k}", "size": "1k^2", "seconds": v, "peak_MB": ""} for k, v in per.items()]
+    return rows, total
+
+
+def run_night(n_frames: int) -> list[dict]:
+    """The calibrate stage per frame on the ARCSAT night, step by step, and the peer's."""
+    from darkroom import _threads  # noqa: F401
+    from darkroom.calib.process import calibrate_frame
+    from darkroom.facade import Repository
+    from darkroom.instruments.metadata import FrameMetadata
+    from darkroom.io.calibrated import CalibratedImage, write_calibrated
+    from darkroom.io.rawfits import read_raw
+    from darkroom.pipeline.calibration import read_bpm, read_master
+    from darkroom.pipeline.ingest import ingest_paths
+    from darkroom.pipeline.run import all_stages
+    from darkroom.pipeline.runner import run_stage
+    from darkroom.testing import shared_data_dir
+
+    data = shared_data_dir() / "arcsat-xo1b-transit"
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Repository.init(Path(tmp) / "repo", overrides=[XO1])
+        ingest_paths(repo.registry, [data])
+        for stage in all_stages(repo.root, repo.config):
+            if stage.name == "calibrate":
+                break
+            run_stage(repo.registry, stage)  # the masters
+        with repo.registry.session() as s:
+            units = stage.plan(s)
+        step = max(1, len(units) // n_frames)
+        units = units[::step][:n_frames]
+        cfg = stage.config.calibration
+        no_cr = cfg.model_copy(update={"do_cosmic_rays": False})
+
+        def inputs(unit):
+            p = unit.payload
+            masters = {
+                k: read_master(stage.root / p[k][0], p[k][1]) if p.get(k) else None
+                for k in ("bias", "dark", "flat")
+            }
+            bpm = read_bpm(str(stage.root / p["bpm"][0]), p["bpm"][1]) if p.get("bpm") else None
+            return FrameMetadata.model_validate(p["meta"]), masters, bpm
+
+        prepared = []
+        for u in units:
+            meta, masters, bpm = inputs(u)
+            prepared.append((u, read_raw(u.payload["path"]), meta, masters, bpm))
+
+        def calibrate(item, config):
+            _u, raw, meta, m, bpm = item
+            return calibrate_frame(raw.data, meta, **m, bad_pixels=bpm, header=raw.header, config=config)
+
+        results = [calibrate(item, cfg) for item in prepared]
+        out = Path(tmp) / "out.fits"
+        steps = [
+            ("read raw (gzip FITS)", lambda item: read_raw(item[0].payload["path"]), prepared),
+            ("calibrate_frame, no cosmic rays", lambda item: calibrate(item, no_cr), prepared),
+            ("calibrate_frame, with cosmic rays", lambda item: calibrate(item, cfg), prepared),
+            (
+                "write SCI/MASK/VAR + SHA-256",
+                lambda r: write_calibrated(
+                    out, CalibratedImage(sci=r.sci, header=r.header, mask=r.mask, var=r.var)
+                ),
+                results,
+            ),
+            ("calibrate stage unit (all of it)", stage.run, units),
+        ]
+        measured = [(name, *_cpu_per_frame(fn, items)) for name, fn, items in steps]
+        repo.close()
+    peer_rows, peer_total = _peer_per_frame(data, [u.payload["path"] for u in units])
+    rows += peer_rows
+    for name, seconds, peak in measured:
+        rows.append(
+            {
+                "stage": f"darkroom {name}",
+                "size": "1k^2",
+                "seconds": seconds,
+                "peak_MB": peak,
+                "ratio": seconds / peer_total if peer_total else "",
+            }
+        )
+    if peer_total:
+        rows[0]["ratio"] = 1.0
+    cols = ("stage", "size", "seconds", "peak_MB", "ratio")
+    return [{c: row.get(c, "") for c in cols} for row in rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=20, help="ARCSAT frames timed (spread over the night)")
+    ap.add_argument("--no-night", action="store_true", help="skip the ARCSAT table")
+    ap.add_argument("--night-only", action="store_true", help="only the ARCSAT table")
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # ccdproc warns about negative values in the error
-    rows = []
-    for n in args.sizes:
-        rows += run_size(n, args.repeat)
-    print("ratio = seconds / ccdproc.ccd_process (overscan, trim, bias, dark, flat, error) when installed")
-    print_table(rows)
+    if not args.night_only:
+        rows = []
+        for n in args.sizes:
+            rows += run_size(n, args.repeat)
+        print(
+            "ratio = seconds / ccdproc.ccd_process (overscan, trim, bias, dark, flat, error) when installed"
+        )
+        print_table(rows)
+    if not args.no_night:
+        load = os.getloadavg()
+        rows = run_night(args.frames)
+        print(
+            f"\nARCSAT XO-1b night, per 1k x 1k frame ({args.frames} frames): CPU seconds (median), "
+            f"ratio = seconds / the peer's per-frame total; load average {load[0]:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after, {os.cpu_count()} CPUs"
+        )
+        print_table(rows)
 
 
 if __name__ == "__main__":
