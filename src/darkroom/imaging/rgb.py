@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
-from astropy.visualization import make_lupton_rgb
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, SolveError
@@ -100,6 +99,8 @@ def make_rgb(
     noise = float(np.sqrt(np.mean([(sd * f) ** 2 for (_, sd), f in zip(subtracted, factors, strict=True)])))
     minimum = -cfg.black_sigma * noise
     stretch = cfg.stretch_sigma * noise
+    from astropy.visualization import make_lupton_rgb  # loads matplotlib: only when drawing
+
     rgb = make_lupton_rgb(scaled[0], scaled[1], scaled[2], minimum=minimum, stretch=stretch, Q=cfg.q)
     header = ref.wcs.to_header(relax=True) if ref.wcs is not None else fits.Header()
     return RgbImage(rgb, tuple(scaled), tuple(factors), minimum, stretch, cfg.q, header)  # type: ignore[arg-type]
@@ -139,6 +140,8 @@ def thumbnail(sci: np.ndarray, path: Path | str, *, max_size: int = 512, q: floa
     ny, nx = (data.shape[0] // factor) * factor, (data.shape[1] // factor) * factor
     binned = data[:ny, :nx].reshape(ny // factor, factor, nx // factor, factor).mean(axis=(1, 3))
     _, med, std = sigma_clipped_stats(binned, sigma=3.0, maxiters=5)
+    from astropy.visualization import make_lupton_rgb
+
     grey = make_lupton_rgb(binned - med, binned - med, binned - med, minimum=-std, stretch=30 * std, Q=q)
     PILImage.fromarray(np.ascontiguousarray(grey[::-1, :, 0])).save(path)
     return Path(path)

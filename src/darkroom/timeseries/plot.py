@@ -6,8 +6,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from darkroom.errors import BadInputError
 from darkroom.timeseries.lightcurve import bin_lightcurve
@@ -54,6 +52,9 @@ def plot_lightcurve(
         time_col = "mjd_utc"
     t_all = np.asarray(table[time_col], float)
     t0 = float(np.floor(np.nanmin(t_all)))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # matplotlib only when plotting
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(8.0, 6.0), dpi=110)
     FigureCanvasAgg(fig)
     ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
