@@ -49,7 +49,9 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _SQRT2 = math.sqrt(2.0)
 _MIN_GAMMA, _MAX_GAMMA = 1e-3, 1.0 / 1.3  # 1 / beta: from nearly Gaussian to beta = 1.3
 
-ModelFunction = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: ``func(params, rows) -> (model, jacobian)``: the model of stamps ``rows`` and a function giving
+#: the Jacobian of some of them (indices into ``rows``), computed only for the steps accepted
+ModelFunction = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,17 @@ def _levenberg_marquardt(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Batched Levenberg-Marquardt: ``params (n, k)`` fitted to ``data (n, m)`` with ``weight (n, m)``.
 
-    ``func(params, rows)`` returns the model ``(len(rows), m)`` and its Jacobian
-    ``(len(rows), m, k)`` of the stamps ``rows`` for their parameters ``params``;
-    ``valid(params)`` says which parameter sets are admissible (bounds). Returns the
-    parameters, the weighted sum of squared residuals and a convergence flag per row.
+    ``func(params, rows)`` returns the model ``(len(rows), m)`` of the stamps ``rows`` for
+    their parameters ``params`` and a function that gives the Jacobian ``(len(sel), m, k)``
+    of the stamps ``rows[sel]``: it is asked for only where a step is accepted (the
+    Jacobian costs more than the model). Trial steps outside the bounds
+    (``valid(params)`` False) are not evaluated. Returns the parameters, the weighted sum
+    of squared residuals and a convergence flag per row.
     """
     n, k = params.shape
     params = params.copy()
-    model, jac = func(params, np.arange(n))
+    model, jacobian = func(params, np.arange(n))
+    jac = jacobian(np.arange(n))
     chi2 = np.sum(weight * (data - model) ** 2, axis=1)
     lam = np.full(n, 1e-3)
     active = np.isfinite(chi2)
@@ -143,14 +148,19 @@ def _levenberg_marquardt(
             step = np.stack([np.linalg.lstsq(d, v, rcond=None)[0] for d, v in zip(damped, g, strict=True)])
         trial = params[rows] + step
         ok = np.all(np.isfinite(trial), axis=1) & valid(trial)
-        t_model, t_jac = func(np.where(ok[:, None], trial, params[rows]), rows)
-        t_chi2 = np.sum(w * (data[rows] - t_model) ** 2, axis=1)
+        tried = np.flatnonzero(ok)
+        t_chi2 = np.full(len(rows), np.inf)
+        if tried.size:
+            t_model, t_jacobian = func(trial[tried], rows[tried])
+            t_chi2[tried] = np.sum(w[tried] * (data[rows[tried]] - t_model) ** 2, axis=1)
         better = ok & (t_chi2 < chi2[rows])
         gain = chi2[rows] - t_chi2
         up = rows[better]
-        params[up] = trial[better]
-        model[up] = t_model[better]
-        jac[up] = t_jac[better]
+        if up.size:
+            accepted = np.flatnonzero(better[tried])
+            params[up] = trial[better]
+            model[up] = t_model[accepted]
+            jac[up] = t_jacobian(accepted)
         small = better & (gain <= 1e-6 * np.maximum(chi2[rows], 1e-30))
         chi2[up] = t_chi2[better]
         lam[rows] = np.where(better, np.maximum(lam[rows] / 3.0, 1e-9), lam[rows] * 6.0)
@@ -270,7 +280,8 @@ def fit_gaussian_stamps(
             dsy[:, :, None] * ex[:, None, :] + ey[:, :, None] * dsx[:, None, :]
         )
         jac[..., 4] = 1.0
-        return model.reshape(len(p), -1), jac.reshape(len(p), -1, 5)
+        jac = jac.reshape(len(p), -1, 5)
+        return model.reshape(len(p), -1), lambda sel: jac[sel]
 
     def valid(p: np.ndarray) -> np.ndarray:
         # rows of p are those still being fitted: bounds relative to the start are checked below
@@ -384,45 +395,78 @@ def fit_moffat_stamps(
         ]
     )
 
-    def func(p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ones = np.ones(os_)
+    per_sample = 1.0 / (os_ * os_)
+
+    def mean(v: np.ndarray) -> np.ndarray:
+        """Per-pixel mean ``(k, size * size)`` of samples ``(k, size * os, size * os)``."""
+        k = len(v)
+        over_y = v.reshape(k * size, os_, -1).sum(axis=1)
+        return (over_y.reshape(-1, os_) @ ones).reshape(k, -1) * per_sample
+
+    def func(p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        # Samples of star k at (y pixel, y sub-sample, x pixel, x sub-sample) are the C-ordered
+        # array (k, size * os, size * os): every broadcast runs along rows of size * os samples.
+        m = len(p)
         flux, x0, y0, qxx, qxy, qyy, gamma, const = (p[:, i] for i in range(8))
-
-        def per_sample(v: np.ndarray) -> np.ndarray:
-            return v[:, None, None, None, None]
-
-        dx = (sx[idx] - x0[:, None, None])[:, None, None, :, :]  # (n, 1, 1, size, os)
-        dy = (sy[idx] - y0[:, None, None])[:, :, :, None, None]  # (n, size, os, 1, 1)
-        q = per_sample(qxx) * dx * dx + 2.0 * per_sample(qxy) * dx * dy + per_sample(qyy) * dy * dy
-        g = per_sample(gamma)
-        log_u = np.log1p(g * q)
-        ms = np.exp(-log_u / g)  # (1 + gamma q) ** (-1 / gamma)
-        mu = ms / (1.0 + g * q)
-
-        def mean(v: np.ndarray) -> np.ndarray:
-            return v.mean(axis=(2, 4)).reshape(len(p), -1)
-
+        dx = sx[idx] - x0[:, None, None]  # (m, size, os)
+        dy = sy[idx] - y0[:, None, None]
+        g = gamma[:, None, None]
+        # u = 1 + gamma q with q = qxx dx^2 + 2 qxy dx dy + qyy dy^2
+        u = (g * qxx[:, None, None] * dx**2).reshape(m, 1, -1) + (
+            g * qyy[:, None, None] * dy**2 + 1.0
+        ).reshape(m, -1, 1)
+        u += (2.0 * g * qxy[:, None, None] * dy).reshape(m, -1, 1) * dx.reshape(m, 1, -1)
+        log_u = np.log(u)
+        ms = np.exp(log_u * (-1.0 / g))  # (1 + gamma q) ** (-1 / gamma)
         s_m = mean(ms)
-        s_dx = mean(mu * dx)
-        s_dy = mean(mu * dy)
-        s_xx = mean(mu * dx * dx)
-        s_yy = mean(mu * dy * dy)
-        s_xy = mean(mu * dx * dy)
-        # d ln m / d gamma = -1 / (1 - gamma) + ln(1 + gamma q) / gamma^2 - q / (gamma (1 + gamma q))
-        s_g = mean(ms * (log_u / g**2 - q / (g * (1.0 + g * q))))
         det = qxx * qyy - qxy**2
         c = (1.0 - gamma) * np.sqrt(np.maximum(det, 1e-30)) / math.pi
         cf = (c * flux)[:, None]
         model = cf * s_m + const[:, None]
-        jac = np.empty((len(p), s_m.shape[1], 8))
-        jac[..., 0] = c[:, None] * s_m
-        jac[..., 1] = 2.0 * cf * (qxx[:, None] * s_dx + qxy[:, None] * s_dy)
-        jac[..., 2] = 2.0 * cf * (qxy[:, None] * s_dx + qyy[:, None] * s_dy)
-        jac[..., 3] = cf * (s_m * (qyy / (2.0 * det))[:, None] - s_xx)
-        jac[..., 4] = cf * (-s_m * (qxy / det)[:, None] - 2.0 * s_xy)
-        jac[..., 5] = cf * (s_m * (qxx / (2.0 * det))[:, None] - s_yy)
-        jac[..., 6] = cf * (s_g - s_m / (1.0 - gamma)[:, None])
-        jac[..., 7] = 1.0
-        return model, jac
+
+        def jacobian(sel: np.ndarray) -> np.ndarray:
+            k = len(sel)
+            if k != m:
+                ms_, u_, log_u_, dx_, dy_ = ms[sel], u[sel], log_u[sel], dx[sel], dy[sel]
+            else:
+                ms_, u_, log_u_, dx_, dy_ = ms, u, log_u, dx, dy
+            s_m_, cf_, c_, det_ = s_m[sel], cf[sel], c[sel], det[sel]
+            qxx_, qxy_, qyy_, gamma_ = qxx[sel], qxy[sel], qyy[sel], gamma[sel]
+            mu = (ms_ / u_).reshape(k, size, os_, size, os_)  # (1 + gamma q) ** (-1 / gamma - 1)
+
+            # sums over the sub-samples of one axis first; the other axis' offsets then multiply
+            # arrays os times smaller
+            def sum_x(v: np.ndarray) -> np.ndarray:  # (k, size, size, os): x sub-samples last
+                return (v.reshape(-1, os_) @ ones).reshape(k, -1) * per_sample
+
+            def sum_y(v: np.ndarray) -> np.ndarray:  # (k, size, os, size): y sub-samples on axis 2
+                return v.sum(axis=2).reshape(k, -1) * per_sample
+
+            over_y = mu.sum(axis=2)  # (k, y pixel, x pixel, x sub)
+            over_x = (mu.reshape(-1, os_) @ ones).reshape(k, size, os_, size)
+            dx_over_x = ((mu * dx_[:, None, None]).reshape(-1, os_) @ ones).reshape(k, size, os_, size)
+            s_mu = sum_x(over_y)
+            s_dx = sum_x(over_y * dx_[:, None])
+            s_xx = sum_x(over_y * (dx_**2)[:, None])
+            s_dy = sum_y(over_x * dy_[:, :, :, None])
+            s_yy = sum_y(over_x * (dy_**2)[:, :, :, None])
+            s_xy = sum_y(dx_over_x * dy_[:, :, :, None])
+            # d ln m / d gamma = -1 / (1 - gamma) + ln(1 + gamma q) / gamma^2 - q / (gamma (1 + gamma q)),
+            # and m q / (1 + gamma q) = (m - mu) / gamma
+            s_g = (mean(ms_ * log_u_) - (s_m_ - s_mu)) / (gamma_**2)[:, None]
+            jac = np.empty((k, s_m_.shape[1], 8))
+            jac[..., 0] = c_[:, None] * s_m_
+            jac[..., 1] = 2.0 * cf_ * (qxx_[:, None] * s_dx + qxy_[:, None] * s_dy)
+            jac[..., 2] = 2.0 * cf_ * (qxy_[:, None] * s_dx + qyy_[:, None] * s_dy)
+            jac[..., 3] = cf_ * (s_m_ * (qyy_ / (2.0 * det_))[:, None] - s_xx)
+            jac[..., 4] = cf_ * (-s_m_ * (qxy_ / det_)[:, None] - 2.0 * s_xy)
+            jac[..., 5] = cf_ * (s_m_ * (qxx_ / (2.0 * det_))[:, None] - s_yy)
+            jac[..., 6] = cf_ * (s_g - s_m_ / (1.0 - gamma_)[:, None])
+            jac[..., 7] = 1.0
+            return jac
+
+        return model, jacobian
 
     def valid(p: np.ndarray) -> np.ndarray:
         det = p[:, 3] * p[:, 5] - p[:, 4] ** 2
