@@ -16,7 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
 
-__all__ = ["Background", "BackgroundConfig", "as_sep_array", "bad_pixel_mask", "estimate_background"]
+__all__ = [
+    "Background",
+    "BackgroundConfig",
+    "as_sep_array",
+    "bad_pixel_mask",
+    "estimate_background",
+    "mask_bits_set",
+    "native_mask",
+]
 
 DEFAULT_MASK_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.EDGE | MaskBit.NO_DATA)
 
@@ -65,6 +73,22 @@ def as_sep_array(data: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.dtype(dtype).newbyteorder("="))
 
 
+def native_mask(mask: np.ndarray) -> np.ndarray:
+    """The MASK plane in native byte order (FITS planes are big-endian; numpy's bit operations
+    on them go through a slow cast); not copied when it already is."""
+    mask = np.asarray(mask)
+    return mask if mask.dtype.isnative else mask.astype(mask.dtype.newbyteorder("="))
+
+
+def mask_bits_set(mask: np.ndarray, bits: int) -> np.ndarray:
+    """Boolean array, True where the integer ``mask`` has any of ``bits`` set."""
+    mask = native_mask(mask)
+    bits = int(bits)
+    if mask.dtype.kind in "iu" and 0 <= bits <= np.iinfo(mask.dtype).max:
+        return (mask & mask.dtype.type(bits)) != 0
+    return (mask.astype(np.int64) & bits) != 0
+
+
 def bad_pixel_mask(data: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray | None:
     """Boolean ``(ny, nx)`` array, True where a pixel must be ignored.
 
@@ -77,7 +101,7 @@ def bad_pixel_mask(data: np.ndarray, mask: np.ndarray | None, mask_bits: int) ->
         mask = np.asarray(mask)
         if mask.shape != data.shape:
             raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
-        bad |= mask if mask.dtype == bool else (mask.astype(np.int64) & int(mask_bits)) != 0
+        bad |= mask if mask.dtype == bool else mask_bits_set(mask, mask_bits)
     return bad if bad.any() else None
 
 
@@ -107,7 +131,7 @@ def estimate_background(
     if bad is not None:
         if bad.all():
             raise BadInputError("every pixel is masked or not finite: no background can be measured")
-        arr = np.where(bad, 0.0, arr).astype(arr.dtype)
+        arr = np.where(bad, arr.dtype.type(0), arr)
     bkg = sep.Background(
         arr,
         mask=bad,

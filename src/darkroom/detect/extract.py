@@ -29,7 +29,14 @@ from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
-from darkroom.detect.background import Background, as_sep_array, bad_pixel_mask, estimate_background
+from darkroom.detect.background import (
+    Background,
+    as_sep_array,
+    bad_pixel_mask,
+    estimate_background,
+    mask_bits_set,
+    native_mask,
+)
 from darkroom.detect.psf import fit_gaussian_stamps, measure_psf
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
@@ -444,6 +451,8 @@ def detect_sources(
     """
     config = config or DetectConfig()
     arr = as_sep_array(data)
+    if mask is not None:
+        mask = native_mask(mask)
     if background is None:
         background = estimate_background(arr, mask=mask)
     if background.shape != arr.shape:
@@ -461,8 +470,8 @@ def detect_sources(
 
     # the segmentation map is only needed to find sources with SAT-flagged pixels
     sat_pix = None
-    if mask is not None and np.asarray(mask).dtype != bool:
-        sat_pix = (np.asarray(mask).astype(np.int64) & int(MaskBit.SAT)) != 0
+    if mask is not None and mask.dtype != bool:
+        sat_pix = mask_bits_set(mask, MaskBit.SAT)
         if not sat_pix.any():
             sat_pix = None
     with _pixstack(arr.size):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
-from darkroom.detect.background import Background, BackgroundConfig, estimate_background
+from darkroom.detect.background import Background, BackgroundConfig, estimate_background, native_mask
 from darkroom.detect.extract import DetectConfig, detect_sources
 from darkroom.detect.quality import ImageQuality, QualityConfig, measure_image_quality
 
@@ -40,6 +40,8 @@ def extract_frame(
     :func:`~darkroom.detect.estimate_background` and :func:`~darkroom.detect.detect_sources`
     for what each step does with it.
     """
+    if mask is not None:
+        mask = native_mask(mask)  # once for both steps
     background = estimate_background(data, mask=mask, config=background_config)
     catalog = detect_sources(
         data,
