@@ -167,3 +167,83 @@ def test_mean_radec_across_ra_zero_and_at_the_pole():
     assert dec == pytest.approx(90.0, abs=1e-9)
     ra, dec = mean_radec(np.array([10.0, 20.0]), np.array([0.0, 0.0]))
     assert (ra, dec) == (pytest.approx(15.0), pytest.approx(0.0, abs=1e-12))
+
+
+def test_solver_scaled_by_seeing_and_the_widening_ladder():
+    from darkroom.astrom import FrameSources, PointingHint
+    from darkroom.astrom.field import scaled_by_fwhm, widening
+    from darkroom.astrom.settings import SolveSettings
+    from darkroom.catalogs import FileCatalogSource
+
+    base = SolveSettings()
+    assert scaled_by_fwhm(base, [None]) is base and scaled_by_fwhm(base, [1.0]) is base  # sharp: as set
+    wide = scaled_by_fwhm(base, [5.0, 6.0, None]).series.solve  # a 5.5-pixel DSLR star
+    assert wide.good_rms_pix == pytest.approx(1.1) and wide.match_radius_pix == pytest.approx(8.25)
+    hinted = [
+        FrameSources(
+            sources=Table(), shape=(10, 10), hint=PointingHint(ra_deg=1, dec_deg=2, pixel_scale_arcsec=1)
+        )
+    ]
+    local = base.model_copy(update={"reference_catalog": FileCatalogSource(path="c.ecsv")})
+    assert [s.pointing_uncertainty_deg for s in widening(local, hinted)] == [0.1, 0.5, 2.5, 10.0]
+    assert [s.series.solve.search_radius_deg >= s.pointing_uncertainty_deg for s in widening(local, hinted)][
+        1:
+    ] == [True] * 3
+    assert len(list(widening(base, hinted))) == 1  # no catalogue: nothing to widen
+    placed = [FrameSources(sources=Table(), shape=(10, 10), wcs=WCS(naxis=2))]
+    assert len(list(widening(local, placed))) == 1  # a header WCS places the field
+
+
+def test_catalog_cone_holds_every_frame_of_the_field():
+    from darkroom.astrom import FrameSources, PointingHint
+    from darkroom.astrom.field import catalog_cone
+
+    def frame(ra, dec):
+        return FrameSources(
+            sources=Table(),
+            shape=(1000, 2000),
+            hint=PointingHint(ra_deg=ra, dec_deg=dec, pixel_scale_arcsec=1.8),
+        )
+
+    cone = catalog_cone(
+        [frame(359.9, 0.0), frame(0.1, 0.0)], [60000.0, 60001.0], pointing_uncertainty_deg=0.1
+    )
+    half_diagonal = 0.5 * math.hypot(1000, 2000) * 1.8 / 3600
+    assert min(cone.ra_deg, 360 - cone.ra_deg) < 1e-9 and abs(cone.dec_deg) < 1e-9
+    assert cone.radius_deg == pytest.approx(0.1 + 1.15 * half_diagonal + 0.1, rel=1e-6)
+    assert cone.epoch_jyear == pytest.approx(2000.0 + (60000.5 - 51544.5) / 365.25, abs=1e-6)  # mean MJD
+    assert (
+        catalog_cone([FrameSources(sources=Table(), shape=(10, 10))], [None], pointing_uncertainty_deg=0.1)
+        is None
+    )
+
+
+def test_wcs_cards_round_trip_and_replacement_keeps_the_given_wcs():
+    from astropy.io import fits
+
+    from darkroom.astrom.wcscards import (
+        GIVEN_WCS_EXTNAME,
+        given_wcs_header,
+        header_wcs,
+        replace_wcs_cards,
+        wcs_cards,
+        wcs_from_cards,
+    )
+
+    w = WCS(naxis=2)
+    w.wcs.ctype, w.wcs.crval, w.wcs.crpix = ["RA---TAN", "DEC--TAN"], [10.0, 20.0], [50.5, 40.5]
+    w.wcs.cd = [[-1e-4, 0.0], [0.0, 1e-4]]
+    header = fits.Header({"OBJECT": "M1", "EXPTIME": 30.0})
+    header.update(w.to_header())
+    again = wcs_from_cards(wcs_cards(header_wcs(header).to_header()))
+    np.testing.assert_allclose(again.all_pix2world([0, 99], [0, 79], 0), w.all_pix2world([0, 99], [0, 79], 0))
+    assert header_wcs(fits.Header({"OBJECT": "M1"})) is None and wcs_from_cards({}) is None
+    given = given_wcs_header(header)
+    assert given["EXTNAME"] == GIVEN_WCS_EXTNAME and "OBJECT" not in given and given["CRVAL1"] == 10.0
+    solution = w.deepcopy()
+    solution.wcs.crval = [10.01, 20.0]
+    sol_header = solution.to_header()
+    sol_header["ASTQUAL"] = "good"
+    replace_wcs_cards(header, sol_header, history="solved")
+    assert header["CRVAL1"] == 10.01 and header["ASTQUAL"] == "good" and header["OBJECT"] == "M1"
+    assert "solved" in str(header["HISTORY"])

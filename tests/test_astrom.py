@@ -407,3 +407,57 @@ def test_thumbnail_solved_against_refcat2(thumbnail):
     assert np.median(sep) <= np.median(between) + 0.1
     assert np.median(ours) <= 1.0
     assert np.max(ours) <= 2.5
+
+
+# ---------------------------------------------------------------- one field's frames together ---------
+
+
+def test_solve_field_widens_the_cone_until_the_reference_solves(sim_frame):
+    from darkroom.astrom.field import solve_field, source_counts
+    from darkroom.astrom.settings import SolveSettings
+    from darkroom.catalogs import FileCatalogSource
+
+    ra0, dec0 = sim_frame["centre"]
+    frame = FrameSources(
+        sources=sim_frame["sources"],
+        shape=(1024, 1024),
+        hint=PointingHint(ra_deg=ra0, dec_deg=dec0, pixel_scale_arcsec=0.67),
+        name="f0",
+    )
+    elsewhere = sim_frame["catalog"].copy()
+    elsewhere["dec_deg"] = np.asarray(elsewhere["dec_deg"]) - 5.0  # stars, but not these
+    asked = []
+
+    def load(attempt):  # a stub catalogue: the field's stars only once the cone is 0.5 deg wide
+        asked.append(attempt.pointing_uncertainty_deg)
+        return sim_frame["catalog"] if attempt.pointing_uncertainty_deg >= 0.5 else elsewhere
+
+    settings = SolveSettings(reference_catalog=FileCatalogSource(path="refcat.ecsv"))
+    counts = source_counts([frame], flux_column=settings.series.solve.flux_column)
+    field = solve_field([frame], counts, settings=settings, fwhms=[3.0], load_catalog=load, name="sim")
+    assert asked == [0.1, 0.5] and field.settings.pointing_uncertainty_deg == 0.5
+    assert field.reference == 0 and field.results[0].quality == "good"
+    assert (
+        np.sqrt(np.mean(_grid_error_pix(field.results[0].wcs, sim_frame["truth"], (1024, 1024)) ** 2)) <= 0.05
+    )
+
+
+def test_solve_field_keeps_a_header_wcs_it_cannot_check(sim_frame):
+    from darkroom.astrom.field import solve_field, source_counts
+    from darkroom.astrom.settings import SolveSettings
+
+    frames = [
+        FrameSources(sources=sim_frame["sources"], shape=(1024, 1024), name="many"),
+        FrameSources(
+            sources=sim_frame["sources"][:3], shape=(1024, 1024), wcs=sim_frame["truth"], name="three"
+        ),
+    ]
+    settings = SolveSettings()
+    counts = source_counts(frames, flux_column=settings.series.solve.flux_column)
+    field = solve_field(frames, counts, settings=settings, load_catalog=lambda _: None)
+    assert field.reference == 1 and field.catalog is None  # the header WCS is the reference
+    kept = field.results[1]
+    assert (
+        kept.method == "header" and kept.quality == "marginal" and "kept unverified: 3 sources" in kept.reason
+    )
+    assert kept.wcs is sim_frame["truth"]

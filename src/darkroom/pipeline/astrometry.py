@@ -1,6 +1,8 @@
 """The astrometry stage: the frames of each field and night solved against the reference catalogue.
 
-Wiring only: :mod:`darkroom.astrom` solves, :mod:`darkroom.catalogs` reads the reference catalog.
+Wiring only: :mod:`darkroom.astrom.field` solves a field's frames together,
+:mod:`darkroom.catalogs` reads the reference catalog, :mod:`darkroom.astrom.wcscards` turns a
+solution into header cards.
 
 ``astrometry`` (one unit per field and night)
     The frames of one field (``Image.field``, i.e. OBJECT), night, camera shape and
@@ -30,47 +32,39 @@ earlier provenances stay on disk beside the new ones under their own folders.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
-import re
-import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from astropy.time import Time
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.astrom import (
-    AffineTransform,
-    FrameSources,
-    PointingHint,
-    SolveResult,
-    fit_affine,
-    pixel_scale_arcsec,
-    solve_frame,
-    solve_frame_series,
-    source_positions,
+from darkroom.astrom import FrameSources, PointingHint, SolveResult, pixel_scale_arcsec
+from darkroom.astrom.field import (
+    blind_reference,
+    catalog_cone,
+    failed_result,
+    solve_field,
+    source_counts,
 )
-from darkroom.astrom.blind import blind_solve
 from darkroom.astrom.pointing import cluster_pointings
 from darkroom.astrom.settings import SolveSettings
-from darkroom.catalogs import (
-    FileCatalogSource,
-    ShardCatalogSource,
-    angular_separation_deg,
-    load_reference_catalog,
-    read_table,
-    resolve_catalog_source,
+from darkroom.astrom.wcscards import (
+    GIVEN_WCS_EXTNAME,
+    given_wcs_header,
+    header_wcs,
+    replace_wcs_cards,
+    transform_dict,
+    wcs_cards,
+    wcs_from_cards,
 )
+from darkroom.catalogs import load_reference_catalog, read_table, resolve_catalog_source
 from darkroom.config import AstrometrySettings
-from darkroom.errors import BadInputError, SolveError
+from darkroom.errors import BadInputError
 from darkroom.io.fitsheader import rewrite_header
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.products import ImageProducts, extracted_images
@@ -78,129 +72,15 @@ from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import AstromSolution, Image
 from darkroom.repo.store import atomic_path
 
-__all__ = ["AstrometrySettings", "AstrometryStage", "SolveSettings", "header_wcs", "wcs_from_astrom"]
+__all__ = ["AstrometrySettings", "AstrometryStage", "SolveSettings", "wcs_from_astrom"]
 
 log = logging.getLogger(__name__)
 
 
-_WCS_KEY = re.compile(
-    r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|LONPOLE|LATPOLE|"
-    r"RADESYSA?|EQUINOX|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER|A_DMAX|B_DMAX|[AB]P?_\d+_\d+)$"
-)
-
-
-_GIVEN_WCS = "GIVENWCS"
-
-
-def _scaled_by_fwhm(cfg: SolveSettings, fwhms: list[float | None]) -> SolveSettings:
-    """Match radii and rms limits of the solver no tighter than the field's seeing allows: a
-    centroid is good to ~0.1-0.2 FWHM, so a 5-pixel DSLR star is not held to a 1-pixel rms."""
-    values = [float(f) for f in fwhms if f]
-    if not values:
-        return cfg
-    fwhm = float(np.median(values))
-    solve = cfg.series.solve
-    scaled = solve.model_copy(
-        update={
-            "good_rms_pix": max(solve.good_rms_pix, 0.2 * fwhm),
-            "marginal_rms_pix": max(solve.marginal_rms_pix, 0.4 * fwhm),
-            "match_radius_pix": max(solve.match_radius_pix, 1.5 * fwhm),
-            "min_match_radius_pix": max(solve.min_match_radius_pix, 0.4 * fwhm),
-        }
-    )
-    if scaled == solve:
-        return cfg
-    return cfg.model_copy(update={"series": cfg.series.model_copy(update={"solve": scaled})})
-
-
-def _widening(cfg: SolveSettings, frames: list[FrameSources]):
-    """The near-blind search ladder: the configured pointing uncertainty, then 5x and 25x it
-    (at least 0.5 and 2 deg), then, for a local catalogue file or shards, 10 deg around the
-    pointing. Only frames with a pointing and no header WCS need more than the first step."""
-    yield cfg
-    if cfg.reference_catalog is None or not any(f.wcs is None and f.hint is not None for f in frames):
-        return
-    base = cfg.pointing_uncertainty_deg
-    steps = [max(0.5, 5 * base), max(2.0, 25 * base)]
-    if isinstance(cfg.reference_catalog, FileCatalogSource | ShardCatalogSource):
-        steps.append(10.0)
-    solve = cfg.series.solve
-    for unc in sorted({u for u in steps if u > base}):
-        wide = solve.model_copy(update={"search_radius_deg": min(30.0, max(solve.search_radius_deg, unc))})
-        yield cfg.model_copy(
-            update={
-                "pointing_uncertainty_deg": min(30.0, unc),
-                "series": cfg.series.model_copy(update={"solve": wide}),
-            }
-        )
-
-
-def header_wcs(header: fits.Header) -> WCS | None:
-    """The celestial WCS of a header, or None when it has none or it is unusable."""
-    if "CTYPE1" not in header and "CTYPE2" not in header:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)  # RADECSYS, CDELT beside CD, ...
-            wcs = WCS(header, naxis=2)
-    except Exception as exc:  # astropy raises many types for broken WCS cards
-        log.info("header WCS ignored: %s", exc)
-        return None
-    if not wcs.has_celestial:
-        return None
-    scale = pixel_scale_arcsec(wcs)
-    return wcs.celestial if np.isfinite(scale) and scale > 0 else None
-
-
 def wcs_from_astrom(astrom: dict[str, Any]) -> WCS | None:
-    """The astropy WCS recorded in an astrometric solution (``astrom_solution.values``) (None when the frame has none).
-
-    Use it with ``origin=0`` on darkroom's 0-based positions.
-    """
-    cards = astrom.get("wcs") if astrom else None
-    if not cards:
-        return None
-    header = fits.Header()
-    for key, value in cards.items():
-        header[key] = value
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(header, naxis=2)
-
-
-def _wcs_cards(header: fits.Header) -> dict[str, Any]:
-    return {
-        key: value
-        for key, value in header.items()
-        if key and key not in ("COMMENT", "HISTORY", "") and not isinstance(value, fits.card.Undefined)
-    }
-
-
-def _transform_dict(t: AffineTransform | None) -> dict[str, Any] | None:
-    if t is None:
-        return None
-    return {"matrix": np.asarray(t.matrix, float).tolist(), "offset": np.asarray(t.offset, float).tolist()}
-
-
-def _failed_result(reason: str, method: str) -> SolveResult:
-    return SolveResult(
-        wcs=None,
-        method=method,  # type: ignore[arg-type]
-        n_matched=0,
-        rms_arcsec=float("nan"),
-        rms_pix=float("nan"),
-        quality="failed",
-        reason=reason,
-    )
-
-
-def _affine_between(wcs: WCS, reference: WCS, shape: tuple[int, int]) -> AffineTransform:
-    """Affine transform from a frame's pixels to the reference frame's, through the sky (0-based)."""
-    ny, nx = shape
-    gx, gy = np.meshgrid(np.linspace(0, nx - 1, 12), np.linspace(0, ny - 1, 12))
-    ra, dec = wcs.all_pix2world(gx.ravel(), gy.ravel(), 0)
-    rx, ry = reference.all_world2pix(ra, dec, 0)
-    return fit_affine(gx.ravel(), gy.ravel(), rx, ry)
+    """The astropy WCS recorded in an astrometric solution (``astrom_solution.values``) (None when the
+    frame has none). Use it with ``origin=0`` on darkroom's 0-based positions."""
+    return wcs_from_cards(astrom.get("wcs") if astrom else None)
 
 
 def _split_by_pointing(
@@ -278,84 +158,26 @@ class AstrometryStage(Stage):
 
     # -- worker side -------------------------------------------------------------------------
 
-    def _catalog_source(self):
-        return resolve_catalog_source(self.config.reference_catalog, self.root)
-
     def _load_catalog(
-        self, frames: list[FrameSources], mjds: list[float | None], cfg: SolveSettings | None = None
+        self, frames: list[FrameSources], mjds: list[float | None], cfg: SolveSettings
     ) -> Table | None:
         """The reference stars over every frame of the field (None without a catalog or a pointing)."""
-        cfg = cfg or self.config
         if cfg.reference_catalog is None:
             return None
-        centres, radii = [], []
-        for frame in frames:
-            ny, nx = frame.shape
-            if frame.wcs is not None:
-                ra, dec = frame.wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
-                scale = pixel_scale_arcsec(frame.wcs)
-                centres.append((float(ra[0]), float(dec[0])))
-            elif frame.hint is not None:
-                centres.append((frame.hint.ra_deg, frame.hint.dec_deg))
-                scale = frame.hint.pixel_scale_arcsec
-            else:
-                continue
-            radii.append(0.5 * math.hypot(nx, ny) * scale / 3600.0)
-        if not centres:
+        cone = catalog_cone(frames, mjds, pointing_uncertainty_deg=cfg.pointing_uncertainty_deg)
+        if cone is None:
             log.warning("no header WCS and no pointing hint: the reference catalog cannot be placed")
             return None
-        ra = np.radians([c[0] for c in centres])
-        dec = np.radians([c[1] for c in centres])
-        vec = np.array([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)]).mean(axis=1)
-        ra0 = float(np.degrees(np.arctan2(vec[1], vec[0])) % 360.0)
-        dec0 = float(np.degrees(np.arctan2(vec[2], np.hypot(vec[0], vec[1]))))
-        spread = float(np.max(angular_separation_deg(ra0, dec0, np.degrees(ra), np.degrees(dec))))
-        radius = spread + 1.15 * max(radii) + cfg.pointing_uncertainty_deg
-        times = [m for m in mjds if m is not None]
-        epoch = float(Time(np.mean(times), format="mjd").jyear) if times else None
         catalog = load_reference_catalog(
-            self._catalog_source(),
-            ra_deg=ra0,
-            dec_deg=dec0,
-            radius_deg=radius,
-            epoch_jyear=epoch,
+            resolve_catalog_source(cfg.reference_catalog, self.root),
+            ra_deg=cone.ra_deg,
+            dec_deg=cone.dec_deg,
+            radius_deg=cone.radius_deg,
+            epoch_jyear=cone.epoch_jyear,
             cache_dir=self.product_path("catalogs", "cache"),
         )
-        log.info("reference catalog: %d stars within %.3f deg", len(catalog), radius)
+        log.info("reference catalog: %d stars within %.3f deg", len(catalog), cone.radius_deg)
         return catalog
-
-    def _choose_reference(
-        self,
-        frames: list[FrameSources],
-        counts: list[int],
-        catalog: Table | None,
-        cfg: SolveSettings | None = None,
-    ) -> int:
-        """The reference frame: header WCS first, then the most usable sources; with a catalog,
-        the first of the leading candidates that solves."""
-        cfg = cfg or self.config
-        order = sorted(range(len(frames)), key=lambda i: (frames[i].wcs is None, -counts[i], i))
-        if catalog is None or not len(catalog):
-            return order[0]
-        for i in order[: cfg.max_reference_tries]:
-            f = frames[i]
-            if f.wcs is None and f.hint is None:
-                continue
-            try:
-                result = solve_frame(
-                    f.sources,
-                    shape=f.shape,
-                    catalog=catalog,
-                    header_wcs=f.wcs,
-                    hint=f.hint,
-                    config=cfg.series.solve,
-                )
-            except SolveError as exc:
-                log.info("reference candidate %s not solved: %s", f.name, exc.reason)
-                continue
-            if result.ok:
-                return i
-        return order[0]
 
     def _read_frame(self, f: dict[str, Any]) -> FrameSources:
         cfg: SolveSettings = self.config
@@ -367,7 +189,7 @@ class AstrometryStage(Stage):
             with fits.open(self.root / f["path"], memmap=False) as hdul:
                 header = hdul["SCI"].header.copy()
                 # the WCS the frame came with, kept aside when a solution was written into SCI
-                given = hdul[_GIVEN_WCS].header.copy() if _GIVEN_WCS in hdul else header
+                given = hdul[GIVEN_WCS_EXTNAME].header.copy() if GIVEN_WCS_EXTNAME in hdul else header
         except (OSError, KeyError) as exc:
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
@@ -393,73 +215,30 @@ class AstrometryStage(Stage):
                 unreadable[k] = exc.reason
         out: list[dict[str, Any]] = []
         for k, reason in unreadable.items():
-            failed = _failed_result(f"not solved: {reason}", "relative")
+            failed = failed_result(f"not solved: {reason}", "relative")
             out.append(self._frame_result(p["frames"][k], None, failed, p, ref_image_id=None, catalog=None))
         if not frames:
             return {"frames": out}
-        solve_cfg = cfg.series.solve
-        counts = []
-        for frame in frames:
-            if len(frame.sources):
-                x, y, _ = source_positions(
-                    frame.sources, flux_column=solve_cfg.flux_column, exclude_sharp=True
-                )
-                counts.append(int(np.count_nonzero(np.isfinite(x) & np.isfinite(y))))
-            else:
-                counts.append(0)
-        blind_method = self._blind(frames, counts, [p["frames"][k] for k in usable])
-        fwhms = [p["frames"][k].get("fwhm_pix") for k in usable]
-        cfg = _scaled_by_fwhm(cfg, fwhms)
-        mjds = [p["frames"][k]["mjd"] for k in usable]
-        for attempt in _widening(cfg, frames):
-            # pointing keyword -> a growing radius -> the whole catalogue: widen only while the
-            # field's reference frame stays unsolved
-            catalog = self._load_catalog(frames, mjds, attempt)
-            ref = self._choose_reference(frames, counts, catalog, attempt)
-            results = solve_frame_series(frames, catalog=catalog, reference_index=ref, config=attempt.series)
-            if (results[ref].ok and results[ref].wcs is not None) or catalog is None:
-                break
-            log.info(
-                "field %s: not solved within %.2f deg of the pointing; widening",
-                p["field"],
-                attempt.pointing_uncertainty_deg,
-            )
-        cfg = attempt
-        if counts[ref] < solve_cfg.min_sources:  # even the best frame has (next to) no stars
-            results[ref] = _failed_result(
-                f"too few stars: {counts[ref]} sources, at least {solve_cfg.min_sources} needed "
-                "(clouds, wrong exposure, or detection threshold too high?)",
-                "reference",
-            )
-        ref_wcs = results[ref].wcs
-        for i, result in enumerate(results):
-            if result.ok or i == ref:
-                continue
-            results[i] = self._solve_alone(frames[i], result, catalog, ref_wcs, cfg)
-        for i, result in enumerate(results):
-            if result.quality == "failed" and frames[i].wcs is not None and counts[i] < solve_cfg.min_sources:
-                # too few stars to check or refine it, but a header WCS is what the frame was given
-                results[i] = SolveResult(
-                    wcs=frames[i].wcs,
-                    method="header",
-                    n_matched=0,
-                    rms_arcsec=float("nan"),
-                    rms_pix=float("nan"),
-                    quality="marginal",
-                    reason=f"header WCS kept unverified: {counts[i]} sources, too few to check it "
-                    f"(at least {solve_cfg.min_sources})",
-                )
-        ref_image_id = p["frames"][usable[ref]]["image_id"]
-        for k, frame, result in zip(usable, frames, results, strict=True):
-            out.append(
-                self._frame_result(
-                    p["frames"][k], frame, result, p, ref_image_id=ref_image_id, catalog=catalog
-                )
-            )
-        if blind_method is not None:
+        rows = [p["frames"][k] for k in usable]
+        counts = source_counts(frames, flux_column=cfg.series.solve.flux_column)
+        blind = blind_reference(frames, counts, [r.get("pixel_scale_arcsec") for r in rows], cfg)
+        mjds = [r["mjd"] for r in rows]
+        field = solve_field(
+            frames,
+            counts,
+            settings=cfg,
+            fwhms=[r.get("fwhm_pix") for r in rows],
+            load_catalog=lambda attempt: self._load_catalog(frames, mjds, attempt),
+            name=p["field"],
+        )
+        results, ref, catalog = field.results, field.reference, field.catalog
+        ref_image_id = rows[ref]["image_id"]
+        for row, frame, result in zip(rows, frames, results, strict=True):
+            out.append(self._frame_result(row, frame, result, p, ref_image_id=ref_image_id, catalog=catalog))
+        if blind is not None:
             for item in out:
-                if item["image_id"] == blind_method[0]:
-                    item["astrom"]["blind_method"] = blind_method[1]
+                if item["image_id"] == rows[blind[0]]["image_id"]:
+                    item["astrom"]["blind_method"] = blind[1]
         n_failed = sum(r.quality == "failed" for r in results) + len(unreadable)
         log.info(
             "field %s %s: %d frames, reference %s (%s), %d failed",
@@ -471,74 +250,6 @@ class AstrometryStage(Stage):
             n_failed,
         )
         return {"frames": out}
-
-    def _blind(
-        self, frames: list[FrameSources], counts: list[int], rows: list[dict[str, Any]]
-    ) -> tuple[int, str] | None:
-        """Blind-solve the frame with most sources when no frame of the field has a header WCS or a
-        pointing; its solution becomes that frame's "header" WCS (refined and checked like one).
-        Returns (image id, engine used) or None."""
-        cfg: SolveSettings = self.config
-        if (
-            cfg.blind.engine == "none"
-            or not frames
-            or any(f.wcs is not None or f.hint is not None for f in frames)
-        ):
-            return None
-        i = int(np.argmax(counts))
-        frame = frames[i]
-        x, y, flux = source_positions(
-            frame.sources, flux_column=cfg.series.solve.flux_column, exclude_sharp=True
-        )
-        try:
-            sol = blind_solve(
-                x,
-                y,
-                flux,
-                shape=frame.shape,
-                pixel_scale_arcsec=rows[i].get("pixel_scale_arcsec"),
-                config=cfg.blind,
-            )
-        except SolveError as exc:
-            log.warning("field of %s: no pointing and blind solving failed: %s", frame.name, exc.reason)
-            return None
-        log.info("%s solved blind by %s", frame.name, sol.method)
-        frames[i] = dataclasses.replace(frame, wcs=sol.wcs)
-        return rows[i]["image_id"], sol.method
-
-    def _solve_alone(
-        self,
-        frame: FrameSources,
-        aligned: SolveResult,
-        catalog: Table | None,
-        ref_wcs: WCS | None,
-        cfg: SolveSettings | None = None,
-    ) -> SolveResult:
-        """A frame that did not align: its own header WCS or hint, tied to the reference through the sky."""
-        cfg = cfg or self.config
-        if frame.wcs is None and (catalog is None or frame.hint is None):
-            return aligned
-        try:
-            alone = solve_frame(
-                frame.sources,
-                shape=frame.shape,
-                catalog=catalog,
-                header_wcs=frame.wcs,
-                hint=frame.hint,
-                config=cfg.series.solve,
-            )
-        except SolveError as exc:
-            aligned.reason = f"{aligned.reason}; alone: {exc.reason}"
-            return aligned
-        if not alone.ok:
-            aligned.reason = f"{aligned.reason}; alone: {alone.reason}"
-            return aligned
-        if ref_wcs is not None and alone.wcs is not None:
-            alone.to_reference = _affine_between(alone.wcs, ref_wcs, frame.shape)
-        alone.reason = "; ".join(
-            r for r in (aligned.reason, f"solved on its own ({alone.method})", alone.reason) if r
-        )
-        return alone
 
     def _frame_result(
         self,
@@ -554,11 +265,11 @@ class AstrometryStage(Stage):
         if result.wcs is None and quality == "good":
             quality = "marginal"
             reason = reason or "no absolute WCS: aligned to the field's reference frame only"
-        wcs_cards = wcs_path = centre = scale = image_sha256 = None
+        cards = wcs_path = centre = scale = image_sha256 = None
         if result.wcs is not None and frame is not None:
             header = result.to_header()
             header["ASTQUAL"] = quality
-            wcs_cards = _wcs_cards(header)
+            cards = wcs_cards(header)
             out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(f['path'])}.wcs")
             with atomic_path(out) as tmp:
                 fits.PrimaryHDU(header=header).writeto(tmp)
@@ -577,9 +288,9 @@ class AstrometryStage(Stage):
             "rms_pix": result.rms_pix,
             "reason": reason,
             "sip_order": result.sip_order,
-            "wcs": wcs_cards,
+            "wcs": cards,
             "wcs_path": wcs_path,
-            "to_reference": _transform_dict(result.to_reference),
+            "to_reference": transform_dict(result.to_reference),
             "reference_image_id": ref_image_id,
             "field_key": p["field_key"],
             "n_frames": len(p["frames"]),
@@ -606,23 +317,15 @@ class AstrometryStage(Stage):
             with fits.open(path, memmap=False) as hdul:
                 sci_name = "SCI" if "SCI" in hdul else 0
                 append = []
-                if _GIVEN_WCS not in hdul:
+                if GIVEN_WCS_EXTNAME not in hdul:
                     # keep the frame's own WCS, so that another provenance starts from what it was given
-                    cards = hdul[sci_name].header.cards
-                    given = fits.Header([c for c in cards if c.keyword and _WCS_KEY.match(c.keyword)])
-                    given["EXTNAME"] = (_GIVEN_WCS, "the WCS the calibrated frame came with")
-                    append.append(given)
+                    append.append(given_wcs_header(hdul[sci_name].header))
         except (OSError, KeyError) as exc:
             log.warning("solution not written into %s: %s", path.name, exc)
             return None
 
         def update(sci: fits.Header) -> None:
-            for key in [k for k in sci if _WCS_KEY.match(k)]:
-                sci.remove(key, ignore_missing=True, remove_all=True)
-            for card in wcs_header.cards:
-                if (card.keyword and _WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL":
-                    sci[card.keyword] = (card.value, card.comment)
-            sci.add_history("darkroom.astrom: WCS from the astrometry stage")
+            replace_wcs_cards(sci, wcs_header, history="darkroom.astrom: WCS from the astrometry stage")
 
         try:
             return rewrite_header(path, sci_name, update, append=append)

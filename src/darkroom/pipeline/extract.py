@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from darkroom.astrom import (
     pixel_scale_arcsec,
 )
+from darkroom.astrom.wcscards import header_wcs
 from darkroom.detect import (
     extract_frame,
 )
@@ -29,7 +30,6 @@ from darkroom.detect.settings import ExtractSettings
 from darkroom.io.calibrated import read_calibrated
 from darkroom.io.tables import write_parquet
 from darkroom.pipeline._products import jsonable, raw_stem
-from darkroom.pipeline.astrometry import header_wcs
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Image, SourceCatalog
 from darkroom.repo.store import atomic_path, sha256_file

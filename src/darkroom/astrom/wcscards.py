@@ -1,0 +1,106 @@
+"""A celestial WCS as FITS header cards: read from a header, recorded as a dict of cards, written into
+a calibrated image's header (the frame's own WCS kept aside in a ``GIVENWCS`` extension).
+
+Cards follow FITS: CRPIX is 1-based; use the WCS with ``origin=0`` on darkroom's 0-based pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from darkroom.astrom.transform import AffineTransform
+from darkroom.astrom.wcsfit import pixel_scale_arcsec
+
+__all__ = [
+    "GIVEN_WCS_EXTNAME",
+    "WCS_KEY",
+    "given_wcs_header",
+    "header_wcs",
+    "replace_wcs_cards",
+    "transform_dict",
+    "wcs_cards",
+    "wcs_from_cards",
+]
+
+log = logging.getLogger(__name__)
+
+#: keywords of a celestial WCS (TAN-SIP included)
+WCS_KEY = re.compile(
+    r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|LONPOLE|LATPOLE|"
+    r"RADESYSA?|EQUINOX|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER|A_DMAX|B_DMAX|[AB]P?_\d+_\d+)$"
+)
+
+#: extension holding the WCS a calibrated frame came with, once a solution replaced it in SCI
+GIVEN_WCS_EXTNAME = "GIVENWCS"
+
+
+def header_wcs(header: fits.Header) -> WCS | None:
+    """The celestial WCS of a header, or None when it has none or it is unusable."""
+    if "CTYPE1" not in header and "CTYPE2" not in header:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # RADECSYS, CDELT beside CD, ...
+            wcs = WCS(header, naxis=2)
+    except Exception as exc:  # astropy raises many types for broken WCS cards
+        log.info("header WCS ignored: %s", exc)
+        return None
+    if not wcs.has_celestial:
+        return None
+    scale = pixel_scale_arcsec(wcs)
+    return wcs.celestial if np.isfinite(scale) and scale > 0 else None
+
+
+def wcs_from_cards(cards: Mapping[str, Any] | None) -> WCS | None:
+    """The WCS of recorded header cards (None for none)."""
+    if not cards:
+        return None
+    header = fits.Header()
+    for key, value in cards.items():
+        header[key] = value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(header, naxis=2)
+
+
+def wcs_cards(header: fits.Header) -> dict[str, Any]:
+    """A header's cards as a dict (no COMMENT/HISTORY/blank cards, no undefined values)."""
+    return {
+        key: value
+        for key, value in header.items()
+        if key and key not in ("COMMENT", "HISTORY", "") and not isinstance(value, fits.card.Undefined)
+    }
+
+
+def transform_dict(t: AffineTransform | None) -> dict[str, Any] | None:
+    """An affine transform as JSON: ``matrix`` (2x2) and ``offset`` [pixel]."""
+    if t is None:
+        return None
+    return {"matrix": np.asarray(t.matrix, float).tolist(), "offset": np.asarray(t.offset, float).tolist()}
+
+
+def given_wcs_header(header: fits.Header) -> fits.Header:
+    """The WCS cards of a frame's header as a ``GIVENWCS`` extension header (kept aside before a
+    solution replaces them, so another solution starts from what the frame was given)."""
+    given = fits.Header([c for c in header.cards if c.keyword and WCS_KEY.match(c.keyword)])
+    given["EXTNAME"] = (GIVEN_WCS_EXTNAME, "the WCS the calibrated frame came with")
+    return given
+
+
+def replace_wcs_cards(header: fits.Header, solution: fits.Header, *, history: str) -> None:
+    """Replace the WCS cards of ``header`` (in place) by those of ``solution`` and its ``ASTQUAL``;
+    ``history`` is added as a HISTORY card."""
+    for key in [k for k in header if WCS_KEY.match(k)]:
+        header.remove(key, ignore_missing=True, remove_all=True)
+    for card in solution.cards:
+        if (card.keyword and WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL":
+            header[card.keyword] = (card.value, card.comment)
+    header.add_history(history)
