@@ -108,6 +108,58 @@ def _loader_dumper() -> tuple[type, type]:
     return _CLASSES
 
 
+def _arrow_array(values: np.ndarray) -> Any:
+    """A pyarrow array of a 1-D numpy array. Numbers and booleans are wrapped from their buffers:
+    ``pyarrow.array`` imports pandas (0.3 s) to check what it was given."""
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values)
+    if values.dtype.kind == "b":
+        bits = pa.py_buffer(np.packbits(values, bitorder="little"))
+        return pa.Array.from_buffers(pa.bool_(), len(values), [None, bits])
+    if values.dtype.kind in "iuf":
+        return pa.Array.from_buffers(
+            pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)]
+        )
+    return pa.array(values)
+
+
+def _numpy_dtype(arrow_type: Any) -> np.dtype | None:
+    """The numpy dtype of an Arrow integer, float or boolean type; None for others."""
+    import pyarrow as pa
+
+    if pa.types.is_boolean(arrow_type):
+        return np.dtype(bool)
+    if pa.types.is_floating(arrow_type):
+        return np.dtype(f"<f{arrow_type.bit_width // 8}")
+    if pa.types.is_integer(arrow_type):
+        kind = "i" if pa.types.is_signed_integer(arrow_type) else "u"
+        return np.dtype(f"<{kind}{arrow_type.bit_width // 8}")
+    return None
+
+
+def _numpy_values(chunked: Any) -> np.ndarray:
+    """A writable numpy copy of a pyarrow column, read from its buffers when it holds numbers or
+    booleans without nulls (``to_numpy`` imports pandas); other columns through ``to_numpy``."""
+    dtype = _numpy_dtype(chunked.type)
+    if dtype is None or chunked.null_count:
+        return chunked.to_numpy(zero_copy_only=False)
+    parts = []
+    for chunk in chunked.chunks:
+        start, stop = chunk.offset, chunk.offset + len(chunk)
+        data = chunk.buffers()[1]
+        if data is None:
+            parts.append(np.zeros(0, dtype))
+        elif dtype.kind == "b":
+            bits = np.unpackbits(np.frombuffer(data, np.uint8), count=stop, bitorder="little")
+            parts.append(bits[start:].astype(bool))
+        else:
+            parts.append(np.frombuffer(data, dtype, count=stop)[start:])
+    if not parts:
+        return np.zeros(0, dtype)
+    return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
+
+
 def _datatype(dtype: np.dtype) -> str:
     # astropy.table.meta._get_datatype_from_dtype
     name = dtype.name
@@ -165,7 +217,7 @@ def write_parquet(table: Table, path: str | Path) -> Path:
         metadata[META_KEY] = header
     # Parquet is little-endian (columns read from FITS are big-endian)
     arrays = [
-        pa.array(np.asarray(col).astype(col.dtype.newbyteorder("<"), copy=False))
+        _arrow_array(np.asarray(col).astype(col.dtype.newbyteorder("<"), copy=False))
         for col in table.columns.values()
     ]
     schema = pa.schema(
@@ -211,11 +263,11 @@ def read_parquet(path: str | Path, columns: Sequence[str] | None = None, *, meta
     cols = []
     for name in arrow.column_names:
         chunked = arrow.column(name)
-        values = chunked.to_numpy(zero_copy_only=False)
+        values = _numpy_values(chunked)
         a = attrs.get(name, {})
         kwargs = {"name": name, "unit": a.get("unit") or None, "description": a.get("description") or None}
         if chunked.null_count:
-            nulls = chunked.is_null().to_numpy(zero_copy_only=False)
+            nulls = _numpy_values(chunked.is_null())
             cols.append(MaskedColumn(values, mask=nulls, **kwargs))
         else:
             cols.append(Column(values, copy=False, **kwargs))
@@ -237,4 +289,4 @@ def read_parquet_columns(path: str | Path, columns: Sequence[str]) -> tuple[int,
         present = set(pf.schema_arrow.names)
         wanted = [c for c in columns if c in present]
         arrow = pf.read(columns=wanted, use_threads=False)
-    return arrow.num_rows, {name: arrow.column(name).to_numpy(zero_copy_only=False) for name in wanted}
+    return arrow.num_rows, {name: _numpy_values(arrow.column(name)) for name in wanted}
