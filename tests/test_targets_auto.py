@@ -147,3 +147,52 @@ def test_ephemeris_from_a_stand_in_exoplanet_archive_is_cached(tmp_path, httpser
     again = planet_ephemerides(repo.root, ["XO1-b", "Mystery field"], repo.config.names, online=True)
     assert again == got and len(httpserver.log) == 0 and n == 1  # "Mystery field" is no planet name
     repo.close()
+
+
+def test_unresolved_object_takes_the_brightest_source_at_the_pointing(tmp_path):
+    """Offline, with no targets in darkroom.yaml: the OBJECT is not looked up, and the header
+    pointing lies 60 arcsec from the host star (far beyond the light curves' match radius;
+    a fainter star lies nearer). The brightest star within 120 arcsec of the pointing is the
+    host (what the observer pointed at); the light curve made is its."""
+    import numpy as np
+    from astropy.time import Time
+    from sqlalchemy import select
+
+    from darkroom.catalogs.reference import angular_separation_deg
+    from darkroom.pipeline.ingest import ingest_paths
+    from darkroom.pipeline.run import all_stages
+    from darkroom.pipeline.runner import run_stage
+    from darkroom.repo.models import Lightcurve, Source
+    from darkroom.sim import SimConfig, simulate_night
+
+    night = simulate_night(
+        tmp_path / "sim",
+        SimConfig(seed=21, n_science=6, shape=(320, 320), n_stars=120, header_pointing_error_arcsec=60.0),
+    )
+    host = night.truth.catalog[0]
+    epoch = Time(night.config.start_utc).jyear
+    refcat = [
+        "astrometry.solve.reference_catalog.kind=file",
+        f"astrometry.solve.reference_catalog.path={night.refcat_path}",
+        "astrometry.solve.reference_catalog.columns={ra: ra_deg, dec: dec_deg, mag: r_mag, "
+        f"pmra: pmra_mas_yr, pmdec: pmdec_mas_yr, source_id: source_id, epoch_jyear: {epoch:.5f}}}",
+    ]
+    with Repository.init(tmp_path / "repo", overrides=refcat) as repo:
+        ingest_paths(repo.registry, [night.raw_paths["light"][0].parent])
+        repo.apply_automatic_targets(online=False)
+        (target,) = repo.config.targets
+        assert target.search_radius_arcsec == repo.config.names.pointing_search_radius_arcsec
+        assert any("the brightest within" in n for n in repo.target_notes)
+        pointing_error = 3600 * float(
+            angular_separation_deg(target.ra_deg, target.dec_deg, host["ra_deg"], host["dec_deg"])
+        )
+        assert pointing_error > 10 * repo.config.photometry.lightcurves.match_radius_arcsec
+        for stage in all_stages(repo.root, repo.config):
+            assert run_stage(repo.registry, stage).n_failed == 0, stage.name
+        with repo.registry.session() as s:
+            (lc,) = s.scalars(select(Lightcurve).where(Lightcurve.object_id == target.name)).all()
+            src = s.get(Source, lc.source_id)
+            off = 3600 * float(
+                angular_separation_deg(src.ra_deg, src.dec_deg, host["ra_deg"], host["dec_deg"])
+            )
+    assert off < 1.0 and lc.n_points == 6 and np.isfinite(off)

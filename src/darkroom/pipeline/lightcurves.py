@@ -35,7 +35,7 @@ from darkroom.phot import (
 )
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS
 from darkroom.pipeline._products import safe_name, short_hash
-from darkroom.pipeline.objects import find_source
+from darkroom.pipeline.objects import describe_nearest, find_rough_target, find_source
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.rows import bright_source_ids, field_measurements, frame_table, pool_source_ids
 from darkroom.pipeline.stage import Stage, Unit
@@ -101,16 +101,21 @@ class LightCurvesStage(Stage):
             targets = []
             window = pool_window(cfg)
             for t in self.targets:
-                src = find_source(
-                    session,
-                    ra_deg=t.ra_deg,
-                    dec_deg=t.dec_deg,
-                    radius_arcsec=cfg.match_radius_arcsec,
-                    provenance_id=assoc_prov,
-                )
+                where = dict(ra_deg=t.ra_deg, dec_deg=t.dec_deg, provenance_id=assoc_prov)
+                if t.search_radius_arcsec:  # a rough position (a pointing): say which source was taken
+                    src, why = find_rough_target(
+                        session,
+                        **where,
+                        exact_radius_arcsec=cfg.match_radius_arcsec,
+                        search_radius_arcsec=t.search_radius_arcsec,
+                    )
+                else:
+                    src = find_source(session, **where, radius_arcsec=cfg.match_radius_arcsec)
                 if src is None or src.field != field:
                     log.debug("target %s: no source of field %r within the match radius", t.name, field)
                     continue
+                if t.search_radius_arcsec:
+                    log.warning("target %s: %s", t.name, describe_nearest(src, t.ra_deg, t.dec_deg, why))
                 members = pool_source_ids(session, src, mag_window=window)
                 pool.update(members)
                 pool.update(t.comparison_ids or ())

@@ -67,6 +67,69 @@ def _nearest_on_sky(sources: Sequence[Source], ra_deg: float, dec_deg: float, ra
     return sources[int(j[0])] if i.size else None
 
 
+def _brightness(src: Source) -> float:
+    """The source's brightest mean magnitude over its bands (inf when it has none)."""
+    mags = [float(m) for m in (src.mean_mag or {}).values() if m is not None and math.isfinite(float(m))]
+    return min(mags) if mags else math.inf
+
+
+def find_rough_target(
+    session: Session,
+    *,
+    ra_deg: float,
+    dec_deg: float,
+    exact_radius_arcsec: float,
+    search_radius_arcsec: float,
+    provenance_id: str | None,
+) -> tuple[Source | None, str]:
+    """The source a roughly known position (a frame's pointing, RA/Dec [deg]) stands for, and why.
+
+    A source within ``exact_radius_arcsec`` means the pointing keywords hold the target's own
+    coordinates (as observatory schedulers write them): the nearest is taken. Otherwise the
+    position is the telescope's pointing, off the target by the mount's error, and the nearest
+    star is as often a faint neighbour as the target; observers point at their target, so the
+    brightest source within ``search_radius_arcsec`` is taken.
+    """
+    src = find_source(
+        session,
+        ra_deg=ra_deg,
+        dec_deg=dec_deg,
+        radius_arcsec=exact_radius_arcsec,
+        provenance_id=provenance_id,
+    )
+    if src is not None:
+        return src, "the source at that position"
+    near = _sources_near(session, ra_deg, dec_deg, search_radius_arcsec, provenance_id)
+    if not near:
+        return None, f"no source within {search_radius_arcsec:g} arcsec"
+    from darkroom.catalogs.reference import angular_separation_deg
+
+    ra = np.array([s.ra_deg for s in near], float)
+    dec = np.array([s.dec_deg for s in near], float)
+    sep_arcsec = 3600.0 * np.asarray(angular_separation_deg(ra_deg, dec_deg, ra, dec), float)
+    inside = [s for s, d in zip(near, sep_arcsec, strict=True) if d <= search_radius_arcsec]
+    if not inside:
+        return None, f"no source within {search_radius_arcsec:g} arcsec"
+    best = min(inside, key=lambda s: (_brightness(s), s.id))
+    return (
+        best,
+        f"the brightest source within {search_radius_arcsec:g} arcsec (none within {exact_radius_arcsec:g})",
+    )
+
+
+def describe_nearest(src: Source, ra_deg: float, dec_deg: float, why: str) -> str:
+    """One line naming the source taken for a rough position (RA, Dec [deg]) and why."""
+    from darkroom.catalogs.reference import angular_separation_deg
+
+    sep = 3600.0 * float(angular_separation_deg(ra_deg, dec_deg, src.ra_deg, src.dec_deg))
+    mags = ", ".join(f"{band} {m:.2f}" for band, m in sorted((src.mean_mag or {}).items()) if m is not None)
+    mag = f", mean magnitude {mags}" if mags else ""
+    return (
+        f"taking source {src.id} at RA {src.ra_deg:.5f}, Dec {src.dec_deg:+.5f}{mag}, {sep:.1f} arcsec from "
+        f"RA {ra_deg:.5f}, Dec {dec_deg:+.5f}: {why}"
+    )
+
+
 def latest_provenance(session: Session, stage: str, where) -> str | None:
     """The newest provenance of ``stage`` among those ``where`` selects (None: none)."""
     row = session.execute(

@@ -38,7 +38,13 @@ from sqlalchemy.orm import Session
 
 from darkroom.errors import BadInputError, ConfigError
 from darkroom.phot.match import mean_radec
-from darkroom.pipeline.objects import find_source, latest_provenance, resolve_name, source_at_pixel
+from darkroom.pipeline.objects import (
+    find_rough_target,
+    find_source,
+    latest_provenance,
+    resolve_name,
+    source_at_pixel,
+)
 from darkroom.pipeline.rows import bright_source_ids, field_measurements, frame_table, pool_source_ids
 from darkroom.repo.models import Exposure, Image, Measurement, Provenance, Source
 from darkroom.timeseries.field import assemble_lightcurve, pool_window
@@ -186,13 +192,25 @@ def query_lightcurve(
             src = source_at_pixel(ctx, s, x=float(pixel[0]), y=float(pixel[1]), frame=frame)  # type: ignore[arg-type]
         else:
             radius = radius_arcsec if radius_arcsec is not None else settings.match_radius_arcsec
-            src = find_source(
-                s,
-                ra_deg=float(ra_deg),
-                dec_deg=float(dec_deg),
-                radius_arcsec=radius,
-                provenance_id=ctx.associate_provenance,
-            )  # type: ignore[arg-type]
+            if radius_arcsec is None and target_cfg is not None and target_cfg.search_radius_arcsec:
+                # a target placed at a rough position: the source the lightcurves stage took
+                src, _why = find_rough_target(
+                    s,
+                    ra_deg=float(ra_deg),
+                    dec_deg=float(dec_deg),
+                    exact_radius_arcsec=radius,
+                    search_radius_arcsec=target_cfg.search_radius_arcsec,
+                    provenance_id=ctx.associate_provenance,
+                )  # type: ignore[arg-type]
+                radius = target_cfg.search_radius_arcsec
+            else:
+                src = find_source(
+                    s,
+                    ra_deg=float(ra_deg),
+                    dec_deg=float(dec_deg),
+                    radius_arcsec=radius,
+                    provenance_id=ctx.associate_provenance,
+                )  # type: ignore[arg-type]
             if src is None:
                 raise BadInputError(
                     f"no source within {radius:g} arcsec of RA {ra_deg:.6f}, Dec {dec_deg:+.6f} "

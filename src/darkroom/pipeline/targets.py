@@ -173,12 +173,14 @@ def automatic_targets(
             )
             dec = float(np.median(decs))
             why = "not resolved by Sesame" if entry else "not looked up (offline)"
+            radius = config.pointing_search_radius_arcsec
             targets.append(
                 AutoTarget(
-                    TargetConfig(name=name, ra_deg=ra, dec_deg=dec),
+                    TargetConfig(name=name, ra_deg=ra, dec_deg=dec, search_radius_arcsec=radius),
                     "pointing",
                     f"target {name}: OBJECT {why}; using the pointing of its frames' headers "
-                    f"(OBJCTRA/OBJCTDEC or RA/DEC) at RA {ra:.5f}, Dec {dec:+.5f}",
+                    f"(OBJCTRA/OBJCTDEC or RA/DEC) at RA {ra:.5f}, Dec {dec:+.5f}: the source there, "
+                    f"else the brightest within {radius:g} arcsec",
                 )
             )
         else:

@@ -66,6 +66,12 @@ class TargetConfig(BaseModel):
     comparison_ids: list[int] | None = Field(
         None, description="source ids of user-chosen comparison stars; None: automatic ensemble"
     )
+    search_radius_arcsec: float | None = Field(
+        None,
+        gt=0,
+        description="a position known only roughly (e.g. the frames' pointing): the source at it, else "
+        "the brightest source within this radius [arcsec] is the target; None: the exact position",
+    )
 
 
 class LightCurveSettings(BaseModel):
@@ -135,6 +141,12 @@ class NameResolverConfig(BaseModel):
         None, description="Sesame mirrors to ask (None: astropy's defaults, CDS then CfA)"
     )
     timeout_s: float = Field(5.0, gt=0, description="time allowed per Sesame request [s]")
+    pointing_search_radius_arcsec: float = Field(
+        120.0,
+        gt=0,
+        description="a target placed at its frames' pointing (OBJECT not resolved) is the source at the "
+        "pointing, else the brightest source within this radius of it [arcsec]",
+    )
     ephemerides: bool = Field(
         True, description="predicted transit times of known planets (NASA Exoplanet Archive) on the plots"
     )
