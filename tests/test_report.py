@@ -36,7 +36,7 @@ from darkroom.report import (
     write_night_reports,
 )
 from darkroom.report.model import frame_times_mjd
-from darkroom.report.plots import downsample_block_mean
+from darkroom.report.plots import downsample_block_mean, empty_panel_text
 from darkroom.timeseries.quality import LightCurveFlag
 
 HOSTILE = "<script>document.body.setAttribute('data-pwned','1')</script>"
@@ -272,6 +272,17 @@ def test_quality_plot_marks_poor_frames_in_red():
     clean["state"] = "done"
     assert _red_pixels(quality_png(clean)) == 0  # two filters: blue and green, nothing red
     assert _red_pixels(quality_png(frames)) > 100
+
+
+def test_an_empty_zero_point_panel_says_why():
+    frames = _frames()
+    frames["zero_point"] = np.full(len(frames), np.nan)
+    reason = "filter R has no column in the reference catalogue: instrumental magnitudes"
+    frames["zero_point_reason"] = [reason] * (len(frames) - 1) + ["no photometry for this frame yet"]
+    text = empty_panel_text(frames, "zero_point")
+    assert text.startswith(f"no values: {reason}") and f"({len(frames) - 1} of {len(frames)} frames)" in text
+    assert empty_panel_text(frames, "sky_adu") == "no values"  # no reasons recorded for that column
+    assert quality_png(frames)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_quality_plot_needs_a_time():

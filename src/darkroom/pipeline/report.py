@@ -60,6 +60,7 @@ def _frames(repo: Repository, night: str, provenances: Iterable[str] | None) -> 
             "n_sources",
             "zero_point",
             "zero_point_err",
+            "zero_point_reason",
             "astrom_rms_arcsec",
             "astrom_flag",
             "quality_flag",
@@ -86,12 +87,23 @@ def _frames(repo: Repository, night: str, provenances: Iterable[str] | None) -> 
             cols["n_sources"].append(q.get("n_sources"))
             cols["zero_point"].append(p.get("zp", p.get("zero_point")))
             cols["zero_point_err"].append(p.get("zp_err", p.get("zero_point_err")))
+            cols["zero_point_reason"].append(_zero_point_reason(image))
             cols["astrom_rms_arcsec"].append(a.get("rms_arcsec"))
             cols["astrom_flag"].append(image.astrom_flag)
             # poor by the quality limits or, under the chosen light-curve provenance, by clouds
             cols["quality_flag"].append("poor" if image.poor else image.quality_flag)
             cols["state"].append(exp.state)
     return Table({k: np.array(v, dtype=object) for k, v in cols.items()})
+
+
+def _zero_point_reason(image: ImageProducts) -> str | None:
+    """Why a frame has no zero point (None when it has one)."""
+    row = image.photcal_row
+    if row is None:
+        return "no photometry for this frame yet"
+    if row.zp is not None:
+        return None
+    return row.reason or f"photometry {row.flag or 'instrumental'}: no zero point"
 
 
 def _thumbnail(path: Path) -> np.ndarray | None:

@@ -32,7 +32,7 @@ from darkroom.timeseries.lightcurve import bin_lightcurve
 from darkroom.timeseries.plot import break_at_gaps
 from darkroom.timeseries.quality import LightCurveFlag
 
-__all__ = ["downsample_block_mean", "lightcurve_png", "quality_png", "thumbnail_png"]
+__all__ = ["downsample_block_mean", "empty_panel_text", "lightcurve_png", "quality_png", "thumbnail_png"]
 
 _PNG_METADATA = {"Software": None}
 _COLOURS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:cyan")
@@ -60,6 +60,17 @@ def _str_column(table: Table, column: str) -> np.ndarray:
             if value is not None:
                 out[i] = str(value).strip()
     return out
+
+
+def empty_panel_text(frames: Table, column: str) -> str:
+    """The text of an empty panel: the frames' most common reason (column ``<column>_reason``)."""
+    reasons = [r for r in _str_column(frames, f"{column}_reason") if r]
+    if not reasons:
+        return "no values"
+    values, counts = np.unique(np.array(reasons, dtype=str), return_counts=True)
+    k = int(np.argmax(counts))
+    text = str(values[k]) if len(values[k]) <= 110 else str(values[k])[:107] + "..."
+    return f"no values: {text}" + (f" ({counts[k]} of {len(reasons)} frames)" if len(values) > 1 else "")
 
 
 def quality_png(frames: Table, *, title: str | None = None, dpi: int = 100) -> bytes:
@@ -127,7 +138,17 @@ def quality_png(frames: Table, *, title: str | None = None, dpi: int = 100) -> b
                 label="astrometry failed",
             )
         if not ok.any():
-            ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="0.5")
+            ax.text(
+                0.5,
+                0.5,
+                empty_panel_text(frames, column),
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+                wrap=True,
+                fontsize=8,
+            )
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     handles, labels = [], []
