@@ -209,3 +209,14 @@ def test_upgrade_command_backs_up_and_reports(tmp_path):
     assert Registry(f"sqlite:///{backup}").revision() == "0002"  # the copy is the old registry
     out = CliRunner().invoke(app, ["upgrade", str(root)])
     assert out.exit_code == 0 and "up to date" in out.output
+
+
+def test_init_on_an_old_repository_backs_it_up_before_upgrading(tmp_path):
+    root = tmp_path / "repo"
+    _repository_at_0002(root, "sqlite:///registry.db")
+    out = CliRunner().invoke(app, ["init", str(root)])
+    assert out.exit_code == 0, out.output
+    (backup,) = (root / "backups").iterdir()
+    assert Registry(f"sqlite:///{backup}").revision() == "0002"
+    with Repository(root) as repo:
+        assert repo.registry.is_current()

@@ -145,8 +145,17 @@ class Repository:
         if db_url:
             overrides.append(f"registry.url={db_url}")
         config = load_config(cfg_path if cfg_path.exists() else None, overrides)
-        # Reach the database before saving, so a wrong --db never lands in darkroom.yaml.
-        open_registry(config, root).dispose()
+        # Reach the database before saving, so a wrong --db never lands in darkroom.yaml. A new
+        # registry gets its schema here; one made by an older release is left for the constructor,
+        # which backs it up before upgrading it.
+        registry = open_registry(config, root, upgrade=False)
+        try:
+            if registry.revision() is None:
+                registry.upgrade()
+        except (SQLAlchemyError, ArgumentError, OSError) as exc:
+            raise registry_error(exc, config.registry.url) from exc
+        finally:
+            registry.dispose()
         save_config(config, cfg_path)
         return cls(root)
 
