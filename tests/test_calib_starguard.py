@@ -100,3 +100,59 @@ def test_guard_keeps_a_cosmic_ray_on_a_star_and_clears_the_core() -> None:
     result = protect_stars(flags, data, np.full((ny, nx), 500.0), var)
     assert not result.mask[20, 20] and not result.mask[19, 20]
     assert result.mask[22, 20]
+
+
+def test_bright_sources_found_in_boxes_equal_the_whole_frame_extraction() -> None:
+    """find_stars extracts only boxes around the bright pixels: the bright sources (and the FWHM
+    they give) are those of one extraction of the whole frame."""
+    from darkroom.calib.starguard import StarGuardConfig, _extract_around, _sep_extract, find_stars
+    from darkroom.robust import median
+
+    rng = np.random.default_rng(3)
+    ny, nx = 400, 500
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    sigma = 3.0 / 2.3548
+    data = np.zeros((ny, nx))
+    stars = [(rng.uniform(15, nx - 15), rng.uniform(15, ny - 15), rng.uniform(3e3, 5e4)) for _ in range(25)]
+    stars += [(250.0, 200.0, 4e5), (262.0, 203.0, 2e3)]  # a faint neighbour in a bright star's wings
+    for x, y, flux in stars:
+        data += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    noise = np.sqrt(100.0 + data)
+    work = (data + noise * rng.standard_normal((ny, nx))).astype(np.float32)
+    err = noise.astype(np.float32)
+    cfg = StarGuardConfig()
+    floor = 20 * median(err)
+    whole = _sep_extract(work, err, None, cfg)
+    boxed = _extract_around(work > floor, work, err, None, cfg)
+
+    def bright(objs):
+        objs = objs[objs["peak"] > floor]
+        return sorted(
+            zip(
+                objs["xpeak"].tolist(),
+                objs["ypeak"].tolist(),
+                objs["npix"].tolist(),
+                objs["x"].tolist(),
+                strict=True,
+            )
+        )
+
+    assert len(bright(whole)) >= 20
+    assert bright(boxed) == bright(whole)
+    fwhm = find_stars(work, np.zeros_like(work), err, config=cfg)[3]
+    assert fwhm == pytest.approx(3.0, abs=0.3)
+
+
+def test_boxes_whose_sources_could_clean_each_other_are_joined() -> None:
+    """sep drops a faint source in a brighter one's wings within 10 (a1 + a2): such sources
+    must be extracted in one box (on the ARCSAT night a 6-pixel source 30 px from a star)."""
+    from darkroom.calib.starguard import _cleaning_neighbours
+
+    def sources(*xya):
+        return np.array(list(xya), dtype=[("x", "f8"), ("y", "f8"), ("a", "f4")])
+
+    boxes = [[0, 40, 0, 40], [10, 50, 60, 100], [200, 240, 200, 240]]
+    far = [sources((20.0, 20.0, 2.4)), sources((80.0, 30.0, 0.6)), sources((220.0, 220.0, 3.0))]
+    assert _cleaning_neighbours(boxes, far) is None  # 60 px apart > 10 * (2.4 + 0.6)
+    near = [sources((20.0, 20.0, 2.4)), sources((48.0, 30.0, 0.6)), sources((220.0, 220.0, 3.0))]
+    assert _cleaning_neighbours(boxes, near) == [[0, 50, 0, 100], [200, 240, 200, 240]]

@@ -554,7 +554,7 @@ def _cosmic_rays(
     box = int(min(cfg.sky_box_pix, *work.shape))
     sky = sep.Background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
     cr_cfg = cfg.cosmic_rays
-    stars = None
+    stars = noise = None
     if cfg.star_guard.enabled:
         noise = np.sqrt(np.clip(v, 1e-12, None))
         stars = find_stars(
@@ -587,6 +587,7 @@ def _cosmic_rays(
         saturated=saturated,
         config=cfg.star_guard,
         stars=stars,
+        noise=noise,
     )
     # saturated pixels took part in the detection but keep their SAT flag only
     cr = guard.mask if saturated is None else guard.mask & ~saturated

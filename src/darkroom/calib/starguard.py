@@ -145,6 +145,169 @@ def _centred_peak_fraction(fwhm_pix: float) -> float:
     return float(_pixel_fraction(np.zeros(1), np.zeros(1), sigma)[0])
 
 
+_CELL = 8  # seeds are grouped on a grid of cells this size [pixel]
+_BOX_MARGIN = 8  # pixels around a seed region; doubled while a source touches a box edge
+_MAX_BOX_SHARE = 0.35  # boxes covering more of the frame: one extraction of the whole frame
+_MAX_BOXES = 400  # more separate regions than this (a crowded field): the whole frame
+_SEP_CLEAN_ZONE = 10.0  # sep's CLEAN_ZONE: sources this many (a1 + a2) apart may clean each other
+
+
+def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg: StarGuardConfig):
+    """sep sources ``cfg.detect_sigma`` sigma above zero (``work`` sky-subtracted, ``err`` the
+    per-pixel sigma), matched-filtered, minimum area 3, deblended to 0.005."""
+    import sep
+
+    old = sep.get_extract_pixstack()
+    # room for every pixel of the image and no more: sep allocates its pixel stack per call,
+    # which would cost a small box more than its extraction
+    sep.set_extract_pixstack(work.size + 64)
+    try:
+        return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
+    finally:
+        sep.set_extract_pixstack(old)
+
+
+def _merged(boxes: list[list[int]]) -> list[list[int]]:
+    """Boxes ``[y0, y1, x0, x1]`` with every overlapping pair replaced by its union, until none overlap."""
+    changed = True
+    while changed:
+        changed = False
+        out: list[list[int]] = []
+        for b in boxes:
+            for o in out:
+                if b[0] < o[1] and o[0] < b[1] and b[2] < o[3] and o[2] < b[3]:
+                    o[:] = [min(o[0], b[0]), max(o[1], b[1]), min(o[2], b[2]), max(o[3], b[3])]
+                    changed = True
+                    break
+            else:
+                out.append(list(b))
+        boxes = out
+    return boxes
+
+
+def _extract_around(
+    seeds: np.ndarray, work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg: StarGuardConfig
+) -> np.ndarray | None:
+    """The sources of :func:`_sep_extract` whose footprints reach the ``seeds`` pixels' regions,
+    found in boxes around those regions instead of the whole frame.
+
+    A box is grown (and merged with the boxes it then overlaps) while a source found in it
+    touches one of its edges inside the frame, so every source returned has its whole
+    footprint, matched filter included, inside its box and its pixels, centroid, peak and
+    shape are as on the whole frame, and boxes whose sources could clean one another are
+    joined; only the deblender's random split of blended pixels (sep restarts its random
+    sequence in every call) and cleaning by a source outside every box can differ. When the boxes would
+    cover much of the frame, the whole frame is extracted once. Coordinates are the frame's;
+    None without seeds.
+    """
+    from scipy import ndimage
+
+    ny, nx = work.shape
+    # the seeds' regions on a grid of _CELL-pixel cells (labelling the small grid, not the frame)
+    sy, sx = np.nonzero(seeds)
+    if sy.size == 0:
+        return None
+    cells = np.zeros((ny // _CELL + 1, nx // _CELL + 1), dtype=bool)
+    cells[sy // _CELL, sx // _CELL] = True
+    regions = ndimage.find_objects(ndimage.label(cells, structure=np.ones((3, 3), bool))[0])
+    if len(regions) > _MAX_BOXES:
+        return _sep_extract(work, err, mask, cfg)
+    margin = _BOX_MARGIN
+    boxes = [
+        [
+            r[0].start * _CELL - margin,
+            r[0].stop * _CELL + margin,
+            r[1].start * _CELL - margin,
+            r[1].stop * _CELL + margin,
+        ]
+        for r in regions
+    ]
+    done: dict[tuple[int, int, int, int], tuple[np.ndarray, bool]] = {}  # box -> (sources, touches)
+    while True:
+        boxes = _merged([[max(0, b[0]), min(ny, b[1]), max(0, b[2]), min(nx, b[3])] for b in boxes])
+        if sum((b[1] - b[0]) * (b[3] - b[2]) for b in boxes) > _MAX_BOX_SHARE * ny * nx:
+            return _sep_extract(work, err, mask, cfg)
+        for box in map(tuple, boxes):
+            if box not in done:  # a box that neither grew nor merged keeps its sources
+                done[box] = _extract_box(box, work, err, mask, cfg)
+        grow = [done[tuple(b)][1] for b in boxes]
+        if not any(grow):
+            joined = _cleaning_neighbours(boxes, [done[tuple(b)][0] for b in boxes])
+            if joined is None:
+                return np.concatenate([done[tuple(b)][0] for b in boxes])
+            boxes = joined
+            continue
+        margin *= 2
+        boxes = [
+            [b[0] - margin, b[1] + margin, b[2] - margin, b[3] + margin] if g else b
+            for b, g in zip(boxes, grow, strict=True)
+        ]
+
+
+def _cleaning_neighbours(boxes: list[list[int]], sources: list[np.ndarray]) -> list[list[int]] | None:
+    """The boxes with each pair whose sources could clean one another joined into one box
+    (None when no pair can): sep drops a source in the wings of a brighter one within
+    ``CLEAN_ZONE`` = 10 times the sum of their semi-major axes, so such sources must be
+    extracted together, as on the whole frame."""
+    which = np.concatenate([np.full(len(o), k) for k, o in enumerate(sources)])
+    if which.size < 2:
+        return None
+    objs = np.concatenate(sources)
+    x, y, a = (np.asarray(objs[key], float) for key in ("x", "y", "a"))
+    reach = _SEP_CLEAN_ZONE * (a[:, None] + a[None, :])
+    close = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2 <= reach * reach
+    close &= which[:, None] != which[None, :]
+    if not close.any():
+        return None
+    # union-find of the boxes over the close pairs
+    parent = list(range(len(boxes)))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    for i, j in zip(*np.nonzero(close), strict=True):
+        parent[root(int(which[i]))] = root(int(which[j]))
+    groups: dict[int, list[int]] = {}
+    for k, b in enumerate(boxes):
+        g = groups.setdefault(root(k), list(b))
+        g[:] = [min(g[0], b[0]), max(g[1], b[1]), min(g[2], b[2]), max(g[3], b[3])]
+    return list(groups.values())
+
+
+def _extract_box(
+    box: tuple[int, int, int, int],
+    work: np.ndarray,
+    err: np.ndarray,
+    mask: np.ndarray | None,
+    cfg: StarGuardConfig,
+) -> tuple[np.ndarray, bool]:
+    """The sources of one box ``(y0, y1, x0, x1)`` in frame coordinates, and whether one of them
+    touches an edge of the box that is not the frame's."""
+    y0, y1, x0, x1 = box
+    ny, nx = work.shape
+    sl = (slice(y0, y1), slice(x0, x1))
+    objs = _sep_extract(
+        np.ascontiguousarray(work[sl]),
+        np.ascontiguousarray(err[sl]),
+        None if mask is None else np.ascontiguousarray(mask[sl]),
+        cfg,
+    )
+    touches = (
+        ((objs["xmin"] == 0) & (x0 > 0))
+        | ((objs["ymin"] == 0) & (y0 > 0))
+        | ((objs["xmax"] == x1 - x0 - 1) & (x1 < nx))
+        | ((objs["ymax"] == y1 - y0 - 1) & (y1 < ny))
+    )
+    objs = objs.copy()
+    for key in ("x", "xmin", "xmax", "xpeak", "xcpeak"):
+        objs[key] += x0
+    for key in ("y", "ymin", "ymax", "ypeak", "ycpeak"):
+        objs[key] += y0
+    return objs, bool(touches.any())
+
+
 def find_stars(
     data: np.ndarray,
     sky: np.ndarray,
@@ -154,28 +317,36 @@ def find_stars(
     saturated: np.ndarray | None = None,
     config: StarGuardConfig | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
-    """Source centroids ``x, y`` [pixel, 0-based], aperture fluxes [adu], the frame FWHM
-    [pixel] and how many of the sources look like stars (peak-to-flux ratio and width).
+    """The bright sources' centroids ``x, y`` [pixel, 0-based] and aperture fluxes [adu], the
+    frame FWHM [pixel] and how many of the bright sources look like stars (peak-to-flux ratio
+    and width).
 
+    Sources are sep's, ``detect_sigma`` above the sky; "bright" ones peak 20 times the
+    typical noise above it, and only they (and their neighbours) are extracted, in boxes
+    around them (:func:`_extract_around`): a frame of ~25 stars costs a few % of its area.
     ``data`` and ``sky`` in adu, ``noise`` the per-pixel sigma [adu]; ``ignore`` marks
     pixels sep should not use; ``saturated`` pixels keep their sources out of the FWHM.
     """
     import sep
 
     cfg = config or StarGuardConfig()
+    none = np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
     work = np.ascontiguousarray(data - sky, dtype=np.float32)
     err = np.ascontiguousarray(noise, dtype=np.float32)
     mask = None if ignore is None else np.ascontiguousarray(ignore, dtype=bool)
-    old = sep.get_extract_pixstack()
-    sep.set_extract_pixstack(max(old, work.size))
+    floor = 20 * median(err)
+    seeds = work > floor
+    if mask is not None:
+        seeds &= ~mask
     try:
-        objs = sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
+        objs = _extract_around(seeds, work, err, mask, cfg)
     except Exception:  # sep refuses pathological frames (too many objects): no protection possible
-        return np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
-    finally:
-        sep.set_extract_pixstack(old)
+        return none
+    if objs is None:
+        return none
+    objs = objs[objs["peak"] > floor]
     if len(objs) == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
+        return none
     x, y = objs["x"].astype(float), objs["y"].astype(float)
     ny, nx = work.shape
     ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
@@ -184,14 +355,8 @@ def find_stars(
     flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, err=err, mask=mask, subpix=5)
     flux = np.asarray(flux, float)
     ratio = objs["peak"] / np.where(flux > 0, flux, np.inf)
-    # bright, unsaturated and wider than a cosmic-ray track (a single pixel has b = 0.29)
-    bright = (
-        (objs["npix"] >= 4)
-        & (objs["peak"] > 20 * median(err))
-        & unsaturated
-        & (ratio > 0)
-        & (objs["b"] >= _MIN_STAR_B)
-    )
+    # unsaturated and wider than a cosmic-ray track (a single pixel has b = 0.29)
+    bright = (objs["npix"] >= 4) & unsaturated & (ratio > 0) & (objs["b"] >= _MIN_STAR_B)
     if bright.sum() >= 5:
         # the peak-to-flux ratio of the stars gives the FWHM: robust in crowded fields and
         # for any PSF shape, unlike second moments or half-light radii; its lower quartile
@@ -206,17 +371,90 @@ def find_stars(
         # cosmic-ray tracks are thin: a star is at least as wide as most stars across its minor axis
         b_star = float(np.median(objs["b"][bright]))
         star &= objs["b"] >= cfg.min_width_fraction * b_star
-    # every source is a candidate: the amplitude fitted on a candidate's unflagged pixels
-    # (protect_stars) is what tells a star from a cosmic ray, so faint stars whose peak-to-
-    # flux ratio is noisy stay protected; the ratio and width tests only count the stars
     return x, y, flux, fwhm, int(np.count_nonzero(star))
 
 
-def ndimage_distance_reach(flags: np.ndarray, half: int) -> np.ndarray:
-    """Pixels within ``half`` pixels (Chebyshev) of a flag."""
-    from scipy import ndimage
+def _sources_near(
+    reach: np.ndarray,
+    work: np.ndarray,
+    noise: np.ndarray,
+    ignore: np.ndarray | None,
+    cfg: StarGuardConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroids ``x, y`` [pixel] and aperture fluxes [adu] of every sep source whose rounded
+    centroid falls on ``reach`` (the pixels near a flag): the star candidates of
+    :func:`protect_stars`, extracted around the flags only (``work`` sky-subtracted [adu],
+    ``noise`` the per-pixel sigma [adu])."""
+    import sep
 
-    return ndimage.maximum_filter(flags.astype(np.uint8), size=2 * half + 1, mode="constant") > 0
+    empty = np.zeros(0), np.zeros(0), np.zeros(0)
+    work = np.ascontiguousarray(work, dtype=np.float32)
+    err = np.ascontiguousarray(noise, dtype=np.float32)
+    mask = None if ignore is None else np.ascontiguousarray(ignore, dtype=bool)
+    try:
+        objs = _extract_around(reach, work, err, mask, cfg)
+    except Exception:  # sep refuses pathological frames: only the flag groups are candidates
+        return empty
+    if objs is None:
+        return empty
+    x, y = objs["x"].astype(float), objs["y"].astype(float)
+    ny, nx = work.shape
+    near = reach[np.clip(np.rint(y).astype(int), 0, ny - 1), np.clip(np.rint(x).astype(int), 0, nx - 1)]
+    x, y = x[near], y[near]
+    if x.size == 0:
+        return empty
+    flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, err=err, mask=mask, subpix=5)
+    return x, y, np.asarray(flux, float)
+
+
+_SPARSE_MAX = 1 << 22  # gathered pixels beyond which the whole-frame filters are cheaper
+
+
+def _square_offsets(half: int) -> tuple[np.ndarray, np.ndarray]:
+    oy, ox = np.mgrid[-half : half + 1, -half : half + 1]
+    return oy.ravel(), ox.ravel()
+
+
+def ndimage_distance_reach(flags: np.ndarray, half: int) -> np.ndarray:
+    """Pixels within ``half`` pixels (Chebyshev) of a flag.
+
+    Marked square by square around the flags (indices clipped to the frame: a square cut
+    by the border reaches the border pixels anyway), unless there are so many flags that
+    one maximum filter of the frame is cheaper; the same pixels either way.
+    """
+    fy, fx = np.nonzero(flags)
+    oy, ox = _square_offsets(half)
+    if fy.size * oy.size > _SPARSE_MAX:
+        from scipy import ndimage
+
+        return ndimage.maximum_filter(flags.astype(np.uint8), size=2 * half + 1, mode="constant") > 0
+    ny, nx = flags.shape
+    out = np.zeros(flags.shape, dtype=bool)
+    out[np.clip(fy[:, None] + oy, 0, ny - 1), np.clip(fx[:, None] + ox, 0, nx - 1)] = True
+    return out
+
+
+def _local_maxima_near_flags(flags: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns (row-major order) of the pixels on or next to a flag whose signal is at
+    least that of every unflagged pixel of their 3x3 block (the block clipped at the edges)."""
+    ny, nx = flags.shape
+    fy, fx = np.nonzero(flags)
+    oy, ox = _square_offsets(1)
+    if fy.size * oy.size * oy.size > _SPARSE_MAX:
+        from scipy import ndimage
+
+        unflagged = np.where(flags, -np.inf, signal)
+        local_max = signal >= ndimage.maximum_filter(unflagged, size=3, mode="nearest")
+        near_flags = ndimage.binary_dilation(flags, structure=np.ones((3, 3), bool))
+        return np.nonzero(local_max & near_flags)
+    # the flags' neighbours (clipping at the border adds only pixels next to a flag anyway)
+    near = np.unique(np.clip(fy[:, None] + oy, 0, ny - 1) * nx + np.clip(fx[:, None] + ox, 0, nx - 1))
+    cy, cx = np.divmod(near, nx)
+    by = np.clip(cy[:, None] + oy, 0, ny - 1)
+    bx = np.clip(cx[:, None] + ox, 0, nx - 1)
+    unflagged = np.where(flags[by, bx], -np.inf, signal[by, bx])
+    local_max = signal[cy, cx] >= unflagged.max(axis=1)
+    return cy[local_max], cx[local_max]
 
 
 def _flag_group_centroids(flags: np.ndarray, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,17 +464,12 @@ def _flag_group_centroids(flags: np.ndarray, signal: np.ndarray) -> tuple[np.nda
     Every local maximum counts, not one per flagged group: a star core grown into the
     flags of an adjacent cosmic ray is its own candidate.
     """
-    from scipy import ndimage
-
     if not flags.any():
         return np.zeros(0), np.zeros(0)
     ny, nx = flags.shape
     # a maximum among the unflagged pixels around it: a star core next to a cosmic ray, or
     # flagged itself, is a candidate even when the cosmic ray is brighter
-    unflagged = np.where(flags, -np.inf, signal)
-    local_max = signal >= ndimage.maximum_filter(unflagged, size=3, mode="nearest")
-    near_flags = ndimage.binary_dilation(flags, structure=np.ones((3, 3), bool))
-    py, px = np.nonzero(local_max & near_flags)
+    py, px = _local_maxima_near_flags(flags, signal)
     # 3x3 blocks (clipped at the edges) weighted by their positive signal
     oy, ox = (o.ravel() for o in np.mgrid[-1:2, -1:2])
     by = np.clip(py[:, None] + oy[None, :], 0, ny - 1)
@@ -327,6 +560,7 @@ def protect_stars(
     saturated: np.ndarray | None = None,
     config: StarGuardConfig | None = None,
     stars: tuple[np.ndarray, np.ndarray, np.ndarray, float, int] | None = None,
+    noise: np.ndarray | None = None,
 ) -> StarGuardResult:
     """Clear the cosmic-ray flags of ``cr_mask`` that the stars of ``data`` explain.
 
@@ -335,16 +569,19 @@ def protect_stars(
     pixels: flags around a saturated star (a compact saturated patch of at least 4 pixels,
     at least 2 wide both ways, unlike a cosmic-ray track) are cleared out to twice its
     radius plus ``protect_radius_fwhm`` FWHM, where no model of the clipped star holds.
-    ``stars`` is what :func:`find_stars` returned, when already known. Returns a new mask.
+    ``stars`` is what :func:`find_stars` returned, when already known (its FWHM and star
+    count are used; the candidates are every source near a flag, found here); ``noise`` is
+    ``sqrt(var)`` (floored at 1e-6), when already computed. Returns a new mask.
     """
     cfg = config or StarGuardConfig()
     out = np.array(cr_mask, dtype=bool, copy=True)
     if not cfg.enabled or not out.any():
         return StarGuardResult(out, cfg.default_fwhm_pix, 0, 0)
-    noise = np.sqrt(np.clip(var, 1e-12, None))
+    if noise is None:
+        noise = np.sqrt(np.clip(var, 1e-12, None))
     if stars is None:
         stars = find_stars(data, sky, noise, ignore=ignore, saturated=saturated, config=cfg)
-    xs, ys, fluxes, fwhm, n_star_like = stars
+    fwhm, n_star_like = stars[3], stars[4]
     if fwhm >= cfg.max_fwhm_pix:
         return StarGuardResult(out, fwhm, n_star_like, 0)
     ny, nx = out.shape
@@ -371,23 +608,24 @@ def protect_stars(
             if inside.any():
                 n_cleared += int(inside.sum())
                 out[y0:y1, x0:x1][inside] = False
-    # every group of flagged pixels is a candidate too, centred on its brightest pixel: a faint
-    # star lost in a bright neighbour's isophote is still found by its own wings
-    gx_, gy_ = _flag_group_centroids(out, data - sky)
+    signal = data - sky
+    sigma = fwhm * _GAUSS_SIGMA_PER_FWHM
+    r = max(cfg.protect_radius_fwhm * fwhm, 2.5)
+    half = math.ceil(r)
+    # only candidates with a flag within reach need a fit: the sources there, and every group
+    # of flagged pixels, centred on its brightest pixel (a faint star lost in a bright
+    # neighbour's isophote is still found by its own wings)
+    reach = ndimage_distance_reach(out, half)
+    xs, ys, fluxes = _sources_near(reach, signal, noise, ignore, cfg)
+    gx_, gy_ = _flag_group_centroids(out, signal)
     xs = np.concatenate([xs, gx_])
     ys = np.concatenate([ys, gy_])
     fluxes = np.concatenate([fluxes, np.ones(gx_.size)])
     if xs.size == 0:
         return StarGuardResult(out, fwhm, n_sat_stars, n_cleared)
-    sigma = fwhm * _GAUSS_SIGMA_PER_FWHM
-    r = max(cfg.protect_radius_fwhm * fwhm, 2.5)
-    half = math.ceil(r)
-    # only candidates with a flag within reach need a fit
-    reach = ndimage_distance_reach(out, half)
     ixs = np.clip(np.rint(xs).astype(int), 0, nx - 1)
     iys = np.clip(np.rint(ys).astype(int), 0, ny - 1)
     near_flag = reach[iys, ixs] & (fluxes > 0)
-    signal = data - sky
     for _ in range(2):  # a second pass sees the flags the first one cleared as usable pixels
         cleared = _explained_batch(
             out,
