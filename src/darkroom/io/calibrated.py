@@ -20,6 +20,7 @@ from astropy.io import fits
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import atomic_path, sha256_file
 from darkroom.io.fitsheader import header_bytes
+from darkroom.io.fitsplanes import read_planes
 from darkroom.maskbits import mask_header_cards
 
 __all__ = ["CalibratedImage", "read_calibrated", "write_calibrated"]
@@ -41,6 +42,22 @@ def read_calibrated(path: Path | str, *, planes: tuple[str, ...] = ("SCI", "MASK
     """Read the planes asked for (SCI always); a file that cannot be read raises
     :class:`~darkroom.errors.BadInputError` with a one-line reason."""
     path = Path(path)
+    try:
+        fast = read_planes(path, ("SCI", *planes), header_of="SCI")
+    except OSError as exc:
+        raise BadInputError(f"cannot read calibrated image {path.name}: {exc}") from exc
+    except ValueError:  # a card astropy's parser rejects: its reader gives the reason below
+        fast = None
+    if fast is not None and "SCI" in fast[0] and fast[1] is not None:
+        found, header = fast
+        sci = found["SCI"]
+        var = found.get("VAR") if "VAR" in planes else None
+        return CalibratedImage(
+            sci=sci if sci.dtype == np.float32 else sci.astype(np.float32),
+            header=header,
+            mask=found.get("MASK") if "MASK" in planes else None,
+            var=var if var is None or var.dtype == np.float32 else var.astype(np.float32),
+        )
     try:
         with fits.open(path, memmap=False) as hdul:
             sci = np.asarray(hdul["SCI"].data, dtype=np.float32)
