@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import bottleneck as bn
 import numpy as np
 import pytest
 from astropy.table import Table
@@ -49,9 +50,10 @@ def test_median_is_exactly_numpys(n, dtype):
     nan = x.copy()
     nan[n // 3] = np.nan
     for values in (x, sorted_x, rounded, tied, edge, nan, np.full(n, 2.5, dtype), x[:-1]):
-        want, got = np.median(values), median(values)
-        assert got.dtype == want.dtype
-        assert got == want or (np.isnan(got) and np.isnan(want))
+        for reference in (np.median, bn.median):  # bottleneck rounds the middle mean its own way
+            want, got = reference(values), median(values, middle=reference)
+            assert np.asarray(got).dtype == np.asarray(want).dtype
+            assert got == want or (np.isnan(got) and np.isnan(want))
 
 
 def test_moffat_stamp_integrates_to_the_enclosed_flux_and_has_its_fwhm():

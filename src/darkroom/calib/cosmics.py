@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 
 from darkroom.errors import BadInputError
+from darkroom.robust import median
 
 __all__ = ["CosmicRayConfig", "CosmicRayResult", "detect_cosmic_rays"]
 
@@ -533,10 +534,10 @@ class _SparseLACosmic:
         good = ~self.mask
         if which == "data":
             if self._bg_level is None:
-                self._bg_level = _F32(bn.median(self.clean_in[good]))
+                self._bg_level = _F32(median(self.clean_in[good], middle=bn.median))
             return self._bg_level
         if self._bg_var_level is None:
-            self._bg_var_level = _F32(bn.median(self.var_in[good]))
+            self._bg_var_level = _F32(median(self.var_in[good], middle=bn.median))
         return self._bg_var_level
 
     def _zone(self, changed: np.ndarray) -> np.ndarray:
