@@ -177,3 +177,26 @@ def test_drift_is_not_a_jump_but_a_repointing_is():
     x[35:] += 12.0
     labels = pointing_segments(x, y, jump_pix=5.0, time=t)
     assert list(np.unique(labels)) == [0, 1] and labels[34] == 0 and labels[35] == 1
+
+
+def test_check_curves_single_out_a_variable_comparison():
+    """Five comparison stars, one varying by 4 % (sinusoid): its check curve (it over the others)
+    carries the whole variation; the constant stars' curves see it diluted by the other four."""
+    from darkroom.timeseries.differential import check_curves
+
+    rng = np.random.default_rng(3)
+    n = 200
+    t = np.linspace(0.0, 1.0, n)
+    clouds = 1.0 - 0.3 * (np.abs(t - 0.5) < 0.05)  # shared: cancels in every ratio
+    base = np.array([5e4, 3e4, 2e4, 4e4, 1e4])
+    flux = clouds[:, None] * base[None, :] * (1.0 + 0.002 * rng.standard_normal((n, 5)))
+    flux[:, 2] *= 1.0 + 0.04 * np.sin(2 * np.pi * 3 * t)
+    flux[17, 4] = np.nan  # a missing measurement stays missing
+    comparison = np.arange(5)
+    curves = check_curves(flux, comparison, np.full(5, 0.2))
+    rms = np.nanstd(curves, axis=0)
+    assert rms[2] == pytest.approx(0.04 / np.sqrt(2), rel=0.1)
+    assert np.all(np.delete(rms, 2) < 0.35 * rms[2])
+    assert np.isnan(curves[17, 4]) and np.isfinite(curves[17, :4]).all()
+    assert np.nanmedian(curves, axis=0) == pytest.approx(np.ones(5))
+    assert np.isnan(check_curves(flux, np.array([1]), np.ones(1))).all()  # one star: nothing to check

@@ -275,8 +275,10 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
 
     Top panel: ``rel_flux`` with errors (epochs flagged LOW_TRANSPARENCY or
     NO_ENSEMBLE as grey crosses) and the inverse-variance weighted mean in
-    ``bin_minutes`` bins. Bottom panel: the ensemble flux normalised to its median
-    (a drop means clouds), or a note when the table has none.
+    ``bin_minutes`` bins. Below: the ensemble flux normalised to its median (a drop means
+    clouds), or a note when the table has none; each comparison star over the others
+    (``check_<source id>`` columns; the most scattered drawn in black); and the observing
+    conditions (airmass, FWHM, sky) over their medians.
 
     Raises
     ------
@@ -306,13 +308,16 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
         for c in ("airmass", "fwhm", "sky")
         if c in table.colnames and np.isfinite(float_column(table, c)).any()
     ]
-    fig = Figure(figsize=(9.0, 6.8 if conditions else 5.5), dpi=dpi)
+    check_cols = [
+        c for c in table.colnames if c.startswith("check_") and np.isfinite(float_column(table, c)).any()
+    ]
+    ratios = [3.0, 1.0] + ([1.2] if check_cols else []) + ([1.0] if conditions else [])
+    fig = Figure(figsize=(9.0, 2.9 + 1.3 * len(ratios)), dpi=dpi)
     FigureCanvasAgg(fig)
-    if conditions:
-        ax, ax2, ax3 = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
-    else:
-        ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        ax3 = None
+    axes = list(fig.subplots(len(ratios), 1, sharex=True, gridspec_kw={"height_ratios": ratios}))
+    ax, ax2 = axes[0], axes[1]
+    axc = axes[2] if check_cols else None
+    ax3 = axes[-1] if conditions else None
     for k, band in enumerate(sorted(set(bands))):
         sel = bands == band
         colour = _COLOURS[k % len(_COLOURS)]
@@ -378,6 +383,30 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
     ax2.set_ylabel("comparison stars\n(ensemble) / median", fontsize=8)
     ax2.grid(alpha=0.3)
     bottom = ax2
+    if axc is not None:
+        # Each comparison star over the others: a variable or blended comparison stands out.
+        scatter = {}
+        for c in check_cols:
+            v = float_column(table, c)
+            ok = np.isfinite(v) & np.isfinite(t_all)
+            scatter[c] = float(np.nanstd(v[ok])) if ok.sum() > 1 else np.nan
+            axc.plot(t_all[ok] - t0, v[ok], "-", lw=0.6, alpha=0.6)
+        worst = max(scatter, key=lambda c: np.nan_to_num(scatter[c], nan=-1.0))
+        v = float_column(table, worst)
+        ok = np.isfinite(v) & np.isfinite(t_all)
+        axc.plot(
+            t_all[ok] - t0,
+            v[ok],
+            ".-",
+            color="black",
+            lw=0.8,
+            ms=3,
+            label=f"most scattered: source {worst.removeprefix('check_')} (rms {scatter[worst]:.2%})",
+        )
+        axc.set_ylabel(f"each of {len(check_cols)} comparisons\n/ the others", fontsize=8)
+        axc.legend(fontsize=7, loc="best")
+        axc.grid(alpha=0.3)
+        bottom = axc
     if ax3 is not None:
         # Observing conditions: each series over its median, so airmass, FWHM and sky share an axis.
         styles = {

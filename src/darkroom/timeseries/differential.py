@@ -45,6 +45,7 @@ from darkroom.phot.flags import DEFAULT_BAD_FLAGS
 __all__ = [
     "ComparisonConfig",
     "DifferentialResult",
+    "check_curves",
     "clipped_std",
     "differential_photometry",
     "pointing_segments",
@@ -103,6 +104,34 @@ class DifferentialResult:
     rejected: dict[int, str] = field(default_factory=dict)  #: star -> why it left the ensemble
     candidates: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     normalisation: float = 1.0  #: median of flux_T / A used to normalise rel_flux
+
+
+def check_curves(flux: np.ndarray, comparison: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each comparison star against the ensemble of the others (the observer's check stars).
+
+    ``flux`` is (epoch, star); ``comparison`` the ensemble's star columns, ``weights`` theirs.
+    Column ``k`` of the result is star ``comparison[k]``'s flux over the weighted mean of the
+    other comparisons (each first divided by its own median), divided by its median: flat at 1
+    for a constant star, so a variable or blended comparison shows. NaN where the star or all
+    the others are missing; all NaN with fewer than two comparisons.
+    """
+    flux = np.asarray(flux, float)
+    comparison = np.asarray(comparison, np.int64)
+    out = np.full((flux.shape[0], comparison.size), np.nan)
+    if comparison.size < 2:
+        return out
+    with np.errstate(all="ignore"):
+        g = flux[:, comparison] / np.nanmedian(flux[:, comparison], axis=0)
+        ok = np.isfinite(g)
+        w = np.where(ok, np.asarray(weights, float)[None, :], 0.0)
+        wg = np.where(ok, w * g, 0.0)
+        total_w, total_wg = w.sum(axis=1), wg.sum(axis=1)
+        for k in range(comparison.size):
+            rest_w = total_w - w[:, k]
+            others = np.where(rest_w > 0, (total_wg - wg[:, k]) / rest_w, np.nan)
+            ratio = g[:, k] / others
+            out[:, k] = ratio / np.nanmedian(ratio)
+    return out
 
 
 def clipped_std(values: np.ndarray, *, clip_sigma: float = 4.0, max_iters: int = 5) -> float:

@@ -26,7 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, SolveError
 from darkroom.phot.match import radec_to_unit, unit_to_radec
-from darkroom.timeseries.differential import ComparisonConfig, differential_photometry, pointing_segments
+from darkroom.timeseries.differential import (
+    ComparisonConfig,
+    check_curves,
+    differential_photometry,
+    pointing_segments,
+)
 from darkroom.timeseries.quality import LightCurveFlag, TransparencyConfig, transparency_flags
 from darkroom.timeseries.times import AirmassModel, airmass, bjd_tdb
 
@@ -219,6 +224,7 @@ def _one_band(
     info: dict[str, object] = {}
     n_ep = image_ids.size
     rel = rel_err = ens = ens_err = np.full(n_ep, np.nan)
+    checks: dict[str, np.ndarray] = {}  # check_<source id>: a comparison star over the others
     n_comp = np.zeros(n_ep, np.int64)
     qflags = np.zeros(n_ep, np.int64)
     segments = None
@@ -264,6 +270,8 @@ def _one_band(
             qflags |= int(LightCurveFlag.NO_ENSEMBLE)
         else:
             rel, rel_err = res.rel_flux, res.rel_flux_err
+            curves = check_curves(flux, res.comparison, res.weights)
+            checks = {f"check_{int(source_ids[j])}": curves[:, k] for k, j in enumerate(res.comparison)}
             ens, ens_err, n_comp = res.ensemble_flux, res.ensemble_flux_err, res.n_comparisons
             low = transparency_flags(ensemble_flux=ens, config=config.transparency)
             qflags |= np.where(low, int(LightCurveFlag.LOW_TRANSPARENCY), 0)
@@ -310,6 +318,8 @@ def _one_band(
     out["ens_flux"] = ens[keep]
     out["ens_flux_err"] = ens_err[keep]
     out["n_comp"] = n_comp[keep]
+    for name, curve in checks.items():
+        out[name] = curve[keep]
     if "airmass" in rows.colnames:
         out["airmass"] = np.asarray(rows["airmass"], float)
     out["fwhm"] = np.asarray(rows["fwhm"], float) if "fwhm" in rows.colnames else np.full(keep.sum(), np.nan)
