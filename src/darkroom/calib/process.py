@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 from darkroom.maskbits import MaskBit, mask_header_cards
+from darkroom.robust import median
 
 from .badpix import BadPixelMask
 from .cosmics import CosmicRayConfig, detect_cosmic_rays
@@ -267,6 +269,42 @@ class CalibratedFrame:
         )
 
 
+@dataclass(frozen=True)
+class _FlatPlanes:
+    """A master flat as every frame of its night divides by it: pixels below ``min_flat`` (or
+    NaN: no response, flagged BAD) set to 1 with variance 0, and the square of the result."""
+
+    data: np.ndarray
+    variance: np.ndarray
+    square: np.ndarray
+    no_response: np.ndarray | None  # None: every pixel responds
+
+
+_flat_cache: dict[tuple[int, float], tuple[weakref.ref, _FlatPlanes]] = {}
+
+
+def _flat_planes(flat: MasterFrame, min_flat: float) -> _FlatPlanes:
+    """:class:`_FlatPlanes` of ``flat``, made once per master (the same object is given for
+    every frame of a night) instead of once per frame."""
+    key = (id(flat), float(min_flat))
+    hit = _flat_cache.get(key)
+    if hit is not None and hit[0]() is flat:
+        return hit[1]
+    no_resp = ~(flat.data >= min_flat)  # NaN or dead
+    if no_resp.any():
+        data = np.where(no_resp, _F32(1.0), flat.data)
+        variance = np.where(no_resp, _F32(0.0), flat.variance)
+    else:
+        data, variance, no_resp = flat.data, flat.variance, None
+    planes = _FlatPlanes(data, variance, np.square(np.asarray(data, dtype=_F32)), no_resp)
+    for k in [k for k, (ref, _) in _flat_cache.items() if ref() is None]:
+        del _flat_cache[k]  # masters no longer alive
+    if len(_flat_cache) >= 8:
+        _flat_cache.pop(next(iter(_flat_cache)))
+    _flat_cache[key] = (weakref.ref(flat), planes)
+    return planes
+
+
 def _missing(meta, kind: str) -> MissingCalibrationError:
     need = describe_key(required_key(meta, kind))
     return MissingCalibrationError(
@@ -411,16 +449,11 @@ def calibrate_frame(
     bad = np.zeros(shape, dtype=bool)
     if flat is not None:
         _check_shape(flat.shape, shape, "flat")
-        fdata = flat.data
-        no_resp = ~(fdata >= cfg.min_flat)  # NaN or dead
-        if no_resp.any():
-            fdata = np.where(no_resp, _F32(1.0), fdata)
-            fvar = np.where(no_resp, _F32(0.0), flat.variance)
-            bad |= no_resp
-        else:
-            fvar = flat.variance
-        sci /= fdata
-        flat_divided_variance(var, sci, fdata, fvar, out=var)
+        planes = _flat_planes(flat, cfg.min_flat)
+        if planes.no_response is not None:
+            bad |= planes.no_response
+        sci /= planes.data
+        flat_divided_variance(var, sci, planes.data, planes.variance, out=var, flat_square=planes.square)
         history.append(f"flat divided: {flat.name or 'master flat'}")
         cards.append(("FLATCORR", flat.name or "T", "master flat divided"))
     if bad_pixels is not None:
@@ -446,16 +479,16 @@ def calibrate_frame(
         # detect on an image whose bad pixels are already filled, so that cosmic rays next to a bad
         # column are found; the final interpolation below uses only good, unflagged pixels
         det = interpolate_masked(sci, unusable, check_finite=False)[0] if n_bad else sci
-        cr = _cosmic_rays(det, var, mask, gain, rn_e, cfg, history, cards, saturated=prep.saturated)
-        n_cr = int(cr.sum())
-        mask[cr] |= MaskBit.CR
+        cr = _cosmic_rays(det, var, nodata, gain, rn_e, cfg, history, cards, saturated=prep.saturated)
+        n_cr = int(np.count_nonzero(cr))
+        np.bitwise_or(mask, MASK_DTYPE(MaskBit.CR), out=mask, where=cr)
         if cfg.do_interpolate_cosmic_rays and n_cr:
             fill = fill | cr
             unusable = unusable | cr
     if n_bad or n_cr:
         done = interpolate_masked([sci, var], unusable, fill=fill, copy=False, check_finite=False)
-        mask[done] |= MaskBit.INTRP
-        history.append(f"{int(done.sum())} pixels interpolated (bad pixels and cosmic rays)")
+        np.bitwise_or(mask, MASK_DTYPE(MaskBit.INTRP), out=mask, where=done)
+        history.append(f"{int(np.count_nonzero(done))} pixels interpolated (bad pixels and cosmic rays)")
 
     h = fits.Header() if header is None else header.copy()
     for key in ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX"):
@@ -536,21 +569,22 @@ def _estimate_noise(
 
 
 def _cosmic_rays(
-    sci, var, mask, gain, rn_e, cfg: CalibrationConfig, history, cards, *, saturated=None
+    sci, var, nodata, gain, rn_e, cfg: CalibrationConfig, history, cards, *, saturated=None
 ) -> np.ndarray:
-    """Cosmic-ray mask of ``sci`` (bad pixels already filled), with a sep sky model and the VAR plane."""
+    """Cosmic-ray mask of ``sci`` (bad pixels already filled; ``nodata`` the NO_DATA pixels), with a
+    sep sky model and the VAR plane."""
     import sep
 
     # saturated pixels take part: on a 12-bit camera many cosmic-ray pixels saturate, and
     # ignoring them would leave their neighbours unflagged; saturated star cores are
     # cleared again by the star guard below
-    ignore = (mask & MaskBit.NO_DATA) != 0
+    ignore = nodata  # NO_DATA
     any_ignore = bool(ignore.any())
     work = np.ascontiguousarray(sci, dtype=_F32)
     v = np.ascontiguousarray(var, dtype=_F32)
     if any_ignore:  # NaN (NO_DATA) pixels: give them harmless values, they are masked
         work = np.where(ignore, _F32(0.0), work)
-        v = np.where(ignore, np.float32(np.median(var[~ignore])) if (~ignore).any() else _F32(1.0), v)
+        v = np.where(ignore, np.float32(median(var[~ignore])) if (~ignore).any() else _F32(1.0), v)
     box = int(min(cfg.sky_box_pix, *work.shape))
     sky = sep.Background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
     cr_cfg = cfg.cosmic_rays
@@ -591,7 +625,7 @@ def _cosmic_rays(
     )
     # saturated pixels took part in the detection but keep their SAT flag only
     cr = guard.mask if saturated is None else guard.mask & ~saturated
-    n_cr = int(cr.sum())
+    n_cr = int(np.count_nonzero(cr))
     history.append(
         f"cosmic rays: {n_cr} pixels ({res.engine} L.A.Cosmic, objlim {cr_cfg.objlim:.3g}, "
         f"{res.n_iterations} iterations); "

@@ -38,10 +38,12 @@ def flat_divided_variance(
     flat_variance: np.ndarray | None,
     *,
     out: np.ndarray | None = None,
+    flat_square: np.ndarray | None = None,
 ) -> np.ndarray:
     """Variance after dividing by the flat: ``(var_pre + sci^2 var_F) / F^2`` [adu^2], float32.
 
-    ``out`` may be ``var_pre`` itself (in place, one temporary array).
+    ``out`` may be ``var_pre`` itself (in place, one temporary array); ``flat_square`` is
+    ``F^2`` (float32) when already known.
     """
     res = np.array(var_pre, dtype=np.float32, copy=True) if out is None else out
     if out is not None and out is not var_pre:
@@ -50,6 +52,7 @@ def flat_divided_variance(
     if flat_variance is not None:
         tmp *= np.asarray(flat_variance, dtype=np.float32)
         res += tmp
-    np.square(np.asarray(flat, dtype=np.float32), out=tmp)
-    res /= tmp
+    if flat_square is None:
+        flat_square = np.square(np.asarray(flat, dtype=np.float32), out=tmp)
+    res /= flat_square
     return res
