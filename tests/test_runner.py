@@ -120,6 +120,24 @@ def test_critical_parameter_makes_new_products_beside_old(registry, tmp_path):
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_workers_start_only_for_a_stage_with_units_to_share(registry, tmp_path, db_url):
+    from darkroom.pipeline.executors import DaskExecutor
+
+    executor = DaskExecutor(n_workers=2)
+    try:
+        stage = ToyStage(tmp_path, ToyConfig(factor=5))
+        with registry.session() as s:  # all but one exposure already done: one unit is left
+            for e in s.scalars(sa.select(Exposure).where(Exposure.id != 2)):
+                e.state = "quarantined"
+        report = run_stage(registry, stage, executor)
+        assert (report.n_done, report.n_failed) == (1, 0)
+        assert executor.cluster is None  # the unit ran in the driver; no cluster was started
+        assert run_stage(registry, stage, executor).n_planned == 0 and executor.cluster is None
+    finally:
+        executor.close()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url):
     import sys
 

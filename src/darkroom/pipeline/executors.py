@@ -47,25 +47,37 @@ class DaskExecutor(Executor):
         memory_limit: str = "auto",
         batch_size: int = 4,
     ):
-        from distributed import Client, LocalCluster
-
         self.batch_size = max(int(batch_size), 1)
+        self.n_workers = n_workers or 2
+        self.memory_limit = memory_limit
         self.cluster = None
-        if scheduler:
-            self.client = Client(scheduler)
-        else:
+        self._client = None
+        if scheduler:  # a cluster of the user's: connect now, so a wrong address fails at once
+            from distributed import Client
+
+            self._client = Client(scheduler)
+            log.info("dask executor on %s", self._client.scheduler.address)
+
+    @property
+    def client(self):
+        """The Dask client; a local cluster starts on first use (a run whose stages have at most
+        one unit each, such as a re-run with nothing new, never pays for its start)."""
+        if self._client is None:
+            from distributed import Client, LocalCluster
+
             self.cluster = LocalCluster(
-                n_workers=n_workers or 2,
+                n_workers=self.n_workers,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                memory_limit=memory_limit,
+                memory_limit=self.memory_limit,
                 # Worker processes log to the console they inherit; start-up, shutdown and
                 # "killed by signal" chatter is not for people (unit errors come back as results).
                 silence_logs=logging.ERROR,
             )
-            self.client = Client(self.cluster)
-        log.info("dask executor on %s", self.client.scheduler.address)
+            self._client = Client(self.cluster)
+            log.info("dask executor on %s", self._client.scheduler.address)
+        return self._client
 
     def map_units(self, fn, units):
         from distributed import as_completed
@@ -105,7 +117,8 @@ class DaskExecutor(Executor):
                 pending.add(list(futures)[-1])
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
         if self.cluster is not None:
             self.cluster.close()
 
