@@ -315,3 +315,27 @@ def test_interpolation_is_the_inverse_distance_squared_mean_of_usable_neighbours
     var = np.full(img.shape, 4.0, np.float32)
     done2 = interpolate_masked([img, var], masked, copy=False)
     assert np.array_equal(done2, done) and np.all(var[masked] == 4.0) and img[10, 12] == filled[10, 12]
+
+
+def test_bad_pixel_fills_made_before_the_cosmic_rays_are_kept_only_where_no_cosmic_ray_is_near():
+    """calibrate_frame fills the bad pixels once for cosmic-ray detection and keeps those fills
+    where no cosmic ray lies in their window: the result equals one fill made afterwards."""
+    from darkroom.calib.interp import neighbour_fill
+    from darkroom.calib.process import _fill
+
+    rng = np.random.default_rng(7)
+    shape = (120, 150)
+    sci = rng.normal(500.0, 20.0, shape).astype(np.float32)
+    var = rng.uniform(300.0, 500.0, shape).astype(np.float32)
+    bad = rng.random(shape) < 0.01
+    bad[40:52, 60:75] = True  # a block: its core needs wider windows
+    bad[:, 3] = True  # a column at the edge
+    cr = (rng.random(shape) < 0.004) & ~bad
+    cr[39, 60] = cr[60, 4] = True  # next to the block and to the column
+    unusable, fill = bad | cr, bad | cr
+    first = neighbour_fill([sci, var], bad, np.flatnonzero(bad), check_finite=False)
+    want_sci, want_var = sci.copy(), var.copy()
+    want = interpolate_masked([want_sci, want_var], unusable, fill=fill, copy=False, check_finite=False)
+    got = _fill(sci, var, unusable, fill, first, cr)
+    assert np.array_equal(got, want)
+    assert np.array_equal(sci, want_sci) and np.array_equal(var, want_var)

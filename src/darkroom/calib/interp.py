@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["interpolate_masked"]
+__all__ = ["NeighbourFill", "interpolate_masked", "neighbour_fill", "window_touches"]
 
 
 def interpolate_masked(
@@ -64,6 +65,67 @@ def interpolate_masked(
     if single:
         return imgs[0], done
     return (imgs, done) if copy else done
+
+
+@dataclass(frozen=True)
+class NeighbourFill:
+    """Fill values of pixels, computed but not written.
+
+    ``targets`` the flat indices of the pixels that found a usable neighbour; ``values`` one
+    float64 array per image (the inverse-distance-squared means, in ``targets`` order);
+    ``radius`` the half-size of the window each was filled from [pixel].
+    """
+
+    targets: np.ndarray
+    values: list[np.ndarray]
+    radius: np.ndarray
+
+
+def neighbour_fill(
+    images: Sequence[np.ndarray],
+    masked: np.ndarray,
+    targets: np.ndarray,
+    *,
+    radius_pix: int = 2,
+    max_radius_pix: int = 32,
+    check_finite: bool = True,
+) -> NeighbourFill:
+    """What :func:`interpolate_masked` would write into ``images`` at the flat pixel indices
+    ``targets``, which must all be ``masked`` (so that no filled pixel is another's source).
+
+    For a caller that fills the same pixels of the same images twice with a few more
+    pixels masked the second time: a pixel whose window held none of those can keep its
+    first value (see :func:`darkroom.calib.process.calibrate_frame`).
+    """
+    imgs = list(images)
+    ny, nx = imgs[0].shape
+    masked = np.asarray(masked, dtype=bool)
+    todo = np.asarray(targets, dtype=np.intp)
+    found, values, radius = [], [[] for _ in imgs], []
+    r = max(1, int(radius_pix))
+    while todo.size and r <= max_radius_pix:
+        got, vals = _fill_values(imgs, masked, todo, r, nx, ny, check_finite=check_finite)
+        found.append(todo[got])
+        for out, v in zip(values, vals, strict=True):
+            out.append(v)
+        radius.append(np.full(int(np.count_nonzero(got)), r, dtype=np.int32))
+        todo = todo[~got]
+        r *= 2
+    if not found:
+        return NeighbourFill(np.zeros(0, np.intp), [np.zeros(0) for _ in imgs], np.zeros(0, np.int32))
+    return NeighbourFill(np.concatenate(found), [np.concatenate(v) for v in values], np.concatenate(radius))
+
+
+def window_touches(flags: np.ndarray, pixels: np.ndarray, half: int) -> np.ndarray:
+    """For each flat pixel index of ``pixels``: is any of ``flags`` within ``half`` pixels
+    (Chebyshev, the pixel itself included)? Indices clipped at the border land on pixels
+    inside the window anyway."""
+    ny, nx = flags.shape
+    d = np.arange(-half, half + 1)
+    j, i = np.divmod(np.asarray(pixels, dtype=np.intp), nx)
+    rows = np.clip(j[:, None] + d, 0, ny - 1)[:, :, None]
+    cols = np.clip(i[:, None] + d, 0, nx - 1)[:, None, :]
+    return flags[rows, cols].any(axis=(1, 2))
 
 
 def _fill_values(

@@ -36,7 +36,7 @@ from darkroom.robust import median
 from .badpix import BadPixelMask
 from .cosmics import CosmicRayConfig, detect_cosmic_rays
 from .grouping import describe_key, required_key
-from .interp import interpolate_masked
+from .interp import NeighbourFill, neighbour_fill, window_touches
 from .masters import MasterFrame
 from .noise import sky_level_and_noise
 from .overscan import OverscanConfig, overscan_levels, parse_section
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 _F32 = np.float32
 MASK_DTYPE = np.int32
+_FILL_RADIUS = 2  # half-size of the first window a masked pixel is filled from [pixel]
 
 
 RequireMode = bool | Literal["auto"]
@@ -475,18 +476,27 @@ def calibrate_frame(
     n_cr = 0
     fill = bad if cfg.do_interpolate_bad else np.zeros(shape, dtype=bool)
     unusable = (bad | nodata) if any_nodata else bad
+    first = None  # the unusable pixels' fills from the usable ones (SCI, VAR)
+    added = None  # pixels unusable for the final fills that were usable for the first ones
     if cfg.do_cosmic_rays:
         # detect on an image whose bad pixels are already filled, so that cosmic rays next to a bad
         # column are found; the final interpolation below uses only good, unflagged pixels
-        det = interpolate_masked(sci, unusable, check_finite=False)[0] if n_bad else sci
+        det = sci
+        if n_bad:
+            first = neighbour_fill(
+                [sci, var], unusable, np.flatnonzero(unusable), radius_pix=_FILL_RADIUS, check_finite=False
+            )
+            det = sci.copy()
+            det.ravel()[first.targets] = first.values[0].astype(_F32)
         cr = _cosmic_rays(det, var, nodata, gain, rn_e, cfg, history, cards, saturated=prep.saturated)
         n_cr = int(np.count_nonzero(cr))
         np.bitwise_or(mask, MASK_DTYPE(MaskBit.CR), out=mask, where=cr)
         if cfg.do_interpolate_cosmic_rays and n_cr:
             fill = fill | cr
             unusable = unusable | cr
+            added = cr
     if n_bad or n_cr:
-        done = interpolate_masked([sci, var], unusable, fill=fill, copy=False, check_finite=False)
+        done = _fill(sci, var, unusable, fill, first, added)
         np.bitwise_or(mask, MASK_DTYPE(MaskBit.INTRP), out=mask, where=done)
         history.append(f"{int(np.count_nonzero(done))} pixels interpolated (bad pixels and cosmic rays)")
 
@@ -518,6 +528,42 @@ def calibrate_frame(
         steps=tuple(history),
         noise_model=noise_model,
     )
+
+
+def _fill(
+    sci: np.ndarray,
+    var: np.ndarray,
+    unusable: np.ndarray,
+    fill: np.ndarray,
+    first: NeighbourFill | None,
+    added: np.ndarray | None,
+) -> np.ndarray:
+    """Fill the ``fill`` pixels of SCI and VAR in place from the pixels that are not ``unusable``
+    (as :func:`~darkroom.calib.interp.interpolate_masked` does); returns the pixels filled.
+
+    ``first`` holds fills made before the cosmic rays were known, from all but ``added`` of
+    those sources: a pixel keeps its first fill when it came from the smallest window and no
+    pixel of ``added`` lies in that window (the same sources, the same values, bit for bit);
+    the cosmic rays and the bad pixels next to them are filled anew.
+    """
+    targets = np.flatnonzero(fill)
+    fills = []
+    if first is not None and first.targets.size:
+        reuse = fill.ravel()[first.targets] & (first.radius == _FILL_RADIUS)
+        if added is not None:
+            reuse[reuse] = ~window_touches(added, first.targets[reuse], _FILL_RADIUS)
+        fills.append((first.targets[reuse], [v[reuse] for v in first.values]))
+        again = np.ones(fill.size, dtype=bool)
+        again[fills[0][0]] = False
+        targets = targets[again[targets]]
+    new = neighbour_fill([sci, var], unusable, targets, radius_pix=_FILL_RADIUS, check_finite=False)
+    fills.append((new.targets, new.values))
+    done = np.zeros(fill.shape, dtype=bool)
+    for pixels, values in fills:
+        for im, v in zip((sci, var), values, strict=True):
+            im.ravel()[pixels] = v.astype(im.dtype)
+        done.ravel()[pixels] = True
+    return done
 
 
 def _estimate_noise(
