@@ -177,6 +177,25 @@ def test_nan_pixels_are_no_data_and_excluded():
     np.testing.assert_allclose(t["flux"][0], math.pi * 9.0, rtol=1e-6)
 
 
+def test_pixels_out_of_reach_of_every_aperture_and_annulus_change_nothing():
+    """Only the pixels an aperture or annulus can touch are tested for NaN and mask bits."""
+    rng = np.random.default_rng(3)
+    sci = (100.0 + rng.normal(0.0, 5.0, SHAPE)).astype(np.float32)
+    var = np.full(SHAPE, 25.0, np.float32)
+    mask = np.zeros(SHAPE, np.int32)
+    mask[40, 61] = MaskBit.BAD  # inside the first aperture
+    x, y = [60.0, 30.0], [40.0, 70.0]
+    cfg = ApertureConfig(radii_pix=(3.0,), radii_fwhm=(), ref_aperture=0, annulus_in_pix=6, annulus_out_pix=9)
+    clean = aperture_photometry(sci, mask, var, x, y, config=cfg)
+    far_sci, far_var, far_mask = sci.copy(), var.copy(), mask.copy()
+    far_sci[5, 140], far_var[90, 5] = np.nan, np.inf  # > 9 px from both sources
+    far_mask[2, 100] = MaskBit.BAD | MaskBit.NO_DATA
+    far = aperture_photometry(far_sci, far_mask, far_var, x, y, config=cfg)
+    for name in clean.colnames:
+        np.testing.assert_array_equal(far[name], clean[name])
+    assert clean["flags"][0] & PhotFlag.BAD and not clean["flags"][1] & PhotFlag.BAD
+
+
 def test_truncated_aperture_at_the_border():
     sci = np.full(SHAPE, 3.0, np.float32)
     t = aperture_photometry(sci, None, None, [1.0, 70.0], [50.0, 99.5], config=NO_BKG)

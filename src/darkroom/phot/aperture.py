@@ -326,15 +326,37 @@ def _annulus_background(
     return med, std, cnt
 
 
-def _mask_bits_in_apertures(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    """OR of the MASK bits of every pixel that overlaps each aperture: ``(n_src, n_radii)``."""
+def _footprint(x: np.ndarray, y: np.ndarray, reach: float, shape: tuple[int, int]) -> np.ndarray:
+    """Flat indices (repeats possible) of the pixels within ``reach`` pixels of each position along
+    both axes: every pixel an aperture or annulus of these sources can touch."""
+    ny, nx = shape
+    n = math.ceil(reach) + 1
+    offs = np.arange(-n, n + 1)
+    ix = np.clip(np.rint(x).astype(np.int64)[:, None] + offs[None, :], 0, nx - 1)
+    iy = np.clip(np.rint(y).astype(np.int64)[:, None] + offs[None, :], 0, ny - 1)
+    return (iy[:, :, None] * nx + ix[:, None, :]).ravel()
+
+
+def _mask_bits_in_apertures(
+    mask: np.ndarray, x: np.ndarray, y: np.ndarray, radii: np.ndarray, *, footprint: np.ndarray | None = None
+) -> np.ndarray:
+    """OR of the MASK bits of every pixel that overlaps each aperture: ``(n_src, n_radii)``.
+
+    ``footprint`` (:func:`_footprint` of these positions, reaching the largest radius) replaces
+    the whole-frame test for a set bit by one over the pixels the apertures can touch.
+    """
     out = np.zeros((x.size, radii.size), dtype=np.int64)
-    anymask = mask != 0
-    if not anymask.any():
-        return out
     rmax = float(radii.max())
-    touched, _, _ = sep.sum_circle(anymask, x, y, rmax, subpix=0)
-    cand = np.flatnonzero(touched > 0)
+    if footprint is not None:
+        if not mask.ravel()[footprint].any():
+            return out
+        cand = np.arange(x.size)
+    else:
+        anymask = mask != 0
+        if not anymask.any():
+            return out
+        touched, _, _ = sep.sum_circle(anymask, x, y, rmax, subpix=0)
+        cand = np.flatnonzero(touched > 0)
     if cand.size == 0:
         return out
     ny, nx = mask.shape
@@ -346,13 +368,21 @@ def _mask_bits_in_apertures(mask: np.ndarray, x: np.ndarray, y: np.ndarray, radi
     ix = np.rint(xs).astype(np.int64)[:, None] + gx[None, :]
     iy = np.rint(ys).astype(np.int64)[:, None] + gy[None, :]
     inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    m = np.where(inside, mask[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], 0).astype(np.int64)
-    # distance from the centre to the nearest point of each pixel square
-    ex = np.maximum(np.abs(ix - xs[:, None]) - 0.5, 0.0)
-    ey = np.maximum(np.abs(iy - ys[:, None]) - 0.5, 0.0)
+    m = np.where(inside, mask[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], 0)
+    # only the pixels with a bit set matter (few): their distance from the centre to the nearest
+    # point of the pixel square decides which apertures they overlap
+    row, col = np.nonzero(m)
+    if not row.size:
+        return out
+    bits = m[row, col].astype(np.int64)
+    ex = np.maximum(np.abs(ix[row, col] - xs[row]) - 0.5, 0.0)
+    ey = np.maximum(np.abs(iy[row, col] - ys[row]) - 0.5, 0.0)
     dist = np.hypot(ex, ey)
     for k, r in enumerate(radii):
-        out[cand, k] = np.bitwise_or.reduce(np.where(dist < r, m, 0), axis=1)
+        sel = dist < r
+        acc = np.zeros(cand.size, dtype=np.int64)
+        np.bitwise_or.at(acc, row[sel], bits[sel])
+        out[cand, k] = acc
     return out
 
 
@@ -448,10 +478,17 @@ def aperture_photometry(
     sci32 = _native(sci, np.float32)
     mask_i = None if mask is None else _native(mask, np.int32)
     var32 = None if var is None else _native(var, np.float32)
-    bad_pix = ~np.isfinite(sci32)
+    # Only the pixels within reach of an annulus or aperture count: test those rather than the
+    # frame (a few thousand pixels a source against a million); the whole-frame treatment of
+    # non-finite pixels runs when one of them is there.
+    foot = _footprint(x, y, r_out + 1.0, shape) if n_src else np.zeros(0, np.int64)
+    foot_bad = ~np.isfinite(sci32.ravel()[foot])
     if var32 is not None:
-        bad_pix |= ~np.isfinite(var32)
-    if bad_pix.any():
+        foot_bad |= ~np.isfinite(var32.ravel()[foot])
+    if foot_bad.any():
+        bad_pix = ~np.isfinite(sci32)
+        if var32 is not None:
+            bad_pix |= ~np.isfinite(var32)
         sci32 = np.where(bad_pix, np.float32(0), sci32)
         if var32 is not None:
             var32 = np.where(bad_pix, np.float32(0), var32)
@@ -485,7 +522,11 @@ def aperture_photometry(
     if poor.any():
         good = ~poor
         fallback_bkg = float(np.median(bkg[good])) if good.any() else 0.0
-        fallback_rms = float(np.median(bkg_rms[good])) if good.any() else float(np.nanstd(sci32))
+        fallback_rms = (
+            float(np.median(bkg_rms[good]))
+            if good.any()
+            else float(np.nanstd(np.where(np.isfinite(sci32), sci32, np.float32(0))))
+        )
         log.debug("%d of %d sources have a poor annulus; frame median background used", poor.sum(), n_src)
         bkg = np.where(poor, fallback_bkg, bkg)
         bkg_rms = np.where(poor, fallback_rms, bkg_rms)
@@ -495,11 +536,13 @@ def aperture_photometry(
     # --- sums -----------------------------------------------------------------------
     excl = None
     if mask_i is not None and config.exclude_bits:
-        excl = (mask_i & config.exclude_bits) != 0
-        if not excl.any():
-            excl = None
+        # sep reads the exclusion mask inside the apertures only: set it there
+        hit = (mask_i.ravel()[foot] & np.int32(config.exclude_bits)) != 0
+        if hit.any():
+            excl = np.zeros(shape, dtype=bool)
+            excl.ravel()[foot[hit]] = True
     maskbits = (
-        _mask_bits_in_apertures(mask_i, x, y, radii)
+        _mask_bits_in_apertures(mask_i, x, y, radii, footprint=foot)
         if mask_i is not None and n_src
         else np.zeros((n_src, radii.size), dtype=np.int64)
     )
