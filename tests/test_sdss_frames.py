@@ -105,8 +105,11 @@ def test_sdss_five_bands_with_no_profile(tmp_path, data_dir):
         print(f"SDSS {band}: {iso.sum()} isolated stars, median darkroom - photutils = {diff:+.4f} mag")
         diffs[band] = diff
     # darkroom's magnitude is the reference aperture plus the aperture correction to the large
-    # aperture measured here, from stars with no neighbour in that aperture and its sky annulus
-    assert all(abs(d) < 0.02 for d in diffs.values()), diffs
+    # aperture measured here, from stars with no neighbour in that aperture and its sky annulus.
+    # Measured: u -0.014 (9 stars here, 16 measure the correction: its error is ~0.01), g +0.002,
+    # r +0.002, i +0.005, z -0.001
+    tolerance = {"u": 0.02, "g": 0.01, "r": 0.01, "i": 0.01, "z": 0.01}
+    assert all(abs(d) < tolerance[b] for b, d in diffs.items()), diffs
 
     # item 11: the r image's sources through the command line
     out = tmp_path / "r.ecsv"
