@@ -250,21 +250,27 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str, typer.Option("--name", help="planet name")],
         period: Annotated[float, typer.Option("--period", help="orbital period [day]")],
         t0: Annotated[float, typer.Option("--t0", help="a mid-transit time [BJD_TDB]")],
-        rp_rs: Annotated[float, typer.Option("--rp-rs")] = 0.1,
+        rp_rs: Annotated[
+            float, typer.Option("--rp-rs", help="starting Rp/Rs (planet / star radius) [ratio]")
+        ] = 0.1,
         a_rs: Annotated[float | None, typer.Option("--a-rs", help="prior mean of a/Rs")] = None,
-        a_rs_err: Annotated[float, typer.Option("--a-rs-err")] = 0.5,
+        a_rs_err: Annotated[
+            float, typer.Option("--a-rs-err", help="prior sigma of a/Rs [stellar radii]")
+        ] = 0.5,
         inc: Annotated[
             float | None, typer.Option("--inc", help="prior mean of the inclination [deg]")
         ] = None,
-        inc_err: Annotated[float, typer.Option("--inc-err")] = 1.0,
-        u1: Annotated[float, typer.Option("--u1")] = 0.4,
-        u2: Annotated[float, typer.Option("--u2")] = 0.25,
+        inc_err: Annotated[
+            float, typer.Option("--inc-err", help="prior sigma of the inclination [deg]")
+        ] = 1.0,
+        u1: Annotated[float, typer.Option("--u1", help="quadratic limb darkening u1 [unitless]")] = 0.4,
+        u2: Annotated[float, typer.Option("--u2", help="quadratic limb darkening u2 [unitless]")] = 0.25,
         detrend: Annotated[str, typer.Option("--detrend", help="linear | airmass | none")] = "linear",
         method: Annotated[str, typer.Option("--method", help="mcmc | laplace")] = "mcmc",
         output: Annotated[Path | None, typer.Option("-o", help="AAVSO Exoplanet Watch table")] = None,
         plot: Annotated[Path | None, typer.Option("--plot", help="PNG of data, model and residuals")] = None,
-        filter_name: Annotated[str, typer.Option("--filter")] = "",
-        exposure: Annotated[float, typer.Option("--exposure", help="[s]")] = 0.0,
+        filter_name: Annotated[str, typer.Option("--filter", help="filter name for the AAVSO table")] = "",
+        exposure: Annotated[float, typer.Option("--exposure", help="exposure time per point [s]")] = 0.0,
     ) -> None:
         """Fit a known planet's transit in one night's light curve (mid-time BJD_TDB, Rp/Rs, a/Rs, i)."""
         import numpy as np
