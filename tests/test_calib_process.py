@@ -17,7 +17,7 @@ from darkroom.calib.interp import interpolate_masked
 from darkroom.calib.masters import make_master_bias, make_master_dark, make_master_flat
 from darkroom.calib.process import CalibrationConfig, RequireConfig, calibrate_frame, prepare_raw
 from darkroom.calib.synthetic import cosmic_ray_image, star_image
-from darkroom.errors import CalibrationError, MissingCalibrationError
+from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
 from darkroom.maskbits import MaskBit
 
@@ -339,3 +339,17 @@ def test_bad_pixel_fills_made_before_the_cosmic_rays_are_kept_only_where_no_cosm
     got = _fill(sci, var, unusable, fill, first, cr)
     assert np.array_equal(got, want)
     assert np.array_equal(sci, want_sci) and np.array_equal(var, want_var)
+
+
+def test_trimmed_shape_is_prepare_raws_without_the_pixels(synth):
+    from darkroom.calib.process import trimmed_shape
+
+    raw, meta = synth[5], _meta("light", 60.0)
+    assert trimmed_shape(raw.shape, meta) == prepare_raw(raw, meta).data.shape
+    untrimmed = CalibrationConfig(do_trim=False)
+    assert (
+        trimmed_shape(raw.shape, meta, config=untrimmed)
+        == prepare_raw(raw, meta, config=untrimmed).data.shape
+    )
+    with pytest.raises(BadInputError):
+        trimmed_shape((3, 4, 5), meta)

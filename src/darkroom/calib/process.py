@@ -53,6 +53,7 @@ __all__ = [
     "calibrate_frame",
     "cut_masters_to_subframe",
     "prepare_raw",
+    "trimmed_shape",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,19 @@ def prepare_raw(
         history=tuple(history),
         saturation_adu=sat_level,
     )
+
+
+def trimmed_shape(
+    shape: tuple[int, ...], meta, *, config: CalibrationConfig | None = None
+) -> tuple[int, int]:
+    """The (ny, nx) :func:`prepare_raw` gives a raw frame of ``shape``, without touching pixels."""
+    cfg = config or CalibrationConfig()
+    if len(shape) != 2:
+        raise BadInputError(f"expected a 2-D image, got shape {tuple(shape)}")
+    if not (cfg.do_trim and meta.trim_section):
+        return int(shape[0]), int(shape[1])
+    rows, cols = parse_section(meta.trim_section, shape=(int(shape[0]), int(shape[1])))
+    return rows.stop - rows.start, cols.stop - cols.start
 
 
 def _adc_ceiling(raw: np.ndarray, sat_level: float | None) -> float | None:

@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.calib.process import adopt_calibrated, calibrate_frame, cut_masters_to_subframe, prepare_raw
+from darkroom.calib.process import adopt_calibrated, calibrate_frame, cut_masters_to_subframe, trimmed_shape
 from darkroom.calib.settings import CalibSettings
 from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
@@ -107,7 +107,7 @@ class CalibrateStage(Stage):
         bpm = read_bpm(str(self.root / p["bpm"][0]), p["bpm"][1]) if p.get("bpm") else None
         if meta.subframe_x is not None or meta.subframe_y is not None:
             # a subframe read-out: the matching cut of the full-frame masters
-            shape = prepare_raw(raw.data, meta, config=cfg.calibration).data.shape
+            shape = trimmed_shape(raw.data.shape, meta, config=cfg.calibration)
             masters["bias"], masters["dark"], masters["flat"], bpm = cut_masters_to_subframe(
                 meta, shape, bias=masters["bias"], dark=masters["dark"], flat=masters["flat"], bad_pixels=bpm
             )
