@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -173,24 +174,53 @@ def _plain(col: Any) -> bool:
     return type(col) is Column and col.ndim == 1 and col.dtype.kind in "biufSU" and not col.meta
 
 
-def table_yaml(table: Table) -> str:
-    """The ``table_meta_yaml`` header of a table of plain columns (astropy's text for it)."""
+ColumnKey = tuple[str, "str | None", str, "str | None", "str | None"]
+
+
+@lru_cache(maxsize=64)
+def _datatype_yaml(columns: tuple[ColumnKey, ...]) -> str:
+    """The ``datatype:`` block of the header; the same columns come back frame after frame."""
     _, dumper = _loader_dumper()
     datatype = []
-    for name, col in table.columns.items():
+    for name, unit, dtype, fmt, description in columns:
         attrs = _ColumnAttributes(name=name)
-        if col.unit is not None:
-            attrs["unit"] = str(col.unit)
-        attrs["datatype"] = _datatype(col.dtype)
-        if col.format is not None:
-            attrs["format"] = col.format
-        if col.description is not None:
-            attrs["description"] = col.description
+        if unit is not None:
+            attrs["unit"] = unit
+        attrs["datatype"] = dtype
+        if fmt is not None:
+            attrs["format"] = fmt
+        if description is not None:
+            attrs["description"] = description
         datatype.append(attrs)
-    header: dict[str, Any] = {"datatype": datatype}
+    return yaml.dump({"datatype": datatype}, Dumper=dumper, default_flow_style=None, width=130)
+
+
+def table_yaml(table: Table) -> str:
+    """The ``table_meta_yaml`` header of a table of plain columns (astropy's text for it).
+
+    The top-level keys are emitted one after the other, as in one document (block style,
+    no anchors): ``datatype`` from a cache, ``meta`` per table.
+    """
+    _, dumper = _loader_dumper()
+    columns = tuple(
+        (
+            name,
+            None if col.unit is None else str(col.unit),
+            _datatype(col.dtype),
+            col.format,
+            col.description,
+        )
+        for name, col in table.columns.items()
+    )
+    if all(isinstance(c[3], str | None) and isinstance(c[4], str | None) for c in columns):
+        text = _datatype_yaml(columns)
+    else:
+        text = _datatype_yaml.__wrapped__(columns)
     if table.meta:
-        header["meta"] = OrderedDict(table.meta)
-    return "\n".join(yaml.dump(header, Dumper=dumper, default_flow_style=None, width=130).splitlines())
+        text += yaml.dump(
+            {"meta": OrderedDict(table.meta)}, Dumper=dumper, default_flow_style=None, width=130
+        )
+    return "\n".join(text.splitlines())
 
 
 def write_parquet(table: Table, path: str | Path) -> Path:
