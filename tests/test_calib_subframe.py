@@ -45,11 +45,19 @@ def masters(arcsat_dir):
     return bias.with_name("bias.fits"), dark.with_name("dark.fits"), flat.with_name("flat.fits")
 
 
-def _subframe(raw, header_in) -> tuple[np.ndarray, fits.Header]:
-    """The cut as MaxIm writes a subframe read-out: offset keywords and the WCS of the cut."""
+def _subframe(raw, header_in, style: str = "maxim") -> tuple[np.ndarray, fits.Header]:
+    """The cut as a camera writes a subframe read-out: its offset keywords (MaxIm's XORGSUBF,
+    NOAO's DETSEC or IRAF's LTV) and the WCS of the cut."""
     h = header_in.copy()
-    h["XORGSUBF"] = (X0, "Subframe X position in binned pixels")
-    h["YORGSUBF"] = (Y0, "Subframe Y position in binned pixels")
+    if style == "maxim":
+        h["XORGSUBF"] = (X0, "Subframe X position in binned pixels")
+        h["YORGSUBF"] = (Y0, "Subframe Y position in binned pixels")
+    else:
+        del h["XORGSUBF"], h["YORGSUBF"]
+        if style == "detsec":
+            h["DETSEC"] = (f"[{X0 + 1}:{X0 + NX},{Y0 + 1}:{Y0 + NY}]", "detector section (1-based)")
+        else:
+            h["LTV1"], h["LTV2"] = float(-X0), float(-Y0)
     h["NAXIS1"], h["NAXIS2"] = NX, NY
     for key, d in (("CRPIX1", X0), ("CRPIX2", Y0)):
         if key in h:
@@ -57,7 +65,8 @@ def _subframe(raw, header_in) -> tuple[np.ndarray, fits.Header]:
     return np.ascontiguousarray(raw.data[Y0 : Y0 + NY, X0 : X0 + NX]), h
 
 
-def test_subframe_calibrates_like_the_full_frame_cut(arcsat_dir, masters):
+@pytest.mark.parametrize("style", ["maxim", "detsec", "ltv"])
+def test_subframe_calibrates_like_the_full_frame_cut(arcsat_dir, masters, style):
     bias, dark, flat = masters
     raw, meta = _frames(arcsat_dir, "XO1-b_z_*.fits.gz", n=1)[0]
     # cosmic rays off: their sky model is a mesh over the whole frame, which a cut cannot share
@@ -73,7 +82,7 @@ def test_subframe_calibrates_like_the_full_frame_cut(arcsat_dir, masters):
         read_noise_e=8.0,
         config=cfg,
     )
-    data, header = _subframe(raw, raw.header)
+    data, header = _subframe(raw, raw.header, style)
     sub_meta = normalize(header, filename="XO1-b_z_sub.fits", shape=data.shape)
     assert (sub_meta.subframe_x, sub_meta.subframe_y) == (X0, Y0)
     assert (sub_meta.naxis1, sub_meta.naxis2) == (NX, NY)
@@ -107,10 +116,25 @@ def test_subframe_calibrates_like_the_full_frame_cut(arcsat_dir, masters):
     assert np.array_equal(sub.mask, full.mask[cut])
     np.testing.assert_allclose(sub.sci, full.sci[cut], rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(sub.var, full.var[cut], rtol=1e-6, atol=1e-4)
-    assert sub.header["XORGSUBF"] == X0 and sub.header["YORGSUBF"] == Y0
+    if style == "maxim":
+        assert sub.header["XORGSUBF"] == X0 and sub.header["YORGSUBF"] == Y0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)
         w_full, w_sub = WCS(full.header, naxis=2), WCS(sub.header, naxis=2)
     ra1, de1 = w_full.all_pix2world([X0 + 10.0, X0 + 390.0], [Y0 + 5.0, Y0 + 290.0], 0)
     ra2, de2 = w_sub.all_pix2world([10.0, 390.0], [5.0, 290.0], 0)
     assert np.allclose(ra1, ra2, atol=1e-9) and np.allclose(de1, de2, atol=1e-9)
+
+
+def test_a_full_frame_detector_section_is_not_a_subframe(arcsat_dir):
+    raw, _ = _frames(arcsat_dir, "XO1-b_z_*.fits.gz", n=1)[0]
+    h = raw.header.copy()
+    del h["XORGSUBF"], h["YORGSUBF"]
+    h["DETSEC"] = "[1:1024,1:1024]"
+    meta = normalize(h, filename="full.fits", shape=raw.shape)
+    assert (meta.subframe_x, meta.subframe_y) == (None, None)
+    del h["DETSEC"]
+    h["LTV1"], h["LTV2"], h["LTM1_1"] = -16.0, 0.0, 0.5  # scaled IRAF offsets: not read, and said so
+    meta = normalize(h, filename="ltm.fits", shape=raw.shape)
+    assert (meta.subframe_x, meta.subframe_y) == (None, None)
+    assert any("LTV1/LTV2 ignored" in w for w in meta.warnings)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -67,6 +68,14 @@ _AB_UNITS: dict[str, tuple[str, float]] = {
 _JD_UNIX0 = 2440587.5  # JD of 1970-01-01T00:00 UTC
 _EPOCH = datetime(1970, 1, 1)
 _ARCSEC_PER_RAD_OVER_1000 = 206.264806  # arcsec per radian / 1000: scale = this * pixel_um / focal_mm
+
+
+def _as_float(value: object) -> float | None:
+    """A header value as a number, or None when it is not one."""
+    try:
+        return parse_float(value)
+    except ValueError:
+        return None
 
 
 class _Skip(Exception):
@@ -478,7 +487,42 @@ class _Reader:
                     continue
                 break
             out.append(value)
+        if out[0] is None and out[1] is None:
+            return self._subframe_from_sections()
         return out[0], out[1]
+
+    def _subframe_from_sections(self) -> tuple[int | None, int | None]:
+        """The offset from a detector section (DETSEC, unbinned 1-based) or IRAF's LTV; (None,
+        None) when neither says the frame is a cut (a zero offset is a full frame)."""
+        spec = self.profile.subframe
+        bx, by = self.binning()
+        for keyword in spec.detector_section:
+            if not self.present(keyword):
+                continue
+            try:
+                x1, x2, y1, y2 = (int(v) for v in re.findall(r"-?\d+", parse_section(self.view[keyword])))
+            except ValueError as err:
+                self.warn(f"{self.show(keyword)} ignored for the subframe offset: {err}")
+                continue
+            x0, y0 = (min(x1, x2) - 1) // bx, (min(y1, y2) - 1) // by
+            return (x0, y0) if (x0 or y0) else (None, None)
+        if len(spec.ltv) == 2 and all(self.present(k) for k in spec.ltv):
+            if (bx, by) != (1, 1) or any(
+                self.present(k) and _as_float(self.view[k]) not in (None, 1.0) for k in ("LTM1_1", "LTM2_2")
+            ):
+                self.warn("LTV1/LTV2 ignored for the subframe offset: binned or scaled (LTM) frames")
+                return None, None
+            try:
+                x0, y0 = (-parse_float(self.view[k]) for k in spec.ltv)
+            except ValueError as err:
+                self.warn(f"LTV1/LTV2 ignored for the subframe offset: {err}")
+                return None, None
+            if x0 < 0 or y0 < 0 or abs(x0 - round(x0)) > 1e-6 or abs(y0 - round(y0)) > 1e-6:
+                self.warn("LTV1/LTV2 ignored for the subframe offset: not a whole, non-negative pixel shift")
+                return None, None
+            x0, y0 = round(x0), round(y0)
+            return (x0, y0) if (x0 or y0) else (None, None)
+        return None, None
 
     def software_bias(self, precalibrated: bool) -> float | None:
         value, keyword = self.number(self.profile.software_bias, "software bias")

@@ -214,6 +214,16 @@ class SubframeSpec(_Strict):
 
     x: Keywords = Field(default_factory=list, description="keywords with the column offset [binned pixels]")
     y: Keywords = Field(default_factory=list, description="keywords with the row offset [binned pixels]")
+    detector_section: Keywords = Field(
+        default_factory=list,
+        description="keywords with the frame's place on the detector, '[x1:x2,y1:y2]' in unbinned "
+        "1-based pixels (NOAO DETSEC); read when the offset keywords are absent",
+    )
+    ltv: Keywords = Field(
+        default_factory=list,
+        description="IRAF logical-to-physical offset keywords, x then y (LTV1, LTV2): offset -LTV "
+        "for an unbinned frame (LTM1_1 absent or 1); read last",
+    )
 
 
 class SectionSpec(StringSpec):
