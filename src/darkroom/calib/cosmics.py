@@ -368,8 +368,7 @@ class _SparseLACosmic:
             ub -= th
             ub -= tv
             hit = ub > self._threshold_rows(floor, r0, r1)
-            jj, ii = np.nonzero(hit)
-            out.append((jj + r0) * self.nx + ii)
+            out.append(np.flatnonzero(hit) + r0 * self.nx)  # hit is rows r0..r1 of the frame
         idx = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
         return self._filter_candidates(idx, floor)
 
@@ -542,15 +541,14 @@ class _SparseLACosmic:
 
     def _zone(self, changed: np.ndarray) -> np.ndarray:
         """Pixels within 6 (Chebyshev) of a changed pixel: the only ones whose statistics change."""
-        j, i = np.divmod(changed, self.nx)
-        marks = np.zeros(self.ny * self.nx, dtype=bool)
-        for dj in range(-6, 7):
-            j2 = j + dj
-            okj = (j2 >= 0) & (j2 < self.ny)
-            for di in range(-6, 7):
-                i2 = i + di
-                ok = okj & (i2 >= 0) & (i2 < self.nx)
-                marks[j2[ok] * self.nx + i2[ok]] = True
+        marks = np.zeros((self.ny, self.nx), dtype=bool)
+        d = np.arange(-6, 7)
+        for b0 in range(0, changed.size, _BATCH):  # 169 marks per pixel: bounded memory
+            j, i = np.divmod(changed[b0 : b0 + _BATCH], self.nx)
+            # indices clipped at the border land on pixels within 6 of the changed one anyway
+            rows = np.clip(j[:, None] + d, 0, self.ny - 1)[:, :, None]
+            cols = np.clip(i[:, None] + d, 0, self.nx - 1)[:, None, :]
+            marks[rows, cols] = True
         return np.flatnonzero(marks)
 
     # ---------------------------------------------------------------- driver
@@ -597,11 +595,12 @@ class _SparseLACosmic:
         if return_cleaned:
             cleaned = self.clean_in + self.bkg_in if self.bkg_in is not None else self.clean_in.copy()
             cleaned /= _F32(self.gain)
-        log.debug("sparse L.A.Cosmic: %d pixels, %d iterations, %d candidates", crmask.sum(), n_iter, n_cand)
+        n_pixels = int(np.count_nonzero(crmask))
+        log.debug("sparse L.A.Cosmic: %d pixels, %d iterations, %d candidates", n_pixels, n_iter, n_cand)
         return CosmicRayResult(
             mask=crmask,
             cleaned=cleaned,
-            n_pixels=int(crmask.sum()),
+            n_pixels=n_pixels,
             n_iterations=n_iter,
             n_candidates=int(n_cand),
             engine="sparse",
