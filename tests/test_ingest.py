@@ -151,3 +151,39 @@ def test_header_variant_sets_ingest_without_quarantine(registry, data_dir):
     by_name = {e.path.name: e.meta for e in summary.registered}
     assert by_name["flat29.5(2).FIT.gz"].exptime_s == 29.5
     assert by_name["darktest3.fit"].frame_type == "dark" and by_name["darktest3.fit"].exptime_s == 30.0
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_crc", "trailing_junk", "corrupt_deflate"])
+def test_gzip_frames_read_alike_with_and_without_isal(tmp_path, monkeypatch, damage):
+    """Raw gzip frames inflate with ISA-L when it is installed: the same pixels, and a damaged
+    stream gets the standard library's reason (read again by it)."""
+    import io
+    import sys
+
+    from darkroom.errors import BadInputError
+    from darkroom.io.rawfits import read_raw
+
+    buf = io.BytesIO()
+    fits.PrimaryHDU(np.arange(64 * 80, dtype=np.uint16).reshape(64, 80)).writeto(buf)
+    good = gzip.compress(buf.getvalue())
+    bad = {
+        "truncated": good[: len(good) // 2],
+        "bad_crc": good[:-8] + bytes([good[-8] ^ 1]) + good[-7:],
+        "trailing_junk": good + b"garbage!!",
+        "corrupt_deflate": good[:30] + bytes(12) + good[42:],
+    }[damage]
+    (tmp_path / "good.fits.gz").write_bytes(good)
+    (tmp_path / "bad.fits.gz").write_bytes(bad)
+
+    def outcome():
+        with pytest.raises(BadInputError) as err:
+            read_raw(tmp_path / "bad.fits.gz")
+        return read_raw(tmp_path / "good.fits.gz").data, str(err.value)
+
+    import isal  # noqa: F401  (a dependency: the fast path is the one tested first)
+
+    data_isal, reason_isal = outcome()
+    monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed
+    data_std, reason_std = outcome()
+    assert np.array_equal(data_isal, data_std) and data_std[1, 2] == 82
+    assert reason_isal == reason_std

@@ -187,6 +187,25 @@ def _expand(fh: BinaryIO, opener, what: str, limits: ReadLimits, budget: _Budget
     return bytes(out)
 
 
+def _expand_gzip(fh: BinaryIO, limits: ReadLimits, budget: _Budget) -> bytes:
+    """A whole gzip stream, read with ISA-L (isal.igzip: the same stream checks, ~2.5x faster
+    inflation) when installed. A stream it refuses is read again by the standard library,
+    which accepts and refuses the same streams but is the one whose reasons the messages
+    below are written for (isal words some of them differently)."""
+    try:
+        from isal import igzip, isal_zlib
+    except ImportError:
+        igzip = None
+    if igzip is not None:
+        try:
+            return _expand(fh, lambda f: igzip.GzipFile(fileobj=f, mode="rb"), "gzip", limits, budget)
+        except (BadInputError, isal_zlib.IsalError):  # IsalError: corrupt deflate data
+            if time.monotonic() > budget.deadline:
+                raise  # out of time: no second reading
+            fh.seek(0)
+    return _expand(fh, lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "gzip", limits, budget)
+
+
 def _int_value(cards: dict[str, str], key: str, hdu: int) -> int | None:
     text = cards.get(key)
     if text is None:
@@ -423,7 +442,7 @@ def _read_open(fh: BinaryIO, size: int, *, with_data: bool, limits: ReadLimits, 
     fh.seek(0)
     content: BinaryIO
     if magic[:2] == b"\x1f\x8b":
-        blob = _expand(fh, lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "gzip", limits, budget)
+        blob = _expand_gzip(fh, limits, budget)
         content, size = io.BytesIO(blob), len(blob)
     elif magic == b"BZh":
         blob = _expand(fh, lambda f: bz2.BZ2File(f, mode="rb"), "bzip2", limits, budget)
