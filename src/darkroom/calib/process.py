@@ -217,7 +217,9 @@ def _adc_ceiling(raw: np.ndarray, sat_level: float | None) -> float | None:
     assumed, and reached by at least 3 pixels. None otherwise."""
     if raw.dtype.kind not in "iuf" or raw.size == 0:
         return None
-    top = float(np.nanmax(raw))
+    top = float(raw.max())  # NaN only when a pixel is NaN: then the NaN-aware maximum
+    if math.isnan(top):
+        top = float(np.nanmax(raw))
     if not np.isfinite(top) or (sat_level is not None and top >= sat_level):
         return None
     n = round(math.log2(top + 1.0)) if top > 0 else 0
@@ -671,7 +673,7 @@ def _cosmic_rays(
         bad_mask=ignore if any_ignore else None,
         config=cr_cfg,
     )
-    cr = res.mask & ~ignore
+    cr = res.mask & ~ignore if any_ignore else res.mask
     guard = protect_stars(
         cr,
         work,
