@@ -24,8 +24,10 @@ from darkroom.cli import app
 from darkroom.facade import Repository
 from darkroom.instruments import normalize
 from darkroom.maskbits import MaskBit
+from darkroom.phot.aperture import aperture_photometry
+from darkroom.phot.settings import MeasureSettings
 from darkroom.repo.models import Exposure, Image
-from darkroom.sim import build_scene, hostile_small_telescope, render_frame, simulate_night
+from darkroom.sim import build_scene, hostile_small_telescope, light_electrons, render_frame, simulate_night
 
 N_FRAMES = 90
 APERTURE_PIX = 3.5  # covers 1.5 x the widest FWHM (2.2 px)
@@ -121,10 +123,82 @@ def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
         good = np.isfinite(t) & np.isfinite(flux)
         depth, t0 = _fit_transit(t[good], flux[good] / np.nanmedian(flux[good]), truth.summary)
         true_depth = truth.summary["transit"]["depth"]
-        # The issue asks for 5 %; measured on this night (seed 4): 0.0219 for 0.024 (-8.8 %), the
-        # in-transit points ~0.2 % high against the truth -- a systematic of the flat-less
-        # differential light curve not yet found. Held at 10 % until it is.
+        # The issue asks for 5 %; this night (seed 4) gives 0.0219 for 0.024 (-8.8 %). That is the
+        # photon noise of this one realisation, not a bias of the pipeline: the same noisy pixels
+        # with the true bias, dark and flat subtracted, cosmic rays removed from the truth and
+        # apertures at the true positions give -7.6 % (1.5 FWHM, 6 comparison stars) to -12 %
+        # (26 stars); the host's own shot noise alone (its noisy over its noiseless aperture flux)
+        # gives -6.5 %. The host (12.4 mag, ~70 ke-) has 4.5 ppt point-to-point noise, so 90 frames
+        # fix the depth to ~4.5 % (1 sigma; other seeds: -1.5 .. +4.7 %). The photometry's own
+        # systematics are held at 5 % on noiseless frames below. Held at 10 % here.
         assert depth == pytest.approx(true_depth, rel=0.10), (depth, true_depth)
         assert abs(t0 - truth.summary["transit"]["t0_bjd_tdb"]) * 1440.0 < 2.0
     finally:
         repo.close()
+
+
+def _noiseless_depth(n_frames: int, *, vignetting: bool) -> float:
+    """Transit depth of the host over a fixed ensemble, measured with darkroom's default apertures at
+    the true positions on noiseless frames of the hostile preset (sky + stars, times the flat when
+    ``vignetting``): the systematic part of the photometry alone (the aperture's share of an
+    undersampled star changing with the seeing and across the field; the vignetting sampled by the
+    drift), without photon noise."""
+    scene = build_scene(hostile_small_telescope(n_science=n_frames, seed=4))
+    c, sci, host = scene.config, scene.science, scene.host_id
+    aperture = MeasureSettings().aperture
+    frames, mags = [], {}
+    for k in range(n_frames):
+        image, stars = light_electrons(scene, k)
+        if vignetting:
+            image = image * scene.detector.flat
+        inner = stars["in_frame"] & ~stars["saturated"]
+        inner &= (
+            (stars["x"] > 10)
+            & (stars["x"] < c.shape[1] - 10)
+            & (stars["y"] > 10)
+            & (stars["y"] < c.shape[0] - 10)
+        )
+        stars = stars[inner]
+        phot = aperture_photometry(
+            image.astype(np.float32),
+            None,
+            None,
+            np.asarray(stars["x"]),
+            np.asarray(stars["y"]),
+            fwhm_pix=float(sci.fwhm_arcsec[k] / c.pixel_scale_arcsec),
+            config=aperture,
+        )
+        frames.append(
+            dict(zip(np.asarray(stars["id"]).tolist(), np.asarray(phot["flux"], float), strict=True))
+        )
+        mags.update(zip(np.asarray(stars["id"]).tolist(), np.asarray(stars["r_mag"], float), strict=True))
+    host_mag = mags[host]
+    always = set.intersection(*(set(f) for f in frames)) - {host, scene.variable_id}
+    comps = [i for i in always if abs(mags[i] - host_mag) < 1.5]
+    assert len(comps) >= 5
+    ratio = np.array([f[host] / sum(f[i] for i in comps) for f in frames])
+    g = scene.transit
+    summary = {
+        "transit": {
+            "t0_bjd_tdb": scene.transit_t0_bjd,
+            "period_d": g.period_d,
+            "rp_rs": g.rp_rs,
+            "a_rs": g.a_rs,
+            "inc_deg": g.inc_deg,
+            "u1": g.u1,
+            "u2": g.u2,
+        }
+    }
+    depth, t0 = _fit_transit(np.asarray(sci.bjd_tdb_mid), ratio / np.median(ratio), summary)
+    assert abs(t0 - scene.transit_t0_bjd) * 1440.0 < 2.0
+    return depth
+
+
+def test_hostile_photometry_systematics_within_5_percent_without_noise():
+    """The issue's 5 % on the depth, for what the photometry itself does to it. Measured: -2.8 %
+    from the 1.5 FWHM reference aperture (its share of an undersampled star changes with the
+    seeing, and stars off-centre are broader: +-0.5 % over the night, 0.7 % at 2 FWHM) and +3 %
+    from the 4 % vignetting that the 120 px drift samples with no flat to remove it."""
+    true_depth = hostile_small_telescope().planet.depth
+    assert _noiseless_depth(40, vignetting=False) == pytest.approx(true_depth, rel=0.05)
+    assert _noiseless_depth(40, vignetting=True) == pytest.approx(true_depth, rel=0.05)
