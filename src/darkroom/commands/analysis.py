@@ -192,54 +192,28 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Searched epochs, detections and the injection efficiency; a PNG of efficiency vs S/N."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-        import xarray as xr
-        from sqlalchemy import func, select
-
-        from darkroom.io.atomic import atomic_path
-        from darkroom.pipeline.analysis import analysis_provenance, efficiency_curve
-        from darkroom.repo.models import Detection
+        from darkroom.io.atomic import atomic_write_bytes
+        from darkroom.pipeline.analysis import analysis_provenance
+        from darkroom.pipeline.report import analysis_summaries
+        from darkroom.report import efficiency_png
 
         r = _repo(repo)
         pid, _ = analysis_provenance(r.config.analysis)
-        nc = r.root / "analysis" / pid / "searched.nc"
-        if not nc.exists():
-            _fail(f"no analysis {pid} yet: run darkroom analyze first")
-        ds = xr.load_dataset(nc, engine="h5netcdf")
-        with r.registry.session() as s:
-            n_real = s.scalar(
-                select(func.count()).where(Detection.provenance_id == pid, Detection.simulated.is_(False))
-            )
-            curve = efficiency_curve(s, pid, np.geomspace(1.0, 20.0, 14))
+        summary = next((sm for sm in analysis_summaries(r) if sm.provenance_id == pid), None)
+        root = r.root
         r.close()
-        n_ep = int(ds["n_epochs"].sum())
-        t_d = float(ds["time_searched_d"].sum())
+        if summary is None:
+            _fail(f"no analysis {pid} yet: run darkroom analyze first")
         console.print(
-            f"analysis {pid}: {int(ds['n_lightcurves'].sum())} light curves, {n_ep} epochs, {t_d:.0f} days "
-            f"searched; {n_real} real detections; efficiency 50 % at S/N {curve['snr50']:.2f} "
-            f"(threshold {ds.attrs.get('snr_threshold')})"
+            f"analysis {pid}: {summary.n_lightcurves} light curves, {summary.n_epochs} epochs, "
+            f"{summary.days_searched:.0f} days searched; {summary.n_detections} real detections; "
+            f"efficiency 50 % at S/N {summary.snr50:.2f} (threshold {summary.snr_threshold:g})"
         )
-        for c, n, k in zip(curve["centre"], curve["n"], curve["k"], strict=True):
+        for c, n, k in zip(summary.snr_centre, summary.n_injected, summary.n_recovered, strict=True):
             if n:
                 console.print(f"  S/N {c:6.2f}: {k:4d}/{n:<4d} recovered")
-        out = plot or nc.with_name("efficiency.png")
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ok = curve["n"] > 0
-        ax.plot(curve["centre"][ok], curve["eff"][ok], "o-")
-        ax.axvline(float(ds.attrs.get("snr_threshold", 5.0)), ls="--", color="grey", label="threshold")
-        ax.set_xscale("log")
-        ax.set_xlabel("expected S/N of the injected event")
-        ax.set_ylabel("fraction recovered")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend()
-        fig.tight_layout()
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        out = plot or (root / summary.histograms).with_name("efficiency.png")
+        atomic_write_bytes(out, efficiency_png(summary))
         console.print(f"plot {out}")
 
     @app.command("transit")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from darkroom.pipeline._products import safe_name
 from darkroom.pipeline.products import (
@@ -28,12 +28,15 @@ from darkroom.pipeline.products import (
 )
 from darkroom.repo.models import Exposure, Image, Task
 from darkroom.report import (
+    AnalysisSummary,
     MasterSummary,
     NightPicture,
     NightReport,
     QuarantinedFile,
     TargetLightCurve,
     TaskFailure,
+    write_analysis_page,
+    write_index,
     write_night_reports,
 )
 
@@ -338,9 +341,59 @@ def _task_night(key: str, exp_night: dict, image_night: dict) -> str | None:
     return None
 
 
+def analysis_summaries(repo: Repository) -> list[AnalysisSummary]:
+    """One summary per analysis provenance whose searched-epoch histograms are on disk."""
+    import xarray as xr
+
+    from darkroom.pipeline.analysis import ANALYSIS_STAGE, efficiency_curve
+    from darkroom.repo.models import Detection, Provenance
+
+    out = []
+    with repo.registry.session() as s:
+        pids = s.scalars(
+            select(Provenance.id).where(Provenance.stage == ANALYSIS_STAGE).order_by(Provenance.created_utc)
+        ).all()
+        for pid in pids:
+            nc = repo.root / "analysis" / pid / "searched.nc"
+            if not nc.is_file():
+                continue
+            try:
+                ds = xr.load_dataset(nc, engine="h5netcdf")
+            except (OSError, ValueError) as exc:
+                log.warning("analysis %s left out of the report: %s", pid, exc)
+                continue
+            n_real = s.scalar(
+                select(func.count()).where(Detection.provenance_id == pid, Detection.simulated.is_(False))
+            )
+            curve = efficiency_curve(s, pid, np.geomspace(1.0, 20.0, 14))
+            out.append(
+                AnalysisSummary(
+                    provenance_id=pid,
+                    n_lightcurves=int(ds["n_lightcurves"].sum()),
+                    n_epochs=int(ds["n_epochs"].sum()),
+                    days_searched=float(ds["time_searched_d"].sum()),
+                    n_detections=int(n_real or 0),
+                    snr_threshold=float(ds.attrs.get("snr_threshold", np.nan)),
+                    snr_centre=np.asarray(curve["centre"], float),
+                    n_injected=np.asarray(curve["n"], np.int64),
+                    n_recovered=np.asarray(curve["k"], np.int64),
+                    snr50=float(curve["snr50"]),
+                    histograms=str(nc.relative_to(repo.root)),
+                )
+            )
+    return out
+
+
 def write_reports(
     repo: Repository, out_dir: Path | None = None, *, nights: list[str] | None = None
 ) -> list[Path]:
-    """Write ``night-<night>.html`` per night (and ``index.html``) into ``out_dir`` (default REPO/reports)."""
+    """Write ``night-<night>.html`` per night (and ``index.html``) into ``out_dir`` (default REPO/reports);
+    with analyses in the repository, also ``analysis.html`` (linked from the index, which is then
+    always written). Returns the pages written, the index last."""
     out = Path(out_dir) if out_dir is not None else repo.root / "reports"
-    return write_night_reports(build_night_reports(repo, nights=nights), out)
+    paths = write_night_reports(build_night_reports(repo, nights=nights), out)
+    summaries = analysis_summaries(repo)
+    if not summaries:
+        return paths
+    page = write_analysis_page(summaries, out)
+    return [*paths, page, write_index(paths, out, analysis=page)]

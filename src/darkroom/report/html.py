@@ -33,6 +33,7 @@ from darkroom.errors import BadInputError, DarkroomError
 from darkroom.io.atomic import atomic_write_text
 from darkroom.report.model import (
     FRAME_COLUMNS,
+    AnalysisSummary,
     FrameStatus,
     NightReport,
     ReportConfig,
@@ -41,12 +42,14 @@ from darkroom.report.model import (
     frame_status,
     frame_times_mjd,
 )
-from darkroom.report.plots import lightcurve_png, quality_png, thumbnail_png
+from darkroom.report.plots import efficiency_png, lightcurve_png, quality_png, thumbnail_png
 
 __all__ = [
     "night_report_filename",
+    "render_analysis_page",
     "render_index",
     "render_night_report",
+    "write_analysis_page",
     "write_index",
     "write_night_report",
     "write_night_reports",
@@ -108,6 +111,9 @@ _INDEX_CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232b;
        margin: 0 auto; max-width: 900px; padding: 1.5em; }
 li { margin: .2em 0; }
+table { border-collapse: collapse; margin: .5em 0 1em; }
+th, td { text-align: left; padding: .15em .8em .15em 0; }
+img { max-width: 100%; }
 """
 
 #: Number formats of the frame-table columns.
@@ -448,8 +454,14 @@ def _night_of(path: Path) -> str:
     return stem[len("night-") :] if stem.startswith("night-") else stem
 
 
-def render_index(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> str:
-    """HTML listing the night reports at ``paths`` (newest night first), linked relative to ``out_dir``."""
+def render_index(
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    analysis: str | os.PathLike[str] | None = None,
+) -> str:
+    """HTML listing the night reports at ``paths`` (newest night first), linked relative to
+    ``out_dir``, and the analysis page ``analysis`` when there is one."""
     out_dir = Path(out_dir)
     entries = sorted((Path(p) for p in paths), key=lambda p: _night_of(p), reverse=True)
     items = []
@@ -457,14 +469,63 @@ def render_index(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.Path
         href = Path(os.path.relpath(Path(path).resolve(), out_dir.resolve())).as_posix()
         items.append(f'<li><a href="{_e(quote(href))}">{_e(_night_of(path))}</a></li>')
     listing = "<ul>\n" + "\n".join(items) + "\n</ul>" if items else '<p class="none">No night reports.</p>'
-    body = f"<body>\n<h1>darkroom night reports</h1>\n{listing}\n</body>"
+    extra = ""
+    if analysis is not None:
+        href = Path(os.path.relpath(Path(analysis).resolve(), out_dir.resolve())).as_posix()
+        extra = (
+            f'\n<h2>Analysis</h2>\n<p><a href="{_e(quote(href))}">searches, detections and efficiency</a></p>'
+        )
+    body = f"<body>\n<h1>darkroom night reports</h1>\n{listing}{extra}\n</body>"
     return _page("darkroom night reports", _INDEX_CSS, body, script=None)
 
 
-def write_index(paths: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``out_dir/index.html`` listing the night reports at ``paths``; returns its path."""
+def write_index(
+    paths: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    analysis: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write ``out_dir/index.html`` listing the night reports at ``paths`` (and the analysis page);
+    returns its path."""
     path = Path(out_dir) / "index.html"
-    atomic_write_text(path, render_index(paths, out_dir))
+    atomic_write_text(path, render_index(paths, out_dir, analysis=analysis))
+    return path
+
+
+def render_analysis_page(summaries: Sequence[AnalysisSummary], *, dpi: int = 100) -> str:
+    """One page for the analyses: what was searched, what was found, and the efficiency curve of
+    each (the recovered fraction of injected events against their expected S/N)."""
+    parts = ["<body>", "<h1>darkroom analysis</h1>"]
+    if not summaries:
+        parts.append('<p class="none">No analysis yet: run darkroom analyze.</p>')
+    for sm in summaries:
+        rows = [
+            ("light curves searched", f"{sm.n_lightcurves:d}"),
+            ("epochs searched", f"{sm.n_epochs:d}"),
+            ("time searched [d]", f"{sm.days_searched:.0f}"),
+            ("real detections", f"{sm.n_detections:d}"),
+            ("detection threshold [S/N]", f"{sm.snr_threshold:g}"),
+            ("injected / recovered", f"{int(sm.n_injected.sum()):d} / {int(sm.n_recovered.sum()):d}"),
+            ("50 % efficiency at [S/N]", f"{sm.snr50:.2f}" if math.isfinite(sm.snr50) else "n/a"),
+            ("histograms (netCDF)", sm.histograms or "n/a"),
+        ]
+        table = "\n".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+        alt = f"efficiency against expected S/N, analysis {sm.provenance_id}"
+        parts += [
+            f"<h2>Analysis {_e(sm.provenance_id)}</h2>",
+            f"<table>\n{table}\n</table>",
+            _png_img(efficiency_png(sm, dpi=dpi), alt=alt),
+        ]
+    parts.append("</body>")
+    return _page("darkroom analysis", _INDEX_CSS, "\n".join(parts), script=None)
+
+
+def write_analysis_page(
+    summaries: Sequence[AnalysisSummary], out_dir: str | os.PathLike[str], *, dpi: int = 100
+) -> Path:
+    """Write ``out_dir/analysis.html`` (see :func:`render_analysis_page`); returns its path."""
+    path = Path(out_dir) / "analysis.html"
+    atomic_write_text(path, render_analysis_page(summaries, dpi=dpi))
     return path
 
 

@@ -28,6 +28,7 @@ from darkroom.errors import BadInputError
 __all__ = [
     "FRAME_COLUMNS",
     "LIGHTCURVE_TIME_COLUMNS",
+    "AnalysisSummary",
     "FrameStatus",
     "MasterSummary",
     "NightReport",
@@ -190,6 +191,34 @@ def _coerce(items: Iterable[Any] | None, cls: type) -> list[Any]:
 
 def _empty_frames() -> Table:
     return Table(names=[name for name, _ in FRAME_COLUMNS], dtype=[object] * len(FRAME_COLUMNS))
+
+
+@dataclass(frozen=True)
+class AnalysisSummary:
+    """What one analysis (one provenance of ``darkroom analyze``) searched, found and could find.
+
+    ``snr_centre``, ``n_injected`` and ``n_recovered`` are per bin of the injections' expected
+    S/N (geometric bin centres); ``snr50`` is the S/N where half are recovered (NaN without
+    injections); ``snr_threshold`` the transient finder's detection threshold.
+    """
+
+    provenance_id: str
+    n_lightcurves: int
+    n_epochs: int
+    days_searched: float
+    n_detections: int
+    snr_threshold: float
+    snr_centre: np.ndarray
+    n_injected: np.ndarray
+    n_recovered: np.ndarray
+    snr50: float
+    histograms: str = ""  #: where the searched-epoch histograms (netCDF) are
+
+    @property
+    def efficiency(self) -> np.ndarray:
+        """Recovered fraction per S/N bin (NaN where nothing was injected)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.n_injected > 0, self.n_recovered / np.maximum(self.n_injected, 1), np.nan)
 
 
 @dataclass

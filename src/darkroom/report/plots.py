@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from darkroom.errors import BadInputError
 from darkroom.report.model import (
+    AnalysisSummary,
     FrameStatus,
     TargetLightCurve,
     cell,
@@ -32,7 +33,14 @@ from darkroom.timeseries.lightcurve import bin_lightcurve
 from darkroom.timeseries.plot import break_at_gaps
 from darkroom.timeseries.quality import LightCurveFlag
 
-__all__ = ["downsample_block_mean", "empty_panel_text", "lightcurve_png", "quality_png", "thumbnail_png"]
+__all__ = [
+    "downsample_block_mean",
+    "efficiency_png",
+    "empty_panel_text",
+    "lightcurve_png",
+    "quality_png",
+    "thumbnail_png",
+]
 
 _PNG_METADATA = {"Software": None}
 _COLOURS = ("tab:blue", "tab:green", "tab:red", "tab:purple", "tab:orange", "tab:brown", "tab:cyan")
@@ -425,5 +433,33 @@ def lightcurve_png(lightcurve: TargetLightCurve, *, bin_minutes: float = 10.0, d
         ax3.grid(alpha=0.3)
         bottom = ax3
     bottom.set_xlabel(f"{'BJD_TDB' if time_col == 'bjd_tdb' else 'MJD (UTC)'} - {t0:.0f} [d]")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def efficiency_png(summary: AnalysisSummary, *, dpi: int = 100) -> bytes:
+    """Fraction of injected events recovered against their expected S/N, with binomial errors,
+    the finder's threshold and the 50 % point."""
+    eff = summary.efficiency
+    ok = summary.n_injected > 0
+    fig = Figure(figsize=(6.5, 4.2), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if ok.any():
+        n = summary.n_injected[ok].astype(float)
+        err = np.sqrt(np.clip(eff[ok] * (1 - eff[ok]), 0.0, None) / n)
+        ax.errorbar(summary.snr_centre[ok], eff[ok], yerr=err, fmt="o-", ms=4, label="recovered fraction")
+    else:
+        ax.text(0.5, 0.5, "no injections", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.axvline(summary.snr_threshold, ls="--", color="0.4", label=f"threshold S/N {summary.snr_threshold:g}")
+    if np.isfinite(summary.snr50):
+        ax.axvline(summary.snr50, ls=":", color="tab:red", label=f"50 % at S/N {summary.snr50:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("expected S/N of the injected event")
+    ax.set_ylabel("fraction recovered")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"injection-recovery, analysis {summary.provenance_id}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _figure_png(fig)
