@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -149,6 +150,7 @@ _CELL = 8  # seeds are grouped on a grid of cells this size [pixel]
 _BOX_MARGIN = 8  # pixels around a seed region; doubled while a source touches a box edge
 _MAX_BOX_SHARE = 0.35  # boxes covering more of the frame: one extraction of the whole frame
 _MAX_BOXES = 400  # more separate regions than this (a crowded field): the whole frame
+_PIXSTACK_LOCK = threading.Lock()
 _SEP_CLEAN_ZONE = 10.0  # sep's CLEAN_ZONE: sources this many (a1 + a2) apart may clean each other
 
 
@@ -157,14 +159,16 @@ def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg
     per-pixel sigma), matched-filtered, minimum area 3, deblended to 0.005."""
     import sep
 
-    old = sep.get_extract_pixstack()
     # room for every pixel of the image and no more: sep allocates its pixel stack per call,
-    # which would cost a small box more than its extraction
-    sep.set_extract_pixstack(work.size + 64)
-    try:
-        return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
-    finally:
-        sep.set_extract_pixstack(old)
+    # which would cost a small box more than its extraction. The size is a process-wide
+    # setting: the lock keeps another thread from changing it between setting and use.
+    with _PIXSTACK_LOCK:
+        old = sep.get_extract_pixstack()
+        sep.set_extract_pixstack(work.size + 64)
+        try:
+            return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
+        finally:
+            sep.set_extract_pixstack(old)
 
 
 def _merged(boxes: list[list[int]]) -> list[list[int]]:
