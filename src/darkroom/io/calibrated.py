@@ -26,6 +26,7 @@ from darkroom.maskbits import mask_header_cards
 __all__ = ["CalibratedImage", "read_calibrated", "write_calibrated"]
 
 _BLOCK = 2880  # FITS block [bytes]
+_CHUNK_BYTES = 1 << 18  # rows of a plane converted, hashed and written at a time
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,25 @@ def _direct(hdu) -> bool:
 
 def _hdu_chunks(hdus: fits.HDUList) -> Iterator[bytes | memoryview]:
     """The file's bytes, HDU by HDU, as astropy writes them: header blocks, then the data in
-    big-endian order zero-padded to whole 2880-byte blocks (every HDU :func:`_direct`). One
-    plane's big-endian copy is alive at a time."""
+    big-endian order zero-padded to whole 2880-byte blocks (every HDU :func:`_direct`).
+
+    A plane goes out in blocks of rows converted into one small reused buffer (hashed and
+    written while in cache, no whole big-endian copy): each chunk must be consumed before
+    the next is asked for.
+    """
     for hdu in hdus:
         yield header_bytes(hdu.header)
         data = hdu.data
         if data is None:
             continue
-        be = np.ascontiguousarray(data, dtype=_DIRECT[data.dtype])
-        yield memoryview(be).cast("B")
-        if pad := -be.nbytes % _BLOCK:
+        rows = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(1, -1)
+        step = max(1, _CHUNK_BYTES // max(1, rows.shape[1] * data.itemsize))
+        buf = np.empty((min(step, rows.shape[0]), rows.shape[1]), dtype=_DIRECT[data.dtype])
+        for r0 in range(0, rows.shape[0], step):
+            part = buf[: min(step, rows.shape[0] - r0)]
+            part[...] = rows[r0 : r0 + step]
+            yield memoryview(part).cast("B")
+        if pad := -data.nbytes % _BLOCK:
             yield bytes(pad)
 
 
