@@ -27,7 +27,7 @@ def median(values: np.ndarray, *, middle: Callable[[np.ndarray], np.floating] = 
 
     The median's two order statistics are selected among the values between two pivots
     taken from an evenly strided sample (a few % of the values) instead of partitioning a
-    copy of the whole array: two counting passes, one small compress and one small
+    copy of the whole array: two comparison passes, one compress and one small
     partition. When the pivots do not bracket the median (or NaN is present) it falls
     back to ``np.median``.
     """
@@ -43,12 +43,16 @@ def median(values: np.ndarray, *, middle: Callable[[np.ndarray], np.floating] = 
     lo, hi = sample[max(0, m // 2 - half)], sample[min(m - 1, m // 2 + half)]
     if not (lo <= hi):  # NaN in the sample
         return middle(a)
-    below = int(np.count_nonzero(a < lo))
-    band = a[(a >= lo) & (a <= hi)]
-    if not (below <= k_lo and below + band.size > k_hi):
-        return middle(a)  # the pivots missed (or NaN: it counts in neither set)
-    if below + band.size + int(np.count_nonzero(a > hi)) != n:
+    from_lo = a >= lo  # NaN is in neither of these two
+    to_hi = a <= hi
+    n_from_lo, n_to_hi = int(np.count_nonzero(from_lo)), int(np.count_nonzero(to_hi))
+    np.logical_and(from_lo, to_hi, out=from_lo)
+    band = a[from_lo]
+    below, above = n_to_hi - band.size, n_from_lo - band.size
+    if below + band.size + above != n:
         return middle(a)  # NaN among the values
+    if not (below <= k_lo and below + band.size > k_hi):
+        return middle(a)  # the pivots missed
     i, j = k_lo - below, k_hi - below
     part = np.partition(band, (i, j) if i != j else i)
     # the median function's own mean of the middle value(s), for the same rounding and dtype
