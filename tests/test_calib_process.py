@@ -353,3 +353,18 @@ def test_trimmed_shape_is_prepare_raws_without_the_pixels(synth):
     )
     with pytest.raises(BadInputError):
         trimmed_shape((3, 4, 5), meta)
+
+
+def test_flat_planes_are_made_once_per_master_and_the_cache_is_bounded(synth, monkeypatch):
+    from darkroom.calib import process
+
+    mf = synth[3]
+    first = process._flat_planes(mf, 0.05)
+    assert process._flat_planes(mf, 0.05) is first  # the same master: not made again
+    assert process._flat_planes(mf, 0.5) is not first  # another threshold
+    np.testing.assert_array_equal(first.square, np.square(first.data))
+    monkeypatch.setattr(process, "_FLAT_CACHE_BYTES", first.nbytes)  # room for one
+    other = mf.with_name("other.fits")
+    process._flat_planes(other, 0.05)
+    assert process._cache_bytes() <= max(first.nbytes, process._flat_planes(other, 0.05).nbytes)
+    assert len(process._flat_cache) == 1

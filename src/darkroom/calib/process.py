@@ -296,8 +296,21 @@ class _FlatPlanes:
     square: np.ndarray
     no_response: np.ndarray | None  # None: every pixel responds
 
+    @property
+    def nbytes(self) -> int:
+        """Memory of the arrays made here (not the master's own)."""
+        made = [self.square]
+        if self.no_response is not None:  # else data and variance are the master's
+            made += [self.data, self.variance, self.no_response]
+        return sum(a.nbytes for a in made)
+
 
 _flat_cache: dict[tuple[int, float], tuple[weakref.ref, _FlatPlanes]] = {}
+_FLAT_CACHE_BYTES = 256 << 20
+
+
+def _cache_bytes() -> int:
+    return sum(planes.nbytes for _, planes in _flat_cache.values())
 
 
 def _flat_planes(flat: MasterFrame, min_flat: float) -> _FlatPlanes:
@@ -316,7 +329,9 @@ def _flat_planes(flat: MasterFrame, min_flat: float) -> _FlatPlanes:
     planes = _FlatPlanes(data, variance, np.square(np.asarray(data, dtype=_F32)), no_resp)
     for k in [k for k, (ref, _) in _flat_cache.items() if ref() is None]:
         del _flat_cache[k]  # masters no longer alive
-    if len(_flat_cache) >= 8:
+    # the oldest entries go while the cache would hold more than _FLAT_CACHE_BYTES (one
+    # 4k x 4k flat's planes are ~200 MB; a night of 1k x 1k frames in 4 filters fits)
+    while _flat_cache and _cache_bytes() + planes.nbytes > _FLAT_CACHE_BYTES:
         _flat_cache.pop(next(iter(_flat_cache)))
     _flat_cache[key] = (weakref.ref(flat), planes)
     return planes
