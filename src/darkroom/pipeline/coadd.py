@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from darkroom.astrom.wcscards import wcs_from_cards
 from darkroom.detect import extract_frame
 from darkroom.errors import BadInputError
 from darkroom.imaging import ImagePlanes, coadd_images, empty_aperture_depth, read_planes, thumbnail
@@ -61,15 +61,6 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "+-._" else "_" for c in text)[:60] or "unknown"
 
 
-def _wcs(cards: dict[str, Any]) -> WCS:
-    header = fits.Header()
-    for key, value in cards.items():
-        header[key] = value
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        return WCS(header, naxis=2)
-
-
 def load_input_planes(root: Path, item: dict[str, Any]) -> ImagePlanes:
     """A registered calibrated image with its solved WCS (the registry's, not the header's)."""
     planes = read_planes(root / item["path"], name=item["name"])
@@ -77,7 +68,7 @@ def load_input_planes(root: Path, item: dict[str, Any]) -> ImagePlanes:
         planes.sci,
         planes.var,
         planes.mask,
-        wcs=_wcs(item["wcs"]),
+        wcs=wcs_from_cards(item["wcs"]),
         exptime_s=item.get("exptime_s") or planes.exptime_s,
         mjd_mid=item.get("mjd_mid") or planes.mjd_mid,
         gain_e_per_adu=item.get("gain") or planes.gain_e_per_adu,
@@ -180,7 +171,7 @@ class CoaddStage(Stage):
         items = p["inputs"]
         wcs_shapes = []
         for item in items:
-            w = _wcs(item["wcs"])
+            w = wcs_from_cards(item["wcs"])
             shape = (int(w.pixel_shape[1]), int(w.pixel_shape[0])) if w.pixel_shape else None
             if shape is None:
                 with fits.open(self.root / item["path"]) as hdul:

@@ -37,6 +37,7 @@ __all__ = [
     "ThreadExecutor",
     "claim_units",
     "one_line",
+    "record_provenance",
     "run_stage",
     "wait_for_others",
     "worker_id",
@@ -258,6 +259,15 @@ def wait_for_others(
         time.sleep(poll_s)
 
 
+def record_provenance(registry: Registry, stage: Stage) -> None:
+    """Record the stage's provenance row (once, whichever driver gets there first)."""
+    try:
+        with registry.session() as s:
+            stage.ensure_provenance(s)
+    except IntegrityError:  # another driver recorded the same provenance at the same moment
+        pass
+
+
 def _record_one(
     registry: Registry,
     stage: Stage,
@@ -308,11 +318,7 @@ def run_stage(
         executor = ThreadExecutor(stage.max_in_flight)
     executor = executor or SerialExecutor()
     report = StageReport(stage=stage.name, provenance_id=stage.provenance_id)
-    try:
-        with registry.session() as s:
-            stage.ensure_provenance(s)
-    except IntegrityError:  # another driver recorded the same provenance at the same moment
-        pass
+    record_provenance(registry, stage)
     with registry.session() as s:
         units = stage.plan(s)
         failed_before = set(

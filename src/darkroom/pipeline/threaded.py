@@ -17,9 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
-from darkroom.pipeline.runner import one_line
+from darkroom.pipeline.runner import one_line, record_provenance
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.registry import Registry
 
@@ -129,11 +127,7 @@ def drive_stage(
 ) -> DriveReport:
     """Record the stage's provenance, plan its units and drive them on ``stage.max_in_flight``
     threads (``darkroom survey ...``: the provenance is the one ``darkroom run`` records)."""
-    try:
-        with registry.session() as s:
-            stage.ensure_provenance(s)
-    except IntegrityError:  # another driver recorded the same provenance at the same moment
-        pass
+    record_provenance(registry, stage)
     with registry.session() as s:
         units = stage.plan(s)
     return drive_threaded(registry, stage, units, workers=stage.max_in_flight, progress=progress)
