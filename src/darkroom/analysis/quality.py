@@ -54,7 +54,9 @@ class QualityConfig(BaseModel):
         None,
         description="an epoch whose limiting magnitude (limitmag) is brighter than the band's median "
         "magnitude + this is flagged: near the limit only upward fluctuations are measured "
-        "(Malmquist bias), which mimic flares; 0.5 is a good value for faint ZTF stars; None: off",
+        "(Malmquist bias), which mimic flares; 0.5 is a good value for faint ZTF stars; None: off "
+        "(a cut on depth follows the observing conditions and can make periodicities: on the IRSA "
+        "reply, 0.5 gives a 0.16-d period with FAP 0.8 %, 0.75 a 0.5-d one with FAP 1e-11)",
     )
 
 

@@ -1,32 +1,44 @@
 """Transients and flares: single-epoch S/N and a matched filter over a bank of durations.
 
 Works on irregular, multi-season, multi-band sampling. Fluxes are taken relative to a
-per-band baseline:
+baseline per band and season (a longer gap than ``season_gap_days`` starts a new season:
+zero points and slow drifts differ):
 
-* ordinary photometry: ``x = 10^(-0.4 (m - m0)) - 1`` with ``m0`` the weighted median
-  magnitude of the band (an event is a fractional brightening);
+* ordinary photometry: ``x = 10^(-0.4 (m - m0)) - 1`` with ``m0`` the median magnitude
+  weighted by the flux errors (an event is a fractional brightening; magnitude-error weights
+  would favour bright epochs, whose magnitude errors shrink while their flux errors stay);
 * difference photometry (alert light curves; baseline flux zero): ``x = 10^(-0.4 (m - 25))``.
 
 Errors ``sigma = (1 + x) dm / 1.0857`` (ordinary) or ``x dm / 1.0857`` (difference). For ordinary
-photometry each band's errors are scaled up by the robust (MAD) spread of ``x / sigma`` when
-that exceeds 1, so underestimated survey errors do not make events.
+photometry each band's errors are scaled up by the robust spread of the normalised
+differences of consecutive epochs when that exceeds 1, so underestimated survey errors do
+not make events (differences cancel the events themselves, which a spread about the median
+would count as noise).
 
 Templates ``s(t; t_p, D, q)``: a Gaussian rise of width ``q D`` before the peak ``t_p`` and an
 exponential decline of e-folding ``D`` after it (``q = 1``: nearly symmetric, microlensing-like;
-``q = 0.3``: supernova-like; ``q = 0.05``: flare-like), for durations ``D`` on a log grid. For
-each template and peak time, each band gets its own amplitude ``A_b = S_b / N_b`` with
-``S_b = sum s x / sigma^2`` and ``N_b = sum s^2 / sigma^2`` (for ordinary photometry ``s``
-minus its weighted mean: the baseline is fitted with the amplitude); the detection statistic is
-``snr = sqrt(sum_b max(S_b, 0)^2 / N_b)`` (the matched-filter S/N; the single-epoch S/N is the
-limit of a template narrower than the sampling). The best template sets the event's peak
-time (refined on a fine grid; it may lie before the first epoch, where the template
-extrapolates a rise that was missed), its duration, and its peak magnitude (the brightest
-band's ``A_b``).
+``q = 0.3``: supernova-like; ``q = 0.05``: flare-like), for durations ``D`` on a log grid. The
+model of a template at a trial peak time is ``x = A_band s + B_band,season``: one amplitude
+per band, one baseline per band and season (for difference photometry ``B = 0``), fitted by
+weighted least squares: ``A_b = S_b / N_b`` with ``S_b = sum (s - <s>) x / sigma^2`` and
+``N_b = sum (s - <s>)^2 / sigma^2`` (``<s>`` the weighted mean within each season). The
+detection statistic is ``snr = sqrt(sum_b max(S_b, 0)^2 / N_b)`` (the matched-filter S/N; the
+single-epoch S/N is the limit of a template narrower than the sampling). A band enters only
+if it has an epoch within the event's extent ``[t_p - 3 q D, t_p + 3 D]``: fitted to the far
+tail alone, its amplitude would be free and huge and its S/N just its nearest epoch's noise.
+The best template sets the event's peak time (refined on a fine grid; it may lie before the
+first epoch, where the template extrapolates a rise that was missed), its duration, and its
+peak magnitude (the brightest band's ``A_b``).
 
-For ordinary photometry each template's S/N is divided by the robust width of its signed
-output over all trial times when that exceeds 1: correlated noise (nightly zero points,
-seasonal drifts) makes dimmings as often as brightenings, and this keeps the 5-sigma
-threshold honest on real survey light curves.
+For ordinary photometry each template's S/N is divided by the robust width (MAD) of its
+signed output over the trial times the light curve samples, when that exceeds 1 (the
+*noise factor*): correlated noise (nightly zero points, seasonal drifts) makes dimmings as
+often as brightenings, and this keeps the 5-sigma threshold honest on real survey light
+curves. Near the strongest response the width is measured off it (an event's own output is
+no noise), and a template is searched only if the light curve samples at least
+``noise_blocks`` of its extents (with fewer, its noise cannot be told from the light curve's
+own slow drifts). :class:`NoiseModel` gives the S/N the finder would report for a known
+signal added to a light curve (the injection-recovery S/N).
 
 One light curve can hold several events only if it returns to the baseline between them
 (an epoch with single-epoch S/N < ``baseline_snr``), so an alert light curve, which has no
@@ -36,12 +48,23 @@ baseline epochs, holds at most one event per season.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Event", "TransientConfig", "find_transients", "relative_flux", "template"]
+__all__ = [
+    "Event",
+    "NoiseModel",
+    "Shape",
+    "TransientConfig",
+    "bank",
+    "bank_shape",
+    "find_transients",
+    "relative_flux",
+    "template",
+]
 
 _K = 2.5 / math.log(10.0)
 DIFF_ZP = 25.0
@@ -71,6 +94,14 @@ class TransientConfig(BaseModel):
     )
     peak_window_d: float = Field(
         12.0, gt=0, description="epochs within this of the brightest one enter the peak parabola [day]"
+    )
+    noise_blocks: int | None = Field(
+        8,
+        ge=2,
+        description="with the noise factor (normalise), a template is searched only if the light curve "
+        "samples at least this many of its event extents (fewer give no measure of the noise on its "
+        "time scale), and the factor leaves out the strongest response when the rest still does; "
+        "None: every template, the factor over all trial times",
     )
     scale_errors: bool = Field(True, description="scale errors up by the robust spread (ordinary photometry)")
     normalise: bool = Field(
@@ -114,10 +145,31 @@ def template(t: np.ndarray, t_peak: np.ndarray | float, duration_d: float, rise_
     return np.exp(-x / tf) / (1.0 + np.exp(-x / tr)) / peak
 
 
+def _difference_spread(t: np.ndarray, x: np.ndarray, sig: np.ndarray) -> float:
+    """Robust width of the normalised differences of epochs consecutive in time (1 when the
+    errors are right). Differences cancel anything slower than the cadence, so an event does
+    not count as noise, unlike the spread about the median, which a long event widens."""
+    order = np.argsort(t, kind="stable")
+    dz = np.diff(x[order]) / np.hypot(sig[order][1:], sig[order][:-1])
+    if dz.size < 7:
+        return math.nan
+    return 1.4826 * float(np.median(np.abs(dz - np.median(dz))))
+
+
 def relative_flux(
-    mag: np.ndarray, magerr: np.ndarray, bands: np.ndarray, *, difference: bool, scale_errors: bool = True
+    mag: np.ndarray,
+    magerr: np.ndarray,
+    bands: np.ndarray,
+    *,
+    difference: bool,
+    scale_errors: bool = True,
+    times: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """(x, sigma, m0 per band): flux relative to the baseline and its error (module docstring)."""
+    """(x, sigma, m0 per band): flux relative to the baseline and its error (module docstring).
+
+    With ``times`` [day], the error scale comes from differences of consecutive epochs
+    (:func:`_difference_spread`); without, from the spread about the median.
+    """
     x = np.empty_like(mag)
     sig = np.empty_like(mag)
     m0: dict[str, float] = {}
@@ -129,7 +181,11 @@ def relative_flux(
             x[sel] = f
             sig[sel] = f * magerr[sel] / _K
             continue
-        w = 1.0 / magerr[sel] ** 2
+        # weights from the flux errors, not the magnitude errors: a brightening shrinks its
+        # magnitude error (the flux error stays), and magnitude weights would let one bright
+        # epoch of a faint star become the baseline
+        f_abs = 10 ** (-0.4 * (mag[sel] - np.median(mag[sel])))
+        w = 1.0 / (f_abs * magerr[sel]) ** 2
         order = np.argsort(mag[sel])
         cw = np.cumsum(w[order])
         ref = float(mag[sel][order][np.searchsorted(cw, 0.5 * cw[-1])])
@@ -138,49 +194,351 @@ def relative_flux(
         x[sel] = f - 1.0
         sig[sel] = f * magerr[sel] / _K
         if scale_errors and sel.sum() >= 8:
-            z = x[sel] / sig[sel]
-            spread = 1.4826 * float(np.median(np.abs(z - np.median(z))))
+            spread = _difference_spread(times[sel], x[sel], sig[sel]) if times is not None else math.nan
+            if not math.isfinite(spread):
+                z = x[sel] / sig[sel]
+                spread = 1.4826 * float(np.median(np.abs(z - np.median(z))))
             if spread > 1.0:
                 sig[sel] *= spread
     return x, sig, m0
 
 
-def _scan(
-    t: np.ndarray,
-    x: np.ndarray,
-    w: np.ndarray,
-    bi: np.ndarray,
-    nb: int,
-    centres: np.ndarray,
-    d: float,
-    q: float,
-    free_baseline: bool = True,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """snr (F,), amplitudes (F, nb) and the signed S/N (F,) of one template at the trial peak times.
+@dataclass(frozen=True)
+class Shape:
+    """An event shape for the matched filter: ``fn(dt)`` [relative flux, 1 at the peak] of the
+    time since the peak ``dt`` [day], and how to scan it over a light curve."""
 
-    With ``free_baseline`` each band's baseline is fitted with the amplitude (the template
-    minus its weighted mean), so a long event does not hide in a baseline it shifted.
+    fn: Callable[[np.ndarray], np.ndarray]
+    before: float  #: the shape is negligible (< ~1e-7) earlier than this before the peak [day]
+    after: float  #: ... and later than this after it [day]
+    extent: tuple[float, float]  #: (before, after) the peak: epochs in it sample the event [day]
+    step: float  #: trial peak times this far apart resolve the peak [day]
+    lead: float  #: trial peaks this far before the first epoch are searched (a missed rise) [day]
+    near: tuple[float, ...]  #: offsets of the trial peaks kept near each epoch on a sparse grid [day]
+
+
+def bank_shape(duration_d: float, rise_ratio: float) -> Shape:
+    """The finder's template :func:`template` of decline time ``duration_d`` as a :class:`Shape`
+    (negligible beyond ~1e-7 of its peak)."""
+    d, q = duration_d, rise_ratio
+    if q >= 1.0:
+        before = after = 5.7 * d
+    else:  # the Bazin rise ~ exp((dt + x_peak) / tau_r), the decline ~ exp(-dt / tau_f)
+        before, after = q * d * (16.0 + math.log(1.0 / q)), 16.0 * d
+    return Shape(
+        fn=lambda dt: template(dt, 0.0, d, q),
+        before=before,
+        after=after,
+        extent=(3.0 * q * d, 3.0 * d),
+        step=max(min(q, 1.0) * d / 2.0, 0.01),
+        lead=2.0 * q * d,
+        near=(0.0, -q * d, 0.5 * d),
+    )
+
+
+def bank(config: TransientConfig) -> list[tuple[float, float]]:
+    """The (duration [day], rise ratio) templates searched."""
+    durations = [config.min_duration_d]
+    while durations[-1] * config.duration_step <= config.max_duration_d:
+        durations.append(durations[-1] * config.duration_step)
+    return [(d, q) for d in durations for q in config.rise_ratios]
+
+
+@dataclass
+class _Prepared:
+    """A light curve as the finder sees it: time-sorted, relative flux, errors, groups."""
+
+    t: np.ndarray  #: sorted times [day]
+    mag: np.ndarray
+    magerr: np.ndarray
+    band_of: np.ndarray  #: band per epoch
+    names: np.ndarray  #: baseline groups ("band" or "band#season")
+    bi: np.ndarray  #: baseline group per epoch
+    ai: np.ndarray  #: band (amplitude group) per baseline group
+    x: np.ndarray  #: relative (or difference) flux
+    sig: np.ndarray  #: its error, scaled
+    m0: dict[str, float]  #: baseline magnitude per group
+    difference: bool
+
+    @property
+    def w(self) -> np.ndarray:
+        return 1.0 / self.sig**2
+
+
+def _prepare(
+    t: np.ndarray,
+    mag: np.ndarray,
+    magerr: np.ndarray,
+    bands: np.ndarray | None,
+    difference: bool,
+    config: TransientConfig,
+) -> _Prepared:
+    t = np.asarray(t, float)
+    mag = np.asarray(mag, float)
+    magerr = np.asarray(magerr, float)
+    b = np.zeros(t.size, dtype="<U1") if bands is None else np.asarray(bands).astype(str)
+    ok = np.isfinite(t) & np.isfinite(mag) & np.isfinite(magerr) & (magerr > 0)
+    order = np.argsort(np.where(ok, t, np.inf), kind="stable")[: int(ok.sum())]  # _scan needs time order
+    t, mag, magerr, b = t[order], mag[order], magerr[order], b[order]
+    band_of = b
+    if config.season_gap_days is not None and not difference and t.size:
+        # each band and season has its own baseline (zero points and slow drifts differ)
+        season = np.zeros(t.size, np.int64)
+        for band in np.unique(b):
+            idx = np.flatnonzero(b == band)  # already in time order
+            season[idx] = np.concatenate([[0], np.cumsum(np.diff(t[idx]) > config.season_gap_days)])
+        b = np.char.add(np.char.add(b.astype(str), "#"), season.astype(str))
+    names, bi = np.unique(b, return_inverse=True)
+    _bands, ai = np.unique([str(nm).split("#")[0] for nm in names], return_inverse=True)
+    x, sig, m0 = relative_flux(
+        mag, magerr, b, difference=difference, scale_errors=config.scale_errors, times=t
+    )
+    return _Prepared(t, mag, magerr, band_of, names, bi, ai.astype(np.int64), x, sig, m0, difference)
+
+
+def _trial_peaks(t: np.ndarray, shape: Shape) -> np.ndarray:
+    """Trial peak times of one shape: a regular grid over the span (and ``lead`` before it),
+    or on a long light curve and a short shape, the epochs and their neighbours."""
+    grid = np.unique(np.concatenate([t, np.arange(t.min() - shape.lead, t.max(), shape.step)]))
+    if grid.size > 4000:  # a long season at a short duration: epochs and their neighbours suffice
+        grid = np.unique(np.concatenate([t + off for off in shape.near]))
+    return grid
+
+
+def _scan(
+    lc: _Prepared, shape: Shape, centres: np.ndarray, x: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """snr (F,), amplitudes (F, groups) and the signed S/N (F,) of one shape at the trial peak times.
+
+    The model and the statistic are the module docstring's (``x`` replaces the light
+    curve's relative flux, e.g. by a noiseless signal). Amplitudes are NaN for groups
+    without an epoch in the event's extent, the signed S/N is NaN where no band has one.
+    Only epochs where the shape is above ~1e-7 enter the sums (a window per trial time),
+    so the cost grows with the epochs per window, not with all epochs.
     """
-    s = template(t[None, :], centres[:, None], d, q)  # (F, n)
-    snr2 = np.zeros(centres.size)
-    amp = np.zeros((centres.size, nb))
-    num_all = np.zeros(centres.size)
-    den_all = np.zeros(centres.size)
-    for b in range(nb):
-        sel = bi == b
-        sb = s[:, sel]
-        if free_baseline:
-            sb = sb - (sb @ w[sel])[:, None] / w[sel].sum()
-        num = sb @ (x[sel] * w[sel])
-        den = (sb * sb) @ w[sel]
-        good = den > 0
-        a = np.where(good, num / np.where(good, den, 1.0), 0.0)
-        amp[:, b] = a
-        snr2 += np.where(good & (num > 0), num * num / np.where(good, den, 1.0), 0.0)
-        num_all += num
-        den_all += den
-    signed = np.where(den_all > 0, num_all / np.sqrt(np.where(den_all > 0, den_all, 1.0)), 0.0)
+    t, bi, ai = lc.t, lc.bi, lc.ai
+    x = lc.x if x is None else x
+    w = lc.w
+    n_c = centres.size
+    nb = ai.size
+    na = int(ai.max()) + 1 if nb else 0
+    lo = np.searchsorted(t, centres - shape.before, "left")
+    hi = np.searchsorted(t, centres + shape.after, "right")
+    sxw = np.zeros((n_c, nb))
+    sw = np.zeros((n_c, nb))
+    ssw = np.zeros((n_c, nb))
+    inside = np.zeros((n_c, nb))
+    budget = 200_000  # (trial time, epoch) pairs per chunk: small enough to stay in cache
+    start = 0
+    while start < n_c:
+        stop = min(n_c, start + max(1, budget // max(int(hi[start] - lo[start]), 1)))
+        while True:
+            span = int(np.max(hi[start:stop] - lo[start:stop], initial=0))
+            if (stop - start) * max(span, 1) <= budget or stop - start == 1:
+                break
+            stop = start + max(1, (stop - start) // 2)
+        if span > 0:
+            idx = lo[start:stop, None] + np.arange(span)[None, :]
+            valid = idx < hi[start:stop, None]
+            idx = np.minimum(idx, t.size - 1)
+            dt = t[idx] - centres[start:stop, None]
+            s = shape.fn(dt) * valid
+            sw_c = s * w[idx]
+            ext = (valid & (dt >= -shape.extent[0]) & (dt <= shape.extent[1])).astype(float)
+            sxw_c, ssw_c = sw_c * x[idx], sw_c * s
+            # row sums per group, over the groups this chunk's epochs belong to (mostly one)
+            present = np.unique(bi[lo[start] : max(int(hi[start:stop].max()), lo[start] + 1)])
+            for g in present:
+                mg = (bi[idx] == g) if present.size > 1 else np.ones_like(valid)
+                sw[start:stop, g] = np.sum(sw_c, axis=1, where=mg)
+                sxw[start:stop, g] = np.sum(sxw_c, axis=1, where=mg)
+                ssw[start:stop, g] = np.sum(ssw_c, axis=1, where=mg)
+                inside[start:stop, g] = np.sum(ext, axis=1, where=mg)
+        start = stop
+    if lc.difference:
+        num, den = sxw, ssw
+    else:  # each group's baseline fitted with the amplitude: the shape minus its weighted mean
+        w_grp = np.bincount(bi, weights=w, minlength=nb)
+        xw_grp = np.bincount(bi, weights=x * w, minlength=nb)
+        num = sxw - sw * (xw_grp / w_grp)[None, :]
+        den = ssw - sw * sw / w_grp[None, :]
+        den = np.where(den > 1e-9 * ssw, den, 0.0)  # flat over the group: no information (and no rounding)
+    num_b = np.zeros((n_c, na))  # per band: sums over its groups (one amplitude)
+    den_b = np.zeros((n_c, na))
+    in_b = np.zeros((n_c, na))
+    for k in range(nb):
+        num_b[:, ai[k]] += num[:, k]
+        den_b[:, ai[k]] += den[:, k]
+        in_b[:, ai[k]] += inside[:, k]
+    good = (den_b > 0) & (in_b > 0)
+    safe = np.where(good, den_b, 1.0)
+    amp_b = np.where(good, num_b / safe, 0.0)
+    snr2 = np.where(good & (num_b > 0), num_b * num_b / safe, 0.0).sum(axis=1)
+    num_all = np.where(good, num_b, 0.0).sum(axis=1)
+    den_all = np.where(good, den_b, 0.0).sum(axis=1)
+    signed = np.where(den_all > 0, num_all / np.sqrt(np.where(den_all > 0, den_all, 1.0)), np.nan)
+    amp = np.where(inside > 0, amp_b[:, ai], np.nan)
     return np.sqrt(snr2), amp, signed
+
+
+def _width(v: np.ndarray) -> float:
+    """Robust width (MAD) of a shape's signed output, at least 1."""
+    return max(1.0, 1.4826 * float(np.median(np.abs(v - np.median(v)))))
+
+
+def _noise_factor(signed: np.ndarray, lc: _Prepared, config: TransientConfig) -> float:
+    """The noise factor of a shape: the robust width of its signed output (module docstring)."""
+    fin = np.isfinite(signed)  # the trial times the light curve samples
+    if not config.normalise or lc.difference or fin.sum() < 20:
+        return 1.0
+    # correlated noise (nightly zero points, seasonal drifts) widens the filter's output
+    # beyond its white-noise unit width, dimmings as much as brightenings: divide by it
+    return _width(signed[fin])
+
+
+def _noise_factors(
+    signed: np.ndarray,
+    snr: np.ndarray,
+    grid: np.ndarray,
+    shape: Shape,
+    lc: _Prepared,
+    config: TransientConfig,
+    at: float | None = None,
+) -> np.ndarray:
+    """The noise factor per trial time: :func:`_noise_factor`, except near the strongest response
+    (or near the peak time ``at`` [day] of a known signal).
+
+    There (trial times whose event extent overlaps the best one's) the width is measured
+    off it, on the other trial times, when those span at least ``noise_blocks`` event
+    extents: an event's own output would otherwise count as noise (a long event fills
+    much of a season's trial times and hides itself). Elsewhere the width over all trial
+    times stays (with the event in it: conservative, no second event from its wings).
+    """
+    factor = np.full(grid.size, _noise_factor(signed, lc, config))
+    fin = np.isfinite(signed)
+    if not (config.normalise and not lc.difference and fin.sum() >= 20) or not config.noise_blocks:
+        return factor
+    if at is None and not np.any(snr > 0):
+        return factor
+    width = shape.extent[0] + shape.extent[1]
+    centre = grid[int(np.argmax(snr))] if at is None else at
+    on = np.abs(grid - centre) <= width
+    off = fin & ~on
+    if off.sum() >= 20 and _n_blocks(grid[off], width) >= config.noise_blocks:
+        factor[on] = _width(signed[off])
+    return factor
+
+
+def _n_blocks(times: np.ndarray, width: float) -> int:
+    """How many consecutive intervals of ``width`` [day] hold at least one of ``times``: the
+    independent samples of a shape's output (gaps between seasons do not count)."""
+    if times.size == 0:
+        return 0
+    return int(np.unique(np.floor((times - times.min()) / width)).size)
+
+
+def _measurable(lc: _Prepared, shape: Shape, config: TransientConfig) -> bool:
+    """Whether the noise factor of a shape can be measured on this light curve (``noise_blocks``)."""
+    if not config.normalise or lc.difference or not config.noise_blocks:
+        return True
+    return _n_blocks(lc.t, shape.extent[0] + shape.extent[1]) >= config.noise_blocks
+
+
+@dataclass
+class _TemplateNoise:
+    shape: Shape
+    grid: np.ndarray  #: trial peak times [day]
+    snr: np.ndarray  #: white-noise S/N of the light curve per trial time
+    signed: np.ndarray  #: signed S/N per trial time (NaN where unsampled)
+
+
+class NoiseModel:
+    """The transient finder's view of one light curve's noise, for signals added to it.
+
+    Built once per light curve (a pass over the template bank, like a search); then
+    :meth:`finder_snr` gives the S/N the finder would report for a known signal added to the
+    light curve, without the light curve's own noise: the maximum over the searched templates
+    and trial times of the matched-filter S/N of the signal (the finder's errors, one
+    amplitude per band, a baseline per band and season) divided by each template's noise
+    factor measured on this light curve as the finder measures it with the signal present
+    (off the signal's own output; module docstring). That is the statistic the finder
+    thresholds on, so efficiency against it crosses 50 % near the threshold when nothing
+    (quality checks, matching) loses events; the search's maximum over trial times and
+    templates of signal plus noise (look-elsewhere) moves the crossing a little lower.
+    :meth:`optimal_snr` gives the S/N of a template of exactly the signal's shape instead:
+    their ratio is what the bank's coarseness costs.
+    """
+
+    def __init__(
+        self,
+        t: np.ndarray,
+        mag: np.ndarray,
+        magerr: np.ndarray,
+        bands: np.ndarray | None = None,
+        *,
+        difference: bool = False,
+        config: TransientConfig | None = None,
+    ) -> None:
+        self.config = config or TransientConfig()
+        self.lc = _prepare(t, mag, magerr, bands, difference, self.config)
+        self.templates: list[_TemplateNoise] = []
+        if self.lc.t.size < self.config.min_epochs:
+            return
+        for d, q in bank(self.config):
+            shape = bank_shape(d, q)
+            if _measurable(self.lc, shape, self.config):
+                grid = _trial_peaks(self.lc.t, shape)
+                snr, _amp, signed = _scan(self.lc, shape, grid)
+                self.templates.append(_TemplateNoise(shape, grid, snr, signed))
+
+    def _relative(self, signal: Callable[[np.ndarray], np.ndarray], base_mag: float) -> np.ndarray:
+        """The signal in the finder's units: flux over each baseline group's (``10^(-0.4 m0)``)."""
+        lc = self.lc
+        m0 = np.array([lc.m0[str(nm)] for nm in lc.names])
+        return np.asarray(signal(lc.t), float) * 10 ** (-0.4 * (base_mag - m0[lc.bi]))
+
+    def finder_snr(
+        self, signal: Callable[[np.ndarray], np.ndarray], peak: float, *, base_mag: float
+    ) -> float:
+        """S/N the finder would report for ``signal(t)`` (added flux at times ``t`` [day], in units
+        of the flux of magnitude ``base_mag``, the same in every band) peaking at ``peak`` [day]."""
+        lc = self.lc
+        if not self.templates:
+            return 0.0
+        y = self._relative(signal, base_mag)
+        support = np.abs(y) > 1e-6 * float(np.max(np.abs(y), initial=0.0))
+        if not support.any():
+            return 0.0
+        first, last = lc.t[support].min(), lc.t[support].max()
+        best = 0.0
+        for tn in self.templates:
+            near = (tn.grid >= first - tn.shape.after) & (tn.grid <= last + tn.shape.before)
+            if not near.any():
+                continue
+            snr, _amp, _signed = _scan(lc, tn.shape, tn.grid[near], x=y)
+            factor = _noise_factors(tn.signed, tn.snr, tn.grid, tn.shape, lc, self.config, at=peak)[near]
+            best = max(best, float(np.max(snr / factor)))
+        return best
+
+    def optimal_snr(
+        self, signal: Callable[[np.ndarray], np.ndarray], shape: Shape, peak: float, *, base_mag: float
+    ) -> float:
+        """S/N of ``signal`` (as in :meth:`finder_snr`) for a template of exactly its ``shape``."""
+        lc = self.lc
+        if lc.t.size < self.config.min_epochs:
+            return 0.0
+        y = self._relative(signal, base_mag)
+        w = lc.w
+        if lc.difference:
+            den = float(np.sum(w * y * y))
+        else:
+            w_grp = np.bincount(lc.bi, weights=w)
+            yc = y - (np.bincount(lc.bi, weights=w * y) / w_grp)[lc.bi]
+            den = float(np.sum(w * yc * yc))
+        grid = _trial_peaks(lc.t, shape)
+        snr, _amp, signed = _scan(lc, shape, grid)
+        factor = _noise_factors(signed, snr, grid, shape, lc, self.config, at=peak)
+        return math.sqrt(max(den, 0.0)) / float(factor[int(np.argmin(np.abs(grid - peak)))])
 
 
 def find_transients(
@@ -198,48 +556,22 @@ def find_transients(
     Returns the events, best first.
     """
     config = config or TransientConfig()
-    t = np.asarray(t, float)
-    mag = np.asarray(mag, float)
-    magerr = np.asarray(magerr, float)
-    b = np.zeros(t.size, dtype="<U1") if bands is None else np.asarray(bands).astype(str)
-    ok = np.isfinite(t) & np.isfinite(mag) & np.isfinite(magerr) & (magerr > 0)
-    t, mag, magerr, b = t[ok], mag[ok], magerr[ok], b[ok]
-    if t.size < config.min_epochs:
+    lc = _prepare(t, mag, magerr, bands, difference, config)
+    if lc.t.size < config.min_epochs:
         return []
-    band_of = b
-    if config.season_gap_days is not None and not difference:
-        # each band and season has its own baseline (zero points and slow drifts differ)
-        season = np.zeros(t.size, np.int64)
-        for band in np.unique(b):
-            idx = np.flatnonzero(b == band)
-            idx = idx[np.argsort(t[idx])]
-            season[idx] = np.concatenate([[0], np.cumsum(np.diff(t[idx]) > config.season_gap_days)])
-        b = np.char.add(np.char.add(b.astype(str), "#"), season.astype(str))
-    names, bi = np.unique(b, return_inverse=True)
-    nb = names.size
-    x, sig, m0 = relative_flux(mag, magerr, b, difference=difference, scale_errors=config.scale_errors)
-    w = 1.0 / sig**2
-    single = x / sig
-    durations = [config.min_duration_d]
-    while durations[-1] * config.duration_step <= config.max_duration_d:
-        durations.append(durations[-1] * config.duration_step)
-    best: list[tuple[float, float, float, float, float]] = []  # snr, tp, d, q, noise scale
-    for d in durations:
-        for q in config.rise_ratios:
-            step = max(min(q, 1.0) * d / 2.0, 0.01)
-            lo, hi = t.min() - 2.0 * q * d, t.max()
-            grid = np.unique(np.concatenate([t, np.arange(lo, hi, step)]))
-            if grid.size > 4000:  # a long season at a short duration: epochs and their neighbours suffice
-                grid = np.unique(np.concatenate([t, t - q * d, t + 0.5 * d]))
-            snr, amp, signed = _scan(t, x, w, bi, nb, grid, d, q, not difference)
-            scale = 1.0
-            if config.normalise and not difference and signed.size >= 20:
-                # correlated noise (nightly zero points, seasonal drifts) widens the filter's output
-                # beyond its white-noise unit width, dimmings as much as brightenings: divide by it
-                scale = max(1.0, 1.4826 * float(np.median(np.abs(signed - np.median(signed)))))
-            snr = snr / scale
-            for i in np.flatnonzero(snr >= config.snr_threshold):
-                best.append((float(snr[i]), float(grid[i]), d, q, scale))
+    t, mag, magerr, band_of, names = lc.t, lc.mag, lc.magerr, lc.band_of, lc.names
+    single = lc.x / lc.sig
+    best: list[tuple[float, float, float, float, float]] = []  # snr, tp, d, q, noise factor
+    for d, q in bank(config):
+        shape = bank_shape(d, q)
+        if not _measurable(lc, shape, config):
+            continue  # longer than the light curve can tell from its own slow drifts
+        grid = _trial_peaks(t, shape)
+        snr, _amp, signed = _scan(lc, shape, grid)
+        scale = _noise_factors(signed, snr, grid, shape, lc, config)
+        snr = snr / scale
+        for i in np.flatnonzero(snr >= config.snr_threshold):
+            best.append((float(snr[i]), float(grid[i]), d, q, float(scale[i])))
     if not best:
         return []
     best.sort(key=lambda e: -e[0])
@@ -251,19 +583,21 @@ def find_transients(
             continue
         # refine the peak time on a fine grid around tp
         fine = tp + np.linspace(-min(q, 1.0) * d / 2, min(q, 1.0) * d / 2, 41)
-        s2, a2, _ = _scan(t, x, w, bi, nb, fine, d, q, not difference)
+        s2, a2, _ = _scan(lc, bank_shape(d, q), fine)
         j = int(np.argmax(s2))
         tp, snr_v, amp = float(fine[j]), float(s2[j]) / scale, a2[j]
         span = (t >= tp - 3 * q * d) & (t <= tp + 3 * d)
         if span.sum() < config.min_epochs_in_event:
             continue
         peak = {}
-        for k in range(nb):
+        for k in range(names.size):
             a = float(amp[k])
+            if not math.isfinite(a):  # this band and season has no epoch within the event
+                continue
             if difference:
                 peak[str(names[k])] = DIFF_ZP - 2.5 * math.log10(a) if a > 0 else math.inf
             else:
-                peak[str(names[k])] = m0[str(names[k])] - 2.5 * math.log10(1.0 + a) if a > -1 else math.inf
+                peak[str(names[k])] = lc.m0[str(names[k])] - 2.5 * math.log10(1.0 + a) if a > -1 else math.inf
         t_obs, _m_obs, _, per_band = _observed_peak(t[span], mag[span], magerr[span], band_of[span], config)
         bands_peak: dict[str, float] = {}
         for key, value in peak.items():  # band#season -> band: the brightest season's value
@@ -273,6 +607,8 @@ def find_transients(
         if t_obs is not None:  # the maximum was sampled: trust the data over the template
             tp = t_obs
             peak.update(per_band)
+        if not peak:
+            continue
         band = min(peak, key=peak.get)
         events.append(
             Event(
@@ -283,7 +619,11 @@ def find_transients(
                 peak_mag=peak[band],
                 band=band,
                 peak_mags=peak,
-                amplitude={str(names[k]): float(amp[k]) for k in range(nb) if amp[k] != 0},
+                amplitude={
+                    str(names[k]): float(amp[k])
+                    for k in range(names.size)
+                    if np.isfinite(amp[k]) and amp[k] != 0
+                },
                 n_epochs=int(span.sum()),
                 max_single_snr=float(single[span].max()) if span.any() else 0.0,
             )

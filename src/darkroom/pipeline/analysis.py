@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session
 
 from darkroom.analysis.finders import AnalysisConfig, load_finder
 from darkroom.analysis.inject import (
+    EFFICIENCY_EDGES_REL,
+    fit_efficiency,
     inject,
     match_events,
     plan_injection,
@@ -39,7 +41,7 @@ from darkroom.analysis.inject import (
 from darkroom.analysis.lcfile import read_lc_file, read_survey_table, split_band_season, write_lc_file
 from darkroom.analysis.periodic import find_period
 from darkroom.analysis.quality import check_quality
-from darkroom.analysis.transient import find_transients
+from darkroom.analysis.transient import NoiseModel, find_transients
 from darkroom.errors import DarkroomError
 from darkroom.io.atomic import atomic_path, sha256_file
 from darkroom.provenance import code_version, critical_params, provenance_id
@@ -148,14 +150,21 @@ def analysis_provenance(config: AnalysisConfig) -> tuple[str, dict[str, Any]]:
     return provenance_id(ANALYSIS_STAGE, params), params
 
 
+#: columns the quality checker reads when every light curve of the object has them
+_QUALITY_COLUMNS = ("ra", "dec", "airmass", "fwhm", "limitmag", "transparency", "flags")
+
+
 def object_table(root: Path, rows: list[Lightcurve]) -> Table:
-    """All light curves of one object stacked in time order, with ``lightcurve_id``."""
-    parts = []
+    """All light curves of one object stacked in time order, with ``lightcurve_id`` (and the
+    quality checker's optional columns that all of them have)."""
+    tables = []
     for lc in rows:
         t = read_lc_file(root / lc.path)
         t.meta.clear()
         t["lightcurve_id"] = np.full(len(t), lc.id, np.int64)
-        parts.append(t[["mjd", "mag", "magerr", "band", "catflags", "lightcurve_id"]])
+        tables.append(t)
+    extra = [c for c in _QUALITY_COLUMNS if all(c in t.colnames for t in tables)]
+    parts = [t[["mjd", "mag", "magerr", "band", "catflags", "lightcurve_id", *extra]] for t in tables]
     tab = vstack(parts, metadata_conflicts="silent")
     tab.sort("mjd")
     return tab
@@ -309,18 +318,47 @@ def analyze(
                 values=values,
             )
         )
-        # injection-recovery on each light curve of the object (simulation mode: same checker, finder)
+        # injection-recovery on each light curve of the object, in simulation mode: the event is
+        # added to every epoch, then the same checker and finder run; a detection the light curve
+        # gives without the event is no recovery
         for lc in rows if injections else ():
-            sel = good[good["lightcurve_id"] == lc.id]
+            lc_tab = tab[tab["lightcurve_id"] == lc.id]
+            sel = lc_tab[check_quality(lc_tab, config.quality) == 0]
             t = np.asarray(sel["mjd"], float)
             m, e, b = np.asarray(sel["mag"], float), np.asarray(sel["magerr"], float), np.asarray(sel["band"])
+            known = find_transients(t, m, e, b, difference=difference, config=config.transient)
+            noise = NoiseModel(t, m, e, b, difference=difference, config=config.transient)
             for _ in range(injections):
-                plan = plan_injection(t, m, e, b, rng, config.injection)
+                plan = plan_injection(
+                    t,
+                    m,
+                    e,
+                    b,
+                    rng,
+                    config.injection,
+                    transient=config.transient,
+                    difference=difference,
+                    noise=noise,
+                )
                 if plan is None:
                     break
-                mi, ei = inject(t, m, e, plan)
-                found = find_transients(t, mi, ei, b, difference=difference, config=config.transient)
-                hit = match_events(plan, found, config.injection)
+                sim = lc_tab.copy(copy_data=True)
+                sim["mag"], sim["magerr"] = inject(
+                    np.asarray(sim["mjd"], float),
+                    np.asarray(sim["mag"], float),
+                    np.asarray(sim["magerr"], float),
+                    plan,
+                )
+                sim = sim[check_quality(sim, config.quality) == 0]
+                found = find_transients(
+                    sim["mjd"],
+                    sim["mag"],
+                    sim["magerr"],
+                    sim["band"],
+                    difference=difference,
+                    config=config.transient,
+                )
+                hit = match_events(plan, found, config.injection, known)
                 inj = Injection(
                     provenance_id=pid,
                     lightcurve_id=lc.id,
@@ -329,7 +367,7 @@ def analyze(
                     duration_d=plan.duration_d,
                     peak_mag=plan.peak_mag,
                     snr=plan.snr,
-                    params={"amplitude": plan.amplitude, **plan.params},
+                    params={"amplitude": plan.amplitude, "base_mag": plan.base_mag, **plan.params},
                     recovered=hit is not None,
                 )
                 session.add(inj)
@@ -357,7 +395,10 @@ def analyze(
         session.flush()
     for inj in session.scalars(select(Injection).where(Injection.provenance_id == pid)):
         inj_rows.append({"kind": inj.kind, "snr": inj.snr, "recovered": inj.recovered})
-    ds = searched_histograms(summaries, injections=inj_rows)
+    thr = config.transient.snr_threshold
+    ds = searched_histograms(
+        summaries, injections=inj_rows, inj_snr_edges=tuple(thr * r for r in EFFICIENCY_EDGES_REL)
+    )
     ds.attrs["provenance_id"] = pid
     ds.attrs["snr_threshold"] = config.transient.snr_threshold
     report.histogram_path = write_netcdf_atomic(ds, root / "analysis" / pid / "searched.nc")
@@ -367,7 +408,8 @@ def analyze(
 
 
 def efficiency_curve(session: Session, pid: str, edges: np.ndarray) -> dict[str, Any]:
-    """Efficiency vs expected S/N of the injections of one analysis provenance."""
+    """Efficiency vs expected S/N of the injections of one analysis provenance; ``snr50`` (and
+    ``width``) from a logistic fitted to every injection (:func:`~darkroom.analysis.inject.fit_efficiency`)."""
     from darkroom.analysis.inject import efficiency_table
 
     rows = session.execute(
@@ -377,10 +419,7 @@ def efficiency_curve(session: Session, pid: str, edges: np.ndarray) -> dict[str,
     rec = np.array([r[2] for r in rows], bool)
     n, k, eff = efficiency_table(snr, rec, edges)
     centre = np.sqrt(edges[1:] * edges[:-1])
-    with np.errstate(invalid="ignore"):
-        half = (
-            float(np.interp(0.5, eff[np.isfinite(eff)], centre[np.isfinite(eff)]))
-            if np.any(np.isfinite(eff))
-            else math.nan
-        )
-    return {"edges": edges, "centre": centre, "n": n, "k": k, "eff": eff, "snr50": half}
+    half, width = (
+        fit_efficiency(snr, np.ones(snr.size), rec.astype(float)) if snr.size else (math.nan, math.nan)
+    )
+    return {"edges": edges, "centre": centre, "n": n, "k": k, "eff": eff, "snr50": half, "width": width}

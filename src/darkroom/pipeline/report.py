@@ -345,6 +345,7 @@ def analysis_summaries(repo: Repository) -> list[AnalysisSummary]:
     """One summary per analysis provenance whose searched-epoch histograms are on disk."""
     import xarray as xr
 
+    from darkroom.analysis.inject import EFFICIENCY_EDGES_REL
     from darkroom.pipeline.analysis import ANALYSIS_STAGE, efficiency_curve
     from darkroom.repo.models import Detection, Provenance
 
@@ -365,7 +366,8 @@ def analysis_summaries(repo: Repository) -> list[AnalysisSummary]:
             n_real = s.scalar(
                 select(func.count()).where(Detection.provenance_id == pid, Detection.simulated.is_(False))
             )
-            curve = efficiency_curve(s, pid, np.geomspace(1.0, 20.0, 14))
+            thr = float(ds.attrs.get("snr_threshold", 5.0))
+            curve = efficiency_curve(s, pid, thr * np.asarray(EFFICIENCY_EDGES_REL))
             out.append(
                 AnalysisSummary(
                     provenance_id=pid,
