@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
 
-__all__ = ["demo_sim_config", "run_demo"]
+__all__ = ["demo_sim_config", "run_demo", "sim_repo_overrides"]
 
 
 def demo_sim_config(*, n_science: int, size: int, seed: int):
@@ -41,7 +41,10 @@ def demo_sim_config(*, n_science: int, size: int, seed: int):
     )
 
 
-def _overrides(night) -> list[str]:
+def sim_repo_overrides(night) -> list[str]:
+    """darkroom.yaml settings for a simulated night's repository: the simulator's reference
+    catalogue (``refcat.ecsv`` in the repository) for astrometry and photometry, and its
+    transiting host (named ``night.config.object_name``) and variable as targets."""
     epoch = Time(night.config.start_utc).jyear
     cat = night.truth.catalog
     host = cat[cat["id"] == night.truth.host_id][0]
@@ -159,7 +162,7 @@ def run_demo(
         f"{time.perf_counter() - t0:.1f} s -> {raw_dir}"
     )
 
-    repo = Repository.init(repo_dir, overrides=_overrides(night))
+    repo = Repository.init(repo_dir, overrides=sim_repo_overrides(night))
     shutil.copy(night.refcat_path, repo.root / "refcat.ecsv")
     console.print(
         f"[bold]2. repository[/] {repo.root} ({repo.registry.backend} registry, reference catalog refcat.ecsv)"

@@ -4,8 +4,9 @@ line and exit 1."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -218,10 +219,17 @@ def register(app: typer.Typer) -> None:
 
     @app.command("transit")
     def transit_cmd(
-        lightcurve: Annotated[
-            Path, typer.Argument(help="light-curve file: bjd_tdb (or mjd), rel_flux/flux, errors")
+        source: Annotated[
+            Path,
+            typer.Argument(
+                help="a repository folder (the target's light curve recorded in it) or a light-curve "
+                "file: bjd_tdb (or mjd), rel_flux/flux, errors"
+            ),
         ],
-        name: Annotated[str, typer.Option("--name", help="planet name")],
+        name: Annotated[
+            str,
+            typer.Option("--name", help="planet name; with a repository, its target name in darkroom.yaml"),
+        ],
         period: Annotated[float, typer.Option("--period", help="orbital period [day]")],
         t0: Annotated[float, typer.Option("--t0", help="a mid-transit time [BJD_TDB]")],
         rp_rs: Annotated[
@@ -241,70 +249,170 @@ def register(app: typer.Typer) -> None:
         u2: Annotated[float, typer.Option("--u2", help="quadratic limb darkening u2 [unitless]")] = 0.25,
         detrend: Annotated[str, typer.Option("--detrend", help="linear | airmass | none")] = "linear",
         method: Annotated[str, typer.Option("--method", help="mcmc | laplace")] = "mcmc",
+        window: Annotated[
+            float,
+            typer.Option(
+                "--window", help="half-width of the prior on the mid-time about the prediction [day]"
+            ),
+        ] = 0.1,
         output: Annotated[Path | None, typer.Option("-o", help="AAVSO Exoplanet Watch table")] = None,
         plot: Annotated[Path | None, typer.Option("--plot", help="PNG of data, model and residuals")] = None,
-        filter_name: Annotated[str, typer.Option("--filter", help="filter name for the AAVSO table")] = "",
-        exposure: Annotated[float, typer.Option("--exposure", help="exposure time per point [s]")] = 0.0,
+        filter_name: Annotated[
+            str, typer.Option("--filter", help="filter name for the AAVSO table (repository: the data's)")
+        ] = "",
+        exposure: Annotated[
+            float, typer.Option("--exposure", help="exposure time per point [s] (repository: the frames')")
+        ] = 0.0,
     ) -> None:
-        """Fit a known planet's transit in one night's light curve (mid-time BJD_TDB, Rp/Rs, a/Rs, i)."""
-        import numpy as np
+        """Fit a known planet's transit (mid-time BJD_TDB, Rp/Rs, a/Rs, i) in one night's light curve.
 
-        from darkroom.analysis.transit import TransitFitConfig, aavso_report, fit_transit
-        from darkroom.io.atomic import atomic_write_text
-        from darkroom.timeseries import read_lightcurve
+        With a repository, the target named by --name (darkroom.yaml ``targets``) has its
+        differential light curve read from the registry (flagged frames left out) and every
+        night that covers a predicted transit is fitted; with several, -o and --plot get the
+        transit's epoch number before their suffix.
+        """
+        from darkroom.analysis.transit import TransitFitConfig, fit_transit
 
         try:
-            lc = read_lightcurve(lightcurve)
-            cols = lc.colnames
-            t = np.asarray(lc["bjd_tdb"] if "bjd_tdb" in cols else lc["mjd"], float)
-            if t.max() < 2_400_000:
-                t = t + 2_400_000.5
-            fcol = "rel_flux" if "rel_flux" in cols else "flux"
-            f = np.asarray(lc[fcol], float)
-            e = np.asarray(lc[fcol + "_err" if fcol + "_err" in cols else "fluxerr"], float)
-            f, e = f / np.nanmedian(f), e / np.nanmedian(f)
-            n = round((np.median(t) - t0) / period)
-            tc = t0 + n * period
-            fit = fit_transit(
-                t, f, e, period_d=period, t_c_guess=tc, t_c_window_d=0.1, rp_rs_guess=rp_rs,
-                a_rs_prior=(a_rs, a_rs_err) if a_rs else None, inc_prior=(inc, inc_err) if inc else None,
-                u=(u1, u2), airmass=np.asarray(lc["airmass"], float) if "airmass" in cols else None,
-                config=TransitFitConfig(method=method, detrend=detrend),  # type: ignore[arg-type]
-            )  # fmt: skip
+            fits = []
+            for night in _transit_nights(source, name, period=period, t0=t0, window=window):
+                tc = t0 + night.epoch * period
+                fit = fit_transit(
+                    night.t, night.flux, night.err, period_d=period, t_c_guess=tc, t_c_window_d=window,
+                    rp_rs_guess=rp_rs, a_rs_prior=(a_rs, a_rs_err) if a_rs else None,
+                    inc_prior=(inc, inc_err) if inc else None, u=(u1, u2), airmass=night.airmass,
+                    config=TransitFitConfig(method=method, detrend=detrend),  # type: ignore[arg-type]
+                )  # fmt: skip
+                fits.append((night, tc, fit))
         except DarkroomError as exc:
             _fail(exc.reason)
-        console.print(
-            f"{escape(name)}: Tc = {fit.t_c:.5f} +- {fit.t_c_err * 1440:.2f} min BJD_TDB "
-            f"(predicted {tc:.5f}, O-C {(fit.t_c - tc) * 1440:+.2f} min); Rp/Rs = {fit.rp_rs:.4f} +- "
-            f"{fit.rp_rs_err:.4f}; depth {fit.depth * 100:.3f} %; a/Rs {fit.a_rs:.2f}; i {fit.inc_deg:.2f} deg; "
-            f"residual scatter {fit.residual_rms * 1e3:.2f} ppt"
+        for night, tc, fit in fits:
+            n, t, f, e = night.epoch, night.t, night.flux, night.err
+            console.print(
+                f"{escape(name)} (epoch {n}): Tc = {fit.t_c:.5f} +- {fit.t_c_err * 1440:.2f} min BJD_TDB "
+                f"(predicted {tc:.5f}, O-C {(fit.t_c - tc) * 1440:+.2f} min); Rp/Rs = {fit.rp_rs:.4f} +- "
+                f"{fit.rp_rs_err:.4f}; depth {fit.depth * 100:.3f} %; a/Rs {fit.a_rs:.2f}; i {fit.inc_deg:.2f} deg; "
+                f"residual scatter {fit.residual_rms * 1e3:.2f} ppt; {t.size} points"
+            )
+            tag = f"_{n}" if len(fits) > 1 else ""
+            if output:
+                out = output.with_name(f"{output.stem}{tag}{output.suffix}")
+                flt, exp_s = filter_name or night.filter_name, exposure or night.exposure_s
+                _write_transit_table(out, fit, t, f, e, name, flt, exp_s)
+                console.print(f"table {out}")
+            if plot:
+                _plot_transit(plot.with_name(f"{plot.stem}{tag}{plot.suffix}"), fit, t, f, e, name)
+
+
+@dataclass
+class _Night:
+    """One night's light curve around a predicted transit."""
+
+    epoch: int  #: transit number from T0
+    t: Any  #: BJD_TDB [day]
+    flux: Any  #: relative flux (median 1)
+    err: Any  #: its 1-sigma error
+    airmass: Any  #: or None
+    filter_name: str = ""
+    exposure_s: float = 0.0
+
+
+def _transit_nights(source: Path, name: str, *, period: float, t0: float, window: float) -> list[_Night]:
+    """The nights with a predicted transit: from a light-curve file, or from a repository's
+    target (its differential light curve, flagged frames left out)."""
+    import numpy as np
+
+    from darkroom.errors import BadInputError
+
+    if source.is_dir():
+        r = _repo(source)
+        try:
+            lc = r.lightcurve(name=name, differential=True)
+        finally:
+            r.close()
+        cols = lc.colnames
+        t_all = np.asarray(lc["bjd_tdb"], float)
+        f_all = np.asarray(lc["rel_flux"], float)
+        e_all = np.asarray(lc["rel_flux_err"], float)
+        am_all = np.asarray(lc["airmass"], float) if "airmass" in cols else None
+        flt_all = np.asarray(lc["filter"]).astype(str) if "filter" in cols else np.full(len(lc), "")
+        exp_all = np.asarray(lc["exptime"], float) if "exptime" in cols else np.zeros(len(lc))
+    else:
+        from darkroom.timeseries import read_lightcurve
+
+        lc = read_lightcurve(source)
+        cols = lc.colnames
+        t_all = np.asarray(lc["bjd_tdb"] if "bjd_tdb" in cols else lc["mjd"], float)
+        fcol = "rel_flux" if "rel_flux" in cols else "flux"
+        f_all = np.asarray(lc[fcol], float)
+        e_all = np.asarray(lc[fcol + "_err" if fcol + "_err" in cols else "fluxerr"], float)
+        am_all = np.asarray(lc["airmass"], float) if "airmass" in cols else None
+        flt_all = np.full(len(lc), "")
+        exp_all = np.zeros(len(lc))
+    if t_all.size and np.nanmax(t_all) < 2_400_000:
+        t_all = t_all + 2_400_000.5  # MJD -> JD
+    ok = np.isfinite(t_all) & np.isfinite(f_all) & np.isfinite(e_all) & (e_all > 0)
+    if am_all is not None and not np.all(np.isfinite(am_all[ok])):
+        am_all = None  # no airmass detrending on partial airmasses
+    idx = np.flatnonzero(ok)
+    idx = idx[np.argsort(t_all[idx])]
+    if idx.size == 0:
+        raise BadInputError(f"{name}: no usable points in {source}")
+    # a file is one night; a repository's light curve splits at gaps over 0.5 d, and a night is
+    # fitted if its predicted transit (within the prior's window) overlaps it
+    breaks = np.flatnonzero(np.diff(t_all[idx]) > 0.5) + 1 if source.is_dir() else []
+    out = []
+    for part in np.split(idx, breaks):
+        t = t_all[part]
+        n = round((float(np.median(t)) - t0) / period)
+        tc = t0 + n * period
+        if source.is_dir() and (tc + window < t.min() or tc - window > t.max() or part.size < 10):
+            continue
+        f, e = f_all[part], e_all[part]
+        scale = float(np.nanmedian(f))
+        flt = ",".join(sorted(set(flt_all[part]) - {""}))
+        exp_s = float(np.median(exp_all[part])) if exp_all[part].size else 0.0
+        airmass = None if am_all is None else am_all[part]
+        out.append(_Night(n, t, f / scale, e / scale, airmass, flt, exp_s))
+    if not out:
+        raise BadInputError(
+            f"{name}: no night in {source} covers a predicted transit (T0 {t0}, P {period} d, window {window} d)"
         )
-        if output:
-            atomic_write_text(
-                output,
-                aavso_report(
-                    fit, t, f, e, star=name.rstrip("bcdefgh ").strip() or name, planet=name,
-                    filter_name=filter_name, exposure_s=exposure,
-                ),
-            )  # fmt: skip
-        if plot:
-            import matplotlib
+    return out
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
 
-            from darkroom.io.atomic import atomic_path
+def _write_transit_table(out: Path, fit, t, f, e, name: str, filter_name: str, exposure_s: float) -> None:
+    from darkroom.analysis.transit import aavso_report
+    from darkroom.io.atomic import atomic_write_text
 
-            ok = np.isfinite(t) & np.isfinite(f) & np.isfinite(e) & (e > 0)
-            fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), height_ratios=(3, 1))
-            hours = (t[ok] - fit.t_c) * 24
-            a1.errorbar(hours, f[ok], e[ok], fmt=".", alpha=0.6)
-            a1.plot(hours, fit.model, "r-")
-            a1.set_ylabel("relative flux")
-            a2.plot(hours, f[ok] - fit.model, ".")
-            a2.set_xlabel("hours from mid-transit")
-            a1.set_title(f"{name}: Tc {fit.t_c:.5f} +- {fit.t_c_err * 1440:.1f} min")
-            fig.tight_layout()
-            with atomic_path(plot) as tmp:
-                fig.savefig(tmp, format="png", dpi=100)
-            plt.close(fig)
+    atomic_write_text(
+        out,
+        aavso_report(
+            fit, t, f, e, star=name.rstrip("bcdefgh ").strip() or name, planet=name,
+            filter_name=filter_name, exposure_s=exposure_s,
+        ),
+    )  # fmt: skip
+
+
+def _plot_transit(out: Path, fit, t, f, e, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from darkroom.io.atomic import atomic_path
+
+    ok = np.isfinite(t) & np.isfinite(f) & np.isfinite(e) & (e > 0)
+    fig, (a1, a2) = plt.subplots(2, 1, sharex=True, figsize=(7, 5), height_ratios=(3, 1))
+    hours = (t[ok] - fit.t_c) * 24
+    a1.errorbar(hours, f[ok], e[ok], fmt=".", alpha=0.6)
+    a1.plot(hours, fit.model, "r-")
+    a1.set_ylabel("relative flux")
+    a2.plot(hours, f[ok] - fit.model, ".")
+    a2.set_xlabel("hours from mid-transit")
+    a1.set_title(f"{name}: Tc {fit.t_c:.5f} +- {fit.t_c_err * 1440:.1f} min")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
