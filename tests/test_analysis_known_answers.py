@@ -40,8 +40,11 @@ def test_rrlyrae_multiband_period_within_0p1_percent():
 
 @pytest.mark.slow
 def test_snia_one_event_near_the_bts_peak():
-    # measured on all 549 light curves with >= 5 epochs: 94.0 % within 5 d and 0.3 mag (brightest
-    # epoch in any band: 92.7 %), never a second event. Every 4th light curve here (CI time).
+    # measured on all 549 light curves with >= 5 epochs: 93.6 % within 5 d and 0.3 mag (brightest
+    # epoch in any band: 92.7 %), never a second event; every 4th BTS row (here, CI time): 93.5 %. Of the 35
+    # misses, 16 have no epoch within 5 d and 0.3 mag of the BTS peak (13 none within 5 d: the peak
+    # fell in a gap), so a data-driven peak tops out near 97 %; a continuous Bazin fit (83 %), the
+    # template's own peak (76 %) and a joint g/R parabola (93.8 %) do worse.
     bts = Table.read(KA / "snia" / "bts.csv")
     ok, n_events = [], []
     for row in bts[::4]:
@@ -58,7 +61,7 @@ def test_snia_one_event_near_the_bts_peak():
             ok.append(False)
     assert len(ok) > 100
     assert set(n_events) == {1}
-    assert np.mean(ok) >= 0.92, np.mean(ok)
+    assert np.mean(ok) >= 0.93, np.mean(ok)
 
 
 def test_nonvariables_no_event_and_no_period():
