@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Register light curves (one object per file), split per band and season."""
-        from darkroom.pipeline.analysis import import_lightcurves
+        from darkroom.pipeline.lightcurve_import import import_lightcurves
 
         try:
             r = _repo(repo)

@@ -1,9 +1,6 @@
-"""Time-domain analysis wired to the registry: light-curve import, ``darkroom analyze``, rates.
+"""Time-domain analysis wired to the registry: ``darkroom analyze`` and rates (light curves come
+from :mod:`darkroom.pipeline.lightcurve_import` or from the lightcurves stage).
 
-* :func:`import_lightcurves` reads CSV/ECSV/Parquet/FITS files (one object each), splits
-  them per band and season and writes one Parquet file (:mod:`darkroom.analysis.lcfile`
-  format) and one ``lightcurve`` row each (key ``survey:object:band:season``); files
-  already registered under the same key are skipped.
 * :func:`analyze` runs the quality checker and the finders on every object (all its
   light curves together) and writes ``properties`` (one row per object), ``detection``
   rows and, with injections, ``injection`` rows and simulated detections, all under the
@@ -18,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,110 +35,24 @@ from darkroom.analysis.inject import (
     searched_histograms,
     write_netcdf_atomic,
 )
-from darkroom.analysis.lcfile import read_lc_file, read_survey_table, split_band_season, write_lc_file
+from darkroom.analysis.lcfile import read_lc_file
 from darkroom.analysis.periodic import find_period
 from darkroom.analysis.quality import check_quality
 from darkroom.analysis.transient import NoiseModel, find_transients
 from darkroom.errors import DarkroomError
-from darkroom.io.atomic import atomic_path, sha256_file
 from darkroom.provenance import code_version, critical_params, provenance_id
-from darkroom.repo.models import Detection, Injection, Lightcurve, Properties, Provenance, Target
+from darkroom.repo.models import Detection, Injection, Lightcurve, Properties, Provenance
 
-__all__ = ["AnalyzeReport", "analysis_provenance", "analyze", "import_lightcurves", "object_table"]
+__all__ = ["AnalyzeReport", "analysis_provenance", "analyze", "ensure_provenance", "object_table"]
 
 log = logging.getLogger(__name__)
-IMPORT_STAGE = "lightcurves_import"
 ANALYSIS_STAGE = "analysis"
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in name)
-
-
-def _ensure_provenance(session: Session, pid: str, stage: str, params: dict[str, Any]) -> None:
+def ensure_provenance(session: Session, pid: str, stage: str, params: dict[str, Any]) -> None:
     if session.get(Provenance, pid) is None:
         session.add(Provenance(id=pid, stage=stage, params=params, code_version=code_version(), upstream=[]))
         session.flush()
-
-
-def import_lightcurves(
-    session: Session,
-    root: Path,
-    paths: Iterable[Path],
-    *,
-    survey: str = "import",
-    season_gap_days: float = 100.0,
-) -> tuple[int, int, list[str]]:
-    """Register light-curve files; returns (new rows, already known, one-line failures)."""
-    params = {"survey": survey, "season_gap_days": season_gap_days}
-    pid = provenance_id(IMPORT_STAGE, params)
-    _ensure_provenance(session, pid, IMPORT_STAGE, params)
-    n_new = n_known = 0
-    failures: list[str] = []
-    for path in paths:
-        try:
-            data = read_survey_table(path, survey=survey)
-        except DarkroomError as exc:
-            failures.append(f"{Path(path).name}: {exc.reason}")
-            continue
-        tab = data.table
-        target_id = None
-        if "ra" in tab.colnames and "dec" in tab.colnames and np.isfinite(np.nanmedian(tab["ra"])):
-            target = session.scalar(
-                select(Target).where(Target.catalog == survey, Target.name == data.object)
-            )
-            if target is None:
-                target = Target(
-                    catalog=survey,
-                    name=data.object,
-                    ra_deg=float(np.nanmedian(tab["ra"])),
-                    dec_deg=float(np.nanmedian(tab["dec"])),
-                )
-                session.add(target)
-                session.flush()
-            target_id = target.id
-        for (band, season), part in split_band_season(tab, season_gap_days=season_gap_days).items():
-            key = f"{survey}:{data.object}:{band}:{season}"
-            if session.scalar(
-                select(Lightcurve.id).where(Lightcurve.provenance_id == pid, Lightcurve.key == key)
-            ):
-                n_known += 1
-                continue
-            out = (
-                root / "lightcurves" / _safe(survey) / f"{_safe(data.object)}_{_safe(band)}_s{season}.parquet"
-            )
-            meta = {
-                "object": data.object,
-                "survey": survey,
-                "band": band,
-                "season": season,
-                "time_scale": data.time_scale,
-                "difference": data.difference,
-            }
-            with atomic_path(out) as tmp:
-                write_lc_file(part, tmp, meta=meta)
-            session.add(
-                Lightcurve(
-                    provenance_id=pid,
-                    key=key,
-                    target_id=target_id,
-                    survey=survey,
-                    object_id=data.object,
-                    band=band,
-                    season=str(season),
-                    time_scale=data.time_scale,
-                    mjd_start=float(part["mjd"].min()),
-                    mjd_end=float(part["mjd"].max()),
-                    n_points=len(part),
-                    n_flagged=int(np.sum(np.asarray(part["catflags"]) != 0)),
-                    path=str(out.relative_to(root)),
-                    sha256=sha256_file(out),
-                    meta={"difference": data.difference, "source_file": str(path)},
-                )
-            )
-            n_new += 1
-        session.flush()
-    return n_new, n_known, failures
 
 
 def analysis_provenance(config: AnalysisConfig) -> tuple[str, dict[str, Any]]:
@@ -192,7 +103,7 @@ def analyze(
 ) -> AnalyzeReport:
     """Quality check, finders and (optionally) ``injections`` events per light curve (module doc)."""
     pid, params = analysis_provenance(config)
-    _ensure_provenance(session, pid, ANALYSIS_STAGE, params)
+    ensure_provenance(session, pid, ANALYSIS_STAGE, params)
     report = AnalyzeReport(provenance_id=pid)
     finders = [load_finder(p) for p in config.user_finders]
     groups: dict[tuple[str, str], list[Lightcurve]] = defaultdict(list)
