@@ -182,20 +182,25 @@ def choose_reference(
         if f.wcs is None and f.hint is None:
             continue
         try:
-            result = solve_frame(
-                f.sources,
-                shape=f.shape,
-                catalog=catalog,
-                header_wcs=f.wcs,
-                hint=f.hint,
-                config=cfg.series.solve,
-            )
+            result = _solve_own(f, catalog, cfg)
         except SolveError as exc:
             log.info("reference candidate %s not solved: %s", f.name, exc.reason)
             continue
         if result.ok:
             return i
     return order[0]
+
+
+def _solve_own(frame: FrameSources, catalog: Table | None, cfg: SolveSettings) -> SolveResult:
+    """One frame solved on its own: its header WCS, else its pointing hint, against ``catalog``."""
+    return solve_frame(
+        frame.sources,
+        shape=frame.shape,
+        catalog=catalog,
+        header_wcs=frame.wcs,
+        hint=frame.hint,
+        config=cfg.series.solve,
+    )
 
 
 def solve_alone(
@@ -206,14 +211,7 @@ def solve_alone(
     if frame.wcs is None and (catalog is None or frame.hint is None):
         return aligned
     try:
-        alone = solve_frame(
-            frame.sources,
-            shape=frame.shape,
-            catalog=catalog,
-            header_wcs=frame.wcs,
-            hint=frame.hint,
-            config=cfg.series.solve,
-        )
+        alone = _solve_own(frame, catalog, cfg)
     except SolveError as exc:
         aligned.reason = f"{aligned.reason}; alone: {exc.reason}"
         return aligned
