@@ -49,7 +49,8 @@ from darkroom.instruments.profile import (
     header_view,
     match_profile,
 )
-from darkroom.instruments.sitecheck import check_longitude, utc_from_timesys
+from darkroom.instruments.sitecheck import check_longitude, check_named_site, utc_from_timesys
+from darkroom.instruments.sites import KnownSite, find_site
 
 __all__ = ["describe", "normalize"]
 
@@ -814,6 +815,11 @@ def _normalize(
         reader.warn("dark frame with a 0 s exposure (a bias?)")
 
     site_name, lat, lon, height = reader.site()
+    named = _named_site(reader, profile)
+    if named is not None and (lon is None or lat is None):
+        # the name is all there is: the site's position serves the time and the night
+        lon, lat, height, site_name = _apply_named_site(reader, named, lon, lat, height, site_name)
+        named = None
 
     start, how = reader.time(exptime, lon)
     mid = night = None
@@ -824,12 +830,19 @@ def _normalize(
         how = ""
     else:
         start = _honour_timesys(reader, start, how)
-        lon = _cross_check_longitude(reader, lon, start)
+        lon, sidereal = _cross_check_longitude(reader, lon, start)
+        if sidereal:
+            named = None  # the telescope's own sidereal time outranks a name
         mid = start + timedelta(seconds=(exptime or 0.0) / 2.0)
         local_h = lon / 15.0 if lon is not None else _explicit_offset_h(reader)
         shift = timedelta(hours=(local_h or 0.0) - 12.0)
         night_date: date = (mid + shift).date()
         night = night_date.isoformat()
+
+    if named is not None:
+        lon, lat, height, site_name = _apply_named_site(reader, named, lon, lat, height, site_name)
+        if start is not None and mid is not None:
+            night = (mid + timedelta(hours=lon / 15.0 - 12.0)).date().isoformat()
 
     binning = reader.binning()
     filter_name = _filter(reader)
@@ -918,8 +931,37 @@ def _explicit_offset_h(reader: _Reader) -> float | None:
     return None
 
 
-def _cross_check_longitude(reader: _Reader, lon: float | None, start: datetime) -> float | None:
-    """The site longitude, checked against the sidereal time or the UTC offset the header gives."""
+def _named_site(reader: _Reader, profile: InstrumentProfile) -> tuple[KnownSite, str] | None:
+    """The known site the header's site name (then its telescope name) identifies, with the
+    keyword and value that named it (``"OBSERVAT='ARCSAT'"``)."""
+    for keyword in [*profile.site.name, *profile.telescope.keywords]:
+        if reader.present(keyword):
+            value = value_text(reader.view[keyword])
+            found = find_site(value)
+            if found is not None:
+                return found[0], f"{keyword}={value!r}"
+    return None
+
+
+def _apply_named_site(
+    reader: _Reader,
+    named: tuple[KnownSite, str],
+    lon: float | None,
+    lat: float | None,
+    height: float | None,
+    site_name: str | None,
+) -> tuple[float, float, float | None, str]:
+    """The position after checking it against the named site (a warning when it changed)."""
+    site, named_by = named
+    checked = check_named_site(lon, lat, height, site=site, named_by=named_by)
+    if checked.warning:
+        reader.warn(checked.warning)
+    return checked.lon_deg, checked.lat_deg, checked.height_m, site_name or site.name
+
+
+def _cross_check_longitude(reader: _Reader, lon: float | None, start: datetime) -> tuple[float | None, bool]:
+    """The site longitude, checked against the sidereal time or the UTC offset the header gives,
+    and whether a sidereal time (LST or hour angle) was there to check it."""
     lst_deg = source = None
     for key in _LST_KEYWORDS:
         if reader.present(key):
@@ -946,14 +988,14 @@ def _cross_check_longitude(reader: _Reader, lon: float | None, start: datetime) 
             lst_deg, source = (ha_deg + ra) % 360.0, f"{key} + RA"
             break
     if lst_deg is None and lon is None:
-        return None
+        return None, False
     offset_h = _explicit_offset_h(reader)
     checked, note = check_longitude(
         lon, utc=start, lst_deg=lst_deg, lst_source=source or "", utc_offset_h=offset_h
     )
     if note:
         reader.warn(note)
-    return checked
+    return checked, lst_deg is not None
 
 
 def _infer_type(reader: _Reader, exptime: float | None, data: np.ndarray | None) -> tuple[str, str]:

@@ -6,6 +6,10 @@
   local ``DATE-OBS`` (``-07:00``) fixes its sign. The header value is kept when it agrees,
   flipped when its negation agrees, and replaced by the sidereal-time longitude when
   neither does; each decision comes with a warning.
+* :func:`check_named_site` -- a header that names a known observatory (``OBSERVAT``,
+  ``TELESCOP``; :mod:`darkroom.instruments.sites`) but gives no position gets the site's;
+  one whose longitude is the site's negated is flipped; one that disagrees in either sign
+  is refused for the site's position. Used when no sidereal time speaks for the site.
 * :func:`utc_from_timesys` -- TAI, TT and GPS time stamps converted to UTC with the
   leap-second table of ERFA (no download).
 
@@ -14,9 +18,12 @@ Angles in degrees, longitude east positive; times naive ``datetime``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-__all__ = ["check_longitude", "gmst_deg", "utc_from_timesys"]
+from darkroom.instruments.sites import KnownSite
+
+__all__ = ["NamedSiteCheck", "check_longitude", "check_named_site", "gmst_deg", "utc_from_timesys"]
 
 _JD_UNIX0 = 2440587.5
 _EPOCH = datetime(1970, 1, 1)
@@ -88,6 +95,65 @@ def check_longitude(
                 f"{utc_offset_h:+.1f} h puts the site near {zone_lon:+.0f} deg; used {-lon_deg:+.3f}"
             )
     return lon_deg, None
+
+
+# A header position this close to its named site's is the same site (an observatory's domes
+# spread over a few km; 1 deg in longitude moves the local night by 4 min).
+NAMED_SITE_TOLERANCE_DEG = 1.0
+
+
+@dataclass(frozen=True)
+class NamedSiteCheck:
+    """The site position after the named-site check [deg east, deg, m] and the warning, if any."""
+
+    lon_deg: float
+    lat_deg: float
+    height_m: float | None
+    warning: str | None
+
+
+def check_named_site(
+    lon_deg: float | None,
+    lat_deg: float | None,
+    height_m: float | None,
+    *,
+    site: KnownSite,
+    named_by: str,
+) -> NamedSiteCheck:
+    """Check a header's site position against the known site its name identifies.
+
+    Parameters
+    ----------
+    lon_deg, lat_deg, height_m
+        The header's position (longitude read as east positive) or None where absent.
+    site
+        The known site ``named_by`` (e.g. ``"OBSERVAT='Paul P. Feder Observatory'"``) matches.
+    """
+    where = f"{site.name} ({site.lat_deg:+.2f}, {site.lon_deg:+.2f})"
+    if lon_deg is None or lat_deg is None:
+        return NamedSiteCheck(
+            site.lon_deg if lon_deg is None else lon_deg,
+            site.lat_deg if lat_deg is None else lat_deg,
+            site.height_m if height_m is None else height_m,
+            f"site position from {named_by}: {where}",
+        )
+    lat_ok = abs(lat_deg - site.lat_deg) <= NAMED_SITE_TOLERANCE_DEG
+    if lat_ok and abs(_wrap(lon_deg - site.lon_deg)) <= NAMED_SITE_TOLERANCE_DEG:
+        return NamedSiteCheck(lon_deg, lat_deg, height_m, None)
+    if lat_ok and abs(_wrap(-lon_deg - site.lon_deg)) <= NAMED_SITE_TOLERANCE_DEG:
+        return NamedSiteCheck(
+            -lon_deg,
+            lat_deg,
+            height_m,
+            f"site longitude {lon_deg:+.3f} read as west-positive: {named_by} is {where}; used {-lon_deg:+.3f}",
+        )
+    return NamedSiteCheck(
+        site.lon_deg,
+        site.lat_deg,
+        site.height_m,
+        f"site position ({lat_deg:+.3f}, {lon_deg:+.3f}) disagrees with {named_by}, {where}, in either sign: "
+        "refused, used the named site's",
+    )
 
 
 _TIMESYS_OFFSETS_S = {"GPS": 19.0}  # TAI - GPS [s]
