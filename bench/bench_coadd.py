@@ -171,7 +171,7 @@ def run(size: int, n: int, with_ccdproc: bool, ccd_size: int) -> list[dict]:
 
 
 def _row(stage, size, n, method, seconds, peak_mb, t_ref, m_ref) -> dict:
-    return {
+    row = {
         "stage": stage,
         "size": f"{n} x {size}^2",
         "method": method,
@@ -180,6 +180,13 @@ def _row(stage, size, n, method, seconds, peak_mb, t_ref, m_ref) -> dict:
         "time/darkroom": seconds / t_ref,
         "memory/darkroom": peak_mb / m_ref,
     }
+    # printed as soon as measured: a full-size run takes tens of minutes and may be stopped
+    print(
+        f"{row['stage']:8s}  {row['size']:14s}  {method:36s}  {seconds:8.1f} s  {peak_mb:8.0f} MB"
+        f"  time/darkroom {row['time/darkroom']:.2f}  memory/darkroom {row['memory/darkroom']:.2f}",
+        flush=True,
+    )
+    return row
 
 
 def main() -> None:
@@ -189,7 +196,11 @@ def main() -> None:
     ap.add_argument("--no-ccdproc", action="store_true")
     ap.add_argument("--ccdproc-size", type=int, default=None, help="frame size for the ccdproc row (memory)")
     args = ap.parse_args()
+    print(
+        f"{args.n} frames of {args.size}^2 (ccdproc rows at {args.ccdproc_size or args.size}^2)", flush=True
+    )
     rows = run(args.size, args.n, not args.no_ccdproc, args.ccdproc_size or args.size)
+    print()
     print_table(rows)
 
 
