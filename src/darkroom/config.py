@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from darkroom.analysis.finders import AnalysisConfig
 from darkroom.astrom.settings import SolveSettings
 from darkroom.calib.settings import CalibSettings
-from darkroom.detect.quality import QualityLimits
-from darkroom.detect.settings import ExtractSettings
+from darkroom.detect.settings import ExtractSettings, QualityLimits
 from darkroom.errors import ConfigError
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.phot.settings import MeasureSettings

@@ -16,38 +16,16 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 from scipy.stats import poisson
 
+from darkroom.astrom.settings import AsterismConfig
 from darkroom.astrom.transform import AffineTransform, fit_similarity
 from darkroom.errors import SolveError
 
 __all__ = ["AsterismConfig", "AsterismMatch", "match_asterisms", "nearest_pairs"]
 
 log = logging.getLogger(__name__)
-
-
-class AsterismConfig(BaseModel):
-    """Triangle matching parameters (lengths in units of the target list, normally pixels)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_neighbors: int = Field(6, ge=2, le=12, description="neighbours of each point that form its triangles")
-    invariant_tolerance: float = Field(
-        0.015, gt=0, le=0.2, description="largest difference of side ratios of two matching triangles"
-    )
-    match_tolerance: float = Field(
-        1.5, gt=0, description="largest distance of a matched point pair after the transform [target units]"
-    )
-    min_matches: int = Field(6, ge=3, description="fewest matched points that make a match")
-    min_side: float = Field(
-        5.0, ge=0, description="triangles whose longest side is shorter are ignored [source units]"
-    )
-    false_match_probability: float = Field(
-        1e-6, gt=0, lt=0.1, description="accepted probability that the matched pairs are all chance pairs"
-    )
-    n_verify: int = Field(40, ge=1, le=1000, description="most popular transform bins that are verified")
 
 
 @dataclass(frozen=True)

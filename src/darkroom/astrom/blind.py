@@ -34,8 +34,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS, FITSFixedWarning
-from pydantic import BaseModel, ConfigDict, Field
 
+from darkroom.astrom.settings import DEFAULT_INDEX_DIRS, BlindConfig
 from darkroom.errors import SolveError
 
 __all__ = [
@@ -52,43 +52,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INDEX_DIRS = ("/usr/share/astrometry", "/usr/local/astrometry/data", "/usr/local/share/astrometry")
 _ARCMIN_PER_RAD = 180.0 * 60.0 / math.pi
-
-
-class BlindConfig(BaseModel):
-    """Blind solving with astrometry.net (both engines optional)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    engine: str = Field(
-        "auto",
-        pattern="^(auto|solve-field|nova|none)$",
-        description="auto: local solve-field when installed, else nova when an API key is set; none: off",
-    )
-    index_dirs: tuple[str, ...] = Field(
-        DEFAULT_INDEX_DIRS, description="folders of astrometry.net index files (index-*.fits)"
-    )
-    scale_tolerance: float = Field(
-        0.3, gt=0, lt=1, description="pixel-scale search range: hint x (1 -/+ this) [fraction]"
-    )
-    min_quad_fraction: float = Field(
-        0.1, gt=0, le=1, description="smallest quad scale used, as a fraction of the field's shorter side"
-    )
-    max_sources: int = Field(300, ge=10, le=5000, description="brightest sources handed to the solver")
-    tweak_order: int = Field(
-        1,
-        ge=0,
-        le=4,
-        description="SIP order solve-field fits to its matches (1: plain TAN; darkroom's own TAN-SIP fit "
-        "against the reference catalogue refines it)",
-    )
-    cpu_limit_s: int = Field(60, ge=1, le=3600, description="solve-field's CPU limit [s]")
-    nova_api_key: str | None = Field(
-        None, description="nova.astrometry.net API key (or the environment's ASTROMETRY_NET_API_KEY)"
-    )
-    nova_api_url: str | None = Field(None, description="service URL; None: nova.astrometry.net")
-    nova_timeout_s: int = Field(300, ge=10, le=3600, description="how long to wait for the service [s]")
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
-from darkroom.astrom.asterism import AsterismConfig, match_asterisms, nearest_pairs
+from darkroom.astrom.asterism import match_asterisms, nearest_pairs
+from darkroom.astrom.settings import AlignConfig, SeriesConfig
 from darkroom.astrom.solve import (
     PointingHint,
-    SolveConfig,
     SolveResult,
     check_header_wcs,
     solve_frame,
@@ -47,47 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class AlignConfig(BaseModel):
-    """Frame-to-frame alignment parameters."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_match_sources: int = Field(
-        50, ge=6, le=1000, description="brightest sources of each frame for the asterism match"
-    )
-    scale_tolerance: float = Field(
-        0.03, gt=0, le=0.5, description="relative scale difference allowed between frames"
-    )
-    allow_reflection: bool = Field(
-        False, description="allow mirrored frames (e.g. after a meridian flip with a mirror)"
-    )
-    transform: Literal["auto", "affine", "similarity"] = Field(
-        "auto",
-        description="'affine' (6 parameters), 'similarity' (shift, rotation, scale) or 'auto': affine "
-        "from min_affine_pairs matched stars on, similarity below",
-    )
-    min_affine_pairs: int = Field(
-        40, ge=6, description="'auto' fits an affine transform from this many pairs"
-    )
-    asterism: AsterismConfig = Field(default_factory=AsterismConfig, description="triangle matching")
-    match_radius_pix: float = Field(
-        3.0, gt=0, le=100, description="initial pair radius after the asterism match [pixels]"
-    )
-    min_match_radius_pix: float = Field(
-        0.5, gt=0, le=20, description="the pair radius never shrinks below [pixels]"
-    )
-    clip_sigma: float = Field(3.0, gt=1, le=10, description="pairs beyond this many sigma are rejected")
-    good_rms_pix: float = Field(0.3, gt=0, description="'good' needs an rms at most this [pixels]")
-    marginal_rms_pix: float = Field(1.0, gt=0, description="'marginal' needs an rms at most this [pixels]")
-    good_min_matches: int = Field(10, ge=3, description="'good' needs at least this many pairs")
-    marginal_min_matches: int = Field(5, ge=3, description="'marginal' needs at least this many pairs")
-    flux_column: str = Field("flux_aper_adu", description="source column that ranks brightness")
-    exclude_sharp: bool = Field(
-        True,
-        description="ignore sources flagged 'sharp' (hot pixels stay put between frames) when 10 others remain",
-    )
 
 
 @dataclass(frozen=True)
@@ -218,35 +175,6 @@ class FrameSources:
     wcs: WCS | None = None  #: header WCS, if any
     hint: PointingHint | None = None  #: pointing hint, if any
     name: str = ""  #: for messages
-
-
-class SeriesConfig(BaseModel):
-    """How a series of frames of one field is solved."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    solve: SolveConfig = Field(
-        default_factory=SolveConfig, description="single-frame solver (reference frame)"
-    )
-    align: AlignConfig = Field(default_factory=AlignConfig, description="frame-to-reference alignment")
-    refine_with_catalog: bool = Field(
-        True,
-        description="with a catalog, refine each carried-over WCS against it (method 'relative_refined')",
-    )
-    max_chain_tries: int = Field(
-        3, ge=0, le=20, description="frames that fail to align directly try this many aligned neighbours"
-    )
-    static_fraction: float | None = Field(
-        0.5,
-        gt=0,
-        le=1,
-        description="a source found at the same detector pixel in this fraction of the frames whose field "
-        "moved is fixed to the detector (hot pixel, bad column) and ignored; None keeps every source",
-    )
-    static_radius_pix: float = Field(0.7, gt=0, le=5, description="'same detector pixel' tolerance [pixels]")
-    static_min_shift_pix: float = Field(
-        3.0, gt=0, le=1000, description="frames whose field moved less than this are not compared [pixels]"
-    )
 
 
 _Aligned = tuple[Alignment | None, AffineTransform | None, list[str]]

@@ -27,7 +27,8 @@ from astropy.table import Table
 from astropy.wcs import WCS
 from pydantic import BaseModel, ConfigDict, Field
 
-from darkroom.astrom.asterism import AsterismConfig, match_asterisms, nearest_pairs
+from darkroom.astrom.asterism import match_asterisms, nearest_pairs
+from darkroom.astrom.settings import SolveConfig
 from darkroom.astrom.tangent import from_tangent_plane, to_tangent_plane
 from darkroom.astrom.transform import AffineTransform
 from darkroom.astrom.wcsfit import TanSipModel, fit_tan_sip, pixel_scale_arcsec, sip_order_for
@@ -62,58 +63,6 @@ class PointingHint(BaseModel):
     ra_deg: float = Field(ge=0, lt=360, description="RA of the image centre (ICRS) [deg]")
     dec_deg: float = Field(ge=-90, le=90, description="Dec of the image centre [deg]")
     pixel_scale_arcsec: float = Field(gt=0, le=3600, description="pixel scale [arcsec/pixel]")
-
-
-class SolveConfig(BaseModel):
-    """Parameters of the single-frame solver."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    min_sources: int = Field(5, ge=3, description="fewer detected sources raise SolveError")
-    n_match_sources: int = Field(
-        40, ge=6, le=500, description="brightest sources used for the asterism match"
-    )
-    search_radius_deg: float = Field(
-        2.0, gt=0, le=30, description="how far the field centre may be from the hint [deg]"
-    )
-    scale_tolerance: float = Field(
-        0.1, gt=0, le=0.5, description="relative uncertainty of the hinted pixel scale"
-    )
-    allow_reflection: bool = Field(True, description="try both image parities (mirrored optics)")
-    catalog_density_factor: float = Field(
-        1.5, gt=0.2, le=10, description="reference stars used for matching per source, per image area"
-    )
-    asterism: AsterismConfig = Field(default_factory=AsterismConfig, description="triangle matching")
-    match_radius_pix: float = Field(
-        5.0, gt=0, le=200, description="initial cross-match radius of sources and catalog stars [pixels]"
-    )
-    min_match_radius_pix: float = Field(
-        1.0, gt=0, le=50, description="the cross-match radius never shrinks below this [pixels]"
-    )
-    n_iterations: int = Field(6, ge=1, le=50, description="cross-match and fit rounds")
-    clip_sigma: float = Field(3.0, gt=1, le=10, description="pairs beyond this many sigma are rejected")
-    sip_order: int | None = Field(
-        None, ge=1, le=5, description="polynomial order (1 = TAN); None chooses by the number of stars"
-    )
-    max_sip_order: int = Field(3, ge=1, le=5, description="highest order the automatic choice may take")
-    good_rms_pix: float = Field(0.5, gt=0, description="'good' needs an rms at most this [pixels]")
-    marginal_rms_pix: float = Field(1.0, gt=0, description="'marginal' needs an rms at most this [pixels]")
-    good_min_matches: int = Field(10, ge=3, description="'good' needs at least this many matched stars")
-    marginal_min_matches: int = Field(
-        5, ge=3, description="'marginal' needs at least this many matched stars"
-    )
-    min_match_fraction: float = Field(
-        0.1,
-        ge=0,
-        le=1,
-        description="'good' needs this fraction of min(sources, catalog stars in field) matched",
-    )
-    flux_column: str = Field(
-        "flux_aper_adu", description="source column that ranks brightness ('flux' is tried when missing)"
-    )
-    exclude_sharp: bool = Field(
-        True, description="ignore sources flagged 'sharp' (hot pixels, cosmic rays) when 10 others remain"
-    )
 
 
 @dataclass

@@ -13,93 +13,55 @@ Pure functions on arrays, headers and :class:`~darkroom.instruments.metadata.Fra
 * :mod:`.process` -- calibrate one frame into SCI / MASK / VAR.
 """
 
-from .badpix import (
-    BadPixelConfig,
-    BadPixelMask,
-    BadPixelReason,
-    UserBadPixels,
-    build_bad_pixel_mask,
-    parse_user_badpixels,
-    read_user_badpixels,
-)
-from .combine import CombineConfig, CombineResult, combine_frames
-from .cosmics import CosmicRayConfig, CosmicRayResult, detect_cosmic_rays
-from .grouping import (
-    CalibGroup,
-    CalibKey,
-    GroupingConfig,
-    MasterRecord,
-    group_calibration_frames,
-    select_master,
-)
-from .masters import (
-    MasterComparison,
-    MasterComparisonConfig,
-    MasterConfig,
-    MasterFrame,
-    compare_masters,
-    make_master_bias,
-    make_master_dark,
-    make_master_flat,
-    master_from_hdus,
-    master_to_hdus,
-)
-from .noise import (
-    GainReadNoise,
-    LinearityResult,
-    PTCConfig,
-    PTCResult,
-    linearity_from_flats,
-    photon_transfer_curve,
-    two_frame_gain_read_noise,
-)
-from .overscan import OverscanConfig, parse_section, subtract_overscan, trim_image
-from .process import CalibratedFrame, CalibrationConfig, RequireConfig, calibrate_frame, prepare_raw
+from darkroom._lazy import lazy_exports
 
-__all__ = [
-    "BadPixelConfig",
-    "BadPixelMask",
-    "BadPixelReason",
-    "CalibGroup",
-    "CalibKey",
-    "CalibratedFrame",
-    "CalibrationConfig",
-    "CombineConfig",
-    "CombineResult",
-    "CosmicRayConfig",
-    "CosmicRayResult",
-    "GainReadNoise",
-    "GroupingConfig",
-    "LinearityResult",
-    "MasterComparison",
-    "MasterComparisonConfig",
-    "MasterConfig",
-    "MasterFrame",
-    "MasterRecord",
-    "OverscanConfig",
-    "PTCConfig",
-    "PTCResult",
-    "RequireConfig",
-    "UserBadPixels",
-    "build_bad_pixel_mask",
-    "calibrate_frame",
-    "combine_frames",
-    "compare_masters",
-    "detect_cosmic_rays",
-    "group_calibration_frames",
-    "linearity_from_flats",
-    "make_master_bias",
-    "make_master_dark",
-    "make_master_flat",
-    "master_from_hdus",
-    "master_to_hdus",
-    "parse_section",
-    "parse_user_badpixels",
-    "photon_transfer_curve",
-    "prepare_raw",
-    "read_user_badpixels",
-    "select_master",
-    "subtract_overscan",
-    "trim_image",
-    "two_frame_gain_read_noise",
-]
+# what each submodule exports; loaded when first asked for (importing a package's settings
+# module must not import its algorithms)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "settings": [
+            "BadPixelConfig",
+            "CalibrationConfig",
+            "CombineConfig",
+            "CosmicRayConfig",
+            "GroupingConfig",
+            "MasterComparisonConfig",
+            "MasterConfig",
+            "OverscanConfig",
+            "RequireConfig",
+        ],
+        "badpix": [
+            "BadPixelMask",
+            "BadPixelReason",
+            "UserBadPixels",
+            "build_bad_pixel_mask",
+            "parse_user_badpixels",
+            "read_user_badpixels",
+        ],
+        "combine": ["CombineResult", "combine_frames"],
+        "cosmics": ["CosmicRayResult", "detect_cosmic_rays"],
+        "grouping": ["CalibGroup", "CalibKey", "MasterRecord", "group_calibration_frames", "select_master"],
+        "masters": [
+            "MasterComparison",
+            "MasterFrame",
+            "compare_masters",
+            "make_master_bias",
+            "make_master_dark",
+            "make_master_flat",
+            "master_from_hdus",
+            "master_to_hdus",
+        ],
+        "noise": [
+            "GainReadNoise",
+            "LinearityResult",
+            "PTCConfig",
+            "PTCResult",
+            "linearity_from_flats",
+            "photon_transfer_curve",
+            "two_frame_gain_read_noise",
+        ],
+        "overscan": ["parse_section", "subtract_overscan", "trim_image"],
+        "process": ["CalibratedFrame", "calibrate_frame", "prepare_raw"],
+    },
+)

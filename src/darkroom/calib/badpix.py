@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from darkroom.errors import BadInputError, CalibrationError
 
 from ._stats import MAD_TO_SIGMA
+from .settings import BadPixelConfig
 
 __all__ = [
     "BadPixelConfig",
@@ -63,45 +64,6 @@ class BadPixelReason(IntFlag):
     ROW = 16  #: in a bad row (segment)
     USER = 32  #: listed in the user's file
     NO_DATA = 64  #: NaN in a master
-
-
-class BadPixelConfig(BaseModel):
-    """Thresholds of the bad-pixel detection."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hot_n_sigma: float = Field(
-        6.0, gt=0, le=1e4, description="hot: dark above local level by this many robust sigma [sigma]"
-    )
-    hot_min_adu_per_s: float = Field(
-        0.0, ge=0, description="hot pixels must also exceed this dark-current excess [adu/s]"
-    )
-    flat_low: float = Field(
-        0.5, gt=0, lt=1, description="low: flat below this fraction of the local level [1]"
-    )
-    flat_high: float = Field(
-        1.5, gt=1, le=100, description="high: flat above this multiple of the local level [1]"
-    )
-    smooth_box_pix: int = Field(
-        64, ge=4, le=4096, description="box of the block-median local level (vignetting, glow) [pixels]"
-    )
-    line_n_sigma: float = Field(
-        6.0,
-        gt=0,
-        le=1e4,
-        description="bad column/row: profile off its sliding median by this many sigma [sigma]",
-    )
-    line_window_pix: int = Field(
-        31, ge=5, le=4001, description="sliding window of the profile median and sigma [pixels]"
-    )
-    line_min_deviation: float = Field(
-        0.0,
-        ge=0,
-        description="bad lines must also deviate by this much from the sliding median (profile units)",
-    )
-    n_segments: int = Field(4, ge=1, le=64, description="stripes along the line in which profiles are taken")
-    do_columns: bool = Field(True, description="look for bad columns")
-    do_rows: bool = Field(True, description="look for bad rows")
 
 
 @dataclass(frozen=True)

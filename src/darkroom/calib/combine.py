@@ -20,15 +20,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import Protocol
 
 import bottleneck as bn
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError
 
 from ._stats import subsample_rows
+from .settings import CombineConfig
 
 __all__ = ["CombineConfig", "CombineResult", "NoiseModel", "combine_frames"]
 
@@ -39,25 +39,6 @@ class _RowSliceable(Protocol):
     shape: tuple[int, ...]
 
     def __getitem__(self, key: slice) -> np.ndarray: ...
-
-
-class CombineConfig(BaseModel):
-    """How a stack of frames is combined."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: Literal["mean", "median"] = Field(
-        "mean",
-        description="statistic of the kept values: mean (lowest noise) or median (most robust)",
-    )
-    do_clip: bool = Field(True, description="reject outliers around the per-pixel median (needs >= 3 frames)")
-    n_sigma_low: float = Field(3.0, gt=0, le=100, description="rejection below the median [expected sigma]")
-    n_sigma_high: float = Field(3.0, gt=0, le=100, description="rejection above the median [expected sigma]")
-    chunk_mb: float = Field(16.0, ge=1, le=65536, description="memory for the stacked block of rows [MiB]")
-    n_noise_rows: int = Field(
-        24, ge=4, le=100000, description="rows sampled to measure the noise-versus-level model [rows]"
-    )
-    n_noise_bins: int = Field(16, ge=1, le=256, description="signal-level bins of the noise model")
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
 
 import bottleneck as bn
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage as ndi
 
 from darkroom.errors import BadInputError
 from darkroom.robust import median
+
+from .settings import CosmicRayConfig
 
 __all__ = ["CosmicRayConfig", "CosmicRayResult", "detect_cosmic_rays"]
 
@@ -46,20 +46,6 @@ log = logging.getLogger(__name__)
 
 _F32 = np.float32
 _BATCH = 8192  # candidates evaluated together (bounds the patch memory to ~60 MB)
-
-
-class CosmicRayConfig(BaseModel):
-    """L.A.Cosmic parameters (astroscrappy's names and defaults)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    engine: Literal["sparse", "astroscrappy"] = Field(
-        "sparse", description="sparse re-implementation (same decisions, faster) or astroscrappy itself"
-    )
-    sigclip: float = Field(4.5, gt=0, le=1000, description="Laplacian-to-noise detection limit [sigma]")
-    sigfrac: float = Field(0.3, gt=0, le=1, description="neighbour limit as a fraction of sigclip [1]")
-    objlim: float = Field(5.0, gt=0, le=1000, description="minimum contrast Laplacian / fine structure [1]")
-    niter: int = Field(4, ge=1, le=20, description="L.A.Cosmic iterations")
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, MissingCalibrationError
+
+from .settings import GroupingConfig
 
 __all__ = [
     "CalibGroup",
@@ -42,38 +44,6 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["bias", "dark", "flat"]
 _KINDS: tuple[str, ...] = ("bias", "dark", "flat")
-
-
-class GroupingConfig(BaseModel):
-    """Rules for grouping calibration frames and matching masters to frames."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    temp_tolerance_c: float = Field(
-        2.0, ge=0, le=100, description="largest |CCD temperature - set point|, and set-point mismatch [deg C]"
-    )
-    exptime_tolerance_s: float = Field(
-        0.5, ge=0, le=3600, description="exposure times closer than this are equal (darks) [s]"
-    )
-    group_by_night: bool = Field(
-        True, description="calibration frames of different nights form separate masters"
-    )
-    dark_scaling: bool = Field(
-        True,
-        description="a dark of another exposure time may be used, scaled, when none matches exactly",
-    )
-    bias_validity_days: float = Field(
-        30.0, ge=0, le=3650, description="bias master validity either side [days]"
-    )
-    dark_validity_days: float = Field(
-        30.0, ge=0, le=3650, description="dark master validity either side [days]"
-    )
-    flat_validity_days: float = Field(
-        7.0, ge=0, le=3650, description="flat master validity either side [days]"
-    )
-
-    def validity(self, kind: str) -> timedelta:
-        return timedelta(days=float(getattr(self, f"{kind}_validity_days")))
 
 
 @dataclass(frozen=True)

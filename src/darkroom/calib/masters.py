@@ -17,12 +17,12 @@ from typing import Literal
 
 import numpy as np
 from astropy.io import fits
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 
 from ._stats import MAD_TO_SIGMA, clipped_mean_std, frame_median, robust_std
-from .combine import CombineConfig, combine_frames
+from .combine import combine_frames
+from .settings import MasterComparisonConfig, MasterConfig
 
 __all__ = [
     "MasterComparison",
@@ -41,35 +41,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MasterKind = Literal["bias", "dark", "flat"]
-
-
-class MasterConfig(BaseModel):
-    """How masters are combined (one combine config per kind)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    bias: CombineConfig = Field(
-        default_factory=lambda: CombineConfig(method="mean"),
-        description="combine of bias frames (clipped mean: lowest noise)",
-    )
-    dark: CombineConfig = Field(
-        default_factory=lambda: CombineConfig(method="mean"),
-        description="combine of bias-subtracted dark frames",
-    )
-    flat: CombineConfig = Field(
-        default_factory=lambda: CombineConfig(method="mean"),
-        description="combine of bias/dark-corrected flats normalised by their median",
-    )
-    min_frames: int = Field(1, ge=1, le=10000, description="fewest frames accepted for a master [frames]")
-    flat_min_level: float = Field(
-        1e-3,
-        gt=0,
-        lt=1,
-        description="flat pixels below this fraction of the median are set to NaN (vignetted/dead) [1]",
-    )
-    dark_exptime_tolerance_s: float = Field(
-        0.5, ge=0, le=3600, description="largest exposure-time difference within one dark group [s]"
-    )
 
 
 @dataclass(frozen=True)
@@ -357,34 +328,6 @@ def make_master_flat(
 
 
 # ---------------------------------------------------------------- comparison
-
-
-class MasterComparisonConfig(BaseModel):
-    """When a new master differs too much from the previous one of its group."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_mean_shift_noise: float = Field(
-        3.0,
-        gt=0,
-        le=1000,
-        description="largest change of the mean level, in units of the larger master noise [noise]",
-    )
-    max_noise_ratio: float = Field(
-        1.5, gt=1, le=100, description="largest ratio of the two masters' robust spatial noise [1]"
-    )
-    pixel_n_sigma: float = Field(
-        5.0, gt=0, le=1000, description="a pixel has changed beyond this many combined sigma [sigma]"
-    )
-    max_changed_fraction: float = Field(
-        0.01, gt=0, le=1, description="largest fraction of changed pixels [1]"
-    )
-    max_residual_scatter: float = Field(
-        2.0,
-        gt=0,
-        le=1000,
-        description="largest robust std of the difference over its expected sigma (structure change) [1]",
-    )
 
 
 @dataclass(frozen=True)

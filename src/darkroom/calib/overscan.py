@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError
 
 from ._stats import MAD_TO_SIGMA
+from .settings import OverscanConfig
 
 __all__ = [
     "OverscanConfig",
@@ -59,23 +59,6 @@ def parse_section(section: str, *, shape: tuple[int, int] | None = None) -> tupl
 def format_section(rows: slice, cols: slice) -> str:
     """Inverse of :func:`parse_section` for 0-based slices with explicit start and stop."""
     return f"[{cols.start + 1}:{cols.stop},{rows.start + 1}:{rows.stop}]"
-
-
-class OverscanConfig(BaseModel):
-    """How the overscan level is measured and subtracted."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    statistic: Literal["median", "clipped_mean"] = Field(
-        "clipped_mean",
-        description="collapse of the overscan across its short axis: median, or mean clipped at n_sigma",
-    )
-    n_sigma: float = Field(3.0, gt=0, le=20, description="clipping threshold for clipped_mean [sigma]")
-    fit: Literal["constant", "poly", "per_line"] = Field(
-        "poly",
-        description="model along the long axis: one constant, a polynomial, or each line on its own",
-    )
-    poly_order: int = Field(3, ge=0, le=10, description="polynomial order when fit='poly'")
 
 
 @dataclass(frozen=True)

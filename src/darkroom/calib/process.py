@@ -23,24 +23,23 @@ import logging
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 from astropy.io import fits
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 from darkroom.maskbits import MaskBit, mask_header_cards
 from darkroom.robust import median
 
 from .badpix import BadPixelMask
-from .cosmics import CosmicRayConfig, detect_cosmic_rays
+from .cosmics import detect_cosmic_rays
 from .grouping import describe_key, required_key
 from .interp import NeighbourFill, neighbour_fill, window_touches
 from .masters import MasterFrame
 from .noise import sky_level_and_noise
-from .overscan import OverscanConfig, overscan_levels, parse_section
-from .starguard import StarGuardConfig, find_stars, protect_stars, tuned_objlim
+from .overscan import overscan_levels, parse_section
+from .settings import CalibrationConfig, RequireConfig, RequireMode
+from .starguard import find_stars, protect_stars, tuned_objlim
 from .variance import flat_divided_variance, poisson_read_variance
 
 __all__ = [
@@ -61,61 +60,6 @@ log = logging.getLogger(__name__)
 _F32 = np.float32
 MASK_DTYPE = np.int32
 _FILL_RADIUS = 2  # half-size of the first window a masked pixel is filled from [pixel]
-
-
-RequireMode = bool | Literal["auto"]
-
-
-class RequireConfig(BaseModel):
-    """Which masters must be present (a missing required master is an error).
-
-    ``True``: required; ``False``: that correction is skipped when no master is given;
-    ``"auto"`` (default): the caller decides -- the pipeline goes on without a kind of
-    master when the night has no frames of that kind at all (one warning per night) and
-    still fails when such frames exist but no master matches; :func:`calibrate_frame`
-    alone goes on and notes it in the history.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    bias: RequireMode = Field("auto", description="a master bias is required (true, false or auto)")
-    dark: RequireMode = Field("auto", description="a master dark is required (true, false or auto)")
-    flat: RequireMode = Field("auto", description="a master flat is required (true, false or auto)")
-
-
-class CalibrationConfig(BaseModel):
-    """How a frame is calibrated."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    require: RequireConfig = Field(default_factory=RequireConfig, description="masters that must be given")
-    do_overscan: bool = Field(True, description="subtract the overscan when the metadata has a section")
-    do_trim: bool = Field(True, description="trim to the metadata's trim section")
-    overscan: OverscanConfig = Field(default_factory=OverscanConfig)
-    default_saturation_adu: float | None = Field(
-        65535.0, gt=0, description="saturation when the metadata has none [adu, raw]; None: no SAT flags"
-    )
-    dark_exptime_tolerance_s: float = Field(
-        0.5, ge=0, le=3600, description="largest exptime difference for a dark that includes the bias [s]"
-    )
-    min_flat: float = Field(
-        0.05, gt=0, lt=1, description="flat values below this are treated as no response (BAD) [1]"
-    )
-    do_interpolate_bad: bool = Field(True, description="interpolate BAD pixels (flag INTRP)")
-    estimate_noise: bool = Field(
-        True,
-        description="without gain or read noise in the header, given or measured on the masters: "
-        "estimate them from the sky (flagged in NOISEMOD); false: fail",
-    )
-    do_cosmic_rays: bool = Field(True, description="detect cosmic rays (needs gain and read noise)")
-    do_interpolate_cosmic_rays: bool = Field(True, description="interpolate cosmic-ray pixels (flag INTRP)")
-    cosmic_rays: CosmicRayConfig = Field(default_factory=CosmicRayConfig)
-    star_guard: StarGuardConfig = Field(
-        default_factory=StarGuardConfig, description="keeps cosmic-ray flags off (undersampled) stars"
-    )
-    sky_box_pix: int = Field(
-        64, ge=8, le=4096, description="mesh of the sky model used for cosmic rays [pixels]"
-    )
 
 
 @dataclass(frozen=True)

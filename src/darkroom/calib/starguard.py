@@ -30,59 +30,15 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.special import erf
 
 from darkroom.robust import median
 
+from .settings import StarGuardConfig
+
 __all__ = ["StarGuardConfig", "StarGuardResult", "find_stars", "protect_stars", "tuned_objlim"]
 
 _GAUSS_SIGMA_PER_FWHM = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-
-
-class StarGuardConfig(BaseModel):
-    """How stars are protected from the cosmic-ray step."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    enabled: bool = Field(True, description="clear cosmic-ray flags that a star explains")
-    max_fwhm_pix: float = Field(
-        3.0,
-        gt=0,
-        le=50,
-        description="flags are checked only on frames whose FWHM is below this [pixel]: L.A.Cosmic's "
-        "own fine-structure test protects well-sampled stars",
-    )
-    detect_sigma: float = Field(3.0, gt=0, le=100, description="source detection limit per pixel [sigma]")
-    peak_ratio_margin: float = Field(
-        1.6,
-        ge=1,
-        le=5,
-        description="a star's peak/flux may exceed the PSF's pixel-centred value by this factor",
-    )
-    protect_radius_fwhm: float = Field(
-        1.5, gt=0, le=10, description="radius around a star where flags are checked [FWHM]"
-    )
-    psf_tolerance: float = Field(
-        0.7,
-        ge=0,
-        le=10,
-        description="a flagged pixel must exceed (1 + this) x the star model to stay flagged",
-    )
-    min_width_fraction: float = Field(
-        0.7, ge=0, le=1, description="a star's minor axis is at least this fraction of the typical star's"
-    )
-    max_misfit: float = Field(
-        0.6,
-        gt=0,
-        le=10,
-        description="a candidate is a star when the residual power of the PSF fit on its unflagged "
-        "pixels is below this fraction of the model's power (plus twice the noise)",
-    )
-    nsigma: float = Field(5.0, gt=0, le=100, description="and the model by this many sigma [sigma]")
-    default_fwhm_pix: float = Field(
-        2.0, gt=0.3, le=50, description="FWHM when too few stars measure it [pixel]"
-    )
 
 
 @dataclass(frozen=True)

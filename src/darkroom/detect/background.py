@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import sep
-from pydantic import BaseModel, ConfigDict, Field
 
+from darkroom.detect.settings import BackgroundConfig
 from darkroom.errors import BadInputError
-from darkroom.maskbits import MaskBit
 
 __all__ = [
     "Background",
@@ -25,25 +24,6 @@ __all__ = [
     "mask_bits_set",
     "native_mask",
 ]
-
-DEFAULT_MASK_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.EDGE | MaskBit.NO_DATA)
-
-
-class BackgroundConfig(BaseModel):
-    """How the background mesh is built (SExtractor BACK_SIZE / BACK_FILTERSIZE)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    box_size_pix: int = Field(64, ge=4, le=4096, description="mesh box width and height [pixels]")
-    filter_size: int = Field(3, ge=1, le=15, description="median filter over mesh boxes [boxes]")
-    filter_threshold_adu: float = Field(
-        0.0, ge=0, description="only filter boxes that differ from the median by more than this [adu]"
-    )
-    mask_bits: int = Field(
-        DEFAULT_MASK_BITS,
-        ge=0,
-        description="MASK bits whose pixels are left out (default BAD|SAT|CR|EDGE|NO_DATA)",
-    )
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,11 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from typing import Literal
 
 import astropy.units as u
 import numpy as np
 import sep
 from astropy.table import Table
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
 from darkroom.detect.background import (
@@ -38,6 +36,7 @@ from darkroom.detect.background import (
     native_mask,
 )
 from darkroom.detect.psf import fit_gaussian_stamps, measure_psf
+from darkroom.detect.settings import DetectConfig
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
 
@@ -114,80 +113,6 @@ def gaussian_kernel(fwhm_pix: float) -> np.ndarray:
     prof = np.exp(-0.5 * (grid / sigma) ** 2)
     kernel = np.outer(prof, prof)
     return kernel / kernel.sum()
-
-
-class DetectConfig(BaseModel):
-    """Detection and measurement parameters (SExtractor names in brackets)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    threshold_sigma: float = Field(
-        3.0, gt=0, le=1000, description="detection threshold, multiples of the background rms [DETECT_THRESH]"
-    )
-    noise: Literal["map", "global"] = Field(
-        "map", description="threshold and errors use the rms map or its global value"
-    )
-    min_area_pix: int = Field(
-        5, ge=1, le=10000, description="minimum pixels above threshold [DETECT_MINAREA]"
-    )
-    filter: Literal["gauss", "sextractor_default", "none"] = Field(
-        "gauss",
-        description="matched filter: a Gaussian of filter_fwhm_pix, SExtractor's 3x3 default.conv, or none",
-    )
-    filter_fwhm_pix: float = Field(3.0, gt=0.5, le=30, description="FWHM of the Gaussian filter [pixels]")
-    deblend_n_thresh: int = Field(32, ge=1, le=256, description="deblending sub-thresholds [DEBLEND_NTHRESH]")
-    deblend_cont: float = Field(
-        0.005, ge=0, le=1, description="minimum contrast to deblend; 1 turns deblending off [DEBLEND_MINCONT]"
-    )
-    clean: bool = Field(True, description="remove spurious detections near bright ones [CLEAN]")
-    clean_param: float = Field(1.0, gt=0, le=10, description="cleaning efficiency [CLEAN_PARAM]")
-    mask_bits: int = Field(
-        int(MaskBit.BAD | MaskBit.CR | MaskBit.NO_DATA),
-        ge=0,
-        description="MASK bits whose pixels cannot be detected (default BAD|CR|NO_DATA; SAT is kept so "
-        "saturated stars are found and counted)",
-    )
-    aperture_radius_pix: float = Field(
-        5.0, gt=0, le=200, description="radius of the quick aperture flux [pixels] [PHOT_APERTURES/2]"
-    )
-    window_centroid: bool = Field(
-        True, description="refine centroids with a Gaussian window of the source's size [XWIN_IMAGE]"
-    )
-    centroid_fit: Literal["auto", "always", "never"] = Field(
-        "auto",
-        description="replace the centroid by a pixel-integrated Gaussian fit: always, never, or (auto) when "
-        "the stars are undersampled (median FWHM below undersampled_fwhm_pix), where windowed centroids "
-        "lock onto pixel centres",
-    )
-    undersampled_fwhm_pix: float = Field(
-        2.0,
-        ge=0,
-        le=20,
-        description="'auto' centroid fits below this median half-light FWHM of bright stars [pixels]",
-    )
-    psf_n_stars: int = Field(
-        30,
-        ge=0,
-        le=500,
-        description="brightest isolated unsaturated stars fitted with a Moffat profile for the FWHM; "
-        "0 = no fit (fwhm_pix is then that of a Gaussian with the half-light radius)",
-    )
-    psf_min_snr: float = Field(
-        20.0, gt=0, le=1e6, description="minimum aperture signal-to-noise of a star fitted for the PSF"
-    )
-    psf_isolation_fwhm: float = Field(
-        3.0, ge=0, le=50, description="stars fitted for the PSF have no detected neighbour within this [FWHM]"
-    )
-    sharp_fwhm_pix: float = Field(
-        1.0,
-        ge=0,
-        le=10,
-        description="sources whose half-light radius is that of a Gaussian with a smaller FWHM are flagged "
-        "'sharp' (hot pixels, cosmic rays) [pixels]",
-    )
-    max_sources: int = Field(
-        200_000, ge=1, description="keep at most this many sources (the brightest by aperture flux)"
-    )
 
 
 @contextlib.contextmanager

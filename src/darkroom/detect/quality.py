@@ -18,6 +18,7 @@ from astropy.time import Time
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.detect.background import Background
+from darkroom.detect.settings import QualityConfig, QualityLimits
 from darkroom.errors import BadInputError
 
 __all__ = [
@@ -32,28 +33,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class QualityConfig(BaseModel):
-    """Which sources count as stars for the FWHM and ellipticity of a frame."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    min_snr: float = Field(20.0, gt=0, description="minimum aperture signal-to-noise of a star")
-    min_fwhm_pix: float = Field(
-        0.8, ge=0, description="smaller sources are hot pixels or cosmic rays [pixels]"
-    )
-    isolation_fwhm: float = Field(
-        3.0, ge=0, description="stars with a neighbour closer than this many FWHM are ignored [FWHM]"
-    )
-    edge_margin_pix: float = Field(5.0, ge=0, description="stars closer to the edge are ignored [pixels]")
-    clip_sigma: float = Field(3.0, gt=0, description="sigma clipping of the per-star FWHM and ellipticity")
-    min_fwhm_for_shape_pix: float = Field(
-        1.5,
-        ge=0,
-        description="below this median FWHM stars are undersampled and their shape is the pixel grid's: "
-        "the ellipticity is not reported [pixels]",
-    )
 
 
 class ImageQuality(BaseModel):
@@ -157,21 +136,6 @@ def measure_image_quality(
         n_sources=len(catalog),
         n_saturated=int(np.count_nonzero(catalog["saturated"])) if len(catalog) else 0,
         n_stars=n_stars,
-    )
-
-
-class QualityLimits(BaseModel):
-    """Limits beyond which a frame is poor; None switches a limit off."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_fwhm_arcsec: float | None = Field(None, gt=0, description="largest acceptable FWHM [arcsec]")
-    max_fwhm_pix: float | None = Field(None, gt=0, description="largest acceptable FWHM [pixels]")
-    max_ellipticity: float | None = Field(0.3, ge=0, le=1, description="largest acceptable 1 - b/a")
-    min_n_sources: int | None = Field(10, ge=0, description="fewest acceptable detected sources")
-    max_sky_adu: float | None = Field(None, description="brightest acceptable sky level [adu]")
-    max_fwhm_ratio: float | None = Field(
-        None, gt=1, description="largest acceptable FWHM relative to the night's median FWHM [pixels/pixels]"
     )
 
 

@@ -17,17 +17,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 import sep
 from astropy.table import Table
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.spatial import cKDTree
 
 from darkroom.errors import BadInputError, ConfigError
 from darkroom.maskbits import MaskBit
 from darkroom.phot.flags import PhotFlag
+from darkroom.phot.settings import ApertureConfig, BackgroundStatistic
 
 __all__ = [
     "ApertureConfig",
@@ -39,93 +38,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_ALL_MASK_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.INTRP | MaskBit.EDGE | MaskBit.NO_DATA)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
-BackgroundStatistic = Literal["median", "mean", "mode"]
-
-
-class ApertureConfig(BaseModel):
-    """Apertures, annulus and flag settings of :func:`aperture_photometry`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    radii_pix: tuple[float, ...] = Field(
-        (), description="fixed aperture radii [pixel]; listed first in the output"
-    )
-    radii_fwhm: tuple[float, ...] = Field(
-        (1.0, 1.5, 2.0), description="aperture radii as multiples of the frame FWHM [FWHM]"
-    )
-    ref_aperture: int = Field(
-        1,
-        ge=0,
-        description="index (fixed radii first, then FWHM multiples) of the aperture copied to flux/flux_err/flags",
-    )
-    do_local_background: bool = Field(
-        True,
-        description="subtract the annulus background; off for images whose background is already "
-        "subtracted (bkg and bkg_rms are still measured and reported)",
-    )
-    annulus_in_fwhm: float = Field(4.0, gt=0, le=50, description="inner annulus radius [FWHM]")
-    annulus_out_fwhm: float = Field(6.0, gt=0, le=60, description="outer annulus radius [FWHM]")
-    annulus_in_pix: float | None = Field(
-        None, gt=0, le=500, description="inner annulus radius [pixel]; overrides annulus_in_fwhm"
-    )
-    annulus_out_pix: float | None = Field(
-        None, gt=0, le=600, description="outer annulus radius [pixel]; overrides annulus_out_fwhm"
-    )
-    annulus_statistic: BackgroundStatistic = Field(
-        "median", description="clipped annulus centre: median, mean or mode (2.5 median - 1.5 mean)"
-    )
-    annulus_clip_sigma: float = Field(3.0, gt=0.5, le=10, description="sigma-clipping threshold [sigma]")
-    annulus_clip_iters: int = Field(5, ge=0, le=50, description="maximum clipping iterations")
-    annulus_min_pixels: int = Field(
-        10, ge=3, description="fewer valid annulus pixels than this sets BKG_POOR [count]"
-    )
-    annulus_exclude_bits: int = Field(
-        _ALL_MASK_BITS, ge=0, description="MASK bits whose pixels are left out of the annulus"
-    )
-    neighbour_mask_fwhm: float = Field(
-        1.5,
-        ge=0,
-        le=20,
-        description="annulus pixels within this distance of another source are left out [FWHM]",
-    )
-    exclude_bits: int = Field(
-        int(MaskBit.BAD | MaskBit.NO_DATA),
-        ge=0,
-        description="MASK bits whose pixels are left out of aperture sums; the sum is scaled back "
-        "to the full area with the mean of the other pixels (sep's correction)",
-    )
-    blend_margin_fwhm: float = Field(
-        1.0, ge=0, le=20, description="BLENDED when a neighbour is within radius + this [FWHM]"
-    )
-    self_match_pix: float = Field(
-        1.0, ge=0, le=10, description="a neighbour closer than this is the source itself [pixel]"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> ApertureConfig:
-        n_ap = len(self.radii_pix) + len(self.radii_fwhm)
-        if n_ap == 0:
-            raise ValueError("radii_pix and radii_fwhm are both empty: give at least one aperture")
-        if any(r <= 0 for r in (*self.radii_pix, *self.radii_fwhm)):
-            raise ValueError("radii_pix / radii_fwhm: every radius must be > 0")
-        if self.ref_aperture >= n_ap:
-            raise ValueError(f"ref_aperture={self.ref_aperture} but only {n_ap} apertures are configured")
-        if self.annulus_out_fwhm <= self.annulus_in_fwhm:
-            raise ValueError("annulus_out_fwhm must be larger than annulus_in_fwhm")
-        if (
-            self.annulus_in_pix is not None
-            and self.annulus_out_pix is not None
-            and self.annulus_out_pix <= self.annulus_in_pix
-        ):
-            raise ValueError("annulus_out_pix must be larger than annulus_in_pix")
-        return self
-
-    @property
-    def needs_fwhm(self) -> bool:
-        """True when some radius is given in FWHM units."""
-        return bool(self.radii_fwhm) or self.annulus_in_pix is None or self.annulus_out_pix is None
 
 
 def aperture_radii(config: ApertureConfig, fwhm_pix: float | None) -> tuple[np.ndarray, list[str]]:

@@ -20,11 +20,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 from astropy.table import Table
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, SolveError
-from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
 from darkroom.phot.match import match_catalogs
+from darkroom.phot.settings import ZeroPointConfig
 from darkroom.robust import robust_std
 
 __all__ = [
@@ -41,44 +40,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
-
-
-class ZeroPointConfig(BaseModel):
-    """Matching, star selection and fitting of :func:`calibrate_photometry`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    match_radius_arcsec: float = Field(
-        2.0, gt=0, le=60, description="match radius, a few times the astrometric rms [arcsec]"
-    )
-    fit_colour_term: bool = Field(True, description="fit the colour term c; else hold it at colour_term")
-    colour_term: float = Field(0.0, ge=-5, le=5, description="colour term used when not fitted [mag/mag]")
-    min_colour_range: float = Field(
-        0.2, ge=0, description="fit c only when the used stars' colours span this much [mag]"
-    )
-    clip_sigma: float = Field(3.0, gt=1, le=10, description="residual clipping threshold [robust sigma]")
-    max_iters: int = Field(10, ge=1, le=100, description="maximum clipping iterations")
-    min_stars: int = Field(3, ge=1, description="fewest stars for a solution [count]")
-    max_mag_err: float = Field(
-        0.1, gt=0, le=2, description="drop faint stars with a larger instrumental error [mag]"
-    )
-    ref_mag_min: float | None = Field(None, description="drop reference stars brighter than this [mag]")
-    ref_mag_max: float | None = Field(None, description="drop reference stars fainter than this [mag]")
-    bad_flags: int = Field(
-        DEFAULT_BAD_FLAGS | int(PhotFlag.BLENDED) | int(PhotFlag.CR),
-        ge=0,
-        description="measurements with any of these PhotFlag bits are not used (saturated, ...)",
-    )
-    sys_err_mag: float = Field(
-        0.01, ge=0, le=1, description="added in quadrature to each star's error in the weights [mag]"
-    )
-    ra_col: str = Field("ra", description="RA column of the measurement table [deg]")
-    dec_col: str = Field("dec", description="Dec column of the measurement table [deg]")
-    ref_ra_col: str = Field("ra", description="RA column of the reference catalog [deg]")
-    ref_dec_col: str = Field("dec", description="Dec column of the reference catalog [deg]")
-    ref_mag_col: str = Field("mag", description="magnitude column of the reference catalog [mag]")
-    ref_mag_err_col: str | None = Field("mag_err", description="its error column, if any [mag]")
-    ref_colour_col: str | None = Field("colour", description="colour index column, if any [mag]")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from typing import Literal
 
 import numpy as np
 import sep
@@ -31,49 +30,17 @@ from photutils.psf import (
     SourceGrouper,
     extract_stars,
 )
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
 from darkroom.errors import BadInputError, SolveError
-from darkroom.maskbits import MaskBit
 from darkroom.phot.aperture import _mask_bits_in_apertures, _native
 from darkroom.phot.flags import PhotFlag
+from darkroom.phot.settings import PsfConfig
 
 __all__ = ["PsfConfig", "build_epsf", "psf_photometry"]
 
 log = logging.getLogger(__name__)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
-
-
-class PsfConfig(BaseModel):
-    """Settings of :func:`psf_photometry` and :func:`build_epsf`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: Literal["gaussian", "epsf"] = Field(
-        "gaussian", description="PSF model: Gaussian of the frame FWHM, or an ePSF built from the frame"
-    )
-    fit_half_size_fwhm: float = Field(
-        1.5, gt=0.5, le=10, description="half size of the fitting box [FWHM]; the box is odd-sized"
-    )
-    fit_positions: bool = Field(True, description="fit x/y; False holds them at the given positions")
-    max_shift_pix: float = Field(2.0, gt=0, le=20, description="largest allowed position change [pixel]")
-    group_separation_fwhm: float = Field(
-        2.5, ge=0, le=20, description="stars closer than this are fitted together [FWHM]; 0: never"
-    )
-    exclude_bits: int = Field(
-        int(MaskBit.BAD | MaskBit.SAT | MaskBit.NO_DATA),
-        ge=0,
-        description="MASK bits whose pixels are left out of the fit",
-    )
-    fitter_maxiters: int = Field(100, ge=5, le=10000, description="least-squares iterations per group")
-    epsf_oversampling: int = Field(2, ge=1, le=8, description="ePSF oversampling factor")
-    epsf_max_stars: int = Field(80, ge=5, le=2000, description="brightest isolated stars used for the ePSF")
-    epsf_box_fwhm: float = Field(5.0, ge=2, le=30, description="ePSF cutout size [FWHM] (odd pixels)")
-    epsf_isolation_fwhm: float = Field(
-        4.0, ge=0, le=50, description="ePSF stars have no other source within this [FWHM]"
-    )
-    epsf_maxiters: int = Field(10, ge=1, le=100, description="ePSF builder iterations")
 
 
 def _odd(n: float) -> int:

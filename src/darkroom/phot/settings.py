@@ -1,18 +1,177 @@
-"""The ``photometry.measure`` section of darkroom.yaml (the photometry stage's settings)."""
+"""The ``photometry.measure`` section of darkroom.yaml (the photometry stage's settings) and the
+parameter models of aperture photometry, the zero point and PSF photometry.
+
+The models live here, not beside their algorithms, so that reading a configuration does not
+import sep, scipy or photutils; the algorithm modules re-export the names they use.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from darkroom.catalogs import ReferenceCatalogSource
+from darkroom.catalogs.sources import ReferenceCatalogSource
 from darkroom.maskbits import MaskBit
-from darkroom.phot.aperture import ApertureConfig
-from darkroom.phot.calibrate import ZeroPointConfig
-from darkroom.phot.psf import PsfConfig
+from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
 
-__all__ = ["MeasureSettings"]
+__all__ = ["ApertureConfig", "BackgroundStatistic", "MeasureSettings", "PsfConfig", "ZeroPointConfig"]
+
+_ALL_MASK_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.INTRP | MaskBit.EDGE | MaskBit.NO_DATA)
+BackgroundStatistic = Literal["median", "mean", "mode"]
+
+
+class PsfConfig(BaseModel):
+    """Settings of :func:`psf_photometry` and :func:`build_epsf`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Literal["gaussian", "epsf"] = Field(
+        "gaussian", description="PSF model: Gaussian of the frame FWHM, or an ePSF built from the frame"
+    )
+    fit_half_size_fwhm: float = Field(
+        1.5, gt=0.5, le=10, description="half size of the fitting box [FWHM]; the box is odd-sized"
+    )
+    fit_positions: bool = Field(True, description="fit x/y; False holds them at the given positions")
+    max_shift_pix: float = Field(2.0, gt=0, le=20, description="largest allowed position change [pixel]")
+    group_separation_fwhm: float = Field(
+        2.5, ge=0, le=20, description="stars closer than this are fitted together [FWHM]; 0: never"
+    )
+    exclude_bits: int = Field(
+        int(MaskBit.BAD | MaskBit.SAT | MaskBit.NO_DATA),
+        ge=0,
+        description="MASK bits whose pixels are left out of the fit",
+    )
+    fitter_maxiters: int = Field(100, ge=5, le=10000, description="least-squares iterations per group")
+    epsf_oversampling: int = Field(2, ge=1, le=8, description="ePSF oversampling factor")
+    epsf_max_stars: int = Field(80, ge=5, le=2000, description="brightest isolated stars used for the ePSF")
+    epsf_box_fwhm: float = Field(5.0, ge=2, le=30, description="ePSF cutout size [FWHM] (odd pixels)")
+    epsf_isolation_fwhm: float = Field(
+        4.0, ge=0, le=50, description="ePSF stars have no other source within this [FWHM]"
+    )
+    epsf_maxiters: int = Field(10, ge=1, le=100, description="ePSF builder iterations")
+
+
+class ZeroPointConfig(BaseModel):
+    """Matching, star selection and fitting of :func:`calibrate_photometry`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match_radius_arcsec: float = Field(
+        2.0, gt=0, le=60, description="match radius, a few times the astrometric rms [arcsec]"
+    )
+    fit_colour_term: bool = Field(True, description="fit the colour term c; else hold it at colour_term")
+    colour_term: float = Field(0.0, ge=-5, le=5, description="colour term used when not fitted [mag/mag]")
+    min_colour_range: float = Field(
+        0.2, ge=0, description="fit c only when the used stars' colours span this much [mag]"
+    )
+    clip_sigma: float = Field(3.0, gt=1, le=10, description="residual clipping threshold [robust sigma]")
+    max_iters: int = Field(10, ge=1, le=100, description="maximum clipping iterations")
+    min_stars: int = Field(3, ge=1, description="fewest stars for a solution [count]")
+    max_mag_err: float = Field(
+        0.1, gt=0, le=2, description="drop faint stars with a larger instrumental error [mag]"
+    )
+    ref_mag_min: float | None = Field(None, description="drop reference stars brighter than this [mag]")
+    ref_mag_max: float | None = Field(None, description="drop reference stars fainter than this [mag]")
+    bad_flags: int = Field(
+        DEFAULT_BAD_FLAGS | int(PhotFlag.BLENDED) | int(PhotFlag.CR),
+        ge=0,
+        description="measurements with any of these PhotFlag bits are not used (saturated, ...)",
+    )
+    sys_err_mag: float = Field(
+        0.01, ge=0, le=1, description="added in quadrature to each star's error in the weights [mag]"
+    )
+    ra_col: str = Field("ra", description="RA column of the measurement table [deg]")
+    dec_col: str = Field("dec", description="Dec column of the measurement table [deg]")
+    ref_ra_col: str = Field("ra", description="RA column of the reference catalog [deg]")
+    ref_dec_col: str = Field("dec", description="Dec column of the reference catalog [deg]")
+    ref_mag_col: str = Field("mag", description="magnitude column of the reference catalog [mag]")
+    ref_mag_err_col: str | None = Field("mag_err", description="its error column, if any [mag]")
+    ref_colour_col: str | None = Field("colour", description="colour index column, if any [mag]")
+
+
+class ApertureConfig(BaseModel):
+    """Apertures, annulus and flag settings of :func:`aperture_photometry`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    radii_pix: tuple[float, ...] = Field(
+        (), description="fixed aperture radii [pixel]; listed first in the output"
+    )
+    radii_fwhm: tuple[float, ...] = Field(
+        (1.0, 1.5, 2.0), description="aperture radii as multiples of the frame FWHM [FWHM]"
+    )
+    ref_aperture: int = Field(
+        1,
+        ge=0,
+        description="index (fixed radii first, then FWHM multiples) of the aperture copied to flux/flux_err/flags",
+    )
+    do_local_background: bool = Field(
+        True,
+        description="subtract the annulus background; off for images whose background is already "
+        "subtracted (bkg and bkg_rms are still measured and reported)",
+    )
+    annulus_in_fwhm: float = Field(4.0, gt=0, le=50, description="inner annulus radius [FWHM]")
+    annulus_out_fwhm: float = Field(6.0, gt=0, le=60, description="outer annulus radius [FWHM]")
+    annulus_in_pix: float | None = Field(
+        None, gt=0, le=500, description="inner annulus radius [pixel]; overrides annulus_in_fwhm"
+    )
+    annulus_out_pix: float | None = Field(
+        None, gt=0, le=600, description="outer annulus radius [pixel]; overrides annulus_out_fwhm"
+    )
+    annulus_statistic: BackgroundStatistic = Field(
+        "median", description="clipped annulus centre: median, mean or mode (2.5 median - 1.5 mean)"
+    )
+    annulus_clip_sigma: float = Field(3.0, gt=0.5, le=10, description="sigma-clipping threshold [sigma]")
+    annulus_clip_iters: int = Field(5, ge=0, le=50, description="maximum clipping iterations")
+    annulus_min_pixels: int = Field(
+        10, ge=3, description="fewer valid annulus pixels than this sets BKG_POOR [count]"
+    )
+    annulus_exclude_bits: int = Field(
+        _ALL_MASK_BITS, ge=0, description="MASK bits whose pixels are left out of the annulus"
+    )
+    neighbour_mask_fwhm: float = Field(
+        1.5,
+        ge=0,
+        le=20,
+        description="annulus pixels within this distance of another source are left out [FWHM]",
+    )
+    exclude_bits: int = Field(
+        int(MaskBit.BAD | MaskBit.NO_DATA),
+        ge=0,
+        description="MASK bits whose pixels are left out of aperture sums; the sum is scaled back "
+        "to the full area with the mean of the other pixels (sep's correction)",
+    )
+    blend_margin_fwhm: float = Field(
+        1.0, ge=0, le=20, description="BLENDED when a neighbour is within radius + this [FWHM]"
+    )
+    self_match_pix: float = Field(
+        1.0, ge=0, le=10, description="a neighbour closer than this is the source itself [pixel]"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ApertureConfig:
+        n_ap = len(self.radii_pix) + len(self.radii_fwhm)
+        if n_ap == 0:
+            raise ValueError("radii_pix and radii_fwhm are both empty: give at least one aperture")
+        if any(r <= 0 for r in (*self.radii_pix, *self.radii_fwhm)):
+            raise ValueError("radii_pix / radii_fwhm: every radius must be > 0")
+        if self.ref_aperture >= n_ap:
+            raise ValueError(f"ref_aperture={self.ref_aperture} but only {n_ap} apertures are configured")
+        if self.annulus_out_fwhm <= self.annulus_in_fwhm:
+            raise ValueError("annulus_out_fwhm must be larger than annulus_in_fwhm")
+        if (
+            self.annulus_in_pix is not None
+            and self.annulus_out_pix is not None
+            and self.annulus_out_pix <= self.annulus_in_pix
+        ):
+            raise ValueError("annulus_out_pix must be larger than annulus_in_pix")
+        return self
+
+    @property
+    def needs_fwhm(self) -> bool:
+        """True when some radius is given in FWHM units."""
+        return bool(self.radii_fwhm) or self.annulus_in_pix is None or self.annulus_out_pix is None
 
 
 class MeasureSettings(BaseModel):

@@ -20,28 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.maskbits import MaskBit, mask_header_cards
+from darkroom.surveys.settings import CutoutConfig
 
 __all__ = ["CutoutConfig", "cutout_cube", "read_cube", "write_cube", "write_cube_set"]
-
-
-class CutoutConfig(BaseModel):
-    """Cutout cubes of the targets (``surveys.cutouts`` in darkroom.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    size: int = Field(32, ge=4, le=1024, description="side of each stamp [pixel]")
-    bands: str = Field("ugriz", min_length=1, description="bands, one letter each, in cube order")
-    out_dir: str = Field(
-        "products/cutouts",
-        description="where cubes, the HDF5 set and the index go (relative: to the repository)",
-        json_schema_extra={"critical": False},
-    )
-    workers: int = Field(
-        2, ge=1, le=64, description="threads cutting cubes", json_schema_extra={"critical": False}
-    )
 
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import requests
 import tenacity
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import ConfigError, DarkroomError
+from darkroom.surveys.settings import HttpConfig
 
 __all__ = [
     "Credentials",
@@ -42,61 +42,6 @@ USER_AGENT = "darkroom survey client (+https://github.com/darkroom)"
 
 class DownloadError(DarkroomError):
     """A request failed for good (after its retries); the reason names the status or the timeout."""
-
-
-class HttpConfig(BaseModel):
-    """How hard and how fast to ask an archive. None of these change a product (not critical)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    timeout_s: float = Field(
-        60.0,
-        gt=0,
-        le=3600,
-        description="connect and read timeout of one attempt [s]",
-        json_schema_extra={"critical": False},
-    )
-    max_attempts: int = Field(
-        4,
-        ge=1,
-        le=20,
-        description="attempts per request (1 = no retry)",
-        json_schema_extra={"critical": False},
-    )
-    backoff_s: float = Field(
-        2.0,
-        ge=0,
-        le=600,
-        description="first retry wait, doubled each attempt, plus jitter [s]",
-        json_schema_extra={"critical": False},
-    )
-    backoff_max_s: float = Field(
-        60.0,
-        ge=0,
-        le=3600,
-        description="longest wait between attempts [s]",
-        json_schema_extra={"critical": False},
-    )
-    concurrency: int = Field(
-        4, ge=1, le=256, description="requests in flight at once", json_schema_extra={"critical": False}
-    )
-    rate_per_s: float = Field(
-        4.0,
-        gt=0,
-        le=100000,
-        description="most request starts per second (politeness)",
-        json_schema_extra={"critical": False},
-    )
-    credentials_file: str | None = Field(
-        None,
-        description="file 'user:password' readable only by its owner (mode 0600); public data needs none",
-        json_schema_extra={"critical": False},
-    )
-    credentials_env: str = Field(
-        "DARKROOM_IRSA",
-        description="credentials from environment variables <PREFIX>_USER and <PREFIX>_PASSWORD",
-        json_schema_extra={"critical": False},
-    )
 
 
 @dataclass(frozen=True)

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
-from darkroom.surveys.http import HttpClient, HttpConfig
+from darkroom.surveys.http import HttpClient
+from darkroom.surveys.settings import SDSS_BANDS, SdssConfig
 
 __all__ = [
     "SDSS_BANDS",
@@ -58,39 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SDSS_BANDS = ("u", "g", "r", "i", "z")
-
-
-class SdssConfig(BaseModel):
-    """SDSS frames for the targets (``surveys.sdss`` in darkroom.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    base_url: str = Field(
-        "https://data.sdss.org/sas",
-        description="Science Archive Server root; a mirror or a local test server can stand in",
-        json_schema_extra={"critical": False},
-    )
-    search_url: str = Field(
-        "https://skyserver.sdss.org/dr17",
-        description="SkyServer root whose SQL search finds the fields covering a target",
-        json_schema_extra={"critical": False},
-    )
-    field_table: list[str] = Field(
-        default_factory=list,
-        description="local field tables (photoField files) used instead of the search service",
-        json_schema_extra={"critical": False},
-    )
-    data_release: str = Field("dr17", description="SAS data release folder")
-    rerun: int = Field(301, description="photometric rerun of the frames")
-    bands: list[str] = Field(default_factory=lambda: list(SDSS_BANDS), description="bands to download")
-    max_fields: int = Field(1, ge=1, le=20, description="covering fields kept per target (best first)")
-    photoobj: bool = Field(True, description="also download each field's photoObj object table")
-    fpm: bool = Field(True, description="also download each frame's fpM mask (saturation, cosmic rays)")
-    http: HttpConfig = Field(
-        default_factory=HttpConfig, description="timeouts, retries, concurrency, rate limit"
-    )
 
 
 @dataclass(frozen=True, order=True)

@@ -40,10 +40,10 @@ from pathlib import Path
 import astropy.units as u
 import numpy as np
 from astropy.table import Table
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError
-from darkroom.surveys.http import HttpClient, HttpConfig, Reply
+from darkroom.surveys.http import HttpClient, Reply
+from darkroom.surveys.settings import ZtfConfig
 
 __all__ = [
     "LIGHTCURVE_COLUMNS",
@@ -66,57 +66,6 @@ SERVICE_PATH = "/cgi-bin/ZTF/nph_light_curves"
 LIGHTCURVE_COLUMNS = ("mjd", "mag", "magerr", "band", "catflags", "ra", "dec", "oid")
 _EXTRA_COLUMNS = ("expid", "programid", "limitmag", "airmass")
 _NEEDED = ("oid", "mjd", "mag", "magerr", "catflags", "filtercode", "ra", "dec")
-
-
-class ZtfConfig(BaseModel):
-    """The ZTF light-curve download and its reduction (``surveys.ztf`` in darkroom.yaml)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    base_url: str = Field(
-        "https://irsa.ipac.caltech.edu",
-        description="IRSA root; a mirror or a local test server can stand in",
-        json_schema_extra={"critical": False},
-    )
-    collection: str = Field("ztf_dr23", description="ZTF data release (COLLECTION)")
-    bands: list[str] = Field(
-        default_factory=lambda: ["g", "r", "i"], description="filters asked for (BANDNAME)"
-    )
-    bad_catflags_mask: int = Field(
-        0, ge=0, le=65535, description="catflags bits the server drops (BAD_CATFLAGS_MASK); 0 keeps all"
-    )
-    radius_arcsec: float = Field(2.0, gt=0, le=600, description="cone radius around the target [arcsec]")
-    epoch_jyear: float = Field(
-        2020.5,
-        ge=2017,
-        le=2040,
-        description="epoch the target is moved to by proper motion (mid-survey) [yr]",
-    )
-    half_span_yr: float = Field(
-        3.0,
-        ge=0,
-        le=20,
-        description="the radius grows by proper motion x this, to hold the whole survey [yr]",
-    )
-    dec_min_deg: float = Field(-31.0, ge=-90, le=90, description="targets south of this are skipped [deg]")
-    mag_band: str | None = Field(
-        "G",
-        description="catalogue band for the magnitude limit and consistency cut (None: no magnitude rules)",
-    )
-    mag_limit: float = Field(21.5, description="targets fainter than this (mag_band) are skipped [mag]")
-    max_distance_arcsec: float = Field(
-        1.5, gt=0, le=600, description="objects whose median position is farther are left out [arcsec]"
-    )
-    max_mag_offset: float = Field(
-        1.5, gt=0, description="objects whose median mag differs more from the catalogue's are left out [mag]"
-    )
-    season_gap_days: float = Field(
-        40.0, gt=0, description="a longer gap between epochs starts a new season [day]"
-    )
-    flag_mask: int = Field(65535, ge=0, le=65535, description="catflags bits that mark an epoch flagged")
-    http: HttpConfig = Field(
-        default_factory=HttpConfig, description="timeouts, retries, concurrency, rate limit"
-    )
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, SolveError
-from darkroom.phot.flags import DEFAULT_BAD_FLAGS
+from darkroom.timeseries.settings import ComparisonConfig
 
 __all__ = [
     "ComparisonConfig",
@@ -52,40 +50,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class ComparisonConfig(BaseModel):
-    """Choice and weighting of the comparison ensemble (see the module docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    n_max: int = Field(20, ge=1, le=500, description="most comparison stars kept [count]")
-    min_comparisons: int = Field(2, ge=1, description="never reject below this many [count]")
-    min_coverage: float = Field(
-        1.0, gt=0, le=1, description="fraction of epochs a candidate must be measured in, unflagged"
-    )
-    max_mag_diff: float = Field(2.5, gt=0, le=20, description="|m_comp - m_target| limit [mag]")
-    max_colour_diff: float | None = Field(
-        0.5, gt=0, description="|colour_comp - colour_target| limit when both are known [mag]"
-    )
-    colour_weight: float = Field(1.0, ge=0, description="ranking penalty per mag of colour difference")
-    bad_flags: int = Field(
-        DEFAULT_BAD_FLAGS, ge=0, description="PhotFlag bits that make a measurement unusable"
-    )
-    weighting: Literal["inverse_variance", "flux"] = Field(
-        "inverse_variance", description="ensemble weights: 1/scatter^2, or flux (plain sum)"
-    )
-    excess_factor: float = Field(
-        2.0, gt=1, le=100, description="reject at scatter/expected > this times the ensemble median"
-    )
-    max_scatter: float | None = Field(
-        None, gt=0, description="also reject any star whose relative-flux scatter exceeds this [fraction]"
-    )
-    clip_sigma: float = Field(4.0, gt=1, le=20, description="outlier clipping in each star's scatter [sigma]")
-    detrend_order: int = Field(
-        0, ge=0, le=3, description="polynomial in time removed per segment before measuring scatter"
-    )
-    reject_named: bool = Field(False, description="apply rejection to user-named comparison stars too")
 
 
 @dataclass

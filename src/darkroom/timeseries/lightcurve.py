@@ -22,18 +22,17 @@ from pathlib import Path
 import numpy as np
 from astropy.coordinates import EarthLocation
 from astropy.table import Table, vstack
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, SolveError
 from darkroom.phot.match import radec_to_unit, unit_to_radec
 from darkroom.timeseries.differential import (
-    ComparisonConfig,
     check_curves,
     differential_photometry,
     pointing_segments,
 )
-from darkroom.timeseries.quality import LightCurveFlag, TransparencyConfig, transparency_flags
-from darkroom.timeseries.times import AirmassModel, airmass, bjd_tdb
+from darkroom.timeseries.quality import LightCurveFlag, transparency_flags
+from darkroom.timeseries.settings import LightCurveConfig
+from darkroom.timeseries.times import airmass, bjd_tdb
 
 __all__ = [
     "LightCurveConfig",
@@ -49,23 +48,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
 _REQUIRED = ("image_id", "source_id", "flux", "flux_err", "mjd_utc")
-
-
-class LightCurveConfig(BaseModel):
-    """Settings of :func:`build_lightcurve`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    differential: bool = Field(True, description="compute rel_flux against a comparison ensemble")
-    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
-    transparency: TransparencyConfig = Field(default_factory=TransparencyConfig)
-    airmass_model: AirmassModel = Field("secz", description="'secz' or 'kasten_young'")
-    segment_jump_pix: float | None = Field(
-        5.0,
-        gt=0,
-        description="a jump of the target's x/y larger than this starts a new pointing segment [pixel]; "
-        "None: one segment",
-    )
 
 
 def pivot_measurements(

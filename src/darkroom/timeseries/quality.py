@@ -14,9 +14,9 @@ from __future__ import annotations
 from enum import IntFlag
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError
+from darkroom.timeseries.settings import TransparencyConfig
 
 __all__ = ["LightCurveFlag", "TransparencyConfig", "reference_level", "transparency_flags"]
 
@@ -27,20 +27,6 @@ class LightCurveFlag(IntFlag):
     LOW_TRANSPARENCY = 1 << 16  #: ensemble flux or zero point below the configured fraction
     FEW_COMPARISONS = 1 << 17  #: fewer comparison stars measured than required
     NO_ENSEMBLE = 1 << 18  #: no differential flux at this epoch
-
-
-class TransparencyConfig(BaseModel):
-    """Thresholds of :func:`transparency_flags`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    fraction: float = Field(0.8, gt=0, lt=1, description="flag below this fraction of the reference level")
-    reference_percentile: float = Field(
-        90.0, ge=50, le=100, description="percentile of the series taken as the clear-sky level [%]"
-    )
-    window_epochs: int = Field(
-        0, ge=0, description="running window for the reference level [epochs]; 0 = whole series"
-    )
 
 
 def reference_level(values: np.ndarray, *, percentile: float = 90.0, window_epochs: int = 0) -> np.ndarray:

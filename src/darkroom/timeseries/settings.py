@@ -1,5 +1,10 @@
 """The ``photometry.associate`` and ``photometry.lightcurves`` sections and the ``targets`` list of
-darkroom.yaml (the associate and lightcurves stages' settings)."""
+darkroom.yaml (the associate and lightcurves stages' settings), and the parameter models of the
+comparison ensemble, the transparency flags and the light curve.
+
+The models live here, not beside their algorithms, so that reading a configuration does not
+import astropy.coordinates or scipy; the algorithm modules re-export the names they use.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,84 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
-from darkroom.timeseries.differential import ComparisonConfig
-from darkroom.timeseries.lightcurve import LightCurveConfig
-from darkroom.timeseries.quality import TransparencyConfig
 
-__all__ = ["AssociateSettings", "LightCurveSettings", "NameResolverConfig", "TargetConfig"]
+__all__ = [
+    "AirmassModel",
+    "AssociateSettings",
+    "ComparisonConfig",
+    "LightCurveConfig",
+    "LightCurveSettings",
+    "NameResolverConfig",
+    "TargetConfig",
+    "TransparencyConfig",
+]
+
+AirmassModel = Literal["secz", "kasten_young"]
+
+
+class TransparencyConfig(BaseModel):
+    """Thresholds of :func:`transparency_flags`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fraction: float = Field(0.8, gt=0, lt=1, description="flag below this fraction of the reference level")
+    reference_percentile: float = Field(
+        90.0, ge=50, le=100, description="percentile of the series taken as the clear-sky level [%]"
+    )
+    window_epochs: int = Field(
+        0, ge=0, description="running window for the reference level [epochs]; 0 = whole series"
+    )
+
+
+class ComparisonConfig(BaseModel):
+    """Choice and weighting of the comparison ensemble (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_max: int = Field(20, ge=1, le=500, description="most comparison stars kept [count]")
+    min_comparisons: int = Field(2, ge=1, description="never reject below this many [count]")
+    min_coverage: float = Field(
+        1.0, gt=0, le=1, description="fraction of epochs a candidate must be measured in, unflagged"
+    )
+    max_mag_diff: float = Field(2.5, gt=0, le=20, description="|m_comp - m_target| limit [mag]")
+    max_colour_diff: float | None = Field(
+        0.5, gt=0, description="|colour_comp - colour_target| limit when both are known [mag]"
+    )
+    colour_weight: float = Field(1.0, ge=0, description="ranking penalty per mag of colour difference")
+    bad_flags: int = Field(
+        DEFAULT_BAD_FLAGS, ge=0, description="PhotFlag bits that make a measurement unusable"
+    )
+    weighting: Literal["inverse_variance", "flux"] = Field(
+        "inverse_variance", description="ensemble weights: 1/scatter^2, or flux (plain sum)"
+    )
+    excess_factor: float = Field(
+        2.0, gt=1, le=100, description="reject at scatter/expected > this times the ensemble median"
+    )
+    max_scatter: float | None = Field(
+        None, gt=0, description="also reject any star whose relative-flux scatter exceeds this [fraction]"
+    )
+    clip_sigma: float = Field(4.0, gt=1, le=20, description="outlier clipping in each star's scatter [sigma]")
+    detrend_order: int = Field(
+        0, ge=0, le=3, description="polynomial in time removed per segment before measuring scatter"
+    )
+    reject_named: bool = Field(False, description="apply rejection to user-named comparison stars too")
+
+
+class LightCurveConfig(BaseModel):
+    """Settings of :func:`build_lightcurve`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    differential: bool = Field(True, description="compute rel_flux against a comparison ensemble")
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    transparency: TransparencyConfig = Field(default_factory=TransparencyConfig)
+    airmass_model: AirmassModel = Field("secz", description="'secz' or 'kasten_young'")
+    segment_jump_pix: float | None = Field(
+        5.0,
+        gt=0,
+        description="a jump of the target's x/y larger than this starts a new pointing segment [pixel]; "
+        "None: one segment",
+    )
 
 
 class AssociateSettings(BaseModel):

@@ -20,14 +20,13 @@ heliocentric UTC date of the exposure *start* and agrees with :func:`hjd_utc` to
 
 from __future__ import annotations
 
-from typing import Literal
-
 import astropy.units as u
 import numpy as np
 from astropy.coordinates import AltAz, EarthLocation, SkyCoord
 from astropy.time import Time
 
 from darkroom.errors import BadInputError
+from darkroom.timeseries.settings import AirmassModel
 
 __all__ = [
     "AirmassModel",
@@ -38,8 +37,6 @@ __all__ = [
     "mid_exposure_mjd",
     "site_location",
 ]
-
-AirmassModel = Literal["secz", "kasten_young"]
 
 
 def site_location(lat_deg: float, lon_deg: float, height_m: float = 0.0) -> EarthLocation:

@@ -1,0 +1,120 @@
+"""Reading the configuration and starting the CLI do not import the numerical libraries.
+
+Each check runs in a fresh interpreter (``sys.modules`` of this test process already holds
+everything). Not timed: it checks which modules are loaded, which is what start-up costs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+#: algorithm libraries no configuration or CLI start-up needs
+HEAVY = (
+    "astroscrappy",
+    "photutils",
+    "reproject",
+    "dask",
+    "distributed",
+    "matplotlib",
+    "requests",
+    "pyarrow",
+    "scipy.stats",
+    "astropy.visualization",
+)
+
+#: settings modules of the algorithm packages: they must not load their algorithms.
+#: (darkroom.imaging.settings and darkroom.analysis.finders still import their algorithm
+#: modules, and through them scipy and sep; that is why scipy and sep are checked here
+#: and not for darkroom.config as a whole.)
+SETTINGS = (
+    "darkroom.astrom.settings",
+    "darkroom.calib.settings",
+    "darkroom.detect.settings",
+    "darkroom.phot.settings",
+    "darkroom.surveys.settings",
+    "darkroom.timeseries.settings",
+)
+
+
+def _loaded(code: str) -> set[str]:
+    """Module names in sys.modules after running ``code`` in a new interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+def _hits(loaded: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if n in loaded)
+
+
+@pytest.mark.parametrize("module", ["darkroom.config", "darkroom.cli"])
+def test_config_and_cli_import_no_heavy_library(module: str) -> None:
+    loaded = _loaded(f"import {module}")
+    assert module in loaded
+    assert _hits(loaded, HEAVY) == []
+
+
+def test_settings_modules_import_no_algorithm() -> None:
+    loaded = _loaded("\n".join(f"import {m}" for m in SETTINGS))
+    assert set(SETTINGS) <= loaded
+    assert _hits(loaded, (*HEAVY, "scipy", "sep", "astropy.wcs", "astropy.coordinates", "bottleneck")) == []
+    algorithms = {m for m in loaded if m.startswith("darkroom.")} - set(SETTINGS)
+    # the packages themselves, their shared foundations and the reference-catalogue source
+    # model (darkroom.catalogs, whose readers need astropy.table only) are allowed
+    assert not [
+        m
+        for m in algorithms
+        if m.split(".")[1] in {"astrom", "calib", "detect", "phot", "surveys", "timeseries"}
+        and m.count(".") > 1
+        and m != "darkroom.phot.flags"
+    ]
+
+
+def test_lazy_package_exports_resolve() -> None:
+    """Every name a package exports loads on first use, from the module that defines it."""
+    code = """
+import importlib
+missing = []
+for pkg in ("astrom", "calib", "detect", "phot", "timeseries"):
+    mod = importlib.import_module("darkroom." + pkg)
+    for name in mod.__all__:
+        if getattr(mod, name, None) is None:
+            missing.append(pkg + "." + name)
+    assert set(mod.__all__) <= set(dir(mod))
+    try:
+        getattr(mod, "no_such_name")
+        missing.append(pkg + ": unknown name did not raise")
+    except AttributeError:
+        pass
+print("MISSING", missing)
+from darkroom.astrom import solve_frame
+from darkroom.calib import calibrate_frame, CalibrationConfig
+from darkroom.calib.process import CalibrationConfig as C2
+assert CalibrationConfig is C2
+# a submodule imported before its namesake function is asked for does not hide it
+import darkroom.timeseries.associate
+import darkroom.timeseries as ts
+from darkroom.timeseries import associate
+assert callable(associate) and ts.associate is associate
+"""
+    probe = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
+    assert "MISSING []" in probe.stdout
