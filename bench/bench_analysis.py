@@ -47,7 +47,8 @@ def _survey_lcs():
 def _one(tab):
     good = tab[check_quality(tab) == 0]
     p = find_period(good["mjd"], good["mag"], good["magerr"], good["band"])
-    ev = find_transients(good["mjd"], good["mag"], good["magerr"], good["band"])
+    lim = good["limitmag"] if "limitmag" in good.colnames else None
+    ev = find_transients(good["mjd"], good["mag"], good["magerr"], good["band"], limit_mag=lim)
     return p.period_d, len(ev)
 
 

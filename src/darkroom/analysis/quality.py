@@ -2,7 +2,7 @@
 
 Bits (:class:`QFlag`): the survey's own flag bits (``catflags & survey_mask``), darkroom's
 photometry flags (``flags & phot_mask``), unusable values, outliers against their
-neighbours in time, position offsets beyond ``k`` robust sigma, poor seeing, low
+neighbours in time (or against a single same-band exposure minutes away), position offsets beyond ``k`` robust sigma, poor seeing, low
 transparency and high airmass. Every test is configurable; a test whose column is absent
 is skipped. The checker never removes rows: the finders use ``qflag == 0``.
 """
@@ -46,6 +46,12 @@ class QualityConfig(BaseModel):
     outlier_window_d: float = Field(
         0.3, gt=0, description="neighbours: same band within this time [day]; at least 2 needed"
     )
+    pair_window_d: float = Field(
+        0.01,
+        ge=0,
+        description="an epoch with a single same-band neighbour this close in time [day] is tested "
+        "against it (the one farther from the band's median is flagged); 0: off",
+    )
     position_k: float | None = Field(5.0, gt=0, description="robust sigmas of the position offset; None: off")
     max_fwhm_ratio: float | None = Field(2.0, gt=1, description="FWHM over its median; None: off")
     min_transparency: float | None = Field(0.5, gt=0, description="None: off")
@@ -54,7 +60,8 @@ class QualityConfig(BaseModel):
         None,
         description="an epoch whose limiting magnitude (limitmag) is brighter than the band's median "
         "magnitude + this is flagged: near the limit only upward fluctuations are measured "
-        "(Malmquist bias), which mimic flares; 0.5 is a good value for faint ZTF stars; None: off "
+        "(Malmquist bias), which mimic flares; None: off, since the transient finder already gives "
+        "such epochs the image's noise (TransientConfig.limit_snr) "
         "(a cut on depth follows the observing conditions and can make periodicities: on the IRSA "
         "reply, 0.5 gives a 0.16-d period with FAP 0.8 %, 0.75 a 0.5-d one with FAP 1e-11)",
     )
@@ -92,8 +99,20 @@ def check_quality(table: Table, config: QualityConfig | None = None) -> np.ndarr
         tt = t[order]
         lo = np.searchsorted(tt, tt - config.outlier_window_d, "left")
         hi = np.searchsorted(tt, tt + config.outlier_window_d, "right")
+        centre = float(np.median(mag[order]))
         for i, (a, c) in enumerate(zip(lo, hi, strict=True)):
             nb = np.r_[order[a:i], order[i + 1 : c]]
+            if nb.size == 1 and abs(t[nb[0]] - tt[i]) <= config.pair_window_d:
+                # two exposures minutes apart see the same flux of any event the finder can
+                # resolve: when they disagree, the one farther from the band's usual level is
+                # the artefact (a flare in one and not in the other cannot be told from one)
+                j, k = nb[0], order[i]
+                if (
+                    abs(mag[k] - mag[j]) > config.outlier_k * np.hypot(err[k], err[j])
+                    and abs(mag[k] - centre) / err[k] > abs(mag[j] - centre) / err[j]
+                ):
+                    q[k] |= QFlag.OUTLIER
+                continue
             if nb.size < 2:
                 continue
             ref = np.median(mag[nb])

@@ -81,6 +81,12 @@ def object_table(root: Path, rows: list[Lightcurve]) -> Table:
     return tab
 
 
+def _limit_mag(table: Table) -> np.ndarray | None:
+    """The epochs' limiting magnitudes (``limitmag`` [mag]) for the transient finder's error floor,
+    or None when the light curves do not give them."""
+    return np.asarray(table["limitmag"], float) if "limitmag" in table.colnames else None
+
+
 @dataclass
 class AnalyzeReport:
     provenance_id: str
@@ -168,6 +174,7 @@ def analyze(
             good["band"],
             difference=difference,
             config=config.transient,
+            limit_mag=_limit_mag(good),
         )
         best_snr = max((ev.snr for ev in events), default=None)
         by_band = {lc.band: lc.id for lc in rows}
@@ -237,8 +244,10 @@ def analyze(
             sel = lc_tab[check_quality(lc_tab, config.quality) == 0]
             t = np.asarray(sel["mjd"], float)
             m, e, b = np.asarray(sel["mag"], float), np.asarray(sel["magerr"], float), np.asarray(sel["band"])
-            known = find_transients(t, m, e, b, difference=difference, config=config.transient)
-            noise = NoiseModel(t, m, e, b, difference=difference, config=config.transient)
+            # the limiting magnitude is the image's, unchanged by an injected event
+            lim = _limit_mag(sel)
+            known = find_transients(t, m, e, b, difference=difference, config=config.transient, limit_mag=lim)
+            noise = NoiseModel(t, m, e, b, difference=difference, config=config.transient, limit_mag=lim)
             for _ in range(injections):
                 plan = plan_injection(
                     t,
@@ -268,6 +277,7 @@ def analyze(
                     sim["band"],
                     difference=difference,
                     config=config.transient,
+                    limit_mag=_limit_mag(sim),
                 )
                 hit = match_events(plan, found, config.injection, known)
                 inj = Injection(
