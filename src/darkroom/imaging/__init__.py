@@ -22,7 +22,7 @@ from darkroom.imaging.arith import (
     stellar_flux_ratio,
 )
 from darkroom.imaging.coadd import CoaddConfig, CoaddInputInfo, CoaddResult, coadd_grid, coadd_images
-from darkroom.imaging.depth import Depth, empty_aperture_depth
+from darkroom.imaging.depth import Depth, detector_noise_in_coadd, empty_aperture_depth
 from darkroom.imaging.planes import ImagePlanes, planes_to_hdus, read_planes
 from darkroom.imaging.resample import (
     ResampleConfig,
@@ -53,6 +53,7 @@ __all__ = [
     "coadd_grid",
     "coadd_images",
     "continuum_subtract",
+    "detector_noise_in_coadd",
     "empty_aperture_depth",
     "grid_covering",
     "grid_from_centre",

@@ -23,6 +23,14 @@ CLIP_AMPFRAC so seeing differences do not clip star cores; no clipping with fewe
 inputs), then averaged with the weights (``mean``, ``VAR = sum(w^2 VAR_i) / sum(w)^2``)
 or their median taken (``median``, VAR pi/2 times the mean's).
 
+With the coadd comes a **half-difference** image (``CoaddResult.noise``): the even and the odd
+inputs combined apart (same kept samples and weights), differenced and scaled to the coadd's
+random noise. Sky, sources and anything common to all inputs cancel in it, among them
+detector-fixed noise (the master dark's and bias's own noise, subtracted from every frame
+alike, and fringes): its depth is the part of the coadd's depth that averages down with the
+inputs; the coadd's own depth also holds the common part, which only the pointing drift
+between the inputs spreads (:func:`darkroom.imaging.depth.detector_noise_in_coadd`).
+
 Units: SCI is the weighted mean scaled to the **total** exposure time ``T = sum(t_i)``
 (header EXPTIME), so ``SCI / EXPTIME`` is the count rate of the reference frame and
 photometry with ``-2.5 log10(flux / EXPTIME)`` works as on a single frame. VAR, WEIGHT
@@ -126,6 +134,12 @@ class CoaddResult:
     mjd_mid: float | None
     gain_e_per_adu: float | None
     header: fits.Header = field(default_factory=fits.Header)
+    #: half-difference (jackknife) image, SCI's unit and scaling: the even and the odd inputs
+    #: (in input order) combined apart with the same kept samples and weights, differenced and
+    #: scaled by ``sqrt(W_even W_odd) / W`` so its variance is the coadd's random variance.
+    #: The sky, the sources and anything fixed on the detector or the sky (master-frame noise,
+    #: fringes) cancel: its depth is the coadd's random depth. NaN where a half has no input.
+    noise: np.ndarray | None = None
 
     def to_hdus(self) -> fits.HDUList:
         """``[primary, SCI, MASK, VAR, WEIGHT, EXPMAP, NIMG]``."""
@@ -344,7 +358,7 @@ def coadd_images(
         result = _combine(stack, weights, exptimes, target, cfg, sky_in)
     finally:
         stack.close()
-    sci, var, mask, wsum, expmap, nimg, kept, clipped = result
+    sci, var, mask, wsum, expmap, nimg, kept, clipped, half = result
     used = weights > 0
     # the sky level put back, and the scaling to the total exposure time
     t_known = [t for t, u in zip(exptimes, used, strict=True) if u and t]
@@ -358,6 +372,7 @@ def coadd_images(
     sci = (sci + np.float32(sky)) * np.float32(factor)
     var = var * np.float32(factor * factor)
     sci[(mask & MaskBit.NO_DATA) != 0] = np.nan
+    half *= np.float32(factor)
     for k, info in enumerate(infos):
         infos[k] = CoaddInputInfo(**{**info.__dict__, "n_pixels": int(kept[k]), "n_clipped": int(clipped[k])})
     times = _time_span(infos)
@@ -379,6 +394,7 @@ def coadd_images(
         mjd_mid=times[2],
         gain_e_per_adu=float(np.median(gains)) if gains else None,
         header=header,
+        noise=half,
     )
 
 
@@ -402,6 +418,7 @@ def _combine(
     clipped_count = np.zeros(n, np.int64)
     used = np.flatnonzero(weights > 0)
     w = weights[used].astype(np.float32)[:, None, None]
+    half = np.full((ny, nx), np.nan, np.float32)
     t = np.array([exptimes[i] or 0.0 for i in used], np.float32)[:, None, None]
     excl = np.uint8(cfg.exclude_bits & 0xFF)
     for r0 in range(0, ny, cfg.block_rows):
@@ -414,11 +431,18 @@ def _combine(
         ws = np.where(keep, w, np.float32(0.0))
         sw = ws.sum(axis=0)
         with np.errstate(invalid="ignore", divide="ignore"):
+            wx = np.where(keep, x, np.float32(0.0)) * ws
+            swx = wx.sum(axis=0)
             if cfg.combine == "mean":
-                out = (np.where(keep, x, 0.0) * ws).sum(axis=0) / sw
+                out = swx / sw
             else:
                 out = bn.nanmedian(np.where(keep, x, np.float32(np.nan)), axis=0)
             vout = (ws * ws * np.where(keep, v, 0.0)).sum(axis=0) / (sw * sw)
+            # half-difference: the even inputs' weighted mean minus the odd ones' (alternate
+            # inputs, so both halves span the night and its drift on the detector)
+            sw_a, sw_b = ws[0::2].sum(axis=0), ws[1::2].sum(axis=0)
+            diff = wx[0::2].sum(axis=0) / sw_a - wx[1::2].sum(axis=0) / sw_b
+            half[r0:r1] = np.where((sw_a > 0) & (sw_b > 0), diff * np.sqrt(sw_a * sw_b) / sw, np.nan)
         if cfg.combine == "median":
             vout = vout * np.float32(math.pi / 2.0)
         nk = keep.sum(axis=0)
@@ -437,7 +461,7 @@ def _combine(
         nimg[r0:r1] = nk
         kept_count[used] += keep.sum(axis=(1, 2))
         clipped_count[used] += (valid & ~keep).sum(axis=(1, 2))
-    return sci, var, mask, wsum_map, expmap, nimg, kept_count, clipped_count
+    return sci, var, mask, wsum_map, expmap, nimg, kept_count, clipped_count, half
 
 
 def _time_span(infos: list[CoaddInputInfo]) -> tuple[float | None, float | None, float | None]:

@@ -12,12 +12,19 @@ flux is ``n_sigma`` times that (the source's own Poisson noise is neglected: fai
 divided by the fraction of a point source's flux inside the aperture when given, so the
 limit is a total flux.
 
+A noise component fixed on the detector (the master dark's and bias's own noise, the same in
+every calibrated frame) does not average down in a coadd: only the pointing drift between
+the inputs spreads it. :func:`detector_noise_in_coadd` measures what is left of it: one
+realisation of it is drawn on the detector, resampled through every input's WCS, combined
+with the inputs' scales and weights, and its empty-aperture noise measured.
+
 Pixel positions 0-based; fluxes in the SCI unit.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,9 +34,11 @@ from scipy.ndimage import binary_dilation
 from darkroom.detect import estimate_background
 from darkroom.detect.background import BackgroundConfig, as_sep_array
 from darkroom.errors import BadInputError
-from darkroom.imaging.resample import DEFAULT_EXCLUDE_BITS
+from darkroom.imaging.planes import ImagePlanes
+from darkroom.imaging.resample import DEFAULT_EXCLUDE_BITS, ResampleConfig, TargetGrid, resample
+from darkroom.maskbits import MaskBit
 
-__all__ = ["Depth", "empty_aperture_depth"]
+__all__ = ["Depth", "detector_noise_in_coadd", "empty_aperture_depth"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +116,53 @@ def empty_aperture_depth(
     if not aperture_fraction > 0:
         raise BadInputError(f"aperture_fraction must be positive (got {aperture_fraction})")
     return Depth(r, sig_ap, sig_pix, len(x), n_sigma * sig_ap / aperture_fraction, n_sigma)
+
+
+def detector_noise_in_coadd(
+    variance: np.ndarray,
+    wcs_list: Sequence,
+    weights: Sequence[float],
+    scales: Sequence[float],
+    target: TargetGrid,
+    *,
+    radius_pix: float,
+    resample_config: ResampleConfig | None = None,
+    seed: int = 0,
+    annulus: tuple[float, float] | None = (2.0, 3.0),
+) -> Depth:
+    """Empty-aperture noise, in a coadd, of a noise field fixed on the detector (module docstring).
+
+    ``variance`` [input unit^2, detector pixels; NaN or negative: no data] is the field's
+    per-pixel variance (white); ``wcs_list``, ``weights`` and ``scales`` are the inputs'
+    WCSs, coadd weights ``w_i`` and flux scales ``s_i``, so the field in the coadd is
+    ``sum(w_i s_i G(x_i)) / sum(w_i)`` on ``target`` in the reference input's unit (divide
+    a coadd's SCI by EXPTIME / EXPREF to compare). One realisation, drawn with ``seed``.
+    """
+    if not (len(wcs_list) == len(weights) == len(scales)) or not len(wcs_list):
+        raise BadInputError("one WCS, weight and scale per input, at least one input")
+    v = np.asarray(variance, np.float32)
+    ok = np.isfinite(v) & (v >= 0)
+    rng = np.random.default_rng(seed)
+    field = rng.standard_normal(v.shape, dtype=np.float32) * np.sqrt(np.where(ok, v, 0.0), dtype=np.float32)
+    field_mask = np.where(ok, 0, int(MaskBit.NO_DATA)).astype(np.int32)
+    acc = np.zeros(target.shape, np.float64)
+    wsum = np.zeros(target.shape, np.float64)
+    ones = np.ones_like(v)
+    for wcs, w, s in zip(wcs_list, weights, scales, strict=True):
+        if not w > 0:
+            continue
+        res = resample(ImagePlanes(field, ones, field_mask, wcs), target, resample_config)
+        good = ((res.mask & DEFAULT_EXCLUDE_BITS) == 0) & np.isfinite(res.sci)
+        acc[good] += w * s * res.sci[good]
+        wsum[good] += w
+    covered = wsum > 0
+    coadded = np.where(covered, acc / np.where(covered, wsum, 1.0), 0.0).astype(np.float32)
+    # pure noise: no source to mask (a detection threshold no noise peak reaches)
+    return empty_aperture_depth(
+        coadded,
+        np.where(covered, 0, int(MaskBit.NO_DATA)).astype(np.int32),
+        radius_pix=radius_pix,
+        detect_sigma=1e6,
+        seed=seed,
+        annulus=annulus,
+    )

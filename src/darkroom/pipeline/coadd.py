@@ -14,7 +14,13 @@ darkroom.yaml, or ``darkroom coadd``)
     header), its source catalogue ``.cat.parquet`` (sep extraction, RA/Dec through the
     coadd's WCS, ``mag`` with the zero point) and a thumbnail ``.png``. Registry: a
     ``Coadd`` row (total exposure, time span, WCS cards, ``values``: ``zp`` and its source,
-    ``mag_limit`` (``n_sigma`` empty-aperture limit), ``inputs_mag_limit_median``
+    ``mag_limit`` (``n_sigma`` empty-aperture limit), ``mag_limit_random`` (the same on the
+    half-difference image: the part of the noise that averages down with the inputs),
+    ``sigma_aperture``/``sigma_aperture_random``/``sigma_aperture_common`` (the coadd's
+    aperture noise, its random part and the rest in quadrature: noise fixed on the detector
+    or the sky, which N inputs do not average down), ``n_eff`` (``sum w / median w``: the
+    coadd's depth over the median input's is ``1.25 log10(n_eff)`` for random noise and
+    inverse-variance weights), ``inputs_mag_limit_median``
     (the inputs' limits measured the same way, in the coadd's photometric scale),
     ``fwhm_pix`` (median of the coadd's stars), ``inputs_fwhm_pix_median``,
     ``n_sources``, ``catalog``, ``thumbnail``) and one ``CoaddInput`` row per image with
@@ -47,6 +53,7 @@ from darkroom.imaging import ImagePlanes, coadd_images, empty_aperture_depth, re
 from darkroom.imaging.resample import grid_covering, pixel_scale_arcsec
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.io.atomic import atomic_path, sha256_file
+from darkroom.maskbits import MaskBit
 from darkroom.pipeline._products import jsonable, short_hash
 from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit
@@ -241,6 +248,20 @@ class CoaddStage(Stage):
         depth = empty_aperture_depth(result.sci, result.mask, radius_pix=radius, n_sigma=cfg.n_sigma)
         exptime = result.exptime_s or 1.0
         mag_limit = depth.limit_mag(zp_value, exptime)
+        # the random part of that depth (half-difference image: what averages down with N) and
+        # the part common to all inputs (detector-fixed noise, fringes), in quadrature
+        random_depth = None
+        if result.noise is not None and np.isfinite(result.noise).any():
+            try:
+                random_depth = empty_aperture_depth(
+                    np.nan_to_num(result.noise),
+                    result.mask | np.where(np.isfinite(result.noise), 0, int(MaskBit.NO_DATA)),
+                    radius_pix=radius,
+                    n_sigma=cfg.n_sigma,
+                )
+            except BadInputError as exc:
+                log.info("%s: no half-difference depth (%s)", unit.key, exc.reason)
+        used_w = np.array([i.weight for i in result.inputs if i.weight > 0])
         # the inputs' limits in the coadd's photometric scale: scaled limit flux per reference exposure
         t_ref = float(header.get("EXPREF") or 1.0)
         input_limits = [
@@ -268,6 +289,15 @@ class CoaddStage(Stage):
                     "limit_n_sigma": cfg.n_sigma,
                     "limit_radius_pix": radius,
                     "sigma_aperture": depth.sigma_aperture,
+                    "mag_limit_random": random_depth.limit_mag(zp_value, exptime) if random_depth else None,
+                    "sigma_aperture_random": random_depth.sigma_aperture if random_depth else None,
+                    "sigma_aperture_common": float(
+                        np.sqrt(max(depth.sigma_aperture**2 - random_depth.sigma_aperture**2, 0.0))
+                    )
+                    if random_depth
+                    else None,
+                    # ivar weights: the coadd's variance is the median input's over sum(w) / w_median
+                    "n_eff": float(used_w.sum() / np.median(used_w)) if used_w.size else None,
                     "inputs_mag_limit_median": float(np.median(input_limits)) if input_limits else None,
                     "fwhm_pix": getattr(quality, "fwhm_pix", None),
                     "inputs_fwhm_pix_median": fwhm_med if fwhm_in else None,
