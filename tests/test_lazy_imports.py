@@ -67,6 +67,13 @@ def test_config_and_cli_import_no_heavy_library(module: str) -> None:
     assert _hits(loaded, HEAVY) == []
 
 
+def test_run_path_imports_no_fitting_library() -> None:
+    """What ``darkroom run`` imports before its first unit: the stages, not what they call."""
+    loaded = _loaded("import darkroom.cli, darkroom.facade, darkroom.pipeline.run, darkroom.pipeline.drive")
+    assert "darkroom.pipeline.stages" in loaded
+    assert _hits(loaded, ("photutils", "matplotlib", "scipy.stats", "astroscrappy", "dask", "pyarrow")) == []
+
+
 def test_settings_modules_import_no_algorithm() -> None:
     loaded = _loaded("\n".join(f"import {m}" for m in SETTINGS))
     assert set(SETTINGS) <= loaded

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
-from scipy.stats import poisson
 
 from darkroom.astrom.settings import AsterismConfig
 from darkroom.astrom.transform import AffineTransform, fit_similarity
@@ -243,6 +242,8 @@ def match_asterisms(
     area = float(np.prod(hi - lo))
     on_footprint = int(np.count_nonzero((x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1])))
     chance = on_footprint * len(tgt) / area * np.pi * tol**2
+    from scipy.stats import poisson  # 0.3 s of imports: only when a frame is matched
+
     need = max(config.min_matches, int(poisson.isf(config.false_match_probability, chance)) + 1)
     if len(si) < need:
         raise SolveError(

@@ -17,25 +17,21 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import sep
 from astropy.nddata import NDData
 from astropy.table import Table
-from photutils.psf import (
-    CircularGaussianPRF,
-    EPSFBuilder,
-    ImagePSF,
-    PSFPhotometry,
-    SourceGrouper,
-    extract_stars,
-)
 from scipy.spatial import cKDTree
 
 from darkroom.errors import BadInputError, SolveError
 from darkroom.phot.aperture import _mask_bits_in_apertures, _native
 from darkroom.phot.flags import PhotFlag
 from darkroom.phot.settings import PsfConfig
+
+if TYPE_CHECKING:
+    from photutils.psf import ImagePSF
 
 __all__ = ["PsfConfig", "build_epsf", "psf_photometry"]
 
@@ -112,6 +108,8 @@ def build_epsf(
         raise SolveError(f"ePSF: {idx.size} isolated unmasked stars, need 5", n_stars=int(idx.size))
     peaks = data[np.rint(y[idx]).astype(int), np.rint(x[idx]).astype(int)]
     idx = idx[np.argsort(-peaks)][: config.epsf_max_stars]
+    from photutils.psf import EPSFBuilder, extract_stars  # photutils (and matplotlib) when used
+
     stars_tbl = Table({"x": x[idx], "y": y[idx]})
     stars = extract_stars(NDData(data=data.astype(float)), stars_tbl, size=box)
     builder = EPSFBuilder(
@@ -175,6 +173,9 @@ def psf_photometry(
     if sci.ndim != 2:
         raise BadInputError(f"SCI must be 2-D, got shape {sci.shape}")
     data, bad, err = _prepare(sci, mask, var, background, config.exclude_bits)
+
+    # photutils (and the matplotlib it imports) load when a PSF fit runs, not with the module
+    from photutils.psf import CircularGaussianPRF, PSFPhotometry, SourceGrouper
 
     model_name = "given" if psf_model is not None else config.model
     if psf_model is None:

@@ -7,13 +7,16 @@ Pixel convention: 0-based pixel centres; shapes ``(ny, nx)``.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.table import Table
-from photutils.psf import ImagePSF
 from scipy.ndimage import uniform_filter
 
 from darkroom.errors import BadInputError
+
+if TYPE_CHECKING:
+    from photutils.psf import ImagePSF
 
 __all__ = ["disc_mask", "moffat_psf_model", "psf_noise_area"]
 
@@ -46,6 +49,8 @@ def moffat_psf_model(
     )
     pixel_mean = uniform_filter(profile, size=n_cell, mode="constant")  # = the pixel integral (area 1)
     take = n_half + np.arange(-half_size_pix * oversampling, half_size_pix * oversampling + 1) * n_sub
+    from photutils.psf import ImagePSF  # photutils (and matplotlib) when a PSF fit runs
+
     return ImagePSF(pixel_mean[np.ix_(take, take)], oversampling=oversampling)
 
 
