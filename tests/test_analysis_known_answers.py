@@ -44,7 +44,12 @@ def test_snia_one_event_near_the_bts_peak():
     # epoch in any band: 92.7 %), never a second event; every 4th BTS row (here, CI time): 93.5 %. Of the 35
     # misses, 16 have no epoch within 5 d and 0.3 mag of the BTS peak (13 none within 5 d: the peak
     # fell in a gap), so a data-driven peak tops out near 97 %; a continuous Bazin fit (83 %), the
-    # template's own peak (76 %) and a joint g/R parabola (93.8 %) do worse.
+    # template's own peak (76 %) and a joint g/R parabola (93.8 %) do worse. Also measured on all 549:
+    # a Bazin fit (shared shape and time, amplitude per band) used only where the brightest epoch
+    # borders a > 4 d gap 86.7 %; a 3-point parabola about the brightest epoch 92.3-92.5 %; the mean
+    # peak time of bands within 0.1 mag of the brightest 94.4 % (0.05: 94.0 %, 0.2: 93.4 %; a
+    # tolerance picked on these answers, not adopted). Where our brightest band is R and the BTS
+    # peak band g, 86 % hit (our peak a median 1.4 d late: r peaks after g), else 93-95 %.
     bts = Table.read(KA / "snia" / "bts.csv")
     ok, n_events = [], []
     for row in bts[::4]:
