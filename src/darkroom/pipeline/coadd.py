@@ -11,8 +11,9 @@ darkroom.yaml, or ``darkroom coadd``)
     common tangent plane (:func:`darkroom.imaging.coadd_images`). Products, under
     ``coadds/<provenance>/``: ``<field>_<filter>_<night>_<hash>.fits`` (SCI/MASK/VAR/WEIGHT/
     EXPMAP/NIMG; NCOMBINE, EXPTIME (total), MJD-OBS/MJD-MID/MJD-END, IMCMBnnn in the
-    header), its source catalogue ``.cat.parquet`` (sep extraction, RA/Dec through the
-    coadd's WCS, ``mag`` with the zero point) and a thumbnail ``.png``. Registry: a
+    header), its source catalogue ``.cat.parquet`` (extraction with the night's
+    ``astrometry.extract`` settings, RA/Dec through the coadd's solved WCS, ``mag`` from the
+    coadd's aperture photometry and zero point) and a thumbnail ``.png``. Registry: a
     ``Coadd`` row (total exposure, time span, WCS cards, ``values``: ``zp`` and its source,
     ``mag_limit`` (``n_sigma`` empty-aperture limit), ``mag_limit_random`` (the same on the
     half-difference image: the part of the noise that averages down with the inputs),
@@ -26,9 +27,15 @@ darkroom.yaml, or ``darkroom coadd``)
     ``n_sources``, ``catalog``, ``thumbnail``) and one ``CoaddInput`` row per image with
     its weight.
 
-    Zero point: SCI / EXPTIME is the count rate of the reference (first) input, so the
-    coadd takes that image's photometric zero point (its ``photcal`` row's ``zp``, mag for 1 adu/s)
-    when it has one; otherwise magnitudes are instrumental (zp 0).
+    A coadd is an image like the night's frames: its sources are extracted, its WCS (the
+    inputs' common grid) is checked and refined against the repository's reference catalogue
+    as a frame's header WCS is (:func:`darkroom.astrom.solve_frame`, ``values["astrometry"]``;
+    without a catalogue the grid is kept, 'marginal'), and its sources are measured and
+    calibrated as the photometry stage calibrates a frame
+    (:func:`darkroom.phot.frame.calibrate_frame`, ``values["photcal"]``): the zero point
+    (mag for 1 adu/s of SCI / EXPTIME) fitted on its own stars against the catalogue; without
+    a catalogue the reference (first) input's zero point (SCI / EXPTIME is its count rate),
+    else instrumental magnitudes (zp 0).
 
 Pixel convention: 0-based (sep); times MJD UTC.
 """
@@ -43,18 +50,26 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.astrom.wcscards import wcs_from_cards
+from darkroom.astrom import solve_frame
+from darkroom.astrom.field import scaled_by_fwhm
+from darkroom.astrom.settings import SolveSettings
+from darkroom.astrom.wcscards import replace_wcs_cards, wcs_from_cards
 from darkroom.detect import extract_frame
-from darkroom.errors import BadInputError
+from darkroom.errors import BadInputError, SolveError
 from darkroom.imaging import ImagePlanes, coadd_images, empty_aperture_depth, read_planes, thumbnail
-from darkroom.imaging.resample import grid_covering, pixel_scale_arcsec
+from darkroom.imaging.resample import TargetGrid, grid_covering, pixel_scale_arcsec
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.io.atomic import atomic_path, sha256_file
 from darkroom.maskbits import MaskBit
+from darkroom.phot import aperture_photometry, pixel_to_sky
+from darkroom.phot.frame import calibrate_frame, frame_cone
+from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, short_hash
+from darkroom.pipeline._shared import load_reference, photometric_reference
 from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Coadd, CoaddInput, Exposure
@@ -90,6 +105,8 @@ class CoaddStage(Stage):
     family = "images"
     reads = ("extract", "quality", "astrometry", "photometry", "lightcurves")
     settings = ("coadd",)
+    # the coadd is extracted, solved and calibrated as the night's frames are
+    extra_inputs = ("reference_catalog", "astrometry_extract", "astrometry_solve", "photometry_measure")
 
     @classmethod
     def enabled(cls, config: Any) -> bool:
@@ -216,31 +233,48 @@ class CoaddStage(Stage):
         header["FILTER"] = (p["filter"], "filter of the inputs")
         header["OBJECT"] = (p["field"], "field")
         header["NIGHT"] = (p["night"], "night (local date at the start) or 'all'")
-        # photometric zero point: the reference input's (SCI / EXPTIME is its count rate)
+        # extraction, astrometry and photometry on the coadd, as on any image of the night
+        extract = self.inputs.get("astrometry_extract")
+        extraction = extract_frame(
+            result.sci,
+            mask=result.mask,
+            background_config=getattr(extract, "background", None),
+            detect_config=getattr(extract, "detect", None),
+            quality_config=getattr(extract, "quality", None),
+            gain_e_per_adu=result.gain_e_per_adu,
+            pixel_scale_arcsec=pixel_scale_arcsec(grid.wcs),
+        )
+        cat = extraction.catalog
+        quality = extraction.quality
+        fwhm_coadd = getattr(quality, "fwhm_pix", None) or fwhm_med
+        reference, catalog_reason = self._reference_stars(grid, result.mjd_mid)
+        astrom, wcs = self._solve(cat, grid, reference, fwhm_coadd)
+        if astrom["replaced"]:
+            replace_wcs_cards(header, astrom.pop("header"), history=f"darkroom.coadd: WCS {astrom['method']}")
+        else:
+            astrom.pop("header", None)
+        header["ASTQUAL"] = (astrom["quality"], "astrometry of the coadd: good / marginal / failed")
+        ra, dec = wcs.all_pix2world(np.asarray(cat["x"], float), np.asarray(cat["y"], float), 0)
+        cat["ra_deg"], cat["dec_deg"] = ra % 360.0, dec
+        # the zero point: the coadd's own against the reference catalogue when there is one, else the
+        # reference (first) input's (SCI / EXPTIME is its count rate), else instrumental
         ref = items[0]
-        zp = ref.get("zp")
-        zp_source = f"image {ref['image_id']}" if zp is not None else "instrumental"
-        zp_value = float(zp) if zp is not None else 0.0
+        ref_zp = float(ref["zp"]) if ref.get("zp") is not None else None
+        photcal = self._photometry(
+            result, cat, wcs, fwhm_coadd, reference, ref_zp, p["filter"], catalog_reason
+        )
+        zp_value = float(photcal["zp"]) if photcal.get("zp") is not None else 0.0
+        if photcal.get("zp") is None:
+            zp_source = "instrumental"
+        elif photcal.get("n_used"):
+            zp_source = f"catalog: {photcal.get('zp_source')}"
+        else:
+            zp_source = f"image {ref['image_id']}"
         header["MAGZP"] = (zp_value, "mag = MAGZP - 2.5 log10(flux / EXPTIME)")
         folder.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings(), atomic_path(path) as tmp:
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
             result.to_hdus().writeto(tmp, output_verify="silentfix")
-        # extraction and photometry on the coadd, as on any image
-        extraction = extract_frame(
-            result.sci,
-            mask=result.mask,
-            gain_e_per_adu=result.gain_e_per_adu,
-            pixel_scale_arcsec=pixel_scale_arcsec(grid.wcs),
-        )
-        cat = extraction.catalog
-        ra, dec = grid.wcs.all_pix2world(np.asarray(cat["x"], float), np.asarray(cat["y"], float), 0)
-        cat["ra_deg"], cat["dec_deg"] = ra, dec
-        with np.errstate(divide="ignore", invalid="ignore"):
-            flux = np.asarray(cat["flux_aper_adu"], float)
-            rate = flux / (result.exptime_s or 1.0)
-            cat["mag"] = np.where(flux > 0, zp_value - 2.5 * np.log10(rate), np.nan)
-            cat["mag_err"] = 1.0857 * np.asarray(cat["flux_aper_err_adu"], float) / flux
         cat.meta["zp"] = zp_value
         cat_path = folder / f"{stem}.cat.parquet"
         with atomic_path(cat_path) as tmp:
@@ -272,7 +306,6 @@ class CoaddStage(Stage):
         png = folder / f"{stem}.png"
         with atomic_path(png) as tmp:
             thumbnail(result.sci, tmp)
-        quality = extraction.quality
         return {
             "path": self.relative(path),
             "sha256": sha256_file(path),
@@ -285,6 +318,23 @@ class CoaddStage(Stage):
                 {
                     "zp": zp_value,
                     "zp_source": zp_source,
+                    "astrometry": astrom,
+                    "photcal": {
+                        k: photcal.get(k)
+                        for k in (
+                            "mag_system",
+                            "zp",
+                            "zp_err",
+                            "colour_term",
+                            "n_matched",
+                            "n_used",
+                            "rms_mag",
+                            "apcorr_mag",
+                            "reason",
+                            "zp_flag",
+                            "mag_limit",
+                        )
+                    },
                     "mag_limit": mag_limit,
                     "limit_n_sigma": cfg.n_sigma,
                     "limit_radius_pix": radius,
@@ -312,6 +362,101 @@ class CoaddStage(Stage):
                 }
             ),
         }
+
+    def _reference_stars(self, grid: TargetGrid, mjd: float | None) -> tuple[Table | None, str]:
+        """The repository's reference catalogue over the coadd (None and why when there is none)."""
+        source = self.inputs.get("reference_catalog")
+        if source is None:
+            return None, "no reference catalog configured"
+        ra, dec, radius = frame_cone(grid.wcs, grid.shape)
+        return load_reference(self.root, source, ra=ra, dec=dec, radius=radius, mjd=mjd), ""
+
+    def _solve(
+        self, cat: Table, grid: TargetGrid, reference: Table | None, fwhm_pix: float
+    ) -> tuple[dict[str, Any], Any]:
+        """The coadd's WCS checked and refined against the reference stars, as a frame's header WCS
+        is (:func:`darkroom.astrom.solve_frame`); the grid's WCS is kept when it cannot be."""
+        settings = self.inputs.get("astrometry_solve") or SolveSettings()
+        solve_cfg = scaled_by_fwhm(settings, [fwhm_pix]).series.solve
+        try:
+            sol = solve_frame(cat, shape=grid.shape, catalog=reference, header_wcs=grid.wcs, config=solve_cfg)
+        except SolveError as exc:
+            return {
+                "method": "grid",
+                "quality": "marginal",
+                "reason": f"the inputs' grid kept: {exc.reason}",
+                "n_matched": 0,
+                "rms_arcsec": None,
+                "replaced": False,
+            }, grid.wcs
+        replaced = sol.ok and sol.wcs is not None and sol.method != "header"
+        info = {
+            "method": sol.method if replaced else "grid",
+            "quality": sol.quality if sol.ok else "marginal",
+            "reason": sol.reason
+            if replaced
+            else (sol.reason or "no reference catalog: the inputs' grid kept, unverified"),
+            "n_matched": int(sol.n_matched),
+            "rms_arcsec": float(sol.rms_arcsec) if np.isfinite(sol.rms_arcsec) else None,
+            "replaced": bool(replaced),
+        }
+        if replaced:
+            info["header"] = sol.to_header()
+        return info, (sol.wcs if replaced else grid.wcs)
+
+    def _photometry(
+        self,
+        result: Any,
+        cat: Table,
+        wcs: Any,
+        fwhm_pix: float,
+        reference: Table | None,
+        ref_zp: float | None,
+        band: str,
+        reason: str,
+    ) -> dict[str, Any]:
+        """Aperture photometry of the coadd's sources and its zero point, as the photometry stage
+        calibrates a frame (:func:`darkroom.phot.frame.calibrate_frame`); adds ``mag``, ``mag_err``
+        to ``cat`` (row for row)."""
+        measure: MeasureSettings = self.inputs.get("photometry_measure") or MeasureSettings()
+        exptime = result.exptime_s or 1.0
+        x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
+        phot = aperture_photometry(
+            result.sci,
+            result.mask,
+            result.var,
+            x,
+            y,
+            fwhm_pix=float(fwhm_pix),
+            config=measure.aperture,
+            neighbour_x=x,
+            neighbour_y=y,
+            exptime_s=exptime,
+        )
+        phot["ra"], phot["dec"] = pixel_to_sky(wcs, x, y) if len(phot) else (np.zeros(0), np.zeros(0))
+        phot_ref, zp_source = None, ""
+        if reference is not None and len(reference) and len(phot):
+            phot_ref, zp_source = photometric_reference(reference, measure, band if band != "none" else None)
+            if phot_ref is None:
+                reason = zp_source
+        unit_zp = None
+        if phot_ref is None and ref_zp is not None:
+            # the reference input's zero point per adu/s, as the zero point of a pixel sum of 1
+            unit_zp = ref_zp + 2.5 * np.log10(exptime)
+            zp_source = "the reference input's zero point"
+        photcal = calibrate_frame(
+            phot,
+            phot_ref,
+            settings=measure,
+            unit_zero_point_mag=unit_zp,
+            exptime_s=exptime,
+            gain_e_per_adu=result.gain_e_per_adu,
+            zp_source=zp_source,
+            reason=reason,
+        )
+        cat["mag"] = np.asarray(phot["mag"], float)
+        cat["mag_err"] = np.asarray(phot["mag_err"], float)
+        return photcal
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
         p = unit.payload

@@ -114,6 +114,10 @@ INPUTS: dict[str, Callable[[DarkroomConfig], Any]] = {
     "reference_catalog": reference_catalog,
     "ref_mag_column": lambda config: config.photometry.measure.ref_mag_column,
     "targets": lambda config: tuple(config.targets),
+    # a stage that solves and calibrates its own images like the night's (the coadd stage)
+    "astrometry_extract": lambda config: config.astrometry.extract,
+    "astrometry_solve": lambda config: config.astrometry.solve,
+    "photometry_measure": lambda config: config.photometry.measure,
 }
 
 
