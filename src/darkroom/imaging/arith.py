@@ -44,8 +44,10 @@ __all__ = [
     "ContinuumResult",
     "FluxRatio",
     "FluxRatioConfig",
+    "StarApertures",
     "continuum_subtract",
     "image_arith",
+    "reference_stars",
     "same_grid",
     "stellar_flux_ratio",
 ]
@@ -148,10 +150,26 @@ class FluxRatio:
     y: np.ndarray
 
 
-def _subtracted(planes: ImagePlanes) -> np.ndarray:
+@dataclass(frozen=True)
+class StarApertures:
+    """Stars of one image measured once: positions, aperture, sums and flags.
+
+    A reference image's stars measured on many images (a coadd's flux scales) are summed on
+    the reference only once.
+    """
+
+    x: np.ndarray  #: 0-based positions
+    y: np.ndarray
+    radius_pix: float
+    flux: np.ndarray  #: aperture sums of the background-subtracted SCI [SCI unit]
+    var: np.ndarray  #: aperture sums of VAR [SCI unit^2]
+    flagged: np.ndarray  #: an aperture holds a pixel with ``exclude_bits``
+    shape: tuple[int, int]
+
+
+def _subtracted(planes: ImagePlanes, sky_subtracted: bool = False) -> np.ndarray:
     arr = as_sep_array(planes.sci)
-    bkg = estimate_background(arr, mask=planes.mask)
-    sub = arr - bkg.level_adu
+    sub = arr if sky_subtracted else arr - estimate_background(arr, mask=planes.mask).level_adu
     return np.where(np.isfinite(sub), sub, 0.0).astype(np.float32)
 
 
@@ -161,25 +179,32 @@ def _aperture_flags(mask: np.ndarray, x: np.ndarray, y: np.ndarray, r: float, bi
     return np.asarray(frac) > 0
 
 
-def stellar_flux_ratio(
-    num: ImagePlanes,
+def _measure(
+    planes: ImagePlanes, sub: np.ndarray, x: np.ndarray, y: np.ndarray, r: float, bits: int
+) -> StarApertures:
+    f, _, _ = sep.sum_circle(sub, x, y, r)
+    v, _, _ = sep.sum_circle(np.nan_to_num(planes.var.astype(np.float32)), x, y, r)
+    flagged = _aperture_flags(planes.mask, x, y, r, bits)
+    return StarApertures(x, y, float(r), np.asarray(f), np.asarray(v), flagged, planes.shape)
+
+
+def reference_stars(
     den: ImagePlanes,
     *,
     config: FluxRatioConfig | None = None,
     positions: tuple[np.ndarray, np.ndarray] | None = None,
     radius_pix: float | None = None,
-) -> FluxRatio:
-    """Flux ratio ``num / den`` of stars, both images on one grid (see module docstring).
+    sky_subtracted: bool = False,
+) -> StarApertures:
+    """The stars of ``den`` a flux ratio is measured on, summed on ``den``.
 
-    ``positions`` (0-based x, y) and ``radius_pix`` skip the detection on ``den`` (e.g. a
-    reference frame's stars measured on many frames). Raises :class:`SolveError` with
-    fewer than 3 usable stars.
+    Bright isolated round stars detected on ``den`` (``config``), or the given ``positions``
+    (0-based) with ``radius_pix``; ``sky_subtracted``: ``den``'s background is already
+    removed (no mesh background is subtracted again). Raises :class:`SolveError` with fewer
+    than 3 stars away from the edges.
     """
     cfg = config or FluxRatioConfig()
-    if num.shape != den.shape:
-        raise BadInputError(f"flux ratio needs one grid (shapes {num.shape} and {den.shape})")
-    sub_d = _subtracted(den)
-    sub_n = _subtracted(num)
+    sub_d = _subtracted(den, sky_subtracted)
     if positions is None:
         err = float(np.sqrt(np.nanmedian(den.var)))
         bad = (den.mask & cfg.exclude_bits) != 0
@@ -208,13 +233,41 @@ def stellar_flux_ratio(
     x, y = x[inside], y[inside]
     if len(x) < 3:
         raise SolveError(f"only {len(x)} stars away from the edges for the flux ratio")
-    fd, _, _ = sep.sum_circle(sub_d, x, y, radius)
-    fn, _, _ = sep.sum_circle(sub_n, x, y, radius)
-    vd, _, _ = sep.sum_circle(np.nan_to_num(den.var.astype(np.float32)), x, y, radius)
-    vn, _, _ = sep.sum_circle(np.nan_to_num(num.var.astype(np.float32)), x, y, radius)
-    flagged = _aperture_flags(den.mask, x, y, radius, cfg.exclude_bits) | _aperture_flags(
-        num.mask, x, y, radius, cfg.exclude_bits
-    )
+    return _measure(den, sub_d, x, y, radius, cfg.exclude_bits)
+
+
+def stellar_flux_ratio(
+    num: ImagePlanes,
+    den: ImagePlanes | None = None,
+    *,
+    config: FluxRatioConfig | None = None,
+    positions: tuple[np.ndarray, np.ndarray] | None = None,
+    radius_pix: float | None = None,
+    reference: StarApertures | None = None,
+    sky_subtracted: bool = False,
+) -> FluxRatio:
+    """Flux ratio ``num / den`` of stars, both images on one grid (see module docstring).
+
+    ``positions`` (0-based x, y) and ``radius_pix`` skip the detection on ``den`` (e.g. a
+    reference frame's stars measured on many frames); ``reference`` (from
+    :func:`reference_stars`) replaces ``den`` altogether. ``sky_subtracted``: the images'
+    backgrounds are already removed. Raises :class:`SolveError` with fewer than 3 usable stars.
+    """
+    cfg = config or FluxRatioConfig()
+    if reference is None:
+        if den is None:
+            raise BadInputError("flux ratio needs a reference image or its measured stars")
+        if num.shape != den.shape:
+            raise BadInputError(f"flux ratio needs one grid (shapes {num.shape} and {den.shape})")
+        reference = reference_stars(
+            den, config=cfg, positions=positions, radius_pix=radius_pix, sky_subtracted=sky_subtracted
+        )
+    elif num.shape != reference.shape:
+        raise BadInputError(f"flux ratio needs one grid (shapes {num.shape} and {reference.shape})")
+    x, y, radius = reference.x, reference.y, reference.radius_pix
+    mine = _measure(num, _subtracted(num, sky_subtracted), x, y, radius, cfg.exclude_bits)
+    fd, vd, fn, vn = reference.flux, reference.var, mine.flux, mine.var
+    flagged = reference.flagged | mine.flagged
     with np.errstate(divide="ignore", invalid="ignore"):
         snr_d = fd / np.sqrt(vd)
         snr_n = fn / np.sqrt(vn)

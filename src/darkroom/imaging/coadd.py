@@ -60,7 +60,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from darkroom.detect import estimate_background
 from darkroom.detect.background import BackgroundConfig
 from darkroom.errors import BadInputError, SolveError
-from darkroom.imaging.arith import FluxRatioConfig, stellar_flux_ratio
+from darkroom.imaging.arith import FluxRatioConfig, reference_stars, stellar_flux_ratio
 from darkroom.imaging.planes import ImagePlanes
 from darkroom.imaging.resample import (
     DEFAULT_EXCLUDE_BITS,
@@ -267,8 +267,8 @@ def coadd_images(
     sky_levels = np.zeros(n)
     exptimes: list[float | None] = []
     gains: list[float] = []
-    ref_planes: ImagePlanes | None = None
-    ref_positions = None
+    have_reference = False  # the first usable input is the flux reference (only its stars are kept)
+    ref_stars = None
     t_ref: float | None = None
     try:
         for i, item in enumerate(images):
@@ -309,24 +309,30 @@ def coadd_images(
                     method, note = "none", "no EXPTIME: not scaled"
             resampled = planes.with_planes(res.sci, res.var, res.mask, wcs=target.wcs)
             if cfg.flux_scale == "stars":
-                if ref_planes is None:
-                    ref_planes = resampled
+                # the mesh background is off the inputs already (unless ``background: none``)
+                sky_off = cfg.background != "none"
+                if not have_reference:
+                    have_reference = True
                     method = "stars"
-                    try:  # the reference's good stars, measured on every later input
-                        own = stellar_flux_ratio(ref_planes, ref_planes, config=cfg.flux_ratio)
-                        ref_positions = (own.x, own.y, own.radius_pix)
+                    try:  # the reference's good stars, summed on it once, measured on every later input
+                        own = stellar_flux_ratio(
+                            resampled, resampled, config=cfg.flux_ratio, sky_subtracted=sky_off
+                        )
+                        ref_stars = reference_stars(
+                            resampled,
+                            config=cfg.flux_ratio,
+                            positions=(own.x, own.y),
+                            radius_pix=own.radius_pix,
+                            sky_subtracted=sky_off,
+                        )
                     except (SolveError, BadInputError) as exc:
                         note = f"reference stars: {exc.reason}"
                 else:
                     try:
-                        if ref_positions is None:
+                        if ref_stars is None:
                             raise SolveError("no stars on the reference input")
                         ratio = stellar_flux_ratio(
-                            resampled,
-                            ref_planes,
-                            config=cfg.flux_ratio,
-                            positions=ref_positions[:2],
-                            radius_pix=ref_positions[2],
+                            resampled, config=cfg.flux_ratio, reference=ref_stars, sky_subtracted=sky_off
                         )
                         scale = 1.0 / ratio.ratio
                         note = f"flux ratio {ratio.ratio:.4f} +- {ratio.err:.4f} from {ratio.n_stars} stars"

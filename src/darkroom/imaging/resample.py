@@ -334,27 +334,38 @@ def _bilinear_block(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Normalised bilinear interpolation of one block; returns (sci, var, mask, coverage)."""
     ny, nx = sci.shape
-    x0 = np.floor(x).astype(np.int64)
-    y0 = np.floor(y).astype(np.int64)
-    fx = (x - x0).astype(np.float32)
-    fy = (y - y0).astype(np.float32)
+    # flat views and one flat index per tap: np.take on a raveled array is about twice as fast
+    # as 2-D fancy indexing, and each axis's two clipped taps are computed once, not per tap
+    sci_f, var_f, mask_f, good_f = (np.ravel(a) for a in (sci, var, mask, good))
+    xf = np.floor(x)
+    yf = np.floor(y)
+    fx = (x - xf).astype(np.float32)
+    fy = (y - yf).astype(np.float32)
+    x0 = xf.astype(np.int64)
+    y0 = yf.astype(np.int64)
+    one = np.float32(1.0)
+    cols = [
+        (np.clip(x0 + d, 0, nx - 1), (x0 + d >= 0) & (x0 + d < nx), w) for d, w in ((0, one - fx), (1, fx))
+    ]
+    rows = [
+        (np.clip(y0 + d, 0, ny - 1) * nx, (y0 + d >= 0) & (y0 + d < ny), w)
+        for d, w in ((0, one - fy), (1, fy))
+    ]
     num = np.zeros(x.shape, np.float32)
     vnum = np.zeros(x.shape, np.float32)
     wsum = np.zeros(x.shape, np.float32)
     bits = np.zeros(x.shape, np.int32)
-    for dy, wy in ((0, 1.0 - fy), (1, fy)):
-        for dx, wx in ((0, 1.0 - fx), (1, fx)):
-            xi = x0 + dx
-            yi = y0 + dy
-            inside = (xi >= 0) & (xi < nx) & (yi >= 0) & (yi < ny)
-            xc = np.clip(xi, 0, nx - 1)
-            yc = np.clip(yi, 0, ny - 1)
+    zero = np.float32(0.0)
+    for row, row_in, wy in rows:
+        for col, col_in, wx in cols:
+            idx = row + col
+            inside = row_in & col_in
             w = wx * wy
-            touched = inside & (w > 1e-3)
-            bits |= np.where(touched, mask[yc, xc], 0)
-            wg = np.where(inside & good[yc, xc], w, np.float32(0.0))
-            num += wg * np.where(wg > 0, sci[yc, xc], np.float32(0.0))
-            vnum += wg * wg * np.where(wg > 0, var[yc, xc], np.float32(0.0))
+            bits |= np.where(inside & (w > 1e-3), mask_f.take(idx), 0)
+            wg = np.where(inside & good_f.take(idx), w, zero)
+            used = wg > 0
+            num += wg * np.where(used, sci_f.take(idx), zero)
+            vnum += wg * wg * np.where(used, var_f.take(idx), zero)
             wsum += wg
     with np.errstate(invalid="ignore", divide="ignore"):
         out = num / wsum
