@@ -28,6 +28,7 @@ from darkroom.phot.aperture import aperture_photometry
 from darkroom.phot.settings import MeasureSettings
 from darkroom.repo.models import Exposure, Image
 from darkroom.sim import build_scene, hostile_small_telescope, light_electrons, render_frame, simulate_night
+from darkroom.timeseries.illumination import fit_illumination
 
 N_FRAMES = 90
 APERTURE_PIX = 3.5  # covers 1.5 x the widest FWHM (2.2 px)
@@ -137,10 +138,11 @@ def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
         repo.close()
 
 
-def _noiseless_depth(n_frames: int, *, vignetting: bool) -> float:
+def _noiseless_depth(n_frames: int, *, vignetting: bool, illumination: bool = True) -> float:
     """Transit depth of the host over a fixed ensemble, measured with darkroom's default apertures at
     the true positions on noiseless frames of the hostile preset (sky + stars, times the flat when
-    ``vignetting``): the systematic part of the photometry alone (the aperture's share of an
+    ``vignetting``), with the pipeline's illumination correction (fitted on the field's stars)
+    when ``illumination``: the systematic part of the photometry alone (the aperture's share of an
     undersampled star changing with the seeing and across the field; the vignetting sampled by the
     drift), without photon noise."""
     scene = build_scene(hostile_small_telescope(n_science=n_frames, seed=4))
@@ -169,14 +171,23 @@ def _noiseless_depth(n_frames: int, *, vignetting: bool) -> float:
             config=aperture,
         )
         frames.append(
-            dict(zip(np.asarray(stars["id"]).tolist(), np.asarray(phot["flux"], float), strict=True))
+            {
+                int(i): (float(f), float(x), float(y))
+                for i, f, x, y in zip(stars["id"], phot["flux"], stars["x"], stars["y"], strict=True)
+            }
         )
         mags.update(zip(np.asarray(stars["id"]).tolist(), np.asarray(stars["r_mag"], float), strict=True))
     host_mag = mags[host]
-    always = set.intersection(*(set(f) for f in frames)) - {host, scene.variable_id}
-    comps = [i for i in always if abs(mags[i] - host_mag) < 1.5]
+    always = sorted(set.intersection(*(set(f) for f in frames)) - {scene.variable_id})
+    flux, x, y = (np.array([[f[i][j] for i in always] for f in frames]) for j in range(3))
+    if illumination:
+        # photon-noise errors of the noiseless fluxes (plus the sky) weight the fit as in the pipeline
+        err = np.sqrt(flux + 500.0)
+        flux = flux * fit_illumination(flux, err, x, y, exclude=(always.index(host),)).factor
+    col = {i: k for k, i in enumerate(always)}
+    comps = [col[i] for i in always if i != host and abs(mags[i] - host_mag) < 1.5]
     assert len(comps) >= 5
-    ratio = np.array([f[host] / sum(f[i] for i in comps) for f in frames])
+    ratio = flux[:, col[host]] / flux[:, comps].sum(axis=1)
     g = scene.transit
     summary = {
         "transit": {

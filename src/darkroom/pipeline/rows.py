@@ -131,6 +131,10 @@ def frame_table(
         out["zp"].append(np.nan if zp is None else zp)
         out["poor"].append(image.quality_flag == "poor")
         out["exposure_id"].append(image.exposure_id)
+        calib = image.image.calib or {}
+        out["flat_fielded"].append(
+            bool(calib.get("precalibrated") or (calib.get("masters") or {}).get("flat"))
+        )
         metas.append(image.meta)
     table = Table(
         {
@@ -141,6 +145,7 @@ def frame_table(
             "zp": np.array(out["zp"], float),
             "poor": np.array(out["poor"], bool),
             "exposure_id": np.array(out["exposure_id"], np.int64),
+            "flat_fielded": np.array(out["flat_fielded"], bool),
         }
     )
     sites = Counter(

@@ -37,7 +37,7 @@ QUALITY_BITS = int(
 )
 
 #: Columns of :func:`frame_table`.
-FRAME_COLUMNS = ("image_id", "mjd_utc", "filter", "fwhm", "zp", "poor", "exposure_id")
+FRAME_COLUMNS = ("image_id", "mjd_utc", "filter", "fwhm", "zp", "poor", "exposure_id", "flat_fielded")
 
 
 def pool_window(settings: LightCurveSettings) -> float:
@@ -213,6 +213,8 @@ def assemble_lightcurve(
     order = np.argsort(fids)
     pos = order[np.searchsorted(fids[order], np.asarray(meas["image_id"], np.int64))]
     meas["fwhm"] = np.asarray(frames["fwhm"], float)[pos]
+    if "flat_fielded" in frames.colnames:
+        meas["flat_fielded"] = np.asarray(frames["flat_fielded"], bool)[pos]
     if np.isfinite(np.asarray(frames["zp"], float)).any():
         meas["zp"] = np.asarray(frames["zp"], float)[pos]
     excluded = set(fids[bad_frame].tolist())

@@ -30,6 +30,7 @@ from darkroom.timeseries.differential import (
     differential_photometry,
     pointing_segments,
 )
+from darkroom.timeseries.illumination import fit_illumination
 from darkroom.timeseries.quality import LightCurveFlag, transparency_flags
 from darkroom.timeseries.settings import LightCurveConfig
 from darkroom.timeseries.times import airmass, bjd_tdb
@@ -177,6 +178,34 @@ def build_lightcurve(
     return lc
 
 
+def _illumination(
+    sub: Table,
+    flux: np.ndarray,
+    err: np.ndarray,
+    flags: np.ndarray,
+    image_ids: np.ndarray,
+    source_ids: np.ndarray,
+    tcol: int,
+    config: LightCurveConfig,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Fluxes and errors with the illumination pattern of a drifting, unflattened field removed
+    (every star's, the target's included: rel_flux is built on them), and what was done."""
+    cfg = config.illumination
+    if cfg.mode == "off":
+        return flux, err, "illumination correction off"
+    if cfg.mode == "auto" and "flat_fielded" in sub.colnames and bool(np.all(sub["flat_fielded"])):
+        # a flat removed the pattern; what a static fit would find on top is weather and aperture
+        # systematics it cannot describe
+        return flux, err, "frames flat-fielded: no illumination correction"
+    xs = pivot_measurements(sub, "x", image_ids=image_ids, source_ids=source_ids).astype(float)
+    ys = pivot_measurements(sub, "y", image_ids=image_ids, source_ids=source_ids).astype(float)
+    usable = (flags & config.comparison.bad_flags) == 0
+    fit = fit_illumination(flux, err, xs, ys, usable=usable, exclude=(tcol,), config=cfg)
+    if fit.applied:
+        return flux * fit.factor, err * fit.factor, fit.reason
+    return flux, err, fit.reason
+
+
 def _one_band(
     sub: Table,
     *,
@@ -214,6 +243,10 @@ def _one_band(
         tx = pivot_measurements(sub, "x", image_ids=image_ids, source_ids=source_ids)[:, tcol].astype(float)
         ty = pivot_measurements(sub, "y", image_ids=image_ids, source_ids=source_ids)[:, tcol].astype(float)
         segments = pointing_segments(tx, ty, jump_pix=config.segment_jump_pix, time=mjd)
+    if config.differential and "x" in sub.colnames and "y" in sub.colnames:
+        flux, err, info["illumination"] = _illumination(
+            sub, flux, err, flags, image_ids, source_ids, tcol, config
+        )
     if config.differential:
         colour_arr = None
         if colours is not None:
@@ -248,7 +281,7 @@ def _one_band(
             )
         except SolveError as exc:
             log.warning("filter %s: no differential light curve: %s", band, exc.reason)
-            info = {"error": exc.reason}
+            info = {**info, "error": exc.reason}
             qflags |= int(LightCurveFlag.NO_ENSEMBLE)
         else:
             rel, rel_err = res.rel_flux, res.rel_flux_err
@@ -262,6 +295,7 @@ def _one_band(
             )
             qflags |= np.where(~np.isfinite(rel) & has_target, int(LightCurveFlag.NO_ENSEMBLE), 0)
             info = {
+                **info,
                 "source_ids": [int(source_ids[j]) for j in res.comparison],
                 "weights": [float(w) for w in res.weights],
                 "rejected": {int(source_ids[j]): why for j, why in res.rejected.items()},

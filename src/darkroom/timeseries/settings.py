@@ -76,6 +76,35 @@ class ComparisonConfig(BaseModel):
     reject_named: bool = Field(False, description="apply rejection to user-named comparison stars too")
 
 
+class IlluminationConfig(BaseModel):
+    """Settings of :func:`darkroom.timeseries.illumination.fit_illumination` (a drifting field's
+    illumination pattern measured by its stars)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: correct when the fitted pattern is significant; on: always; off: never",
+    )
+    order: int = Field(2, ge=1, le=4, description="polynomial order in the detector position")
+    min_motion_pix: float = Field(
+        10.0,
+        ge=0,
+        description="stars must move at least this much over the night to measure anything [pixel]",
+    )
+    min_chi2_drop: float = Field(
+        30.0, gt=0, description="chi-square drop (scaled to a reduced chi-square of 1) needed to correct"
+    )
+    prior_amplitude: float = Field(
+        0.1, gt=0, description="prior width of each polynomial coefficient [ln flux over the half field]"
+    )
+    max_star_err_mag: float = Field(
+        0.05, gt=0, description="stars noisier than this per epoch are not used [mag]"
+    )
+    error_floor_mag: float = Field(0.001, ge=0, description="added in quadrature to each error [mag]")
+    clip_sigma: float = Field(5.0, gt=1, description="residuals beyond this are left out of the fit [sigma]")
+
+
 class LightCurveConfig(BaseModel):
     """Settings of :func:`build_lightcurve`."""
 
@@ -85,6 +114,7 @@ class LightCurveConfig(BaseModel):
     comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
     transparency: TransparencyConfig = Field(default_factory=TransparencyConfig)
     airmass_model: AirmassModel = Field("secz", description="'secz' or 'kasten_young'")
+    illumination: IlluminationConfig = Field(default_factory=IlluminationConfig)
     segment_jump_pix: float | None = Field(
         5.0,
         gt=0,
