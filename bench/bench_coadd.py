@@ -18,6 +18,7 @@ included for every method. Ratios are the method's time and memory over darkroom
 darkroom is faster / leaner).
 
     .venv/bin/python bench/bench_coadd.py [--size 4096] [--n 16] [--no-ccdproc] [--ccdproc-size 2048]
+        [--darkroom-only]
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def make_frame(i: int, size: int) -> ImagePlanes:
     return ImagePlanes(sci, var, np.zeros((size, size), np.int32), grid.wcs, name=f"f{i}", exptime_s=60.0)
 
 
-def run(size: int, n: int, with_ccdproc: bool, ccd_size: int) -> list[dict]:
+def run(size: int, n: int, with_ccdproc: bool, ccd_size: int, darkroom_only: bool = False) -> list[dict]:
     import reproject
     from reproject.mosaicking import reproject_and_coadd
 
@@ -116,14 +117,17 @@ def run(size: int, n: int, with_ccdproc: bool, ccd_size: int) -> list[dict]:
 
     t_ours, m_ours, _ = measure(ours_resample)
     rows.append(_row("resample", size, n, "darkroom bilinear SCI+VAR+MASK", t_ours, m_ours, t_ours, m_ours))
-    t, m, _ = measure(rp_sci)
-    rows.append(_row("resample", size, n, "reproject_interp SCI", t, m, t_ours, m_ours))
-    t, m, _ = measure(rp_sci_var)
-    rows.append(_row("resample", size, n, "reproject_interp SCI+VAR", t, m, t_ours, m_ours))
+    if not darkroom_only:
+        t, m, _ = measure(rp_sci)
+        rows.append(_row("resample", size, n, "reproject_interp SCI", t, m, t_ours, m_ours))
+        t, m, _ = measure(rp_sci_var)
+        rows.append(_row("resample", size, n, "reproject_interp SCI+VAR", t, m, t_ours, m_ours))
 
     loaders = [lambda i=i: make_frame(i, size) for i in range(n)]
     t_c, m_c, _ = measure(lambda: coadd_images(loaders, target, CoaddConfig(memory_limit_mb=256)))
     rows.append(_row("coadd", size, n, "darkroom coadd_images (clipped)", t_c, m_c, t_c, m_c))
+    if darkroom_only:
+        return rows
 
     def rp_coadd():
         # reproject's own mosaicking takes the inputs as a list: all frames in memory at once
@@ -195,11 +199,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--no-ccdproc", action="store_true")
     ap.add_argument("--ccdproc-size", type=int, default=None, help="frame size for the ccdproc row (memory)")
+    ap.add_argument("--darkroom-only", action="store_true", help="only darkroom's rows (after a change)")
     args = ap.parse_args()
     print(
         f"{args.n} frames of {args.size}^2 (ccdproc rows at {args.ccdproc_size or args.size}^2)", flush=True
     )
-    rows = run(args.size, args.n, not args.no_ccdproc, args.ccdproc_size or args.size)
+    rows = run(args.size, args.n, not args.no_ccdproc, args.ccdproc_size or args.size, args.darkroom_only)
     print()
     print_table(rows)
 
