@@ -285,9 +285,12 @@ def find_period(
     fbest, chi2 = min(tried, key=lambda fc: fc[1])
     # A sub-harmonic f/2 carries every harmonic of f among its own, so its chi^2 is never
     # worse: keep the double period only when it explains clearly more (unequal minima).
+    # The refined f2 must stay a double frequency: below ~4 df the local grid reaches back to
+    # fbest itself, whose equal chi^2 would otherwise be "kept" again and again (an endless loop
+    # on a few-month SN Ia light curve whose best frequency sits at the grid's low end).
     while True:
         f2, c2 = _local_best(t, y, dy, bi, 2.0 * fbest, df, config.n_harmonics)
-        if 2.0 * fbest <= fmax and c2 <= chi2 * (1.0 + config.subharmonic_gain):
+        if 2.0 * fbest <= fmax and f2 > 1.5 * fbest and c2 <= chi2 * (1.0 + config.subharmonic_gain):
             fbest, chi2 = f2, c2
             tried.append((f2, c2))
         else:
