@@ -125,34 +125,36 @@ def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
         depth, t0 = _fit_transit(t[good], flux[good] / np.nanmedian(flux[good]), truth.summary)
         true_depth = truth.summary["transit"]["depth"]
         # The issue asks for 5 %; this night (seed 4) gives 0.0219 for 0.024 (-8.8 %). That is the
-        # photon noise of this one realisation, not a bias of the pipeline: the same noisy pixels
-        # with the true bias, dark and flat subtracted, cosmic rays removed from the truth and
-        # apertures at the true positions give -7.6 % (1.5 FWHM, 6 comparison stars) to -12 %
-        # (26 stars); the host's own shot noise alone (its noisy over its noiseless aperture flux)
-        # gives -6.5 %. The host (12.4 mag, ~70 ke-) has 4.5 ppt point-to-point noise, so 90 frames
-        # fix the depth to ~4.5 % (1 sigma; other seeds: -1.5 .. +4.7 %). The photometry's own
-        # systematics are held at 5 % on noiseless frames below. Held at 10 % here.
+        # noise of this one realisation, not a bias of the pipeline. Two parts: (1) photon noise:
+        # the host (12.4 mag, ~70 ke-, at the 12-bit ceiling) has 4.5 ppt point-to-point noise, so
+        # 90 frames fix the depth to ~4.5 % (1 sigma); the same noisy pixels reduced with the true
+        # calibration, true positions and no cosmic rays give -7.6 %. (2) the unflattened pixel
+        # response (0.5 % rms) that the drifting stars sample: on noiseless frames it alone moves
+        # the depth by -0.0 .. +4.6 % over six realisations of the pattern (std ~1.7 %), and more
+        # frames do not average it down. At 288 frames (50 s cadence) four nights gave +5.9, +0.8,
+        # +0.0 and -4.6 % (mid-time 0.7-1.9 min). The photometry's own systematics on noiseless
+        # frames are held at 5 % below. Held at 10 % here.
         assert depth == pytest.approx(true_depth, rel=0.10), (depth, true_depth)
         assert abs(t0 - truth.summary["transit"]["t0_bjd_tdb"]) * 1440.0 < 2.0
     finally:
         repo.close()
 
 
-def _noiseless_depth(n_frames: int, *, vignetting: bool, illumination: bool = True) -> float:
+def _noiseless_depth(n_frames: int, *, flat: str, illumination: bool = True) -> float:
     """Transit depth of the host over a fixed ensemble, measured with darkroom's default apertures at
-    the true positions on noiseless frames of the hostile preset (sky + stars, times the flat when
-    ``vignetting``), with the pipeline's illumination correction (fitted on the field's stars)
+    the true positions on noiseless frames of the hostile preset (sky + stars, times nothing with
+    ``flat="none"``, the whole flat with ``"full"``: vignetting and the 0.5 % pixel response), with the pipeline's illumination correction (fitted on the field's stars)
     when ``illumination``: the systematic part of the photometry alone (the aperture's share of an
     undersampled star changing with the seeing and across the field; the vignetting sampled by the
     drift), without photon noise."""
     scene = build_scene(hostile_small_telescope(n_science=n_frames, seed=4))
     c, sci, host = scene.config, scene.science, scene.host_id
     aperture = MeasureSettings().aperture
+    response = {"none": 1.0, "full": scene.detector.flat}[flat]
     frames, mags = [], {}
     for k in range(n_frames):
         image, stars = light_electrons(scene, k)
-        if vignetting:
-            image = image * scene.detector.flat
+        image = image * response
         inner = stars["in_frame"] & ~stars["saturated"]
         inner &= (
             (stars["x"] > 10)
@@ -206,10 +208,11 @@ def _noiseless_depth(n_frames: int, *, vignetting: bool, illumination: bool = Tr
 
 
 def test_hostile_photometry_systematics_within_5_percent_without_noise():
-    """The issue's 5 % on the depth, for what the photometry itself does to it. Measured: -2.8 %
-    from the 1.5 FWHM reference aperture (its share of an undersampled star changes with the
-    seeing, and stars off-centre are broader: +-0.5 % over the night, 0.7 % at 2 FWHM) and +3 %
-    from the 4 % vignetting that the 120 px drift samples with no flat to remove it."""
+    """The issue's 5 % on the depth, for what the photometry itself does to it, without photon
+    noise. Measured on 40 frames: -2.8 % with no flat response at all (the aperture's share of an
+    undersampled star changes with the seeing and its pixel phase: +-0.5 % frame to frame) and
+    +0.1 % through the whole flat (4 % vignetting, which the illumination correction fits, and the
+    0.5 % pixel response, which the 120 px drift samples and nothing can remove without flats)."""
     true_depth = hostile_small_telescope().planet.depth
-    assert _noiseless_depth(40, vignetting=False) == pytest.approx(true_depth, rel=0.05)
-    assert _noiseless_depth(40, vignetting=True) == pytest.approx(true_depth, rel=0.05)
+    assert _noiseless_depth(40, flat="none") == pytest.approx(true_depth, rel=0.05)
+    assert _noiseless_depth(40, flat="full") == pytest.approx(true_depth, rel=0.05)
