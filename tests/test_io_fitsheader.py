@@ -8,7 +8,7 @@ from astropy.io import fits
 
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import sha256_file
-from darkroom.io.fitsheader import rewrite_header
+from darkroom.io.fitsheader import read_headers, rewrite_header, scan_hdus
 
 
 def _calibrated(path, n_cards: int = 20):
@@ -72,3 +72,51 @@ def test_layout_change_and_missing_extension_are_refused(tmp_path):
     with pytest.raises(BadInputError, match=r"cal\.fits"):
         rewrite_header(path, "NOPE", lambda h: None)
     assert path.read_bytes() == before  # nothing written on refusal
+
+
+def test_read_headers_equal_astropys_and_skip_missing(tmp_path):
+    path = tmp_path / "cal.fits"
+    _calibrated(path, n_cards=60)  # the SCI header spans two blocks
+    got = read_headers(path, ("SCI", "VAR", "GIVENWCS", 0))
+    assert set(got) == {"SCI", "VAR", 0}
+    with fits.open(path) as hdul:
+        for name in ("SCI", "VAR", 0):
+            assert got[name].tostring() == hdul[name].header.tostring()
+            assert list(got[name].items()) == list(hdul[name].header.items())
+
+
+@pytest.mark.filterwarnings("ignore:Unexpected extra padding")
+def test_a_file_the_scan_does_not_place_goes_through_astropy(tmp_path):
+    path = tmp_path / "cal.fits"
+    _calibrated(path)
+    assert scan_hdus(path.read_bytes()) is not None
+    with open(path, "ab") as fh:  # stray bytes after the last HDU: astropy ignores them
+        fh.write(b"\0" * 100)
+    assert scan_hdus(path.read_bytes()) is None
+    with fits.open(path) as hdul:
+        expected = hdul["SCI"].header.tostring()
+    assert read_headers(path, ("SCI",))["SCI"].tostring() == expected
+    sha = rewrite_header(path, "SCI", lambda h: h.set("NEW", 1))
+    assert sha == sha256_file(path)
+    with fits.open(path) as hdul:
+        assert hdul["SCI"].header["NEW"] == 1
+
+
+def test_first_present_name_is_rewritten_and_append_may_depend_on_the_file(tmp_path):
+    path = tmp_path / "cal.fits"
+    _calibrated(path)
+    seen = []
+
+    def given(header: fits.Header, names: list[str]) -> list[fits.Header]:
+        seen.append((header["CRPIX1"], names))
+        return [] if "GIVENWCS" in names else [fits.Header([("EXTNAME", "GIVENWCS")])]
+
+    rewrite_header(path, ("NOPE", "SCI"), lambda h: h.set("CRPIX1", 11.0), append=given)
+    rewrite_header(path, ("NOPE", "SCI"), lambda h: h.set("CRPIX1", 12.0), append=given)
+    assert seen == [
+        (10.0, ["PRIMARY", "SCI", "MASK", "VAR"]),
+        (11.0, ["PRIMARY", "SCI", "MASK", "VAR", "GIVENWCS"]),
+    ]
+    with fits.open(path) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "MASK", "VAR", "GIVENWCS"]
+        assert hdul["SCI"].header["CRPIX1"] == 12.0

@@ -1,4 +1,4 @@
-"""Change one header of a FITS file without decoding its data.
+"""Read and change the headers of a FITS file without decoding its data.
 
 Writing a solved WCS into a calibrated image used to read every plane through
 astropy, copy it, and write it all again (tens of ms and two 12 MB passes per
@@ -6,24 +6,38 @@ astropy, copy it, and write it all again (tens of ms and two 12 MB passes per
 new file is the old bytes with that header's blocks swapped: the data blocks are
 copied as bytes, never converted, and the result is byte-identical to what astropy
 would write for the same header. The file is replaced atomically (temporary name,
-fsync, rename) and its SHA-256 is computed from the bytes in memory.
+fsync, rename) and its SHA-256 is computed from the bytes in memory, part by part as
+they are written (no joined copy of the file).
+
+The HDUs are placed by scanning each header for the cards that size its data
+(``BITPIX``, ``NAXISn``, ``PCOUNT``, ``GCOUNT``) and ``EXTNAME``; only the header asked
+for is parsed by astropy. A file this scan does not account for exactly (random
+groups, bytes after the last HDU, a header without END) is handled by astropy's
+reader instead, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from astropy.io import fits
 
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import atomic_write_bytes
 
-__all__ = ["header_bytes", "rewrite_header"]
+__all__ = ["HduSpan", "header_bytes", "read_headers", "rewrite_header", "scan_hdus"]
 
-_BLOCK = 2880
+_BLOCK = 2880  # FITS block [bytes]
+_CARD = 80  # FITS card [bytes]
+_END = b"END" + b" " * 77
+#: headers longer than this many blocks are not a calibrated image's; astropy's reader decides
+_MAX_HEADER_BLOCKS = 1000
 
 
 def header_bytes(header: fits.Header) -> bytes:
@@ -43,38 +57,191 @@ def _empty_extension(header: fits.Header) -> bytes:
     return header_bytes(hdu.header)
 
 
+@dataclass(frozen=True)
+class HduSpan:
+    """Where one HDU lies in a file [byte offsets]: its header from ``header_start`` to
+    ``data_start`` (whole blocks, END included), its data zero-padded up to ``end``."""
+
+    name: str  # EXTNAME upper-cased and stripped ('' when the HDU has none)
+    header_start: int
+    data_start: int
+    end: int
+
+
+def _value(card: bytes) -> str:
+    """The value text of a fixed-format ``KEYWORD = value / comment`` card (strings unquoted)."""
+    text = card[10:].decode("ascii", "replace").strip()
+    if text.startswith("'"):
+        stop = text.find("'", 1)
+        return text[1:stop].strip() if stop > 0 else text
+    return text.split("/", 1)[0].strip()
+
+
+def _scan(read_at: Callable[[int, int], bytes], size: int) -> list[HduSpan] | None:
+    """The HDUs of ``size`` bytes read through ``read_at(offset, n)``, or None when the content is
+    not a plain sequence of HDUs that tiles the file exactly (astropy's reader decides then)."""
+    spans: list[HduSpan] = []
+    offset = 0
+    while offset < size:
+        cards: dict[str, str] = {}
+        pos, end_found = offset, False
+        for _ in range(_MAX_HEADER_BLOCKS):
+            block = bytes(read_at(pos, _BLOCK))
+            if len(block) < _BLOCK:
+                return None
+            pos += _BLOCK
+            for i in range(0, _BLOCK, _CARD):
+                card = block[i : i + _CARD]
+                if card == _END:
+                    end_found = True
+                    break
+                if card[8:10] == b"= ":
+                    cards.setdefault(card[:8].rstrip().decode("ascii", "replace"), _value(card))
+            if end_found:
+                break
+        if not end_found:
+            return None
+        first = "SIMPLE" if not spans else "XTENSION"
+        if first not in cards or (not spans and cards["SIMPLE"] != "T") or "GROUPS" in cards:
+            return None
+        try:
+            bitpix, naxis = int(cards["BITPIX"]), int(cards["NAXIS"])
+            axes = [int(cards[f"NAXIS{k}"]) for k in range(1, naxis + 1)]
+            pcount, gcount = int(cards.get("PCOUNT", "0")), int(cards.get("GCOUNT", "1"))
+        except (KeyError, ValueError):
+            return None
+        if bitpix not in (8, 16, 32, 64, -32, -64) or min([pcount, gcount, *axes], default=0) < 0:
+            return None
+        nbytes = abs(bitpix) // 8 * gcount * (pcount + math.prod(axes)) if naxis else 0
+        end = pos + nbytes + (-nbytes % _BLOCK)
+        if end > size:
+            return None
+        spans.append(HduSpan(cards.get("EXTNAME", "").strip().upper(), offset, pos, end))
+        offset = end
+    return spans if offset == size else None
+
+
+def scan_hdus(raw: bytes | memoryview) -> list[HduSpan] | None:
+    """The HDUs of a FITS file's bytes in memory (see :func:`_scan`)."""
+    view = memoryview(raw)
+    return _scan(lambda offset, n: view[offset : offset + n], len(view))
+
+
+def _index(spans: list[HduSpan], extname: str | int) -> int | None:
+    """The index of ``extname`` as astropy's ``HDUList.index_of`` finds it (first HDU of that name;
+    'PRIMARY' or 0 the first HDU; an int is an index); None when the file has none."""
+    if isinstance(extname, int):
+        return extname if 0 <= extname < len(spans) else None
+    key = extname.strip().upper()
+    for i, span in enumerate(spans):
+        if span.name == key or (i == 0 and key == "PRIMARY"):
+            return i
+    return None
+
+
+def _header_of(raw: bytes | memoryview, span: HduSpan) -> fits.Header:
+    """The header of one HDU, parsed as astropy's reader parses it."""
+    return fits.Header.fromstring(bytes(raw[span.header_start : span.data_start]).decode("ascii"))
+
+
+def read_headers(path: Path | str, names: Sequence[str | int]) -> dict[str | int, fits.Header]:
+    """The headers of the extensions in ``names`` that the file has (as ``fits.open(path)[name].header``
+    gives them), reading the header blocks only; the data are skipped. Raises ``OSError`` when the
+    file cannot be read and ``KeyError`` when it is not a FITS file this scan places."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        spans = _scan(_reader(fh), size)
+        if spans is None:
+            with fits.open(path, memmap=False) as hdul:
+                return {n: hdul[n].header.copy() for n in names if _has(hdul, n)}
+        out: dict[str | int, fits.Header] = {}
+        for name in names:
+            index = _index(spans, name)
+            if index is not None:
+                span = spans[index]
+                fh.seek(span.header_start)
+                out[name] = fits.Header.fromstring(
+                    fh.read(span.data_start - span.header_start).decode("ascii")
+                )
+        return out
+
+
+def _reader(fh: BinaryIO) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, n: int) -> bytes:
+        fh.seek(offset)
+        return fh.read(n)
+
+    return read_at
+
+
+def _has(hdul: fits.HDUList, name: str | int) -> bool:
+    if isinstance(name, int):
+        return 0 <= name < len(hdul)
+    return name in hdul
+
+
+def _astropy_layout(path: Path, extnames: tuple[str | int, ...]) -> tuple[int, int, fits.Header, list[str]]:
+    """(header start, data start, header copy, EXTNAMEs) of the first of ``extnames`` the file has,
+    through astropy's reader."""
+    with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+        present = [n for n in extnames if _has(hdul, n)]
+        index = hdul.index_of(present[0] if present else extnames[0])
+        info = hdul.fileinfo(index)
+        return info["hdrLoc"], info["datLoc"], hdul[index].header.copy(), [h.name for h in hdul]
+
+
 def rewrite_header(
     path: Path | str,
-    extname: str,
+    extname: str | int | tuple[str | int, ...],
     update: Callable[[fits.Header], None],
     *,
-    append: Sequence[fits.Header] = (),
+    append: Sequence[fits.Header] | Callable[[fits.Header, list[str]], Sequence[fits.Header]] = (),
     durable: bool = True,
 ) -> str:
     """Replace the header of extension ``extname`` by ``update(header)`` (which edits a copy in
     place), append an empty IMAGE extension per header in ``append``, and return the new file's
-    SHA-256. Every data block is copied unchanged.
+    SHA-256. Every data block is copied unchanged. ``extname`` may be a tuple of names: the first
+    one the file has is rewritten.
+
+    ``append`` may be a function of (the extension's header before ``update``, the file's
+    extension names, upper case) that returns the headers to append, so that the caller need not
+    open the file a second time to decide.
 
     ``update`` must not change the data's shape or type (BITPIX, NAXISn, BZERO/BSCALE): the
     bytes that follow the header are the old data. Raises
     :class:`~darkroom.errors.BadInputError` when the file cannot be read or has no such extension.
     """
     path = Path(path)
+    candidates = extname if isinstance(extname, tuple) else (extname,)
     try:
-        raw = path.read_bytes()
-        with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
-            index = hdul.index_of(extname)
-            info = hdul.fileinfo(index)
-            header = hdul[index].header.copy()
+        raw = memoryview(path.read_bytes())
+        spans = scan_hdus(raw)
+        if spans is not None:
+            found = [i for i in (_index(spans, n) for n in candidates) if i is not None]
+            if not found:
+                raise KeyError(f"Extension {candidates[0]!r} not found.")
+            index = found[0]
+            span = spans[index]
+            hdr_loc, dat_loc = span.header_start, span.data_start
+            header = _header_of(raw, span)
+            names = [s.name or ("PRIMARY" if i == 0 else "") for i, s in enumerate(spans)]
+        else:
+            hdr_loc, dat_loc, header, names = _astropy_layout(path, candidates)
     except (OSError, KeyError, ValueError, IndexError) as exc:
         raise BadInputError(f"cannot read the header of {path.name}: {exc}") from exc
+    extra = append(header.copy(), names) if callable(append) else append
     structural = {k: header.get(k) for k in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE")}
     update(header)
     changed = [k for k, v in structural.items() if header.get(k) != v]
     if changed:
         raise ValueError(f"rewrite_header cannot change the data layout ({', '.join(changed)})")
-    parts = [raw[: info["hdrLoc"]], header_bytes(header), raw[info["datLoc"] :]]
-    parts += [_empty_extension(h) for h in append]
-    out = b"".join(parts)
-    atomic_write_bytes(path, out, durable=durable)
-    return hashlib.sha256(out).hexdigest()
+    parts = [raw[:hdr_loc], header_bytes(header), raw[dat_loc:], *(_empty_extension(h) for h in extra)]
+    digest = hashlib.sha256()
+
+    def write(fh: BinaryIO) -> None:
+        for part in parts:  # hashed while in cache, written without a joined copy
+            digest.update(part)
+            fh.write(part)
+
+    atomic_write_bytes(path, write, durable=durable)
+    return digest.hexdigest()

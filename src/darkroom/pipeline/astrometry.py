@@ -65,7 +65,7 @@ from darkroom.astrom.wcscards import (
 from darkroom.catalogs import load_reference_catalog, read_table, resolve_catalog_source
 from darkroom.config import AstrometrySettings
 from darkroom.errors import BadInputError
-from darkroom.io.fitsheader import rewrite_header
+from darkroom.io.fitsheader import read_headers, rewrite_header
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.products import ImageProducts, extracted_images
 from darkroom.pipeline.stage import Stage, Unit
@@ -186,10 +186,11 @@ class AstrometryStage(Stage):
         except BadInputError as exc:
             raise BadInputError(f"source catalog {Path(f['catalog_path']).name}: {exc.reason}") from exc
         try:
-            with fits.open(self.root / f["path"], memmap=False) as hdul:
-                header = hdul["SCI"].header.copy()
-                # the WCS the frame came with, kept aside when a solution was written into SCI
-                given = hdul[GIVEN_WCS_EXTNAME].header.copy() if GIVEN_WCS_EXTNAME in hdul else header
+            # the header blocks only; the planes are not read
+            headers = read_headers(self.root / f["path"], ("SCI", GIVEN_WCS_EXTNAME))
+            header = headers["SCI"]
+            # the WCS the frame came with, kept aside when a solution was written into SCI
+            given = headers.get(GIVEN_WCS_EXTNAME, header)
         except (OSError, KeyError) as exc:
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
@@ -313,22 +314,17 @@ class AstrometryStage(Stage):
         that any FITS viewer shows it; returns the file's new checksum (None when unreadable).
         Only the header blocks change: the planes are copied as bytes."""
         path = self.root / rel_path
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                sci_name = "SCI" if "SCI" in hdul else 0
-                append = []
-                if GIVEN_WCS_EXTNAME not in hdul:
-                    # keep the frame's own WCS, so that another provenance starts from what it was given
-                    append.append(given_wcs_header(hdul[sci_name].header))
-        except (OSError, KeyError) as exc:
-            log.warning("solution not written into %s: %s", path.name, exc)
-            return None
+
+        def given(sci: fits.Header, names: list[str]) -> list[fits.Header]:
+            # keep the frame's own WCS, so that another provenance starts from what it was given
+            return [] if GIVEN_WCS_EXTNAME in names else [given_wcs_header(sci)]
 
         def update(sci: fits.Header) -> None:
             replace_wcs_cards(sci, wcs_header, history="darkroom.astrom: WCS from the astrometry stage")
 
         try:
-            return rewrite_header(path, sci_name, update, append=append)
+            # one read of the file: SCI's header (the first HDU's when there is no SCI) replaced
+            return rewrite_header(path, ("SCI", 0), update, append=given)
         except BadInputError as exc:
             log.warning("solution not written into %s: %s", path.name, exc.reason)
             return None
