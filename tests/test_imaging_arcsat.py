@@ -127,6 +127,8 @@ def test_arcsat_good_frames_coadd_sharp_and_deep(arcsat_coadd):
     # depth (empty apertures with a local annulus sky, same radius, coadd's photometric scale).
     # The random part (half-difference image) follows the inverse-variance law: the coadd's
     # variance is the median input's over n_eff = sum w / median w (54.8 for 52 frames).
+    # Measured 2.25 mag against 2.17: bilinear resampling lowers the aperture noise of a frame
+    # by 5 % (0.05 mag; its PSF is broader by as much, which apertures of fixed radius ignore).
     gain = values["mag_limit"] - values["inputs_mag_limit_median"]
     gain_random = values["mag_limit_random"] - values["inputs_mag_limit_median"]
     law = 1.25 * np.log10(values["n_eff"])
