@@ -1,15 +1,23 @@
 """Analysis benchmark: transit fit with uncertainties per night, and periodogram + finders per survey
 light curve, serial and on Dask (2 workers), extrapolated to 10^4 light curves.
 
-Usage: ``python bench/bench_analysis.py [N_LIGHTCURVES]`` (default 100; the survey light curves
+Usage: ``python bench/bench_analysis.py [N_LIGHTCURVES] [analyze]`` (default 100; ``analyze``: only
+the ``darkroom analyze`` rows; the survey light curves
 are the real ZTF non-variables and IRSA seasons, cycled). The shared machine may be loaded: the
 table says how many were measured; 10^4 is extrapolated linearly from them.
+
+The ``darkroom analyze`` rows run the whole command path (registry, quality check, finders,
+properties and histograms) on N objects, one real light curve each (the non-variables and the IRSA
+reply's band-seasons, registered again under new object names: the files are shared), serially
+and with ``--workers 2``.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -52,8 +60,68 @@ def _one(tab):
     return p.period_d, len(ev)
 
 
+def _analyze_repo(root: Path, n: int) -> None:
+    """A repository with ``n`` objects cycling the real light curves (module doc)."""
+    from darkroom.facade import Repository
+    from darkroom.pipeline.lightcurve_import import import_lightcurves
+    from darkroom.repo.models import Lightcurve
+
+    data = shared_data_dir()
+    files = [*sorted((data / "lightcurve-known-answers" / "nonvariable-ztf").glob("*.csv"))]
+    files.append(data / "ztf-irsa-lightcurve" / "ZTF_lightcurve.csv")
+    repo = Repository.init(root)
+    with repo.registry.session() as s:
+        import_lightcurves(s, repo.root, files, survey="ztf", season_gap_days=100.0)
+    with repo.registry.session() as s:
+        real = [lc for lc in s.query(Lightcurve).order_by(Lightcurve.id) if lc.n_points >= 20]
+        s.query(Lightcurve).delete()  # the objects become the cycled copies below
+        for k in range(n):
+            lc = real[k % len(real)]
+            s.add(
+                Lightcurve(
+                    provenance_id=lc.provenance_id, key=f"bench:c{k:05d}:{lc.band}:{lc.season}", survey="bench",
+                    object_id=f"c{k:05d}", band=lc.band, season=lc.season, time_scale=lc.time_scale,
+                    mjd_start=lc.mjd_start, mjd_end=lc.mjd_end, n_points=lc.n_points, n_flagged=lc.n_flagged,
+                    path=lc.path, sha256=lc.sha256, meta=dict(lc.meta or {}),
+                )
+            )  # fmt: skip
+    repo.close()
+
+
+def _analyze_rows(n: int) -> list[dict[str, str]]:
+    """``darkroom analyze`` wall time on ``n`` objects, serial and on 2 Dask workers."""
+    from darkroom.facade import Repository
+    from darkroom.pipeline.analysis import analyze
+    from darkroom.pipeline.executors import make_executor
+
+    rows, secs = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for workers in (0, 2):
+            root = Path(tmp) / f"w{workers}"
+            _analyze_repo(root, n)
+            repo = Repository(root)
+            executor = make_executor(workers=workers)
+            try:
+                t0 = time.perf_counter()
+                rep = analyze(repo.registry, repo.root, repo.config.analysis, executor=executor)
+                secs[workers] = time.perf_counter() - t0
+            finally:
+                executor.close()
+                repo.close()
+            label = "serial" if workers == 0 else f"--workers {workers} ({rep.executor})"
+            ratio = f"1e4 objects: {secs[workers] / n * 1e4 / 3600:.2f} h"
+            if workers:
+                ratio += f"; serial/workers {secs[0] / secs[workers]:.2f}"
+            rows.append({"stage": f"darkroom analyze {label}", "size": f"{rep.n_objects} objects",
+                         "seconds": f"{secs[workers]:.1f}", "peak_MB": "-", "ratio": ratio})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    if sys.argv[2:] == ["analyze"]:
+        print_table(_analyze_rows(n))
+        return
     rows = []
     t, f = _night()
     e = np.full(t.size, 0.0015)
@@ -83,6 +151,7 @@ def main() -> None:
         dsec = time.perf_counter() - t0
     rows.append({"stage": "period + finders Dask 2 workers", "size": f"{n} lcs", "seconds": f"{dsec:.1f}",
                  "peak_MB": "-", "ratio": f"1e4 lcs: {dsec / n * 1e4 / 3600:.2f} h; serial/dask {sec / dsec:.2f}"})  # fmt: skip
+    rows.extend(_analyze_rows(n))
     print_table(rows)
 
 

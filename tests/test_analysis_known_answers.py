@@ -147,9 +147,10 @@ def test_injection_recovery_efficiency_across_the_threshold(tmp_path):
     # simulation mode (the same quality checker and finder), the efficiency read back from the netCDF
     # histograms, all with the default settings. The IRSA target (G ~ 20.3) sits at the survey limit:
     # the finder's error floor from limitmag keeps its Malmquist-biased epochs from making events.
-    # Measured here (315 injections): recovered below 0.5 x threshold 1/63, above 2 x threshold 77/82,
-    # 50 % at 1.11 x threshold, no real detection (before that floor, with the same defaults: 7/63,
-    # 75/82, 1.06 and 4 real detections in the IRSA reply).
+    # Measured here (315 injections, drawn per light curve from the seed and its key): recovered below
+    # 0.5 x threshold 1/64, above 2 x threshold 75/78, 50 % at 1.06 x threshold, no real detection
+    # (before that floor, with the same defaults and draws in object order: 7/63, 75/82, 1.06 and 4
+    # real detections in the IRSA reply).
     runner = CliRunner()
     repo = tmp_path / "repo"
     settings = ["--set", "analysis.injection.seed=3", "--set", "analysis.injection.snr_range=[1.5, 20.0]"]

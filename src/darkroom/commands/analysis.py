@@ -83,26 +83,41 @@ def register(app: typer.Typer) -> None:
         injections: Annotated[
             int, typer.Option("--injections", min=0, help="events injected per light curve")
         ] = 0,
+        workers: Annotated[
+            int, typer.Option("--workers", min=0, help="Dask worker processes on this machine (0, 1: serial)")
+        ] = 0,
+        scheduler: Annotated[
+            str | None, typer.Option("--scheduler", help="address of a running Dask scheduler")
+        ] = None,
     ) -> None:
-        """Quality checks, finders and injection-recovery on every light curve (skips what is done)."""
+        """Quality checks, finders and injection-recovery on every light curve (skips what is done;
+        results are committed as objects finish, so an interrupted run resumes)."""
         from rich.progress import Progress
 
         from darkroom.pipeline.analysis import analyze
+        from darkroom.pipeline.executors import make_executor
 
+        executor = None
         try:
             r = _repo(repo)
-            with Progress(console=console, transient=True) as bar, r.registry.session() as s, s.begin():
+            # one worker process gains nothing over this one: serial
+            executor = make_executor(workers=workers if workers > 1 else 0, scheduler=scheduler)
+            with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("analyze", total=None)
                 rep = analyze(
-                    s,
+                    r.registry,
                     r.root,
                     r.config.analysis,
                     injections=injections,
+                    executor=executor,
                     progress=lambda k, n: bar.update(task, completed=k, total=n),
                 )
             r.close()
         except DarkroomError as exc:
             _fail(exc.reason)
+        finally:
+            if executor is not None:
+                executor.close()
         for f in rep.failures:
             err_console.print(f"[yellow]failed[/] {escape(f)}", soft_wrap=True)
         console.print(
