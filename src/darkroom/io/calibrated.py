@@ -74,9 +74,11 @@ def read_calibrated(path: Path | str, *, planes: tuple[str, ...] = ("SCI", "MASK
 
 def calibrated_hdus(image: CalibratedImage) -> fits.HDUList:
     """HDUs ``[primary, SCI, MASK, VAR]`` of a calibrated image (not written anywhere)."""
-    sci_h = image.header.copy()
-    sci_h["EXTNAME"] = "SCI"
-    hdus = [fits.PrimaryHDU(), fits.ImageHDU(image.sci, header=sci_h)]
+    # ImageHDU copies the header; EXTNAME set on its copy lands where it would on the caller's
+    # (after the last non-commentary card, or in place), so the caller's header is copied once
+    sci = fits.ImageHDU(image.sci, header=image.header)
+    sci.header["EXTNAME"] = "SCI"
+    hdus = [fits.PrimaryHDU(), sci]
     if image.mask is not None:
         mask_h = fits.Header()
         mask_h["EXTNAME"] = "MASK"

@@ -364,18 +364,48 @@ def _clean_cards(header: fits.Header, dropped: list[str]) -> list[tuple[str, obj
 
 
 def _merged_header(hdul: fits.HDUList, index: int, dropped: list[str]) -> fits.Header:
-    """The image HDU's header over the primary's (DATE-OBS often sits in the primary of .fz/MEF)."""
-    merged = fits.Header()
+    """The image HDU's header over the primary's (DATE-OBS often sits in the primary of .fz/MEF).
+
+    A keyword met again (in the image HDU, or twice in one header) updates the value and comment of
+    its first card in place, as ``header[key] = (value, comment)`` does. The cards are made once and
+    the header is built from the list in one go: setting ~100 keywords one by one on a
+    ``fits.Header`` costs a lookup of astropy's configuration and an index update per card.
+    """
     sources = [hdul[0].header] if index == 0 else [hdul[0].header, hdul[index].header]
-    for header in sources:
-        for key, value, comment in _clean_cards(header, dropped):
-            if key in ("", "COMMENT", "HISTORY"):
-                continue
-            with contextlib.suppress(Exception):  # a value astropy cannot write back is as good as unparsable
-                merged[key] = (value, comment)
-                continue
-            if key not in dropped:
-                dropped.append(key)
+    items = [
+        item
+        for header in sources
+        for item in _clean_cards(header, dropped)
+        if item[0] not in ("", "COMMENT", "HISTORY")
+    ]
+    if any(len(key) > 8 or "." in key or " " in key for key, _, _ in items):
+        return _merged_header_by_key(items, dropped)  # HIERARCH / record-valued keywords
+    cards: dict[str, fits.Card] = {}
+    for key, value, comment in items:
+        try:
+            card = cards.get(key)
+            if card is None:
+                cards[key] = fits.Card(key, value, comment)
+            else:
+                card.value = value
+                card.comment = comment
+            continue
+        except Exception:  # a value astropy cannot write back is as good as unparsable
+            pass
+        if key not in dropped:
+            dropped.append(key)
+    return fits.Header(list(cards.values()))
+
+
+def _merged_header_by_key(items: list[tuple[str, object, str]], dropped: list[str]) -> fits.Header:
+    """:func:`_merged_header` by setting one keyword at a time (astropy's own lookup rules)."""
+    merged = fits.Header()
+    for key, value, comment in items:
+        with contextlib.suppress(Exception):  # a value astropy cannot write back is as good as unparsable
+            merged[key] = (value, comment)
+            continue
+        if key not in dropped:
+            dropped.append(key)
     return merged
 
 
