@@ -13,59 +13,27 @@ Pure algorithms: arrays, headers and WCS in, plain results out (no registry).
 Pixel positions 0-based (sep convention), shapes ``(ny, nx)``.
 """
 
-from darkroom.imaging.arith import (
-    ContinuumResult,
-    FluxRatio,
-    FluxRatioConfig,
-    continuum_subtract,
-    image_arith,
-    stellar_flux_ratio,
-)
-from darkroom.imaging.coadd import CoaddConfig, CoaddInputInfo, CoaddResult, coadd_grid, coadd_images
-from darkroom.imaging.depth import Depth, detector_noise_in_coadd, empty_aperture_depth
-from darkroom.imaging.planes import ImagePlanes, planes_to_hdus, read_planes
-from darkroom.imaging.resample import (
-    ResampleConfig,
-    Resampled,
-    TargetGrid,
-    grid_covering,
-    grid_from_centre,
-    grid_of,
-    resample,
-    resample_many,
-)
-from darkroom.imaging.rgb import RgbConfig, RgbImage, make_rgb, rgb_fits_hdus, thumbnail, write_rgb
+from darkroom._lazy import lazy_exports
 
-__all__ = [
-    "CoaddConfig",
-    "CoaddInputInfo",
-    "CoaddResult",
-    "ContinuumResult",
-    "Depth",
-    "FluxRatio",
-    "FluxRatioConfig",
-    "ImagePlanes",
-    "ResampleConfig",
-    "Resampled",
-    "RgbConfig",
-    "RgbImage",
-    "TargetGrid",
-    "coadd_grid",
-    "coadd_images",
-    "continuum_subtract",
-    "detector_noise_in_coadd",
-    "empty_aperture_depth",
-    "grid_covering",
-    "grid_from_centre",
-    "grid_of",
-    "image_arith",
-    "make_rgb",
-    "planes_to_hdus",
-    "read_planes",
-    "resample",
-    "resample_many",
-    "rgb_fits_hdus",
-    "stellar_flux_ratio",
-    "thumbnail",
-    "write_rgb",
-]
+# what each submodule exports; loaded when first asked for (reading darkroom.yaml imports
+# darkroom.imaging.settings alone, not reproject, scipy or sep)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "settings": ["CoaddConfig", "FluxRatioConfig", "ResampleConfig"],
+        "arith": ["ContinuumResult", "FluxRatio", "continuum_subtract", "image_arith", "stellar_flux_ratio"],
+        "coadd": ["CoaddInputInfo", "CoaddResult", "coadd_grid", "coadd_images"],
+        "depth": ["Depth", "detector_noise_in_coadd", "empty_aperture_depth"],
+        "planes": ["ImagePlanes", "planes_to_hdus", "read_planes"],
+        "resample": [
+            "Resampled",
+            "TargetGrid",
+            "grid_covering",
+            "grid_from_centre",
+            "grid_of",
+            "resample",
+            "resample_many",
+        ],
+        "rgb": ["RgbConfig", "RgbImage", "make_rgb", "rgb_fits_hdus", "thumbnail", "write_rgb"],
+    },
+)

@@ -31,14 +31,14 @@ from typing import Literal
 
 import numpy as np
 import sep
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.spatial import cKDTree
 
 from darkroom.detect import estimate_background
 from darkroom.detect.background import as_sep_array
 from darkroom.errors import BadInputError, SolveError
 from darkroom.imaging.planes import ImagePlanes
-from darkroom.imaging.resample import DEFAULT_EXCLUDE_BITS, ResampleConfig, grid_of, resample
+from darkroom.imaging.resample import grid_of, resample
+from darkroom.imaging.settings import FluxRatioConfig, ResampleConfig
 from darkroom.maskbits import MaskBit
 
 __all__ = [
@@ -120,23 +120,6 @@ def image_arith(
 
 
 # --------------------------------------------------------------------------- flux ratios
-
-
-class FluxRatioConfig(BaseModel):
-    """Which stars measure a flux ratio, and how."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold_sigma: float = Field(10.0, gt=0, description="detection threshold on the den image [sigma]")
-    snr_min: float = Field(30.0, gt=0, description="minimum S/N of a star on both images")
-    radius_fwhm: float = Field(2.5, gt=0.5, le=10, description="aperture radius [FWHM]")
-    isolation_fwhm: float = Field(5.0, ge=0, description="no other detection within this [FWHM]")
-    max_elongation: float = Field(1.5, ge=1, description="largest a/b of a star (rejects galaxies, trails)")
-    exclude_bits: int = Field(
-        DEFAULT_EXCLUDE_BITS, ge=0, description="MASK bits a star's aperture may not hold"
-    )
-    max_stars: int = Field(300, ge=3, description="brightest stars used at most")
-    clip_sigma: float = Field(3.0, gt=0, description="clip of the per-star ratios [sigma]")
 
 
 @dataclass(frozen=True)

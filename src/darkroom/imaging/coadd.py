@@ -49,55 +49,26 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import bottleneck as bn
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.detect import estimate_background
 from darkroom.detect.background import BackgroundConfig
 from darkroom.errors import BadInputError, SolveError
-from darkroom.imaging.arith import FluxRatioConfig, reference_stars, stellar_flux_ratio
+from darkroom.imaging.arith import reference_stars, stellar_flux_ratio
 from darkroom.imaging.planes import ImagePlanes
 from darkroom.imaging.resample import (
-    DEFAULT_EXCLUDE_BITS,
-    ResampleConfig,
     TargetGrid,
     grid_covering,
     resample,
 )
+from darkroom.imaging.settings import CoaddConfig
 from darkroom.maskbits import MaskBit
 
 __all__ = ["CoaddConfig", "CoaddInputInfo", "CoaddResult", "coadd_grid", "coadd_images"]
-
-
-class CoaddConfig(BaseModel):
-    """How a coadd is made (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    combine: Literal["mean", "median"] = Field("mean", description="sigma-clipped weighted mean, or median")
-    clip_sigma: float = Field(3.0, ge=0, description="clip threshold [sigma]; 0 turns clipping off")
-    clip_iters: int = Field(3, ge=1, le=20, description="clipping iterations")
-    clip_ampfrac: float = Field(
-        0.3, ge=0, le=10, description="fraction of the signal added to the clip noise (seeing differences)"
-    )
-    weight: Literal["ivar", "exptime", "equal"] = Field("ivar", description="input weights")
-    background: Literal["match", "subtract", "none"] = Field("match", description="background treatment")
-    background_box_pix: int = Field(64, ge=8, le=4096, description="background mesh box [input pixel]")
-    flux_scale: Literal["stars", "exptime", "none"] = Field("stars", description="photometric scaling")
-    flux_ratio: FluxRatioConfig = Field(
-        default_factory=FluxRatioConfig, description="stars of the flux scale"
-    )
-    exclude_bits: int = Field(DEFAULT_EXCLUDE_BITS, ge=0, description="MASK bits never combined")
-    resample: ResampleConfig = Field(default_factory=ResampleConfig, description="resampling")
-    block_rows: int = Field(128, ge=8, le=8192, description="output rows combined at once")
-    memory_limit_mb: float = Field(
-        1024.0, gt=0, description="stack size above which the stack goes to memory-mapped files"
-    )
 
 
 @dataclass(frozen=True)

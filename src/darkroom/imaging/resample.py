@@ -48,16 +48,15 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.interpolate import RectBivariateSpline
 
 from darkroom.errors import BadInputError
 from darkroom.imaging.planes import ImagePlanes
+from darkroom.imaging.settings import DEFAULT_EXCLUDE_BITS, ResampleConfig
 from darkroom.maskbits import MaskBit
 
 __all__ = [
@@ -74,31 +73,6 @@ __all__ = [
     "resample",
     "resample_many",
 ]
-
-DEFAULT_EXCLUDE_BITS = int(MaskBit.BAD | MaskBit.SAT | MaskBit.CR | MaskBit.NO_DATA)
-
-
-class ResampleConfig(BaseModel):
-    """How images are resampled (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    method: Literal["bilinear", "bicubic", "adaptive", "exact"] = Field(
-        "bilinear",
-        description="bilinear (fast, exact VAR), bicubic (reproject_interp), "
-        "adaptive or exact (reproject's flux-conserving methods)",
-    )
-    conserve_flux: bool = Field(True, description="scale by the Jacobian so pixel sums (fluxes) are kept")
-    exclude_bits: int = Field(
-        DEFAULT_EXCLUDE_BITS, ge=0, description="MASK bits whose pixels get no weight (BAD|SAT|CR|NO_DATA)"
-    )
-    min_coverage: float = Field(
-        0.5, gt=0, le=1, description="good-pixel weight below which an output pixel is NO_DATA"
-    )
-    grid_step_pix: int = Field(
-        16, ge=1, le=256, description="spacing of the exactly mapped coarse grid [output pixel]"
-    )
-    block_rows: int = Field(256, ge=8, le=8192, description="output rows computed at once (bounds memory)")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ import logging
 import warnings
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
@@ -54,25 +54,20 @@ from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.astrom import solve_frame
-from darkroom.astrom.field import scaled_by_fwhm
 from darkroom.astrom.settings import SolveSettings
-from darkroom.astrom.wcscards import replace_wcs_cards, wcs_from_cards
-from darkroom.detect import extract_frame
 from darkroom.errors import BadInputError, SolveError
-from darkroom.imaging import ImagePlanes, coadd_images, empty_aperture_depth, read_planes, thumbnail
-from darkroom.imaging.resample import TargetGrid, grid_covering, pixel_scale_arcsec
 from darkroom.imaging.settings import CoaddSettings
 from darkroom.io.atomic import atomic_path, sha256_file
 from darkroom.maskbits import MaskBit
-from darkroom.phot import aperture_photometry, pixel_to_sky
-from darkroom.phot.frame import calibrate_frame, frame_cone
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, short_hash
-from darkroom.pipeline._shared import load_reference, photometric_reference
 from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Coadd, CoaddInput, Exposure
+
+if TYPE_CHECKING:
+    from darkroom.imaging import ImagePlanes
+    from darkroom.imaging.resample import TargetGrid
 
 __all__ = ["CoaddStage", "load_input_planes"]
 
@@ -85,6 +80,9 @@ def _safe(text: str) -> str:
 
 def load_input_planes(root: Path, item: dict[str, Any]) -> ImagePlanes:
     """A registered calibrated image with its solved WCS (the registry's, not the header's)."""
+    from darkroom.astrom.wcscards import wcs_from_cards
+    from darkroom.imaging import read_planes
+
     planes = read_planes(root / item["path"], name=item["name"])
     return planes.with_planes(
         planes.sci,
@@ -190,6 +188,13 @@ class CoaddStage(Stage):
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        # the coadd stage is optional (off by default): its algorithms load when a coadd is made,
+        # so `darkroom run` starts without reproject, scipy.interpolate or sep
+        from darkroom.astrom.wcscards import replace_wcs_cards, wcs_from_cards
+        from darkroom.detect import extract_frame
+        from darkroom.imaging import coadd_images, empty_aperture_depth, thumbnail
+        from darkroom.imaging.resample import grid_covering, pixel_scale_arcsec
+
         cfg: CoaddSettings = self.config
         p = unit.payload
         items = p["inputs"]
@@ -365,6 +370,9 @@ class CoaddStage(Stage):
 
     def _reference_stars(self, grid: TargetGrid, mjd: float | None) -> tuple[Table | None, str]:
         """The repository's reference catalogue over the coadd (None and why when there is none)."""
+        from darkroom.phot.frame import frame_cone
+        from darkroom.pipeline._shared import load_reference
+
         source = self.inputs.get("reference_catalog")
         if source is None:
             return None, "no reference catalog configured"
@@ -376,6 +384,9 @@ class CoaddStage(Stage):
     ) -> tuple[dict[str, Any], Any]:
         """The coadd's WCS checked and refined against the reference stars, as a frame's header WCS
         is (:func:`darkroom.astrom.solve_frame`); the grid's WCS is kept when it cannot be."""
+        from darkroom.astrom import solve_frame
+        from darkroom.astrom.field import scaled_by_fwhm
+
         settings = self.inputs.get("astrometry_solve") or SolveSettings()
         solve_cfg = scaled_by_fwhm(settings, [fwhm_pix]).series.solve
         try:
@@ -418,6 +429,10 @@ class CoaddStage(Stage):
         """Aperture photometry of the coadd's sources and its zero point, as the photometry stage
         calibrates a frame (:func:`darkroom.phot.frame.calibrate_frame`); adds ``mag``, ``mag_err``
         to ``cat`` (row for row)."""
+        from darkroom.phot import aperture_photometry, pixel_to_sky
+        from darkroom.phot.frame import calibrate_frame
+        from darkroom.pipeline._shared import photometric_reference
+
         measure: MeasureSettings = self.inputs.get("photometry_measure") or MeasureSettings()
         exptime = result.exptime_s or 1.0
         x, y = np.asarray(cat["x"], float), np.asarray(cat["y"], float)
