@@ -18,8 +18,10 @@ from darkroom.catalogs import (
     resolve_catalog_source,
 )
 from darkroom.errors import BadInputError
-from darkroom.phot import ref_columns_for_filter
 from darkroom.phot.settings import MeasureSettings
+
+# Imported by the stage modules, which every `darkroom run` imports: darkroom.phot.calibrate
+# (scipy, astropy.coordinates) loads when a unit looks up its reference columns.
 
 __all__ = ["affine_from_dict", "load_reference", "photometric_reference"]
 
@@ -60,7 +62,7 @@ _BANDS = {"u", "g", "r", "i", "z", "y", "b", "v", "j", "h", "k", "ks", "bp", "rp
 def reference_columns(columns: list[str], cfg: MeasureSettings, filter_name: str | None):
     """(magnitude column, error column, how) of the reference catalogue for a frame's filter;
     the magnitude column is None (and ``how`` the reason) when none fits the filter."""
-    from darkroom.phot.calibrate import _band_key
+    from darkroom.phot.calibrate import _band_key, ref_columns_for_filter
 
     mag, err, how = ref_columns_for_filter(filter_name, columns, mapping=cfg.ref_mag_columns)
     if mag is not None:

@@ -39,26 +39,17 @@ from sqlalchemy.orm import Session
 from darkroom.astrom import AffineTransform
 from darkroom.errors import SolveError
 from darkroom.io.tables import read_parquet_columns
-from darkroom.phot import pixel_to_sky, sky_to_pixel
-from darkroom.phot.frame import frame_cone
 from darkroom.pipeline._products import short_hash
 from darkroom.pipeline._shared import affine_from_dict, load_reference
 from darkroom.pipeline.astrometry import wcs_from_astrom
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Association, Image, Measurement, Source
-from darkroom.timeseries import AssociationConfig, associate
 from darkroom.timeseries.settings import AssociateSettings
-from darkroom.timeseries.sources import (
-    SourceMeans,
-    field_sources,
-    match_radius,
-    merge_means,
-    min_epochs_for,
-    on_any_frame,
-    undetected_reference_stars,
-    usable_detections,
-)
+
+# This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
+# matching algorithms (scipy, astropy.wcs via darkroom.phot / darkroom.timeseries) load when
+# a unit runs or is recorded.
 
 __all__ = ["AssociateSettings", "AssociateStage"]
 
@@ -176,6 +167,9 @@ class AssociateStage(Stage):
         }
 
     def _detections(self, frames: list[dict], coords: str) -> Table:
+        from darkroom.phot import pixel_to_sky
+        from darkroom.timeseries.sources import usable_detections
+
         cfg: AssociateSettings = self.config
         parts: dict[str, list] = defaultdict(list)
         for f in frames:
@@ -205,6 +199,9 @@ class AssociateStage(Stage):
         return out
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from darkroom.timeseries import AssociationConfig, associate
+        from darkroom.timeseries.sources import field_sources, match_radius, min_epochs_for
+
         cfg: AssociateSettings = self.config
         p = unit.payload
         coords = p["coords"]
@@ -274,6 +271,10 @@ class AssociateStage(Stage):
         self, frames: list[dict], summary: Table, known: dict, radius: float
     ) -> list[dict]:
         """Reference stars on the field's frames with no source yet (never detected)."""
+        from darkroom.phot import sky_to_pixel
+        from darkroom.phot.frame import frame_cone
+        from darkroom.timeseries.sources import on_any_frame, undetected_reference_stars
+
         source, ref_mag_column = self.reference  # type: ignore[misc]
         if source is None:
             return []
@@ -328,6 +329,8 @@ class AssociateStage(Stage):
         ]
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        from darkroom.timeseries.sources import SourceMeans, merge_means
+
         p = unit.payload
         field = p["source_field"]
         rows = [

@@ -35,33 +35,15 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from astropy.io import fits
 from astropy.table import Table
-from astropy.wcs import WCS
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.astrom import FrameSources, PointingHint, SolveResult, pixel_scale_arcsec
-from darkroom.astrom.field import (
-    blind_reference,
-    catalog_cone,
-    failed_result,
-    solve_field,
-    source_counts,
-)
 from darkroom.astrom.pointing import cluster_pointings
 from darkroom.astrom.settings import SolveSettings
-from darkroom.astrom.wcscards import (
-    GIVEN_WCS_EXTNAME,
-    given_wcs_header,
-    header_wcs,
-    replace_wcs_cards,
-    transform_dict,
-    wcs_cards,
-    wcs_from_cards,
-)
 from darkroom.catalogs import load_reference_catalog, read_table, resolve_catalog_source
 from darkroom.config import AstrometrySettings
 from darkroom.errors import BadInputError
@@ -72,6 +54,14 @@ from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import AstromSolution, Image
 from darkroom.repo.store import atomic_path
 
+if TYPE_CHECKING:
+    from astropy.wcs import WCS
+
+    from darkroom.astrom import FrameSources, SolveResult
+
+# This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
+# solvers and WCS handling (scipy, astropy.wcs, astropy.coordinates) load when a unit runs.
+
 __all__ = ["AstrometrySettings", "AstrometryStage", "SolveSettings", "wcs_from_astrom"]
 
 log = logging.getLogger(__name__)
@@ -80,6 +70,8 @@ log = logging.getLogger(__name__)
 def wcs_from_astrom(astrom: dict[str, Any]) -> WCS | None:
     """The astropy WCS recorded in an astrometric solution (``astrom_solution.values``) (None when the
     frame has none). Use it with ``origin=0`` on darkroom's 0-based positions."""
+    from darkroom.astrom.wcscards import wcs_from_cards
+
     return wcs_from_cards(astrom.get("wcs") if astrom else None)
 
 
@@ -162,6 +154,8 @@ class AstrometryStage(Stage):
         self, frames: list[FrameSources], mjds: list[float | None], cfg: SolveSettings
     ) -> Table | None:
         """The reference stars over every frame of the field (None without a catalog or a pointing)."""
+        from darkroom.astrom.field import catalog_cone
+
         if cfg.reference_catalog is None:
             return None
         cone = catalog_cone(frames, mjds, pointing_uncertainty_deg=cfg.pointing_uncertainty_deg)
@@ -180,6 +174,9 @@ class AstrometryStage(Stage):
         return catalog
 
     def _read_frame(self, f: dict[str, Any]) -> FrameSources:
+        from darkroom.astrom import FrameSources, PointingHint
+        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, header_wcs
+
         cfg: SolveSettings = self.config
         try:
             sources = read_table(self.root / f["catalog_path"])
@@ -203,6 +200,8 @@ class AstrometryStage(Stage):
         return FrameSources(sources=sources, shape=shape, wcs=wcs, hint=hint, name=f["name"])
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from darkroom.astrom.field import blind_reference, failed_result, solve_field, source_counts
+
         cfg: SolveSettings = self.config
         p = unit.payload
         frames: list[FrameSources] = []
@@ -262,6 +261,9 @@ class AstrometryStage(Stage):
         ref_image_id: int | None,
         catalog: Table | None,
     ) -> dict[str, Any]:
+        from darkroom.astrom import pixel_scale_arcsec
+        from darkroom.astrom.wcscards import transform_dict, wcs_cards
+
         quality, reason = result.quality, result.reason
         if result.wcs is None and quality == "good":
             quality = "marginal"
@@ -313,6 +315,8 @@ class AstrometryStage(Stage):
         """Write the solution into the calibrated image's SCI header (old WCS cards replaced), so
         that any FITS viewer shows it; returns the file's new checksum (None when unreadable).
         Only the header blocks change: the planes are copied as bytes."""
+        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, given_wcs_header, replace_wcs_cards
+
         path = self.root / rel_path
 
         def given(sci: fits.Header, names: list[str]) -> list[fits.Header]:

@@ -19,13 +19,6 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.astrom import (
-    pixel_scale_arcsec,
-)
-from darkroom.astrom.wcscards import header_wcs
-from darkroom.detect import (
-    extract_frame,
-)
 from darkroom.detect.settings import ExtractSettings
 from darkroom.io.calibrated import read_calibrated
 from darkroom.io.tables import write_parquet
@@ -33,6 +26,9 @@ from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Image, SourceCatalog
 from darkroom.repo.store import atomic_path, sha256_file
+
+# This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
+# extraction (sep, scipy) and WCS handling (astropy.wcs) load when a unit runs.
 
 __all__ = ["FIGURE_KEYS", "ExtractSettings", "ExtractStage"]
 
@@ -91,6 +87,10 @@ class ExtractStage(Stage):
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from darkroom.astrom import pixel_scale_arcsec
+        from darkroom.astrom.wcscards import header_wcs
+        from darkroom.detect import extract_frame
+
         cfg: ExtractSettings = self.config
         p = unit.payload
         path = self.root / p["path"]

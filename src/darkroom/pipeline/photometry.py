@@ -54,10 +54,6 @@ from sqlalchemy.orm import Session
 
 from darkroom.io.calibrated import read_calibrated
 from darkroom.io.tables import read_parquet_columns, read_parquet_meta, write_parquet
-from darkroom.phot import aperture_photometry, pixel_to_sky
-from darkroom.phot.blend import blend_flags
-from darkroom.phot.forced import predict_positions, recentre_on_detections
-from darkroom.phot.frame import calibrate_frame, frame_cone, psf_fluxes_at_apertures
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline._shared import affine_from_dict, load_reference, photometric_reference
@@ -71,6 +67,9 @@ from darkroom.repo.models import (
     Source,
 )
 from darkroom.repo.store import atomic_path
+
+# This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
+# photometry (sep, scipy, astropy.wcs, astropy.nddata via darkroom.phot) loads when a unit runs.
 
 __all__ = ["MeasureSettings", "PhotometryStage"]
 
@@ -147,6 +146,8 @@ class PhotometryStage(Stage):
 
     def _positions(self, p: dict[str, Any], shape: tuple[int, int]):
         """Predicted 0-based positions of the field's sources on this frame, and which are on it."""
+        from darkroom.phot.forced import predict_positions
+
         wcs = wcs_from_astrom({"wcs": p["wcs"]}) if p.get("wcs") else None
         x, y, on = predict_positions(
             p["sources"],
@@ -158,6 +159,11 @@ class PhotometryStage(Stage):
         return x, y, on, wcs
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from darkroom.phot import aperture_photometry, pixel_to_sky
+        from darkroom.phot.blend import blend_flags
+        from darkroom.phot.forced import recentre_on_detections
+        from darkroom.phot.frame import psf_fluxes_at_apertures
+
         cfg: MeasureSettings = self.config
         p = unit.payload
         path = self.root / p["path"]
@@ -264,6 +270,8 @@ class PhotometryStage(Stage):
     def _calibrate(self, phot: Table, p: dict[str, Any], wcs, shape: tuple[int, int]) -> dict[str, Any]:
         """The frame's reference stars (the repository's catalogue in a cone over the frame), then
         :func:`~darkroom.phot.frame.calibrate_frame`; adds mag, mag_err to ``phot``."""
+        from darkroom.phot.frame import calibrate_frame, frame_cone
+
         cfg: MeasureSettings = self.config
         reference, zp_source, reason = None, "", ""
         source = cfg.reference_catalog
