@@ -63,18 +63,27 @@ class DaskExecutor(Executor):
         """The Dask client; a local cluster starts on first use (a run whose stages have at most
         one unit each, such as a re-run with nothing new, never pays for its start)."""
         if self._client is None:
+            import dask
             from distributed import Client, LocalCluster
 
-            self.cluster = LocalCluster(
-                n_workers=self.n_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                memory_limit=self.memory_limit,
-                # Worker processes log to the console they inherit; start-up, shutdown and
-                # "killed by signal" chatter is not for people (unit errors come back as results).
-                silence_logs=logging.ERROR,
-            )
+            # Dask's nannies set MALLOC_TRIM_THRESHOLD_ (64 KiB) in their workers, which also fixes
+            # glibc's mmap threshold: every large numpy temporary is then mapped and unmapped anew.
+            # Measured on 40 objects of `darkroom analyze` (matched filter, periodogram): worker
+            # CPU 21.7 s with it, 13.9 s without (10.4 s serially in the driver). Large arrays
+            # (> 32 MB, the dynamic threshold's ceiling) still go back to the system when freed.
+            environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+            environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                self.cluster = LocalCluster(
+                    n_workers=self.n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    memory_limit=self.memory_limit,
+                    # Worker processes log to the console they inherit; start-up, shutdown and
+                    # "killed by signal" chatter is not for people (unit errors come back as results).
+                    silence_logs=logging.ERROR,
+                )
             self._client = Client(self.cluster)
             log.info("dask executor on %s", self._client.scheduler.address)
         return self._client
