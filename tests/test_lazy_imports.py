@@ -71,6 +71,10 @@ def test_run_path_imports_no_fitting_library() -> None:
     assert "darkroom.pipeline.stages" in loaded
     assert _hits(loaded, ("photutils", "matplotlib", "scipy.stats", "astroscrappy", "dask", "pyarrow")) == []
     assert _hits(loaded, ("reproject", "scipy.interpolate", "darkroom.imaging.coadd")) == []  # coadd: off
+    # the stage modules import their algorithms (source extraction, photometry, WCS, sky
+    # matching) when a unit runs: none of these is loaded before the first unit
+    assert _hits(loaded, ("sep", "astropy.wcs", "astropy.coordinates", "astropy.nddata")) == []
+    assert _hits(loaded, ("darkroom.phot.match", "darkroom.phot.frame", "darkroom.detect.extract")) == []
 
 
 def test_settings_modules_import_no_algorithm() -> None:

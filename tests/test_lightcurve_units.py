@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from astropy.table import Table
 
-from darkroom.pipeline.lightcurves import assemble_lightcurve
 from darkroom.timeseries import read_lightcurve, write_lightcurve
+from darkroom.timeseries.field import assemble_lightcurve
 from darkroom.timeseries.settings import LightCurveSettings
 
 

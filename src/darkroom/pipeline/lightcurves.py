@@ -30,10 +30,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from darkroom.errors import BadInputError, SolveError
-from darkroom.phot import (
-    PhotFlag,
-)
-from darkroom.phot.flags import DEFAULT_BAD_FLAGS
+from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
 from darkroom.pipeline._products import safe_name, short_hash
 from darkroom.pipeline.objects import describe_nearest, find_rough_target, find_source
 from darkroom.pipeline.products import ImageProducts, image_products
@@ -47,9 +44,11 @@ from darkroom.repo.models import (
     Transparency,
 )
 from darkroom.repo.store import atomic_path, sha256_file
-from darkroom.timeseries import plot_lightcurve, reference_level
-from darkroom.timeseries.field import assemble_lightcurve, frame_transparency, pool_window
 from darkroom.timeseries.settings import LightCurveSettings, TargetConfig
+
+# This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
+# light-curve algorithms (darkroom.timeseries: scipy, astropy.coordinates) load when the
+# stage plans or a unit runs.
 
 __all__ = ["LightCurveSettings", "LightCurvesStage"]
 
@@ -75,6 +74,8 @@ class LightCurvesStage(Stage):
         return crit
 
     def plan(self, session: Session) -> list[Unit]:
+        from darkroom.timeseries.field import pool_window
+
         cfg: LightCurveSettings = self.config
         by_field: dict[tuple[str, str], list[ImageProducts]] = defaultdict(list)
         for im in image_products(session, self.upstream, need=("photcal", "association")):
@@ -140,6 +141,9 @@ class LightCurvesStage(Stage):
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from darkroom.timeseries import plot_lightcurve, reference_level
+        from darkroom.timeseries.field import assemble_lightcurve, frame_transparency
+
         cfg: LightCurveSettings = self.config
         p = unit.payload
         frames: Table = p["frames"]

@@ -24,13 +24,15 @@ from sqlalchemy.orm import Session
 
 from darkroom.catalogs import resolve_catalog_source
 from darkroom.errors import BadInputError
-from darkroom.phot.match import match_catalogs
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.repo.models import Exposure, Image, Provenance, Source
 from darkroom.timeseries.settings import TargetConfig
 
 if TYPE_CHECKING:
     from darkroom.pipeline.queries import LightCurveContext
+
+# Imported (through the lightcurves stage) for every `darkroom run`: the sky matching
+# (darkroom.phot.match: scipy, astropy.coordinates) loads when a source is looked up.
 
 __all__ = ["find_source", "latest_provenance", "resolve_name", "source_at_pixel"]
 
@@ -59,6 +61,8 @@ def _sources_near(
 
 
 def _nearest_on_sky(sources: Sequence[Source], ra_deg: float, dec_deg: float, radius_arcsec: float):
+    from darkroom.phot.match import match_catalogs
+
     if not sources:
         return None
     ra = np.array([s.ra_deg for s in sources], float)

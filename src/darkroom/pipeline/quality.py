@@ -25,18 +25,16 @@ from astropy.time import Time
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.detect import (
-    QualityLimits,
-    flag_poor_frames,
-    plot_quality,
-    summarize_nights,
-)
+from darkroom.detect.settings import QualityLimits
 from darkroom.pipeline._products import jsonable, safe_file_name
 from darkroom.pipeline.extract import FIGURE_KEYS
 from darkroom.pipeline.products import ImageProducts, extracted_images
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import ImageQuality
 from darkroom.repo.store import atomic_path
+
+# This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
+# flagging and plotting (darkroom.detect.quality: sep, astropy.stats) load when a unit runs.
 
 __all__ = ["QualityStage"]
 
@@ -81,6 +79,8 @@ class QualityStage(Stage):
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from darkroom.detect import flag_poor_frames, plot_quality, summarize_nights
+
         limits: QualityLimits = self.config
         night = unit.payload["night"]
         frames = unit.payload["frames"]

@@ -14,16 +14,12 @@ from sqlalchemy.orm import Session
 
 from darkroom.pipeline.products import image_products
 from darkroom.repo.models import Image, Measurement, Source
-from darkroom.timeseries import (
-    site_location,
-)
-from darkroom.timeseries.field import (
-    FRAME_COLUMNS,
-)
 
 if TYPE_CHECKING:
     from astropy.coordinates import EarthLocation
 
+# Imported (through the lightcurves stage) for every `darkroom run`: darkroom.timeseries
+# (scipy, astropy.coordinates) loads when frame rows are read.
 
 __all__ = [
     "bright_source_ids",
@@ -110,11 +106,15 @@ def field_measurements(
 def frame_table(
     session: Session, image_ids: Sequence[int], *, provenances: Sequence[str] | None = None
 ) -> tuple[Table, EarthLocation | None]:
-    """Per-frame information (:data:`FRAME_COLUMNS`) and the observing site of most frames.
+    """Per-frame information (:data:`darkroom.timeseries.field.FRAME_COLUMNS`) and the observing
+    site of most frames.
 
     FWHM, zero point and the quality verdict (``poor``) are those of ``provenances``
     (the extract, photometry and quality provenances in play; None: the newest of each).
     """
+    from darkroom.timeseries import site_location
+    from darkroom.timeseries.field import FRAME_COLUMNS
+
     ids = sorted({int(i) for i in image_ids})
     rows = []
     for start in range(0, len(ids), 500):
