@@ -35,6 +35,25 @@ def test_migrations_reach_head_and_match_models(registry):
     # upgrading twice is harmless
     registry.upgrade()
     assert registry.revision() == Registry.head_revision()
+    # the revisions darkroom reads without alembic's runtime are alembic's own
+    from alembic.script import ScriptDirectory
+
+    from darkroom.repo.registry import alembic_config
+
+    with registry.engine.connect() as conn:
+        assert registry.revision() == MigrationContext.configure(conn).get_current_revision()
+    assert (
+        Registry.head_revision()
+        == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    )
+
+
+def test_empty_database_has_no_revision(db_url):
+    reg = Registry(db_url)
+    try:
+        assert reg.revision() is None and not reg.is_current()
+    finally:
+        reg.dispose()
 
 
 def test_checksum_is_unique(registry):

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import bottleneck as bn
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy import ndimage as ndi
 
 from darkroom.errors import BadInputError
 from darkroom.robust import median
@@ -145,6 +144,9 @@ _SAFETY = _F32(1.0 - 1e-4)  # margin on the candidate bound against float32 roun
 
 def _dilate(mask: np.ndarray, half: int, structure: np.ndarray, iterations: int = 1) -> np.ndarray:
     """astroscrappy's dilation: a ``half``-pixel border ring is copied from the input."""
+    # scipy loads when a frame is cleaned, not when `darkroom run` imports the stages
+    from scipy import ndimage as ndi
+
     out = mask
     for _ in range(iterations):
         prev = out
@@ -319,6 +321,8 @@ class _SparseLACosmic:
 
     def _floor_from_blocks(self) -> np.ndarray:
         bmin = self._vmin if self.bkg_in is None else self._vmin + self._bkgmin
+        from scipy import ndimage as ndi
+
         # a 7x7 window around a pixel lies within its block and the 8 neighbouring blocks
         return ndi.minimum_filter(bmin, size=3, mode="nearest")
 

@@ -30,7 +30,6 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import erf
 
 from darkroom.robust import median
 
@@ -61,6 +60,8 @@ def tuned_objlim(objlim: float, fwhm_pix: float, *, well_sampled_fwhm: float = 2
 
 def _pixel_fraction(dx: np.ndarray, dy: np.ndarray, sigma: float) -> np.ndarray:
     """Fraction of a unit Gaussian (sigma [pixel]) falling in the pixel at offset (dx, dy) from its centre."""
+    from scipy.special import erf  # loaded when stars are guarded, not at start-up
+
     s = sigma * math.sqrt(2.0)
 
     def one(d: np.ndarray) -> np.ndarray:

@@ -9,19 +9,23 @@ pattern BANZAI's ``get_session`` uses.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 from darkroom.errors import RegistryError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+_REVISION = re.compile(r"^revision(?:\s*:\s*str)?\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision(?:\s*:[^=]+)?\s*=\s*(None|[\"'][^\"']+[\"'])", re.MULTILINE)
 
 __all__ = ["Registry", "alembic_config", "registry_error", "resolve_url", "safe_url"]
 
@@ -86,6 +90,10 @@ def registry_error(exc: BaseException, url: str) -> RegistryError:
 
 
 def alembic_config(url: str) -> AlembicConfig:
+    # alembic (with mako and pygments) loads when a schema is checked or migrated, not with
+    # every command that only reads the registry
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig(str(MIGRATIONS / "alembic.ini"))
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -131,6 +139,8 @@ class Registry:
         table and drops the old one, which would otherwise cascade to (or be refused by)
         the rows that refer to it. They are checked after the upgrade.
         """
+        from alembic import command
+
         cfg = alembic_config(self.url)
         sqlite = self.backend == "sqlite"
         with self.engine.connect() as conn:
@@ -193,11 +203,36 @@ class Registry:
         return dest
 
     def revision(self) -> str | None:
+        """The schema revision recorded in the database (alembic's version table); None when
+        the database is empty. Read with plain SQL: alembic's runtime (with mako and pygments)
+        costs a quarter of a second to import, on every command."""
+        from sqlalchemy import inspect, text
+
         with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        if len(rows) > 1:
+            raise RegistryError(f"registry has several schema heads {sorted(rows)}: not a darkroom registry")
+        return rows[0] if rows else None
 
     @staticmethod
     def head_revision() -> str | None:
+        """The newest migration: the one no other migration names as its ``down_revision``
+        (darkroom's history is linear; alembic decides if the files say anything else)."""
+        revisions: dict[str, str | None] = {}
+        for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+            text_ = path.read_text()
+            rev = _REVISION.search(text_)
+            down = _DOWN_REVISION.search(text_)
+            if rev is None or down is None:
+                continue
+            revisions[rev.group(1)] = None if down.group(1) == "None" else down.group(1).strip("\"'")
+        heads = set(revisions) - {d for d in revisions.values() if d is not None}
+        if len(heads) == 1:
+            return heads.pop()
+        from alembic.script import ScriptDirectory
+
         return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
     def is_current(self) -> bool:
