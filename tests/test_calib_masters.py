@@ -138,7 +138,7 @@ def test_arcsat_fixed_defect_is_in_the_bad_pixel_mask(arcsat_masters):
     assert md.data[357, 824] > 50000
     assert md.data[356:359, 823:826].argmax() == 4
     assert abs(biases[0][357, 824] - mb.mean) < 100
-    bpm = build_bad_pixel_mask(mb.shape, dark=md.data, dark_exptime_s=60.0, flat=mf.data)
+    bpm = build_bad_pixel_mask(mb.shape, dark=md.measured_data, dark_exptime_s=60.0, flat=mf.data)
     assert bpm.mask[357, 824]
     assert bpm.mask[357, 825]  # its over-responding neighbour in the flat (2.3 x)
     assert bpm.n_bad < 0.03 * bpm.mask.size

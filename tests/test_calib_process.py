@@ -83,7 +83,7 @@ def synth():
         prep(det.expose(2.0, light=8000.0 * s), _meta("flat", 2.0)) for s in (1.0, 1.05, 0.95, 1.02, 0.98)
     ]
     mf = make_master_flat(flats, bias=mb, dark=md, exptime_s=2.0, filter="V").with_name("flat.fits")
-    bpm = build_bad_pixel_mask((NY, NX), dark=md.data, dark_exptime_s=120.0, flat=mf.data).with_name(
+    bpm = build_bad_pixel_mask((NY, NX), dark=md.measured_data, dark_exptime_s=120.0, flat=mf.data).with_name(
         "bpm.fits"
     )
     # the light: sky 200 adu, stars FWHM 3.5 px, one saturated star, cosmic rays
@@ -243,7 +243,7 @@ def arcsat(arcsat_dir: Path):
     t_flat = fits.getheader(flat_files[0])["EXPTIME"]
     mf = make_master_flat(read("domeflat_z_*.fits.gz"), bias=mb, dark=md, exptime_s=t_flat, filter="z")
     mf = mf.with_name("master_flat_z.fits")
-    bpm = build_bad_pixel_mask(mb.shape, dark=md.data, dark_exptime_s=60.0, flat=mf.data).with_name(
+    bpm = build_bad_pixel_mask(mb.shape, dark=md.measured_data, dark_exptime_s=60.0, flat=mf.data).with_name(
         "bpm.fits"
     )
     lights = sorted(glob.glob(str(arcsat_dir / "XO1-b_z_*.fits.gz")))[:3]

@@ -147,7 +147,11 @@ def smooth_level(image: np.ndarray, *, box_pix: int = 64) -> np.ndarray:
 def hot_pixels(
     master_dark: np.ndarray, *, exptime_s: float | None = None, config: BadPixelConfig | None = None
 ) -> np.ndarray:
-    """Hot pixels of a bias-subtracted master dark [adu]: boolean mask (True = hot)."""
+    """Hot pixels of a bias-subtracted master dark [adu]: boolean mask (True = hot).
+
+    The dark must be measured (the mean of the darks), not a denoised model: the
+    threshold is the pixels' robust spatial scatter around the local level.
+    """
     cfg = config or BadPixelConfig()
     d = np.asarray(master_dark, dtype=np.float32)
     level = smooth_level(d, box_pix=cfg.smooth_box_pix)
@@ -156,7 +160,12 @@ def hot_pixels(
     if fin.size == 0:
         raise CalibrationError("master dark has no finite pixel")
     sigma = MAD_TO_SIGMA * float(np.median(np.abs(fin - np.median(fin))))
-    thr = cfg.hot_n_sigma * max(sigma, 1e-12)
+    if sigma == 0.0:
+        # most pixels sit exactly on the level: a denoised master dark, whose model hides the noise
+        raise BadInputError(
+            "hot pixels need the measured master dark (MasterFrame.measured_data), not a model"
+        )
+    thr = cfg.hot_n_sigma * sigma
     if cfg.hot_min_adu_per_s > 0:
         if not exptime_s:
             raise BadInputError("hot_min_adu_per_s needs the dark's exposure time")

@@ -15,16 +15,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import bottleneck as bn
 import numpy as np
 from astropy.io import fits
 
 from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 
 from ._stats import MAD_TO_SIGMA, clipped_mean_std, frame_median, robust_std
+from .badpix import smooth_level
 from .combine import combine_frames
-from .settings import MasterComparisonConfig, MasterConfig
+from .settings import DarkModelConfig, MasterComparisonConfig, MasterConfig
 
 __all__ = [
+    "DarkModelConfig",
     "MasterComparison",
     "MasterComparisonConfig",
     "MasterConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "make_master_flat",
     "master_from_hdus",
     "master_to_hdus",
+    "model_dark",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,14 @@ class MasterFrame:
     includes_bias : bool
         A dark made without a master bias: it still holds the bias level and can
         only be subtracted unscaled, from frames of the same exposure time.
+    dark_model : str | None
+        Darks: 'measured' (``data`` is the mean of the darks) or 'denoised' (``data`` is
+        :func:`model_dark`'s model; ``measured``/``measured_variance`` keep the mean).
+    modelled_fraction : float | None
+        Denoised darks: fraction of the pixels modelled (the others keep the measured mean).
+    measured, measured_variance : float32 (ny, nx) | None
+        Denoised darks: the measured mean and its variance, for what needs every pixel's
+        own measurement (hot pixels, bad columns, the comparison with the previous master).
     """
 
     kind: MasterKind
@@ -90,11 +102,25 @@ class MasterFrame:
     gain_e_per_adu: float | None = None
     level_adu: float | None = None
     includes_bias: bool = False
+    dark_model: str | None = None
+    modelled_fraction: float | None = None
+    measured: np.ndarray | None = None
+    measured_variance: np.ndarray | None = None
     extra: dict = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.data.shape)
+
+    @property
+    def measured_data(self) -> np.ndarray:
+        """The measured master: ``measured`` when ``data`` is a model, else ``data``."""
+        return self.data if self.measured is None else self.measured
+
+    @property
+    def measured_var(self) -> np.ndarray:
+        """The variance of :attr:`measured_data`."""
+        return self.variance if self.measured_variance is None else self.measured_variance
 
     def with_name(self, name: str) -> MasterFrame:
         """The same master carrying its file name."""
@@ -179,6 +205,13 @@ def make_master_dark(
     only: the master bias subtracted from them cancels against the bias subtracted
     from a science frame, so :func:`~darkroom.calib.process.calibrate_frame` adds
     ``(1 - k)^2 var_bias + k^2 var_dark`` for a dark scaled by ``k``.
+
+    With ``config.dark_model.method == 'denoised'`` the master is
+    ``model_dark(B + D) - B`` where a pixel is modelled (:func:`model_dark`: what a light of
+    this exposure time has subtracted, modelled with the master bias's noise cancelled) and
+    the measured mean ``D`` elsewhere; ``variance`` is the model's error variance, so the
+    same ``(1 - k)^2 var_bias + k^2 var_dark`` holds; ``measured``/``measured_variance`` keep
+    the mean and its variance.
     """
     cfg = config or MasterConfig()
     _check_count(frames, "dark", cfg)
@@ -195,19 +228,101 @@ def make_master_dark(
     if bias is not None and bias.shape != tuple(frames[0].shape):
         raise CalibrationError(f"master bias {bias.shape} and darks {tuple(frames[0].shape)} differ in shape")
     res = combine_frames(frames, config=cfg.dark, subtract=None if bias is None else bias.data)
-    var = res.variance  # the dark frames' own scatter; the master bias's variance is not included
-    mean, noise = _summary(res.data)
+    var = res.variance.astype(np.float32)  # the darks' own scatter; the master bias's is not included
+    mean, noise = _summary(res.data)  # figures of the measured mean (comparison, reports)
+    data, model_var, frac = res.data, var, None
+    method = cfg.dark_model.method
+    if method == "denoised":
+        # model what a light of this exposure time has subtracted, master bias included: the
+        # bias's noise cancels in it, and the bias's structure is part of what is modelled
+        total = res.data if bias is None else res.data + bias.data
+        model, model_var, modelled = model_dark(total, var, config=cfg.dark_model)
+        if bias is not None:
+            model = model - bias.data
+        data = np.where(modelled, model, res.data).astype(np.float32)
+        frac = float(np.mean(modelled))
     return MasterFrame(
         kind="dark",
-        data=res.data,
-        variance=var.astype(np.float32),
+        data=data,
+        variance=model_var,
         n_inputs=res.n_inputs,
         rejected_fraction=res.rejected_fraction,
         mean=mean,
         noise=noise,
         exptime_s=float(np.median(times)),
         includes_bias=bias is None,
+        dark_model=method,
+        modelled_fraction=frac,
+        measured=None if method == "measured" else res.data,
+        measured_variance=None if method == "measured" else var,
     )
+
+
+def model_dark(
+    data: np.ndarray, variance: np.ndarray, *, config: DarkModelConfig | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Denoise the mean of dark frames [adu]: ``(model, model variance, modelled mask)``.
+
+    ``data`` is what a light of the darks' exposure time has subtracted: the mean of the
+    darks with their bias (master bias + bias-subtracted master dark), ``variance`` its
+    noise (the darks' only). A pixel is ``X = S + t + n``: the structure ``S`` (a smooth
+    level, :func:`~darkroom.calib.badpix.smooth_level`'s medians of ``box_pix`` blocks,
+    bilinear between block centres, plus the median of each column and then of each row
+    of what is left: bias columns, read-out patterns), the pixel's own fixed deviation
+    ``t`` (scatter ``tau``: dark-current and bias non-uniformity) and the noise ``n``.
+    ``tau^2`` is the variance of ``X - S`` less ``var`` over the modelled pixels (iterated
+    from a robust start: the non-uniformity is heavy-tailed). A pixel within
+    ``n_sigma * sqrt(var + tau^2)`` of ``S`` is modelled by the best linear estimate of
+    ``S + t``, ``S + w (X - S)`` with ``w = tau^2 / (tau^2 + var)`` (``S`` alone when the
+    noise explains the whole scatter), and its error variance
+    ``w var + (1 - w)^2 var_S`` (``var_S``: ``pi/2`` times the block's and the column's
+    and row's mean variance over their pixel counts, medians' variances for Gaussian
+    noise). The other pixels (hot, warm, cold, NaN) keep ``X`` and ``var``. The variance is
+    per pixel: the structure's small error is shared along blocks, columns and rows.
+    """
+    cfg = config or DarkModelConfig()
+    x = np.asarray(data, dtype=np.float32)
+    v = np.asarray(variance, dtype=np.float32)
+    if x.shape != v.shape:
+        raise BadInputError(f"dark {x.shape} and variance {v.shape} differ in shape")
+    ny, nx = x.shape
+    structure = smooth_level(x, box_pix=cfg.box_pix)
+    cols = bn.nanmedian(x - structure, axis=0).astype(np.float32)  # per column
+    structure += np.where(np.isfinite(cols), cols, 0)[None, :]
+    rows = bn.nanmedian(x - structure, axis=1).astype(np.float32)  # per row, after the columns
+    structure += np.where(np.isfinite(rows), rows, 0)[:, None]
+    n_block = min(cfg.box_pix, ny) * min(cfg.box_pix, nx)
+    v_mean = np.float32(np.nanmean(v))
+    structure_var = (
+        smooth_level(v, box_pix=cfg.box_pix) / np.float32(n_block) + v_mean / ny + v_mean / nx
+    ) * (np.float32(np.pi / 2))
+    resid = x - structure
+    ok = np.isfinite(resid) & np.isfinite(v)
+    if not np.any(ok):
+        raise CalibrationError("master dark has no finite pixel")
+    step = max(1, int(np.count_nonzero(ok)) // 2_000_000)
+    # tau^2: what X scatters by around its structure beyond the darks' noise (fixed pattern).
+    # Dark-current non-uniformity is heavy-tailed (warm pixels): a robust (MAD) variance
+    # misses most of it, so tau^2 is the plain excess variance of the pixels that are modelled,
+    # found by iterating from the robust value.
+    r_s, v_s = resid[ok][::step].astype(np.float64), v[ok][::step].astype(np.float64)
+    tau2 = max(0.0, robust_std(r_s) ** 2 - float(np.median(v_s)))
+    for _ in range(5):
+        inner = np.abs(r_s) < cfg.n_sigma * np.sqrt(v_s + tau2)
+        tau2 = max(0.0, float(np.mean(r_s[inner] ** 2) - np.mean(v_s[inner])))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        modelled = np.abs(resid) < np.float32(cfg.n_sigma) * np.sqrt(v + np.float32(tau2))
+        w = np.float32(tau2) / (np.float32(tau2) + v) if tau2 > 0 else np.zeros_like(v)
+    w = np.where(np.isfinite(w), w, np.float32(1.0)).astype(np.float32)  # var = 0: the pixel is known
+    model = np.where(modelled, structure + w * resid, x).astype(np.float32)
+    model_var = np.where(modelled, w * v + (1 - w) ** 2 * structure_var, v).astype(np.float32)
+    log.info(
+        "dark model: fixed-pattern scatter %.4g adu against noise %.4g; %.4f of the pixels modelled",
+        tau2**0.5,
+        float(np.median(v[ok][::step])) ** 0.5,
+        float(np.mean(modelled)),
+    )
+    return model, model_var, modelled
 
 
 def make_master_flat(
@@ -358,12 +473,13 @@ def compare_masters(
         raise BadInputError(f"cannot compare a master {new.kind} with a master {previous.kind}")
     if new.shape != previous.shape:
         raise CalibrationError(f"master shapes differ: {new.shape} and {previous.shape}")
-    a = new.data.astype(np.float64)
-    b = previous.data.astype(np.float64)
+    # denoised darks are compared on their measured means: a model hides the pixels' changes
+    a = new.measured_data.astype(np.float64)
+    b = previous.measured_data.astype(np.float64)
     if new.kind == "dark" and new.exptime_s and previous.exptime_s and new.exptime_s != previous.exptime_s:
         b = b * (new.exptime_s / previous.exptime_s)
     diff = a - b
-    sig = np.sqrt(new.variance.astype(np.float64) + previous.variance.astype(np.float64))
+    sig = np.sqrt(new.measured_var.astype(np.float64) + previous.measured_var.astype(np.float64))
     ok = np.isfinite(diff) & np.isfinite(sig) & (sig > 0)
     if not np.any(ok):
         raise CalibrationError("the two masters have no finite pixel in common")
@@ -414,11 +530,14 @@ _CARDS = (
     ("GAINMEAS", "gain_e_per_adu", "[electron/adu] gain measured on two flats"),
     ("FLATLEVL", "level_adu", "[adu] median level of the input flats"),
     ("INCLBIAS", "includes_bias", "dark still holds the bias level"),
+    ("DARKMODL", "dark_model", "dark: measured mean or denoised model"),
+    ("DMODFRAC", "modelled_fraction", "fraction of dark pixels set to the smooth level"),
 )
 
 
 def master_to_hdus(master: MasterFrame, *, header: fits.Header | None = None) -> fits.HDUList:
-    """FITS HDUs of a master: primary (SCI, float32) with the figures as cards, and VAR."""
+    """FITS HDUs of a master: primary (SCI, float32) with the figures as cards, and VAR
+    (then MEASURED and MEASVAR, the measured mean and its variance, for a denoised dark)."""
     h = fits.Header() if header is None else header.copy()
     for key, attr, comment in _CARDS:
         val = getattr(master, attr)
@@ -427,7 +546,12 @@ def master_to_hdus(master: MasterFrame, *, header: fits.Header | None = None) ->
     h["EXTNAME"] = "SCI"
     prim = fits.PrimaryHDU(data=master.data.astype(np.float32), header=h)
     var = fits.ImageHDU(data=master.variance.astype(np.float32), name="VAR")
-    return fits.HDUList([prim, var])
+    hdus = [prim, var]
+    if master.measured is not None:
+        hdus.append(fits.ImageHDU(data=master.measured.astype(np.float32), name="MEASURED"))
+    if master.measured_variance is not None:
+        hdus.append(fits.ImageHDU(data=master.measured_variance.astype(np.float32), name="MEASVAR"))
+    return fits.HDUList(hdus)
 
 
 def master_from_hdus(hdul: fits.HDUList, *, name: str = "") -> MasterFrame:
@@ -438,6 +562,11 @@ def master_from_hdus(hdul: fits.HDUList, *, name: str = "") -> MasterFrame:
     kw = {attr: h[key] for key, attr, _ in _CARDS if key in h}
     data = np.asarray(hdul[0].data, dtype=np.float32)
     var = np.asarray(hdul["VAR"].data, dtype=np.float32)
+    names = {h.name for h in hdul}
+    for key in ("measured", "measured_variance"):
+        ext = "MEASURED" if key == "measured" else "MEASVAR"
+        if ext in names:
+            kw[key] = np.asarray(hdul[ext].data, dtype=np.float32)
     return MasterFrame(
         kind=kw.pop("kind"),
         data=data,

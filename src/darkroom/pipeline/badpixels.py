@@ -105,7 +105,8 @@ class BadPixelStage(Stage):
         for flat in flats or [None]:
             m = build_bad_pixel_mask(
                 shape,
-                dark=None if dark is None or dark.includes_bias else dark.data,
+                # every pixel's own measurement: a denoised dark's model hides faint bad columns
+                dark=None if dark is None or dark.includes_bias else dark.measured_data,
                 dark_exptime_s=None if dark is None else dark.exptime_s,
                 flat=None if flat is None else flat.data,
                 user=user,

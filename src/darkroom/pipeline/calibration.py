@@ -365,6 +365,7 @@ class MasterDarkStage(MasterStage):
     settings = (
         *_MASTER_COMMON,
         "calib.masters.dark",
+        "calib.masters.dark_model",
         "calib.masters.min_frames",
         "calib.masters.dark_exptime_tolerance_s",
     )
