@@ -24,7 +24,7 @@ from darkroom.analysis.inject import inject, match_events, plan_injection
 from darkroom.analysis.lcfile import read_lc_file
 from darkroom.analysis.periodic import find_period
 from darkroom.analysis.quality import check_quality
-from darkroom.analysis.transient import NoiseModel, find_transients
+from darkroom.analysis.transient import Event, NoiseModel, find_transients
 from darkroom.errors import DarkroomError
 
 __all__ = ["LcRef", "ObjectResult", "ObjectUnit", "analyze_object", "injection_rng", "object_table"]
@@ -101,6 +101,20 @@ def _limit_mag(table: Table) -> np.ndarray | None:
     return np.asarray(table["limitmag"], float) if "limitmag" in table.colnames else None
 
 
+def _search(table: Table, config: AnalysisConfig, difference: bool) -> list[Event]:
+    """The transient finder on a quality-checked table (``mjd, mag, magerr, band`` and the
+    optional ``limitmag``)."""
+    return find_transients(
+        table["mjd"],
+        table["mag"],
+        table["magerr"],
+        table["band"],
+        difference=difference,
+        config=config.transient,
+        limit_mag=_limit_mag(table),
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def _finders(paths: tuple[str, ...]) -> tuple[Finder, ...]:
     # imported once per process (a worker analyses many objects with the same finders)
@@ -158,15 +172,7 @@ def analyze_object(
         values["period"] = {"power": pr.power, "amplitude": pr.amplitude, "chi2": pr.chi2}
     except DarkroomError as exc:
         values["period"] = {"skipped": exc.reason}
-    events = find_transients(
-        good["mjd"],
-        good["mag"],
-        good["magerr"],
-        good["band"],
-        difference=difference,
-        config=config.transient,
-        limit_mag=_limit_mag(good),
-    )
+    events = _search(good, config, difference)
     best_snr = max((ev.snr for ev in events), default=None)
     by_band = {lc.band: lc.id for lc in unit.lcs}
     for ev in events:
@@ -253,15 +259,7 @@ def _inject_lightcurve(
             plan,
         )
         sim = sim[check_quality(sim, config.quality) == 0]
-        found = find_transients(
-            sim["mjd"],
-            sim["mag"],
-            sim["magerr"],
-            sim["band"],
-            difference=difference,
-            config=config.transient,
-            limit_mag=_limit_mag(sim),
-        )
+        found = _search(sim, config, difference)
         hit = match_events(plan, found, config.injection, known)
         row: dict[str, Any] = {
             "lightcurve_id": lc.id,
