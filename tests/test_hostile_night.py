@@ -124,15 +124,16 @@ def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
         good = np.isfinite(t) & np.isfinite(flux)
         depth, t0 = _fit_transit(t[good], flux[good] / np.nanmedian(flux[good]), truth.summary)
         true_depth = truth.summary["transit"]["depth"]
-        # The issue asks for 5 %; this night (seed 4) gives 0.0219 for 0.024 (-8.8 %). That is the
-        # noise of this one realisation, not a bias of the pipeline. Two parts: (1) photon noise:
+        # The issue asks for 5 %; this night (seed 4) gives 0.0218 for 0.024 (-9.2 %; -8.8 % without
+        # the illumination correction; mid-time 0.2 min). That is the noise of this one realisation,
+        # not a bias of the pipeline. Two parts: (1) photon noise:
         # the host (12.4 mag, ~70 ke-, at the 12-bit ceiling) has 4.5 ppt point-to-point noise, so
         # 90 frames fix the depth to ~4.5 % (1 sigma); the same noisy pixels reduced with the true
         # calibration, true positions and no cosmic rays give -7.6 %. (2) the unflattened pixel
         # response (0.5 % rms) that the drifting stars sample: on noiseless frames it alone moves
         # the depth by -0.0 .. +4.6 % over six realisations of the pattern (std ~1.7 %), and more
-        # frames do not average it down. At 288 frames (50 s cadence) four nights gave +5.9, +0.8,
-        # +0.0 and -4.6 % (mid-time 0.7-1.9 min). The photometry's own systematics on noiseless
+        # frames do not average it down. At 288 frames (50 s cadence) five nights gave +5.9, +0.8,
+        # +0.0, -4.6 and -4.6 % (mid-time 0.7-1.9 min). The photometry's own systematics on noiseless
         # frames are held at 5 % below. Held at 10 % here.
         assert depth == pytest.approx(true_depth, rel=0.10), (depth, true_depth)
         assert abs(t0 - truth.summary["transit"]["t0_bjd_tdb"]) * 1440.0 < 2.0
