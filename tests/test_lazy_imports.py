@@ -75,6 +75,8 @@ def test_run_path_imports_no_fitting_library() -> None:
     # matching) when a unit runs: none of these is loaded before the first unit
     assert _hits(loaded, ("sep", "astropy.wcs", "astropy.coordinates", "astropy.nddata", "scipy")) == []
     assert _hits(loaded, ("darkroom.phot.match", "darkroom.phot.frame", "darkroom.detect.extract")) == []
+    # the survey stages' HTTP client loads when an archive is asked
+    assert _hits(loaded, ("requests", "tenacity", "darkroom.surveys.http")) == []
 
 
 def test_settings_modules_import_no_algorithm() -> None:

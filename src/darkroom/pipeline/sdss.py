@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from astropy.table import Table
 from sqlalchemy import select
@@ -33,7 +33,6 @@ from darkroom.pipeline.survey_targets import target_rows
 from darkroom.pipeline.threaded import DriveReport, drive_stage
 from darkroom.repo.models import Download, Target
 from darkroom.repo.registry import Registry
-from darkroom.surveys.http import DownloadError, HttpClient
 from darkroom.surveys.sdss import (
     FieldId,
     fields_from_table,
@@ -48,6 +47,9 @@ from darkroom.surveys.sdss import (
     search_fields,
 )
 from darkroom.surveys.settings import SurveysConfig
+
+if TYPE_CHECKING:
+    from darkroom.surveys.http import HttpClient
 
 __all__ = ["FIELD_SURVEY", "FILE_SURVEY", "SdssDownloader", "SdssFieldFinder", "run_sdss"]
 
@@ -183,6 +185,8 @@ class SdssDownloader(DownloadStage):
             content = path.read_bytes()
             meta["cached"] = True
         else:
+            from darkroom.surveys.http import DownloadError
+
             try:
                 content = self.client.get(url).content
             except DownloadError as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -27,8 +27,10 @@ from sqlalchemy.orm import Session
 from darkroom.pipeline._products import jsonable
 from darkroom.pipeline.stage import Stage, Unit, declared_critical
 from darkroom.repo.models import Download, utcnow
-from darkroom.surveys.http import HttpClient, load_credentials
 from darkroom.surveys.settings import SurveysConfig
+
+if TYPE_CHECKING:
+    from darkroom.surveys.http import HttpClient
 
 __all__ = ["DownloadOutcome", "DownloadStage", "SurveyStage", "resolve_cache_dir"]
 
@@ -121,6 +123,9 @@ class DownloadStage(SurveyStage):
     def client(self) -> HttpClient:
         """The archive's HTTP client (made on first use, with the credentials of the environment)."""
         if self._client is None:
+            # requests and tenacity load when an archive is asked, not for every darkroom run
+            from darkroom.surveys.http import HttpClient, load_credentials
+
             http = self.config.http
             env = self.credentials_env or http.credentials_env
             self._client = HttpClient(

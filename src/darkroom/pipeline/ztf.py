@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import delete, insert, select
@@ -29,7 +29,6 @@ from darkroom.pipeline.survey_targets import target_rows
 from darkroom.pipeline.threaded import DriveReport, drive_stage
 from darkroom.repo.models import Lightcurve, Target, utcnow
 from darkroom.repo.registry import Registry
-from darkroom.surveys.http import HttpClient
 from darkroom.surveys.settings import SurveysConfig
 from darkroom.surveys.ztf import (
     ZtfConfig,
@@ -40,6 +39,9 @@ from darkroom.surveys.ztf import (
     reduce_reply,
     skip_reason,
 )
+
+if TYPE_CHECKING:
+    from darkroom.surveys.http import HttpClient
 
 __all__ = ["ZtfDownloader", "ZtfOutcome", "run_ztf"]
 

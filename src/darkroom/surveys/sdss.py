@@ -29,14 +29,17 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.table import Table
 
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
-from darkroom.surveys.http import HttpClient
 from darkroom.surveys.settings import SDSS_BANDS, SdssConfig
+
+if TYPE_CHECKING:
+    from darkroom.surveys.http import HttpClient
 
 __all__ = [
     "SDSS_BANDS",

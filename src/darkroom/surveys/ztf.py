@@ -36,14 +36,17 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
 from darkroom.errors import BadInputError
-from darkroom.surveys.http import HttpClient, Reply
 from darkroom.surveys.settings import ZtfConfig
+
+if TYPE_CHECKING:
+    from darkroom.surveys.http import HttpClient, Reply
 
 __all__ = [
     "LIGHTCURVE_COLUMNS",
