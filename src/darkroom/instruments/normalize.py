@@ -834,15 +834,14 @@ def _normalize(
         if sidereal:
             named = None  # the telescope's own sidereal time outranks a name
         mid = start + timedelta(seconds=(exptime or 0.0) / 2.0)
-        local_h = lon / 15.0 if lon is not None else _explicit_offset_h(reader)
-        shift = timedelta(hours=(local_h or 0.0) - 12.0)
-        night_date: date = (mid + shift).date()
-        night = night_date.isoformat()
 
     if named is not None:
         lon, lat, height, site_name = _apply_named_site(reader, named, lon, lat, height, site_name)
-        if start is not None and mid is not None:
-            night = (mid + timedelta(hours=lon / 15.0 - 12.0)).date().isoformat()
+    if mid is not None:
+        # the local night at the site, once its longitude is settled
+        local_h = lon / 15.0 if lon is not None else _explicit_offset_h(reader)
+        night_date: date = (mid + timedelta(hours=(local_h or 0.0) - 12.0)).date()
+        night = night_date.isoformat()
 
     binning = reader.binning()
     filter_name = _filter(reader)

@@ -53,17 +53,17 @@ def _terms(u: np.ndarray, v: np.ndarray, order: int) -> np.ndarray:
 
 
 def _sweep(z: np.ndarray, w: np.ndarray, n_iter: int = 30, tol: float = 1e-10) -> np.ndarray:
-    """``z`` (n_epoch, n_star[, k]) with weighted epoch and star means removed alternately until
+    """``z`` (n_epoch, n_star, k) with weighted epoch and star means removed alternately until
     both are zero (weights ``w`` (n_epoch, n_star), 0 where not observed)."""
     z = z.copy()
-    wz = w if z.ndim == 2 else w[..., None]
-    sw_e = np.maximum(w.sum(axis=1), 1e-300)
-    sw_s = np.maximum(w.sum(axis=0), 1e-300)
+    wz = w[..., None]
+    sw_e = np.maximum(w.sum(axis=1), 1e-300)[:, None]
+    sw_s = np.maximum(w.sum(axis=0), 1e-300)[:, None]
     for _ in range(n_iter):
-        me = (wz * z).sum(axis=1) / (sw_e if z.ndim == 2 else sw_e[:, None])
-        z -= me[:, None] if z.ndim == 2 else me[:, None, :]
-        ms = (wz * z).sum(axis=0) / (sw_s if z.ndim == 2 else sw_s[:, None])
-        z -= ms[None, :] if z.ndim == 2 else ms[None, :, :]
+        me = (wz * z).sum(axis=1) / sw_e
+        z -= me[:, None, :]
+        ms = (wz * z).sum(axis=0) / sw_s
+        z -= ms[None, :, :]
         if np.max(np.abs(me)) < tol and np.max(np.abs(ms)) < tol:
             break
     return np.where(wz > 0, z, 0.0)
@@ -140,8 +140,9 @@ def fit_illumination(
     chi2_drop, scale = 0.0, 1.0
     for _ in range(3):
         w = np.where(keep, 1.0 / (sig**2 + star_var[None, :]), 0.0)
-        zy = _sweep(logf, w)
-        zx = _sweep(design, w)
+        # one sweep for the log-fluxes and the polynomial terms together
+        swept = _sweep(np.concatenate([logf[..., None], design], axis=-1), w)
+        zy, zx = swept[..., 0], swept[..., 1:]
         sw = np.sqrt(w)[keep]
         a = zx[keep] * sw[:, None]
         b = zy[keep] * sw

@@ -179,12 +179,13 @@ def build_lightcurve(
 
 
 def _illumination(
-    sub: Table,
     flux: np.ndarray,
     err: np.ndarray,
-    flags: np.ndarray,
-    image_ids: np.ndarray,
-    source_ids: np.ndarray,
+    usable: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    *,
+    flat_fielded: bool,
     tcol: int,
     config: LightCurveConfig,
 ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -193,13 +194,10 @@ def _illumination(
     cfg = config.illumination
     if cfg.mode == "off":
         return flux, err, "illumination correction off"
-    if cfg.mode == "auto" and "flat_fielded" in sub.colnames and bool(np.all(sub["flat_fielded"])):
+    if cfg.mode == "auto" and flat_fielded:
         # a flat removed the pattern; what a static fit would find on top is weather and aperture
         # systematics it cannot describe
         return flux, err, "frames flat-fielded: no illumination correction"
-    xs = pivot_measurements(sub, "x", image_ids=image_ids, source_ids=source_ids).astype(float)
-    ys = pivot_measurements(sub, "y", image_ids=image_ids, source_ids=source_ids).astype(float)
-    usable = (flags & config.comparison.bad_flags) == 0
     fit = fit_illumination(flux, err, xs, ys, usable=usable, exclude=(tcol,), config=cfg)
     if fit.applied:
         return flux * fit.factor, err * fit.factor, fit.reason
@@ -239,14 +237,24 @@ def _one_band(
     n_comp = np.zeros(n_ep, np.int64)
     qflags = np.zeros(n_ep, np.int64)
     segments = None
-    if config.segment_jump_pix is not None and "x" in sub.colnames and "y" in sub.colnames:
-        tx = pivot_measurements(sub, "x", image_ids=image_ids, source_ids=source_ids)[:, tcol].astype(float)
-        ty = pivot_measurements(sub, "y", image_ids=image_ids, source_ids=source_ids)[:, tcol].astype(float)
-        segments = pointing_segments(tx, ty, jump_pix=config.segment_jump_pix, time=mjd)
-    if config.differential and "x" in sub.colnames and "y" in sub.colnames:
-        flux, err, info["illumination"] = _illumination(
-            sub, flux, err, flags, image_ids, source_ids, tcol, config
-        )
+    if "x" in sub.colnames and "y" in sub.colnames:
+        # positions of every star in every epoch: the target's segments and the field's illumination
+        xs = pivot_measurements(sub, "x", image_ids=image_ids, source_ids=source_ids).astype(float)
+        ys = pivot_measurements(sub, "y", image_ids=image_ids, source_ids=source_ids).astype(float)
+        if config.segment_jump_pix is not None:
+            segments = pointing_segments(xs[:, tcol], ys[:, tcol], jump_pix=config.segment_jump_pix, time=mjd)
+        if config.differential:
+            flat_fielded = "flat_fielded" in sub.colnames and bool(np.all(sub["flat_fielded"]))
+            flux, err, info["illumination"] = _illumination(
+                flux,
+                err,
+                (flags & config.comparison.bad_flags) == 0,
+                xs,
+                ys,
+                flat_fielded=flat_fielded,
+                tcol=tcol,
+                config=config,
+            )
     if config.differential:
         colour_arr = None
         if colours is not None:
