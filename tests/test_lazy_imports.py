@@ -58,11 +58,16 @@ def _hits(loaded: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(n for n in names if n in loaded)
 
 
+#: astropy's tables and what they pull in (units, time, the ASCII and VOTable readers): the
+#: stages' algorithms and the report read and write tables, starting a run does not
+TABLES = ("astropy.table", "astropy.units", "astropy.time", "astropy.io.ascii", "astropy.io.votable")
+
+
 @pytest.mark.parametrize("module", ["darkroom.config", "darkroom.cli"])
 def test_config_and_cli_import_no_heavy_library(module: str) -> None:
     loaded = _loaded(f"import {module}")
     assert module in loaded
-    assert _hits(loaded, (*HEAVY, "scipy", "sep", "astropy.wcs", "bottleneck")) == []
+    assert _hits(loaded, (*HEAVY, *TABLES, "scipy", "sep", "astropy.wcs", "bottleneck")) == []
 
 
 def test_run_path_imports_no_fitting_library() -> None:
@@ -77,6 +82,35 @@ def test_run_path_imports_no_fitting_library() -> None:
     assert _hits(loaded, ("darkroom.phot.match", "darkroom.phot.frame", "darkroom.detect.extract")) == []
     # the survey stages' HTTP client loads when an archive is asked
     assert _hits(loaded, ("requests", "tenacity", "darkroom.surveys.http")) == []
+    assert _hits(loaded, TABLES) == []
+
+
+def test_run_imports_no_table_library_before_its_first_unit(tmp_path: Path) -> None:
+    """What ``darkroom run`` does before handing its first unit to the executor: open the
+    repository, choose the targets, read the ephemeris cache, build and select the stages."""
+    repo = tmp_path / "repo"
+    code = f"""
+from pathlib import Path
+from darkroom.facade import Repository
+from darkroom.pipeline.drive import drive_stages
+from darkroom.pipeline.executors import make_executor
+from darkroom.pipeline.run import all_stages, select_stages
+from darkroom.pipeline.summary import run_summary
+from darkroom.pipeline.targets import planet_ephemerides
+from darkroom.repo.store import remove_orphan_temps
+import darkroom.cli
+Repository.init(Path({str(repo)!r}), overrides=["targets=[{{name: XO-1, ra_deg: 240.5, dec_deg: 28.2}}]"]).close()
+r = Repository(Path({str(repo)!r}))
+remove_orphan_temps(r.root)
+r.apply_automatic_targets(online=False)
+planet_ephemerides(r.root, [t.name for t in r.config.targets], r.config.names, online=False)
+stages = select_stages(all_stages(r.root, r.config))
+assert stages and make_executor(workers=0) is not None
+"""
+    loaded = _loaded(code)
+    assert "darkroom.pipeline.stages" in loaded
+    assert _hits(loaded, TABLES) == []
+    assert "darkroom.pipeline.ingest" not in loaded  # the FITS reader: only with --ingest
 
 
 def test_settings_modules_import_no_algorithm() -> None:

@@ -575,7 +575,6 @@ def run(
     from darkroom.facade import Repository
     from darkroom.pipeline.drive import drive_stages, print_ingest_summary, print_reports
     from darkroom.pipeline.executors import make_executor
-    from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages, forget_from, select_stages
     from darkroom.pipeline.summary import print_run_summary, run_summary
     from darkroom.repo.store import remove_orphan_temps
@@ -585,6 +584,9 @@ def run(
         r = Repository(repo, db_url=db, overrides=set_ or ())
         remove_orphan_temps(r.root)  # left by a run that was killed mid-write
         if ingest_paths_:
+            # the FITS reader, astropy.time and the instrument profiles: only when asked
+            from darkroom.pipeline.ingest import ingest_paths
+
             t0 = time.perf_counter()
             summary = ingest_paths(r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root)
             if not quiet or summary.quarantined:

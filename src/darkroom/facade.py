@@ -15,8 +15,8 @@ imports it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from astropy.table import Table
 from sqlalchemy import func, select
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -24,6 +24,9 @@ from darkroom.config import CONFIG_NAME, DarkroomConfig, load_config, save_confi
 from darkroom.errors import ConfigError
 from darkroom.repo.models import Download, Exposure, Image, Target, Task
 from darkroom.repo.registry import Registry, registry_error, resolve_url
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = ["PRODUCT_DIRS", "Repository"]
 
@@ -176,6 +179,8 @@ class Repository:
     # -- queries ------------------------------------------------------------------
     def exposures(self, *, state: str | None = None, frame_type: str | None = None) -> Table:
         """Registered raw files as a Table (one row per exposure)."""
+        from astropy.table import Table
+
         cols = [
             "id",
             "path",
@@ -340,6 +345,8 @@ class Repository:
     def provenances(self) -> Table:
         """Every provenance in the registry: stage, id, when, how many product rows it holds,
         and whether the current configuration makes it (``current``)."""
+        from astropy.table import Table
+
         from darkroom.repo.models import (
             Association,
             AstromSolution,
@@ -391,6 +398,8 @@ class Repository:
         """Calibrated images with their products of the current configuration (or of ``provenance``,
         one id or several): FWHM, quality flag and reason, astrometric flag and rms, zero point,
         transparency, and ``poor`` (by the quality limits or the transparency)."""
+        from astropy.table import Table
+
         from darkroom.pipeline.products import image_products
 
         provs = [provenance] if isinstance(provenance, str) else provenance

@@ -39,12 +39,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 
 from darkroom.errors import BadInputError
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = [
     "LC_COLUMNS",
@@ -88,6 +90,8 @@ def _find(names: Sequence[str], aliases: Sequence[str]) -> str | None:
 
 
 def _read_any(path: Path) -> Table:
+    from astropy.table import Table
+
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     try:
         if suffix in (".csv", ".csv.gz", ".txt"):
@@ -139,6 +143,8 @@ def read_survey_table(
     BadInputError
         No time column, no mag/flux column, or no rows.
     """
+    from astropy.table import Table
+
     path = Path(path)
     raw = _read_any(path)
     names = list(raw.colnames)
@@ -261,6 +267,7 @@ def write_lc_file(table: Table, path: str | Path, *, meta: dict[str, Any] | None
 def read_lc_file(path: str | Path) -> Table:
     """Read a light-curve Parquet file; ``meta`` gets the ``darkroom`` JSON metadata."""
     import pyarrow.parquet as pq
+    from astropy.table import Table
 
     arrow = pq.read_table(path)
     table = Table({name: arrow.column(name).to_numpy(zero_copy_only=False) for name in arrow.column_names})

@@ -10,10 +10,13 @@ is skipped. The checker never removes rows: the finders use ``qflag == 0``.
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = ["QFlag", "QualityConfig", "check_quality"]
 

@@ -25,15 +25,18 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError, CalibrationError
 from darkroom.robust import robust_std
 
 from ._stats import clipped_mean_std
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = [
     "GainReadNoise",
@@ -227,6 +230,8 @@ def photon_transfer_curve(
     within ``max_fit_deviation`` of the model; the first pair beyond marks the end
     of the linear range. The bias-pair variance is the point at zero signal.
     """
+    from astropy.table import Table
+
     cfg = config or PTCConfig()
     if len(biases) < 2:
         raise BadInputError(f"a photon transfer curve needs two biases or more, got {len(biases)}")
@@ -436,6 +441,8 @@ def linearity_from_flats(
     measure the non-linearity *and* any drift of the lamp, which this test cannot
     tell apart.
     """
+    from astropy.table import Table
+
     if len(flats) != len(exptimes_s) or len(flats) < 3:
         raise BadInputError("linearity needs three flats or more, each with its exposure time")
     times = np.asarray(exptimes_s, dtype=np.float64)

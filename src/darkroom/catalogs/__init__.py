@@ -5,54 +5,38 @@ Every reader returns a *reference table* (``ra_deg``, ``dec_deg``, ``mag``,
 :mod:`darkroom.catalogs.reference`.
 """
 
-from darkroom.catalogs.local import read_catalog_file, read_catalog_shards, read_table
-from darkroom.catalogs.online import (
-    OnlineCatalogConfig,
-    apass_dr9,
-    atlas_refcat2,
-    gaia_dr3,
-    gaia_dr3_vizier,
-    query_catalog,
-    ucac4,
-)
-from darkroom.catalogs.reference import (
-    STANDARD_COLUMNS,
-    CatalogColumns,
-    angular_separation_deg,
-    cone_select,
-    propagate_proper_motion,
-    standardize_catalog,
-)
-from darkroom.catalogs.sources import (
-    FileCatalogSource,
-    OnlineCatalogSource,
-    ReferenceCatalogSource,
-    ShardCatalogSource,
-    load_reference_catalog,
-    resolve_catalog_source,
-)
+from darkroom._lazy import lazy_exports
 
-__all__ = [
-    "STANDARD_COLUMNS",
-    "CatalogColumns",
-    "FileCatalogSource",
-    "OnlineCatalogConfig",
-    "OnlineCatalogSource",
-    "ReferenceCatalogSource",
-    "ShardCatalogSource",
-    "angular_separation_deg",
-    "apass_dr9",
-    "atlas_refcat2",
-    "cone_select",
-    "gaia_dr3",
-    "gaia_dr3_vizier",
-    "load_reference_catalog",
-    "propagate_proper_motion",
-    "query_catalog",
-    "read_catalog_file",
-    "read_catalog_shards",
-    "read_table",
-    "resolve_catalog_source",
-    "standardize_catalog",
-    "ucac4",
-]
+# what each submodule exports; loaded when first asked for (the configuration's catalogue
+# source models must not load astropy's units, tables and VOTable reader)
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "local": ["read_catalog_file", "read_catalog_shards", "read_table"],
+        "online": [
+            "OnlineCatalogConfig",
+            "apass_dr9",
+            "atlas_refcat2",
+            "gaia_dr3",
+            "gaia_dr3_vizier",
+            "query_catalog",
+            "ucac4",
+        ],
+        "reference": [
+            "STANDARD_COLUMNS",
+            "CatalogColumns",
+            "angular_separation_deg",
+            "cone_select",
+            "propagate_proper_motion",
+            "standardize_catalog",
+        ],
+        "sources": [
+            "FileCatalogSource",
+            "OnlineCatalogSource",
+            "ReferenceCatalogSource",
+            "ShardCatalogSource",
+            "load_reference_catalog",
+            "resolve_catalog_source",
+        ],
+    },
+)

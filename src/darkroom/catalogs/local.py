@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.table import Table, vstack
 
 from darkroom.catalogs.reference import CatalogColumns, cone_select, standardize_catalog
 from darkroom.errors import BadInputError
 from darkroom.io.tables import read_parquet
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = ["CATALOG_SUFFIXES", "read_catalog_file", "read_catalog_shards", "read_table"]
 
@@ -44,6 +47,8 @@ def _read_parquet(path: Path) -> Table:
 
 def read_table(path: str | Path) -> Table:
     """The table stored in a FITS, ECSV, CSV or Parquet file, as astropy reads it."""
+    from astropy.table import Table
+
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"reference catalog file not found: {path}")
@@ -96,6 +101,8 @@ def read_catalog_shards(
     sky partition: declination bands, HEALPix cells, ...). Shards whose stars all lie
     outside the cone contribute nothing. Rows are sorted by magnitude.
     """
+    from astropy.table import vstack
+
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(f"catalog shard folder not found: {folder}")

@@ -21,14 +21,15 @@ import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from astropy.io import votable
-from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.catalogs.reference import CatalogColumns, cone_select, standardize_catalog
 from darkroom.errors import BadInputError, DarkroomError
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = [
     "OnlineCatalogConfig",
@@ -189,6 +190,9 @@ def _request(
 
 
 def _parse_votable(content: bytes, where: str) -> Table:
+    from astropy.io import votable
+    from astropy.table import Table
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # services write VOTables with minor schema deviations
         try:
@@ -281,6 +285,8 @@ def query_catalog(
     DarkroomError
         The service cannot be reached or reports an error (one-line reason).
     """
+    from astropy.table import Table
+
     if not 0 < radius_deg <= 10:
         raise BadInputError(f"query radius must be in (0, 10] deg, got {radius_deg}")
     raw: Table | None = None
@@ -337,6 +343,8 @@ def query_table(
     DarkroomError
         Not a VizieR config, the service cannot be reached, or it reports an error.
     """
+    from astropy.table import Table
+
     if config.service != "vizier":
         raise DarkroomError(f"whole-table queries need a VizieR service, not {config.service!r}")
     constraints = dict(constraints or {})

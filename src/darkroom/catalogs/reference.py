@@ -21,14 +21,16 @@ followed by every column of the source table, unchanged. Rows are sorted by
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import astropy.units as u
 import numpy as np
-from astropy.table import Column, Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.errors import BadInputError
+
+if TYPE_CHECKING:
+    import astropy.units as u
+    from astropy.table import Table
 
 __all__ = [
     "STANDARD_COLUMNS",
@@ -70,6 +72,8 @@ class CatalogColumns(BaseModel):
 
 def _values(table: Table, name: str, *, default_unit: u.UnitBase | None = None) -> np.ndarray:
     """Column as float64 with masked entries as NaN, converted from its unit to ``default_unit``."""
+    import astropy.units as u
+
     col = table[name]
     arr = np.ma.filled(np.ma.asarray(col).astype(np.float64), np.nan)
     unit = getattr(col, "unit", None)
@@ -108,6 +112,9 @@ def standardize_catalog(
     name
         Catalog name, stored in ``meta["catalog"]``.
     """
+    import astropy.units as u
+    from astropy.table import Column, Table
+
     for what, col in (
         ("ra", columns.ra),
         ("dec", columns.dec),
@@ -181,6 +188,9 @@ def propagate_proper_motion(
     neglected terms are (mu dt)^2 tan(Dec), below 1e-5 arcsec for 1 arcsec of motion
     away from the poles. Sets ``meta["epoch_jyear"]``.
     """
+    import astropy.units as u
+    from astropy.table import Column
+
     dt = to_epoch_jyear - np.asarray(from_epoch_jyear, dtype=float)
     mas_to_deg = 1.0 / 3.6e6
     dec = np.asarray(table["dec_deg"], dtype=float)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from astropy.table import Table
 from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom.catalogs.local import read_catalog_file, read_catalog_shards
 from darkroom.catalogs.online import OnlineCatalogConfig, query_catalog
 from darkroom.catalogs.reference import CatalogColumns
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = [
     "FileCatalogSource",

@@ -21,11 +21,13 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
-from astropy.table import Column, MaskedColumn, Table
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = ["read_parquet", "read_parquet_columns", "read_parquet_meta", "table_yaml", "write_parquet"]
 
@@ -171,6 +173,8 @@ def _datatype(dtype: np.dtype) -> str:
 
 def _plain(col: Any) -> bool:
     """A column written here: a 1-D numeric, bool or string astropy Column, not masked."""
+    from astropy.table import Column
+
     return type(col) is Column and col.ndim == 1 and col.dtype.kind in "biufSU" and not col.meta
 
 
@@ -282,6 +286,7 @@ def read_parquet(path: str | Path, columns: Sequence[str] | None = None, *, meta
     ``meta=True``.
     """
     import pyarrow.parquet as pq
+    from astropy.table import Column, MaskedColumn, Table
 
     with pq.ParquetFile(path) as pf:
         arrow = pf.read(

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
-from astropy.time import Time
 
 from darkroom.astrom import AffineTransform
 from darkroom.catalogs import (
@@ -19,6 +17,9 @@ from darkroom.catalogs import (
 )
 from darkroom.errors import BadInputError
 from darkroom.phot.settings import MeasureSettings
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 # Imported by the stage modules, which every `darkroom run` imports: darkroom.phot.calibrate
 # (scipy, astropy.coordinates) loads when a unit looks up its reference columns.
@@ -44,6 +45,8 @@ def _catalog_cached(source_json: str, ra: float, dec: float, radius: float, epoc
 
 def load_reference(root: Path, source, *, ra: float, dec: float, radius: float, mjd: float | None) -> Table:
     """Reference stars in a cone (cached per worker; the cone is rounded so frames share it)."""
+    from astropy.time import Time
+
     source = resolve_catalog_source(source, root)
     epoch = None if mjd is None else round(float(Time(mjd, format="mjd").jyear), 1)
     return _catalog_cached(
@@ -80,6 +83,8 @@ def reference_columns(columns: list[str], cfg: MeasureSettings, filter_name: str
 def photometric_reference(table: Table, cfg: MeasureSettings, filter_name: str | None = None):
     """The columns calibrate_photometry reads (ra, dec, mag, mag_err, colour) and how the magnitude
     column was chosen; (None, reason) when the catalogue has no column for the frame's filter."""
+    from astropy.table import Table
+
     mag_col, err_col, how = reference_columns(list(table.colnames), cfg, filter_name)
     if mag_col is None:
         return None, how

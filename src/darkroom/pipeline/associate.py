@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -46,6 +45,9 @@ from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Association, Image, Measurement, Source
 from darkroom.timeseries.settings import AssociateSettings
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 # This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
 # matching algorithms (scipy, astropy.wcs via darkroom.phot / darkroom.timeseries) load when
@@ -167,6 +169,8 @@ class AssociateStage(Stage):
         }
 
     def _detections(self, frames: list[dict], coords: str) -> Table:
+        from astropy.table import Table
+
         from darkroom.phot import pixel_to_sky
         from darkroom.timeseries.sources import usable_detections
 
@@ -199,6 +203,8 @@ class AssociateStage(Stage):
         return out
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from astropy.table import Table
+
         from darkroom.timeseries import AssociationConfig, associate
         from darkroom.timeseries.sources import field_sources, match_radius, min_epochs_for
 

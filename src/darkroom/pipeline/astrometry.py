@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from astropy.io import fits
-from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -55,6 +54,7 @@ from darkroom.repo.models import AstromSolution, Image
 from darkroom.repo.store import atomic_path
 
 if TYPE_CHECKING:
+    from astropy.table import Table
     from astropy.wcs import WCS
 
     from darkroom.astrom import FrameSources, SolveResult

@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -279,6 +278,8 @@ class MasterStage(Stage):
         self.remove_files(paths)
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        from astropy.time import Time
+
         p = unit.payload
         rec = p["record"]
         t_mid = rec.get("time_mid_utc")

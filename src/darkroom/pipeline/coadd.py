@@ -50,7 +50,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -66,6 +65,8 @@ from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Coadd, CoaddInput, Exposure
 
 if TYPE_CHECKING:
+    from astropy.table import Table
+
     from darkroom.imaging import ImagePlanes
     from darkroom.imaging.resample import TargetGrid
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -45,6 +44,9 @@ from darkroom.repo.models import (
 )
 from darkroom.repo.store import atomic_path, sha256_file
 from darkroom.timeseries.settings import LightCurveSettings, TargetConfig
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 # This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
 # light-curve algorithms (darkroom.timeseries: scipy, astropy.coordinates) load when the

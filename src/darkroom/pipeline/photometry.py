@@ -45,10 +45,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -67,6 +66,9 @@ from darkroom.repo.models import (
     Source,
 )
 from darkroom.repo.store import atomic_path
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 # This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
 # photometry (sep, scipy, astropy.wcs, astropy.nddata via darkroom.phot) loads when a unit runs.

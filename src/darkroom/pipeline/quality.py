@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from astropy.table import Table
-from astropy.time import Time
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -79,6 +77,9 @@ class QualityStage(Stage):
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        from astropy.table import Table
+        from astropy.time import Time
+
         from darkroom.detect import flag_poor_frames, plot_quality, summarize_nights
 
         limits: QualityLimits = self.config

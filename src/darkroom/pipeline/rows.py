@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
@@ -17,6 +16,7 @@ from darkroom.repo.models import Image, Measurement, Source
 
 if TYPE_CHECKING:
     from astropy.coordinates import EarthLocation
+    from astropy.table import Table
 
 # Imported (through the lightcurves stage) for every `darkroom run`: darkroom.timeseries
 # (scipy, astropy.coordinates) loads when frame rows are read.
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 def measurement_table(rows: Sequence[Any]) -> Table:
     """Measurement rows (with ``mjd_utc``, ``filter``) as a Table; SQL NULL as NaN."""
+    from astropy.table import Table
+
     names = [
         "image_id", "source_id", "x", "y", "ra", "dec", "flux", "flux_err", "mag", "mag_err",
         "flags", "forced", "mjd_utc", "filter",
@@ -112,6 +114,8 @@ def frame_table(
     FWHM, zero point and the quality verdict (``poor``) are those of ``provenances``
     (the extract, photometry and quality provenances in play; None: the newest of each).
     """
+    from astropy.table import Table
+
     from darkroom.timeseries import site_location
     from darkroom.timeseries.field import FRAME_COLUMNS
 
@@ -200,6 +204,8 @@ def bright_source_ids(session: Session, *, field: str | None, provenance_id: str
 
 def source_table(session: Session, *, provenance_id: str | None = None, field: str | None = None) -> Table:
     """Source rows as a Table: id, field, ra, dec [deg], x_ref, y_ref [pix], n_epochs, mag_<filter>."""
+    from astropy.table import Table
+
     stmt = select(Source).order_by(Source.id)
     if provenance_id is not None:
         stmt = stmt.where(Source.provenance_id == provenance_id)

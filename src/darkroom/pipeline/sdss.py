@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from astropy.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -49,6 +48,8 @@ from darkroom.surveys.sdss import (
 from darkroom.surveys.settings import SurveysConfig
 
 if TYPE_CHECKING:
+    from astropy.table import Table
+
     from darkroom.surveys.http import HttpClient
 
 __all__ = ["FIELD_SURVEY", "FILE_SURVEY", "SdssDownloader", "SdssFieldFinder", "run_sdss"]

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.table import Table
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from darkroom.repo.models import Lightcurve, Provenance, Target, utcnow
 from darkroom.repo.registry import Registry
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = ["import_targets", "survey_lightcurves", "target_rows"]
 
@@ -93,7 +96,7 @@ def survey_lightcurves(
     provenance id): light curves made by one of those stages only under that id, so the light
     curves of older settings (kept beside) do not enter twice.
     """
-    from astropy.table import vstack
+    from astropy.table import Table, vstack
 
     from darkroom.analysis.lcfile import read_lc_file
 

@@ -56,10 +56,9 @@ import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 from sqlalchemy import Connection, Select, bindparam, case, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -67,6 +66,9 @@ from sqlalchemy.orm import Session
 from darkroom.errors import BadInputError
 from darkroom.repo.models import Image, Measurement
 from darkroom.repo.registry import Registry
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = [
     "LIGHTCURVE_COLUMNS",
@@ -324,6 +326,8 @@ def _normalise(table_or_columns: Table | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _as_mapping(table_or_columns: Table | Mapping[str, Any]) -> Mapping[str, Any]:
+    from astropy.table import Table
+
     if isinstance(table_or_columns, Table):
         return {name: table_or_columns[name] for name in table_or_columns.colnames}
     if isinstance(table_or_columns, Mapping):
@@ -509,6 +513,8 @@ def _generic_insert(conn: Connection, rows: np.ndarray) -> None:
 
 # -- reading ------------------------------------------------------------------------
 def _lightcurve_table(rows: list[Any]) -> Table:
+    from astropy.table import Table
+
     names = list(LIGHTCURVE_COLUMNS)
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
     data: dict[str, np.ndarray] = {}

@@ -13,15 +13,17 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.table import Table
 
 from darkroom.errors import DarkroomError
 from darkroom.surveys.cutouts import cutout_cube
 from darkroom.surveys.sdss import read_fpm_mask, read_frame
 from darkroom.surveys.targets import propagate_space_motion
+
+if TYPE_CHECKING:
+    from astropy.table import Table
 
 __all__ = [
     "INDEX_COLUMNS",
@@ -146,6 +148,8 @@ def target_cube(
 
 def cube_index(rows: Sequence[Sequence[Any]]) -> Table:
     """The index table of a cube set: one row per cube, columns :data:`INDEX_COLUMNS`."""
+    from astropy.table import Table
+
     names = [n for n, _ in INDEX_COLUMNS]
     if not rows:
         return Table(names=names, dtype=[t for _, t in INDEX_COLUMNS])

@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from astropy.table import Table
 
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
 from darkroom.surveys.settings import SDSS_BANDS, SdssConfig
 
 if TYPE_CHECKING:
+    from astropy.table import Table
+
     from darkroom.surveys.http import HttpClient
 
 __all__ = [
@@ -109,6 +110,8 @@ _FIELD_COLS = ("run", "rerun", "camcol", "field", "ramin", "ramax", "decmin", "d
 
 def read_field_table(paths: list[str | Path]) -> Table:
     """The field boxes of one or more field tables (photoField files), lower-case columns."""
+    from astropy.table import Table
+
     rows = []
     for path in paths:
         try:
@@ -156,6 +159,8 @@ def fields_from_table(table: Table, *, ra_deg: float, dec_deg: float, max_fields
 
 def parse_search_reply(content: bytes) -> Table:
     """SkyServer SqlSearch CSV (``#Table1`` line, header, rows) as a Table with the field columns."""
+    from astropy.table import Table
+
     text = content.decode("utf-8", "replace")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     if not lines:

@@ -24,16 +24,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import astropy.units as u
 import numpy as np
-from astropy.table import Column, Table
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from darkroom.catalogs.local import read_table
 from darkroom.catalogs.online import VIZIER_URL, OnlineCatalogConfig, query_table
 from darkroom.catalogs.reference import CatalogColumns
 from darkroom.errors import BadInputError
+
+if TYPE_CHECKING:
+    import astropy.units as u
+    from astropy.table import Table
 
 __all__ = [
     "DEFAULT_CATALOGS",
@@ -132,6 +135,8 @@ def parse_columns(text: str | None) -> TargetColumns:
 
 def read_target_file(path: str | Path, *, hdf5_path: str | None = None) -> Table:
     """The table in a CSV, ECSV, FITS, Parquet or HDF5 (``.h5``, ``.hdf5``) file, as stored."""
+    from astropy.table import Table
+
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"target file not found: {path}")
@@ -147,6 +152,7 @@ def read_target_file(path: str | Path, *, hdf5_path: str | None = None) -> Table
 
 def _first_hdf5_table(path: Path) -> Table:
     import h5py
+    from astropy.table import Table
 
     found: list[str] = []
     with h5py.File(path, "r") as h5:
@@ -166,6 +172,8 @@ def _first_hdf5_table(path: Path) -> Table:
 
 
 def _float(table: Table, name: str, unit: u.UnitBase | None = None) -> np.ndarray:
+    import astropy.units as u
+
     col = table[name]
     try:
         arr = np.ma.filled(np.ma.asarray(col).astype(np.float64), np.nan)
@@ -186,6 +194,9 @@ def standardize_targets(table: Table, columns: TargetColumns, *, catalog: str = 
     Rows without a finite position are dropped (counted in ``meta["n_dropped"]``);
     a repeated name keeps its first row (counted in ``meta["n_duplicates"]``).
     """
+    import astropy.units as u
+    from astropy.table import Column, Table
+
     present = set(table.colnames)
     chosen: dict[str, str | None] = {}
     for key, default in _DEFAULT_OPTIONAL.items():
@@ -296,6 +307,9 @@ def propagate_space_motion(
 def targets_at_epoch(targets: Table, epoch_jyear: float) -> Table:
     """A copy of a target table with positions moved to ``epoch_jyear`` (rows with an unknown
     epoch stay where they are)."""
+    import astropy.units as u
+    from astropy.table import Column
+
     out = targets.copy(copy_data=True)
     ra, dec = propagate_space_motion(
         out["ra_deg"],

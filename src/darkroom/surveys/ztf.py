@@ -38,14 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import astropy.units as u
 import numpy as np
-from astropy.table import Table
 
 from darkroom.errors import BadInputError
 from darkroom.surveys.settings import ZtfConfig
 
 if TYPE_CHECKING:
+    from astropy.table import Table
+
     from darkroom.surveys.http import HttpClient, Reply
 
 __all__ = [
@@ -165,6 +165,7 @@ def parse_reply(content: bytes) -> Table:
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
+    from astropy.table import Table
 
     text_start = content[:200].lstrip().lower()
     if not content.strip():
@@ -258,6 +259,9 @@ def reduce_reply(
         The target's catalogue magnitude in ``config.mag_band`` [mag]; None or NaN skips the
         magnitude-consistency cut.
     """
+    import astropy.units as u
+    from astropy.table import Table
+
     n = len(table)
     if n == 0:
         return Reduction([], 0)
