@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -100,6 +101,12 @@ class TransientConfig(BaseModel):
     )
     peak_window_d: float = Field(
         12.0, gt=0, description="epochs within this of the brightest one enter the peak parabola [day]"
+    )
+    peak_model: Literal["data", "snia"] = Field(
+        "data",
+        description="time of an event's maximum: 'data', from the epochs (a parabola about the brightest "
+        "one); 'snia', the mean of that and the maximum of a type Ia supernova template fitted to the "
+        "event (darkroom.analysis.snia; needs sncosmo), for supernova searches on gappy survey sampling",
     )
     noise_blocks: int | None = Field(
         8,
@@ -664,6 +671,8 @@ def find_transients(
         if not peak:
             continue
         band = min(peak, key=peak.get)
+        if config.peak_model == "snia":
+            tp = _snia_peak(lc, tp, band)
         events.append(
             Event(
                 mjd_peak=tp,
@@ -683,6 +692,19 @@ def find_transients(
             )
         )
     return events
+
+
+def _snia_peak(lc: _Prepared, tp: float, band: str) -> float:
+    """The mean of the data's time of maximum ``tp`` [day] and the Ia template's in ``band``.
+
+    Two estimates with errors of the same size (each within 5 d of the published maximum for
+    ~93 % of the ZTF SN Ia here, failing on different light curves: the data's where the
+    maximum fell in a gap, the template's where an event is not a normal Ia), so equal weights.
+    """
+    from darkroom.analysis.snia import fit_snia_peak
+
+    peaks = fit_snia_peak(lc.t, lc.x, lc.sig, lc.band_of, lc.names[lc.bi], tp)
+    return 0.5 * (tp + peaks[band]) if band in peaks else tp
 
 
 def _separated(
