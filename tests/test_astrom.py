@@ -12,7 +12,7 @@ from astropy.io import fits
 from astropy.table import Table, vstack
 from astropy.time import Time
 from astropy.wcs import WCS, Sip
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from darkroom.astrom import (
     AffineTransform,
@@ -151,6 +151,22 @@ def test_asterism_match_recovers_a_known_transform(reflect):
     )
     with pytest.raises(SolveError, match=r"asterism|triangle"):
         match_asterisms(rng.uniform(0, 1000, (40, 2)), target, scale=1.0, scale_tolerance=0.05)
+
+
+def test_chance_pair_limit_is_scipy_stats_poisson_isf():
+    """The asterism match's needed pair count comes from the Poisson upper tail of the chance
+    pairs; computed with scipy.special, it is scipy.stats.poisson.isf exactly."""
+    from scipy.stats import poisson
+
+    from darkroom.astrom.asterism import _poisson_isf
+
+    rng = np.random.default_rng(11)
+    means = np.concatenate(
+        [[0.0, 1e-300, 1e-9, 0.5, 1.0, 2.0, 7.3, 100.0, 1e4], 10 ** rng.uniform(-6, 4, 400)]
+    )
+    for q in (1e-9, 1e-6, 1e-3, 0.0999):
+        got = np.array([_poisson_isf(q, mu) for mu in means])
+        assert_array_equal(got, poisson.isf(q, means))
 
 
 # ---------------------------------------------------------------- simulated frames ---------

@@ -164,3 +164,19 @@ assert callable(associate) and ts.associate is associate
         check=True,
     )
     assert "MISSING []" in probe.stdout
+
+
+def test_matching_a_frame_imports_no_scipy_stats() -> None:
+    """An asterism match (every frame the astrometry stage aligns) needs a Poisson quantile,
+    not scipy.stats (0.3-0.5 s of imports in every process)."""
+    code = """
+import numpy as np
+from darkroom.astrom import match_asterisms
+rng = np.random.default_rng(5)
+target = rng.uniform(0, 1000, (60, 2))
+match = match_asterisms(target[:50] + 3.0, target, scale=1.0, scale_tolerance=0.05)
+assert match.n_matched >= 45
+"""
+    loaded = _loaded(code)
+    assert "darkroom.astrom.asterism" in loaded
+    assert "scipy.stats" not in loaded

@@ -32,8 +32,10 @@ earlier provenances stay on disk beside the new ones under their own folders.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +53,7 @@ from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.products import ImageProducts, extracted_images
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import AstromSolution, Image
-from darkroom.repo.store import atomic_path
+from darkroom.repo.store import atomic_write_bytes
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -65,6 +67,20 @@ if TYPE_CHECKING:
 __all__ = ["AstrometrySettings", "AstrometryStage", "SolveSettings", "wcs_from_astrom"]
 
 log = logging.getLogger(__name__)
+
+
+#: frames whose solution files are written at once (the writes wait on fsync, not on the CPU)
+_WRITE_THREADS = 4
+
+
+@dataclass(frozen=True)
+class _SolutionFiles:
+    """What carries one frame's solution: the header-only ``.wcs`` file and the calibrated image."""
+
+    wcs_path: Path  #: the ``.wcs`` file
+    wcs_bytes: bytes  #: its content
+    image_path: str  #: the calibrated image, relative to the repository
+    header: fits.Header  #: the WCS cards written into the image's SCI header
 
 
 def wcs_from_astrom(astrom: dict[str, Any]) -> WCS | None:
@@ -216,7 +232,9 @@ class AstrometryStage(Stage):
         out: list[dict[str, Any]] = []
         for k, reason in unreadable.items():
             failed = failed_result(f"not solved: {reason}", "relative")
-            out.append(self._frame_result(p["frames"][k], None, failed, p, ref_image_id=None, catalog=None))
+            out.append(
+                self._frame_result(p["frames"][k], None, failed, p, ref_image_id=None, catalog=None)[0]
+            )
         if not frames:
             return {"frames": out}
         rows = [p["frames"][k] for k in usable]
@@ -233,8 +251,15 @@ class AstrometryStage(Stage):
         )
         results, ref, catalog = field.results, field.reference, field.catalog
         ref_image_id = rows[ref]["image_id"]
+        writes: list[tuple[dict[str, Any], _SolutionFiles]] = []
         for row, frame, result in zip(rows, frames, results, strict=True):
-            out.append(self._frame_result(row, frame, result, p, ref_image_id=ref_image_id, catalog=catalog))
+            item, files = self._frame_result(
+                row, frame, result, p, ref_image_id=ref_image_id, catalog=catalog
+            )
+            out.append(item)
+            if files is not None:
+                writes.append((item, files))
+        self._write_solutions(writes)
         if blind is not None:
             for item in out:
                 if item["image_id"] == rows[blind[0]]["image_id"]:
@@ -260,7 +285,9 @@ class AstrometryStage(Stage):
         *,
         ref_image_id: int | None,
         catalog: Table | None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], _SolutionFiles | None]:
+        """The frame's solution row, and the files that carry its WCS (written by
+        :meth:`_write_solutions`, which fills in ``image_sha256``); None without a WCS."""
         from darkroom.astrom import pixel_scale_arcsec
         from darkroom.astrom.wcscards import transform_dict, wcs_cards
 
@@ -268,16 +295,16 @@ class AstrometryStage(Stage):
         if result.wcs is None and quality == "good":
             quality = "marginal"
             reason = reason or "no absolute WCS: aligned to the field's reference frame only"
-        cards = wcs_path = centre = scale = image_sha256 = None
+        cards = wcs_path = centre = scale = files = None
         if result.wcs is not None and frame is not None:
             header = result.to_header()
             header["ASTQUAL"] = quality
             cards = wcs_cards(header)
             out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(f['path'])}.wcs")
-            with atomic_path(out) as tmp:
-                fits.PrimaryHDU(header=header).writeto(tmp)
+            buffer = io.BytesIO()
+            fits.PrimaryHDU(header=header).writeto(buffer)  # the header-only file's bytes
+            files = _SolutionFiles(out, buffer.getvalue(), f["path"], header)
             wcs_path = self.relative(out)
-            image_sha256 = self._wcs_into_image(f["path"], header)
             ny, nx = frame.shape
             ra, dec = result.wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
             centre = (float(ra[0]) % 360.0, float(dec[0]))
@@ -304,12 +331,31 @@ class AstrometryStage(Stage):
             "centre_dec_deg": None if centre is None else centre[1],
             "pixel_scale_arcsec": scale,
         }
-        return {
-            "image_id": f["image_id"],
-            "flag": quality,
-            "astrom": jsonable(astrom),
-            "image_sha256": image_sha256,
-        }
+        item = {"image_id": f["image_id"], "flag": quality, "astrom": jsonable(astrom), "image_sha256": None}
+        return item, files
+
+    def _write_solutions(self, writes: list[tuple[dict[str, Any], _SolutionFiles]]) -> None:
+        """Write each frame's ``.wcs`` file and its solution into its calibrated image, a few
+        frames at a time, and set the items' ``image_sha256``.
+
+        Each frame's files are its own and every write is durable (fsynced): the writes wait on
+        the disk, not the CPU, so threads overlap those waits (a 1k x 1k image is rewritten in
+        ~10 ms of CPU and ~50 ms of waiting). The bytes do not depend on the order.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        def write(files: _SolutionFiles) -> str | None:
+            atomic_write_bytes(files.wcs_path, files.wcs_bytes)
+            return self._wcs_into_image(files.image_path, files.header)
+
+        if len(writes) < 2:
+            for item, files in writes:
+                item["image_sha256"] = write(files)
+            return
+        with ThreadPoolExecutor(max_workers=_WRITE_THREADS, thread_name_prefix="darkroom-wcs") as pool:
+            # map: the results (and the first error, as a serial loop would raise it) in order
+            for (item, _), sha in zip(writes, pool.map(write, [w[1] for w in writes]), strict=True):
+                item["image_sha256"] = sha
 
     def _wcs_into_image(self, rel_path: str, wcs_header: fits.Header) -> str | None:
         """Write the solution into the calibrated image's SCI header (old WCS cards replaced), so
