@@ -269,16 +269,25 @@ def model_dark(
     level, :func:`~darkroom.calib.badpix.smooth_level`'s medians of ``box_pix`` blocks,
     bilinear between block centres, plus the median of each column and then of each row
     of what is left: bias columns, read-out patterns), the pixel's own fixed deviation
-    ``t`` (scatter ``tau``: dark-current and bias non-uniformity) and the noise ``n``.
-    ``tau^2`` is the variance of ``X - S`` less ``var`` over the modelled pixels (iterated
-    from a robust start: the non-uniformity is heavy-tailed). A pixel within
-    ``n_sigma * sqrt(var + tau^2)`` of ``S`` is modelled by the best linear estimate of
-    ``S + t``, ``S + w (X - S)`` with ``w = tau^2 / (tau^2 + var)`` (``S`` alone when the
-    noise explains the whole scatter), and its error variance
-    ``w var + (1 - w)^2 var_S`` (``var_S``: ``pi/2`` times the block's and the column's
-    and row's mean variance over their pixel counts, medians' variances for Gaussian
-    noise). The other pixels (hot, warm, cold, NaN) keep ``X`` and ``var``. The variance is
-    per pixel: the structure's small error is shared along blocks, columns and rows.
+    ``t`` (dark-current and bias non-uniformity: a narrow core, a population of warm
+    pixels offset above it, a tail of hot pixels) and the noise ``n ~ N(0, var)``.
+
+    Empirical Bayes: the distribution of ``t`` is a mixture of ``n_components`` Gaussians
+    (weights ``pi_k``, means ``mu_k``, variances ``tau_k^2``) fitted to the residuals
+    ``r = X - S`` with their noise deconvolved (extreme deconvolution, Bovy, Hogg & Roweis
+    2011: ``fit_iterations`` EM steps from fixed starting widths, on every pixel binned by
+    residual and noise). That noise is ``var + var_S``: ``var_S``, the structure's error
+    (``pi/2`` times the block's and the column's and row's mean variance over their pixel
+    counts, medians' variances for Gaussian noise), is in every residual too. Each pixel
+    takes ``S`` plus the posterior mean of ``t``: per component ``mu_k + w_k (r - mu_k)``,
+    ``w_k = tau_k^2 / (tau_k^2 + var + var_S)``, averaged with the components' posterior
+    probabilities. Its error variance is ``Var(t | r) + (1 - 2 w) var_S`` (``w`` the
+    posterior weight of the pixel's own residual; the structure's error enters the model
+    once directly and once, with weight ``-w``, through ``r``); that part of it is shared
+    along blocks, columns and rows. A pixel whose posterior takes ``w >= keep_weight`` of
+    its own residual (hot pixels, whose component is far wider than the noise), or that is
+    NaN, keeps ``X`` and ``var``: the model would change it by a negligible fraction.
+    ``modelled`` marks the others.
     """
     cfg = config or DarkModelConfig()
     x = np.asarray(data, dtype=np.float32)
@@ -297,32 +306,133 @@ def model_dark(
         smooth_level(v, box_pix=cfg.box_pix) / np.float32(n_block) + v_mean / ny + v_mean / nx
     ) * (np.float32(np.pi / 2))
     resid = x - structure
-    ok = np.isfinite(resid) & np.isfinite(v)
+    ok = np.isfinite(resid) & np.isfinite(v) & (v > 0)
     if not np.any(ok):
         raise CalibrationError("master dark has no finite pixel")
-    step = max(1, int(np.count_nonzero(ok)) // 2_000_000)
-    # tau^2: what X scatters by around its structure beyond the darks' noise (fixed pattern).
-    # Dark-current non-uniformity is heavy-tailed (warm pixels): a robust (MAD) variance
-    # misses most of it, so tau^2 is the plain excess variance of the pixels that are modelled,
-    # found by iterating from the robust value.
-    r_s, v_s = resid[ok][::step].astype(np.float64), v[ok][::step].astype(np.float64)
-    tau2 = max(0.0, robust_std(r_s) ** 2 - float(np.median(v_s)))
-    for _ in range(5):
-        inner = np.abs(r_s) < cfg.n_sigma * np.sqrt(v_s + tau2)
-        tau2 = max(0.0, float(np.mean(r_s[inner] ** 2) - np.mean(v_s[inner])))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        modelled = np.abs(resid) < np.float32(cfg.n_sigma) * np.sqrt(v + np.float32(tau2))
-        w = np.float32(tau2) / (np.float32(tau2) + v) if tau2 > 0 else np.zeros_like(v)
-    w = np.where(np.isfinite(w), w, np.float32(1.0)).astype(np.float32)  # var = 0: the pixel is known
-    model = np.where(modelled, structure + w * resid, x).astype(np.float32)
-    model_var = np.where(modelled, w * v + (1 - w) ** 2 * structure_var, v).astype(np.float32)
+    idx = np.flatnonzero(ok)
+    # the residual holds the structure's error too (shared along blocks, columns, rows): its
+    # noise is var + var_S, or the spread of the structure's error would pass for the pixels'
+    noise = (v + structure_var).ravel()
+    prior = _fit_deconvolved_mixture(
+        *_binned_residuals(resid.ravel()[idx], noise[idx]),
+        n_components=cfg.n_components,
+        iterations=cfg.fit_iterations,
+    )
+    model = x.copy()
+    model_var = v.copy()
+    modelled = np.zeros(x.shape, dtype=bool)
+    flat_model, flat_var, flat_mod = model.ravel(), model_var.ravel(), modelled.ravel()
+    s_flat, sv_flat = structure.ravel(), structure_var.ravel()
+    r_flat, v_flat = resid.ravel(), v.ravel()
+    for start in range(0, idx.size, _POSTERIOR_CHUNK):  # bounded memory: K values per pixel
+        j = idx[start : start + _POSTERIOR_CHUNK]
+        mean, var, w = _mixture_posterior(r_flat[j].astype(np.float64), noise[j].astype(np.float64), prior)
+        use = w < cfg.keep_weight
+        ju = j[use]
+        flat_model[ju] = (s_flat[ju] + mean[use]).astype(np.float32)
+        # S + E[t|r] errs by e_S + (E[t|r] - t); r holds -e_S with weight w: Var(t|r) + (1 - 2w) var_S
+        err = var[use] + (1.0 - 2.0 * w[use]) * sv_flat[ju]
+        flat_var[ju] = np.maximum(err, 0.0).astype(np.float32)
+        flat_mod[ju] = True
+    pi, mu, tau2 = prior
     log.info(
-        "dark model: fixed-pattern scatter %.4g adu against noise %.4g; %.4f of the pixels modelled",
-        tau2**0.5,
-        float(np.median(v[ok][::step])) ** 0.5,
+        "dark model: deviation prior %s (weight, mean, sigma [adu]) against noise %.4g adu; "
+        "%.4f of the pixels modelled",
+        ", ".join(f"({p:.3g}, {m:.3g}, {t**0.5:.3g})" for p, m, t in zip(pi, mu, tau2, strict=True)),
+        float(np.median(v_flat[idx])) ** 0.5,
         float(np.mean(modelled)),
     )
     return model, model_var, modelled
+
+
+_POSTERIOR_CHUNK = 1 << 20
+
+
+def _binned_residuals(r: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pixel's ``(residual, variance)`` compressed to ``(r, v, count)`` per bin.
+
+    Residuals are binned in ``asinh(r / noise)`` (``_R_BINS`` bins: a small fraction of the
+    noise wide at the core, relatively as fine in the tail), variances in up to ``_V_BINS``
+    quantile bins; each bin stands at its pixels' mean values. The mixture fit then weighs
+    bins by their counts: all pixels enter, and an EM step costs the bins, not the pixels.
+    """
+    noise = float(np.sqrt(np.median(v)))
+    u = np.arcsinh(r.astype(np.float64) / noise)
+    lo, hi = float(u.min()), float(u.max())
+    ri = np.minimum(((u - lo) / max(hi - lo, 1e-12) * _R_BINS).astype(np.int64), _R_BINS - 1)
+    edges = np.unique(np.quantile(v, np.linspace(0, 1, _V_BINS + 1)[1:-1]))
+    vi = np.searchsorted(edges, v, side="right")
+    key = vi * _R_BINS + ri
+    count = np.bincount(key)
+    used = np.flatnonzero(count)
+    n = count[used].astype(np.float64)
+    r_mean = np.bincount(key, weights=r.astype(np.float64))[used] / n
+    v_mean = np.bincount(key, weights=v.astype(np.float64))[used] / n
+    return r_mean, v_mean, n
+
+
+_R_BINS = 4096
+_V_BINS = 8
+
+
+def _fit_deconvolved_mixture(
+    r: np.ndarray, v: np.ndarray, count: np.ndarray, *, n_components: int, iterations: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gaussian mixture ``(pi, mu, tau2)`` of the true deviations behind ``r = t + n``,
+    ``n ~ N(0, v)`` per value, each value counted ``count`` times: maximum likelihood by EM.
+
+    The M-step maximises each component's weighted likelihood of ``N(mu, tau2 + v)``
+    by Fisher scoring (for equal ``v`` one step is exact: ``tau2`` = the weighted variance
+    less ``v``). Extreme deconvolution's classic EM step (Bovy, Hogg & Roweis 2011) moves
+    ``tau2`` by only ~``tau2^2 / v`` per step, far too slowly for a narrow core under the
+    noise. Starting widths are spaced geometrically from a third of the noise to the largest
+    deviation, with zero means and equal weights, so the fit is deterministic; a width stays
+    positive (1e-12 of the noise's variance) so a component may shrink to a point.
+    """
+    noise = float(np.sqrt(np.average(v, weights=count)))
+    top = max(float(np.max(np.abs(r))), 3.0 * noise)
+    tau2 = np.geomspace(noise / 3.0, top, n_components) ** 2
+    mu = np.zeros(n_components)
+    pi = np.full(n_components, 1.0 / n_components)
+    floor = 1e-12 * noise**2
+    r2, v2, c2 = r[:, None], v[:, None], count[:, None]
+    for _ in range(iterations):
+        q = _responsibilities(r2, v2, pi, mu, tau2)[0] * c2
+        nk = np.maximum(q.sum(axis=0), 1e-300)
+        pi = nk / nk.sum()
+        for _ in range(_SCORING_STEPS):
+            s2 = tau2 + v2
+            qs = q / s2
+            mu = (qs * r2).sum(axis=0) / np.maximum(qs.sum(axis=0), 1e-300)
+            qs2 = qs / s2
+            step = (qs2 * ((r2 - mu) ** 2 - s2)).sum(axis=0) / np.maximum(qs2.sum(axis=0), 1e-300)
+            tau2 = np.maximum(tau2 + step, floor)
+    return pi, mu, tau2
+
+
+_SCORING_STEPS = 2
+
+
+def _responsibilities(r2, v2, pi, mu, tau2):
+    """Per value and component: posterior probability, posterior mean and variance of ``t``."""
+    s2 = tau2 + v2
+    with np.errstate(divide="ignore"):
+        logp = np.log(pi) - 0.5 * np.log(s2) - 0.5 * (r2 - mu) ** 2 / s2
+    q = np.exp(logp - logp.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    w = tau2 / s2
+    return q, mu + w * (r2 - mu), w * v2
+
+
+def _mixture_posterior(r: np.ndarray, v: np.ndarray, prior) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and variance of ``t`` and the weight of the measurement ``r`` in it."""
+    pi, mu, tau2 = prior
+    v2 = v[:, None]
+    q, b, big_b = _responsibilities(r[:, None], v2, pi, mu, tau2)
+    mean = (q * b).sum(axis=1)
+    var = np.maximum((q * (big_b + b * b)).sum(axis=1) - mean * mean, 0.0)
+    w = (q * (tau2 / (tau2 + v2))).sum(axis=1)
+    return mean, var, w
 
 
 def make_master_flat(
@@ -531,7 +641,7 @@ _CARDS = (
     ("FLATLEVL", "level_adu", "[adu] median level of the input flats"),
     ("INCLBIAS", "includes_bias", "dark still holds the bias level"),
     ("DARKMODL", "dark_model", "dark: measured mean or denoised model"),
-    ("DMODFRAC", "modelled_fraction", "fraction of dark pixels set to the smooth level"),
+    ("DMODFRAC", "modelled_fraction", "fraction of dark pixels modelled"),
 )
 
 
