@@ -31,7 +31,15 @@ from astropy.io import fits
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import atomic_write_bytes
 
-__all__ = ["HduSpan", "header_bytes", "read_headers", "rewrite_header", "scan_hdus"]
+__all__ = [
+    "HduSpan",
+    "HeaderRewrite",
+    "header_bytes",
+    "plan_header_rewrite",
+    "read_headers",
+    "rewrite_header",
+    "scan_hdus",
+]
 
 _BLOCK = 2880  # FITS block [bytes]
 _CARD = 80  # FITS card [bytes]
@@ -190,6 +198,30 @@ def _astropy_layout(path: Path, extnames: tuple[str | int, ...]) -> tuple[int, i
         return info["hdrLoc"], info["datLoc"], hdul[index].header.copy(), [h.name for h in hdul]
 
 
+@dataclass(frozen=True)
+class HeaderRewrite:
+    """A file's new bytes, in parts (old bytes before and after the new header blocks), ready
+    to be written by :meth:`write`; made by :func:`plan_header_rewrite`."""
+
+    path: Path
+    parts: tuple[bytes | memoryview, ...]
+
+    def write(self, *, durable: bool = True) -> str:
+        """Replace the file atomically (fsynced when ``durable``) and return its SHA-256 (hex).
+
+        Only hashing and file I/O, no astropy: threads can write several files at once.
+        """
+        digest = hashlib.sha256()
+
+        def write(fh: BinaryIO) -> None:
+            for part in self.parts:  # hashed while in cache, written without a joined copy
+                digest.update(part)
+                fh.write(part)
+
+        atomic_write_bytes(self.path, write, durable=durable)
+        return digest.hexdigest()
+
+
 def rewrite_header(
     path: Path | str,
     extname: str | int | tuple[str | int, ...],
@@ -200,8 +232,21 @@ def rewrite_header(
 ) -> str:
     """Replace the header of extension ``extname`` by ``update(header)`` (which edits a copy in
     place), append an empty IMAGE extension per header in ``append``, and return the new file's
-    SHA-256. Every data block is copied unchanged. ``extname`` may be a tuple of names: the first
-    one the file has is rewritten.
+    SHA-256: :func:`plan_header_rewrite`, then :meth:`HeaderRewrite.write`."""
+    return plan_header_rewrite(path, extname, update, append=append).write(durable=durable)
+
+
+def plan_header_rewrite(
+    path: Path | str,
+    extname: str | int | tuple[str | int, ...],
+    update: Callable[[fits.Header], None],
+    *,
+    append: Sequence[fits.Header] | Callable[[fits.Header, list[str]], Sequence[fits.Header]] = (),
+) -> HeaderRewrite:
+    """The new bytes of a file whose extension ``extname`` gets the header ``update(header)``
+    (which edits a copy in place) and an empty IMAGE extension per header in ``append``; the
+    file is read, not changed. Every data block is copied unchanged. ``extname`` may be a tuple
+    of names: the first one the file has is rewritten.
 
     ``append`` may be a function of (the extension's header before ``update``, the file's
     extension names, upper case) that returns the headers to append, so that the caller need not
@@ -235,13 +280,5 @@ def rewrite_header(
     changed = [k for k, v in structural.items() if header.get(k) != v]
     if changed:
         raise ValueError(f"rewrite_header cannot change the data layout ({', '.join(changed)})")
-    parts = [raw[:hdr_loc], header_bytes(header), raw[dat_loc:], *(_empty_extension(h) for h in extra)]
-    digest = hashlib.sha256()
-
-    def write(fh: BinaryIO) -> None:
-        for part in parts:  # hashed while in cache, written without a joined copy
-            digest.update(part)
-            fh.write(part)
-
-    atomic_write_bytes(path, write, durable=durable)
-    return digest.hexdigest()
+    parts = (raw[:hdr_loc], header_bytes(header), raw[dat_loc:], *(_empty_extension(h) for h in extra))
+    return HeaderRewrite(path, parts)

@@ -7,6 +7,7 @@ Wiring only: :func:`darkroom.calib.process.calibrate_frame` does the work;
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -128,10 +129,16 @@ class CalibrateStage(Stage):
     def _write(self, unit: Unit, p: dict[str, Any], result) -> dict[str, Any]:
         stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
-        sha256 = write_calibrated(
-            path, CalibratedImage(sci=result.sci, header=result.header, mask=result.mask, var=result.var)
-        )
-        finite = np.isfinite(result.sci)
+        image = CalibratedImage(sci=result.sci, header=result.header, mask=result.mask, var=result.var)
+        # the file is written (and fsynced: ~40 ms of waiting for a 1k x 1k frame) while the
+        # figures below are computed
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write") as pool:
+            written = pool.submit(write_calibrated, path, image)
+            finite = np.isfinite(result.sci)
+            median_adu = (
+                float(median(result.sci if finite.all() else result.sci[finite])) if finite.any() else None
+            )
+            sha256 = written.result()
         return {
             "path": self.relative(path),
             "sha256": sha256,
@@ -143,9 +150,7 @@ class CalibrateStage(Stage):
                     "n_cosmic_pixels": result.n_cosmic_pixels,
                     "n_bad_pixels": result.n_bad_pixels,
                     "n_saturated": result.n_saturated,
-                    "median_adu": float(median(result.sci if finite.all() else result.sci[finite]))
-                    if finite.any()
-                    else None,
+                    "median_adu": median_adu,
                     "masters": {k: (p[k][0] if p.get(k) else None) for k in ("bias", "dark", "flat", "bpm")},
                     "skipped_masters": p.get("skipped_masters", []),
                     "noise_model": result.noise_model,
