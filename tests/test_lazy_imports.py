@@ -180,3 +180,25 @@ assert match.n_matched >= 45
     loaded = _loaded(code)
     assert "darkroom.astrom.asterism" in loaded
     assert "scipy.stats" not in loaded
+
+
+def test_status_imports_no_table_library(tmp_path: Path) -> None:
+    """``darkroom status`` counts rows in the registry (exposures, tasks, provenances): no astropy
+    table on the way."""
+    repo = tmp_path / "repo"
+    code = f"""
+import contextlib, io, sys
+from pathlib import Path
+from darkroom.facade import Repository
+Repository.init(Path({str(repo)!r})).close()
+from darkroom.cli import main
+sys.argv = ["darkroom", "status", {str(repo)!r}]
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, exc.code
+"""
+    loaded = _loaded(code)
+    assert "darkroom.cli" in loaded
+    assert _hits(loaded, TABLES) == []

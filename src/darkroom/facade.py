@@ -347,6 +347,16 @@ class Repository:
         and whether the current configuration makes it (``current``)."""
         from astropy.table import Table
 
+        rows = self._provenance_rows()
+        return Table(
+            rows=[tuple(row.values()) for row in rows] or None,
+            names=("stage", "provenance_id", "created_utc", "n_products", "current"),
+            dtype=(str, str, str, int, bool),
+        )
+
+    def _provenance_rows(self, current: set[str] | None = None) -> list[dict]:
+        """:meth:`provenances` as dicts (``status`` needs no astropy table); ``current``: the
+        current configuration's provenance ids, when the caller has them."""
         from darkroom.repo.models import (
             Association,
             AstromSolution,
@@ -372,7 +382,8 @@ class Repository:
             Transparency,
             Lightcurve,
         )
-        current = set(self.stage_provenances().values())
+        if current is None:
+            current = set(self.stage_provenances().values())
         rows: dict[str, int] = {}
         with self.registry.session() as s:
             for table in tables:
@@ -385,14 +396,16 @@ class Repository:
                     Provenance.created_utc, Provenance.id
                 )
             ).all()
-        return Table(
-            rows=[
-                (st, pid, str(created)[:19], rows.get(pid, 0), pid in current) for st, pid, created in provs
-            ]
-            or None,
-            names=("stage", "provenance_id", "created_utc", "n_products", "current"),
-            dtype=(str, str, str, int, bool),
-        )
+        return [
+            {
+                "stage": st,
+                "provenance_id": pid,
+                "created_utc": str(created)[:19],
+                "n_products": rows.get(pid, 0),
+                "current": pid in current,
+            }
+            for st, pid, created in provs
+        ]
 
     def images(self, *, provenance: str | list[str] | None = None) -> Table:
         """Calibrated images with their products of the current configuration (or of ``provenance``,
@@ -531,7 +544,7 @@ class Repository:
         return {
             "images_quality": {k: v for k, v in quality.items() if v},
             "images_astrometry": {k: v for k, v in astrometry.items() if v},
-            "provenances": self.provenances(),
+            "provenances": self._provenance_rows(set(current.values())),
             "poor": poor,
             "exposures": by_state,
             "types": by_type,
