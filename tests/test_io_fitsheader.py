@@ -120,3 +120,57 @@ def test_first_present_name_is_rewritten_and_append_may_depend_on_the_file(tmp_p
     with fits.open(path) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "SCI", "MASK", "VAR", "GIVENWCS"]
         assert hdul["SCI"].header["CRPIX1"] == 12.0
+
+
+def test_a_calibrated_image_takes_a_wcs_solution_in_place(tmp_path):
+    """write_calibrated leaves room in SCI's header: a 60-card solution is written over the old
+    header blocks (the planes are not copied: same inode), the frame's own WCS appended."""
+    import os
+
+    from darkroom.io.calibrated import CalibratedImage, read_calibrated, write_calibrated
+
+    rng = np.random.default_rng(2)
+    header = fits.Header([(f"KEY{k}", k) for k in range(30)] + [("CRPIX1", 10.0)])
+    image = CalibratedImage(
+        sci=rng.normal(size=(40, 60)).astype(np.float32),
+        header=header,
+        mask=np.zeros((40, 60), np.int32),
+        var=np.ones((40, 60), np.float32),
+    )
+    path = tmp_path / "cal.fits"
+    write_calibrated(path, image)
+    inode, size = os.stat(path).st_ino, path.stat().st_size
+
+    def update(h: fits.Header) -> None:
+        for k in range(60):
+            h[f"A_{k // 10}_{k % 10}"] = (k * 1e-7, "SIP")
+        h.add_history("solved")
+
+    given = fits.Header([("EXTNAME", "GIVENWCS"), ("CRPIX1", 10.0)])
+    sha = rewrite_header(path, "SCI", update, append=[given])
+    assert os.stat(path).st_ino == inode  # overwritten in place, not renamed over
+    assert path.stat().st_size == size + 2880  # only the empty extension was added
+    assert sha == sha256_file(path)
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "MASK", "VAR", "GIVENWCS"]
+        assert hdul["SCI"].header["A_5_9"] == pytest.approx(59e-7)
+    back = read_calibrated(path)
+    np.testing.assert_array_equal(back.sci, image.sci)
+    np.testing.assert_array_equal(back.var, image.var)
+
+    # fewer cards than blocks hold: blank cards before END keep the data where it was
+    rewrite_header(path, "SCI", lambda h: [h.remove(f"A_{k // 10}_{k % 10}") for k in range(60)])
+    assert os.stat(path).st_ino == inode and path.stat().st_size == size + 2880
+    with fits.open(path) as hdul:
+        hdul.verify("exception")
+        assert "A_5_9" not in hdul["SCI"].header and hdul["SCI"].header["KEY29"] == 29
+        np.testing.assert_array_equal(hdul["VAR"].data, image.var)
+    rewrite_header(path, "SCI", update)
+
+    # a solution too long for the room left: the whole file is written anew
+    rewrite_header(path, "SCI", lambda h: [h.set(f"B_{k}", k) for k in range(100)])
+    assert os.stat(path).st_ino != inode
+    with fits.open(path) as hdul:
+        assert hdul["SCI"].header["B_99"] == 99 and hdul["SCI"].header["A_5_9"] == pytest.approx(59e-7)
+        np.testing.assert_array_equal(hdul["SCI"].data, image.sci)

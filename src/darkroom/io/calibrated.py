@@ -2,7 +2,7 @@
 
 A calibrated exposure is a FITS file with an empty primary HDU and three image
 extensions: ``SCI`` (float32, adu; its header carries the raw header's cards and any
-WCS), ``MASK`` (integer bit plane, :class:`darkroom.maskbits.MaskBit`, the bits named in
+WCS, and is written with room for a WCS solution: blank cards before END), ``MASK`` (integer bit plane, :class:`darkroom.maskbits.MaskBit`, the bits named in
 its header) and ``VAR`` (float32, adu^2, the variance of SCI). Shapes ``(ny, nx)``.
 """
 
@@ -19,7 +19,7 @@ from astropy.io import fits
 
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import atomic_path, sha256_file
-from darkroom.io.fitsheader import header_bytes
+from darkroom.io.fitsheader import header_bytes, keep_room
 from darkroom.io.fitsplanes import read_planes
 from darkroom.maskbits import mask_header_cards
 
@@ -27,6 +27,9 @@ __all__ = ["CalibratedImage", "read_calibrated", "write_calibrated"]
 
 _BLOCK = 2880  # FITS block [bytes]
 _CHUNK_BYTES = 1 << 18  # rows of a plane converted, hashed and written at a time
+#: blank cards kept free in SCI's header: the astrometry stage writes its solution (a TAN-SIP
+#: WCS up to order 4 and its quality cards) in place instead of copying the whole file
+SCI_HEADER_ROOM = 72
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ def calibrated_hdus(image: CalibratedImage) -> fits.HDUList:
     # (after the last non-commentary card, or in place), so the caller's header is copied once
     sci = fits.ImageHDU(image.sci, header=image.header)
     sci.header["EXTNAME"] = "SCI"
+    keep_room(sci.header, SCI_HEADER_ROOM)
     hdus = [fits.PrimaryHDU(), sci]
     if image.mask is not None:
         mask_h = fits.Header()

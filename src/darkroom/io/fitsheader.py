@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "HduSpan",
     "HeaderRewrite",
     "header_bytes",
+    "keep_room",
     "plan_header_rewrite",
     "read_headers",
     "rewrite_header",
@@ -57,6 +59,31 @@ def header_bytes(header: fits.Header) -> bytes:
     if len(raw) % _BLOCK:  # tostring pads; this is a guard against a change of behaviour
         raise ValueError("header does not fill whole FITS blocks")
     return raw
+
+
+def keep_room(header: fits.Header, n_cards: int) -> None:
+    """End ``header`` with at least ``n_cards`` blank cards (in place): room for cards added
+    later without moving the data (astropy's ``Header.append`` fills trailing blank cards
+    first; :func:`rewrite_header` then writes the header over its old blocks)."""
+    trailing = 0
+    for card in reversed(header.cards):
+        if not card.is_blank:
+            break
+        trailing += 1
+    for _ in range(n_cards - trailing):
+        header.append(fits.Card(), useblanks=False, bottom=True)
+
+
+def _fill_to(header_raw: bytes, size: int) -> bytes | None:
+    """``header_raw`` (whole blocks, ending in END) grown to ``size`` bytes by blank cards before
+    END; None when it is longer than ``size``."""
+    if len(header_raw) > size:
+        return None
+    end = header_raw.rfind(_END, 0, len(header_raw))
+    while end % _CARD:  # END must start a card
+        end = header_raw.rfind(_END, 0, end)
+    cards = header_raw[:end]
+    return cards + b" " * (size - len(cards) - _CARD) + _END
 
 
 def _empty_extension(header: fits.Header) -> bytes:
@@ -204,14 +231,36 @@ class HeaderRewrite:
     to be written by :meth:`write`; made by :func:`plan_header_rewrite`."""
 
     path: Path
+    #: (bytes before the header, the header blocks, the data after them, appended extensions)
     parts: tuple[bytes | memoryview, ...]
+    #: where the header starts when it fits its old blocks (written in place), else None
+    header_at: int | None = None
 
     def write(self, *, durable: bool = True) -> str:
-        """Replace the file atomically (fsynced when ``durable``) and return its SHA-256 (hex).
+        """Write the new bytes (fsynced when ``durable``) and return the file's SHA-256 (hex).
 
+        In place (``header_at``): the extensions are appended, then the header blocks are
+        overwritten, each in one system call: the data are not copied, and a run killed in
+        between finds the frame's own WCS kept aside and the header as it was. Otherwise the
+        whole file is written under a temporary name and renamed over the old one.
         Only hashing and file I/O, no astropy: threads can write several files at once.
         """
         digest = hashlib.sha256()
+        if self.header_at is not None:
+            for part in self.parts:
+                digest.update(part)
+            try:
+                with open(self.path, "r+b") as fh:
+                    if self.parts[3]:
+                        fh.seek(0, 2)
+                        fh.write(self.parts[3])
+                        fh.flush()
+                    os.pwrite(fh.fileno(), self.parts[1], self.header_at)
+                    if durable:
+                        os.fsync(fh.fileno())
+            except OSError as exc:
+                raise BadInputError(f"cannot rewrite the header of {self.path.name}: {exc}") from exc
+            return digest.hexdigest()
 
         def write(fh: BinaryIO) -> None:
             for part in self.parts:  # hashed while in cache, written without a joined copy
@@ -248,6 +297,10 @@ def plan_header_rewrite(
     file is read, not changed. Every data block is copied unchanged. ``extname`` may be a tuple
     of names: the first one the file has is rewritten.
 
+    When the new header fits the old one's blocks (blank cards are room: :func:`keep_room`),
+    :meth:`HeaderRewrite.write` appends the extensions and overwrites the header in place;
+    otherwise it writes the whole file anew under a temporary name and renames it over the old.
+
     ``append`` may be a function of (the extension's header before ``update``, the file's
     extension names, upper case) that returns the headers to append, so that the caller need not
     open the file a second time to decide.
@@ -280,5 +333,10 @@ def plan_header_rewrite(
     changed = [k for k, v in structural.items() if header.get(k) != v]
     if changed:
         raise ValueError(f"rewrite_header cannot change the data layout ({', '.join(changed)})")
-    parts = (raw[:hdr_loc], header_bytes(header), raw[dat_loc:], *(_empty_extension(h) for h in extra))
-    return HeaderRewrite(path, parts)
+    new_header = header_bytes(header)
+    extensions = b"".join(_empty_extension(h) for h in extra)
+    size = dat_loc - hdr_loc
+    in_place = new_header if len(new_header) == size else _fill_to(new_header, size)
+    if in_place is not None:
+        return HeaderRewrite(path, (raw[:hdr_loc], in_place, raw[dat_loc:], extensions), header_at=hdr_loc)
+    return HeaderRewrite(path, (raw[:hdr_loc], new_header, raw[dat_loc:], extensions))
