@@ -500,12 +500,21 @@ def test_crowded_psf_fluxes_against_apertures_and_truth(crowded):
         apcorr = np.median(f_big[iso] / f_ref[iso])
         assert abs(np.median(flux[iso] / (f_ref[iso] * apcorr)) - 1) < 0.02
         assert abs(np.median(flux[iso] / true[iso]) - 1) < 0.015
-        # bright stars fitted in a group: the PSF flux still within 2 % of the truth (measured
-        # 0.994-1.007) where the 4-FWHM aperture collects 2.3-2.9 times the star's flux
-        grouped = clean & (snr > 30) & (np.asarray(phot["group_size"]) > 1)
+        # bright stars fitted in a group, bright by their own S/N (true flux over the aperture's
+        # error): the PSF flux within 2 % of the truth (measured 0.988-0.999 in 20-23 stars a frame;
+        # 0.989-1.001 with a denoised master dark). The aperture's S/N would count the neighbours'
+        # light: a quarter of such picks are faint stars beside much brighter ones, whose PSF fluxes
+        # scatter 0.07-2.6 times the truth and pull the median by ~1 %.
+        in_group = np.asarray(phot["group_size"]) > 1
+        own_snr = true / np.asarray(phot[f"flux_err_ap{ref}"], float)
+        grouped = clean & (own_snr > 30) & in_group
         assert grouped.sum() >= 20
         assert abs(np.median(flux[grouped] / true[grouped]) - 1) < 0.02
-        assert np.median(f_big[grouped] / true[grouped]) > 1.5
+        # blended stars (grouped, own S/N > 10, the neighbours within 12 px brighter than the star
+        # itself): the 4-FWHM aperture collects 2.4-2.9 times the star's flux (2.7-3.1 denoised)
+        blended = clean & (own_snr > 10) & in_group & (others > 1.0)
+        assert blended.sum() >= 20
+        assert np.median(f_big[blended] / true[blended]) > 1.5
         # the 5-sigma limit from the PSF fit's sky noise: sources at PSF S/N 4-6.5 sit around it
         # (measured 0.14-0.20 mag brighter, limits 19.64-19.67; the aperture method's: 18.91-18.99)
         psf_snr = np.asarray(meas["flux"]) / np.asarray(meas["flux_err"])
