@@ -137,8 +137,24 @@ def test_workers_start_only_for_a_stage_with_units_to_share(registry, tmp_path, 
         executor.close()
 
 
+def test_frames_to_calibrate_counts_light_frames_without_an_image(registry):
+    from types import SimpleNamespace
+
+    from darkroom.pipeline.drive import frames_to_calibrate
+
+    calibrate = SimpleNamespace(name="calibrate", provenance_id="p" * 16)
+    extract = SimpleNamespace(name="extract", provenance_id="q" * 16)
+    assert frames_to_calibrate(registry, [calibrate]) == 0  # no light frames
+    with registry.session() as s:
+        for e in s.scalars(sa.select(Exposure).where(Exposure.id <= 3)):
+            e.frame_type = "light"
+    assert frames_to_calibrate(registry, [calibrate, extract]) == 3
+    assert frames_to_calibrate(registry, [extract]) == 0  # calibrate is not among the stages run
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["on-first-use", "started-early"])
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url):
+def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url, early):
     import sys
 
     import cloudpickle
@@ -161,6 +177,10 @@ def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url):
     # batches of two: exp:3 (quarantined) and exp:4 (a bug) fail inside one batch, alone
     executor = DaskExecutor(n_workers=2, batch_size=2)
     try:
+        if early:  # started in the background, the stages' libraries loaded on the workers
+            executor.start()
+            loaded = executor.client.run(lambda: "darkroom.detect.extract" in sys.modules)
+            assert list(loaded.values()) == [True, True]
         assert len(executor.client.scheduler_info()["workers"]) == 2
         report = run_stage(other, ToyStage(dask_root, ToyConfig(factor=5)), executor)
     finally:

@@ -573,7 +573,7 @@ def run(
 
     Exit 2 when anything failed."""
     from darkroom.facade import Repository
-    from darkroom.pipeline.drive import drive_stages, print_ingest_summary, print_reports
+    from darkroom.pipeline.drive import drive_stages, frames_to_calibrate, print_ingest_summary, print_reports
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.run import all_stages, forget_from, select_stages
     from darkroom.pipeline.summary import print_run_summary, run_summary
@@ -609,6 +609,8 @@ def run(
                 console.print(f"forgot the products of: {', '.join(forgotten)}")
         chosen = select_stages(stages, until=until, only=only)
         executor = make_executor(workers=workers, scheduler=scheduler)
+        if frames_to_calibrate(r.registry, chosen) >= 2:
+            executor.start()  # frames to reduce: the workers start while the masters are made
         try:
             reports = drive_stages(
                 r.registry,

@@ -18,7 +18,7 @@ from darkroom.pipeline.stage import Stage
 from darkroom.repo.models import Task
 from darkroom.repo.registry import Registry
 
-__all__ = ["drive_stages", "print_ingest_summary", "print_reports", "release_claims"]
+__all__ = ["drive_stages", "frames_to_calibrate", "print_ingest_summary", "print_reports", "release_claims"]
 
 
 def drive_stages(
@@ -56,6 +56,26 @@ def drive_stages(
             release_claims(registry)
             raise
     return reports
+
+
+def frames_to_calibrate(registry: Registry, stages: Sequence[Stage]) -> int:
+    """Light frames the ``calibrate`` stage among ``stages`` has not made an image of yet (0 when
+    it is not among them): the per-frame work ahead of a run."""
+    from sqlalchemy import func, select
+
+    from darkroom.repo.models import Exposure, Image
+
+    prov = next((st.provenance_id for st in stages if st.name == "calibrate"), None)
+    if prov is None:
+        return 0
+    with registry.session() as s:
+        n_light = s.scalar(
+            select(func.count())
+            .select_from(Exposure)
+            .where(Exposure.state == "ok", Exposure.frame_type == "light")
+        )
+        n_done = s.scalar(select(func.count()).select_from(Image).where(Image.provenance_id == prov))
+    return max(int(n_light or 0) - int(n_done or 0), 0)
 
 
 def release_claims(registry: Registry) -> int:

@@ -10,8 +10,10 @@ connects to a running cluster whose workers see the repository at the same path.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import logging
+import threading
 import traceback
 import uuid
 
@@ -34,6 +36,38 @@ def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
     return out
 
 
+#: what the per-frame stages load when their first unit runs on a worker (the stage modules, and
+#: the libraries their ``run`` imports): loaded by :meth:`DaskExecutor.start` while the driver is
+#: busy with the masters, not when the first batch of frames waits for it
+_WARM_MODULES = (
+    "darkroom.pipeline.stages",
+    "darkroom.calib.cosmics",
+    "darkroom.calib.starguard",
+    "darkroom.detect.extract",
+    "darkroom.detect.quality",
+    "darkroom.astrom.wcscards",
+    "darkroom.phot.aperture",
+    "darkroom.phot.frame",
+    "darkroom.io.tables",
+    "astropy.table",
+    "astropy.wcs",
+    "pyarrow.parquet",
+)
+
+
+def _warm_imports() -> int:
+    """Import :data:`_WARM_MODULES` (on a worker); the number imported. Best effort: a module
+    that fails to import here fails again, with its reason, in the unit that needs it."""
+    n = 0
+    for name in _WARM_MODULES:
+        try:
+            importlib.import_module(name)
+            n += 1
+        except Exception:
+            log.debug("warm import of %s failed", name, exc_info=True)
+    return n
+
+
 class DaskExecutor(Executor):
     """Runs units as Dask futures and yields them as they complete."""
 
@@ -52,16 +86,51 @@ class DaskExecutor(Executor):
         self.memory_limit = memory_limit
         self.cluster = None
         self._client = None
+        self._starting: threading.Thread | None = None
+        self._start_error: BaseException | None = None
         if scheduler:  # a cluster of the user's: connect now, so a wrong address fails at once
             from distributed import Client
 
             self._client = Client(scheduler)
             log.info("dask executor on %s", self._client.scheduler.address)
 
+    def start(self) -> None:
+        """Start the local cluster now, in a background thread, and load the stages' libraries
+        on its workers: the driver goes on meanwhile (the masters run in it, one unit each), and
+        the first stage with units for the workers finds them ready. Without this the cluster
+        starts when first used."""
+        if self._client is not None or self._starting is not None:
+            return
+
+        def start() -> None:
+            try:
+                self._connect()
+                self._client.run(_warm_imports)
+            except BaseException as exc:
+                self._start_error = exc
+
+        self._starting = threading.Thread(target=start, name="darkroom-dask-start", daemon=True)
+        self._starting.start()
+
+    def _wait_for_start(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            error, self._start_error = self._start_error, None
+            if error is not None:
+                raise error
+
     @property
     def client(self):
         """The Dask client; a local cluster starts on first use (a run whose stages have at most
-        one unit each, such as a re-run with nothing new, never pays for its start)."""
+        one unit each, such as a re-run with nothing new, never pays for its start) or when
+        :meth:`start` asks for it."""
+        self._wait_for_start()
+        if self._client is None:
+            self._connect()
+        return self._client
+
+    def _connect(self) -> None:
         if self._client is None:
             import dask
             from distributed import Client, LocalCluster
@@ -86,7 +155,6 @@ class DaskExecutor(Executor):
                 )
             self._client = Client(self.cluster)
             log.info("dask executor on %s", self._client.scheduler.address)
-        return self._client
 
     def map_units(self, fn, units):
         from distributed import as_completed
@@ -126,6 +194,9 @@ class DaskExecutor(Executor):
                 pending.add(list(futures)[-1])
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
         if self._client is not None:
             self._client.close()
         if self.cluster is not None:

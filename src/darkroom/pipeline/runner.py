@@ -69,6 +69,10 @@ class Executor(ABC):
         ``units`` may be a lazy iterable: take from it only as capacity frees up.
         """
 
+    def start(self) -> None:
+        """Get ready for units (workers started) without waiting; by default nothing to do."""
+        return None
+
     def close(self) -> None:
         return None
 
