@@ -144,10 +144,14 @@ class LightCurvesStage(Stage):
 
     def run(self, unit: Unit) -> dict[str, Any]:
         from darkroom.timeseries import plot_lightcurve, reference_level
+        from darkroom.timeseries.earth_orientation import use_cached_earth_orientation
         from darkroom.timeseries.field import assemble_lightcurve, frame_transparency
 
         cfg: LightCurveSettings = self.config
         p = unit.payload
+        if p["targets"]:
+            # BJD_TDB and airmass need astropy's IERS table: parsed once per repository, not per run
+            use_cached_earth_orientation(self.product_path("cache", "iers"))
         frames: Table = p["frames"]
         value, low = frame_transparency(
             p["measurements"],
