@@ -58,6 +58,12 @@ def test_written_bytes_are_astropys_and_the_checksum_is_the_files(tmp_path, mask
     np.testing.assert_array_equal(back.mask, image.mask)
     np.testing.assert_array_equal(back.var, image.var)
     assert back.header["OBJECT"] == "XO-1"
+    bare = read_calibrated(tmp_path / "darkroom.fits", header=False)  # the same planes, no header parsed
+    assert bare.header is None
+    for plane in ("sci", "mask", "var"):
+        got_plane, want_plane = getattr(bare, plane), getattr(back, plane)
+        assert got_plane.dtype == want_plane.dtype
+        np.testing.assert_array_equal(got_plane, want_plane)
 
 
 def test_no_temporary_file_is_left_and_the_input_is_untouched(tmp_path):

@@ -110,6 +110,11 @@ def psf_fluxes_at_apertures(
     return info
 
 
+#: the columns :func:`calibrate_photometry` and :func:`calibrate_with_unit` read (sky position,
+#: instrumental magnitude, flags, annulus statistics for the limiting magnitude)
+_CALIBRATION_READS = ("ra", "dec", "mag_inst", "mag_inst_err", "flags", "bkg_rms", "n_bkg_pix")
+
+
 def calibrate_frame(
     phot: Table,
     reference: Table | None,
@@ -149,8 +154,12 @@ def calibrate_frame(
     else:
         phot["mag_inst_ap"] = phot["mag_inst"]
         phot["mag_inst"] = np.asarray(phot["mag_inst"], float) + apcorr
+    # both calibrations return a copy of their input with five columns added: hand them only the
+    # columns they read (a third of a frame's ~30; each column copied costs ~40 us) and the meta
+    read = [c for c in _CALIBRATION_READS if c in phot.colnames]
+    slim = Table([phot[c] for c in read], names=read, meta=phot.meta, copy=False)
     if unit_zero_point_mag is not None:
-        result, calibrated = calibrate_with_unit(phot, float(unit_zero_point_mag), exptime_s=exptime_s)
+        result, calibrated = calibrate_with_unit(slim, float(unit_zero_point_mag), exptime_s=exptime_s)
         zp_source, reason = "image unit", ""
     else:
         zp_cfg = cfg.zero_point.model_copy(
@@ -167,7 +176,7 @@ def calibrate_frame(
             }
         )
         result, calibrated = calibrate_photometry(
-            phot, reference, config=zp_cfg, n_sigma_limit=cfg.limit_n_sigma
+            slim, reference, config=zp_cfg, n_sigma_limit=cfg.limit_n_sigma
         )
     zp_flag = None
     if result.zp is not None and result.rms is not None and result.rms > cfg.max_zp_rms_mag:

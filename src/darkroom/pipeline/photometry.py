@@ -169,7 +169,7 @@ class PhotometryStage(Stage):
         cfg: MeasureSettings = self.config
         p = unit.payload
         path = self.root / p["path"]
-        image = read_calibrated(path)
+        image = read_calibrated(path, header=False)  # the WCS comes from the astrometry's row
         sci, mask, var = image.sci, image.mask, image.var
         fwhm = p.get("fwhm_pix")
         if not (fwhm and np.isfinite(fwhm) and fwhm > 0):
