@@ -32,7 +32,8 @@ def _changed(*overrides: str) -> list[str]:
 def test_flat_clipping_makes_no_new_bias_or_dark_master():
     changed = _changed("calib.masters.flat.n_sigma_high=4.5")
     assert "master_bias" not in changed and "master_dark" not in changed
-    assert changed[:3] == ["master_flat", "bad_pixels", "calibrate"]
+    # the sky flat stage reads the master flats (it makes a flat only where none serves)
+    assert changed[:4] == ["master_flat", "sky_flat", "bad_pixels", "calibrate"]
     assert changed[-1] == "lightcurves"
 
 
@@ -88,7 +89,7 @@ def test_stage_list_is_ordered_by_reads_and_names_unique():
 def test_families_select_stages():
     assert all_stages(ROOT, load_config(None, ["run.families=[survey]"])) == []
     night = [cls for cls in STAGES if cls.family == "night"]
-    assert len(all_stages(ROOT, load_config(None, ["run.families=[night]"]))) == len(night) == 11
+    assert len(all_stages(ROOT, load_config(None, ["run.families=[night]"]))) == len(night) == 12
     # the optional coadd stage (family images) runs only when enabled
     assert [s.name for s in all_stages(ROOT, load_config(None, ["run.families=[images]"]))] == []
     enabled = load_config(None, ["run.families=[images]", "coadd.enabled=true"])

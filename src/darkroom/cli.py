@@ -72,6 +72,7 @@ STAGE_NAMES = (
     "master_bias",
     "master_dark",
     "master_flat",
+    "sky_flat",
     "bad_pixels",
     "calibrate",
     "extract",

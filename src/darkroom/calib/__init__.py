@@ -10,6 +10,7 @@ Pure functions on arrays, headers and :class:`~darkroom.instruments.metadata.Fra
 * :mod:`.overscan` -- FITS sections, overscan subtraction, trim;
 * :mod:`.cosmics` -- cosmic rays (sparse L.A.Cosmic);
 * :mod:`.variance`, :mod:`.interp` -- noise model and masked-pixel filling;
+* :mod:`.skyflat` -- a night-sky flat from drifting or dithered lights (no flat frames);
 * :mod:`.process` -- calibrate one frame into SCI / MASK / VAR.
 """
 
@@ -30,6 +31,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "MasterConfig",
             "OverscanConfig",
             "RequireConfig",
+            "SkyFlatConfig",
         ],
         "badpix": [
             "BadPixelMask",
@@ -62,6 +64,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "two_frame_gain_read_noise",
         ],
         "overscan": ["parse_section", "subtract_overscan", "trim_image"],
+        "skyflat": ["SkyFlat", "SkyFlatAccumulator", "make_sky_flat"],
         "process": ["CalibratedFrame", "calibrate_frame", "prepare_raw"],
     },
 )

@@ -25,6 +25,7 @@ __all__ = [
     "OverscanConfig",
     "RequireConfig",
     "RequireMode",
+    "SkyFlatConfig",
     "StarGuardConfig",
 ]
 
@@ -311,6 +312,53 @@ class RequireConfig(BaseModel):
     flat: RequireMode = Field("auto", description="a master flat is required (true, false or auto)")
 
 
+class SkyFlatConfig(BaseModel):
+    """A night-sky flat from the lights themselves (:mod:`darkroom.calib.skyflat`), made for a
+    night and filter that has no master flat when the field moved enough between frames that
+    every pixel saw blank sky in many of them (dithered or drifting)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(True, description="build a sky flat where a night and filter has no master flat")
+    min_frames: int = Field(20, ge=3, le=100000, description="fewest lights a sky flat is made of [frames]")
+    box_pix: int = Field(
+        64,
+        ge=8,
+        le=4096,
+        description="block size of each frame's smooth sky (what the flat keeps is below it) [pixel]",
+    )
+    threshold_sigma: float = Field(
+        3.0, gt=0, le=100, description="a pixel this far above the frame's sky is a source [sky sigma]"
+    )
+    dilate_pix: int = Field(
+        4, ge=0, le=50, description="radius by which each frame's source mask is grown [pixel]"
+    )
+    min_samples: int = Field(
+        10, ge=2, le=100000, description="fewest unmasked frames a pixel needs; others get the smooth value 1"
+    )
+    min_motion_pix: float = Field(
+        10.0,
+        ge=0,
+        le=1e5,
+        description="the field must move at least this far (90th percentile of the frames' distances "
+        "from their median position) or no sky flat is made: stars on the same pixels would leave "
+        "their wings in it [pixel]",
+    )
+    outlier_sigma: float = Field(
+        8.0,
+        gt=0,
+        le=1000,
+        description="pixels this far above the flat's spread are hot pixels: set to 1 [sigma]",
+    )
+    max_zero_disagreement: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="with an unknown zero level, the response scale measured on the two halves of "
+        "the rows must agree to this fraction, else no sky flat [1]",
+    )
+
+
 class CalibrationConfig(BaseModel):
     """How a frame is calibrated."""
 
@@ -356,6 +404,9 @@ class CalibSettings(BaseModel):
     comparison: MasterComparisonConfig = Field(default_factory=MasterComparisonConfig)
     bad_pixels: BadPixelConfig = Field(default_factory=BadPixelConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    sky_flat: SkyFlatConfig = Field(
+        default_factory=SkyFlatConfig, description="night-sky flats from the lights of a night with no flats"
+    )
     user_badpixels: str | None = Field(
         None,
         description="YAML file of bad columns/rows/rectangles (1-based, inclusive); relative to the repository",

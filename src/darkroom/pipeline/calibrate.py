@@ -43,7 +43,7 @@ class CalibrateStage(Stage):
     variance; write SCI/MASK/VAR."""
 
     name = "calibrate"
-    reads = ("master_bias", "master_dark", "master_flat", "bad_pixels")
+    reads = ("master_bias", "master_dark", "master_flat", "sky_flat", "bad_pixels")
     settings = ("calib.grouping", "calib.calibration", "calib.allow_outside_window")
 
     def plan(self, session: Session) -> list[Unit]:
@@ -75,6 +75,8 @@ class CalibrateStage(Stage):
                 try:
                     chosen = select_master_for(meta, kind, records[kind], cfg)
                     payload[kind] = (chosen.path, chosen.sha256)
+                    if kind == "flat" and getattr(chosen, "origin", None):
+                        payload["flat_origin"] = chosen.origin  # 'sky': a sky flat of the lights
                 except MissingCalibrationError as err:
                     payload[kind] = None
                     if going_on.may_skip(kind, e.night):
@@ -153,6 +155,7 @@ class CalibrateStage(Stage):
                     "median_adu": median_adu,
                     "masters": {k: (p[k][0] if p.get(k) else None) for k in ("bias", "dark", "flat", "bpm")},
                     "skipped_masters": p.get("skipped_masters", []),
+                    "flat_origin": p.get("flat_origin"),
                     "noise_model": result.noise_model,
                     "steps": list(result.steps),
                     "precalibrated": bool(p.get("precalibrated")),

@@ -136,8 +136,13 @@ def frame_table(
         out["poor"].append(image.quality_flag == "poor")
         out["exposure_id"].append(image.exposure_id)
         calib = image.image.calib or {}
+        # a sky flat holds the pixel response only (scales below its block size), not the
+        # vignetting: such frames still get the light curve's illumination fit
         out["flat_fielded"].append(
-            bool(calib.get("precalibrated") or (calib.get("masters") or {}).get("flat"))
+            bool(
+                calib.get("precalibrated")
+                or ((calib.get("masters") or {}).get("flat") and calib.get("flat_origin") != "sky")
+            )
         )
         metas.append(image.meta)
     table = Table(

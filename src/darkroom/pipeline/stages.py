@@ -62,6 +62,7 @@ from darkroom.pipeline.lightcurves import LightCurvesStage
 from darkroom.pipeline.photometry import PhotometryStage
 from darkroom.pipeline.quality import QualityStage
 from darkroom.pipeline.sdss import SdssDownloader, SdssFieldFinder
+from darkroom.pipeline.skyflat import SkyFlatStage
 from darkroom.pipeline.stage import Stage, declared_critical
 from darkroom.pipeline.ztf import ZtfDownloader
 
@@ -81,6 +82,7 @@ STAGES: list[type[Stage]] = [
     MasterBiasStage,
     MasterDarkStage,
     MasterFlatStage,
+    SkyFlatStage,
     BadPixelStage,
     CalibrateStage,
     ExtractStage,

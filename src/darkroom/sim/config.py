@@ -208,6 +208,13 @@ class SimConfig(BaseModel):
     sky_gradient: float = Field(
         0.03, ge=-0.5, le=0.5, description="fractional sky change from left to right edge"
     )
+    sky_airmass_slope: float = Field(
+        0.0,
+        ge=0,
+        le=5,
+        description="fractional sky brightening per unit of airmass above 1 (a real night sky is "
+        "brighter low down: ~0.5 for airglow seen through more atmosphere); 0: the same sky all night",
+    )
     seeing_fwhm_arcsec: float = Field(1.8, gt=0.2, le=20, description="mean seeing FWHM [arcsec]")
     seeing_variation: float = Field(0.1, ge=0, le=0.6, description="fractional rms of the seeing over time")
     seeing_field_variation: float = Field(

@@ -103,7 +103,8 @@ def light_electrons(scene: SimScene, index: int) -> tuple[np.ndarray, Table]:
     xc, yc = (nx - 1) / 2.0, (ny - 1) / 2.0
     r2 = ((x - xc) ** 2 + (y - yc) ** 2) / (xc**2 + yc**2)
     fwhm_pix = sci.fwhm_arcsec[index] / c.pixel_scale_arcsec * (1.0 + c.seeing_field_variation * r2)
-    sky_row = c.sky_e_s * c.exptime_s * (1.0 + c.sky_gradient * (np.arange(nx) / max(nx - 1, 1) - 0.5))
+    sky_level = c.sky_e_s * c.exptime_s * (1.0 + c.sky_airmass_slope * (float(sci.airmass[index]) - 1.0))
+    sky_row = sky_level * (1.0 + c.sky_gradient * (np.arange(nx) / max(nx - 1, 1) - 0.5))
     image = np.repeat(sky_row[None, :], ny, axis=0)
     frac, peak = render_stars(
         image, x, y, flux, fwhm_pix, beta=c.moffat_beta, oversample=c.psf_oversample, wing_tolerance=1.0
