@@ -27,6 +27,7 @@ def test_arcsat_masters(arcsat_calibrated):
         ("master_bias", 1, 0),
         ("master_dark", 1, 0),
         ("master_flat", 1, 0),
+        ("sky_flat", 0, 0),  # the night has flats: no sky flat
         ("bad_pixels", 1, 0),
         ("calibrate", 81, 0),
     ]
@@ -91,7 +92,7 @@ def test_arcsat_defect_is_flagged_and_frames_calibrated(arcsat_calibrated):
 def test_rerun_does_nothing(arcsat_calibrated):
     repo, _ = arcsat_calibrated
     again = [run_stage(repo.registry, st) for st in section_stages(repo.root, repo.config, "calib")]
-    assert [r.n_planned for r in again] == [0, 0, 0, 0, 0]
+    assert [r.n_planned for r in again] == [0, 0, 0, 0, 0, 0]
 
 
 def _night_subset(tmp_path, arcsat_dir, patterns):

@@ -319,7 +319,11 @@ class SkyFlatConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = Field(True, description="build a sky flat where a night and filter has no master flat")
+    enabled: bool = Field(
+        False,
+        description="build a sky flat where a night and filter has no master flat (off by default: on the "
+        "hostile preset it did not improve the transit depth, see docs/calibration.md)",
+    )
     min_frames: int = Field(20, ge=3, le=100000, description="fewest lights a sky flat is made of [frames]")
     box_pix: int = Field(
         64,

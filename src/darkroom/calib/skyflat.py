@@ -20,8 +20,9 @@ the response. Without it, a frame holds ``P_i + f_i S`` (pedestal ``P`` per pixe
 by the level, with ``a = S / (P + S)`` unknown. The pedestal's structure (a bias
 pattern: column and row offsets, gradients) is removed with the column and row profiles
 of the flat, and ``a`` is measured from the sky's change during the night: per pixel,
-the slope of the pixel's value against its frame's smooth sky is ``f_i`` with no
-pedestal in it (noisy, but unbiased), and ``a`` is the ratio of the mean ratio's
+the slope of the pixel's value against its frame's sky level is ``f_i`` with no
+pedestal in it (noisy, but unbiased; the frame's median sky level is the regressor,
+the smooth shape is divided out afterwards), and ``a`` is the ratio of the mean ratio's
 pixel-to-pixel covariance with that slope to the slope's (noise-corrected) signal, on
 all pixels at once. When the sky did not change enough to measure ``a`` (the two
 halves of the rows disagree) no flat is made, and the reason says so.
@@ -204,8 +205,11 @@ class SkyFlatAccumulator:
         self._n[h] += use
         self._sr[h] += r
         self._sr2[h] += r * r
+        level = float(np.median(sky[::8, ::8]))
         if self._sb is not None:
-            b = np.where(use, sky, 0.0)
+            # against the frame's one sky level, not the local smooth sky: the block medians move
+            # with the faint stars drifting through them, which would dilute the slopes
+            b = np.where(use, level, 0.0)
             self._sb[h] += b
             self._sb2[h] += b * b
             self._sy[h] += yd
@@ -215,7 +219,7 @@ class SkyFlatAccumulator:
             self._shifts.append((0.0, 0.0))
         else:
             self._shifts.append(_shift(self._ref_fft, sources))
-        self._levels.append(float(np.median(sky[::8, ::8])))
+        self._levels.append(level)
 
     def _motion(self) -> float:
         if len(self._shifts) < 2:

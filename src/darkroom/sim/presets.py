@@ -18,8 +18,7 @@ def hostile_small_telescope(*, seed: int = 1, n_science: int = 360, **overrides:
     local time with its UTC offset (-07:00), the longitude written west-positive
     (LONGITUD=110.88) with LST-OBS, no calibration frames at all, a field drifting 120 px
     over the 4 h of the night, and a 2.4 % transit of a 12.4 mag host in the middle
-    (its core stays below the 12-bit ceiling at the sharpest seeing). The sky brightens
-    with airmass (x1.23 at the start, airmass 1.46), as a real sky does.
+    (its core stays below the 12-bit ceiling at the sharpest seeing).
     ``n_science`` frames spread over 4 hours: the default 360 is a 40 s cadence, 30 s
     exposures and a few seconds of read-out, as a small telescope on a transit takes them;
     ``overrides`` replace any field.
@@ -68,7 +67,6 @@ def hostile_small_telescope(*, seed: int = 1, n_science: int = 360, **overrides:
         "vignetting": 0.04,  # no flats to correct it: a small sensor behind a small scope
         "n_dust_rings": 0,
         "sky_e_s": 15.0,
-        "sky_airmass_slope": 0.5,
         "seeing_fwhm_arcsec": 9.25,  # 1.85 px
         "seeing_variation": 0.07,
         "seeing_field_variation": 0.03,
