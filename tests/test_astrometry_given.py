@@ -130,3 +130,33 @@ def test_near_blind_search_widens_until_it_solves(tmp_path):
             ra1, de1 = w.all_pix2world([128.0], [128.0], 0)
             ra2, de2 = truth.all_pix2world([128.0], [128.0], 0)
             assert abs(de1[0] - de2[0]) * 3600 < 1.0 and abs(ra1[0] - ra2[0]) * 3600 < 1.0
+
+
+def test_a_solution_made_again_starts_from_the_same_wcs_as_the_first():
+    """The GIVENWCS extension keeps the WCS cards a frame came with; the time and place cards
+    the WCS also reads (DATE-OBS, MJD-OBS, TIMESYS, OBSGEO-*) stay in SCI, so the starting WCS
+    of a re-run (another provenance, or after forgetting the stage) is the first run's."""
+    from astropy.io import fits
+
+    from darkroom.astrom.wcscards import given_wcs_header, header_as_given, header_wcs, replace_wcs_cards
+
+    sci = fits.Header()
+    for key, value in [
+        ("NAXIS", 2), ("NAXIS1", 1024), ("NAXIS2", 1024), ("CTYPE1", "RA---TAN"), ("CTYPE2", "DEC--TAN"),
+        ("CRVAL1", 240.55), ("CRVAL2", 28.17), ("CRPIX1", 512.5), ("CRPIX2", 512.5),
+        ("CD1_1", -1.7e-4), ("CD1_2", 0.0), ("CD2_1", 0.0), ("CD2_2", 1.7e-4),
+        ("DATE-OBS", "2025-06-02T04:10:00"), ("MJD-OBS", 60828.1736), ("TIMESYS", "UTC"),
+        ("OBSGEO-X", -1463969.3), ("OBSGEO-Y", -5166673.3), ("OBSGEO-Z", 3435012.1),
+    ]:  # fmt: skip
+        sci[key] = value
+    first = header_wcs(sci).to_header(relax=True)
+    solution = sci.copy()
+    solution["CRVAL1"], solution["CRPIX1"] = 240.56, 510.0
+    solved = sci.copy()
+    given = given_wcs_header(solved)
+    replace_wcs_cards(solved, solution, history="solved")
+    assert header_wcs(solved).wcs.crval[0] == 240.56
+    again = header_wcs(header_as_given(solved, given)).to_header(relax=True)
+    assert again == first  # DATE-OBS / MJD-OBS / OBSGEO included (GIVENWCS alone lacks them)
+    assert header_wcs(given).to_header(relax=True) != first
+    assert header_as_given(sci, None) is sci

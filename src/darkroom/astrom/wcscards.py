@@ -23,6 +23,7 @@ __all__ = [
     "GIVEN_WCS_EXTNAME",
     "WCS_KEY",
     "given_wcs_header",
+    "header_as_given",
     "header_wcs",
     "replace_wcs_cards",
     "transform_dict",
@@ -95,12 +96,25 @@ def given_wcs_header(header: fits.Header) -> fits.Header:
     return given
 
 
-def replace_wcs_cards(header: fits.Header, solution: fits.Header, *, history: str) -> None:
+def replace_wcs_cards(header: fits.Header, solution: fits.Header, *, history: str | None) -> None:
     """Replace the WCS cards of ``header`` (in place) by those of ``solution`` and its ``ASTQUAL``;
-    ``history`` is added as a HISTORY card."""
+    ``history`` (when given) is added as a HISTORY card."""
     for key in [k for k in header if WCS_KEY.match(k)]:
         header.remove(key, ignore_missing=True, remove_all=True)
     for card in solution.cards:
         if (card.keyword and WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL":
             header[card.keyword] = (card.value, card.comment)
-    header.add_history(history)
+    if history is not None:
+        header.add_history(history)
+
+
+def header_as_given(sci: fits.Header, given: fits.Header | None) -> fits.Header:
+    """The header a frame came with: ``sci`` (a calibrated image's SCI header) with its WCS cards
+    replaced by those of its ``GIVENWCS`` extension ``given`` (None: ``sci`` itself, no solution
+    was written into it). The other cards the WCS reads (DATE-OBS, MJD-OBS, TIMESYS, OBSGEO-*)
+    stay SCI's, so a solution made again starts from the same WCS as the first one."""
+    if given is None:
+        return sci
+    start = sci.copy()
+    replace_wcs_cards(start, given, history=None)
+    return start

@@ -191,7 +191,7 @@ class AstrometryStage(Stage):
 
     def _read_frame(self, f: dict[str, Any]) -> FrameSources:
         from darkroom.astrom import FrameSources, PointingHint
-        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, header_wcs
+        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, header_as_given, header_wcs
 
         cfg: SolveSettings = self.config
         try:
@@ -203,7 +203,7 @@ class AstrometryStage(Stage):
             headers = read_headers(self.root / f["path"], ("SCI", GIVEN_WCS_EXTNAME))
             header = headers["SCI"]
             # the WCS the frame came with, kept aside when a solution was written into SCI
-            given = headers.get(GIVEN_WCS_EXTNAME, header)
+            given = header_as_given(header, headers.get(GIVEN_WCS_EXTNAME))
         except (OSError, KeyError) as exc:
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
