@@ -21,18 +21,13 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.time import Time
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from darkroom.calib.grouping import MasterRecord, describe_key, required_key
-from darkroom.calib.masters import MasterFrame, master_to_hdus
-from darkroom.calib.process import prepare_raw
 from darkroom.calib.settings import CalibSettings
-from darkroom.calib.skyflat import SkyFlatAccumulator
 from darkroom.errors import MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
-from darkroom.io.rawfits import read_raw
 from darkroom.pipeline._products import jsonable, short_hash
 from darkroom.pipeline.calibration import (
     GoingOn,
@@ -45,7 +40,6 @@ from darkroom.pipeline.calibration import (
 from darkroom.pipeline.stage import Stage, Unit
 from darkroom.repo.models import Calib, CalibInput, Exposure, Task
 from darkroom.repo.store import sha256_file
-from darkroom.robust import robust_std
 
 __all__ = ["SkyFlatStage"]
 
@@ -121,6 +115,13 @@ class SkyFlatStage(Stage):
         return units
 
     def run(self, unit: Unit) -> dict[str, Any]:
+        # the algorithms load when a unit runs (start-up of every command stays light)
+        from darkroom.calib.masters import MasterFrame, master_to_hdus
+        from darkroom.calib.process import prepare_raw
+        from darkroom.calib.skyflat import SkyFlatAccumulator
+        from darkroom.io.rawfits import read_raw
+        from darkroom.robust import robust_std
+
         cfg: CalibSettings = self.config
         p = unit.payload
         bias = read_master(self.root / p["bias"][0], p["bias"][1]) if p.get("bias") else None
@@ -192,6 +193,8 @@ class SkyFlatStage(Stage):
         return {"path": self.relative(path), "sha256": sha256_file(path), "stats": jsonable(stats)}
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        from astropy.time import Time
+
         p = unit.payload
         stats = result["stats"]
         if not stats["made"]:
