@@ -278,30 +278,15 @@ class MasterStage(Stage):
         self.remove_files(paths)
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
-        from astropy.time import Time
-
         p = unit.payload
-        rec = p["record"]
-        t_mid = rec.get("time_mid_utc")
-        row = Calib(
-            kind=self.kind,
-            group_key=p["group_key"],
-            night=p["night"],
-            instrument=rec.get("instrument"),
-            filter=rec.get("filter"),
-            exptime_s=rec.get("exptime_s"),
-            binning_x=rec.get("binning_x"),
-            binning_y=rec.get("binning_y"),
-            valid_from_utc=_dt(rec.get("valid_from")),
-            valid_to_utc=_dt(rec.get("valid_to")),
-            mjd_mid=Time(t_mid).mjd if t_mid else None,
-            path=result["path"],
-            sha256=result["sha256"],
-            n_inputs=len(p["inputs"]),
+        row = master_row(
+            self.kind,
+            p,
+            result,
             stats=result["stats"],
+            exptime_s=p["record"].get("exptime_s"),
             provenance_id=self.provenance_id,
         )
-        row.inputs = [CalibInput(exposure_id=eid) for eid, _, _ in p["inputs"]]
         session.add(row)
         session.flush()
         self._compare_in_sequence(session, row)
@@ -382,6 +367,44 @@ class MasterFlatStage(MasterStage):
         "calib.masters.min_frames",
         "calib.masters.flat_min_level",
     )
+
+
+def master_row(
+    kind: str,
+    payload: dict[str, Any],
+    result: dict[str, Any],
+    *,
+    stats: dict[str, Any],
+    exptime_s: float | None,
+    provenance_id: int,
+) -> Calib:
+    """The ``calib`` row (with its ``calib_input`` rows) of a master made from a unit's
+    ``payload`` (its group, night, inputs and the group's record) and written to
+    ``result['path']`` (``result['sha256']``)."""
+    from astropy.time import Time
+
+    rec = payload["record"]
+    t_mid = rec.get("time_mid_utc")
+    row = Calib(
+        kind=kind,
+        group_key=payload["group_key"],
+        night=payload["night"],
+        instrument=rec.get("instrument"),
+        filter=rec.get("filter"),
+        exptime_s=exptime_s,
+        binning_x=rec.get("binning_x"),
+        binning_y=rec.get("binning_y"),
+        valid_from_utc=_dt(rec.get("valid_from")),
+        valid_to_utc=_dt(rec.get("valid_to")),
+        mjd_mid=Time(t_mid).mjd if t_mid else None,
+        path=result["path"],
+        sha256=result["sha256"],
+        n_inputs=len(payload["inputs"]),
+        stats=stats,
+        provenance_id=provenance_id,
+    )
+    row.inputs = [CalibInput(exposure_id=eid) for eid, _, _ in payload["inputs"]]
+    return row
 
 
 def _dt(value):

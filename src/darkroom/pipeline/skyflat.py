@@ -33,12 +33,13 @@ from darkroom.pipeline.calibration import (
     GoingOn,
     exposure_meta,
     master_records,
+    master_row,
     read_master,
     select_master_for,
     write_fits,
 )
 from darkroom.pipeline.stage import Stage, Unit
-from darkroom.repo.models import Calib, CalibInput, Exposure, Task
+from darkroom.repo.models import Calib, Exposure, Task
 from darkroom.repo.store import sha256_file
 
 __all__ = ["SkyFlatStage"]
@@ -193,8 +194,6 @@ class SkyFlatStage(Stage):
         return {"path": self.relative(path), "sha256": sha256_file(path), "stats": jsonable(stats)}
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
-        from astropy.time import Time
-
         p = unit.payload
         stats = result["stats"]
         if not stats["made"]:
@@ -206,28 +205,9 @@ class SkyFlatStage(Stage):
             p["group_key"],
             stats["description"],
         )
-        rec = p["record"]
-        t_mid = rec.get("time_mid_utc")
-        row = Calib(
-            kind="flat",
-            group_key=p["group_key"],
-            night=p["night"],
-            instrument=rec.get("instrument"),
-            filter=rec.get("filter"),
-            exptime_s=None,
-            binning_x=rec.get("binning_x"),
-            binning_y=rec.get("binning_y"),
-            valid_from_utc=_dt(rec.get("valid_from")),
-            valid_to_utc=_dt(rec.get("valid_to")),
-            mjd_mid=Time(t_mid).mjd if t_mid else None,
-            path=result["path"],
-            sha256=result["sha256"],
-            n_inputs=len(p["inputs"]),
-            stats=stats,
-            provenance_id=self.provenance_id,
+        session.add(
+            master_row("flat", p, result, stats=stats, exptime_s=None, provenance_id=self.provenance_id)
         )
-        row.inputs = [CalibInput(exposure_id=eid) for eid, _, _ in p["inputs"]]
-        session.add(row)
 
     def forget_products(self, session: Session) -> None:
         """Delete this provenance's sky flats (rows and files)."""
@@ -264,11 +244,3 @@ def _record(metas: list[FrameMetadata], first: FrameMetadata, cfg: CalibSettings
     out = rec.model_dump(mode="json")
     out["origin"] = "sky"
     return out
-
-
-def _dt(value):
-    if value is None:
-        return None
-    from datetime import datetime
-
-    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
