@@ -119,3 +119,39 @@ def test_psf_fluxes_replace_the_aperture_columns_at_fixed_positions():
     is_forced = (np.asarray(phot["flags"]) & PhotFlag.FORCED) != 0
     np.testing.assert_array_equal(is_forced, forced)
     assert {"psf_flags", "qfit", "cfit", "group_id", "group_size"} <= set(phot.colnames)
+
+
+def test_a_fit_with_another_psf_between_changes_nothing():
+    # photutils caches the model class of a group of n stars with the PSF it was built from; a
+    # frame fitted after another frame with a different PSF must get its own PSF (the crowded
+    # night's grouped fluxes moved by up to 2.5 % from run to run before the cache was emptied)
+    import gc
+
+    from darkroom.phot.psfmodel import moffat_psf_model
+
+    rng = np.random.default_rng(11)
+    n = 30
+    x1, y1 = rng.uniform(20, 460, n), rng.uniform(20, 420, n)
+    ang = rng.uniform(0, 2 * np.pi, n)
+    x = np.r_[x1, x1 + 6.0 * np.cos(ang)]
+    y = np.r_[y1, y1 + 6.0 * np.sin(ang)]
+    flux = np.r_[np.full(n, 2e4), np.full(n, 8e3)]
+    sci, var, _ = noisy_frame((440, 480), x, y, flux, fwhm_pix=5.0, sky_adu=SKY, rng=rng)
+    cfg = PsfConfig(group_separation_fwhm=2.0)
+
+    def fit(fwhm: float):
+        model = moffat_psf_model(fwhm, 3.0, half_size_pix=12)
+        return psf_photometry(
+            sci, None, var, x, y, fwhm_pix=5.0, config=cfg, background=SKY, psf_model=model, forced=True
+        )
+
+    gc.disable()  # the cached classes live until the collector runs: keep them for the test
+    try:
+        first = fit(5.0)
+        other = fit(2.0)
+        again = fit(5.0)
+    finally:
+        gc.enable()
+    assert np.all(first["group_size"] >= 2)
+    assert np.median(np.abs(other["flux"] / first["flux"] - 1)) > 0.01  # the other PSF does differ
+    np.testing.assert_array_equal(np.asarray(again["flux"]), np.asarray(first["flux"]))

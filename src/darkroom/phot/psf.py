@@ -7,6 +7,12 @@ fluxes are total PSF fluxes [SCI unit], errors from the VAR plane through the fi
 covariance. Background: a map or a constant given by the caller, else a ``sep``
 background map of the masked frame.
 
+photutils (2.x) keeps the model class it builds for a group of n stars in a module-level cache
+keyed by n and the parameter names only, and that class holds the PSF it was built with: a
+later call with another PSF (the next frame's) could fit its groups with the earlier frame's
+PSF, depending on when the garbage collector drops the cached class (different results from
+run to run). :func:`psf_photometry` empties that cache before and after each fit, under a lock.
+
 Known limit: for grouped (blended) stars photutils' flux errors come out ~30 % small
 (the fitting boxes of a group overlap and shared pixels count more than once); isolated
 stars get correct errors (pulls of unit width in the tests).
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 from typing import TYPE_CHECKING
 
@@ -37,6 +44,16 @@ __all__ = ["PsfConfig", "build_epsf", "psf_photometry"]
 
 log = logging.getLogger(__name__)
 _MAG_ERR_FACTOR = 2.5 / math.log(10.0)
+_PHOTUTILS_FIT_LOCK = threading.Lock()
+
+
+def _forget_photutils_group_models() -> None:
+    """Empty photutils' cache of group model classes (each holds the PSF of the call that made it)."""
+    from photutils.psf import _components
+
+    cache = getattr(_components, "_FLAT_MODEL_CACHE", None)
+    if cache is not None:
+        cache.clear()
 
 
 def _odd(n: float) -> int:
@@ -205,9 +222,13 @@ def psf_photometry(
         progress_bar=False,
     )
     init = Table({"x": x, "y": y})
-    with warnings.catch_warnings():
+    with _PHOTUTILS_FIT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = phot(data, mask=bad, error=err, init_params=init)
+        _forget_photutils_group_models()
+        try:
+            res = phot(data, mask=bad, error=err, init_params=init)
+        finally:
+            _forget_photutils_group_models()
     res.sort("id")
     xf = np.asarray(res["x_fit"], float)
     yf = np.asarray(res["y_fit"], float)
