@@ -148,3 +148,35 @@ def test_sim_denoised_master_dark_is_closer_to_the_true_dark_current(sim):
     np.testing.assert_array_equal(
         denoised.data[hy[bright], hx[bright]], measured.data[hy[bright], hx[bright]]
     )
+
+
+def test_sim_master_dark_default_denoises_few_darks_only(sim):
+    """``auto`` (the default) denoises a master of 2-9 darks and keeps the mean of one dark
+    (no measured noise to deconvolve) or of ``denoise_below_frames`` darks and more; the
+    master says which (DARKMODL)."""
+    from darkroom.calib.masters import (
+        DarkModelConfig,
+        MasterConfig,
+        dark_model_method,
+        master_from_hdus,
+        master_to_hdus,
+    )
+
+    cfg, night, _, _ = sim
+    mb = make_master_bias(_read(night.raw_paths["bias"]))
+    darks = _read(night.raw_paths["dark"])
+    assert len(darks) == 5
+    auto = DarkModelConfig()
+    assert auto.method == "auto" and auto.denoise_below_frames == 10
+    assert [dark_model_method(auto, n) for n in (1, 2, 9, 10, 40)] == ["measured", "denoised", "denoised"] + [
+        "measured"
+    ] * 2
+    default = make_master_dark(darks, exptime_s=cfg.dark_exptime_s, bias=mb)
+    assert default.dark_model == "denoised" and default.measured is not None
+    assert master_to_hdus(default)[0].header["DARKMODL"] == "denoised"
+    assert master_from_hdus(master_to_hdus(default)).dark_model == "denoised"
+    few = MasterConfig(dark_model=DarkModelConfig(denoise_below_frames=5))  # 5 darks: not fewer than 5
+    kept = make_master_dark(darks, exptime_s=cfg.dark_exptime_s, bias=mb, config=few)
+    assert kept.dark_model == "measured" and kept.measured is None
+    one = make_master_dark(darks[:1], exptime_s=cfg.dark_exptime_s, bias=mb)
+    assert one.dark_model == "measured"

@@ -34,6 +34,7 @@ __all__ = [
     "MasterFrame",
     "MasterKind",
     "compare_masters",
+    "dark_model_method",
     "make_master_bias",
     "make_master_dark",
     "make_master_flat",
@@ -206,12 +207,13 @@ def make_master_dark(
     from a science frame, so :func:`~darkroom.calib.process.calibrate_frame` adds
     ``(1 - k)^2 var_bias + k^2 var_dark`` for a dark scaled by ``k``.
 
-    With ``config.dark_model.method == 'denoised'`` the master is
+    With ``config.dark_model.method == 'denoised'`` (``'auto'``: from 2 to
+    ``denoise_below_frames`` - 1 darks, see :class:`DarkModelConfig`) the master is
     ``model_dark(B + D) - B`` where a pixel is modelled (:func:`model_dark`: what a light of
     this exposure time has subtracted, modelled with the master bias's noise cancelled) and
     the measured mean ``D`` elsewhere; ``variance`` is the model's error variance, so the
     same ``(1 - k)^2 var_bias + k^2 var_dark`` holds; ``measured``/``measured_variance`` keep
-    the mean and its variance.
+    the mean and its variance. ``dark_model`` records the method used.
     """
     cfg = config or MasterConfig()
     _check_count(frames, "dark", cfg)
@@ -231,7 +233,7 @@ def make_master_dark(
     var = res.variance.astype(np.float32)  # the darks' own scatter; the master bias's is not included
     mean, noise = _summary(res.data)  # figures of the measured mean (comparison, reports)
     data, model_var, frac = res.data, var, None
-    method = cfg.dark_model.method
+    method = dark_model_method(cfg.dark_model, res.n_inputs)
     if method == "denoised":
         # model what a light of this exposure time has subtracted, master bias included: the
         # bias's noise cancels in it, and the bias's structure is part of what is modelled
@@ -256,6 +258,13 @@ def make_master_dark(
         measured=None if method == "measured" else res.data,
         measured_variance=None if method == "measured" else var,
     )
+
+
+def dark_model_method(config: DarkModelConfig, n_frames: int) -> Literal["denoised", "measured"]:
+    """The method a master dark of ``n_frames`` darks uses under ``config`` (resolves ``auto``)."""
+    if config.method != "auto":
+        return config.method
+    return "denoised" if 2 <= n_frames < config.denoise_below_frames else "measured"
 
 
 def model_dark(
