@@ -36,6 +36,10 @@ def test_arcsat_masters(arcsat_calibrated):
         n_inputs = {c.kind: len(c.inputs) for c in masters.values()}
     assert n_inputs == {"bias": 5, "dark": 5, "flat": 5, "bpm": 0}
     assert masters["dark"].exptime_s == 60.0
+    # five darks: the default (dark_model 'auto') denoises them, and the master says so
+    assert masters["dark"].stats["dark_model"] == "denoised"
+    assert 0.99 < masters["dark"].stats["modelled_fraction"] < 1.0
+    assert fits.getheader(repo.path(masters["dark"].path))["DARKMODL"] == "denoised"
     assert masters["flat"].filter == "z"
     for c in masters.values():
         assert sha256_file(repo.path(c.path)) == c.sha256

@@ -262,6 +262,9 @@ class MasterStage(Stage):
             "level_adu": master.level_adu,
             "includes_bias": master.includes_bias,
         }
+        if master.dark_model is not None:  # darks: which method 'auto' resolved to (DARKMODL too)
+            stats["dark_model"] = master.dark_model
+            stats["modelled_fraction"] = master.modelled_fraction
         record = dict(p["record"])
         record["includes_bias"] = master.includes_bias
         stats["record"] = record
