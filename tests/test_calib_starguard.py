@@ -102,11 +102,14 @@ def test_guard_keeps_a_cosmic_ray_on_a_star_and_clears_the_core() -> None:
     assert result.mask[22, 20]
 
 
-def test_bright_sources_found_in_boxes_equal_the_whole_frame_extraction() -> None:
+def test_bright_sources_found_in_boxes_equal_the_whole_frame_extraction(monkeypatch) -> None:
     """find_stars extracts only boxes around the bright pixels: the bright sources (and the FWHM
     they give) are those of one extraction of the whole frame."""
+    from darkroom.calib import starguard
     from darkroom.calib.starguard import StarGuardConfig, _extract_around, _sep_extract, find_stars
     from darkroom.robust import median
+
+    monkeypatch.setattr(starguard, "_BOX_COST_PIX", 0)  # boxes, not the whole frame, for 27 stars
 
     rng = np.random.default_rng(3)
     ny, nx = 400, 500
@@ -156,3 +159,41 @@ def test_boxes_whose_sources_could_clean_each_other_are_joined() -> None:
     assert _cleaning_neighbours(boxes, far) is None  # 60 px apart > 10 * (2.4 + 0.6)
     near = [sources((20.0, 20.0, 2.4)), sources((48.0, 30.0, 0.6)), sources((220.0, 220.0, 3.0))]
     assert _cleaning_neighbours(boxes, near) == [[0, 50, 0, 100], [200, 240, 200, 240]]
+
+
+def test_a_frame_full_of_stars_is_extracted_once_for_finding_and_guarding(monkeypatch) -> None:
+    """80 stars on 300 x 400 pixels: boxes around each would cost more than the whole frame, so
+    the frame is extracted once, and the second ask (the guard's, around the flags) reuses it."""
+    from darkroom.calib import starguard
+    from darkroom.calib.starguard import StarExtraction, StarGuardConfig, _sep_extract
+    from darkroom.robust import median
+
+    rng = np.random.default_rng(8)
+    ny, nx = 300, 400
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    sigma = 2.0 / 2.3548
+    data = np.zeros((ny, nx))
+    for _ in range(80):
+        x, y, flux = rng.uniform(10, nx - 10), rng.uniform(10, ny - 10), rng.uniform(3e3, 3e4)
+        data += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    noise = np.sqrt(100.0 + data)
+    work = (data + noise * rng.standard_normal((ny, nx))).astype(np.float32)
+    err = noise.astype(np.float32)
+    cfg = StarGuardConfig()
+    whole = _sep_extract(work, err, None, cfg)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return _sep_extract(*args)
+
+    monkeypatch.setattr(starguard, "_sep_extract", counted)
+    ext = StarExtraction(work, err, None, cfg)
+    first = ext.around(work > 20 * median(err))
+    flags = np.zeros((ny, nx), bool)
+    flags[rng.integers(0, ny, 30), rng.integers(0, nx, 30)] = True
+    second = ext.around(flags)
+    assert calls == [(ny, nx)]  # one extraction, of the whole frame
+    assert first is second and len(first) == len(whole) >= 70
+    np.testing.assert_array_equal(np.sort(first["x"]), np.sort(whole["x"]))
+    assert ext.around(np.zeros((ny, nx), bool)) is None

@@ -39,7 +39,7 @@ from .masters import MasterFrame
 from .noise import sky_level_and_noise
 from .overscan import overscan_levels, parse_section
 from .settings import CalibrationConfig, RequireConfig, RequireMode
-from .starguard import find_stars, protect_stars, tuned_objlim
+from .starguard import StarExtraction, find_stars, protect_stars, tuned_objlim
 from .variance import flat_divided_variance, poisson_read_variance
 
 __all__ = [
@@ -609,9 +609,11 @@ def _cosmic_rays(
     box = int(min(cfg.sky_box_pix, *work.shape))
     sky = sep.Background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
     cr_cfg = cfg.cosmic_rays
-    stars = noise = None
+    stars = noise = extraction = None
     if cfg.star_guard.enabled:
         noise = np.sqrt(np.clip(v, 1e-12, None))
+        # one set of sep sources for finding the stars and for guarding them
+        extraction = StarExtraction(work - sky, noise, ignore if any_ignore else None, cfg.star_guard)
         stars = find_stars(
             work,
             sky,
@@ -619,6 +621,7 @@ def _cosmic_rays(
             ignore=ignore if any_ignore else None,
             saturated=saturated,
             config=cfg.star_guard,
+            extraction=extraction,
         )
         objlim = tuned_objlim(cr_cfg.objlim, stars[3])
         if objlim != cr_cfg.objlim:
@@ -643,6 +646,7 @@ def _cosmic_rays(
         config=cfg.star_guard,
         stars=stars,
         noise=noise,
+        extraction=extraction,
     )
     # saturated pixels took part in the detection but keep their SAT flag only
     cr = guard.mask if saturated is None else guard.mask & ~saturated
