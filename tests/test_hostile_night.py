@@ -6,7 +6,7 @@ keyword, no gain or read noise, DATE-OBS in local time with its offset, a west-p
 LONGITUD with LST-OBS, no calibration frames, a field drifting 120 px over 4 h, and a
 2.4 % transit. ``darkroom init / ingest / run`` must make every frame a light of one
 night, and the host's differential light curve must give the transit depth (asked: within
-5 %; held at 10 %, see below) and the mid-time within 2 minutes (fitted here with batman),
+5 %) and the mid-time within 2 minutes (fitted here with batman),
 with no cosmic-ray pixel in the target's aperture.
 """
 
@@ -30,7 +30,7 @@ from darkroom.repo.models import Exposure, Image
 from darkroom.sim import build_scene, hostile_small_telescope, light_electrons, render_frame, simulate_night
 from darkroom.timeseries.illumination import fit_illumination
 
-N_FRAMES = 90
+N_FRAMES = 360  # the preset's own night: 30 s exposures every 40 s for 4 hours
 APERTURE_PIX = 3.5  # covers 1.5 x the widest FWHM (2.2 px)
 
 
@@ -71,7 +71,7 @@ def test_hostile_headers_are_read_right_with_no_profile():
 
 @pytest.mark.slow
 def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
-    night = simulate_night(tmp_path / "sim", hostile_small_telescope(n_science=N_FRAMES, seed=4))
+    night = simulate_night(tmp_path / "sim", hostile_small_telescope(n_science=N_FRAMES))
     repo_dir = tmp_path / "repo"
     cli = CliRunner()
     for args in (
@@ -124,18 +124,17 @@ def test_hostile_night_reduces_right_with_no_profile_and_no_settings(tmp_path):
         good = np.isfinite(t) & np.isfinite(flux)
         depth, t0 = _fit_transit(t[good], flux[good] / np.nanmedian(flux[good]), truth.summary)
         true_depth = truth.summary["transit"]["depth"]
-        # The issue asks for 5 %; this night (seed 4) gives 0.0218 for 0.024 (-9.2 %; -8.8 % without
-        # the illumination correction; mid-time 0.2 min). That is the noise of this one realisation,
-        # not a bias of the pipeline. Two parts: (1) photon noise:
-        # the host (12.4 mag, ~70 ke-, at the 12-bit ceiling) has 4.5 ppt point-to-point noise, so
-        # 90 frames fix the depth to ~4.5 % (1 sigma); the same noisy pixels reduced with the true
-        # calibration, true positions and no cosmic rays give -7.6 %. (2) the unflattened pixel
-        # response (0.5 % rms) that the drifting stars sample: on noiseless frames it alone moves
-        # the depth by -0.0 .. +4.6 % over six realisations of the pattern (std ~1.7 %), and more
-        # frames do not average it down. At 288 frames (50 s cadence) five nights gave +5.9, +0.8,
-        # +0.0, -4.6 and -4.6 % (mid-time 0.7-1.9 min). The photometry's own systematics on noiseless
-        # frames are held at 5 % below. Held at 10 % here.
-        assert depth == pytest.approx(true_depth, rel=0.10), (depth, true_depth)
+        # The preset as it is (seed 1, 360 frames): depth -3.3 %, mid-time +0.7 min. Within 5 % is a
+        # ~1.6-sigma test of one realisation, not a bias of the pipeline: six nights of the preset
+        # (seeds 1-6, 360 frames, measured 2026-12-04) gave -2.2, +3.0, +2.8, +5.9, -2.0 and -0.9 %
+        # (rms 3.2 %). Two parts: (1) photon noise: the host (12.4 mag, ~70 ke-, at the 12-bit
+        # ceiling) has 4.5 ppt point-to-point noise, ~2.3 % of the depth over 360 frames; (2) the
+        # unflattened pixel response (0.5 % rms) that the drifting stars sample: on noiseless frames
+        # it alone moves the depth by -0.0 .. +4.6 % over six realisations of the pattern (std
+        # ~1.7 %), and more frames do not average it down (no flats: nothing can remove it; the
+        # night-sky flat, calib.sky_flat, measured no better on these nights). The photometry's own
+        # systematics on noiseless frames are held at 5 % below.
+        assert depth == pytest.approx(true_depth, rel=0.05), (depth, true_depth)
         assert abs(t0 - truth.summary["transit"]["t0_bjd_tdb"]) * 1440.0 < 2.0
     finally:
         repo.close()
