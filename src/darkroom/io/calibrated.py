@@ -23,7 +23,14 @@ from darkroom.io.fitsheader import header_bytes, keep_room
 from darkroom.io.fitsplanes import read_planes
 from darkroom.maskbits import mask_header_cards
 
-__all__ = ["CalibratedImage", "read_calibrated", "write_calibrated"]
+__all__ = [
+    "CalibratedImage",
+    "EncodedImage",
+    "encode_calibrated",
+    "read_calibrated",
+    "write_calibrated",
+    "write_encoded",
+]
 
 _BLOCK = 2880  # FITS block [bytes]
 _CHUNK_BYTES = 1 << 18  # rows of a plane converted, hashed and written at a time
@@ -122,7 +129,7 @@ def _direct(hdu) -> bool:
     return hdu.data is None or hdu.data.dtype in _DIRECT
 
 
-def _hdu_chunks(hdus: fits.HDUList) -> Iterator[bytes | memoryview]:
+def _hdu_chunks(hdus: fits.HDUList, headers: tuple[bytes, ...]) -> Iterator[bytes | memoryview]:
     """The file's bytes, HDU by HDU, as astropy writes them: header blocks, then the data in
     big-endian order zero-padded to whole 2880-byte blocks (every HDU :func:`_direct`).
 
@@ -130,8 +137,8 @@ def _hdu_chunks(hdus: fits.HDUList) -> Iterator[bytes | memoryview]:
     written while in cache, no whole big-endian copy): each chunk must be consumed before
     the next is asked for.
     """
-    for hdu in hdus:
-        yield header_bytes(hdu.header)
+    for hdu, header in zip(hdus, headers, strict=True):
+        yield header
         data = hdu.data
         if data is None:
             continue
@@ -146,29 +153,63 @@ def _hdu_chunks(hdus: fits.HDUList) -> Iterator[bytes | memoryview]:
             yield bytes(pad)
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """A calibrated image ready to be written: astropy's HDUs, verified, and each HDU's header
+    bytes (None when an HDU needs astropy's own writer: checksums, integer scaling, other
+    pixel types).
+
+    Made by :func:`encode_calibrated` in the calling thread because astropy warns while it
+    formats cards ("Card is too long, comment will be truncated"), and Python's warning
+    filters and recorders are process-wide: a warning raised in a writer thread lands in
+    whatever ``catch_warnings`` another thread has open (a raw file's reader records every
+    warning to detect truncation). :func:`write_encoded` with header bytes emits none and
+    may run in another thread.
+    """
+
+    hdus: fits.HDUList
+    headers: tuple[bytes, ...] | None
+
+
+def encode_calibrated(image: CalibratedImage) -> EncodedImage:
+    """The HDUs of ``image`` verified as astropy's writer would, and their header bytes (long
+    header cards truncated quietly)."""
+    hdus = calibrated_hdus(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        hdus.verify("exception")  # what astropy's writeto checks first
+        if not all(_direct(h) for h in hdus):
+            return EncodedImage(hdus, None)
+        return EncodedImage(hdus, tuple(header_bytes(h.header) for h in hdus))
+
+
+def write_encoded(path: Path | str, encoded: EncodedImage) -> str:
+    """Write an encoded image atomically (temporary name, fsync, rename) and return the file's
+    SHA-256 (hex), computed from the bytes as they are written rather than by reading the file
+    back. With header bytes (the usual case) no warning is raised and any thread may call it;
+    otherwise astropy writes the file (warnings silenced here: call it from the thread that
+    encoded) and it is read back for its checksum."""
+    path = Path(path)
+    if encoded.headers is None:
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            encoded.hdus.writeto(tmp)
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for chunk in _hdu_chunks(encoded.hdus, encoded.headers):
+            digest.update(chunk)
+            fh.write(chunk)
+    return digest.hexdigest()
+
+
 def write_calibrated(path: Path | str, image: CalibratedImage) -> str:
     """Write a calibrated image atomically (temporary name, fsync, rename) and return the file's
-    SHA-256 (hex), computed from the bytes as they are written rather than by reading the file
-    back. Long header cards are truncated quietly.
+    SHA-256 (hex): :func:`encode_calibrated` then :func:`write_encoded`.
 
     The bytes are astropy's (the HDUs built and verified by astropy, their headers as astropy
     formats them, the planes converted to big-endian) written directly; HDUs whose cards astropy
     rewrites on the way out (checksums, integer scaling) or of other pixel types go through
     astropy's own writer and the file is read back for its checksum.
     """
-    path = Path(path)
-    hdus = calibrated_hdus(image)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdus.verify("exception")  # what astropy's writeto checks first
-    if not all(_direct(h) for h in hdus):
-        with warnings.catch_warnings(), atomic_path(path) as tmp:
-            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-            hdus.writeto(tmp)
-        return sha256_file(path)
-    digest = hashlib.sha256()
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        for chunk in _hdu_chunks(hdus):
-            digest.update(chunk)
-            fh.write(chunk)
-    return digest.hexdigest()
+    return write_encoded(path, encode_calibrated(image))

@@ -7,7 +7,7 @@ Wiring only: :func:`darkroom.calib.process.calibrate_frame` does the work;
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from darkroom.calib.process import adopt_calibrated, calibrate_frame, cut_master
 from darkroom.calib.settings import CalibSettings
 from darkroom.errors import BadInputError, MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
-from darkroom.io.calibrated import CalibratedImage, write_calibrated
+from darkroom.io.calibrated import CalibratedImage, encode_calibrated, write_encoded
 from darkroom.io.rawfits import read_raw
 from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline.calibration import (
@@ -128,19 +128,53 @@ class CalibrateStage(Stage):
         )
         return self._write(unit, p, result)
 
+    defers_writes = True
+
+    def begin_deferred_writes(self) -> None:
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
+
+    def end_deferred_writes(self) -> None:
+        writer, self._writer = getattr(self, "_writer", None), None
+        if writer is not None:
+            writer.shutdown(wait=True)
+
+    def settle(self, result: dict[str, Any]) -> dict[str, Any]:
+        sha256 = result["sha256"]
+        if isinstance(sha256, Future):
+            result = {**result, "sha256": sha256.result()}
+        return result
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_writer", None)  # a thread pool of the driver's, never shipped to workers
+        return state
+
     def _write(self, unit: Unit, p: dict[str, Any], result) -> dict[str, Any]:
         stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
         image = CalibratedImage(sci=result.sci, header=result.header, mask=result.mask, var=result.var)
-        # the file is written (and fsynced: ~40 ms of waiting for a 1k x 1k frame) while the
-        # figures below are computed
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write") as pool:
-            written = pool.submit(write_calibrated, path, image)
+        # the file is written (and fsynced: ~20-40 ms for a 1k x 1k frame) in a thread while the
+        # figures below are computed and, with deferred writes (the runner's own process), while
+        # the next frame is calibrated: the runner settles the SHA-256 before recording the unit.
+        # Encoded here: astropy warns while formatting cards, and warnings are process-wide.
+        encoded = encode_calibrated(image)
+        writer = getattr(self, "_writer", None)
+        pool = None
+        written: Future = Future()
+        if encoded.headers is None:  # astropy's own writer (it warns too): in this thread
+            written.set_result(write_encoded(path, encoded))
+        else:
+            pool = writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
+            written = pool.submit(write_encoded, path, encoded)
+        try:
             finite = np.isfinite(result.sci)
             median_adu = (
                 float(median(result.sci if finite.all() else result.sci[finite])) if finite.any() else None
             )
-            sha256 = written.result()
+            sha256: str | Future = written if writer is not None else written.result()
+        finally:
+            if pool is not None and writer is None:
+                pool.shutdown(wait=True)
         return {
             "path": self.relative(path),
             "sha256": sha256,

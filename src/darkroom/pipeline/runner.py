@@ -359,12 +359,38 @@ def run_stage(
     # for a serial run, a Dask run and a resumed run.
     finished: dict[str, tuple[Unit, Any, BaseException | None]] = {}
     n_recorded = 0
-    for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, claimed()), start=1):
-        finished[unit.key] = (unit, result, error)
+    # In the driver's own process a stage may leave a unit's file being written when run()
+    # returns; that unit is recorded (after settle: its file durable) once the next unit has
+    # run, so the write overlaps the next computation. A row still never exists without its
+    # file: a kill before the record leaves a file and a 'running' task, redone next time.
+    defer = stage.defers_writes and executor.name == "serial"
+    if defer:
+        stage.begin_deferred_writes()
+
+    def record(key: str) -> None:
+        unit, result, error = finished.pop(key)
+        if error is None:
+            try:
+                result = stage.settle(result)
+            except Exception as exc:  # the deferred write failed: so did the unit
+                result, error = None, exc
+        _record_one(registry, stage, unit, result, error, report)
+
+    try:
+        for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, claimed()), start=1):
+            finished[unit.key] = (unit, result, error)
+            # the newest unit handed out waits while its file is written (deferred writes)
+            ready = len(order) - 1 if defer else len(order)
+            while n_recorded < ready and order[n_recorded] in finished:
+                record(order[n_recorded])
+                n_recorded += 1
+            if progress:
+                progress(n_finished, n_total)
         while n_recorded < len(order) and order[n_recorded] in finished:
-            _record_one(registry, stage, *finished.pop(order[n_recorded]), report)
+            record(order[n_recorded])
             n_recorded += 1
-        if progress:
-            progress(n_finished, n_total)
+    finally:
+        if defer:
+            stage.end_deferred_writes()
     report.seconds = time.perf_counter() - t0
     return report

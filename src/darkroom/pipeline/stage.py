@@ -182,6 +182,27 @@ class Stage(ABC):
     def record(self, session: Session, unit: Unit, result: Any) -> None:
         """Write the unit's result into the registry (driver side)."""
 
+    #: whether :meth:`run` can leave its product file being written when it returns (see
+    #: :meth:`begin_deferred_writes`); only in the driver's own process, never on workers
+    defers_writes: ClassVar[bool] = False
+
+    def begin_deferred_writes(self) -> None:
+        """From now on :meth:`run` may return before its file is written and durable, with
+        :meth:`settle` to wait for it: the runner records a unit only after the next one has
+        run, so the write of one frame overlaps the computing of the next. Called by the
+        runner for stages with ``defers_writes`` run in its own process."""
+        return None
+
+    def end_deferred_writes(self) -> None:
+        """Wait for every write still going and stop deferring (the runner calls it at the end
+        of the stage, also when the stage is interrupted)."""
+        return None
+
+    def settle(self, result: Any) -> Any:
+        """The result of :meth:`run` with its product file written and durable (waits for a
+        deferred write; raises what the write raised). The identity by default."""
+        return result
+
     def quarantine(self, session: Session, unit: Unit, reason: str) -> None:
         """The unit failed because its input is bad: set the input aside (override).
 
