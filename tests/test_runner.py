@@ -219,3 +219,58 @@ def test_claims_are_exclusive_between_drivers(registry, tmp_path):
         for t in s.scalars(sa.select(Task)):
             t.worker = f"{runner_mod.socket.gethostname()}:999999"
     assert [u.key for u in runner_mod.claim_units(registry, stage, units)] == ["exp:1", "exp:2"]
+
+
+class DeferringStage(ToyStage):
+    """Writes in a thread and returns before the file is written (deferred writes); the write
+    of exposure 2 fails (a full disk). Records which files existed when each unit was recorded."""
+
+    name = "toy_deferring"
+    defers_writes = True
+
+    def begin_deferred_writes(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.seen_at_record: dict[str, bool] = {}
+        self.ran_at_record: dict[str, int] = {}
+        self.ran: list[str] = []
+
+    def end_deferred_writes(self):
+        self.pool.shutdown(wait=True)
+
+    def run(self, unit):
+        import time
+
+        self.ran.append(unit.key)
+        path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
+
+        def write():
+            time.sleep(0.05)
+            if unit.payload["value"] == 2:
+                raise OSError("No space left on device")
+            atomic_write_text(path, str(unit.payload["value"]))
+            return self.relative(path)
+
+        return {"key": unit.key, "path": self.pool.submit(write)}
+
+    def settle(self, result):
+        return {**result, "path": result["path"].result()}
+
+    def record(self, session, unit, result):
+        self.seen_at_record[unit.key] = (self.root / result["path"]).is_file()
+        self.ran_at_record[unit.key] = len(self.ran)
+        super().record(session, unit, result["path"])
+
+
+def test_deferred_writes_record_a_unit_after_its_file_and_a_failed_write_fails_it(registry, tmp_path):
+    stage = DeferringStage(tmp_path, ToyConfig())
+    report = run_stage(registry, stage)
+    assert (report.n_planned, report.n_done, report.n_failed) == (5, 4, 1)
+    assert dict(report.failures)["exp:2"] == "OSError: No space left on device"
+    assert all(stage.seen_at_record[f"exp:{i}"] for i in (1, 3, 4, 5))  # files there before their rows
+    # each unit recorded only after the next one ran (its write overlapped that run)
+    assert [stage.ran_at_record[f"exp:{i}"] for i in (1, 3, 4, 5)] == [2, 4, 5, 5]
+    with registry.session() as s:
+        states = dict(s.execute(sa.select(Task.key, Task.state).where(Task.stage == "toy_deferring")).all())
+    assert states == {"exp:1": "done", "exp:2": "failed", "exp:3": "done", "exp:4": "done", "exp:5": "done"}
