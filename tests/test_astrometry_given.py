@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
@@ -160,3 +161,42 @@ def test_a_solution_made_again_starts_from_the_same_wcs_as_the_first():
     assert again == first  # DATE-OBS / MJD-OBS / OBSGEO included (GIVENWCS alone lacks them)
     assert header_wcs(given).to_header(relax=True) != first
     assert header_as_given(sci, None) is sci
+
+
+def test_header_wcs_from_its_cards_equals_astropy_on_the_whole_header_of_every_real_set():
+    """header_wcs hands astropy only the WCS, size, time and place cards of a header (all of a
+    215-card header took 6-9 ms, the cards 1.6): on every FITS header with a celestial WCS in
+    ../shared/data (ARCSAT, SAAO with SIP, Feder, msumastro variants, SDSS: 70 headers) the WCS is
+    the same card for card and maps pixels to the sky the same to the last bit."""
+    from pathlib import Path
+
+    from darkroom.astrom.wcscards import header_wcs
+    from darkroom.testing import shared_data_dir
+
+    sets, n = set(), 0
+    grid = np.stack(np.meshgrid(np.linspace(0, 2000, 9), np.linspace(0, 2000, 9)), -1).reshape(-1, 2)
+    for f in sorted(Path(shared_data_dir()).rglob("*.fit*")):
+        try:
+            with fits.open(f) as hdul:
+                headers = [h.header for h in hdul]
+        except Exception:  # damaged files of the fuzz sets: not this test's subject
+            continue
+        for h in headers:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    whole = WCS(h, naxis=2)
+                except Exception:
+                    continue
+                if "CTYPE1" not in h or not whole.has_celestial:
+                    continue
+                got = header_wcs(h)
+                if got is None:  # refused as unusable (no finite pixel scale)
+                    continue
+                n += 1
+                sets.add(f.relative_to(shared_data_dir()).parts[0])
+                assert got.to_header(relax=True) == whole.celestial.to_header(relax=True), f
+                np.testing.assert_array_equal(
+                    got.all_pix2world(grid, 0), whole.celestial.all_pix2world(grid, 0), err_msg=str(f)
+                )
+    assert n >= 60 and len(sets) >= 5, (n, sets)

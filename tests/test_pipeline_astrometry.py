@@ -505,3 +505,33 @@ def test_stages_pickle_for_dask_workers(sim):
         assert again.provenance_id == stage.provenance_id and again.root == stage.root
     assert isinstance(_stages(repo)[2], AstrometryStage)
     repo.close()
+
+
+def test_a_frame_catalog_is_read_as_the_columns_the_solver_and_the_alignment_rank_by(tmp_path):
+    """The stage reads a frame's Parquet catalogue as the columns it uses, and those include
+    each configured flux column (the single-frame solver's and the alignment's may differ)."""
+    from darkroom.astrom.settings import SolveSettings
+    from darkroom.io.tables import write_parquet
+
+    rng = np.random.default_rng(2)
+    n = 30
+    cat = Table(
+        {
+            "x": rng.uniform(0, 500, n),
+            "y": rng.uniform(0, 400, n),
+            "flux_aper_adu": rng.uniform(1e3, 1e5, n),
+            "flux_win_adu": rng.uniform(1e3, 1e5, n),
+            "flux_auto_adu": rng.uniform(1e3, 1e5, n),
+            "sharp": rng.uniform(0, 1, n) > 0.9,
+            "r_half_pix": rng.uniform(1, 3, n),
+            "a_pix": rng.uniform(1, 3, n),
+        }
+    )
+    path = write_parquet(cat, tmp_path / "frame.parquet")
+    settings = SolveSettings.model_validate(
+        {"series": {"solve": {"flux_column": "flux_auto_adu"}, "align": {"flux_column": "flux_win_adu"}}}
+    )
+    got = AstrometryStage(tmp_path, settings)._read_sources(path)
+    assert set(got.colnames) == {"x", "y", "flux_auto_adu", "flux_win_adu", "sharp", "r_half_pix"}
+    for col in got.colnames:
+        np.testing.assert_array_equal(np.asarray(got[col]), np.asarray(cat[col]))

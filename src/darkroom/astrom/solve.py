@@ -103,6 +103,12 @@ class SolveResult:
         return header
 
 
+def source_columns(*flux_columns: str) -> tuple[str, ...]:
+    """The columns of a source table that :func:`source_positions` reads with these flux columns
+    (a caller reading a catalogue file need not read the others)."""
+    return tuple(dict.fromkeys(("x", "y", *flux_columns, "flux", "sharp", "r_half_pix", "fwhm_pix")))
+
+
 def source_positions(
     sources: Table, *, flux_column: str = "flux_aper_adu", exclude_sharp: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -638,7 +638,7 @@ def protect_stars(
             if inside.any():
                 n_cleared += int(inside.sum())
                 out[y0:y1, x0:x1][inside] = False
-    signal = data - sky
+    signal = extraction.work  # data - sky, as the sources were found on it
     sigma = fwhm * _GAUSS_SIGMA_PER_FWHM
     r = max(cfg.protect_radius_fwhm * fwhm, 2.5)
     half = math.ceil(r)

@@ -190,20 +190,21 @@ class AstrometryStage(Stage):
         return catalog
 
     def _read_sources(self, path: Path) -> Table:
-        """The columns of a frame's source catalog that the solver reads (positions, the
-        brightness ranking, the sharp flag and the sizes that say whether it applies); other
-        formats than the pipeline's Parquet whole. A Parquet catalog's YAML header (units,
-        descriptions, the extract stage's meta) is not parsed: 4.2 -> 0.8 ms a frame."""
+        """The columns of a frame's source catalog that the solver reads
+        (:func:`darkroom.astrom.solve.source_columns` with the solver's and the alignment's flux
+        columns); other formats than the pipeline's Parquet whole. A Parquet catalog's YAML
+        header (units, descriptions, the extract stage's meta) is not parsed: 4.2 -> 0.8 ms a frame."""
         from astropy.table import Table
 
+        from darkroom.astrom.solve import source_columns
         from darkroom.io.tables import read_parquet_columns
 
         if path.suffix != ".parquet":
             return read_table(path)
         cfg: SolveSettings = self.config
-        wanted = ("x", "y", cfg.series.solve.flux_column, "flux", "sharp", "r_half_pix", "fwhm_pix")
+        wanted = source_columns(cfg.series.solve.flux_column, cfg.series.align.flux_column)
         try:
-            _, cols = read_parquet_columns(path, tuple(dict.fromkeys(wanted)))
+            _, cols = read_parquet_columns(path, wanted)
         except Exception as exc:  # pyarrow raises several types for unreadable files
             raise BadInputError(f"cannot read catalog {path.name}: {exc}") from exc
         return Table(cols, copy=False)

@@ -131,50 +131,49 @@ class CalibrateStage(Stage):
     defers_writes = True
 
     def begin_deferred_writes(self) -> None:
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
+        self._deferring = True
 
     def end_deferred_writes(self) -> None:
+        self._deferring = False
         writer, self._writer = getattr(self, "_writer", None), None
         if writer is not None:
-            writer.shutdown(wait=True)
+            writer.shutdown(wait=True)  # every write still going ends here
 
     def settle(self, result: dict[str, Any]) -> dict[str, Any]:
         sha256 = result["sha256"]
-        if isinstance(sha256, Future):
-            result = {**result, "sha256": sha256.result()}
-        return result
+        return {**result, "sha256": sha256.result()} if isinstance(sha256, Future) else result
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_writer", None)  # a thread pool of the driver's, never shipped to workers
+        state.pop("_writer", None)  # the driver's thread: a worker makes its own
         return state
+
+    def _write_pool(self) -> ThreadPoolExecutor:
+        """The stage's one writer thread in this process (made on first use)."""
+        if getattr(self, "_writer", None) is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
+        return self._writer
 
     def _write(self, unit: Unit, p: dict[str, Any], result) -> dict[str, Any]:
         stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
         image = CalibratedImage(sci=result.sci, header=result.header, mask=result.mask, var=result.var)
-        # the file is written (and fsynced: ~20-40 ms for a 1k x 1k frame) in a thread while the
+        # The file is written (and fsynced: ~20-40 ms for a 1k x 1k frame) in a thread while the
         # figures below are computed and, with deferred writes (the runner's own process), while
         # the next frame is calibrated: the runner settles the SHA-256 before recording the unit.
         # Encoded here: astropy warns while formatting cards, and warnings are process-wide.
         encoded = encode_calibrated(image)
-        writer = getattr(self, "_writer", None)
-        pool = None
-        written: Future = Future()
+        sha256: str | Future
         if encoded.headers is None:  # astropy's own writer (it warns too): in this thread
-            written.set_result(write_encoded(path, encoded))
+            sha256 = write_encoded(path, encoded)
         else:
-            pool = writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
-            written = pool.submit(write_encoded, path, encoded)
-        try:
-            finite = np.isfinite(result.sci)
-            median_adu = (
-                float(median(result.sci if finite.all() else result.sci[finite])) if finite.any() else None
-            )
-            sha256: str | Future = written if writer is not None else written.result()
-        finally:
-            if pool is not None and writer is None:
-                pool.shutdown(wait=True)
+            sha256 = self._write_pool().submit(write_encoded, path, encoded)
+        finite = np.isfinite(result.sci)
+        median_adu = (
+            float(median(result.sci if finite.all() else result.sci[finite])) if finite.any() else None
+        )
+        if isinstance(sha256, Future) and not getattr(self, "_deferring", False):
+            sha256 = sha256.result()
         return {
             "path": self.relative(path),
             "sha256": sha256,
