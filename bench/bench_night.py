@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import max_rss_mb, print_table
 from darkroom import _threads  # noqa: F401
 from darkroom.facade import Repository
+from darkroom.pipeline.drive import frames_to_calibrate
 from darkroom.pipeline.executors import make_executor
 from darkroom.pipeline.ingest import ingest_paths
 from darkroom.pipeline.run import all_stages
@@ -78,8 +79,11 @@ def night(workers: int) -> tuple[dict[str, float], float]:
         ingest_paths(repo.registry, [data])
         seconds = {"ingest": time.perf_counter() - t0}
         executor = make_executor(workers=workers)
+        stages = all_stages(repo.root, repo.config)
+        if frames_to_calibrate(repo.registry, stages) >= 2:
+            executor.start()  # as `darkroom run` does: the workers start while the masters are made
         try:
-            for stage in all_stages(repo.root, repo.config):
+            for stage in stages:
                 report = run_stage(repo.registry, stage, executor)
                 seconds[stage.name] = report.seconds
                 if report.n_failed:
