@@ -274,3 +274,38 @@ def test_deferred_writes_record_a_unit_after_its_file_and_a_failed_write_fails_i
     with registry.session() as s:
         states = dict(s.execute(sa.select(Task.key, Task.state).where(Task.stage == "toy_deferring")).all())
     assert states == {"exp:1": "done", "exp:2": "failed", "exp:3": "done", "exp:4": "done", "exp:5": "done"}
+
+
+class SettledAtRecord(DeferringStage):
+    """The deferring stage as a Dask worker runs it: each record says whether its file existed."""
+
+    name = "toy_deferring_dask"
+
+    def record(self, session, unit, result):
+        assert isinstance(result["path"], str)  # settled on the worker: no Future crosses over
+        self.__dict__.setdefault("seen_at_record", {})[unit.key] = (self.root / result["path"]).is_file()
+        ToyStage.record(self, session, unit, result["path"])
+
+
+def test_a_worker_batch_overlaps_and_settles_deferred_writes_before_shipping(registry, tmp_path):
+    import sys
+
+    import cloudpickle
+
+    from darkroom.pipeline.executors import DaskExecutor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = SettledAtRecord(tmp_path, ToyConfig())
+    executor = DaskExecutor(n_workers=1, batch_size=5)
+    try:
+        report = run_stage(registry, stage, executor)
+    finally:
+        executor.close()
+    assert (report.n_planned, report.n_done, report.n_failed) == (5, 4, 1)
+    assert dict(report.failures)["exp:2"] == "OSError: No space left on device"
+    assert stage.seen_at_record == {f"exp:{i}": True for i in (1, 3, 4, 5)}
+    with registry.session() as s:
+        states = dict(
+            s.execute(sa.select(Task.key, Task.state).where(Task.stage == "toy_deferring_dask")).all()
+        )
+    assert states == {"exp:1": "done", "exp:2": "failed", "exp:3": "done", "exp:4": "done", "exp:5": "done"}

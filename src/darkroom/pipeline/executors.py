@@ -25,14 +25,35 @@ log = logging.getLogger(__name__)
 
 
 def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
-    """Run ``fn`` on each unit of a batch (on a worker); one unit's error does not stop the others."""
+    """Run ``fn`` on each unit of a batch (on a worker); one unit's error does not stop the others.
+
+    When ``fn`` is the ``run`` of a stage that may defer its writes (``Stage.defers_writes``), a
+    unit's file is written while the batch's next unit computes, as in a serial run; every
+    result is settled (its file durable) before the batch returns, since a worker's results
+    must be complete when they are shipped. A failed write fails its unit only.
+    """
+    stage = getattr(fn, "__self__", None)
+    defer = bool(getattr(stage, "defers_writes", False)) and len(units) > 1
     out: list[tuple[object, BaseException | None]] = []
-    for unit in units:
-        try:
-            out.append((fn(unit), None))
-        except Exception as exc:
-            log.debug("unit %s failed:\n%s", unit.key, traceback.format_exc())
-            out.append((None, exc))
+    if defer:
+        stage.begin_deferred_writes()
+    try:
+        for unit in units:
+            try:
+                out.append((fn(unit), None))
+            except Exception as exc:
+                log.debug("unit %s failed:\n%s", unit.key, traceback.format_exc())
+                out.append((None, exc))
+        if defer:
+            for i, (result, error) in enumerate(out):
+                if error is None:
+                    try:
+                        out[i] = (stage.settle(result), None)
+                    except Exception as exc:  # the deferred write failed: so did the unit
+                        out[i] = (None, exc)
+    finally:
+        if defer:
+            stage.end_deferred_writes()
     return out
 
 

@@ -369,7 +369,7 @@ def run_stage(
 
     def record(key: str) -> None:
         unit, result, error = finished.pop(key)
-        if error is None:
+        if error is None and defer:  # a worker's results come settled
             try:
                 result = stage.settle(result)
             except Exception as exc:  # the deferred write failed: so did the unit

@@ -183,14 +183,16 @@ class Stage(ABC):
         """Write the unit's result into the registry (driver side)."""
 
     #: whether :meth:`run` can leave its product file being written when it returns (see
-    #: :meth:`begin_deferred_writes`); only in the driver's own process, never on workers
+    #: :meth:`begin_deferred_writes`): in the driver's own process, and within a batch of units
+    #: on a Dask worker (settled there before the batch's results are shipped)
     defers_writes: ClassVar[bool] = False
 
     def begin_deferred_writes(self) -> None:
         """From now on :meth:`run` may return before its file is written and durable, with
         :meth:`settle` to wait for it: the runner records a unit only after the next one has
         run, so the write of one frame overlaps the computing of the next. Called by the
-        runner for stages with ``defers_writes`` run in its own process."""
+        runner for stages with ``defers_writes`` run in its own process, and by a Dask
+        worker around a batch (which settles every result before returning it)."""
         return None
 
     def end_deferred_writes(self) -> None:
