@@ -76,6 +76,39 @@ _WARM_MODULES = (
 )
 
 
+def _use_forkserver() -> bool:
+    """Start the local workers from a fork server that has imported :data:`_WARM_MODULES` once
+    (POSIX), instead of spawning each one to import them anew.
+
+    Measured on 2 cores: two spawned workers spend 2.8 s of CPU starting and importing, which on
+    a 2-core machine slows the masters the driver makes meanwhile (bench_night: masters 1.4 ->
+    2.3 s); from a fork server the imports are made once (1.4 s) and each worker forks in ~0.02 s.
+    The server is a fresh interpreter (not a fork of the driver and its threads), so it is as
+    safe as spawning. Only the list of modules it preloads is set here: Dask's own choice of
+    them (``distributed.utils.get_mp_context``) imports optional packages into the driver too.
+    """
+    import multiprocessing
+
+    if _dask_method_is_set() or "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    try:
+        import distributed.utils as dask_utils
+
+        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *_WARM_MODULES])
+        dask_utils._forkserver_preload_set = True  # keep this list (Dask would set its own)
+    except Exception:  # another Dask: its own preload list applies, the warm imports still run
+        log.debug("fork server preload not set", exc_info=True)
+    return True
+
+
+def _dask_method_is_set() -> bool:
+    """The user chose how Dask starts worker processes (DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD
+    or a Dask configuration file): that choice is kept."""
+    import dask
+
+    return dask.config.get("distributed.worker.multiprocessing-method", "spawn") != "spawn"
+
+
 def _warm_imports() -> int:
     """Import :data:`_WARM_MODULES` (on a worker); the number imported. Best effort: a module
     that fails to import here fails again, with its reason, in the unit that needs it."""
@@ -163,7 +196,10 @@ class DaskExecutor(Executor):
             # (> 32 MB, the dynamic threshold's ceiling) still go back to the system when freed.
             environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
             environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            settings = {"distributed.nanny.pre-spawn-environ": environ}
+            if _use_forkserver():
+                settings["distributed.worker.multiprocessing-method"] = "forkserver"
+            with dask.config.set(settings):
                 self.cluster = LocalCluster(
                     n_workers=self.n_workers,
                     threads_per_worker=1,
