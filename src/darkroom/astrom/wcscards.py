@@ -25,6 +25,7 @@ __all__ = [
     "given_wcs_header",
     "header_as_given",
     "header_wcs",
+    "header_wcs_as_given",
     "replace_wcs_cards",
     "transform_dict",
     "wcs_cards",
@@ -70,6 +71,20 @@ def header_wcs(header: fits.Header) -> WCS | None:
         return None
     scale = pixel_scale_arcsec(wcs)
     return wcs.celestial if np.isfinite(scale) and scale > 0 else None
+
+
+def header_wcs_as_given(sci: fits.Header, given: fits.Header | None) -> WCS | None:
+    """``header_wcs(header_as_given(sci, given))`` without copying ``sci``: the WCS read from
+    SCI's time, place and size cards and ``given``'s WCS cards (SCI's own WCS cards when
+    ``given`` is None). A 200-card header is copied and edited card by card in ~2 ms; only the
+    ~30 cards the WCS reads are gathered here."""
+    if given is None:
+        return header_wcs(sci)
+    cards = [
+        c for c in sci.cards if c.keyword and _WCS_READ_KEY.match(c.keyword) and not WCS_KEY.match(c.keyword)
+    ]
+    cards += [c for c in given.cards if c.keyword and WCS_KEY.match(c.keyword)]
+    return header_wcs(fits.Header(cards))
 
 
 def wcs_from_cards(cards: Mapping[str, Any] | None) -> WCS | None:

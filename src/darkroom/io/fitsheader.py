@@ -6,8 +6,10 @@ astropy, copy it, and write it all again (tens of ms and two 12 MB passes per
 new file is the old bytes with that header's blocks swapped: the data blocks are
 copied as bytes, never converted, and the result is byte-identical to what astropy
 would write for the same header. The file is replaced atomically (temporary name,
-fsync, rename) and its SHA-256 is computed from the bytes in memory, part by part as
-they are written (no joined copy of the file).
+fsync, rename), or its header blocks overwritten in place when the new header fits them,
+and its SHA-256 is computed part by part as the bytes are written (no joined copy of the
+file). Planning a rewrite reads the header blocks only; the old data are read by the
+writer (:class:`FileRange`), so a thread that writes and hashes also does that reading.
 
 The HDUs are placed by scanning each header for the cards that size its data
 (``BITPIX``, ``NAXISn``, ``PCOUNT``, ``GCOUNT``) and ``EXTNAME``; only the header asked
@@ -22,7 +24,7 @@ import hashlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +35,7 @@ from darkroom.errors import BadInputError
 from darkroom.io.atomic import atomic_write_bytes
 
 __all__ = [
+    "FileRange",
     "HduSpan",
     "HeaderRewrite",
     "header_bytes",
@@ -174,11 +177,6 @@ def _index(spans: list[HduSpan], extname: str | int) -> int | None:
     return None
 
 
-def _header_of(raw: bytes | memoryview, span: HduSpan) -> fits.Header:
-    """The header of one HDU, parsed as astropy's reader parses it."""
-    return fits.Header.fromstring(bytes(raw[span.header_start : span.data_start]).decode("ascii"))
-
-
 def read_headers(path: Path | str, names: Sequence[str | int]) -> dict[str | int, fits.Header]:
     """The headers of the extensions in ``names`` that the file has (as ``fits.open(path)[name].header``
     gives them), reading the header blocks only; the data are skipped. Raises ``OSError`` when the
@@ -226,13 +224,41 @@ def _astropy_layout(path: Path, extnames: tuple[str | int, ...]) -> tuple[int, i
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """Bytes ``start:stop`` of a file, read when a :class:`HeaderRewrite` is written (in the
+    writer's thread) rather than when it is planned: the data of a 1k x 1k calibrated image
+    (12 MB) are not read by the thread that edits its header."""
+
+    path: Path
+    start: int
+    stop: int
+
+    def chunks(self, size: int = 1 << 22) -> Iterator[bytes]:
+        """The bytes in pieces of at most ``size``; ``OSError`` when the file is shorter."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self.start)
+            left = self.stop - self.start
+            while left > 0:
+                piece = fh.read(min(size, left))
+                if not piece:
+                    raise OSError(f"{self.path.name} ended {left} bytes early")
+                left -= len(piece)
+                yield piece
+
+
+def _pieces(part: bytes | memoryview | FileRange) -> Iterator[bytes | memoryview]:
+    return part.chunks() if isinstance(part, FileRange) else iter((part,))
+
+
+@dataclass(frozen=True)
 class HeaderRewrite:
     """A file's new bytes, in parts (old bytes before and after the new header blocks), ready
     to be written by :meth:`write`; made by :func:`plan_header_rewrite`."""
 
     path: Path
-    #: (bytes before the header, the header blocks, the data after them, appended extensions)
-    parts: tuple[bytes | memoryview, ...]
+    #: (bytes before the header, the header blocks, the data after them, appended extensions);
+    #: old bytes of the file as :class:`FileRange`, read by :meth:`write`
+    parts: tuple[bytes | memoryview | FileRange, ...]
     #: where the header starts when it fits its old blocks (written in place), else None
     header_at: int | None = None
 
@@ -247,8 +273,12 @@ class HeaderRewrite:
         """
         digest = hashlib.sha256()
         if self.header_at is not None:
-            for part in self.parts:
-                digest.update(part)
+            try:
+                for part in self.parts:
+                    for piece in _pieces(part):
+                        digest.update(piece)
+            except OSError as exc:
+                raise BadInputError(f"cannot rewrite the header of {self.path.name}: {exc}") from exc
             try:
                 with open(self.path, "r+b") as fh:
                     if self.parts[3]:
@@ -264,8 +294,9 @@ class HeaderRewrite:
 
         def write(fh: BinaryIO) -> None:
             for part in self.parts:  # hashed while in cache, written without a joined copy
-                digest.update(part)
-                fh.write(part)
+                for piece in _pieces(part):
+                    digest.update(piece)
+                    fh.write(piece)
 
         atomic_write_bytes(self.path, write, durable=durable)
         return digest.hexdigest()
@@ -312,18 +343,20 @@ def plan_header_rewrite(
     path = Path(path)
     candidates = extname if isinstance(extname, tuple) else (extname,)
     try:
-        raw = memoryview(path.read_bytes())
-        spans = scan_hdus(raw)
-        if spans is not None:
-            found = [i for i in (_index(spans, n) for n in candidates) if i is not None]
-            if not found:
-                raise KeyError(f"Extension {candidates[0]!r} not found.")
-            index = found[0]
-            span = spans[index]
-            hdr_loc, dat_loc = span.header_start, span.data_start
-            header = _header_of(raw, span)
-            names = [s.name or ("PRIMARY" if i == 0 else "") for i, s in enumerate(spans)]
-        else:
+        # the header blocks only: the data are read by HeaderRewrite.write (FileRange)
+        with open(path, "rb") as fh:
+            file_size = fh.seek(0, 2)
+            spans = _scan(_reader(fh), file_size)
+            if spans is not None:
+                found = [i for i in (_index(spans, n) for n in candidates) if i is not None]
+                if not found:
+                    raise KeyError(f"Extension {candidates[0]!r} not found.")
+                span = spans[found[0]]
+                hdr_loc, dat_loc = span.header_start, span.data_start
+                fh.seek(hdr_loc)
+                header = fits.Header.fromstring(fh.read(dat_loc - hdr_loc).decode("ascii"))
+                names = [s.name or ("PRIMARY" if i == 0 else "") for i, s in enumerate(spans)]
+        if spans is None:
             hdr_loc, dat_loc, header, names = _astropy_layout(path, candidates)
     except (OSError, KeyError, ValueError, IndexError) as exc:
         raise BadInputError(f"cannot read the header of {path.name}: {exc}") from exc
@@ -337,6 +370,7 @@ def plan_header_rewrite(
     extensions = b"".join(_empty_extension(h) for h in extra)
     size = dat_loc - hdr_loc
     in_place = new_header if len(new_header) == size else _fill_to(new_header, size)
+    before, after = FileRange(path, 0, hdr_loc), FileRange(path, dat_loc, file_size)
     if in_place is not None:
-        return HeaderRewrite(path, (raw[:hdr_loc], in_place, raw[dat_loc:], extensions), header_at=hdr_loc)
-    return HeaderRewrite(path, (raw[:hdr_loc], new_header, raw[dat_loc:], extensions))
+        return HeaderRewrite(path, (before, in_place, after, extensions), header_at=hdr_loc)
+    return HeaderRewrite(path, (before, new_header, after, extensions))
