@@ -80,3 +80,27 @@ def test_a_loaded_or_local_table_is_left_to_astropy(tmp_path, fresh_iers):
     (tmp_path / "finals2000A.all").write_text("")  # astropy would read this file instead
     assert use_cached_earth_orientation(cache) is False
     assert iers.IERS_Auto.iers_table is None and not cache.exists()
+
+
+def test_a_shared_cache_serves_a_new_repository_and_a_torn_one_is_rewritten(tmp_path, fresh_iers):
+    import hashlib
+    import pickle
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    shared, first, second = tmp_path / "shared", tmp_path / "repo1", tmp_path / "repo2"
+    assert use_cached_earth_orientation([shared, first]) is False  # parsed once, kept in both
+    own = iers.IERS_Auto.iers_table
+    (kept,) = shared.iterdir()
+    good = digest(kept)
+    assert [digest(p) for p in first.iterdir()] == [good]
+    fresh_iers()
+    assert use_cached_earth_orientation([shared, second]) is True  # a new repository: not parsed
+    _same_table(iers.IERS_Auto.iers_table, own)
+    (copied,) = second.iterdir()
+    _same_table(pickle.loads(copied.read_bytes()), own)  # and the repository keeps a copy
+    kept.write_bytes(kept.read_bytes()[:100])  # the shared copy torn: the repository's serves
+    fresh_iers()
+    assert use_cached_earth_orientation([shared, second]) is True
+    _same_table(pickle.loads(kept.read_bytes()), own)  # and the shared copy is mended

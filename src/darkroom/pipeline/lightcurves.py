@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -150,8 +151,12 @@ class LightCurvesStage(Stage):
         cfg: LightCurveSettings = self.config
         p = unit.payload
         if p["targets"]:
-            # BJD_TDB and airmass need astropy's IERS table: parsed once per repository, not per run
-            use_cached_earth_orientation(self.product_path("cache", "iers"))
+            # BJD_TDB and airmass need astropy's IERS table: parsed once for all the user's
+            # repositories (the shared cache; the repository's own when that cannot be written)
+            shared = Path(cfg.earth_orientation_cache_dir).expanduser()
+            use_cached_earth_orientation(
+                [shared if shared.is_absolute() else self.root / shared, self.product_path("cache", "iers")]
+            )
         frames: Table = p["frames"]
         value, low = frame_transparency(
             p["measurements"],

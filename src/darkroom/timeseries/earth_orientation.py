@@ -5,8 +5,9 @@ astropy takes from ``astropy.utils.iers.IERS_Auto``: on its first use in a proce
 the bundled IERS-A (``finals2000A.all``) and IERS-B (``eopc04``) text files with the CDS
 reader, ~1 s of CPU for every ``darkroom run`` that reaches the light curves. The parsed
 table is the same every time for the same files, so :func:`use_cached_earth_orientation`
-keeps it as a pickle in a cache folder (the repository's ``catalogs/cache``) and hands it to
-astropy in later processes (~10 ms). Values are unchanged: the table is the one
+keeps it as a pickle in cache folders (one shared by the user's repositories,
+``~/.cache/darkroom/iers`` by default, and the repository's own) and hands it to astropy in
+later processes (~10 ms): a new repository does not parse it again. Values are unchanged: the table is the one
 ``IERS_Auto.read()`` makes (column bytes, units and meta round-trip exactly), and what astropy
 does with it afterwards (interpolation, its own download policy) is untouched.
 
@@ -24,6 +25,7 @@ import hashlib
 import logging
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 from darkroom.io.atomic import atomic_write_bytes
@@ -50,12 +52,13 @@ def _cache_name() -> str | None:
     return f"iers-auto-{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:16]}.pickle"
 
 
-def use_cached_earth_orientation(cache_dir: Path | str) -> bool:
-    """Give astropy its parsed IERS_Auto table from ``cache_dir`` (writing it there the first time).
+def use_cached_earth_orientation(cache_dirs: Path | str | Sequence[Path | str]) -> bool:
+    """Give astropy its parsed IERS_Auto table from the first of ``cache_dirs`` that holds it
+    (written to each of them that lacks it and can be written).
 
-    Returns True when the table came from the cache, False when it was parsed here (and
-    saved) or astropy's own loading applies (see the module docstring). The cache holds a
-    pickle: ``cache_dir`` must be a folder only the user writes (the repository's own).
+    Returns True when the table came from a cache, False when it was parsed here (and saved)
+    or astropy's own loading applies (see the module docstring). A cache holds a pickle: each
+    folder must be one only the user writes (their own cache folder, the repository's).
     """
     from astropy.utils import iers
 
@@ -65,20 +68,38 @@ def use_cached_earth_orientation(cache_dir: Path | str) -> bool:
         return False
     if name is None:
         return False
-    path = Path(cache_dir) / name
-    if path.is_file():
-        try:
-            table = pickle.loads(path.read_bytes())
-        except Exception as exc:  # a torn or foreign cache file is parsed again and rewritten below
-            log.debug("IERS cache %s unreadable (%s); parsing the bundled tables", path, exc)
-        else:
-            if type(table) is iers.IERS_Auto:
-                iers.IERS_Auto.iers_table = table
-                return True
-    # exactly what IERS_Auto.open() does on its first call
-    table = iers.IERS_Auto.read()
+    dirs = [cache_dirs] if isinstance(cache_dirs, str | Path) else list(cache_dirs)
+    paths = [Path(d) / name for d in dirs]
+    table, missing = None, []
+    for path in paths:
+        if table is None:
+            table = _load(path)
+            if table is None:  # none there, or a torn or foreign file: written below
+                missing.append(path)
+        elif not path.is_file():
+            missing.append(path)
+    from_cache = table is not None
+    if table is None:  # exactly what IERS_Auto.open() does on its first call
+        table = iers.IERS_Auto.read()
     iers.IERS_Auto.iers_table = table
-    with contextlib.suppress(OSError):  # a read-only repository still gets its light curves
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL), durable=False)
-    return False
+    if missing:
+        content = pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL)
+        for path in missing:
+            with contextlib.suppress(OSError):  # a read-only folder: the light curves still come
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, content, durable=False)
+    return from_cache
+
+
+def _load(path: Path):
+    """The IERS_Auto table pickled at ``path``, or None (no file, or a torn or foreign one)."""
+    from astropy.utils import iers
+
+    if not path.is_file():
+        return None
+    try:
+        table = pickle.loads(path.read_bytes())
+    except Exception as exc:  # parsed again and rewritten by the caller
+        log.debug("IERS cache %s unreadable (%s)", path, exc)
+        return None
+    return table if type(table) is iers.IERS_Auto else None

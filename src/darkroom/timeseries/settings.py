@@ -234,6 +234,12 @@ class LightCurveSettings(BaseModel):
         60.0, gt=0, description="a gap longer than this starts a new season [day]; None: one season"
     )
     bin_minutes: float = Field(10.0, gt=0, le=1440, description="bin width of the plotted curve [minute]")
+    earth_orientation_cache_dir: str = Field(
+        "~/.cache/darkroom/iers",
+        description="astropy's parsed IERS table, shared between repositories (relative: to the "
+        "repository; the repository's own cache is used too)",
+        json_schema_extra={"critical": False},
+    )
 
 
 class NameResolverConfig(BaseModel):
