@@ -309,3 +309,22 @@ def test_a_worker_batch_overlaps_and_settles_deferred_writes_before_shipping(reg
             s.execute(sa.select(Task.key, Task.state).where(Task.stage == "toy_deferring_dask")).all()
         )
     assert states == {"exp:1": "done", "exp:2": "failed", "exp:3": "done", "exp:4": "done", "exp:5": "done"}
+
+
+def test_local_workers_fork_from_a_server_that_loaded_the_stages_libraries():
+    """The local cluster's workers are forked from one fork server (not spawned by the driver,
+    each importing anew), and they start with the per-frame stages' libraries loaded."""
+    import os
+    import sys
+
+    from darkroom.pipeline.executors import DaskExecutor
+
+    executor = DaskExecutor(n_workers=2)
+    try:
+        parents = executor.client.run(os.getppid)
+        loaded = executor.client.run(lambda: "darkroom.detect.extract" in sys.modules)
+    finally:
+        executor.close()
+    assert len(parents) == 2 and len(set(parents.values())) == 1
+    assert os.getpid() not in parents.values()  # a spawned worker's parent is the driver
+    assert list(loaded.values()) == [True, True]
