@@ -137,6 +137,26 @@ def test_workers_start_only_for_a_stage_with_units_to_share(registry, tmp_path, 
         executor.close()
 
 
+class LightToyStage(ToyStage):
+    """A stage whose units are few and light: under 10 of them stay in the driver."""
+
+    name = "toy_light"
+    min_units_for_workers = 10
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_few_light_units_run_in_the_driver_even_with_workers(registry, tmp_path, db_url):
+    from darkroom.pipeline.executors import DaskExecutor
+
+    executor = DaskExecutor(n_workers=2)
+    try:
+        report = run_stage(registry, LightToyStage(tmp_path, ToyConfig(factor=5)), executor)
+        assert (report.n_planned, report.n_done, report.n_failed) == (5, 3, 2)  # 3 bad, 4 a bug
+        assert executor.cluster is None  # five units < 10: none was shipped, no cluster started
+    finally:
+        executor.close()
+
+
 def test_frames_to_calibrate_counts_light_frames_without_an_image(registry):
     from types import SimpleNamespace
 

@@ -65,6 +65,9 @@ class LightCurvesStage(Stage):
     reads = ("quality", "associate", "photometry")
     settings = ("photometry.lightcurves",)
     extra_inputs = ("targets",)
+    # a unit is one field's curves (~0.2 s for 80 frames once its libraries are loaded); a worker
+    # first loads astropy.coordinates and matplotlib (~0.5 s): up to 3 fields, the driver is faster
+    min_units_for_workers = 4
 
     @property
     def targets(self) -> tuple[TargetConfig, ...]:

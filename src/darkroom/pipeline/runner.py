@@ -337,8 +337,8 @@ def run_stage(
     if not retry_failed:
         units = [u for u in units if u.key not in failed_before]
     n_total = len(units)
-    if n_total < 2 and executor.name != "thread":
-        # one unit gains nothing from workers: run it here, without shipping it and its result
+    if n_total < max(stage.min_units_for_workers, 2) and executor.name != "thread":
+        # one unit (or a few light ones) gains nothing from workers: run here, nothing shipped
         executor = SerialExecutor()
     if progress:
         progress(0, n_total)

@@ -35,6 +35,10 @@ for the ordered list and how a new stage joins it):
     ``"default"`` runs on the executor ``darkroom run`` was given (serial or Dask);
     ``"thread"`` runs the stage's units on a thread pool with at most ``max_in_flight``
     units at once (network-bound work: downloads from a survey archive).
+``min_units_for_workers``
+    fewer units than this run in the driver even when workers were given: for a stage whose
+    units are few and light, shipping them costs more than it saves (a worker first imports
+    the stage's libraries, the driver mostly has them).
 """
 
 from __future__ import annotations
@@ -113,6 +117,7 @@ class Stage(ABC):
     extra_inputs: ClassVar[tuple[str, ...]] = ()
     executor: ClassVar[str] = "default"  # default | thread
     max_in_flight: ClassVar[int] = 4
+    min_units_for_workers: ClassVar[int] = 2
 
     def __init__(
         self,
