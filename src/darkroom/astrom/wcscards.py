@@ -25,7 +25,6 @@ __all__ = [
     "given_wcs_header",
     "header_as_given",
     "header_wcs",
-    "header_wcs_as_given",
     "replace_wcs_cards",
     "transform_dict",
     "wcs_cards",
@@ -71,20 +70,6 @@ def header_wcs(header: fits.Header) -> WCS | None:
         return None
     scale = pixel_scale_arcsec(wcs)
     return wcs.celestial if np.isfinite(scale) and scale > 0 else None
-
-
-def header_wcs_as_given(sci: fits.Header, given: fits.Header | None) -> WCS | None:
-    """``header_wcs(header_as_given(sci, given))`` without copying ``sci``: the WCS read from
-    SCI's time, place and size cards and ``given``'s WCS cards (SCI's own WCS cards when
-    ``given`` is None). A 200-card header is copied and edited card by card in ~2 ms; only the
-    ~30 cards the WCS reads are gathered here."""
-    if given is None:
-        return header_wcs(sci)
-    cards = [
-        c for c in sci.cards if c.keyword and _WCS_READ_KEY.match(c.keyword) and not WCS_KEY.match(c.keyword)
-    ]
-    cards += [c for c in given.cards if c.keyword and WCS_KEY.match(c.keyword)]
-    return header_wcs(fits.Header(cards))
 
 
 def wcs_from_cards(cards: Mapping[str, Any] | None) -> WCS | None:
@@ -139,9 +124,15 @@ def header_as_given(sci: fits.Header, given: fits.Header | None) -> fits.Header:
     """The header a frame came with: ``sci`` (a calibrated image's SCI header) with its WCS cards
     replaced by those of its ``GIVENWCS`` extension ``given`` (None: ``sci`` itself, no solution
     was written into it). The other cards the WCS reads (DATE-OBS, MJD-OBS, TIMESYS, OBSGEO-*)
-    stay SCI's, so a solution made again starts from the same WCS as the first one."""
+    stay SCI's, so a solution made again starts from the same WCS as the first one.
+
+    Built in one pass over the cards (given's WCS cards last), not as a copy of SCI edited card
+    by card: astropy's removals rescan the header (3.6 ms for a 200-card ARCSAT header with its
+    WCS read, 1.4 ms so)."""
     if given is None:
         return sci
-    start = sci.copy()
-    replace_wcs_cards(start, given, history=None)
-    return start
+    taken = {
+        c.keyword for c in given.cards if c.keyword and (WCS_KEY.match(c.keyword) or c.keyword == "ASTQUAL")
+    }
+    kept = [c for c in sci.cards if not (c.keyword and (WCS_KEY.match(c.keyword) or c.keyword in taken))]
+    return fits.Header(kept + [c for c in given.cards if c.keyword in taken])

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["jsonable", "raw_stem", "safe_file_name", "safe_name", "short_hash"]
+__all__ = ["jsonable", "raw_stem", "safe_file_name", "safe_name", "shared_folder", "short_hash"]
 
 
 def short_hash(text: str) -> str:
@@ -49,3 +49,10 @@ def safe_file_name(text: str) -> str:
 def safe_name(text: str) -> str:
     """A file-name-safe form of a target name (surrounding blanks dropped; ``target`` when empty)."""
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text.strip())[:80] or "target"
+
+
+def shared_folder(root: Path, setting: str | Path) -> Path:
+    """A folder setting shared between repositories (``~/.cache/darkroom/...``): ``~`` expanded; a
+    relative path is relative to the repository ``root``."""
+    path = Path(setting).expanduser()
+    return path if path.is_absolute() else Path(root) / path

@@ -211,7 +211,7 @@ class AstrometryStage(Stage):
 
     def _read_frame(self, f: dict[str, Any]) -> FrameSources:
         from darkroom.astrom import FrameSources, PointingHint
-        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, header_wcs_as_given
+        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, header_as_given, header_wcs
 
         cfg: SolveSettings = self.config
         try:
@@ -226,7 +226,8 @@ class AstrometryStage(Stage):
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
         shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
         # the WCS the frame came with, kept aside when a solution was written into SCI
-        wcs = header_wcs_as_given(header, headers.get(GIVEN_WCS_EXTNAME)) if cfg.use_header_wcs else None
+        given = header_as_given(header, headers.get(GIVEN_WCS_EXTNAME))
+        wcs = header_wcs(given) if cfg.use_header_wcs else None
         hint = None
         if f["ra_deg"] is not None and f["dec_deg"] is not None and f["pixel_scale_arcsec"]:
             hint = PointingHint(
@@ -360,7 +361,8 @@ class AstrometryStage(Stage):
         Every write is durable (fsynced), so it waits on the disk more than it works (a 1k x 1k
         image is rewritten in ~10 ms of CPU and ~40 ms of waiting): the new header is made here
         (astropy's header code, one thread, reading the header blocks only) and the files are
-        written by a few threads, which read the old data, hash, write and fsync. Each frame's files are its own; the bytes do not depend on the order.
+        written by a few threads, which read the old data, hash, write and fsync. Each frame's
+        files are its own; the bytes do not depend on the order.
         """
         from concurrent.futures import Future, ThreadPoolExecutor
 

@@ -17,7 +17,7 @@ import threading
 import traceback
 import uuid
 
-from darkroom.pipeline.runner import Executor, SerialExecutor
+from darkroom.pipeline.runner import Executor, SerialExecutor, settled
 
 __all__ = ["DaskExecutor", "make_executor"]
 
@@ -45,12 +45,7 @@ def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
                 log.debug("unit %s failed:\n%s", unit.key, traceback.format_exc())
                 out.append((None, exc))
         if defer:
-            for i, (result, error) in enumerate(out):
-                if error is None:
-                    try:
-                        out[i] = (stage.settle(result), None)
-                    except Exception as exc:  # the deferred write failed: so did the unit
-                        out[i] = (None, exc)
+            out = [settled(stage, result) if error is None else (result, error) for result, error in out]
     finally:
         if defer:
             stage.end_deferred_writes()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from darkroom.errors import BadInputError, SolveError
 from darkroom.phot.flags import DEFAULT_BAD_FLAGS, PhotFlag
-from darkroom.pipeline._products import safe_name, short_hash
+from darkroom.pipeline._products import safe_name, shared_folder, short_hash
 from darkroom.pipeline.objects import describe_nearest, find_rough_target, find_source
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.rows import bright_source_ids, field_measurements, frame_table, pool_source_ids
@@ -156,9 +155,11 @@ class LightCurvesStage(Stage):
         if p["targets"]:
             # BJD_TDB and airmass need astropy's IERS table: parsed once for all the user's
             # repositories (the shared cache; the repository's own when that cannot be written)
-            shared = Path(cfg.earth_orientation_cache_dir).expanduser()
             use_cached_earth_orientation(
-                [shared if shared.is_absolute() else self.root / shared, self.product_path("cache", "iers")]
+                [
+                    shared_folder(self.root, cfg.earth_orientation_cache_dir),
+                    self.product_path("cache", "iers"),
+                ]
             )
         frames: Table = p["frames"]
         value, low = frame_transparency(

@@ -39,11 +39,21 @@ __all__ = [
     "one_line",
     "record_provenance",
     "run_stage",
+    "settled",
     "wait_for_others",
     "worker_id",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def settled(stage: Stage, result: Any) -> tuple[Any, BaseException | None]:
+    """``stage.settle(result)`` as an outcome: the result with its deferred write done, or the
+    write's error (the unit then failed)."""
+    try:
+        return stage.settle(result), None
+    except Exception as exc:
+        return None, exc
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -370,10 +380,7 @@ def run_stage(
     def record(key: str) -> None:
         unit, result, error = finished.pop(key)
         if error is None and defer:  # a worker's results come settled
-            try:
-                result = stage.settle(result)
-            except Exception as exc:  # the deferred write failed: so did the unit
-                result, error = None, exc
+            result, error = settled(stage, result)
         _record_one(registry, stage, unit, result, error, report)
 
     try:

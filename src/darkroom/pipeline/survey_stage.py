@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from darkroom.pipeline._products import jsonable
+from darkroom.pipeline._products import jsonable, shared_folder
 from darkroom.pipeline.stage import Stage, Unit, declared_critical
 from darkroom.repo.models import Download, utcnow
 from darkroom.surveys.settings import SurveysConfig
@@ -37,8 +37,7 @@ __all__ = ["DownloadOutcome", "DownloadStage", "SurveyStage", "resolve_cache_dir
 
 def resolve_cache_dir(root: Path, config: SurveysConfig) -> Path:
     """The shared cache folder (``~`` expanded; a relative path is relative to the repository)."""
-    path = Path(config.cache_dir).expanduser()
-    return path if path.is_absolute() else Path(root) / path
+    return shared_folder(root, config.cache_dir)
 
 
 class SurveyStage(Stage):

@@ -7,8 +7,8 @@ reader, ~1 s of CPU for every ``darkroom run`` that reaches the light curves. Th
 table is the same every time for the same files, so :func:`use_cached_earth_orientation`
 keeps it as a pickle in cache folders (one shared by the user's repositories,
 ``~/.cache/darkroom/iers`` by default, and the repository's own) and hands it to astropy in
-later processes (~10 ms): a new repository does not parse it again. Values are unchanged: the table is the one
-``IERS_Auto.read()`` makes (column bytes, units and meta round-trip exactly), and what astropy
+later processes (~10 ms): a new repository does not parse it again. Values are unchanged:
+the table is the one ``IERS_Auto.read()`` makes (column bytes, units and meta round-trip exactly), and what astropy
 does with it afterwards (interpolation, its own download policy) is untouched.
 
 The cache is used only when astropy would read its bundled defaults: no table loaded in
