@@ -2,9 +2,10 @@
 
 astropy reads a plane with ``numpy.fromfile`` into a big-endian array, and the caller
 then makes a native copy: two passes and two allocations of every plane, 6-10 ms for
-the three planes of a 1k x 1k calibrated image. Here each header is scanned for the
-few cards that place and shape its data (``BITPIX``, ``NAXISn``, ``EXTNAME``), and the
-planes asked for are read into native arrays and byte-swapped in place.
+the three planes of a 1k x 1k calibrated image. Here the file is memory-mapped, each
+header is scanned for the few cards that place and shape its data (``BITPIX``,
+``NAXISn``, ``EXTNAME``), and each plane asked for is converted from the mapped bytes
+into a native array in one pass.
 
 Only the simple case is handled: an uncompressed file of IMAGE extensions with 2-D
 integer or float data and no scaling (``BZERO``, ``BSCALE``, ``BLANK``), i.e. what
@@ -14,6 +15,9 @@ the caller reads the file with astropy.
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,19 +32,17 @@ _TYPES = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 _UNHANDLED = frozenset({"BZERO", "BSCALE", "BLANK", "ZIMAGE", "THEAP"})
 
 
-def _header_blocks(fh) -> bytes | None:
-    """The raw header at the file position (whole blocks up to END); None at the end of file."""
-    blocks = []
-    while True:
-        block = fh.read(_BLOCK)
-        if not block:
-            return None if not blocks else b""
-        if len(block) < _BLOCK:
-            return b""  # truncated
-        blocks.append(block)
+def _header_end(buf, pos: int) -> int | None:
+    """Offset just past the header that starts at ``pos`` (whole blocks up to END); None when the
+    file ends first."""
+    end = pos
+    while end + _BLOCK <= len(buf):
+        block = buf[end : end + _BLOCK]
+        end += _BLOCK
         for i in range(0, _BLOCK, _CARD):
             if block[i : i + 8] == b"END     ":
-                return b"".join(blocks)
+                return end
+    return None
 
 
 def _cards(raw: bytes) -> dict[str, str]:
@@ -67,53 +69,67 @@ def read_planes(
     """``({EXTNAME: (ny, nx) native array}, header of extension header_of)`` of the planes in
     ``names`` that the file has (first extension of each name), or None when the file is not
     the simple kind this reader handles (see the module docstring)."""
-    planes: dict[str, np.ndarray] = {}
-    header = None
     with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return {}, None
         if fh.read(2) == b"\x1f\x8b":
             return None  # gzip
-        fh.seek(0)
-        first = True
-        while True:
-            raw = _header_blocks(fh)
-            if raw is None:
-                break
-            if not raw:
+        # mapped, each plane asked for is converted to native order in one pass into its array
+        # (read into the array and byte-swapped there was two passes over every plane)
+        try:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return None  # a file that cannot be mapped: astropy reads it
+    try:
+        return _read_mapped(mapped, names, header_of)
+    finally:
+        with contextlib.suppress(BufferError):  # an error left an array on the map: it closes with it
+            mapped.close()
+
+
+def _read_mapped(
+    buf: mmap.mmap, names: tuple[str, ...], header_of: str | None
+) -> tuple[dict[str, np.ndarray], fits.Header | None] | None:
+    planes: dict[str, np.ndarray] = {}
+    header = None
+    pos, first = 0, True
+    while pos < len(buf):
+        end = _header_end(buf, pos)
+        if end is None:
+            return None  # truncated
+        raw = buf[pos:end]
+        cards = _cards(raw)
+        if _UNHANDLED & cards.keys():
+            return None
+        if first:
+            if cards.get("SIMPLE") != "T":
                 return None
-            cards = _cards(raw)
-            if _UNHANDLED & cards.keys():
+        elif cards.get("XTENSION") != "IMAGE":
+            return None
+        first = False
+        try:
+            bitpix = int(cards["BITPIX"])
+            naxis = int(cards["NAXIS"])
+            shape = tuple(int(cards[f"NAXIS{k}"]) for k in range(naxis, 0, -1))
+            if int(cards.get("PCOUNT", "0")) != 0 or int(cards.get("GCOUNT", "1")) != 1:
                 return None
-            if first:
-                if cards.get("SIMPLE") != "T":
-                    return None
-            elif cards.get("XTENSION") != "IMAGE":
+        except (KeyError, ValueError):
+            return None
+        if bitpix not in _TYPES:
+            return None
+        n = int(np.prod(shape)) if naxis else 0
+        nbytes = n * abs(bitpix) // 8
+        name = cards.get("EXTNAME", "").upper()
+        if name in names and name not in planes:
+            if naxis != 2:
                 return None
-            first = False
-            try:
-                bitpix = int(cards["BITPIX"])
-                naxis = int(cards["NAXIS"])
-                shape = tuple(int(cards[f"NAXIS{k}"]) for k in range(naxis, 0, -1))
-                if int(cards.get("PCOUNT", "0")) != 0 or int(cards.get("GCOUNT", "1")) != 1:
-                    return None
-            except (KeyError, ValueError):
-                return None
-            if bitpix not in _TYPES:
-                return None
-            n = int(np.prod(shape)) if naxis else 0
-            nbytes = n * abs(bitpix) // 8
-            name = cards.get("EXTNAME", "").upper()
-            if name in names and name not in planes:
-                if naxis != 2:
-                    return None
-                data = np.empty(shape, dtype=np.dtype(_TYPES[bitpix]).newbyteorder("="))
-                if fh.readinto(memoryview(data).cast("B")) != nbytes:
-                    return None  # truncated
-                if np.little_endian and data.dtype.itemsize > 1:
-                    data.byteswap(inplace=True)  # FITS is big-endian
-                planes[name] = data
-                if name == header_of:
-                    header = fits.Header.fromstring(raw.decode("ascii"))
-                fh.seek(-nbytes % _BLOCK, 1)
-            else:
-                fh.seek(nbytes + (-nbytes % _BLOCK), 1)
+            if end + nbytes > len(buf):
+                return None  # truncated
+            stored = np.frombuffer(buf, dtype=">" + _TYPES[bitpix], count=n, offset=end)
+            planes[name] = stored.reshape(shape).astype(np.dtype(_TYPES[bitpix]).newbyteorder("="))
+            del stored  # the map closes once no array looks at it
+            if name == header_of:
+                header = fits.Header.fromstring(raw.decode("ascii"))
+        pos = end + nbytes + (-nbytes % _BLOCK)
     return planes, header
