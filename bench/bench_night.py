@@ -105,7 +105,7 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
     repo = Repository.init(folder / "repo", overrides=[XO1])
     seconds = {"repository init (not timed)": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    ingest_paths(repo.registry, [data])
+    ingest_paths(repo.registry, [data], workers=workers)  # as `darkroom run --ingest --workers` does
     seconds["ingest"] = time.perf_counter() - t0
     executor = make_executor(workers=workers)
     stages = all_stages(repo.root, repo.config)

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from astropy.io import fits
 
+from darkroom.pipeline import ingest as ingest_module
 from darkroom.pipeline.ingest import ingest_paths
 from darkroom.repo.models import Exposure
 from darkroom.repo.registry import Registry
@@ -68,6 +69,38 @@ def test_arcsat_night_counts_and_reingest_is_a_no_op(registry, arcsat_dir):
     again = ingest_paths(registry, [arcsat_dir])
     assert (again.n_new, again.n_known, len(again.quarantined)) == (0, 96, 0)
     assert [(r.id, r.sha256, r.path, r.ingested_utc) for r in _rows(registry)] == before
+
+
+def _crash_on_bias(job):
+    """An examining process that dies on the first bias frame (a reader crashing on a file)."""
+    import os
+
+    if "Bias" in job[0].name:
+        os._exit(3)
+    return ingest_module._examine_in_worker_real(job)
+
+
+def test_arcsat_night_read_in_two_processes_gives_the_same_rows(tmp_path, arcsat_dir, monkeypatch, caplog):
+    def rows_of(workers: int) -> list[tuple]:
+        reg = Registry(f"sqlite:///{tmp_path / f'w{workers}.db'}")
+        reg.upgrade()
+        summary = ingest_paths(reg, [arcsat_dir], workers=workers)
+        assert summary.n_new == 96 and summary.quarantined == []
+        with reg.session() as s:
+            rows = s.scalars(sa.select(Exposure).order_by(Exposure.id)).all()
+            out = [(r.id, r.sha256, r.path, r.frame_type, r.exptime_s, r.mjd_mid, r.meta) for r in rows]
+        reg.dispose()
+        return out
+
+    serial = rows_of(0)
+    assert rows_of(2) == serial  # same rows, same ids, same order
+    # a process that dies costs nothing: what it did not return is read in the driver
+    monkeypatch.setattr(ingest_module, "_examine_in_worker_real", ingest_module._examine_in_worker, raising=False)
+    monkeypatch.setattr(ingest_module, "_examine_in_worker", _crash_on_bias)
+    (tmp_path / "w3.db").unlink(missing_ok=True)
+    with caplog.at_level("WARNING", logger="darkroom.pipeline.ingest"):
+        assert rows_of(3) == serial
+    assert "an ingest process died" in caplog.text
 
 
 def test_mixed_folder(registry, tmp_path, arcsat_dir):

