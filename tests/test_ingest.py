@@ -95,7 +95,9 @@ def test_arcsat_night_read_in_two_processes_gives_the_same_rows(tmp_path, arcsat
     serial = rows_of(0)
     assert rows_of(2) == serial  # same rows, same ids, same order
     # a process that dies costs nothing: what it did not return is read in the driver
-    monkeypatch.setattr(ingest_module, "_examine_in_worker_real", ingest_module._examine_in_worker, raising=False)
+    monkeypatch.setattr(
+        ingest_module, "_examine_in_worker_real", ingest_module._examine_in_worker, raising=False
+    )
     monkeypatch.setattr(ingest_module, "_examine_in_worker", _crash_on_bias)
     (tmp_path / "w3.db").unlink(missing_ok=True)
     with caplog.at_level("WARNING", logger="darkroom.pipeline.ingest"):

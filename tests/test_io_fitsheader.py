@@ -209,7 +209,12 @@ def _solution(order: int) -> fits.Header:
 def test_card_images_rewrite_gives_astropys_bytes(
     tmp_path, room, history, astqual, comment_last, given_ext, order, n_drk, grows
 ):
-    from darkroom.astrom.wcscards import given_wcs_header, given_wcs_images, replace_wcs_cards, replace_wcs_images
+    from darkroom.astrom.wcscards import (
+        given_wcs_header,
+        given_wcs_images,
+        replace_wcs_cards,
+        replace_wcs_images,
+    )
     from darkroom.io.fitsheader import keep_room, plan_card_rewrite, plan_header_rewrite
 
     sci = fits.Header()

@@ -48,7 +48,13 @@ from darkroom.astrom.settings import SolveSettings
 from darkroom.catalogs import load_reference_catalog, read_table, resolve_catalog_source
 from darkroom.config import AstrometrySettings
 from darkroom.errors import BadInputError
-from darkroom.io.fitsheader import CardImages, HeaderRewrite, plan_card_rewrite, plan_header_rewrite, read_headers
+from darkroom.io.fitsheader import (
+    CardImages,
+    HeaderRewrite,
+    plan_card_rewrite,
+    plan_header_rewrite,
+    read_headers,
+)
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
 from darkroom.pipeline.products import ImageProducts, extracted_images
 from darkroom.pipeline.stage import Stage, Unit
