@@ -150,14 +150,24 @@ def _fill_values(
     centre = (dj == 0) & (di == 0)
     dj, di = dj[~centre], di[~centre]
     weight = 1.0 / (dj * dj + di * di)
+    # (offsets, pixels) flat indices of the neighbours: the pixel's index plus the offset's,
+    # except for the pixels within r of the border (their outside neighbours read pixel 0, unused)
+    todo = np.asarray(todo, dtype=np.intp)
+    flat = (dj * nx + di)[:, None] + todo[None, :]
     j, i = np.divmod(todo, nx)
-    # gathered pixel by pixel (a pixel's neighbours lie close in memory), summed offset by offset
-    jj = j[:, None] + dj[None, :]
-    ii = i[:, None] + di[None, :]
-    inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
-    flat = np.where(inside, jj * nx + ii, 0)
-    use = (inside & ~masked.ravel()[flat]).T
-    vals = [np.ascontiguousarray(im.ravel()[flat].T) for im in imgs]
+    edge = np.flatnonzero((j < r) | (j >= ny - r) | (i < r) | (i >= nx - r))
+    inside = None
+    if edge.size:
+        jj = dj[:, None] + j[edge][None, :]
+        ii = di[:, None] + i[edge][None, :]
+        inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
+        flat[:, edge] = np.where(inside, jj * nx + ii, 0)
+    use = masked.ravel().take(flat)
+    np.logical_not(use, out=use)
+    if inside is not None:
+        use[:, edge] &= inside
+    # gathered offset by offset ((offsets, pixels) arrays), summed offset by offset
+    vals = [im.ravel().take(flat) for im in imgs]
     if check_finite:
         for v in vals:
             use &= np.isfinite(v)
