@@ -6,8 +6,9 @@ pixel-integrated Gaussian stars (FWHM 3 px) on a sloped sky with Gaussian noise;
 
 ARCSAT table (``--night``, default on when ../shared/data is there): the extract stage per 1k x 1k
 calibrated frame of the XO-1b night (~25 stars; the night is ingested and calibrated first, not
-timed), step by step: read SCI + MASK, background, detection and measurements, image quality,
-catalogue written to Parquet, and the whole stage unit; median over ``--frames`` frames.
+timed), step by step: read SCI + MASK, the bad and saturated pixels of both steps (pixel_masks),
+background, detection and measurements, image quality, catalogue written to Parquet, and the whole
+stage unit; median over ``--frames`` frames.
 
 Rows (ratio = library time / darkroom time: above 1 darkroom is faster, below 1 it costs more):
   sep background        sep.Background + back() + rms(): the library darkroom's background is
@@ -48,7 +49,7 @@ import numpy as np
 from scipy.special import erf
 
 from darkroom.detect import BackgroundConfig, DetectConfig, detect_sources, estimate_background, extract_frame
-from darkroom.detect.background import bad_pixel_mask
+from darkroom.detect.background import pixel_masks
 from darkroom.detect.extract import _kernel
 from darkroom.detect.quality import measure_image_quality
 
@@ -304,14 +305,22 @@ def night_table(args: argparse.Namespace) -> list[dict]:
         for unit in units:
             path = repo.root / unit.payload["path"]
             image = step("read SCI+MASK", lambda path=path: read_calibrated(path, planes=("SCI", "MASK")))
+            masks = step(
+                "pixel masks",
+                lambda image=image: pixel_masks(
+                    image.sci, image.mask, cfg.background.mask_bits, cfg.detect.mask_bits
+                ),
+            )
             bkg = step(
                 "darkroom background",
-                lambda image=image: estimate_background(image.sci, mask=image.mask, config=cfg.background),
+                lambda image=image, masks=masks: estimate_background(
+                    image.sci, config=cfg.background, masks=masks
+                ),
             )
             cat = step(
                 "darkroom detect",
-                lambda image=image, bkg=bkg: detect_sources(
-                    image.sci, background=bkg, mask=image.mask, config=cfg.detect
+                lambda image=image, bkg=bkg, masks=masks: detect_sources(
+                    image.sci, background=bkg, config=cfg.detect, masks=masks
                 ),
             )
             n_src.append(len(cat))
@@ -320,7 +329,7 @@ def night_table(args: argparse.Namespace) -> list[dict]:
             )
             step("extract stage unit", lambda unit=unit: stage.run(unit))
             # the library alone on the same frame and mask
-            bad = bad_pixel_mask(image.sci, image.mask, cfg.background.mask_bits)
+            bad = masks.background
             arr = image.sci if bad is None else np.where(bad, np.float32(0), image.sci)
             t, _, (level, rms) = cpu(lambda arr=arr, bad=bad: _sep_background(arr, bad), peak=False)
             lib["sep background"].append(t)
@@ -333,6 +342,7 @@ def night_table(args: argparse.Namespace) -> list[dict]:
         lmed = {k: statistics.median(v) for k, v in lib.items()}
         for name in (
             "read SCI+MASK",
+            "pixel masks",
             "darkroom background",
             "darkroom detect",
             "image quality",

@@ -258,6 +258,38 @@ def test_mask_plane_background_and_saturation(star_field):
     assert q.fwhm_arcsec is None
 
 
+def test_pixel_masks_are_the_bad_pixel_masks_of_each_step(star_field):
+    from darkroom.detect.background import bad_pixel_mask, mask_bits_set, pixel_masks
+
+    image = star_field[0].copy()
+    image[5, 7] = np.nan
+    rng = np.random.default_rng(1)
+    mask = np.where(rng.random(image.shape) < 0.01, rng.integers(1, 64, image.shape), 0).astype(np.int32)
+    bg_bits, det_bits = int(MaskBit.BAD | MaskBit.SAT | MaskBit.EDGE), int(MaskBit.BAD | MaskBit.CR)
+    for m in (mask, mask.astype(">i4"), mask.astype(np.uint8)):
+        masks = pixel_masks(image, m, bg_bits, det_bits)
+        assert np.array_equal(masks.background, bad_pixel_mask(image, m, bg_bits))
+        assert np.array_equal(masks.detect, bad_pixel_mask(image, m, det_bits))
+        assert np.array_equal(masks.saturated, mask_bits_set(m, MaskBit.SAT))
+        assert not masks.finite
+    boolean = mask != 0
+    masks = pixel_masks(image, boolean, bg_bits, det_bits)
+    assert np.array_equal(masks.detect, boolean | ~np.isfinite(image))
+    assert masks.saturated is None
+    clean = star_field[0]
+    masks = pixel_masks(clean, np.zeros(clean.shape, np.int16), bg_bits, det_bits)
+    assert masks.background is None and masks.detect is None and masks.saturated is None and masks.finite
+    # extract_frame finds them once for both steps: the same catalogue as the steps called apart
+    mask[int(star_field[2][0]), int(star_field[1][0])] |= MaskBit.SAT
+    frame = extract_frame(image, mask=mask)
+    bkg = estimate_background(image, mask=mask)
+    cat = detect_sources(image, background=bkg, mask=mask)
+    assert np.array_equal(frame.background.level_adu, bkg.level_adu)
+    assert frame.catalog.meta == cat.meta
+    for name in cat.colnames:
+        assert np.array_equal(frame.catalog[name], cat[name], equal_nan=True), name
+
+
 def test_gaussian_kernel_is_normalised():
     k = gaussian_kernel(3.0)
     assert k.shape == (7, 7)

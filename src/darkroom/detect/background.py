@@ -14,15 +14,18 @@ import sep
 
 from darkroom.detect.settings import BackgroundConfig
 from darkroom.errors import BadInputError
+from darkroom.maskbits import MaskBit
 
 __all__ = [
     "Background",
     "BackgroundConfig",
+    "PixelMasks",
     "as_sep_array",
     "bad_pixel_mask",
     "estimate_background",
     "mask_bits_set",
     "native_mask",
+    "pixel_masks",
 ]
 
 
@@ -69,6 +72,73 @@ def mask_bits_set(mask: np.ndarray, bits: int) -> np.ndarray:
     return (mask.astype(np.int64) & bits) != 0
 
 
+def _bits_planes(mask: np.ndarray, bits: tuple[int, ...]) -> list[np.ndarray]:
+    """``mask_bits_set(mask, b)`` for each ``b``, the mask read once: the union of the bits is
+    tested on every pixel, each ``b`` only on the (few) pixels with one of them set."""
+    union = 0
+    for b in bits:
+        union |= int(b)
+    hit = mask_bits_set(mask, union)
+    if all(int(b) == union for b in bits):
+        return [hit] * len(bits)
+    idx = np.flatnonzero(hit)
+    values = mask.ravel()[idx]
+    planes = []
+    for b in bits:
+        if int(b) == union:
+            planes.append(hit)
+            continue
+        plane = np.zeros(mask.shape, dtype=bool)
+        plane.ravel()[idx[mask_bits_set(values, b)]] = True
+        planes.append(plane)
+    return planes
+
+
+@dataclass(frozen=True)
+class PixelMasks:
+    """The pixels a frame's extraction leaves out, found at once (:func:`pixel_masks`).
+
+    Boolean ``(ny, nx)`` arrays (True = bad), None where no pixel is.
+    """
+
+    background: np.ndarray | None  #: left out of the background: ``bad_pixel_mask`` with its bits
+    detect: np.ndarray | None  #: cannot be detected: ``bad_pixel_mask`` with the detection's bits
+    saturated: np.ndarray | None  #: SAT bit set (None as well for a boolean mask)
+    finite: bool  #: every pixel of the image is finite
+
+
+def pixel_masks(
+    data: np.ndarray, mask: np.ndarray | None, background_bits: int, detect_bits: int
+) -> PixelMasks:
+    """:func:`bad_pixel_mask` for the background's and the detection's bits and the SAT pixels
+    of an integer MASK plane, with one pass over the image and over the mask.
+
+    ``mask`` is as in :func:`bad_pixel_mask`.
+    """
+    data = np.asarray(data)
+    nonfinite = ~np.isfinite(data)
+    any_nonfinite = bool(nonfinite.any())
+    if mask is None:
+        bad = nonfinite if any_nonfinite else None
+        return PixelMasks(background=bad, detect=bad, saturated=None, finite=not any_nonfinite)
+    mask = np.asarray(mask)
+    if mask.shape != data.shape:
+        raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
+    if mask.dtype == bool:
+        planes = [mask, mask]
+        saturated = None
+    else:
+        mask = native_mask(mask)
+        *planes, saturated = _bits_planes(mask, (background_bits, detect_bits, int(MaskBit.SAT)))
+    out = []
+    for plane in planes:
+        bad = plane | nonfinite if any_nonfinite else plane
+        out.append(bad if bad.any() else None)
+    if saturated is not None and not saturated.any():
+        saturated = None
+    return PixelMasks(background=out[0], detect=out[1], saturated=saturated, finite=not any_nonfinite)
+
+
 def bad_pixel_mask(data: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray | None:
     """Boolean ``(ny, nx)`` array, True where a pixel must be ignored.
 
@@ -86,7 +156,11 @@ def bad_pixel_mask(data: np.ndarray, mask: np.ndarray | None, mask_bits: int) ->
 
 
 def estimate_background(
-    data: np.ndarray, *, mask: np.ndarray | None = None, config: BackgroundConfig | None = None
+    data: np.ndarray,
+    *,
+    mask: np.ndarray | None = None,
+    config: BackgroundConfig | None = None,
+    masks: PixelMasks | None = None,
 ) -> Background:
     """Background level and rms maps of an image (sep.Background, SExtractor's estimator).
 
@@ -99,6 +173,9 @@ def estimate_background(
         ``config.mask_bits`` set (or True) and non-finite pixels are ignored.
     config
         Mesh size and filter.
+    masks
+        The bad pixels already found (:func:`pixel_masks` with ``config.mask_bits``): ``mask``
+        is then not read.
 
     Returns
     -------
@@ -107,11 +184,14 @@ def estimate_background(
     """
     config = config or BackgroundConfig()
     arr = as_sep_array(data)
-    bad = bad_pixel_mask(arr, mask, config.mask_bits)
+    bad = bad_pixel_mask(arr, mask, config.mask_bits) if masks is None else masks.background
     if bad is not None:
         if bad.all():
             raise BadInputError("every pixel is masked or not finite: no background can be measured")
-        arr = np.where(bad, arr.dtype.type(0), arr)
+        # sep skips the masked pixels whatever their value; a non-finite one would still go
+        # through a float-to-integer cast (undefined), so those are zeroed
+        if not (np.isfinite(arr).all() if masks is None else masks.finite):
+            arr = np.where(bad, arr.dtype.type(0), arr)
     bkg = sep.Background(
         arr,
         mask=bad,

@@ -29,16 +29,14 @@ from scipy.spatial import cKDTree
 
 from darkroom.detect.background import (
     Background,
+    PixelMasks,
     as_sep_array,
-    bad_pixel_mask,
     estimate_background,
-    mask_bits_set,
-    native_mask,
+    pixel_masks,
 )
 from darkroom.detect.psf import fit_gaussian_stamps, measure_psf
 from darkroom.detect.settings import DetectConfig
 from darkroom.errors import BadInputError
-from darkroom.maskbits import MaskBit
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -347,6 +345,7 @@ def detect_sources(
     config: DetectConfig | None = None,
     saturation_adu: float | None = None,
     gain_e_per_adu: float | None = None,
+    masks: PixelMasks | None = None,
 ) -> Table:
     """Detect and measure sources in an image.
 
@@ -366,6 +365,9 @@ def detect_sources(
         Level [adu, background included] at which a pixel is saturated; None when unknown.
     gain_e_per_adu
         Gain [electron/adu]; adds the sources' Poisson noise to ``flux_aper_err_adu``.
+    masks
+        The bad and saturated pixels already found (:func:`~darkroom.detect.background.pixel_masks`
+        with ``config.mask_bits``): ``mask`` is then not read.
 
     Returns
     -------
@@ -376,13 +378,13 @@ def detect_sources(
     """
     config = config or DetectConfig()
     arr = as_sep_array(data)
-    if mask is not None:
-        mask = native_mask(mask)
     if background is None:
         background = estimate_background(arr, mask=mask)
     if background.shape != arr.shape:
         raise BadInputError(f"background shape {background.shape} differs from image shape {arr.shape}")
-    bad = bad_pixel_mask(arr, mask, config.mask_bits)
+    if masks is None:
+        masks = pixel_masks(arr, mask, config.mask_bits, config.mask_bits)
+    bad = masks.detect
     sub = arr - background.level_adu
     if bad is not None:
         sub[bad] = 0.0
@@ -394,11 +396,7 @@ def detect_sources(
         raise BadInputError(f"background rms is {background.global_rms_adu}: the image is flat or empty")
 
     # the segmentation map is only needed to find sources with SAT-flagged pixels
-    sat_pix = None
-    if mask is not None and mask.dtype != bool:
-        sat_pix = mask_bits_set(mask, MaskBit.SAT)
-        if not sat_pix.any():
-            sat_pix = None
+    sat_pix = masks.saturated
     with _pixstack(arr.size):
         try:
             extracted = sep.extract(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from astropy.table import Table
 
-from darkroom.detect.background import Background, BackgroundConfig, estimate_background, native_mask
+from darkroom.detect.background import Background, BackgroundConfig, estimate_background, pixel_masks
 from darkroom.detect.extract import DetectConfig, detect_sources
 from darkroom.detect.quality import ImageQuality, QualityConfig, measure_image_quality
 
@@ -40,16 +40,18 @@ def extract_frame(
     :func:`~darkroom.detect.estimate_background` and :func:`~darkroom.detect.detect_sources`
     for what each step does with it.
     """
-    if mask is not None:
-        mask = native_mask(mask)  # once for both steps
-    background = estimate_background(data, mask=mask, config=background_config)
+    background_config = background_config or BackgroundConfig()
+    detect_config = detect_config or DetectConfig()
+    # the bad and saturated pixels of both steps, with one pass over the image and the mask
+    masks = pixel_masks(data, mask, background_config.mask_bits, detect_config.mask_bits)
+    background = estimate_background(data, config=background_config, masks=masks)
     catalog = detect_sources(
         data,
         background=background,
-        mask=mask,
         config=detect_config,
         saturation_adu=saturation_adu,
         gain_e_per_adu=gain_e_per_adu,
+        masks=masks,
     )
     quality = measure_image_quality(
         catalog, background, pixel_scale_arcsec=pixel_scale_arcsec, config=quality_config
