@@ -19,6 +19,7 @@ out. The machine's load average is printed, since other work changes every figur
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -136,6 +137,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.one is not None:
         args.json.write_text(json.dumps(one_night(args.one, args.dir)))
+        gc.freeze()  # as the darkroom command ends (darkroom.cli.main): no last walk of every object
         return
     runs = []
     peer_wall = None
