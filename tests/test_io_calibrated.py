@@ -74,3 +74,36 @@ def test_no_temporary_file_is_left_and_the_input_is_untouched(tmp_path):
     np.testing.assert_array_equal(image.sci, before[0])
     np.testing.assert_array_equal(image.mask, before[1])
     assert image.sci.dtype.byteorder in ("=", "<")
+
+
+@pytest.mark.parametrize("n_blank", [0, 3, 72, 100])
+def test_room_for_a_wcs_is_astropys_whatever_blank_cards_end_the_header(tmp_path, n_blank):
+    """SCI's blank cards are added to its header bytes, the MASK/VAR/primary headers made once:
+    the file is still astropy's, whether the header already ends in blank cards or not, and
+    for planes of another shape or pixel type."""
+    rng = np.random.default_rng(6)
+    image = _image(rng)
+    for _ in range(n_blank):
+        image.header.append(fits.Card(), useblanks=False, bottom=True)
+    before = [(c.keyword, c.value, c.comment) for c in image.header.cards]
+    for k, plane_image in enumerate(
+        (
+            image,
+            CalibratedImage(sci=image.sci[:20], header=image.header, mask=image.mask[:20].astype(np.int16)),
+            CalibratedImage(sci=image.sci, header=image.header, var=image.var.astype(np.float64)),
+        )
+    ):
+        want = _astropy_bytes(plane_image, tmp_path / f"astropy{k}.fits")
+        write_calibrated(tmp_path / f"darkroom{k}.fits", plane_image)
+        assert (tmp_path / f"darkroom{k}.fits").read_bytes() == want
+    assert [
+        (c.keyword, c.value, c.comment) for c in image.header.cards
+    ] == before  # the caller's header is not changed
+
+
+def test_an_invalid_card_fails_as_astropys_writer_does(tmp_path):
+    image = _image(np.random.default_rng(7))
+    image.header.append(fits.Card.fromstring("BAD KEY = 'x'"))
+    with pytest.raises(fits.verify.VerifyError):
+        write_calibrated(tmp_path / "darkroom.fits", image)
+    assert not (tmp_path / "darkroom.fits").exists()

@@ -8,6 +8,7 @@ its header) and ``VAR`` (float32, adu^2, the variance of SCI). Shapes ``(ny, nx)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections.abc import Iterator
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 _BLOCK = 2880  # FITS block [bytes]
+_CARD = 80  # FITS card [bytes]
+_END = b"END" + b" " * 77
+_BLANK = b" " * _CARD
 _CHUNK_BYTES = 1 << 18  # rows of a plane converted, hashed and written at a time
 #: blank cards kept free in SCI's header: the astrometry stage writes its solution (a TAN-SIP
 #: WCS up to order 4 and its quality cards) in place instead of copying the whole file
@@ -87,24 +91,75 @@ def read_calibrated(
 
 def calibrated_hdus(image: CalibratedImage) -> fits.HDUList:
     """HDUs ``[primary, SCI, MASK, VAR]`` of a calibrated image (not written anywhere)."""
+    sci = _sci_hdu(image)
+    keep_room(sci.header, SCI_HEADER_ROOM)
+    hdus = [fits.PrimaryHDU(), sci]
+    if image.mask is not None:
+        hdus.append(fits.ImageHDU(image.mask, header=_mask_header()))
+    if image.var is not None:
+        hdus.append(fits.ImageHDU(image.var, header=_var_header()))
+    return fits.HDUList(hdus)
+
+
+def _sci_hdu(image: CalibratedImage) -> fits.ImageHDU:
+    """The SCI HDU with its EXTNAME (without the room :func:`keep_room` adds)."""
     # ImageHDU copies the header; EXTNAME set on its copy lands where it would on the caller's
     # (after the last non-commentary card, or in place), so the caller's header is copied once
     sci = fits.ImageHDU(image.sci, header=image.header)
     sci.header["EXTNAME"] = "SCI"
-    keep_room(sci.header, SCI_HEADER_ROOM)
-    hdus = [fits.PrimaryHDU(), sci]
-    if image.mask is not None:
-        mask_h = fits.Header()
-        mask_h["EXTNAME"] = "MASK"
-        for key, value, comment in mask_header_cards():
-            mask_h[key] = (value, comment)
-        hdus.append(fits.ImageHDU(image.mask, header=mask_h))
-    if image.var is not None:
-        var_h = fits.Header()
-        var_h["EXTNAME"] = "VAR"
-        var_h["BUNIT"] = ("adu2", "variance of SCI")
-        hdus.append(fits.ImageHDU(image.var, header=var_h))
-    return fits.HDUList(hdus)
+    return sci
+
+
+def _mask_header() -> fits.Header:
+    mask_h = fits.Header()
+    mask_h["EXTNAME"] = "MASK"
+    for key, value, comment in mask_header_cards():
+        mask_h[key] = (value, comment)
+    return mask_h
+
+
+def _var_header() -> fits.Header:
+    var_h = fits.Header()
+    var_h["EXTNAME"] = "VAR"
+    var_h["BUNIT"] = ("adu2", "variance of SCI")
+    return var_h
+
+
+@functools.lru_cache(maxsize=32)
+def _fixed_header_bytes(kind: str, shape: tuple[int, ...], dtype: np.dtype) -> bytes | None:
+    """The header blocks of the primary HDU (``kind`` 'PRIMARY') or of a MASK or VAR plane of
+    ``shape`` and ``dtype``, as astropy builds, verifies and formats them: the same for every
+    frame, so made once. None when astropy would not write that HDU as it is (:func:`_direct`)."""
+    if kind == "PRIMARY":
+        hdu = fits.PrimaryHDU()
+    else:
+        header = _mask_header() if kind == "MASK" else _var_header()
+        hdu = fits.ImageHDU(np.empty(shape, dtype=dtype), header=header)  # never written
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        hdus = fits.HDUList([fits.PrimaryHDU(), hdu] if kind != "PRIMARY" else [hdu])
+        hdus.verify("exception")
+        return header_bytes(hdu.header) if _direct(hdu) else None
+
+
+def _blank_cards_to_add(header: fits.Header, n_cards: int) -> int:
+    """How many blank cards :func:`keep_room` appends to ``header`` for ``n_cards`` of room."""
+    trailing = 0
+    for card in reversed(header.cards):
+        if trailing >= n_cards or not card.is_blank:
+            break
+        trailing += 1
+    return max(0, n_cards - trailing)
+
+
+def _with_blank_cards(header_raw: bytes, n_add: int) -> bytes:
+    """Header blocks (ending in END) with ``n_add`` blank cards before END: the bytes of the
+    header with that many blank cards appended."""
+    end = len(header_raw) - _CARD
+    while header_raw[end : end + _CARD] != _END:  # the blank padding after END
+        end -= _CARD
+    cards = header_raw[:end] + _BLANK * n_add + _END
+    return cards + b" " * (-len(cards) % _BLOCK)
 
 
 #: pixel types written directly (FITS BITPIX for each); others go through astropy's writer
@@ -129,17 +184,19 @@ def _direct(hdu) -> bool:
     return hdu.data is None or hdu.data.dtype in _DIRECT
 
 
-def _hdu_chunks(hdus: fits.HDUList, headers: tuple[bytes, ...]) -> Iterator[bytes | memoryview]:
-    """The file's bytes, HDU by HDU, as astropy writes them: header blocks, then the data in
-    big-endian order zero-padded to whole 2880-byte blocks (every HDU :func:`_direct`).
+def _hdu_chunks(
+    planes: tuple[np.ndarray | None, ...], headers: tuple[bytes, ...]
+) -> Iterator[bytes | memoryview]:
+    """The file's bytes, HDU by HDU, as astropy writes them: header blocks, then the data
+    (``planes``, None for none) in big-endian order zero-padded to whole 2880-byte blocks
+    (every HDU :func:`_direct`).
 
     A plane goes out in blocks of rows converted into one small reused buffer (hashed and
     written while in cache, no whole big-endian copy): each chunk must be consumed before
     the next is asked for.
     """
-    for hdu, header in zip(hdus, headers, strict=True):
+    for data, header in zip(planes, headers, strict=True):
         yield header
-        data = hdu.data
         if data is None:
             continue
         rows = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(1, -1)
@@ -155,9 +212,9 @@ def _hdu_chunks(hdus: fits.HDUList, headers: tuple[bytes, ...]) -> Iterator[byte
 
 @dataclass(frozen=True)
 class EncodedImage:
-    """A calibrated image ready to be written: astropy's HDUs, verified, and each HDU's header
-    bytes (None when an HDU needs astropy's own writer: checksums, integer scaling, other
-    pixel types).
+    """A calibrated image ready to be written: each HDU's header bytes and data (``planes``,
+    None for the primary HDU), or, when an HDU needs astropy's own writer (checksums, integer
+    scaling, other pixel types), astropy's HDUs, verified (``headers`` None).
 
     Made by :func:`encode_calibrated` in the calling thread because astropy warns while it
     formats cards ("Card is too long, comment will be truncated"), and Python's warning
@@ -167,20 +224,38 @@ class EncodedImage:
     may run in another thread.
     """
 
-    hdus: fits.HDUList
+    hdus: fits.HDUList | None
     headers: tuple[bytes, ...] | None
+    planes: tuple[np.ndarray | None, ...] = ()
 
 
 def encode_calibrated(image: CalibratedImage) -> EncodedImage:
     """The HDUs of ``image`` verified as astropy's writer would, and their header bytes (long
-    header cards truncated quietly)."""
-    hdus = calibrated_hdus(image)
+    header cards truncated quietly).
+
+    Only SCI's header changes from frame to frame: the primary, MASK and VAR headers are
+    astropy's for that shape and pixel type, made once (:func:`_fixed_header_bytes`), and
+    the room after SCI's cards is added to its bytes (:func:`_with_blank_cards`) rather than
+    as 72 cards to the header."""
+    fixed = [_fixed_header_bytes("PRIMARY", (), np.dtype(np.float32))]
+    planes: list[np.ndarray | None] = [None, image.sci]
+    for kind, plane in (("MASK", image.mask), ("VAR", image.var)):
+        if plane is not None:
+            fixed.append(_fixed_header_bytes(kind, plane.shape, plane.dtype))
+            planes.append(plane)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        hdus.verify("exception")  # what astropy's writeto checks first
-        if not all(_direct(h) for h in hdus):
+        sci = _sci_hdu(image)
+        # what astropy's writeto checks first (the fixed HDUs were checked when made)
+        fits.HDUList([fits.PrimaryHDU(), sci]).verify("exception")
+        if any(h is None for h in fixed) or not _direct(sci):
+            hdus = calibrated_hdus(image)
+            hdus.verify("exception")
             return EncodedImage(hdus, None)
-        return EncodedImage(hdus, tuple(header_bytes(h.header) for h in hdus))
+        room = _blank_cards_to_add(sci.header, SCI_HEADER_ROOM)
+        sci_bytes = _with_blank_cards(header_bytes(sci.header), room)
+    headers = (fixed[0], sci_bytes, *fixed[1:])
+    return EncodedImage(None, headers, tuple(planes))
 
 
 def write_encoded(path: Path | str, encoded: EncodedImage) -> str:
@@ -191,13 +266,14 @@ def write_encoded(path: Path | str, encoded: EncodedImage) -> str:
     encoded) and it is read back for its checksum."""
     path = Path(path)
     if encoded.headers is None:
+        assert encoded.hdus is not None
         with warnings.catch_warnings(), atomic_path(path) as tmp:
             warnings.simplefilter("ignore", fits.verify.VerifyWarning)
             encoded.hdus.writeto(tmp)
         return sha256_file(path)
     digest = hashlib.sha256()
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        for chunk in _hdu_chunks(encoded.hdus, encoded.headers):
+        for chunk in _hdu_chunks(encoded.planes, encoded.headers):
             digest.update(chunk)
             fh.write(chunk)
     return digest.hexdigest()
