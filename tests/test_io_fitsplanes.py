@@ -50,6 +50,13 @@ def test_planes_and_header_are_astropys(tmp_path, mask_dtype):
         np.testing.assert_array_equal(planes[name], want[name])
     assert header == want_header
     assert header["FILTER"] == "z'"
+    mapped, none = read_planes(path, ("SCI", "MASK", "VAR"), mapped=True)
+    assert none is None
+    for name in ("SCI", "MASK", "VAR"):  # views of the file, big-endian as stored
+        assert not mapped[name].flags.writeable
+        assert mapped[name].dtype == want[name].dtype.newbyteorder(">")
+        np.testing.assert_array_equal(mapped[name], want[name])
+    del mapped
     back = read_calibrated(path, planes=("SCI", "VAR"))
     assert back.mask is None
     np.testing.assert_array_equal(back.var, image.var)

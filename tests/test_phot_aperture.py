@@ -369,3 +369,34 @@ def test_annulus_statistics_match_a_brute_force_crowded_field():
         assert t["n_bkg_pix"][i] <= vals.size
         assert t["bkg"][i] == pytest.approx(med, abs=1e-4), i
         assert t["bkg_rms"][i] == pytest.approx(std, rel=1e-4), i
+
+
+@pytest.mark.parametrize("case", ["plain", "nan_in_reach", "no_usable_annulus"])
+def test_big_endian_planes_of_a_large_frame_give_the_native_answer(case):
+    """Big-endian planes (views of a mapped FITS file) with few sources: only the pixels around
+    them are converted; the table is the one of native planes to the last bit, sources at the
+    edges and the whole-frame fallbacks (a NaN in reach, no usable annulus) included."""
+    rng = np.random.default_rng(11)
+    shape = (640, 720)
+    x = np.array([0.2, 719.4, 350.6, 122.5, 600.0, 351.0])
+    y = np.array([320.4, 639.3, 0.0, 200.7, 45.2, 8.0])
+    sci = (200.0 + rng.normal(0.0, 8.0, shape)).astype(np.float32)
+    sci = add_gaussian_stars(sci, x, y, np.full(x.size, 3e4), fwhm_pix=3.0).astype(np.float32)
+    var = (sci / 2.0 + 30.0).astype(np.float32)
+    mask = np.zeros(shape, np.int32)
+    mask[rng.integers(0, shape[0], 800), rng.integers(0, shape[1], 800)] = MaskBit.CR
+    sci[5, 5] = np.nan  # out of reach: the frame's spread ignores it
+    if case == "nan_in_reach":
+        sci[202, 121] = np.nan
+    if case == "no_usable_annulus":
+        mask[:] |= MaskBit.BAD
+    cfg = ApertureConfig(radii_fwhm=(1.0, 1.5, 2.0), annulus_in_fwhm=4.0, annulus_out_fwhm=6.0)
+    native = aperture_photometry(sci, mask, var, x, y, fwhm_pix=3.0, config=cfg)
+    big = aperture_photometry(
+        sci.astype(">f4"), mask.astype(">i4"), var.astype(">f4"), x, y, fwhm_pix=3.0, config=cfg
+    )
+    assert native.colnames == big.colnames
+    for name in native.colnames:
+        assert native[name].tobytes() == big[name].tobytes(), name
+    if case == "no_usable_annulus":
+        assert np.all(native["flags"] & PhotFlag.BKG_POOR)

@@ -64,11 +64,16 @@ def _cards(raw: bytes) -> dict[str, str]:
 
 
 def read_planes(
-    path: Path | str, names: tuple[str, ...], *, header_of: str | None = None
+    path: Path | str, names: tuple[str, ...], *, header_of: str | None = None, mapped: bool = False
 ) -> tuple[dict[str, np.ndarray], fits.Header | None] | None:
     """``({EXTNAME: (ny, nx) native array}, header of extension header_of)`` of the planes in
     ``names`` that the file has (first extension of each name), or None when the file is not
-    the simple kind this reader handles (see the module docstring)."""
+    the simple kind this reader handles (see the module docstring).
+
+    With ``mapped`` the planes are read-only big-endian views of the file memory-mapped
+    (nothing converted or read yet; the map closes when the last view goes), for a
+    caller that needs a few parts of each plane (the photometry: the pixels around its
+    sources) and converts those itself."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
@@ -78,18 +83,20 @@ def read_planes(
         # mapped, each plane asked for is converted to native order in one pass into its array
         # (read into the array and byte-swapped there was two passes over every plane)
         try:
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
             return None  # a file that cannot be mapped: astropy reads it
+    if mapped:
+        return _read_mapped(buf, names, header_of, convert=False)
     try:
-        return _read_mapped(mapped, names, header_of)
+        return _read_mapped(buf, names, header_of)
     finally:
         with contextlib.suppress(BufferError):  # an error left an array on the map: it closes with it
-            mapped.close()
+            buf.close()
 
 
 def _read_mapped(
-    buf: mmap.mmap, names: tuple[str, ...], header_of: str | None
+    buf: mmap.mmap, names: tuple[str, ...], header_of: str | None, *, convert: bool = True
 ) -> tuple[dict[str, np.ndarray], fits.Header | None] | None:
     planes: dict[str, np.ndarray] = {}
     header = None
@@ -126,9 +133,12 @@ def _read_mapped(
                 return None
             if end + nbytes > len(buf):
                 return None  # truncated
-            stored = np.frombuffer(buf, dtype=">" + _TYPES[bitpix], count=n, offset=end)
-            planes[name] = stored.reshape(shape).astype(np.dtype(_TYPES[bitpix]).newbyteorder("="))
-            del stored  # the map closes once no array looks at it
+            stored = np.frombuffer(buf, dtype=">" + _TYPES[bitpix], count=n, offset=end).reshape(shape)
+            if convert:
+                planes[name] = stored.astype(np.dtype(_TYPES[bitpix]).newbyteorder("="))
+                del stored  # the map closes once no array looks at it
+            else:
+                planes[name] = stored
             if name == header_of:
                 header = fits.Header.fromstring(raw.decode("ascii"))
         pos = end + nbytes + (-nbytes % _BLOCK)

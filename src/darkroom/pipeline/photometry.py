@@ -52,6 +52,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from darkroom.io.calibrated import read_calibrated
+from darkroom.io.fitsplanes import read_planes
 from darkroom.io.tables import read_parquet_columns, read_parquet_meta, write_parquet
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem
@@ -160,6 +161,22 @@ class PhotometryStage(Stage):
         )
         return x, y, on, wcs
 
+    def _planes(self, path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """SCI, MASK (None without one) and VAR (None without one) of the calibrated image. For
+        aperture photometry, views of the file memory-mapped: the photometry converts the
+        pixels around its sources only (~1 ms instead of ~3 ms for three 1k x 1k planes);
+        other files, and PSF photometry, through :func:`~darkroom.io.calibrated.read_calibrated`."""
+        if self.config.method == "aperture":
+            try:
+                found = read_planes(path, ("SCI", "MASK", "VAR"), mapped=True)
+            except (OSError, ValueError):
+                found = None  # read_calibrated gives the reason
+            if found is not None and "SCI" in found[0]:
+                planes = found[0]
+                return planes["SCI"], planes.get("MASK"), planes.get("VAR")
+        image = read_calibrated(path, header=False)  # the WCS comes from the astrometry's row
+        return image.sci, image.mask, image.var
+
     def run(self, unit: Unit) -> dict[str, Any]:
         from darkroom.phot import aperture_photometry, pixel_to_sky
         from darkroom.phot.blend import blend_flags
@@ -169,8 +186,7 @@ class PhotometryStage(Stage):
         cfg: MeasureSettings = self.config
         p = unit.payload
         path = self.root / p["path"]
-        image = read_calibrated(path, header=False)  # the WCS comes from the astrometry's row
-        sci, mask, var = image.sci, image.mask, image.var
+        sci, mask, var = self._planes(path)
         fwhm = p.get("fwhm_pix")
         if not (fwhm and np.isfinite(fwhm) and fwhm > 0):
             fwhm = cfg.default_fwhm_pix
