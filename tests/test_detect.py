@@ -279,6 +279,14 @@ def test_pixel_masks_are_the_bad_pixel_masks_of_each_step(star_field):
     clean = star_field[0]
     masks = pixel_masks(clean, np.zeros(clean.shape, np.int16), bg_bits, det_bits)
     assert masks.background is None and masks.detect is None and masks.saturated is None and masks.finite
+    # infinities of both signs; finite pixels whose sum overflows
+    signed = clean.astype(np.float32)
+    signed[0, 0], signed[1, 1] = np.inf, -np.inf
+    masks = pixel_masks(signed, None, bg_bits, det_bits)
+    assert not masks.finite and np.array_equal(masks.detect, ~np.isfinite(signed))
+    huge = np.full((8, 8), 3e38, dtype=np.float32)
+    masks = pixel_masks(huge, np.zeros(huge.shape, np.int32), bg_bits, det_bits)
+    assert masks.finite and masks.background is None
     # extract_frame finds them once for both steps: the same catalogue as the steps called apart
     mask[int(star_field[2][0]), int(star_field[1][0])] |= MaskBit.SAT
     frame = extract_frame(image, mask=mask)

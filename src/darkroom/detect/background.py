@@ -67,29 +67,36 @@ def mask_bits_set(mask: np.ndarray, bits: int) -> np.ndarray:
     """Boolean array, True where the integer ``mask`` has any of ``bits`` set."""
     mask = native_mask(mask)
     bits = int(bits)
+    out = np.empty(mask.shape, dtype=bool)
     if mask.dtype.kind in "iu" and 0 <= bits <= np.iinfo(mask.dtype).max:
-        return (mask & mask.dtype.type(bits)) != 0
-    return (mask.astype(np.int64) & bits) != 0
+        # the integer AND cast to bool as it is written: no integer temporary the size of the mask
+        return np.bitwise_and(mask, mask.dtype.type(bits), out=out, casting="unsafe")
+    return np.not_equal(mask.astype(np.int64) & bits, 0, out=out)
 
 
-def _bits_planes(mask: np.ndarray, bits: tuple[int, ...]) -> list[np.ndarray]:
-    """``mask_bits_set(mask, b)`` for each ``b``, the mask read once: the union of the bits is
-    tested on every pixel, each ``b`` only on the (few) pixels with one of them set."""
+def _bits_planes(mask: np.ndarray, bits: tuple[int, ...]) -> list[np.ndarray | None]:
+    """``mask_bits_set(mask, b)`` for each ``b`` (None where no pixel has ``b``), the mask read
+    once: the union of the bits is tested on every pixel, each ``b`` only on the (few) pixels
+    with one of them set."""
     union = 0
     for b in bits:
         union |= int(b)
     hit = mask_bits_set(mask, union)
-    if all(int(b) == union for b in bits):
-        return [hit] * len(bits)
     idx = np.flatnonzero(hit)
+    if not len(idx):
+        return [None] * len(bits)
     values = mask.ravel()[idx]
-    planes = []
+    planes: list[np.ndarray | None] = []
     for b in bits:
         if int(b) == union:
             planes.append(hit)
             continue
+        where = idx[mask_bits_set(values, b)]
+        if not len(where):
+            planes.append(None)
+            continue
         plane = np.zeros(mask.shape, dtype=bool)
-        plane.ravel()[idx[mask_bits_set(values, b)]] = True
+        plane.ravel()[where] = True
         planes.append(plane)
     return planes
 
@@ -116,26 +123,26 @@ def pixel_masks(
     ``mask`` is as in :func:`bad_pixel_mask`.
     """
     data = np.asarray(data)
-    nonfinite = ~np.isfinite(data)
-    any_nonfinite = bool(nonfinite.any())
+    # a sum is finite only when every term is (a finite sum proves it without a boolean image)
+    with np.errstate(all="ignore"):  # inf - inf, or an overflow (then the pixels are tested)
+        any_nonfinite = not (np.isfinite(data.sum()) or np.isfinite(data).all())
+    nonfinite = ~np.isfinite(data) if any_nonfinite else None
     if mask is None:
-        bad = nonfinite if any_nonfinite else None
-        return PixelMasks(background=bad, detect=bad, saturated=None, finite=not any_nonfinite)
+        return PixelMasks(background=nonfinite, detect=nonfinite, saturated=None, finite=not any_nonfinite)
     mask = np.asarray(mask)
     if mask.shape != data.shape:
         raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
     if mask.dtype == bool:
-        planes = [mask, mask]
+        planes: list[np.ndarray | None] = [mask, mask]
         saturated = None
     else:
         mask = native_mask(mask)
         *planes, saturated = _bits_planes(mask, (background_bits, detect_bits, int(MaskBit.SAT)))
     out = []
     for plane in planes:
-        bad = plane | nonfinite if any_nonfinite else plane
-        out.append(bad if bad.any() else None)
-    if saturated is not None and not saturated.any():
-        saturated = None
+        if nonfinite is not None:
+            plane = nonfinite if plane is None else plane | nonfinite
+        out.append(plane if plane is not None and plane.any() else None)
     return PixelMasks(background=out[0], detect=out[1], saturated=saturated, finite=not any_nonfinite)
 
 
