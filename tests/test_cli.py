@@ -67,3 +67,13 @@ def test_inspect_shows_bracketed_values_verbatim(data_dir):
     res = runner.invoke(app, ["inspect", str(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits")])
     assert res.exit_code == 0, res.output
     assert "[4:13,1:520]" in res.output and "[17:528,1:520]" in res.output
+
+
+def test_ingest_with_workers_reads_the_night_in_processes(tmp_path, arcsat_dir):
+    repo = tmp_path / "repo"
+    assert runner.invoke(app, ["init", str(repo)]).exit_code == 0
+    res = runner.invoke(app, ["ingest", str(repo), str(arcsat_dir), "--workers", "2", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "96 FITS files seen: 96 registered, 0 quarantined" in res.output
+    res = runner.invoke(app, ["status", str(repo)])
+    assert "bias=5" in res.output and "light=81" in res.output, res.output
