@@ -332,18 +332,23 @@ class _SparseLACosmic:
         np.minimum.at(self._vmin, (j // _BLOCK, i // _BLOCK), self.var_in.ravel()[changed])
         return self._floor_from_blocks()
 
-    def _threshold_rows(self, floor: np.ndarray, r0: int, r1: int) -> np.ndarray:
-        thr_b = _F32(2.0 * self.cfg.sigclip) * np.sqrt(np.maximum(floor, _F32(1e-5))) * _SAFETY
-        rows = thr_b[np.arange(r0, r1) // _BLOCK]
-        return np.repeat(rows, _BLOCK, axis=1)[:, : self.nx]
+    def _block_thresholds(self, floor: np.ndarray) -> np.ndarray:
+        """The candidate threshold of each pixel block: 2 sigclip sqrt(floor), less the margin."""
+        return _F32(2.0 * self.cfg.sigclip) * np.sqrt(np.maximum(floor, _F32(1e-5))) * _SAFETY
 
     def _candidates_full(self) -> np.ndarray:
         """Flat indices of the pixels whose L+ upper bound exceeds 2 sigclip times the noise floor."""
         floor = self._block_noise_floor()
+        thr_b = self._block_thresholds(floor)
         out = []
-        chunk = 128
+        chunk = 16 * _BLOCK  # rows at a time (whole blocks)
         ny, nx = self.ny, self.nx
+        nbx = thr_b.shape[1]
         c = np.zeros((chunk + 2, nx + 2), dtype=_F32)  # one row/column of zeros around (Laplacian padding)
+        # the chunk's work arrays, reused: no page of new memory per chunk
+        ub_buf = np.empty((chunk, nx), dtype=_F32)
+        t_buf = np.empty((chunk, nx), dtype=_F32)
+        hit_buf = np.empty((chunk, nx), dtype=bool)
         for r0 in range(0, ny, chunk):
             r1 = min(ny, r0 + chunk)
             k = r1 - r0
@@ -352,12 +357,23 @@ class _SparseLACosmic:
             c[k + 1, 1:-1] = self.clean_in[r1] if r1 < ny else 0
             cc = c[: k + 2]
             v = cc[1:-1, 1:-1]
-            th = np.minimum(cc[1:-1, :-2], cc[1:-1, 2:])
-            tv = np.minimum(cc[:-2, 1:-1], cc[2:, 1:-1])
-            ub = v + v
-            ub -= th
-            ub -= tv
-            hit = ub > self._threshold_rows(floor, r0, r1)
+            # ub = ((v + v) - min(left, right)) - min(down, up), in float32 as before
+            ub, t, hit = ub_buf[:k], t_buf[:k], hit_buf[:k]
+            np.add(v, v, out=ub)
+            np.minimum(cc[1:-1, :-2], cc[1:-1, 2:], out=t)
+            ub -= t
+            np.minimum(cc[:-2, 1:-1], cc[2:, 1:-1], out=t)
+            ub -= t
+            b0 = r0 // _BLOCK
+            if k % _BLOCK == 0 and nx % _BLOCK == 0:  # each block's threshold broadcast over its pixels
+                np.greater(
+                    ub.reshape(k // _BLOCK, _BLOCK, nbx, _BLOCK),
+                    thr_b[b0 : b0 + k // _BLOCK, None, :, None],
+                    out=hit.reshape(k // _BLOCK, _BLOCK, nbx, _BLOCK),
+                )
+            else:
+                rows = thr_b[np.arange(r0, r1) // _BLOCK]
+                np.greater(ub, np.repeat(rows, _BLOCK, axis=1)[:, :nx], out=hit)
             out.append(np.flatnonzero(hit) + r0 * self.nx)  # hit is rows r0..r1 of the frame
         idx = np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
         return self._filter_candidates(idx, floor)

@@ -119,10 +119,23 @@ def neighbour_fill(
 def window_touches(flags: np.ndarray, pixels: np.ndarray, half: int) -> np.ndarray:
     """For each flat pixel index of ``pixels``: is any of ``flags`` within ``half`` pixels
     (Chebyshev, the pixel itself included)? Indices clipped at the border land on pixels
-    inside the window anyway."""
+    inside the window anyway.
+
+    With fewer flags than pixels (a few cosmic rays against thousands of bad pixels) the
+    flags' windows are marked and the pixels looked up, instead of gathering every pixel's
+    window: the same answer."""
     ny, nx = flags.shape
     d = np.arange(-half, half + 1)
-    j, i = np.divmod(np.asarray(pixels, dtype=np.intp), nx)
+    pixels = np.asarray(pixels, dtype=np.intp)
+    found = np.flatnonzero(flags)
+    if found.size < pixels.size:
+        fj, fi = np.divmod(found, nx)
+        near = np.zeros(ny * nx, dtype=bool)
+        rows = np.clip(fj[:, None] + d, 0, ny - 1)[:, :, None]
+        cols = np.clip(fi[:, None] + d, 0, nx - 1)[:, None, :]
+        near[rows * nx + cols] = True
+        return near[pixels]
+    j, i = np.divmod(pixels, nx)
     rows = np.clip(j[:, None] + d, 0, ny - 1)[:, :, None]
     cols = np.clip(i[:, None] + d, 0, nx - 1)[:, None, :]
     return flags[rows, cols].any(axis=(1, 2))

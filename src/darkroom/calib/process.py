@@ -456,14 +456,19 @@ def calibrate_frame(
     if cfg.do_cosmic_rays:
         # detect on an image whose bad pixels are already filled, so that cosmic rays next to a bad
         # column are found; the final interpolation below uses only good, unflagged pixels
-        det = sci
+        # (filled in place for the detection and put back after it: no copy of the frame)
+        kept = None
         if n_bad:
             first = neighbour_fill(
                 [sci, var], unusable, np.flatnonzero(unusable), radius_pix=_FILL_RADIUS, check_finite=False
             )
-            det = sci.copy()
-            det.ravel()[first.targets] = first.values[0].astype(_F32)
-        cr = _cosmic_rays(det, var, nodata, gain, rn_e, cfg, history, cards, saturated=prep.saturated)
+            kept = sci.ravel()[first.targets]
+            sci.ravel()[first.targets] = first.values[0].astype(_F32)
+        try:
+            cr = _cosmic_rays(sci, var, nodata, gain, rn_e, cfg, history, cards, saturated=prep.saturated)
+        finally:
+            if kept is not None:
+                sci.ravel()[first.targets] = kept
         n_cr = int(np.count_nonzero(cr))
         np.bitwise_or(mask, MASK_DTYPE(MaskBit.CR), out=mask, where=cr)
         if cfg.do_interpolate_cosmic_rays and n_cr:
@@ -611,7 +616,8 @@ def _cosmic_rays(
     cr_cfg = cfg.cosmic_rays
     stars = noise = extraction = None
     if cfg.star_guard.enabled:
-        noise = np.sqrt(np.clip(v, 1e-12, None))
+        noise = np.maximum(v, _F32(1e-12))  # np.clip(v, 1e-12, None), one array for both steps
+        np.sqrt(noise, out=noise)
         # one set of sep sources for finding the stars and for guarding them
         extraction = StarExtraction(work - sky, noise, ignore if any_ignore else None, cfg.star_guard)
         stars = find_stars(
