@@ -356,8 +356,11 @@ class FileRange:
     start: int
     stop: int
 
-    def chunks(self, size: int = 1 << 22) -> Iterator[bytes]:
-        """The bytes in pieces of at most ``size``; ``OSError`` when the file is shorter."""
+    def chunks(self, size: int = 1 << 18) -> Iterator[bytes]:
+        """The bytes in pieces of at most ``size``; ``OSError`` when the file is shorter.
+
+        Pieces of 256 kB are hashed while in the CPU's cache: a 1k x 1k calibrated image's
+        12 MB read and hashed in 4 MB pieces took 20 ms, in 256 kB pieces 11 ms."""
         with open(self.path, "rb") as fh:
             fh.seek(self.start)
             left = self.stop - self.start
