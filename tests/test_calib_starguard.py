@@ -197,3 +197,43 @@ def test_a_frame_full_of_stars_is_extracted_once_for_finding_and_guarding(monkey
     assert first is second and len(first) == len(whole) >= 70
     np.testing.assert_array_equal(np.sort(first["x"]), np.sort(whole["x"]))
     assert ext.around(np.zeros((ny, nx), bool)) is None
+
+
+def test_an_extraction_from_the_variance_is_the_one_from_its_sigma(monkeypatch) -> None:
+    """Given the variance, the sigma is computed only in the boxes extracted (and its median
+    from the variance's middle values): the sources, the noise floor and the stars found are
+    those of the extraction given the whole sigma plane."""
+    from darkroom.calib import starguard
+    from darkroom.calib.starguard import StarExtraction, StarGuardConfig, find_stars, noise_from_variance
+    from darkroom.robust import median
+
+    monkeypatch.setattr(starguard, "_BOX_COST_PIX", 0)  # boxes, not the whole frame
+    rng = np.random.default_rng(11)
+    ny, nx = 300, 400
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    sigma = 2.5 / 2.3548
+    data = np.zeros((ny, nx))
+    for _ in range(12):
+        x, y, flux = rng.uniform(10, nx - 10), rng.uniform(10, ny - 10), rng.uniform(3e3, 3e4)
+        data += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    var = (100.0 + data).astype(np.float32)
+    err = noise_from_variance(var)
+    work = (data + err * rng.standard_normal((ny, nx))).astype(np.float32)
+    cfg = StarGuardConfig()
+    given = StarExtraction(work, err, None, cfg)
+    lazy = StarExtraction(work, None, None, cfg, variance=var)
+    assert lazy.noise_median() == median(err)
+    seeds = work > 20 * median(err)
+    np.testing.assert_array_equal(lazy.around(seeds), given.around(seeds))
+    assert lazy._err is None  # boxes only: the sigma plane was never made
+    sky = np.zeros_like(work)
+    for a, b in zip(
+        find_stars(work, sky, err, config=cfg, extraction=StarExtraction(work, err, None, cfg)),
+        find_stars(
+            work, sky, lazy.noise, config=cfg, extraction=StarExtraction(work, None, None, cfg, variance=var)
+        ),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(lazy.noise[5:9, 7:12], err[5:9, 7:12])
+    np.testing.assert_array_equal(lazy.err, err)

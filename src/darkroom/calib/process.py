@@ -616,10 +616,12 @@ def _cosmic_rays(
     cr_cfg = cfg.cosmic_rays
     stars = noise = extraction = None
     if cfg.star_guard.enabled:
-        noise = np.maximum(v, _F32(1e-12))  # np.clip(v, 1e-12, None), one array for both steps
-        np.sqrt(noise, out=noise)
-        # one set of sep sources for finding the stars and for guarding them
-        extraction = StarExtraction(work - sky, noise, ignore if any_ignore else None, cfg.star_guard)
+        # one set of sep sources for finding the stars and for guarding them; the noise (the
+        # square root of VAR) is computed only where they look (boxes around the stars)
+        extraction = StarExtraction(
+            work - sky, None, ignore if any_ignore else None, cfg.star_guard, variance=v
+        )
+        noise = extraction.noise
         stars = find_stars(
             work,
             sky,

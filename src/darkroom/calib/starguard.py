@@ -168,7 +168,7 @@ def _merged(boxes: list[list[int]]) -> list[list[int]]:
 def _extract_around(
     seeds: np.ndarray,
     work: np.ndarray,
-    err: np.ndarray,
+    err: np.ndarray | _NoiseAt,
     mask: np.ndarray | None,
     cfg: StarGuardConfig,
     *,
@@ -280,7 +280,7 @@ def _cleaning_neighbours(boxes: list[list[int]], sources: list[np.ndarray]) -> l
 def _extract_box(
     box: tuple[int, int, int, int],
     work: np.ndarray,
-    err: np.ndarray,
+    err: np.ndarray | _NoiseAt,
     mask: np.ndarray | None,
     cfg: StarGuardConfig,
 ) -> tuple[np.ndarray, bool]:
@@ -309,24 +309,73 @@ def _extract_box(
     return objs, bool(touches.any())
 
 
+def noise_from_variance(variance: np.ndarray) -> np.ndarray:
+    """The per-pixel sigma of a variance plane: ``sqrt(max(var, 1e-12))``, float32 (contiguous)."""
+    noise = np.maximum(np.asarray(variance, dtype=np.float32), np.float32(1e-12))
+    return np.sqrt(noise, out=noise)
+
+
+class _NoiseAt:
+    """:func:`noise_from_variance` of a variance plane, computed only at the pixels looked up
+    (``noise[rows, cols]``, ``noise[box]``): the same values as the whole plane's."""
+
+    def __init__(self, variance: np.ndarray) -> None:
+        self.variance = variance
+        self.shape = variance.shape
+
+    def __getitem__(self, key) -> np.ndarray:
+        return noise_from_variance(self.variance[key])
+
+
 class StarExtraction:
     """The sep sources of one sky-subtracted frame, asked for around given pixels.
 
-    ``work`` [adu] is the frame minus its sky, ``err`` the per-pixel sigma [adu], ``mask``
-    the pixels sep should not use (or None). Each ask is answered from boxes around its
-    pixels (:func:`_extract_around`) or, where those would cost more, from one extraction of
-    the whole frame, which is then kept: :func:`find_stars` and :func:`protect_stars` of
-    the same frame share it instead of extracting twice.
+    ``work`` [adu] is the frame minus its sky, ``err`` the per-pixel sigma [adu] (or None with
+    ``variance`` [adu^2]: then the sigma is :func:`noise_from_variance`, computed only in the
+    boxes extracted, unless the whole frame is), ``mask`` the pixels sep should not use (or
+    None). Each ask is answered from boxes around its pixels (:func:`_extract_around`) or,
+    where those would cost more, from one extraction of the whole frame, which is then kept:
+    :func:`find_stars` and :func:`protect_stars` of the same frame share it instead of
+    extracting twice.
     """
 
     def __init__(
-        self, work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, config: StarGuardConfig
+        self,
+        work: np.ndarray,
+        err: np.ndarray | None,
+        mask: np.ndarray | None,
+        config: StarGuardConfig,
+        *,
+        variance: np.ndarray | None = None,
     ) -> None:
         self.work = np.ascontiguousarray(work, dtype=np.float32)
-        self.err = np.ascontiguousarray(err, dtype=np.float32)
+        if err is None and variance is None:
+            raise ValueError("StarExtraction needs the sigma (err) or the variance of the pixels")
+        self._err = None if err is None else np.ascontiguousarray(err, dtype=np.float32)
+        self._variance = None if err is not None else np.asarray(variance, dtype=np.float32)
         self.mask = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
         self.config = config
         self._whole: np.ndarray | None = None
+
+    @property
+    def err(self) -> np.ndarray:
+        """The per-pixel sigma of the whole frame (from the variance: made on first use)."""
+        if self._err is None:
+            self._err = noise_from_variance(self._variance)
+        return self._err
+
+    @property
+    def noise(self) -> np.ndarray | _NoiseAt:
+        """The per-pixel sigma, to be indexed: the whole plane when made, else computed where
+        looked up."""
+        return self._err if self._err is not None else _NoiseAt(self._variance)
+
+    def noise_median(self) -> np.floating:
+        """``median(err)``, exactly; from the variance's middle values when the sigma plane is
+        not made (the sigma is a non-decreasing function of the variance)."""
+        if self._err is not None:
+            return median(self._err)
+        return median(self._variance, middle=lambda mid: np.median(noise_from_variance(mid)))
 
     def whole(self) -> np.ndarray:
         """Every source of the frame (extracted once)."""
@@ -341,7 +390,7 @@ class StarExtraction:
             return None
         if self._whole is not None:
             return self._whole
-        return _extract_around(seeds, self.work, self.err, self.mask, self.config, whole=self.whole)
+        return _extract_around(seeds, self.work, self.noise, self.mask, self.config, whole=self.whole)
 
 
 def find_stars(
@@ -372,8 +421,8 @@ def find_stars(
     none = np.zeros(0), np.zeros(0), np.zeros(0), cfg.default_fwhm_pix, 0
     if extraction is None:
         extraction = StarExtraction(data - sky, noise, ignore, cfg)
-    work, err, mask = extraction.work, extraction.err, extraction.mask
-    floor = 20 * median(err)
+    work, mask = extraction.work, extraction.mask
+    floor = 20 * extraction.noise_median()
     seeds = work > floor
     if mask is not None:
         seeds &= ~mask
@@ -391,7 +440,7 @@ def find_stars(
     ix = np.clip(np.rint(x).astype(int), 0, nx - 1)
     iy = np.clip(np.rint(y).astype(int), 0, ny - 1)
     unsaturated = np.ones(x.size, bool) if saturated is None else ~saturated[iy, ix]
-    flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, err=err, mask=mask, subpix=5)
+    flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, mask=mask, subpix=5)  # flux: no err needed
     flux = np.asarray(flux, float)
     ratio = objs["peak"] / np.where(flux > 0, flux, np.inf)
     # unsaturated and wider than a cosmic-ray track (a single pixel has b = 0.29)
@@ -420,7 +469,7 @@ def _sources_near(reach: np.ndarray, extraction: StarExtraction) -> tuple[np.nda
     import sep
 
     empty = np.zeros(0), np.zeros(0), np.zeros(0)
-    work, err, mask = extraction.work, extraction.err, extraction.mask
+    work, mask = extraction.work, extraction.mask
     try:
         objs = extraction.around(reach)
     except Exception:  # sep refuses pathological frames: only the flag groups are candidates
@@ -433,7 +482,7 @@ def _sources_near(reach: np.ndarray, extraction: StarExtraction) -> tuple[np.nda
     x, y = x[near], y[near]
     if x.size == 0:
         return empty
-    flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, err=err, mask=mask, subpix=5)
+    flux, _, _ = sep.sum_circle(work, x, y, _RATIO_RADIUS, mask=mask, subpix=5)  # flux: no err needed
     return x, y, np.asarray(flux, float)
 
 
