@@ -138,3 +138,17 @@ def test_astroscrappy_engine_and_errors(gmos):
         detect_cosmic_rays(data, gain_e_per_adu=0.0, read_noise_e=4.0)
     with pytest.raises(BadInputError, match="shape"):
         detect_cosmic_rays(data, gain_e_per_adu=1.0, read_noise_e=4.0, sky=sky[:-1])
+
+
+def test_the_sparse_cache_keeps_the_last_value_and_forgets():
+    from darkroom.calib.cosmics import _Cache
+
+    cache = _Cache((100, 100))
+    cache.set(np.array([50, 7, 9000]), np.array([1.5, 2.5, 3.5], dtype=np.float32))
+    cache.set(np.array([7, 12]), np.array([4.0, 5.0], dtype=np.float32))  # 7 replaced
+    np.testing.assert_array_equal(cache.known(np.array([7, 8, 12, 50, 9000, 9999])), [1, 0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(cache.get(np.array([9000, 7, 12, 50])), np.float32([3.5, 4.0, 5.0, 1.5]))
+    cache.forget(np.array([7, 8, 50]))
+    np.testing.assert_array_equal(cache.known(np.array([7, 12, 50, 9000])), [0, 1, 0, 1])
+    with pytest.raises(KeyError):
+        cache.get(np.array([7]))
