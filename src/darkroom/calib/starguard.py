@@ -147,6 +147,16 @@ def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg
             sep.set_extract_pixstack(old)
 
 
+def _concat_sources(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` of sep source tables of one dtype, as whole records: numpy promotes a
+    structured dtype field by field in Python (~1 ms a frame for the boxes' tables)."""
+    dtype = parts[0].dtype
+    if any(p.dtype != dtype for p in parts):
+        return np.concatenate(parts)
+    record = np.dtype((np.void, dtype.itemsize))
+    return np.concatenate([np.ascontiguousarray(p).view(record) for p in parts]).view(dtype)
+
+
 def _merged(boxes: list[list[int]]) -> list[list[int]]:
     """Boxes ``[y0, y1, x0, x1]`` with every overlapping pair replaced by its union, until none overlap."""
     changed = True
@@ -235,7 +245,7 @@ def _extract_around(
         if not any(grow):
             joined = _cleaning_neighbours(boxes, [done[tuple(b)][0] for b in boxes])
             if joined is None:
-                return np.concatenate([done[tuple(b)][0] for b in boxes])
+                return _concat_sources([done[tuple(b)][0] for b in boxes])
             boxes = joined
             continue
         margin *= 2
@@ -253,7 +263,7 @@ def _cleaning_neighbours(boxes: list[list[int]], sources: list[np.ndarray]) -> l
     which = np.concatenate([np.full(len(o), k) for k, o in enumerate(sources)])
     if which.size < 2:
         return None
-    objs = np.concatenate(sources)
+    objs = _concat_sources(sources)
     x, y, a = (np.asarray(objs[key], float) for key in ("x", "y", "a"))
     reach = _SEP_CLEAN_ZONE * (a[:, None] + a[None, :])
     close = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2 <= reach * reach
