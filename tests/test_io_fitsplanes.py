@@ -63,7 +63,9 @@ def test_planes_and_header_are_astropys(tmp_path, mask_dtype):
 
 
 def test_scaled_compressed_and_truncated_files_go_to_astropy(tmp_path):
-    image = _image(np.random.default_rng(2), mask_dtype=np.uint16)  # astropy writes BZERO = 32768
+    image = _image(np.random.default_rng(2), mask_dtype=np.uint16)
+    # values beyond a byte stay uint16, which astropy writes with BZERO = 32768
+    image = CalibratedImage(sci=image.sci, header=image.header, mask=image.mask + 40000, var=image.var)
     path = tmp_path / "u16.fits"
     write_calibrated(path, image)
     assert read_planes(path, ("MASK",)) is None

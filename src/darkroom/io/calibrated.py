@@ -3,7 +3,8 @@
 A calibrated exposure is a FITS file with an empty primary HDU and three image
 extensions: ``SCI`` (float32, adu; its header carries the raw header's cards and any
 WCS, and is written with room for a WCS solution: blank cards before END), ``MASK`` (integer bit plane, :class:`darkroom.maskbits.MaskBit`, the bits named in
-its header) and ``VAR`` (float32, adu^2, the variance of SCI). Shapes ``(ny, nx)``.
+its header; stored as unsigned bytes, FITS BITPIX 8, when its values fit, as darkroom's six bits
+always do: a quarter of the bytes of int32 to write, hash and read) and ``VAR`` (float32, adu^2, the variance of SCI). Shapes ``(ny, nx)``.
 """
 
 from __future__ import annotations
@@ -95,10 +96,22 @@ def calibrated_hdus(image: CalibratedImage) -> fits.HDUList:
     keep_room(sci.header, SCI_HEADER_ROOM)
     hdus = [fits.PrimaryHDU(), sci]
     if image.mask is not None:
-        hdus.append(fits.ImageHDU(image.mask, header=_mask_header()))
+        hdus.append(fits.ImageHDU(stored_mask(image.mask), header=_mask_header()))
     if image.var is not None:
         hdus.append(fits.ImageHDU(image.var, header=_var_header()))
     return fits.HDUList(hdus)
+
+
+def stored_mask(mask: np.ndarray) -> np.ndarray:
+    """The MASK plane as it is written: unsigned bytes when every value is in 0-255 (the bits of
+    :class:`~darkroom.maskbits.MaskBit`), else as it is. Readers get it back as uint8 and use
+    it as any integer bit plane."""
+    mask = np.asarray(mask)
+    if mask.dtype == np.uint8 or mask.dtype.kind not in "iu" or mask.size == 0:
+        return mask
+    if int(mask.min()) >= 0 and int(mask.max()) <= 255:
+        return mask.astype(np.uint8)
+    return mask
 
 
 def _sci_hdu(image: CalibratedImage) -> fits.ImageHDU:
@@ -239,7 +252,8 @@ def encode_calibrated(image: CalibratedImage) -> EncodedImage:
     as 72 cards to the header."""
     fixed = [_fixed_header_bytes("PRIMARY", (), np.dtype(np.float32))]
     planes: list[np.ndarray | None] = [None, image.sci]
-    for kind, plane in (("MASK", image.mask), ("VAR", image.var)):
+    mask = None if image.mask is None else stored_mask(image.mask)
+    for kind, plane in (("MASK", mask), ("VAR", image.var)):
         if plane is not None:
             fixed.append(_fixed_header_bytes(kind, plane.shape, plane.dtype))
             planes.append(plane)
