@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -68,13 +69,39 @@ def _native(a: np.ndarray, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("="))
 
 
-def _native_near(a: np.ndarray, dtype: type, cx: np.ndarray, cy: np.ndarray, half: int) -> np.ndarray | None:
+#: planes of at most this many pixels convert into a buffer the thread keeps between calls
+_SCRATCH_MAX_PIXELS = 1 << 22
+_scratch = threading.local()
+
+
+def _scratch_plane(slot: int, shape: tuple[int, int], dtype: np.dtype) -> tuple[np.ndarray, list]:
+    """A zero plane kept by the calling thread in ``slot`` from one call to the next, and the list
+    of squares to zero again before its next use (fill it before writing them). Its pages stay
+    mapped: a fresh 1k x 1k plane costs ~1 ms of page faults when only its squares are written."""
+    planes = getattr(_scratch, "planes", None)
+    if planes is None:
+        planes = _scratch.planes = {}
+    entry = planes.get(slot)
+    if entry is None or entry[0].shape != shape or entry[0].dtype != dtype:
+        entry = planes[slot] = (np.zeros(shape, dtype), [])
+    out, written = entry
+    for y0, y1, x0, x1 in written:
+        out[y0:y1, x0:x1] = 0
+    written.clear()
+    return out, written
+
+
+def _native_near(
+    a: np.ndarray, dtype: type, cx: np.ndarray, cy: np.ndarray, half: int, *, slot: int
+) -> np.ndarray | None:
     """:func:`_native` of ``a`` in the squares of half-side ``half`` around the pixels
     ``(cx, cy)`` (clipped to the frame), zero elsewhere; None when converting the whole plane
     is the cheaper (many sources) or costs nothing (``a`` already native and of the type).
 
     For planes read as big-endian views of a mapped file: the photometry of a few tens of
-    sources reads ~10% of a 1k x 1k frame, and converts only that.
+    sources reads ~10% of a 1k x 1k frame, and converts only that. Planes up to
+    ``_SCRATCH_MAX_PIXELS`` go into the thread's scratch plane ``slot`` (one per plane of a
+    call: valid until the thread's next call), larger ones into a new array.
     """
     want = np.dtype(dtype).newbyteorder("=")
     if a.dtype == want and a.flags.c_contiguous:
@@ -83,12 +110,21 @@ def _native_near(a: np.ndarray, dtype: type, cx: np.ndarray, cy: np.ndarray, hal
     if cx.size * (side * side + 3000) > a.size // 2:  # ~3 us of Python a square, ~1 ns a pixel
         return None
     ny, nx = a.shape
-    out = np.zeros(a.shape, dtype=want)
-    x0s = np.clip(cx - half, 0, nx).tolist()
-    x1s = np.clip(cx + half + 1, 0, nx).tolist()
-    y0s = np.clip(cy - half, 0, ny).tolist()
-    y1s = np.clip(cy + half + 1, 0, ny).tolist()
-    for x0, x1, y0, y1 in zip(x0s, x1s, y0s, y1s, strict=True):
+    squares = list(
+        zip(
+            np.clip(cy - half, 0, ny).tolist(),
+            np.clip(cy + half + 1, 0, ny).tolist(),
+            np.clip(cx - half, 0, nx).tolist(),
+            np.clip(cx + half + 1, 0, nx).tolist(),
+            strict=True,
+        )
+    )
+    if a.size <= _SCRATCH_MAX_PIXELS:
+        out, written = _scratch_plane(slot, a.shape, want)
+        written.extend(squares)  # before writing: zeroed next time whatever happens now
+    else:
+        out = np.zeros(a.shape, dtype=want)
+    for y0, y1, x0, x1 in squares:
         out[y0:y1, x0:x1] = a[y0:y1, x0:x1]
     return out
 
@@ -426,8 +462,10 @@ def aperture_photometry(
         half = math.ceil(reach) + 1  # as _footprint
         cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
         near = {
-            name: None if a is None else _native_near(a, t, cx, cy, half)
-            for name, a, t in (("sci", sci, np.float32), ("mask", mask, np.int32), ("var", var, np.float32))
+            name: None if a is None else _native_near(a, t, cx, cy, half, slot=slot)
+            for slot, (name, a, t) in enumerate(
+                (("sci", sci, np.float32), ("mask", mask, np.int32), ("var", var, np.float32))
+            )
         }
     else:
         near = {"sci": None, "mask": None, "var": None}
