@@ -341,6 +341,29 @@ def test_bad_pixel_fills_made_before_the_cosmic_rays_are_kept_only_where_no_cosm
     assert np.array_equal(sci, want_sci) and np.array_equal(var, want_var)
 
 
+def test_a_fill_plan_gives_the_fill_of_any_image_bit_for_bit():
+    """The first fill of a night's frames reuses the geometry of its unusable pixels
+    (fill_plan): the same values, radii and order as a fill made from scratch."""
+    from darkroom.calib.interp import fill_plan, neighbour_fill, planned_fill
+
+    rng = np.random.default_rng(9)
+    shape = (90, 110)
+    bad = rng.random(shape) < 0.02
+    bad[30:42, 50:60] = True  # a block: its core needs wider windows
+    bad[:, 0] = bad[-1, :] = True  # a column and a row at the edges
+    targets = np.flatnonzero(bad)
+    plan = fill_plan(bad, targets, radius_pix=2)
+    for _ in range(3):  # one plan, several frames
+        sci = rng.normal(500.0, 20.0, shape).astype(np.float32)
+        var = rng.uniform(300.0, 500.0, shape).astype(np.float32)
+        want = neighbour_fill([sci, var], bad, targets, radius_pix=2, check_finite=False)
+        got = planned_fill([sci, var], plan)
+        assert np.array_equal(got.targets, want.targets) and np.array_equal(got.radius, want.radius)
+        for g, w in zip(got.values, want.values, strict=True):
+            assert g.dtype == w.dtype and np.array_equal(g, w)
+    assert len(plan.rounds) > 1  # the block's core
+
+
 def test_trimmed_shape_is_prepare_raws_without_the_pixels(synth):
     from darkroom.calib.process import trimmed_shape
 

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["NeighbourFill", "interpolate_masked", "neighbour_fill", "window_touches"]
+__all__ = [
+    "FillPlan",
+    "NeighbourFill",
+    "fill_plan",
+    "interpolate_masked",
+    "neighbour_fill",
+    "planned_fill",
+    "window_touches",
+]
 
 
 def interpolate_masked(
@@ -116,6 +124,67 @@ def neighbour_fill(
     return NeighbourFill(np.concatenate(found), [np.concatenate(v) for v in values], np.concatenate(radius))
 
 
+@dataclass(frozen=True)
+class _Round:
+    """One radius of a fill: the pixels ``todo``, their neighbours' flat indices and usability
+    ((offsets, pixels) arrays), the offsets' weights, and the usable weights and their sums."""
+
+    todo: np.ndarray
+    flat: np.ndarray
+    use: np.ndarray
+    weight: np.ndarray
+    w_use: np.ndarray
+    den: np.ndarray
+    got: np.ndarray
+    r: int
+
+
+@dataclass(frozen=True)
+class FillPlan:
+    """Where :func:`neighbour_fill` (``check_finite=False``) takes each pixel's neighbours from,
+    for one mask and set of pixels: the same for every image, so made once for many frames
+    that share a bad-pixel mask."""
+
+    shape: tuple[int, int]
+    rounds: tuple[_Round, ...]
+
+
+def fill_plan(
+    masked: np.ndarray, targets: np.ndarray, *, radius_pix: int = 2, max_radius_pix: int = 32
+) -> FillPlan:
+    """The :class:`FillPlan` of :func:`neighbour_fill` for ``masked`` and ``targets``."""
+    masked = np.asarray(masked, dtype=bool)
+    ny, nx = masked.shape
+    todo = np.asarray(targets, dtype=np.intp)
+    rounds = []
+    r = max(1, int(radius_pix))
+    while todo.size and r <= max_radius_pix:
+        rnd = _round(todo, r, _usable_weights(masked, todo, r, nx, ny))
+        rounds.append(rnd)
+        todo = todo[~rnd.got]
+        r *= 2
+    return FillPlan((ny, nx), tuple(rounds))
+
+
+def planned_fill(images: Sequence[np.ndarray], plan: FillPlan) -> NeighbourFill:
+    """:func:`neighbour_fill` (``check_finite=False``) of the mask and pixels ``plan`` was made
+    for: only the images' values are gathered and summed, with the same result."""
+    imgs = list(images)
+    if plan.shape != imgs[0].shape:
+        raise ValueError(f"a fill plan for images of {plan.shape}, given {imgs[0].shape}")
+    found, values, radius = [], [[] for _ in imgs], []
+    for rnd in plan.rounds:
+        vals = [im.ravel().take(rnd.flat) for im in imgs]
+        nums = _weighted_sums(vals, rnd.use, rnd.weight)
+        found.append(rnd.todo[rnd.got])
+        for out, num in zip(values, nums, strict=True):
+            out.append(num[rnd.got] / rnd.den[rnd.got])
+        radius.append(np.full(int(np.count_nonzero(rnd.got)), rnd.r, dtype=np.int32))
+    if not found:
+        return NeighbourFill(np.zeros(0, np.intp), [np.zeros(0) for _ in imgs], np.zeros(0, np.int32))
+    return NeighbourFill(np.concatenate(found), [np.concatenate(v) for v in values], np.concatenate(radius))
+
+
 def window_touches(flags: np.ndarray, pixels: np.ndarray, half: int) -> np.ndarray:
     """For each flat pixel index of ``pixels``: is any of ``flags`` within ``half`` pixels
     (Chebyshev, the pixel itself included)? Indices clipped at the border land on pixels
@@ -141,6 +210,61 @@ def window_touches(flags: np.ndarray, pixels: np.ndarray, half: int) -> np.ndarr
     return flags[rows, cols].any(axis=(1, 2))
 
 
+def _usable_weights(
+    masked: np.ndarray, todo: np.ndarray, r: int, nx: int, ny: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(flat, use, weight): the (offsets, pixels) flat indices of the neighbours within ``r``
+    of the pixels ``todo`` (the pixel's index plus the offset's, except for the pixels within r
+    of the border, whose outside neighbours read pixel 0, unused), which of them are usable
+    (inside, not ``masked``), and the offsets' inverse-square-distance weights."""
+    d = np.arange(-r, r + 1)
+    dj, di = (o.ravel() for o in np.meshgrid(d, d, indexing="ij"))
+    centre = (dj == 0) & (di == 0)
+    dj, di = dj[~centre], di[~centre]
+    weight = 1.0 / (dj * dj + di * di)
+    todo = np.asarray(todo, dtype=np.intp)
+    flat = (dj * nx + di)[:, None] + todo[None, :]
+    j, i = np.divmod(todo, nx)
+    edge = np.flatnonzero((j < r) | (j >= ny - r) | (i < r) | (i >= nx - r))
+    inside = None
+    if edge.size:
+        jj = dj[:, None] + j[edge][None, :]
+        ii = di[:, None] + i[edge][None, :]
+        inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
+        flat[:, edge] = np.where(inside, jj * nx + ii, 0)
+    use = masked.ravel().take(flat)
+    np.logical_not(use, out=use)
+    if inside is not None:
+        use[:, edge] &= inside
+    return flat, use, weight
+
+
+def _round(todo: np.ndarray, r: int, geometry: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _Round:
+    flat, use, weight = geometry
+    w_use, den = _weight_sums(use, weight)
+    return _Round(np.asarray(todo, dtype=np.intp), flat, use, weight, w_use, den, den > 0, r)
+
+
+def _weight_sums(use: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The usable weights ((offsets, pixels), float64) and their sums, offset by offset."""
+    w_use = np.where(use, weight[:, None], 0.0)
+    den = np.zeros(use.shape[1], dtype=np.float64)
+    for k in range(use.shape[0]):  # offset by offset: the same additions in the same order for any n
+        den += w_use[k]
+    return w_use, den
+
+
+def _weighted_sums(vals: list[np.ndarray], use: np.ndarray, weight: np.ndarray) -> list[np.ndarray]:
+    """Each image's sum of weight x pixel over the usable neighbours (float64), offset by offset."""
+    # the products in the images' type (weight x pixel, as a Python float times a float32 pixel)
+    prods = [np.where(use, weight.astype(v.dtype)[:, None] * v, v.dtype.type(0)) for v in vals]
+    nums = [np.zeros(use.shape[1], dtype=np.float64) for _ in vals]
+    for k in range(use.shape[0]):
+        for num, p in zip(nums, prods, strict=True):
+            num += p[k]
+    return nums
+
+
 def _fill_values(
     imgs: list[np.ndarray],
     masked: np.ndarray,
@@ -158,40 +282,13 @@ def _fill_values(
     finiteness looked at), and the sums run over the offsets in a fixed order (rows, then
     columns), so the result does not depend on how the work is batched.
     """
-    d = np.arange(-r, r + 1)
-    dj, di = (o.ravel() for o in np.meshgrid(d, d, indexing="ij"))
-    centre = (dj == 0) & (di == 0)
-    dj, di = dj[~centre], di[~centre]
-    weight = 1.0 / (dj * dj + di * di)
-    # (offsets, pixels) flat indices of the neighbours: the pixel's index plus the offset's,
-    # except for the pixels within r of the border (their outside neighbours read pixel 0, unused)
-    todo = np.asarray(todo, dtype=np.intp)
-    flat = (dj * nx + di)[:, None] + todo[None, :]
-    j, i = np.divmod(todo, nx)
-    edge = np.flatnonzero((j < r) | (j >= ny - r) | (i < r) | (i >= nx - r))
-    inside = None
-    if edge.size:
-        jj = dj[:, None] + j[edge][None, :]
-        ii = di[:, None] + i[edge][None, :]
-        inside = (jj >= 0) & (jj < ny) & (ii >= 0) & (ii < nx)
-        flat[:, edge] = np.where(inside, jj * nx + ii, 0)
-    use = masked.ravel().take(flat)
-    np.logical_not(use, out=use)
-    if inside is not None:
-        use[:, edge] &= inside
+    flat, use, weight = _usable_weights(masked, todo, r, nx, ny)
     # gathered offset by offset ((offsets, pixels) arrays), summed offset by offset
     vals = [im.ravel().take(flat) for im in imgs]
     if check_finite:
         for v in vals:
             use &= np.isfinite(v)
-    w_use = np.where(use, weight[:, None], 0.0)
-    # the products in the images' type (weight x pixel, as a Python float times a float32 pixel)
-    prods = [np.where(use, weight.astype(v.dtype)[:, None] * v, v.dtype.type(0)) for v in vals]
-    den = np.zeros(todo.size, dtype=np.float64)
-    nums = [np.zeros(todo.size, dtype=np.float64) for _ in imgs]
-    for k in range(dj.size):  # offset by offset: the same additions in the same order for any n
-        den += w_use[k]
-        for num, p in zip(nums, prods, strict=True):
-            num += p[k]
+    _, den = _weight_sums(use, weight)
+    nums = _weighted_sums(vals, use, weight)
     got = den > 0
     return got, [num[got] / den[got] for num in nums]

@@ -34,7 +34,7 @@ from darkroom.robust import median
 from .badpix import BadPixelMask
 from .cosmics import detect_cosmic_rays
 from .grouping import describe_key, required_key
-from .interp import NeighbourFill, neighbour_fill, window_touches
+from .interp import FillPlan, NeighbourFill, fill_plan, neighbour_fill, planned_fill, window_touches
 from .masters import MasterFrame
 from .noise import sky_level_and_noise
 from .overscan import overscan_levels, parse_section
@@ -459,9 +459,7 @@ def calibrate_frame(
         # (filled in place for the detection and put back after it: no copy of the frame)
         kept = None
         if n_bad:
-            first = neighbour_fill(
-                [sci, var], unusable, np.flatnonzero(unusable), radius_pix=_FILL_RADIUS, check_finite=False
-            )
+            first = planned_fill([sci, var], _first_fill_plan(unusable))
             kept = sci.ravel()[first.targets]
             sci.ravel()[first.targets] = first.values[0].astype(_F32)
         try:
@@ -508,6 +506,22 @@ def calibrate_frame(
         steps=tuple(history),
         noise_model=noise_model,
     )
+
+
+#: the last first-fill mask and its plan: the frames of a night share their bad pixels
+_first_fill: tuple[np.ndarray, FillPlan] | None = None
+
+
+def _first_fill_plan(unusable: np.ndarray) -> FillPlan:
+    """The :func:`~darkroom.calib.interp.fill_plan` of every unusable pixel from the usable ones
+    (radius ``_FILL_RADIUS`` first), made once while frames come with the same unusable pixels."""
+    global _first_fill
+    hit = _first_fill
+    if hit is not None and hit[0].shape == unusable.shape and np.array_equal(hit[0], unusable):
+        return hit[1]
+    plan = fill_plan(unusable, np.flatnonzero(unusable), radius_pix=_FILL_RADIUS)
+    _first_fill = (unusable.copy(), plan)
+    return plan
 
 
 def _fill(
