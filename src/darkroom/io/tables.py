@@ -17,6 +17,7 @@ object, mixins such as ``Time``) are written by astropy as before.
 
 from __future__ import annotations
 
+import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
@@ -29,7 +30,14 @@ import yaml
 if TYPE_CHECKING:
     from astropy.table import Table
 
-__all__ = ["read_parquet", "read_parquet_columns", "read_parquet_meta", "table_yaml", "write_parquet"]
+__all__ = [
+    "parquet_bytes",
+    "read_parquet",
+    "read_parquet_columns",
+    "read_parquet_meta",
+    "table_yaml",
+    "write_parquet",
+]
 
 META_KEY = b"table_meta_yaml"
 _OMAP = "tag:yaml.org,2002:omap"
@@ -233,13 +241,34 @@ def write_parquet(table: Table, path: str | Path) -> Path:
     An existing file is replaced (write to a temporary name and rename for atomicity,
     e.g. :func:`darkroom.io.atomic.atomic_path`).
     """
+    path = Path(path)
+    if not _write_arrow(table, path):
+        table.write(path, format="parquet", overwrite=True)
+    return path
+
+
+def parquet_bytes(table: Table) -> bytes:
+    """The bytes :func:`write_parquet` writes for ``table``, made in memory (to be written by
+    another thread, or hashed without reading the file back)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    if _write_arrow(table, sink):
+        return sink.getvalue().to_pybytes()
+    with tempfile.TemporaryDirectory() as tmp:  # columns only astropy's writer takes
+        path = Path(tmp) / "table.parquet"
+        table.write(path, format="parquet", overwrite=True)
+        return path.read_bytes()
+
+
+def _write_arrow(table: Table, where) -> bool:
+    """Write ``table`` to ``where`` (a path or an Arrow output stream) as astropy would; False
+    (nothing written) when a column is not plain and astropy's own writer must do it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
     if not all(_plain(col) for col in table.columns.values()):
-        table.write(path, format="parquet", overwrite=True)
-        return path
+        return False
     header = table_yaml(table).encode("utf-8")
     metadata = {}
     for name, col in table.columns.items():
@@ -258,9 +287,9 @@ def write_parquet(table: Table, path: str | Path) -> Path:
         [pa.field(name, arr.type) for name, arr in zip(table.colnames, arrays, strict=True)],
         metadata=metadata,
     )
-    with pq.ParquetWriter(path, schema, version="2.4") as writer:
+    with pq.ParquetWriter(where, schema, version="2.4") as writer:
         writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-    return path
+    return True
 
 
 def _header(raw: bytes | None) -> dict[str, Any]:
