@@ -320,50 +320,59 @@ def _all_finite(planes: list[np.ndarray], squares: list[tuple[int, int, int, int
 
 
 def _mask_bits_in_apertures(
-    mask: np.ndarray,
-    x: np.ndarray,
-    y: np.ndarray,
-    radii: np.ndarray,
-    *,
-    squares: list[tuple[int, int, int, int]] | None = None,
+    mask: np.ndarray, x: np.ndarray, y: np.ndarray, radii: np.ndarray, *, local: bool = False
 ) -> np.ndarray:
     """OR of the MASK bits of every pixel that overlaps each aperture: ``(n_src, n_radii)``.
 
-    ``squares`` (:func:`_squares` of these positions, reaching the largest radius) replace
-    the whole-frame test for a set bit by one over the pixels the apertures can touch.
+    ``local``: the set bits are looked for in a square slice around each position (the
+    pixels its apertures can touch) rather than in the whole frame.
     """
     out = np.zeros((x.size, radii.size), dtype=np.int64)
     rmax = float(radii.max())
-    if squares is not None:
-        if not any(mask[y0:y1, x0:x1].any() for y0, y1, x0, x1 in squares):
+    ny, nx = mask.shape
+    n = math.ceil(rmax + 1.0)
+    if local:
+        # the set pixels (few) of each source's square, (ix, iy) as the grid below would give them
+        found = []
+        cxs, cys = np.rint(x).astype(np.int64).tolist(), np.rint(y).astype(np.int64).tolist()
+        for i, (cx, cy) in enumerate(zip(cxs, cys, strict=True)):
+            x0, y0 = max(cx - n, 0), max(cy - n, 0)
+            sub = mask[y0 : min(cy + n + 1, ny), x0 : min(cx + n + 1, nx)]
+            if sub.any():
+                r_, c_ = np.nonzero(sub)
+                found.append((np.full(r_.size, i), c_ + x0, r_ + y0, sub[r_, c_]))
+        if not found:
             return out
+        row, px, py, bits = (np.concatenate(parts) for parts in zip(*found, strict=True))
         cand = np.arange(x.size)
+        bits = bits.astype(np.int64)
+        xs, ys = x, y
     else:
         anymask = mask != 0
         if not anymask.any():
             return out
         touched, _, _ = sep.sum_circle(anymask, x, y, rmax, subpix=0)
         cand = np.flatnonzero(touched > 0)
-    if cand.size == 0:
-        return out
-    ny, nx = mask.shape
-    n = math.ceil(rmax + 1.0)
-    gy, gx = np.mgrid[-n : n + 1, -n : n + 1]
-    gy = gy.ravel()
-    gx = gx.ravel()
-    xs, ys = x[cand], y[cand]
-    ix = np.rint(xs).astype(np.int64)[:, None] + gx[None, :]
-    iy = np.rint(ys).astype(np.int64)[:, None] + gy[None, :]
-    inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-    m = np.where(inside, mask[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], 0)
-    # only the pixels with a bit set matter (few): their distance from the centre to the nearest
-    # point of the pixel square decides which apertures they overlap
-    row, col = np.nonzero(m)
-    if not row.size:
-        return out
-    bits = m[row, col].astype(np.int64)
-    ex = np.maximum(np.abs(ix[row, col] - xs[row]) - 0.5, 0.0)
-    ey = np.maximum(np.abs(iy[row, col] - ys[row]) - 0.5, 0.0)
+        if cand.size == 0:
+            return out
+        gy, gx = np.mgrid[-n : n + 1, -n : n + 1]
+        gy = gy.ravel()
+        gx = gx.ravel()
+        xs, ys = x[cand], y[cand]
+        ix = np.rint(xs).astype(np.int64)[:, None] + gx[None, :]
+        iy = np.rint(ys).astype(np.int64)[:, None] + gy[None, :]
+        inside = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+        m = np.where(inside, mask[np.clip(iy, 0, ny - 1), np.clip(ix, 0, nx - 1)], 0)
+        # only the pixels with a bit set matter (few)
+        row, col = np.nonzero(m)
+        if not row.size:
+            return out
+        bits = m[row, col].astype(np.int64)
+        px, py = ix[row, col], iy[row, col]
+    # the distance from the centre to the nearest point of the pixel square decides which
+    # apertures a set pixel overlaps
+    ex = np.maximum(np.abs(px - xs[row]) - 0.5, 0.0)
+    ey = np.maximum(np.abs(py - ys[row]) - 0.5, 0.0)
     dist = np.hypot(ex, ey)
     for k, r in enumerate(radii):
         sel = dist < r
@@ -543,7 +552,7 @@ def aperture_photometry(
                     excl = np.zeros(shape, dtype=bool)
                 excl[y0:y1, x0:x1] |= hit
     maskbits = (
-        _mask_bits_in_apertures(mask_i, x, y, radii, squares=squares)
+        _mask_bits_in_apertures(mask_i, x, y, radii, local=True)
         if mask_i is not None and n_src
         else np.zeros((n_src, radii.size), dtype=np.int64)
     )
