@@ -7,7 +7,7 @@ Wiring only: :func:`darkroom.calib.process.calibrate_frame` does the work;
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,7 @@ from darkroom.pipeline.calibration import (
     read_master,
     select_master_for,
 )
+from darkroom.pipeline.deferred import DeferredWrites
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Calib, Exposure, Image
 from darkroom.robust import median
@@ -38,7 +39,7 @@ __all__ = ["CalibrateStage"]
 log = logging.getLogger(__name__)
 
 
-class CalibrateStage(Stage):
+class CalibrateStage(DeferredWrites, Stage):
     """Calibrate each light frame: overscan/trim, bias, dark, flat, bad pixels, cosmic rays,
     variance; write SCI/MASK/VAR."""
 
@@ -128,32 +129,6 @@ class CalibrateStage(Stage):
         )
         return self._write(unit, p, result)
 
-    defers_writes = True
-
-    def begin_deferred_writes(self) -> None:
-        self._deferring = True
-
-    def end_deferred_writes(self) -> None:
-        self._deferring = False
-        writer, self._writer = getattr(self, "_writer", None), None
-        if writer is not None:
-            writer.shutdown(wait=True)  # every write still going ends here
-
-    def settle(self, result: dict[str, Any]) -> dict[str, Any]:
-        sha256 = result["sha256"]
-        return {**result, "sha256": sha256.result()} if isinstance(sha256, Future) else result
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.pop("_writer", None)  # the driver's thread: a worker makes its own
-        return state
-
-    def _write_pool(self) -> ThreadPoolExecutor:
-        """The stage's one writer thread in this process (made on first use)."""
-        if getattr(self, "_writer", None) is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
-        return self._writer
-
     def _write(self, unit: Unit, p: dict[str, Any], result) -> dict[str, Any]:
         stem = raw_stem(p["path"])
         path = self.product_path("images", self.provenance_id, f"{unit.key.replace(':', '')}_{stem}.fits")
@@ -167,12 +142,12 @@ class CalibrateStage(Stage):
         if encoded.headers is None:  # astropy's own writer (it warns too): in this thread
             sha256 = write_encoded(path, encoded)
         else:
-            sha256 = self._write_pool().submit(write_encoded, path, encoded)
+            sha256 = self.write_in_thread(write_encoded, path, encoded, wait=False)
         finite = np.isfinite(result.sci)
         median_adu = (
             float(median(result.sci if finite.all() else result.sci[finite])) if finite.any() else None
         )
-        if isinstance(sha256, Future) and not getattr(self, "_deferring", False):
+        if isinstance(sha256, Future) and not self.deferring:
             sha256 = sha256.result()
         return {
             "path": self.relative(path),

@@ -47,8 +47,17 @@ class DeferredWrites:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-write")
         return self._writer
 
-    def write_in_thread(self, write: Callable[..., str], *args: Any) -> str | Future:
+    @property
+    def deferring(self) -> bool:
+        """Whether :meth:`run` may return before its file is written (see the module)."""
+        return getattr(self, "_deferring", False)
+
+    def write_in_thread(
+        self, write: Callable[..., str], *args: Any, wait: bool | None = None
+    ) -> str | Future:
         """``write(*args)`` (which returns the file's SHA-256) on the writer thread: its Future
-        while deferring, else its value once written."""
+        while deferring (or with ``wait=False``: the caller works on, then settles it), else its
+        value once written."""
         future = self._write_pool().submit(write, *args)
-        return future if getattr(self, "_deferring", False) else future.result()
+        keep = (not self.deferring) if wait is None else wait
+        return future.result() if keep else future
