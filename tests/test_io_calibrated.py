@@ -107,3 +107,85 @@ def test_an_invalid_card_fails_as_astropys_writer_does(tmp_path):
     with pytest.raises(fits.verify.VerifyError):
         write_calibrated(tmp_path / "darkroom.fits", image)
     assert not (tmp_path / "darkroom.fits").exists()
+
+
+def test_sci_headers_of_every_shared_raw_file_are_astropys(tmp_path, data_dir):
+    """SCI's header is written from its cards (no astropy HDU built): for the raw headers of
+    every data set (as calibrate_frame passes them on: scaling cards removed, cards and history
+    added) the file is byte for byte astropy's, and the direct path is taken for most."""
+    from darkroom.io import calibrated
+    from darkroom.io.rawfits import read_raw
+
+    taken = []
+    direct = calibrated._sci_header_direct
+    files = sorted(p for p in data_dir.rglob("*") if p.is_file() and ".fit" in p.name.lower())
+    assert len(files) > 50
+    rng = np.random.default_rng(8)
+    for k, path in enumerate(files):
+        try:
+            raw = read_raw(path)
+        except Exception:  # not an image this reader takes: not this test's business
+            continue
+        header = raw.header.copy()
+        for key in ("BZERO", "BSCALE", "BLANK", "DATAMIN", "DATAMAX"):
+            header.remove(key, ignore_missing=True, remove_all=True)
+        header["BUNIT"] = ("adu", "calibrated, bias/dark subtracted, flat divided")
+        header["GAIN"] = (1.5, "[electron/adu] gain used for VAR")
+        header.add_history("darkroom.calib: a history line")
+        sci = rng.normal(100.0, 5.0, (13, 17 + k % 3)).astype(np.float32)
+        image = CalibratedImage(sci=sci, header=header, mask=np.zeros(sci.shape, np.int32), var=sci)
+        want = _astropy_bytes(image, tmp_path / f"astropy{k}.fits")
+        taken.append(direct(image) is not None)
+        write_calibrated(tmp_path / f"darkroom{k}.fits", image)
+        assert (tmp_path / f"darkroom{k}.fits").read_bytes() == want, path.name
+    assert sum(taken) > 0.8 * len(taken)
+
+
+def _header_variant(kind: str) -> fits.Header:
+    h = fits.Header()
+    if kind == "commentary only":
+        h.add_comment("a comment")
+        h.add_history("a history line")
+    elif kind == "structure twice":
+        h["SIMPLE"] = True
+        h["NAXIS"] = 2
+        h["NAXIS1"] = 10
+        h["NAXIS2"] = 12
+        h.append(fits.Card("SIMPLE", True), bottom=True)
+    elif kind == "stray NAXIS3":
+        h["NAXIS"] = 2
+        h["NAXIS3"] = 4
+    elif kind == "long, hierarch and blank-keyword cards":
+        h["OBJECT"] = "x" * 150  # CONTINUE cards
+        h["HIERARCH ESO DET CHIP NAME"] = "chip"
+        h.append(fits.Card("", "free text after a blank keyword"), bottom=True)
+        h["EXPTIME"] = 30.0
+        h.add_history("history")
+        h.append(fits.Card("", "trailing text"), bottom=True)
+    elif kind == "has EXTNAME":
+        h["EXTNAME"] = ("RAW", "the raw extension")
+        h["OBSERVER"] = "me"
+    return h
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "commentary only",
+        "structure twice",
+        "stray NAXIS3",
+        "long, hierarch and blank-keyword cards",
+        "has EXTNAME",
+    ],
+)
+def test_unusual_sci_headers_are_written_as_astropy_writes_them(tmp_path, kind):
+    sci = np.arange(12 * 10, dtype=np.float32).reshape(12, 10)
+    image = CalibratedImage(sci=sci, header=_header_variant(kind), var=sci)
+    try:
+        want = _astropy_bytes(image, tmp_path / "astropy.fits")
+    except fits.verify.VerifyError:
+        with pytest.raises(fits.verify.VerifyError):
+            write_calibrated(tmp_path / "darkroom.fits", image)
+        return
+    write_calibrated(tmp_path / "darkroom.fits", image)
+    assert (tmp_path / "darkroom.fits").read_bytes() == want

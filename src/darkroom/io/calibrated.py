@@ -147,12 +147,92 @@ def _fixed_header_bytes(kind: str, shape: tuple[int, ...], dtype: np.dtype) -> b
         hdu = fits.PrimaryHDU()
     else:
         header = _mask_header() if kind == "MASK" else _var_header()
-        hdu = fits.ImageHDU(np.empty(shape, dtype=dtype), header=header)  # never written
+        hdu = fits.ImageHDU(_shaped(shape, dtype), header=header)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
         hdus = fits.HDUList([fits.PrimaryHDU(), hdu] if kind != "PRIMARY" else [hdu])
         hdus.verify("exception")
         return header_bytes(hdu.header) if _direct(hdu) else None
+
+
+def _shaped(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array of ``shape`` and ``dtype`` holding no memory (every element the same zero): for
+    building the header of a plane, never written."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=dtype), shape, (0,) * len(shape))
+
+
+#: cards the SCI HDU's header gets from astropy (ImageHDU strips them from the given header,
+#: the first of each); a second one would update the new card in place: astropy's path then
+_STRIPPED = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND")
+#: cards that take astropy's path: structure, scaling, checksums, EXTNAME, or unusual
+_ASTROPYS = frozenset(
+    ("XTENSION", "PCOUNT", "GCOUNT", "GROUPS", "TFIELDS", "THEAP", "BSCALE", "BZERO", "BLANK")
+    + ("CHECKSUM", "DATASUM", "EXTNAME", "END", "CONTINUE")
+)
+_COMMENTARY = frozenset(("", "COMMENT", "HISTORY", "END"))  # astropy's commentary keywords
+
+
+@functools.lru_cache(maxsize=32)
+def _structure_and_extname(shape: tuple[int, ...], dtype: np.dtype) -> tuple[bytes, bytes]:
+    """The images of the cards astropy starts an IMAGE extension of ``shape`` and ``dtype``
+    with (XTENSION, BITPIX, NAXIS, NAXISn, PCOUNT, GCOUNT), and of EXTNAME = 'SCI'."""
+    hdu = fits.ImageHDU(_shaped(shape, dtype))
+    hdu.header["EXTNAME"] = "SCI"
+    cards = [str(c).encode("ascii") for c in hdu.header.cards]
+    if hdu.header.cards[-1].keyword != "EXTNAME" or len(cards) != 6 + len(shape):
+        raise RuntimeError("unexpected IMAGE extension header from astropy")
+    return b"".join(cards[:-1]), cards[-1]
+
+
+def _sci_header_direct(image: CalibratedImage) -> bytes | None:
+    """SCI's header blocks, room included, as :func:`encode_calibrated`'s astropy path makes
+    them (``ImageHDU(sci, header)``, EXTNAME, verification, :func:`keep_room`), written from
+    the cards without building the HDU (its header copy, strip, merge and the card index
+    updates: ~2 ms a frame). None when the header has cards this does not follow astropy for
+    (structure, scaling, checksums, EXTNAME, a second SIMPLE/BITPIX/NAXIS/EXTEND, stray
+    NAXISn, trailing blank cards) or a card fails verification: the astropy path then."""
+    header, sci = image.header, image.sci
+    if header is None or sci.dtype not in _DIRECT:
+        return None
+    kept: list[fits.Card] = []
+    stripped: dict[str, fits.Card] = {}
+    naxis_cards: list[str] = []
+    for card in header.cards:
+        keyword = card.keyword
+        if keyword in _ASTROPYS:
+            return None
+        if keyword in _STRIPPED:
+            if keyword in stripped:
+                return None
+            stripped[keyword] = card
+        elif keyword.startswith("NAXIS"):
+            naxis_cards.append(keyword)
+        else:
+            kept.append(card)
+    naxis = stripped["NAXIS"].value if "NAXIS" in stripped else 0
+    if not (isinstance(naxis, int) and not isinstance(naxis, bool) and 0 <= naxis <= 999):
+        return None
+    if len(set(naxis_cards)) != len(naxis_cards) or not set(naxis_cards) <= {
+        f"NAXIS{k}" for k in range(1, naxis + 1)
+    }:
+        return None  # strip removes NAXIS1..NAXISn only
+    if kept and kept[-1].is_blank:
+        return None  # EXTNAME would take a trailing blank card's place
+    # astropy verifies every card of the header it writes; the structural ones are its own
+    try:
+        for card in kept:
+            card.verify("exception")
+    except fits.VerifyError:
+        return None
+    structure, extname = _structure_and_extname(sci.shape, sci.dtype)
+    # EXTNAME goes after the last card that is not commentary (astropy's Header.append)
+    at = len(kept)
+    while at > 0 and kept[at - 1].keyword in _COMMENTARY:
+        at -= 1
+    images = [str(card).encode("ascii") for card in kept]
+    cards = structure + b"".join(images[:at]) + extname + b"".join(images[at:])
+    cards += _BLANK * SCI_HEADER_ROOM + _END
+    return cards + b" " * (-len(cards) % _BLOCK)
 
 
 def _blank_cards_to_add(header: fits.Header, n_cards: int) -> int:
@@ -259,15 +339,17 @@ def encode_calibrated(image: CalibratedImage) -> EncodedImage:
             planes.append(plane)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        sci = _sci_hdu(image)
-        # what astropy's writeto checks first (the fixed HDUs were checked when made)
-        fits.HDUList([fits.PrimaryHDU(), sci]).verify("exception")
-        if any(h is None for h in fixed) or not _direct(sci):
-            hdus = calibrated_hdus(image)
-            hdus.verify("exception")
-            return EncodedImage(hdus, None)
-        room = _blank_cards_to_add(sci.header, SCI_HEADER_ROOM)
-        sci_bytes = _with_blank_cards(header_bytes(sci.header), room)
+        sci_bytes = _sci_header_direct(image) if all(h is not None for h in fixed) else None
+        if sci_bytes is None:
+            sci = _sci_hdu(image)
+            # what astropy's writeto checks first (the fixed HDUs were checked when made)
+            fits.HDUList([fits.PrimaryHDU(), sci]).verify("exception")
+            if any(h is None for h in fixed) or not _direct(sci):
+                hdus = calibrated_hdus(image)
+                hdus.verify("exception")
+                return EncodedImage(hdus, None)
+            room = _blank_cards_to_add(sci.header, SCI_HEADER_ROOM)
+            sci_bytes = _with_blank_cards(header_bytes(sci.header), room)
     headers = (fixed[0], sci_bytes, *fixed[1:])
     return EncodedImage(None, headers, tuple(planes))
 
