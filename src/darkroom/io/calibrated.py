@@ -166,8 +166,10 @@ def _shaped(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 _STRIPPED = ("SIMPLE", "BITPIX", "NAXIS", "EXTEND")
 #: cards that take astropy's path: structure, scaling, checksums, EXTNAME, or unusual
 _ASTROPYS = frozenset(
-    ("XTENSION", "PCOUNT", "GCOUNT", "GROUPS", "TFIELDS", "THEAP", "BSCALE", "BZERO", "BLANK")
-    + ("CHECKSUM", "DATASUM", "EXTNAME", "END", "CONTINUE")
+    (
+        *("XTENSION", "PCOUNT", "GCOUNT", "GROUPS", "TFIELDS", "THEAP", "BSCALE", "BZERO", "BLANK"),
+        *("CHECKSUM", "DATASUM", "EXTNAME", "END", "CONTINUE"),
+    )
 )
 _COMMENTARY = frozenset(("", "COMMENT", "HISTORY", "END"))  # astropy's commentary keywords
 
