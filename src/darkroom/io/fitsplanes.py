@@ -28,6 +28,7 @@ __all__ = ["read_planes"]
 _BLOCK = 2880  # bytes
 _CARD = 80
 _TYPES = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux
 #: cards whose presence sends the file to astropy (scaled or compressed data, tables)
 _UNHANDLED = frozenset({"BZERO", "BSCALE", "BLANK", "ZIMAGE", "THEAP"})
 
@@ -83,7 +84,12 @@ def read_planes(
         # mapped, each plane asked for is converted to native order in one pass into its array
         # (read into the array and byte-swapped there was two passes over every plane)
         try:
-            buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            if mapped and _POPULATE:
+                # the caller reads parts of every plane (nearly every page of it): the map's page
+                # table made in one go costs half the page faults it saves (ARCSAT: 1.5 -> 0.7 ms)
+                buf = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
+            else:
+                buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
             return None  # a file that cannot be mapped: astropy reads it
     if mapped:
