@@ -80,26 +80,50 @@ def clipped_mean_std(
     Returns ``(mean, std, n_kept)``.
     """
     v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = v[finite]
     if v.size == 0:
         return float("nan"), float("nan"), 0
-    center = float(np.median(v))
-    scale = MAD_TO_SIGMA * float(np.median(np.abs(v - center)))
+    # median() is np.median's value, found without partitioning a copy of every value
+    center = float(median(v))
+    dev = np.subtract(v, center)
+    np.abs(dev, out=dev)
+    scale = MAD_TO_SIGMA * float(median(dev))
     if scale == 0:
         scale = float(np.std(v))
+    truncation = _truncation_factor(n_sigma)
     keep = np.ones(v.size, dtype=bool)
+    work = np.empty_like(v)  # scratch for the deviations
+    kept = v
     for _ in range(n_iter):
-        new_keep = np.abs(v - center) <= n_sigma * scale
-        if new_keep.sum() < 2:
+        np.subtract(v, center, out=dev)
+        np.abs(dev, out=dev)
+        new_keep = dev <= n_sigma * scale
+        n_new = int(np.count_nonzero(new_keep))
+        if n_new < 2:
             break
         kept = v[new_keep]
-        center = float(kept.mean())
-        scale = float(kept.std(ddof=1)) / _truncation_factor(n_sigma)
+        center, std = _mean_std(kept, work)
+        scale = std / truncation
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
-    kept = v[keep]
-    return float(kept.mean()), float(kept.std(ddof=1)) / _truncation_factor(n_sigma), int(kept.size)
+    if kept.size != int(np.count_nonzero(keep)):  # the last pass's values were not kept
+        kept = v[keep]
+    mean, std = _mean_std(kept, work)
+    return mean, std / truncation, int(kept.size)
+
+
+def _mean_std(values: np.ndarray, work: np.ndarray) -> tuple[float, float]:
+    """``(values.mean(), values.std(ddof=1))`` to the last bit, as numpy computes them (one
+    pairwise sum for the mean, shared by the deviations), with ``work`` (at least as long)
+    as scratch space."""
+    n = values.size
+    mean = np.add.reduce(values) / n
+    dev = np.subtract(values, mean, out=work[:n])
+    np.multiply(dev, dev, out=dev)
+    return float(mean), math.sqrt(float(np.add.reduce(dev) / (n - 1)))
 
 
 def _truncation_factor(n_sigma: float) -> float:
