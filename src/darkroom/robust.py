@@ -62,11 +62,13 @@ def median(values: np.ndarray, *, middle: Callable[[np.ndarray], np.floating] = 
 def robust_std(values: np.ndarray) -> float:
     """Sigma from the median absolute deviation (NaNs ignored); NaN when empty."""
     v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v)]
+    finite = np.isfinite(v)
+    if not finite.all():
+        v = v[finite]
     if v.size == 0:
         return float("nan")
-    med = np.median(v)
-    return float(MAD_TO_SIGMA * np.median(np.abs(v - med)))
+    dev = np.subtract(v, median(v))
+    return float(MAD_TO_SIGMA * median(np.abs(dev, out=dev)))
 
 
 def clipped_mean_std(
