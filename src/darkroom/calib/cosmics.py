@@ -208,6 +208,14 @@ def _block_min(a: np.ndarray, b: int) -> np.ndarray:
     return out
 
 
+def _sorted_isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """``np.isin(values, sorted_set)`` for a sorted ``sorted_set``."""
+    if sorted_set.size == 0:
+        return np.zeros(values.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, values), sorted_set.size - 1)
+    return sorted_set[pos] == values
+
+
 class _Cache:
     """Values known at some pixels of an image (flat indices), kept as sorted indices and their
     values: a few thousand pixels, whereas frame-sized arrays written at scattered pixels
@@ -588,7 +596,10 @@ class _SparseLACosmic:
         cfg = self.cfg
         shape = (self.ny, self.nx)
         crmask = np.zeros(shape, dtype=bool)
-        primary = np.zeros(shape, dtype=bool)
+        # the primary and flagged pixels as sorted flat indices too (a few hundred): no scan of
+        # the whole frame for them in every iteration
+        primary = np.zeros(0, dtype=np.intp)
+        flagged = np.zeros(0, dtype=np.intp)
         sp_cache = _Cache(shape)
         s_cache = _Cache(shape)
         zone = None
@@ -600,7 +611,7 @@ class _SparseLACosmic:
             if zone is None:
                 cand = self._candidates_full()
             else:
-                primary.ravel()[zone] = False
+                primary = primary[~_sorted_isin(primary, zone)]
                 sp_cache.forget(zone)
                 s_cache.forget(zone)
                 floor = self._block_noise_floor_update(changed)
@@ -613,13 +624,14 @@ class _SparseLACosmic:
                 if above.any():
                     f = self._exact_f(cand[above], noise_c[above])
                     hit = cand[above][(sp[above] / f) > _F32(cfg.objlim)]
-                    primary.ravel()[hit] = True
-            g1 = self._grow(np.flatnonzero(primary), sp_cache, s_cache, _F32(cfg.sigclip))
+                    primary = np.union1d(primary, hit)
+            g1 = self._grow(primary, sp_cache, s_cache, _F32(cfg.sigclip))
             cosmics = self._grow(g1, sp_cache, s_cache, self.sigclow)
             if cosmics.size == 0:
                 break
             crmask.ravel()[cosmics] = True
-            changed = self._clean(np.flatnonzero(crmask), crmask)
+            flagged = np.union1d(flagged, cosmics)
+            changed = self._clean(flagged, crmask)
             if n_iter == cfg.niter or changed.size == 0:
                 break  # unchanged images would give this iteration's result again
             zone = self._zone(changed)
