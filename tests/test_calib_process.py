@@ -364,6 +364,24 @@ def test_a_fill_plan_gives_the_fill_of_any_image_bit_for_bit():
     assert len(plan.rounds) > 1  # the block's core
 
 
+@pytest.mark.parametrize("ny", [1, 31, 70])
+@pytest.mark.parametrize("with_flat_variance", [True, False])
+def test_dividing_by_the_flat_by_rows_is_the_whole_frame_division(ny, with_flat_variance):
+    from darkroom.calib.variance import divide_by_flat, flat_divided_variance
+
+    rng = np.random.default_rng(ny)
+    sci = rng.normal(300.0, 50.0, (ny, 45)).astype(np.float32)
+    sci[0, 0] = np.nan
+    var = rng.uniform(100.0, 400.0, sci.shape).astype(np.float32)
+    flat = rng.uniform(0.8, 1.2, sci.shape).astype(np.float32)
+    fv = rng.uniform(1e-6, 1e-5, sci.shape).astype(np.float32) if with_flat_variance else None
+    want_sci, want_var = sci.copy(), var.copy()
+    want_sci /= flat
+    flat_divided_variance(want_var, want_sci, flat, fv, out=want_var, flat_square=np.square(flat))
+    divide_by_flat(sci, var, flat, fv, np.square(flat))
+    assert np.array_equal(sci, want_sci, equal_nan=True) and np.array_equal(var, want_var, equal_nan=True)
+
+
 def test_trimmed_shape_is_prepare_raws_without_the_pixels(synth):
     from darkroom.calib.process import trimmed_shape
 

@@ -40,7 +40,7 @@ from .noise import sky_level_and_noise
 from .overscan import overscan_levels, parse_section
 from .settings import CalibrationConfig, RequireConfig, RequireMode
 from .starguard import StarExtraction, find_stars, protect_stars, tuned_objlim
-from .variance import flat_divided_variance, poisson_read_variance
+from .variance import divide_by_flat, poisson_read_variance
 
 __all__ = [
     "CalibratedFrame",
@@ -428,8 +428,8 @@ def calibrate_frame(
         planes = _flat_planes(flat, cfg.min_flat)
         if planes.no_response is not None:
             bad |= planes.no_response
-        sci /= planes.data
-        flat_divided_variance(var, sci, planes.data, planes.variance, out=var, flat_square=planes.square)
+        # sci /= F, then var = (var + sci^2 var_F) / F^2 (variance.flat_divided_variance), by rows
+        divide_by_flat(sci, var, planes.data, planes.variance, planes.square)
         history.append(f"flat divided: {flat.name or 'master flat'}")
         cards.append(("FLATCORR", flat.name or "T", "master flat divided"))
     if bad_pixels is not None:
