@@ -298,8 +298,9 @@ def _squares(
 ) -> list[tuple[int, int, int, int]]:
     """``(y0, y1, x0, x1)`` of the square around each position (its nearest pixel +- ``ceil(reach) +
     1``, clipped to the frame): every pixel an aperture or annulus reaching ``reach`` pixels can
-    touch. Tested and converted as slices: a few tens of microseconds a hundred squares, where
-    gathering their pixels by index cost ~10 times more."""
+    touch. Tested and converted as slices: the photometry stage's unit on the ARCSAT night (27
+    sources a frame) went from 19.9 to 17.8 ms (CPU median) when they replaced gathering the
+    squares' ~95k pixels by flat index (the index and three gathers)."""
     ny, nx = shape
     n = math.ceil(reach) + 1
     cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
