@@ -100,6 +100,7 @@ def test_a_shared_cache_serves_a_new_repository_and_a_torn_one_is_rewritten(tmp_
     _same_table(iers.IERS_Auto.iers_table, own)
     (copied,) = second.iterdir()
     _same_table(pickle.loads(copied.read_bytes()), own)  # and the repository keeps a copy
+    assert digest(copied) == good  # of the shared file's bytes
     kept.write_bytes(kept.read_bytes()[:100])  # the shared copy torn: the repository's serves
     fresh_iers()
     assert use_cached_earth_orientation([shared, second]) is True

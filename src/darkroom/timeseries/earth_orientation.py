@@ -70,10 +70,10 @@ def use_cached_earth_orientation(cache_dirs: Path | str | Sequence[Path | str]) 
         return False
     dirs = [cache_dirs] if isinstance(cache_dirs, str | Path) else list(cache_dirs)
     paths = [Path(d) / name for d in dirs]
-    table, missing = None, []
+    table, content, missing = None, None, []
     for path in paths:
         if table is None:
-            table = _load(path)
+            table, content = _load(path)
             if table is None:  # none there, or a torn or foreign file: written below
                 missing.append(path)
         elif not path.is_file():
@@ -83,7 +83,9 @@ def use_cached_earth_orientation(cache_dirs: Path | str | Sequence[Path | str]) 
         table = iers.IERS_Auto.read()
     iers.IERS_Auto.iers_table = table
     if missing:
-        content = pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL)
+        if content is None:
+            content = pickle.dumps(table, protocol=pickle.HIGHEST_PROTOCOL)
+        # else the bytes of the cache it came from, copied (pickling the table again: ~13 ms)
         for path in missing:
             with contextlib.suppress(OSError):  # a read-only folder: the light curves still come
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,15 +93,17 @@ def use_cached_earth_orientation(cache_dirs: Path | str | Sequence[Path | str]) 
     return from_cache
 
 
-def _load(path: Path):
-    """The IERS_Auto table pickled at ``path``, or None (no file, or a torn or foreign one)."""
+def _load(path: Path) -> tuple[object | None, bytes | None]:
+    """The IERS_Auto table pickled at ``path`` and the file's bytes, or (None, None) (no file, or
+    a torn or foreign one)."""
     from astropy.utils import iers
 
     if not path.is_file():
-        return None
+        return None, None
     try:
-        table = pickle.loads(path.read_bytes())
+        content = path.read_bytes()
+        table = pickle.loads(content)
     except Exception as exc:  # parsed again and rewritten by the caller
         log.debug("IERS cache %s unreadable (%s)", path, exc)
-        return None
-    return table if type(table) is iers.IERS_Auto else None
+        return None, None
+    return (table, content) if type(table) is iers.IERS_Auto else (None, None)
