@@ -2,8 +2,9 @@
 
 Only the driver touches the registry. For each stage it records the provenance,
 plans the units not yet done, marks their tasks running, submits ``stage.run`` to
-the executor, and as each result arrives calls ``stage.record`` and marks the
-task done in the same transaction. An exception in a unit marks that task failed
+the executor, and as results arrive calls ``stage.record`` and marks the
+tasks done in the same transaction (a few units a transaction, in the order they were
+handed out). An exception in a unit marks that task failed
 with a one-line reason (the traceback goes to the log); when the error says the
 input is at fault, the stage sets its input aside (:meth:`Stage.quarantine`). The
 run goes on. A stage that declares ``executor = "thread"`` (network-bound work) runs
@@ -13,9 +14,11 @@ executor the run was given.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import time
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
@@ -192,50 +195,64 @@ def _claim_is_stale(task: Task, *, stale_after_s: float) -> bool:
     return (utcnow() - task.started_utc).total_seconds() > stale_after_s
 
 
+#: units claimed in one registry transaction, and finished units recorded in one: a
+#: transaction costs ~1-2 ms of ORM and SQL work, as much as a light unit's own recording
+CLAIM_BATCH = 4
+RECORD_BATCH = 8
+#: finished units wait at most this long [s] for the rest of their batch before being recorded
+RECORD_WAIT_S = 1.0
+
+
 def claim_units(
     registry: Registry, stage: Stage, units: list[Unit], *, stale_after_s: float = 6 * 3600
 ) -> list[Unit]:
     """Mark the units' tasks running for this process; return the units it may run.
 
     A unit whose task is done, or running under another live driver, is left out.
-    On PostgreSQL the task row is locked (``FOR UPDATE SKIP LOCKED``) and a
+    On PostgreSQL the task rows are locked (``FOR UPDATE SKIP LOCKED``) and a
     concurrent insert of the same natural key loses on the unique constraint, so two
-    ``darkroom run`` processes never run the same unit.
+    ``darkroom run`` processes never run the same unit. The units are claimed in one
+    transaction; when another process inserted one of their tasks first, each is claimed
+    on its own.
     """
+    try:
+        with registry.session() as s:
+            return _claim(s, registry, stage, units, stale_after_s)
+    except IntegrityError:  # another process inserted one of these tasks first
+        if len(units) == 1:
+            return []
+        return [u for u in units if claim_units(registry, stage, [u], stale_after_s=stale_after_s)]
+
+
+def _claim(session, registry: Registry, stage: Stage, units: list[Unit], stale_after_s: float) -> list[Unit]:
     me = worker_id()
+    keys = [u.key for u in units]
+    mine = (Task.stage == stage.name, Task.provenance_id == stage.provenance_id)
+    q = select(Task).where(*mine, Task.key.in_(keys))
+    postgres = registry.backend == "postgresql"
+    if postgres:
+        q = q.with_for_update(skip_locked=True)
+    tasks = {t.key: t for t in session.scalars(q)}
+    locked: set[str] = set()
+    if postgres and len(tasks) < len(keys):  # rows locked by another process right now are not seen
+        locked = set(session.scalars(select(Task.key).where(*mine, Task.key.in_(set(keys) - set(tasks)))))
     claimed = []
     for unit in units:
-        try:
-            with registry.session() as s:
-                q = select(Task).where(
-                    Task.stage == stage.name, Task.key == unit.key, Task.provenance_id == stage.provenance_id
-                )
-                if registry.backend == "postgresql":
-                    q = q.with_for_update(skip_locked=True)
-                task = s.scalars(q).one_or_none()
-                if task is None:
-                    exists = s.scalar(
-                        select(Task.id).where(
-                            Task.stage == stage.name,
-                            Task.key == unit.key,
-                            Task.provenance_id == stage.provenance_id,
-                        )
-                    )
-                    if exists is not None:  # locked by another process right now
-                        continue
-                    task = Task(stage=stage.name, key=unit.key, provenance_id=stage.provenance_id, attempts=0)
-                    s.add(task)
-                elif task.state == "done" or (
-                    task.state == "running"
-                    and task.worker != me
-                    and not _claim_is_stale(task, stale_after_s=stale_after_s)
-                ):
-                    continue
-                task.state, task.reason, task.worker = "running", None, me
-                task.attempts = (task.attempts or 0) + 1
-                task.started_utc, task.finished_utc = utcnow(), None
-        except IntegrityError:  # another process inserted the same task first
+        task = tasks.get(unit.key)
+        if task is None:
+            if unit.key in locked:
+                continue
+            task = Task(stage=stage.name, key=unit.key, provenance_id=stage.provenance_id, attempts=0)
+            session.add(task)
+        elif task.state == "done" or (
+            task.state == "running"
+            and task.worker != me
+            and not _claim_is_stale(task, stale_after_s=stale_after_s)
+        ):
             continue
+        task.state, task.reason, task.worker = "running", None, me
+        task.attempts = (task.attempts or 0) + 1
+        task.started_utc, task.finished_utc = utcnow(), None
         claimed.append(unit)
     return claimed
 
@@ -254,8 +271,6 @@ def wait_for_others(
     neither may plan a stage before the stages it depends on are finished, or it
     would find masters missing that the other is still making.
     """
-    import time
-
     if not stage_names:
         return
     me = worker_id()
@@ -316,6 +331,41 @@ def _record_one(
     report.failures.append((unit.key, reason))
 
 
+def _record_done(registry: Registry, stage: Stage, done: list[tuple[Unit, Any]], report: StageReport) -> None:
+    """Record finished units in one transaction (in their order); when one unit's recording
+    fails, each is recorded on its own (:func:`_record_one`), so that only that unit fails."""
+    if len(done) == 1:
+        _record_one(registry, stage, done[0][0], done[0][1], None, report)
+        return
+    try:
+        with registry.session() as s:
+            tasks = {
+                t.key: t
+                for t in s.scalars(
+                    select(Task).where(
+                        Task.stage == stage.name,
+                        Task.provenance_id == stage.provenance_id,
+                        Task.key.in_([u.key for u, _ in done]),
+                    )
+                )
+            }
+            n_done = 0
+            for unit, result in done:
+                task = tasks.get(unit.key)
+                if task is None:
+                    task = _task(s, stage, unit)
+                if task.state == "done":  # recorded by another process meanwhile
+                    continue
+                stage.record(s, unit, result)
+                task.state, task.reason, task.finished_utc = "done", None, utcnow()
+                n_done += 1
+        report.n_done += n_done
+    except Exception:  # one unit's rows failed: the transaction is undone, each unit alone
+        log.debug("recording %d units at once failed; one at a time", len(done), exc_info=True)
+        for unit, result in done:
+            _record_one(registry, stage, unit, result, None, report)
+
+
 def run_stage(
     registry: Registry,
     stage: Stage,
@@ -325,8 +375,6 @@ def run_stage(
     progress: Callable[[int, int], None] | None = None,
 ) -> StageReport:
     """Plan, run and record one stage. Units that failed before are retried only with ``retry_failed``."""
-    import time
-
     t0 = time.perf_counter()
     if stage.executor == "thread":
         executor = ThreadExecutor(stage.max_in_flight)
@@ -356,10 +404,10 @@ def run_stage(
     order: list[str] = []
 
     def claimed() -> Iterator[Unit]:
-        # Claim each unit just before it is handed out, so two drivers on one
-        # repository share a stage unit by unit instead of the first taking all.
-        for unit in units:
-            if claim_units(registry, stage, [unit]):
+        # Claim a few units just before they are handed out, so two drivers on one
+        # repository share a stage a few units at a time instead of the first taking all.
+        for i in range(0, len(units), CLAIM_BATCH):
+            for unit in claim_units(registry, stage, units[i : i + CLAIM_BATCH]):
                 report.n_planned += 1
                 order.append(unit.key)
                 yield unit
@@ -377,11 +425,30 @@ def run_stage(
     if defer:
         stage.begin_deferred_writes()
 
+    # Finished units are recorded a few at a time, in order, in one transaction (a kill loses
+    # at most those few records: their units run again, to the same products).
+    done: list[tuple[Unit, Any]] = []
+    first_done_at = 0.0
+
+    def flush() -> None:
+        if done:
+            _record_done(registry, stage, done, report)
+            done.clear()
+
     def record(key: str) -> None:
+        nonlocal first_done_at
         unit, result, error = finished.pop(key)
         if error is None and defer:  # a worker's results come settled
             result, error = settled(stage, result)
-        _record_one(registry, stage, unit, result, error, report)
+        if error is not None:  # a failure is recorded at once, after the units before it
+            flush()
+            _record_one(registry, stage, unit, result, error, report)
+            return
+        if not done:
+            first_done_at = time.monotonic()
+        done.append((unit, result))
+        if len(done) >= RECORD_BATCH or time.monotonic() - first_done_at > RECORD_WAIT_S:
+            flush()
 
     try:
         for n_finished, (unit, result, error) in enumerate(executor.map_units(stage.run, claimed()), start=1):
@@ -396,7 +463,11 @@ def run_stage(
         while n_recorded < len(order) and order[n_recorded] in finished:
             record(order[n_recorded])
             n_recorded += 1
+        flush()
     finally:
+        if done:  # interrupted (Ctrl-C): what finished is still recorded
+            with contextlib.suppress(Exception):
+                flush()
         if defer:
             stage.end_deferred_writes()
     report.seconds = time.perf_counter() - t0
