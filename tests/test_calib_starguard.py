@@ -161,6 +161,18 @@ def test_boxes_whose_sources_could_clean_each_other_are_joined() -> None:
     assert _cleaning_neighbours(boxes, near) == [[0, 50, 0, 100], [200, 240, 200, 240]]
 
 
+def _star_field(rng, shape: tuple[int, int], n_stars: int, *, fwhm: float) -> np.ndarray:
+    """Gaussian stars of ``fwhm`` [px] and 3e3-3e4 adu at random places, 10 px from the edges."""
+    ny, nx = shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    sigma = fwhm / 2.3548
+    data = np.zeros((ny, nx))
+    for _ in range(n_stars):
+        x, y, flux = rng.uniform(10, nx - 10), rng.uniform(10, ny - 10), rng.uniform(3e3, 3e4)
+        data += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return data
+
+
 def test_a_frame_full_of_stars_is_extracted_once_for_finding_and_guarding(monkeypatch) -> None:
     """80 stars on 300 x 400 pixels: boxes around each would cost more than the whole frame, so
     the frame is extracted once, and the second ask (the guard's, around the flags) reuses it."""
@@ -170,12 +182,7 @@ def test_a_frame_full_of_stars_is_extracted_once_for_finding_and_guarding(monkey
 
     rng = np.random.default_rng(8)
     ny, nx = 300, 400
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    sigma = 2.0 / 2.3548
-    data = np.zeros((ny, nx))
-    for _ in range(80):
-        x, y, flux = rng.uniform(10, nx - 10), rng.uniform(10, ny - 10), rng.uniform(3e3, 3e4)
-        data += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    data = _star_field(rng, (ny, nx), 80, fwhm=2.0)
     noise = np.sqrt(100.0 + data)
     work = (data + noise * rng.standard_normal((ny, nx))).astype(np.float32)
     err = noise.astype(np.float32)
@@ -210,12 +217,7 @@ def test_an_extraction_from_the_variance_is_the_one_from_its_sigma(monkeypatch) 
     monkeypatch.setattr(starguard, "_BOX_COST_PIX", 0)  # boxes, not the whole frame
     rng = np.random.default_rng(11)
     ny, nx = 300, 400
-    yy, xx = np.mgrid[0:ny, 0:nx]
-    sigma = 2.5 / 2.3548
-    data = np.zeros((ny, nx))
-    for _ in range(12):
-        x, y, flux = rng.uniform(10, nx - 10), rng.uniform(10, ny - 10), rng.uniform(3e3, 3e4)
-        data += flux / (2 * np.pi * sigma**2) * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    data = _star_field(rng, (ny, nx), 12, fwhm=2.5)
     var = (100.0 + data).astype(np.float32)
     err = noise_from_variance(var)
     work = (data + err * rng.standard_normal((ny, nx))).astype(np.float32)
