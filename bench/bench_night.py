@@ -114,6 +114,7 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
         executor.start()  # as `darkroom run` does: the workers start while the masters are made
     try:
         for stage in stages:
+            gc.freeze()  # as `darkroom run` does before each stage (drive_stages)
             report = run_stage(repo.registry, stage, executor)
             seconds[stage.name] = report.seconds
             if report.n_failed:

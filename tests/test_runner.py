@@ -386,3 +386,21 @@ def test_local_workers_fork_from_a_server_that_loaded_the_stages_libraries():
     assert len(parents) == 2 and len(set(parents.values())) == 1
     assert os.getpid() not in parents.values()  # a spawned worker's parent is the driver
     assert list(loaded.values()) == [True, True]
+
+
+def test_stages_driven_for_a_one_shot_process_set_the_imports_aside_from_the_collector(registry, tmp_path):
+    import gc
+
+    from darkroom.pipeline.drive import drive_stages
+
+    gc.unfreeze()
+    try:
+        reports = drive_stages(registry, [ToyStage(tmp_path, ToyConfig())], quiet=True)
+        assert gc.get_freeze_count() == 0  # by default (a caller's process) nothing is frozen
+        assert reports[0].n_done == 3
+        drive_stages(
+            registry, [ToyStage(tmp_path, ToyConfig(factor=3))], quiet=True, freeze_between_stages=True
+        )
+        assert gc.get_freeze_count() > 1000  # the objects alive before the stage: set aside
+    finally:
+        gc.unfreeze()

@@ -58,6 +58,9 @@ app = _GuardedTyper(
 )
 console = Console()
 err_console = Console(stderr=True)
+#: set by :func:`main`: the command runs in a process of its own that ends with it (not in a
+#: caller's process, as under typer's test runner)
+_ENDS_WITH_THE_PROCESS = False
 log = logging.getLogger("darkroom.cli")
 
 RepoArg = Annotated[Path, typer.Argument(help="repository folder")]
@@ -627,6 +630,7 @@ def run(
                 retry_failed=retry_failed,
                 console=err_console,
                 quiet=quiet,
+                freeze_between_stages=_ENDS_WITH_THE_PROCESS,
             )
         finally:
             executor.close()
@@ -1062,6 +1066,8 @@ __import__("darkroom.commands.catalog", fromlist=["register"]).register(app)
 
 def main() -> None:  # pragma: no cover - console entry
     """The ``darkroom`` command (console script): :data:`app`, then the interpreter exits."""
+    global _ENDS_WITH_THE_PROCESS
+    _ENDS_WITH_THE_PROCESS = True
     try:
         app()
     finally:

@@ -6,6 +6,7 @@ run``) build their stages and hand them here.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -29,8 +30,16 @@ def drive_stages(
     retry_failed: bool = False,
     console: Console | None = None,
     quiet: bool = False,
+    freeze_between_stages: bool = False,
 ) -> list[StageReport]:
-    """Run ``stages`` in order; return one report per stage."""
+    """Run ``stages`` in order; return one report per stage.
+
+    ``freeze_between_stages`` (for a process that ends with the run: the ``darkroom``
+    command): before each stage, every object alive is set aside from Python's garbage
+    collector (``gc.freeze``), so that its full collections stop walking the millions of
+    objects the libraries' imports made (ARCSAT night: 0.39 -> 0.15 s of full collections).
+    Cycles that are garbage at that moment are kept until the process ends (a few figures'
+    worth in a run)."""
     console = console or Console(stderr=True)
     reports = []
     with Progress(
@@ -49,6 +58,8 @@ def drive_stages(
                 def progress(done: int, total: int, _task=task) -> None:
                     bar.update(_task, completed=done, total=max(total, 1))
 
+                if freeze_between_stages:
+                    gc.freeze()
                 reports.append(
                     run_stage(registry, stage, executor, retry_failed=retry_failed, progress=progress)
                 )
