@@ -10,6 +10,7 @@ connects to a running cluster whose workers see the repository at the same path.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import itertools
 import logging
@@ -114,6 +115,9 @@ def _warm_imports() -> int:
             n += 1
         except Exception:
             log.debug("warm import of %s failed", name, exc_info=True)
+    # a worker lives as long as its cluster: what the imports made is set aside from the garbage
+    # collector, whose full collections would walk it again and again (as `darkroom run` does)
+    gc.freeze()
     return n
 
 
