@@ -90,7 +90,9 @@ def _use_forkserver() -> bool:
     try:
         import distributed.utils as dask_utils
 
-        multiprocessing.get_context("forkserver").set_forkserver_preload(["distributed", *_WARM_MODULES])
+        multiprocessing.get_context("forkserver").set_forkserver_preload(
+            ["distributed", *_WARM_MODULES, "darkroom.pipeline._freeze_on_import"]
+        )
         dask_utils._forkserver_preload_set = True  # keep this list (Dask would set its own)
     except Exception:  # another Dask: its own preload list applies, the warm imports still run
         log.debug("fork server preload not set", exc_info=True)
