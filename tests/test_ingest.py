@@ -176,8 +176,11 @@ def test_same_file_twice_under_two_names_is_one_exposure(registry, tmp_path):
     assert len(_rows(registry)) == 1
 
 
-def test_header_variant_sets_ingest_without_quarantine(registry, data_dir):
-    summary = ingest_paths(registry, [data_dir / "msumastro-header-variants", data_dir / "st7-ptc-linearity"])
+@pytest.mark.parametrize("workers", [0, 2])  # 2: the 52 files read in two processes
+def test_header_variant_sets_ingest_without_quarantine(registry, data_dir, workers):
+    summary = ingest_paths(
+        registry, [data_dir / "msumastro-header-variants", data_dir / "st7-ptc-linearity"], workers=workers
+    )
     assert summary.quarantined == [], [(q.path.name, q.reason) for q in summary.quarantined]
     types = Counter((e.path.parent.name, e.meta.frame_type) for e in summary.registered)
     assert types[("st7-ptc-linearity", "bias")] == 3

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 __all__ = [
+    "HASH_CHUNK",
     "TEMP_PREFIX",
     "atomic_path",
     "atomic_write_bytes",
@@ -33,14 +34,16 @@ __all__ = [
 
 TEMP_PREFIX = ".tmp-"
 _HOST = socket.gethostname().replace("-", "_")
-_CHUNK = 1 << 18  # read and hashed while in the CPU's cache (see FileRange.chunks)
+#: bytes read (or converted) and hashed at a time: pieces that stay in the CPU's cache while they
+#: are hashed (12 MB read and hashed in 4 MB pieces took 20 ms, in 256 kB pieces 11 ms)
+HASH_CHUNK = 1 << 18
 
 
 def sha256_file(path: Path | str) -> str:
     """SHA-256 of a file's bytes as they are on disk (compressed files are not expanded)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
+        while chunk := fh.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 

@@ -20,7 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from darkroom.errors import BadInputError
-from darkroom.io.atomic import atomic_path, sha256_file
+from darkroom.io.atomic import HASH_CHUNK, atomic_path, sha256_file
 from darkroom.io.fitsheader import header_bytes, keep_room
 from darkroom.io.fitsplanes import read_planes
 from darkroom.maskbits import mask_header_cards
@@ -38,7 +38,6 @@ _BLOCK = 2880  # FITS block [bytes]
 _CARD = 80  # FITS card [bytes]
 _END = b"END" + b" " * 77
 _BLANK = b" " * _CARD
-_CHUNK_BYTES = 1 << 18  # rows of a plane converted, hashed and written at a time
 #: blank cards kept free in SCI's header: the astrometry stage writes its solution (a TAN-SIP
 #: WCS up to order 4 and its quality cards) in place instead of copying the whole file
 SCI_HEADER_ROOM = 72
@@ -295,7 +294,7 @@ def _hdu_chunks(
         if data is None:
             continue
         rows = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(1, -1)
-        step = max(1, _CHUNK_BYTES // max(1, rows.shape[1] * data.itemsize))
+        step = max(1, HASH_CHUNK // max(1, rows.shape[1] * data.itemsize))
         buf = np.empty((min(step, rows.shape[0]), rows.shape[1]), dtype=_DIRECT[data.dtype])
         for r0 in range(0, rows.shape[0], step):
             part = buf[: min(step, rows.shape[0] - r0)]

@@ -13,7 +13,6 @@ Wiring only: :func:`darkroom.detect.extract_frame` does the work.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline.deferred import DeferredWrites
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Image, SourceCatalog
-from darkroom.repo.store import atomic_write_bytes
+from darkroom.repo.store import atomic_write_bytes, sha256_bytes
 
 # This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
 # extraction (sep, scipy) and WCS handling (astropy.wcs) load when a unit runs.
@@ -54,7 +53,7 @@ FIGURE_KEYS = (
 def _write_bytes(path: Path, data: bytes) -> str:
     """Write ``data`` durably to ``path`` (atomically) and return its SHA-256."""
     atomic_write_bytes(path, data)
-    return hashlib.sha256(data).hexdigest()
+    return sha256_bytes(data)
 
 
 class ExtractStage(DeferredWrites, Stage):

@@ -12,6 +12,7 @@ from darkroom.io.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     remove_orphan_temps,
+    sha256_bytes,
     sha256_file,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "remove_orphan_temps",
+    "sha256_bytes",
     "sha256_file",
 ]
