@@ -95,7 +95,8 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
     """The run itself (in the child process): per-stage wall seconds and the driver's CPU."""
     from darkroom import _threads  # noqa: F401
     from darkroom.facade import Repository
-    from darkroom.pipeline.drive import frames_to_calibrate
+    from darkroom.io.keep import release_kept
+    from darkroom.pipeline.drive import frames_to_calibrate, raw_frames_kept
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages
@@ -105,22 +106,30 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     repo = Repository.init(folder / "repo", overrides=[XO1])
     seconds = {"repository init (not timed)": time.perf_counter() - t0}
-    t0 = time.perf_counter()
-    ingest_paths(repo.registry, [data], workers=workers)  # as `darkroom run --ingest --workers` does
-    seconds["ingest"] = time.perf_counter() - t0
-    executor = make_executor(workers=workers)
-    stages = all_stages(repo.root, repo.config)
-    if frames_to_calibrate(repo.registry, stages) >= 2:
-        executor.start()  # as `darkroom run` does: the workers start while the masters are made
-    try:
-        for stage in stages:
-            gc.freeze()  # as `darkroom run` does before each stage (drive_stages)
-            report = run_stage(repo.registry, stage, executor)
-            seconds[stage.name] = report.seconds
-            if report.n_failed:
-                print(f"  {stage.name}: {report.n_failed} failed, e.g. {report.failures[0]}", file=sys.stderr)
-    finally:
-        executor.close()
+    # as `darkroom run --ingest` does: serially, the raw frames ingest read are kept for the masters
+    # and calibrate
+    with raw_frames_kept(repo.config.ingest, serial=workers == 0):
+        t0 = time.perf_counter()
+        ingest_paths(repo.registry, [data], workers=workers)  # as `darkroom run --ingest --workers` does
+        seconds["ingest"] = time.perf_counter() - t0
+        executor = make_executor(workers=workers)
+        stages = all_stages(repo.root, repo.config)
+        if frames_to_calibrate(repo.registry, stages) >= 2:
+            executor.start()  # as `darkroom run` does: the workers start while the masters are made
+        try:
+            for i, stage in enumerate(stages):
+                gc.freeze()  # as `darkroom run` does before each stage (drive_stages)
+                report = run_stage(repo.registry, stage, executor)
+                seconds[stage.name] = report.seconds
+                if report.n_failed:
+                    print(
+                        f"  {stage.name}: {report.n_failed} failed, e.g. {report.failures[0]}",
+                        file=sys.stderr,
+                    )
+                if not any(st.reads_raw_files for st in stages[i + 1 :]):
+                    release_kept()  # as drive_stages does
+        finally:
+            executor.close()
     repo.close()
     seconds["driver CPU"] = time.process_time()
     return seconds

@@ -257,6 +257,31 @@ def test_local_cluster_of_two_workers_equals_serial(tmp_path, sim_raw):
     assert snapshot(parallel) == snapshot(serial)
 
 
+def test_frames_kept_from_ingest_give_the_products_of_frames_read_again(tmp_path, sim_raw):
+    """A serial `run --ingest` decompresses and parses each raw file once: the masters and calibrate
+    take what ingest kept (darkroom.io.keep), and make what reading the files again makes."""
+    from darkroom.facade import Repository
+    from darkroom.pipeline.drive import drive_stages, raw_frames_kept
+    from darkroom.pipeline.ingest import ingest_paths
+    from darkroom.pipeline.run import all_stages
+
+    n_files = len(list(sim_raw.glob("*.fits")))
+    counts = {}
+    for name, budget in (("kept", 512.0), ("read_again", 0.0)):
+        repo = Repository.init(tmp_path / name)
+        cfg = repo.config.ingest.model_copy(update={"keep_in_memory_mb": budget})
+        with raw_frames_kept(cfg, serial=True) as keeper:
+            ingest_paths(repo.registry, [sim_raw], config=cfg)
+            reports = drive_stages(repo.registry, all_stages(repo.root, repo.config), quiet=True)
+            if keeper is not None:
+                counts = {"kept": keeper.n_kept, "taken": keeper.n_taken, "held": keeper.held_bytes}
+        assert not [r for r in reports if r.n_failed]
+        repo.close()
+    # every frame was kept by ingest and taken once (by a master or calibrate), nothing is left
+    assert counts == {"kept": n_files, "taken": n_files, "held": 0}
+    assert snapshot(tmp_path / "kept") == snapshot(tmp_path / "read_again")
+
+
 def test_cron_style_ingest_processes_only_what_is_new(tmp_path, sim_raw):
     first_half = tmp_path / "incoming"
     first_half.mkdir()

@@ -582,7 +582,13 @@ def run(
 
     Exit 2 when anything failed."""
     from darkroom.facade import Repository
-    from darkroom.pipeline.drive import drive_stages, frames_to_calibrate, print_ingest_summary, print_reports
+    from darkroom.pipeline.drive import (
+        drive_stages,
+        frames_to_calibrate,
+        print_ingest_summary,
+        print_reports,
+        raw_frames_kept,
+    )
     from darkroom.pipeline.executors import make_executor
     from darkroom.pipeline.run import all_stages, forget_from, select_stages
     from darkroom.pipeline.summary import print_run_summary, run_summary
@@ -592,48 +598,50 @@ def run(
     try:
         r = Repository(repo, db_url=db, overrides=set_ or ())
         remove_orphan_temps(r.root)  # left by a run that was killed mid-write
-        if ingest_paths_:
-            # the FITS reader, astropy.time and the instrument profiles: only when asked
-            from darkroom.pipeline.ingest import ingest_paths
+        # serially, what ingest reads is kept for the masters and calibrate (read once, not twice)
+        with raw_frames_kept(r.config.ingest, serial=bool(ingest_paths_) and not workers and not scheduler):
+            if ingest_paths_:
+                # the FITS reader, astropy.time and the instrument profiles: only when asked
+                from darkroom.pipeline.ingest import ingest_paths
 
-            t0 = time.perf_counter()
-            summary = ingest_paths(
-                r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root, workers=workers
-            )
-            if not quiet or summary.quarantined:
-                print_ingest_summary(summary, time.perf_counter() - t0, console)
-        r.apply_automatic_targets(online=True)
-        for note in r.target_notes:  # what was chosen for each field, every run: a person checks it
-            log.info(note)
-            err_console.print(f"warning: {note}", soft_wrap=True, markup=False, highlight=False)
-        from darkroom.pipeline.targets import planet_ephemerides
+                t0 = time.perf_counter()
+                summary = ingest_paths(
+                    r.registry, ingest_paths_, config=r.config.ingest, profile_root=r.root, workers=workers
+                )
+                if not quiet or summary.quarantined:
+                    print_ingest_summary(summary, time.perf_counter() - t0, console)
+            r.apply_automatic_targets(online=True)
+            for note in r.target_notes:  # what was chosen for each field, every run: a person checks it
+                log.info(note)
+                err_console.print(f"warning: {note}", soft_wrap=True, markup=False, highlight=False)
+            from darkroom.pipeline.targets import planet_ephemerides
 
-        ephemerides = planet_ephemerides(
-            r.root, [t.name for t in r.config.targets], r.config.names, online=True
-        )
-        for name, eph in ephemerides.items():
-            log.info("target %s: transit ephemeris of %s from the %s", name, eph.planet, eph.reference)
-        stages = all_stages(r.root, r.config)
-        if redo:
-            forgotten = forget_from(r.registry, stages, redo)
-            if not quiet:
-                console.print(f"forgot the products of: {', '.join(forgotten)}")
-        chosen = select_stages(stages, until=until, only=only)
-        executor = make_executor(workers=workers, scheduler=scheduler)
-        if frames_to_calibrate(r.registry, chosen) >= 2:
-            executor.start()  # frames to reduce: the workers start while the masters are made
-        try:
-            reports = drive_stages(
-                r.registry,
-                chosen,
-                executor=executor,
-                retry_failed=retry_failed,
-                console=err_console,
-                quiet=quiet,
-                freeze_between_stages=_ENDS_WITH_THE_PROCESS,
+            ephemerides = planet_ephemerides(
+                r.root, [t.name for t in r.config.targets], r.config.names, online=True
             )
-        finally:
-            executor.close()
+            for name, eph in ephemerides.items():
+                log.info("target %s: transit ephemeris of %s from the %s", name, eph.planet, eph.reference)
+            stages = all_stages(r.root, r.config)
+            if redo:
+                forgotten = forget_from(r.registry, stages, redo)
+                if not quiet:
+                    console.print(f"forgot the products of: {', '.join(forgotten)}")
+            chosen = select_stages(stages, until=until, only=only)
+            executor = make_executor(workers=workers, scheduler=scheduler)
+            if frames_to_calibrate(r.registry, chosen) >= 2:
+                executor.start()  # frames to reduce: the workers start while the masters are made
+            try:
+                reports = drive_stages(
+                    r.registry,
+                    chosen,
+                    executor=executor,
+                    retry_failed=retry_failed,
+                    console=err_console,
+                    quiet=quiet,
+                    freeze_between_stages=_ENDS_WITH_THE_PROCESS,
+                )
+            finally:
+                executor.close()
         night = run_summary(r, reports)
         if report and chosen and chosen[-1].name == stages[-1].name:
             night.report = _write_report_quietly(r)

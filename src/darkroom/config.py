@@ -90,6 +90,14 @@ class IngestConfig(_Section):
     )
     max_hdus: int = Field(64, ge=1, description="most HDUs a raw file may have")
     read_timeout_s: float = Field(60.0, gt=0, description="time budget for reading one file [s]")
+    keep_in_memory_mb: float = Field(
+        512.0,
+        ge=0,
+        description="serial 'darkroom run --ingest': raw frames ingest read, kept in memory for the "
+        "masters and calibrate (each file decompressed and parsed once) [MiB; at most a quarter of "
+        "the memory available; 0: read them again]",
+        json_schema_extra={"critical": False},
+    )
 
 
 class AstrometrySettings(BaseModel):

@@ -48,6 +48,7 @@ from astropy.io import fits
 
 from darkroom.errors import BadInputError
 from darkroom.io.bayer import bayer_pattern, bin_bayer_to_luminance, luminance_header
+from darkroom.io.keep import active_keeper, file_key
 
 __all__ = ["FITS_SUFFIXES", "RawImage", "ReadLimits", "is_fits_name", "read_raw", "regular_file_problem"]
 
@@ -100,6 +101,9 @@ class RawImage:
     hdu_index: int
     #: keywords of header cards that could not be parsed and were left out
     dropped_cards: tuple[str, ...] = field(default=())
+    #: the integer type the pixels were stored in when float32 holds every value of it exactly
+    #: (8- and 16-bit frames), else None: what the data can be kept in (:mod:`darkroom.io.keep`)
+    stored_dtype: np.dtype | None = field(default=None, repr=False, compare=False)
 
 
 _KIND = (
@@ -438,6 +442,9 @@ def read_raw(
     frame of the camera is read the same way.
     """
     path = Path(path)
+    # only a re-read (no limits given: the file was accepted under them) is served what an
+    # earlier read in this process kept (darkroom.io.keep); a first read keeps what it read
+    rereading = limits is None
     limits = limits or _REREAD
     budget = _Budget(limits.timeout_s)
     try:
@@ -459,6 +466,12 @@ def read_raw(
             raise BadInputError(problem)
         if st.st_size == 0:
             raise BadInputError("empty file (0 bytes)")
+        keeper = active_keeper() if with_data else None
+        key = file_key(st, "raw", debayer) if keeper is not None else None
+        if keeper is not None and rereading:
+            kept = keeper.take(key)
+            if kept is not None:
+                return _unkept(kept)
         with _alarm(budget):
             raw = _read_open(fh, st.st_size, with_data=with_data, limits=limits, budget=budget)
     if debayer and bayer_pattern(raw.header) is not None and min(raw.shape) >= 2:
@@ -466,8 +479,32 @@ def read_raw(
             data, header = bin_bayer_to_luminance(raw.data, raw.header)
         else:
             data, header = None, luminance_header(raw.header, raw.shape)
-        raw = dataclasses.replace(raw, header=header, data=data, shape=(raw.shape[0] // 2, raw.shape[1] // 2))
+        raw = dataclasses.replace(
+            raw, header=header, data=data, shape=(raw.shape[0] // 2, raw.shape[1] // 2), stored_dtype=None
+        )
+    if keeper is not None and not rereading:
+        _keep(keeper, key, raw)
     return raw
+
+
+def _keep(keeper, key, raw: RawImage) -> None:
+    """Leave a copy of ``raw`` with ``keeper`` (pixels in their stored integer type when that is
+    exact: half the memory of float32 for a 16-bit camera)."""
+    data = raw.data
+    dtype = raw.stored_dtype
+    nbytes = data.size * (dtype.itemsize if dtype is not None else data.itemsize) + 80 * (len(raw.header) + 4)
+    if not keeper.wants(nbytes):
+        keeper.n_refused += 1
+        return
+    pixels = data.astype(dtype) if dtype is not None else data.copy()
+    keeper.offer(key, dataclasses.replace(raw, header=raw.header.copy(), data=pixels), nbytes)
+
+
+def _unkept(kept: RawImage) -> RawImage:
+    """A kept image as :func:`read_raw` returns it (float32 pixels)."""
+    if kept.stored_dtype is None:
+        return kept
+    return dataclasses.replace(kept, data=kept.data.astype(np.float32))
 
 
 def _read_open(fh: BinaryIO, size: int, *, with_data: bool, limits: ReadLimits, budget: _Budget) -> RawImage:
@@ -511,10 +548,12 @@ def _read_open(fh: BinaryIO, size: int, *, with_data: bool, limits: ReadLimits, 
                 if len(shape) < 2 or min(shape) == 0:
                     raise BadInputError(f"no image data: image shape {shape}")
                 data = None
+                stored = None
                 if with_data:
                     raw = hdu.data
                     if raw is None:
                         raise BadInputError("no image data: data section is empty")
+                    stored = raw.dtype if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 else None
                     data = np.asarray(raw, dtype=np.float32)
                     if data.ndim > 2:
                         data = data.reshape(data.shape[-2:]) if np.prod(data.shape[:-2]) == 1 else data[0]
@@ -532,7 +571,14 @@ def _read_open(fh: BinaryIO, size: int, *, with_data: bool, limits: ReadLimits, 
         raise BadInputError("not enough memory to read the image") from exc
     except Exception as exc:  # astropy raises a wide variety on mangled headers and tiles
         raise BadInputError(_reason(exc)) from exc
-    return RawImage(header=header, data=data, shape=shape[-2:], hdu_index=index, dropped_cards=tuple(dropped))
+    return RawImage(
+        header=header,
+        data=data,
+        shape=shape[-2:],
+        hdu_index=index,
+        dropped_cards=tuple(dropped),
+        stored_dtype=np.dtype(stored).newbyteorder("=") if with_data and stored is not None else None,
+    )
 
 
 def _short(exc: object, limit: int = 160) -> str:

@@ -44,6 +44,7 @@ class CalibrateStage(DeferredWrites, Stage):
     variance; write SCI/MASK/VAR."""
 
     name = "calibrate"
+    reads_raw_files = True
     reads = ("master_bias", "master_dark", "master_flat", "sky_flat", "bad_pixels")
     settings = ("calib.grouping", "calib.calibration", "calib.allow_outside_window")
 

@@ -168,6 +168,8 @@ _MASTER_COMMON = ("calib.grouping", "calib.calibration", "calib.comparison", "ca
 class MasterStage(Stage):
     """Combine the bias, dark or flat frames of each group into a master (one subclass per kind)."""
 
+    reads_raw_files = True
+
     kind: ClassVar[str]
     #: the master kinds each kind is made with (their stages are in ``reads``)
     depends_on_kinds: ClassVar[dict[str, tuple[str, ...]]] = {

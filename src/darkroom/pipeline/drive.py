@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from darkroom.config import IngestConfig
+from darkroom.io.keep import keeping, memory_budget_bytes, release_kept
 from darkroom.pipeline.runner import Executor, StageReport, run_stage, wait_for_others, worker_id
 from darkroom.pipeline.stage import Stage
 from darkroom.repo.models import Task
@@ -63,10 +66,24 @@ def drive_stages(
                 reports.append(
                     run_stage(registry, stage, executor, retry_failed=retry_failed, progress=progress)
                 )
+                if not any(st.reads_raw_files for st in stages[i + 1 :]):
+                    release_kept()  # raw frames ingest kept for the masters and calibrate
         except KeyboardInterrupt:
             release_claims(registry)
             raise
     return reports
+
+
+def raw_frames_kept(config: IngestConfig, *, serial: bool) -> AbstractContextManager:
+    """Within the block, raw frames read whole by ingest stay in memory (``config.keep_in_memory_mb``
+    at most) for the masters and calibrate, so that each file is decompressed and parsed once
+    (:mod:`darkroom.io.keep`); the stages take them out as they use them, and what is left goes
+    after the last stage that reads raw frames (:func:`drive_stages`) or at the end of the block.
+
+    Only for ``serial`` runs: the workers of a parallel run are other processes. ARCSAT night,
+    serially: the masters and calibrate ~0.9 s faster (~10 ms a frame) for ~200 MB held at most.
+    """
+    return keeping(memory_budget_bytes(config.keep_in_memory_mb) if serial else 0)
 
 
 def frames_to_calibrate(registry: Registry, stages: Sequence[Stage]) -> int:

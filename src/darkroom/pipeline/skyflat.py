@@ -51,6 +51,7 @@ class SkyFlatStage(Stage):
     """A sky flat per night and filter with no flat frames, from its drifting or dithered lights."""
 
     name = "sky_flat"
+    reads_raw_files = True
     reads = ("master_bias", "master_dark", "master_flat")
     settings = ("calib.grouping", "calib.calibration", "calib.allow_outside_window", "calib.sky_flat")
 

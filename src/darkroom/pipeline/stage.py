@@ -35,6 +35,9 @@ for the ordered list and how a new stage joins it):
     ``"default"`` runs on the executor ``darkroom run`` was given (serial or Dask);
     ``"thread"`` runs the stage's units on a thread pool with at most ``max_in_flight``
     units at once (network-bound work: downloads from a survey archive).
+``reads_raw_files``
+    the stage reads raw frames (the masters, the sky flat, calibrate): once no stage left in a
+    run does, what ingest kept of them in memory is let go (:mod:`darkroom.io.keep`).
 ``min_units_for_workers``
     fewer units than this run in the driver even when workers were given: for a stage whose
     units are few and light, shipping them costs more than it saves (a worker first imports
@@ -118,6 +121,7 @@ class Stage(ABC):
     executor: ClassVar[str] = "default"  # default | thread
     max_in_flight: ClassVar[int] = 4
     min_units_for_workers: ClassVar[int] = 2
+    reads_raw_files: ClassVar[bool] = False
 
     def __init__(
         self,
