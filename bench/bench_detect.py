@@ -17,6 +17,8 @@ Rows (ratio = library time / darkroom time: above 1 darkroom is faster, below 1 
   darkroom detect       detect_sources: sep.extract plus windowed centroids, half-light radii,
                         Moffat PSF fits of the brightest stars, windowed shapes, aperture fluxes,
                         saturation
+  darkroom PSF fit      (ARCSAT) the Moffat PSF fits alone (detect.psf.measure_psf, part of
+                        darkroom detect), on the inputs detect_sources gave it for the frame
   darkroom total        extract_frame: the two above plus the image-quality figures
   catalogue write/read  darkroom.io.tables against astropy's Table.write / Table.read (Parquet)
   photutils ...         Background2D, segmentation + SourceCatalog, DAOStarFinder (synthetic only;
@@ -51,6 +53,7 @@ from scipy.special import erf
 from darkroom.detect import BackgroundConfig, DetectConfig, detect_sources, estimate_background, extract_frame
 from darkroom.detect.background import pixel_masks
 from darkroom.detect.extract import _kernel
+from darkroom.detect.psf import measure_psf
 from darkroom.detect.quality import measure_image_quality
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -304,6 +307,15 @@ def night_table(args: argparse.Namespace) -> list[dict]:
             peaks.setdefault(name, m)
             return out
 
+        # measure_psf's inputs, as detect_sources passes them, to time the PSF fits alone
+        import darkroom.detect.extract as extract_module
+
+        psf_inputs: list[tuple[tuple, dict]] = []
+
+        def capture(*a: Any, **k: Any) -> Any:
+            psf_inputs.append((a, k))
+            return measure_psf(*a, **k)
+
         n_src = []
         for unit in units:
             path = repo.root / unit.payload["path"]
@@ -326,6 +338,14 @@ def night_table(args: argparse.Namespace) -> list[dict]:
                     image.sci, background=bkg, config=cfg.detect, masks=masks
                 ),
             )
+            extract_module.measure_psf = capture
+            try:
+                detect_sources(image.sci, background=bkg, config=cfg.detect, masks=masks)
+            finally:
+                extract_module.measure_psf = measure_psf
+            if psf_inputs:  # (none without sources)
+                a, k = psf_inputs.pop()
+                step("darkroom PSF fit", lambda a=a, k=k: measure_psf(*a, **k))
             n_src.append(len(cat))
             step(
                 "image quality", lambda cat=cat, bkg=bkg: measure_image_quality(cat, bkg, config=cfg.quality)
@@ -348,9 +368,12 @@ def night_table(args: argparse.Namespace) -> list[dict]:
             "pixel masks",
             "darkroom background",
             "darkroom detect",
+            "darkroom PSF fit",
             "image quality",
             "extract stage unit",
         ):
+            if name not in med:
+                continue
             ratio = ""
             if name == "darkroom background":
                 ratio = f"{lmed['sep background'] / med[name]:.2f} (sep)"

@@ -49,9 +49,9 @@ _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _SQRT2 = math.sqrt(2.0)
 _MIN_GAMMA, _MAX_GAMMA = 1e-3, 1.0 / 1.3  # 1 / beta: from nearly Gaussian to beta = 1.3
 
-#: ``func(params, rows) -> (model, jacobian)``: the model of stamps ``rows`` and a function giving
-#: the Jacobian of some of them (indices into ``rows``), computed only for the steps accepted
-ModelFunction = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]]
+#: ``func(params, rows) -> (model, jacobian)``: the model ``(len(rows), m)`` of stamps ``rows`` and its
+#: Jacobian ``(len(rows), m, n_params)``
+ModelFunction = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -116,59 +116,81 @@ def _levenberg_marquardt(
     """Batched Levenberg-Marquardt: ``params (n, k)`` fitted to ``data (n, m)`` with ``weight (n, m)``.
 
     ``func(params, rows)`` returns the model ``(len(rows), m)`` of the stamps ``rows`` for
-    their parameters ``params`` and a function that gives the Jacobian ``(len(sel), m, k)``
-    of the stamps ``rows[sel]``: it is asked for only where a step is accepted (the
-    Jacobian costs more than the model). Trial steps outside the bounds
-    (``valid(params)`` False) are not evaluated. Returns the parameters, the weighted sum
-    of squared residuals and a convergence flag per row.
+    their parameters ``params`` and its Jacobian ``(len(rows), m, k)``. The normal equations
+    ``J^T W J`` and ``J^T W r`` of a stamp are formed when its parameters change and kept
+    while only its damping changes; the rows still being fitted are kept together (the
+    arrays shrink when rows finish). Trial steps outside the bounds (``valid(params)``
+    False) are not evaluated. Returns the parameters, the weighted sum of squared residuals
+    and a convergence flag per row.
     """
     n, k = params.shape
-    params = params.copy()
-    model, jacobian = func(params, np.arange(n))
-    jac = jacobian(np.arange(n))
-    chi2 = np.sum(weight * (data - model) ** 2, axis=1)
-    lam = np.full(n, 1e-3)
-    active = np.isfinite(chi2)
+    out_params = params.copy()
+    model, jac = func(params, np.arange(n))
+    out_chi2 = np.sum(weight * (data - model) ** 2, axis=1)
     converged = np.zeros(n, dtype=bool)
-    eye = np.eye(k)
+    rows = np.flatnonzero(np.isfinite(out_chi2))  # the rows being fitted, and their arrays:
+    p, d, w, chi2 = params[rows], data[rows], weight[rows], out_chi2[rows]
+    model, jac = model[rows], jac[rows]
+
+    def normal_equations(jac: np.ndarray, w: np.ndarray, resid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """J^T W J (len, k, k) and J^T W r (len, k)."""
+        jw = np.swapaxes(jac * w[:, :, None], 1, 2)
+        return jw @ jac, (jw @ resid[:, :, None])[:, :, 0]
+
+    normal, grad = normal_equations(jac, w, d - model)
+    lam = np.full(len(rows), 1e-3)
+    diagonal = np.arange(0, k * k, k + 1)  # the diagonal of a flattened (k, k)
     for _ in range(max_iter):
-        rows = np.flatnonzero(active)
         if not len(rows):
             break
-        j = jac[rows]
-        w = weight[rows]
-        jw = np.swapaxes(j * w[:, :, None], 1, 2)  # (n, k, m)
-        a = jw @ j
-        g = (jw @ (data[rows] - model[rows])[:, :, None])[:, :, 0]
-        diag = np.maximum(np.einsum("nkk->nk", a), 1e-30)
-        damped = a + lam[rows, None, None] * diag[:, :, None] * eye
+        # J^T W J + lam diag(J^T W J) (the diagonal at least 1e-30)
+        damped = normal.reshape(-1, k * k).copy()
+        damped[:, diagonal] += lam[:, None] * np.maximum(damped[:, diagonal], 1e-30)
+        damped = damped.reshape(-1, k, k)
         try:
-            step = np.linalg.solve(damped, g[:, :, None])[:, :, 0]
+            step = np.linalg.solve(damped, grad[:, :, None])[:, :, 0]
         except np.linalg.LinAlgError:
-            step = np.stack([np.linalg.lstsq(d, v, rcond=None)[0] for d, v in zip(damped, g, strict=True)])
-        trial = params[rows] + step
-        ok = np.all(np.isfinite(trial), axis=1) & valid(trial)
-        tried = np.flatnonzero(ok)
-        t_chi2 = np.full(len(rows), np.inf)
-        if tried.size:
-            t_model, t_jacobian = func(trial[tried], rows[tried])
-            t_chi2[tried] = np.sum(w[tried] * (data[rows[tried]] - t_model) ** 2, axis=1)
-        better = ok & (t_chi2 < chi2[rows])
-        gain = chi2[rows] - t_chi2
-        up = rows[better]
-        if up.size:
-            accepted = np.flatnonzero(better[tried])
-            params[up] = trial[better]
-            model[up] = t_model[accepted]
-            jac[up] = t_jacobian(accepted)
-        small = better & (gain <= 1e-6 * np.maximum(chi2[rows], 1e-30))
-        chi2[up] = t_chi2[better]
-        lam[rows] = np.where(better, np.maximum(lam[rows] / 3.0, 1e-9), lam[rows] * 6.0)
-        done = small | (lam[rows] > 1e8)
-        converged[rows[small | (lam[rows] > 1e8)]] = True
-        active[rows[done]] = False
-    converged |= active  # out of iterations but improving: accept the last parameters
-    return params, chi2, converged
+            step = np.stack([np.linalg.lstsq(a, v, rcond=None)[0] for a, v in zip(damped, grad, strict=True)])
+        trial = p + step
+        ok = np.isfinite(trial).all(axis=1) & valid(trial)
+        if ok.all():
+            t_model, t_jac = func(trial, rows)
+            t_chi2 = np.sum(w * (d - t_model) ** 2, axis=1)
+        else:
+            tried = np.flatnonzero(ok)
+            t_chi2 = np.full(len(rows), np.inf)
+            if len(tried):
+                t_model, t_jac = func(trial[tried], rows[tried])
+                t_chi2[tried] = np.sum(w[tried] * (d[tried] - t_model) ** 2, axis=1)
+        better = t_chi2 < chi2  # False where not tried (inf)
+        if better.all():
+            p, model, chi2_new = trial, t_model, t_chi2
+            normal, grad = normal_equations(t_jac, w, d - model)
+        else:
+            chi2_new = np.where(better, t_chi2, chi2)
+            if better.any():
+                accepted = better[ok]
+                p[better] = trial[better]
+                model[better] = t_model[accepted]
+                normal[better], grad[better] = normal_equations(
+                    t_jac[accepted], w[better], d[better] - model[better]
+                )
+        small = better & (chi2 - t_chi2 <= 1e-6 * np.maximum(chi2, 1e-30))
+        chi2 = chi2_new
+        lam = np.where(better, np.maximum(lam / 3.0, 1e-9), lam * 6.0)
+        done = small | (lam > 1e8)
+        if done.any():
+            out_params[rows[done]] = p[done]
+            out_chi2[rows[done]] = chi2[done]
+            converged[rows[done]] = True
+            keep = ~done
+            rows, p, d, w, chi2, lam = rows[keep], p[keep], d[keep], w[keep], chi2[keep], lam[keep]
+            model, normal, grad = model[keep], normal[keep], grad[keep]
+    # out of iterations but improving: accept the last parameters
+    out_params[rows] = p
+    out_chi2[rows] = chi2
+    converged[rows] = True
+    return out_params, out_chi2, converged
 
 
 def _stamps(
@@ -281,7 +303,7 @@ def fit_gaussian_stamps(
         )
         jac[..., 4] = 1.0
         jac = jac.reshape(len(p), -1, 5)
-        return model.reshape(len(p), -1), lambda sel: jac[sel]
+        return model.reshape(len(p), -1), jac
 
     def valid(p: np.ndarray) -> np.ndarray:
         # rows of p are those still being fitted: bounds relative to the start are checked below
@@ -362,7 +384,9 @@ def fit_moffat_stamps(
     y = np.asarray(y, dtype=float)
     n = len(x)
     fwhm0 = np.broadcast_to(np.asarray(fwhm_pix, dtype=float), (n,)).copy()
-    fwhm0 = np.where(np.isfinite(fwhm0) & (fwhm0 > 0), fwhm0, np.nanmedian(fwhm0) if n else 2.0)
+    usable = np.isfinite(fwhm0) & (fwhm0 > 0)
+    if not usable.all():
+        fwhm0 = np.where(usable, fwhm0, np.nanmedian(fwhm0))
     fwhm0 = np.clip(np.nan_to_num(fwhm0, nan=2.0), 0.5, 50.0)
     typical = float(np.median(fwhm0)) if n else 2.0
     half = _moffat_half_size(typical) if half_size_pix is None else int(half_size_pix)
@@ -395,86 +419,109 @@ def fit_moffat_stamps(
         ]
     )
 
-    ones = np.ones(os_)
-    per_sample = 1.0 / (os_ * os_)
+    # The samples of star k are the C-ordered array (k, size * os, size * os) of (x pixel,
+    # x sub-sample, y pixel, y sub-sample). The arithmetic on them is elementwise on whole
+    # arrays or matrix products (numpy's broadcast arithmetic on arrays of this shape costs
+    # several times more):
+    # - u = 1 + gamma d^T Q d is the product of [1 + gamma qxx dx^2, 2 gamma qxy dx, 1] (x samples, 3)
+    #   and [1, dy, gamma qyy dy^2] (3, y samples);
+    # - the pixel means M_ab of mu dx^a dy^b (a, b = 0..2; mu = (1 + gamma q) ** (-1 / gamma - 1)):
+    #   over the x sub-samples with the weights dx^a of each x pixel (a product batched over the
+    #   x pixels), then over the y sub-samples with the weights dy^b of each y pixel (batched over
+    #   the y pixels, on a transposed view), which leaves them in (y pixel, x pixel) order. The
+    #   model's pixel means are M00 + gamma (qxx M20 + 2 qxy M11 + qyy M02) (mu (1 + gamma q) is
+    #   the profile) and every column of the Jacobian is a combination of the nine M_ab (one more
+    #   product per star) and, for gamma, of the pixel means of m ln(1 + gamma q).
+    # The arrays live in buffers allocated once per call, their constant parts filled once.
+    n_side = size * os_
+    buf_u = np.empty((n, n_side, n_side))
+    buf_log = np.empty((n, n_side, n_side))
+    buf_m = np.empty((n, n_side, n_side))
+    buf_left = np.empty((n, n_side, 3))
+    buf_left[:, :, 2] = 1.0
+    buf_right = np.empty((n, 3, n_side))
+    buf_right[:, 0] = 1.0
+    buf_xw = np.empty((n, size, 3, os_))  # dx^a of the x samples, per x pixel
+    buf_xw[:, :, 0] = 1.0
+    buf_yw = np.empty((n, size, os_, 3))  # dy^b / os^2 of the y samples, per y pixel
+    buf_yw[..., 0] = 1.0 / (os_ * os_)
+    x_mean = np.full((1, os_), 1.0 / (os_ * os_))
+    y_sum = np.ones(os_)
+    # coef[k] (9 sums M_ab at 3 a + b, the 8 parameters and the model without its constant): the
+    # parts proportional to the model (M00, M02, M11, M20 for flux, qxx, qxy, qyy, gamma, model),
+    # then the terms of x0, y0 alone and those added to the model's part
+    buf_coef = np.zeros((n, 9, 9))
+    model_rows, model_cols = np.array([0, 2, 4, 6])[:, None], np.array([0, 3, 4, 5, 6, 8])[None, :]
+    own_rows, own_cols = np.array([3, 1, 3, 1]), np.array([1, 1, 2, 2])
+    added_rows, added_cols = np.array([6, 4, 2, 6, 4, 2]), np.array([3, 4, 5, 6, 6, 6])
+    buf_added = np.empty((n, 6))
+    buf_added[:, :3] = [-1.0, -2.0, -1.0]
 
-    def mean(v: np.ndarray) -> np.ndarray:
-        """Per-pixel mean ``(k, size * size)`` of samples ``(k, size * os, size * os)``."""
-        k = len(v)
-        over_y = v.reshape(k * size, os_, -1).sum(axis=1)
-        return (over_y.reshape(-1, os_) @ ones).reshape(k, -1) * per_sample
-
-    def func(p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        # Samples of star k at (y pixel, y sub-sample, x pixel, x sub-sample) are the C-ordered
-        # array (k, size * os, size * os): every broadcast runs along rows of size * os samples.
-        m = len(p)
-        flux, x0, y0, qxx, qxy, qyy, gamma, const = (p[:, i] for i in range(8))
-        dx = sx[idx] - x0[:, None, None]  # (m, size, os)
-        dy = sy[idx] - y0[:, None, None]
-        g = gamma[:, None, None]
-        # u = 1 + gamma q with q = qxx dx^2 + 2 qxy dx dy + qyy dy^2
-        u = (g * qxx[:, None, None] * dx**2).reshape(m, 1, -1) + (
-            g * qyy[:, None, None] * dy**2 + 1.0
-        ).reshape(m, -1, 1)
-        u += (2.0 * g * qxy[:, None, None] * dy).reshape(m, -1, 1) * dx.reshape(m, 1, -1)
-        log_u = np.log(u)
-        ms = np.exp(log_u * (-1.0 / g))  # (1 + gamma q) ** (-1 / gamma)
-        s_m = mean(ms)
+    def func(p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model ``(k, size * size)`` [adu] and Jacobian ``(k, size * size, 8)`` of stamps ``idx``."""
+        k = len(p)
+        flux, x0, y0, qxx, qxy, qyy, gamma, const = p.T
+        dx = sx[idx] - x0[:, None, None]  # (k, x pixel, x sub)
+        dy = sy[idx] - y0[:, None, None]  # (k, y pixel, y sub)
+        g = gamma[:, None]
+        left, right = buf_left[:k], buf_right[:k]
+        left[:, :, 1] = (2.0 * g * qxy[:, None]) * dx.reshape(k, -1)
+        left[:, :, 0] = (g * qxx[:, None]) * dx.reshape(k, -1) ** 2 + 1.0
+        right[:, 1] = dy.reshape(k, -1)
+        right[:, 2] = (g * qyy[:, None]) * dy.reshape(k, -1) ** 2
+        u = np.matmul(left, right, out=buf_u[:k])  # 1 + gamma q, q = d^T Q d
+        log_u = np.log(u, out=buf_log[:k])
+        ms = buf_m[:k]
+        for i, power in enumerate(-1.0 / gamma):
+            np.multiply(log_u[i], power, out=ms[i])
+        np.exp(ms, out=ms)  # m = (1 + gamma q) ** (-1 / gamma)
+        # pixel means of m ln(1 + gamma q): over the x sub-samples, then the y sub-samples
+        over_x = np.matmul(x_mean, np.multiply(ms, log_u, out=log_u).reshape(k, size, os_, n_side))
+        s_mlog = (over_x.reshape(-1, os_) @ y_sum).reshape(k, size, size).transpose(0, 2, 1).reshape(k, -1)
+        mu = np.divide(ms, u, out=u)
+        x_weights, y_weights = buf_xw[:k], buf_yw[:k]
+        x_weights[:, :, 1] = dx
+        np.multiply(dx, dx, out=x_weights[:, :, 2])
+        np.multiply(dy, 1.0 / (os_ * os_), out=y_weights[..., 1])
+        np.multiply(y_weights[..., 1], dy, out=y_weights[..., 2])
+        over_x = np.matmul(x_weights, mu.reshape(k, size, os_, n_side))  # (k, x pixel, a, y samples)
+        by_y = over_x.reshape(k, 3 * size, size, os_).transpose(
+            0, 2, 1, 3
+        )  # (k, y pixel, (x pixel, a), y sub)
+        sums = np.matmul(by_y, y_weights).reshape(k, size * size, 9)  # M_ab at 3 a + b
+        q = p[:, 3:6]
+        expand = np.empty((k, 4))  # the model's pixel means over M00, M02, M11, M20
+        expand[:, 0] = 1.0
+        np.multiply(g, q[:, ::-1] * [1.0, 2.0, 1.0], out=expand[:, 1:])
         det = qxx * qyy - qxy**2
         c = (1.0 - gamma) * np.sqrt(np.maximum(det, 1e-30)) / math.pi
-        cf = (c * flux)[:, None]
-        model = cf * s_m + const[:, None]
-
-        def jacobian(sel: np.ndarray) -> np.ndarray:
-            k = len(sel)
-            if k != m:
-                ms_, u_, log_u_, dx_, dy_ = ms[sel], u[sel], log_u[sel], dx[sel], dy[sel]
-            else:
-                ms_, u_, log_u_, dx_, dy_ = ms, u, log_u, dx, dy
-            s_m_, cf_, c_, det_ = s_m[sel], cf[sel], c[sel], det[sel]
-            qxx_, qxy_, qyy_, gamma_ = qxx[sel], qxy[sel], qyy[sel], gamma[sel]
-            mu = (ms_ / u_).reshape(k, size, os_, size, os_)  # (1 + gamma q) ** (-1 / gamma - 1)
-
-            # sums over the sub-samples of one axis first; the other axis' offsets then multiply
-            # arrays os times smaller
-            def sum_x(v: np.ndarray) -> np.ndarray:  # (k, size, size, os): x sub-samples last
-                return (v.reshape(-1, os_) @ ones).reshape(k, -1) * per_sample
-
-            def sum_y(v: np.ndarray) -> np.ndarray:  # (k, size, os, size): y sub-samples on axis 2
-                return v.sum(axis=2).reshape(k, -1) * per_sample
-
-            over_y = mu.sum(axis=2)  # (k, y pixel, x pixel, x sub)
-            over_x = (mu.reshape(-1, os_) @ ones).reshape(k, size, os_, size)
-            dx_over_x = ((mu * dx_[:, None, None]).reshape(-1, os_) @ ones).reshape(k, size, os_, size)
-            s_mu = sum_x(over_y)
-            s_dx = sum_x(over_y * dx_[:, None])
-            s_xx = sum_x(over_y * (dx_**2)[:, None])
-            s_dy = sum_y(over_x * dy_[:, :, :, None])
-            s_yy = sum_y(over_x * (dy_**2)[:, :, :, None])
-            s_xy = sum_y(dx_over_x * dy_[:, :, :, None])
-            # d ln m / d gamma = -1 / (1 - gamma) + ln(1 + gamma q) / gamma^2 - q / (gamma (1 + gamma q)),
-            # and m q / (1 + gamma q) = (m - mu) / gamma
-            s_g = (mean(ms_ * log_u_) - (s_m_ - s_mu)) / (gamma_**2)[:, None]
-            jac = np.empty((k, s_m_.shape[1], 8))
-            jac[..., 0] = c_[:, None] * s_m_
-            jac[..., 1] = 2.0 * cf_ * (qxx_[:, None] * s_dx + qxy_[:, None] * s_dy)
-            jac[..., 2] = 2.0 * cf_ * (qxy_[:, None] * s_dx + qyy_[:, None] * s_dy)
-            jac[..., 3] = cf_ * (s_m_ * (qyy_ / (2.0 * det_))[:, None] - s_xx)
-            jac[..., 4] = cf_ * (-s_m_ * (qxy_ / det_)[:, None] - 2.0 * s_xy)
-            jac[..., 5] = cf_ * (s_m_ * (qxx_ / (2.0 * det_))[:, None] - s_yy)
-            jac[..., 6] = cf_ * (s_g - s_m_ / (1.0 - gamma_)[:, None])
-            jac[..., 7] = 1.0
-            return jac
-
-        return model, jacobian
+        cf = c * flux
+        # d ln c / d (flux, qxx, qxy, qyy, gamma) = (1 / flux, qyy / 2 det, -qxy / det, qxx / 2 det,
+        # -1 / (1 - gamma)), times the model
+        scale = np.empty((k, 6))
+        scale[:, 0] = c
+        np.multiply((cf / (2.0 * det))[:, None], q[:, ::-1] * [1.0, -2.0, 1.0], out=scale[:, 1:4])
+        scale[:, 4] = -cf / (1.0 - gamma)
+        scale[:, 5] = cf
+        coef = buf_coef[:k]
+        coef[:, model_rows, model_cols] = expand[:, :, None] * scale[:, None, :]
+        # d/dx0, d/dy0 = 2 cf mean(mu Q d); d/dQ = -cf mean(mu d d^T) (times 2 off the diagonal);
+        # d/d gamma = cf mean(m ln(1 + gamma q)) / gamma^2 - cf mean(mu q) / gamma (m q / (1 + gamma q) = mu q)
+        coef[:, own_rows, own_cols] = (2.0 * cf)[:, None] * q[:, [0, 1, 1, 2]]
+        added = buf_added[:k]
+        np.divide(q * [-1.0, -2.0, -1.0], g, out=added[:, 3:])
+        coef[:, added_rows, added_cols] += cf[:, None] * added
+        out = sums @ coef
+        jac = out[:, :, :8]  # (k, size * size, 8)
+        jac[:, :, 6] += (cf / gamma**2)[:, None] * s_mlog
+        jac[:, :, 7] = 1.0
+        return out[:, :, 8] + const[:, None], jac
 
     def valid(p: np.ndarray) -> np.ndarray:
-        det = p[:, 3] * p[:, 5] - p[:, 4] ** 2
+        # flux, qxx, qyy and det Q > 0, gamma within its bounds
         return (
-            (p[:, 0] > 0)
-            & (p[:, 3] > 0)
-            & (p[:, 5] > 0)
-            & (det > 0)
+            (p[:, [0, 3, 5]] > 0.0).all(axis=1)
+            & (p[:, 3] * p[:, 5] - p[:, 4] ** 2 > 0)
             & (p[:, 6] >= _MIN_GAMMA)
             & (p[:, 6] <= _MAX_GAMMA)
         )
@@ -527,25 +574,22 @@ def _neighbour_mask(
     ox, oy = others_x[ok], others_y[ok]
     if not len(ox):
         return out
-    tree = cKDTree(np.column_stack([ox, oy]))
+    near = cKDTree(np.column_stack([ox, oy])).query_ball_point(np.column_stack([x, y]), reach_pix)
+    star = np.repeat(np.arange(len(x)), [len(v) for v in near])
+    other = np.fromiter((k for v in near for k in v), dtype=np.intp, count=len(star))
+    other = np.unique(other[np.hypot(ox[other] - x[star], oy[other] - y[star]) >= 0.5])  # not the star itself
+    if not len(other):
+        return out
     ny, nx = shape
     r = math.ceil(radius_pix)
     offs = np.arange(-r, r + 1)
-    disc_y, disc_x = np.meshgrid(offs, offs, indexing="ij")
-    for xs, ys, near in zip(x, y, tree.query_ball_point(np.column_stack([x, y]), reach_pix), strict=True):
-        for k in near:
-            if math.hypot(ox[k] - xs, oy[k] - ys) < 0.5:  # the star itself
-                continue
-            cx, cy = int(np.rint(ox[k])), int(np.rint(oy[k]))
-            px, py = cx + disc_x, cy + disc_y
-            inside = (
-                (px >= 0)
-                & (px < nx)
-                & (py >= 0)
-                & (py < ny)
-                & ((px - ox[k]) ** 2 + (py - oy[k]) ** 2 <= radius_pix**2)
-            )
-            out[py[inside], px[inside]] = True
+    ox, oy = ox[other, None, None], oy[other, None, None]
+    px = np.rint(ox).astype(int) + offs[None, None, :]
+    py = np.rint(oy).astype(int) + offs[None, :, None]
+    inside = (
+        (px >= 0) & (px < nx) & (py >= 0) & (py < ny) & ((px - ox) ** 2 + (py - oy) ** 2 <= radius_pix**2)
+    )
+    out[np.broadcast_to(py, inside.shape)[inside], np.broadcast_to(px, inside.shape)[inside]] = True
     return out
 
 
