@@ -97,11 +97,13 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
     from darkroom.facade import Repository
     from darkroom.io.keep import release_kept
     from darkroom.pipeline.drive import frames_to_calibrate, raw_frames_kept
-    from darkroom.pipeline.executors import make_executor
+    from darkroom.pipeline.executors import make_executor, prepare_local_workers
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages
     from darkroom.pipeline.runner import run_stage
 
+    if workers:
+        prepare_local_workers()  # as `darkroom run --workers` does first
     data = shared_data_dir() / "arcsat-xo1b-transit"
     t0 = time.perf_counter()
     repo = Repository.init(folder / "repo", overrides=[XO1])

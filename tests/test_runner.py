@@ -388,6 +388,35 @@ def test_local_workers_fork_from_a_server_that_loaded_the_stages_libraries():
     assert list(loaded.values()) == [True, True]
 
 
+def test_a_fork_server_started_early_is_the_one_the_workers_fork_from():
+    """`darkroom run --workers` starts the fork server before anything else (its imports then
+    overlap the command's start-up); the local cluster made later forks its workers from it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import multiprocessing.forkserver as fs, os
+        from darkroom.pipeline.executors import DaskExecutor, prepare_local_workers
+        if __name__ == "__main__":
+            assert prepare_local_workers()
+            server = fs._forkserver._forkserver_pid
+            assert server and server != os.getpid()
+            executor = DaskExecutor(n_workers=1)
+            try:
+                parents = set(executor.client.run(os.getppid).values())
+            finally:
+                executor.close()
+            print(server, *parents)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    server, *parents = done.stdout.split()
+    assert parents == [server]
+
+
 def test_stages_driven_for_a_one_shot_process_set_the_imports_aside_from_the_collector(registry, tmp_path):
     import gc
 

@@ -595,6 +595,10 @@ def run(
     from darkroom.repo.store import remove_orphan_temps
 
     _setup_logging(quiet, repo)
+    if workers and not scheduler:
+        from darkroom.pipeline.executors import prepare_local_workers
+
+        prepare_local_workers()  # the workers' imports, on the other core while this one starts
     try:
         r = Repository(repo, db_url=db, overrides=set_ or ())
         remove_orphan_temps(r.root)  # left by a run that was killed mid-write

@@ -20,7 +20,7 @@ import uuid
 
 from darkroom.pipeline.runner import Executor, SerialExecutor, settled
 
-__all__ = ["DaskExecutor", "make_executor"]
+__all__ = ["DaskExecutor", "make_executor", "prepare_local_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,28 @@ def _use_forkserver() -> bool:
         dask_utils._forkserver_preload_set = True  # keep this list (Dask would set its own)
     except Exception:  # another Dask: its own preload list applies, the warm imports still run
         log.debug("fork server preload not set", exc_info=True)
+    return True
+
+
+def prepare_local_workers() -> bool:
+    """Start the fork server of a local cluster now, in the background; True when started.
+
+    Its preload (:data:`_WARM_MODULES` and Dask, ~1 s of CPU) then runs on the other core while
+    the command is still importing, opening the repository and reading the new files, instead
+    of beside the masters; when the cluster starts (:meth:`DaskExecutor.start`) its workers fork
+    from the server at once. A run that turns out to need no workers loses nothing but that CPU:
+    the server exits with the command. Not for a scheduler of the user's, or where Dask starts
+    workers another way (:func:`_use_forkserver`).
+    """
+    if not _use_forkserver():
+        return False
+    try:
+        import multiprocessing.forkserver
+
+        multiprocessing.forkserver.ensure_running()  # spawns the server and returns
+    except Exception:  # the cluster starts it when it needs it, as before
+        log.debug("fork server not started early", exc_info=True)
+        return False
     return True
 
 
