@@ -7,7 +7,8 @@ star guard)) against ccdproc.ccd_process doing overscan, trim, bias, dark, flat 
 error propagation (no bad-pixel interpolation, no cosmic rays), when ccdproc is installed.
 
 ARCSAT table (``--night``, default on when ../shared/data is there): the calibrate stage per
-1k x 1k frame of the XO-1b night (gzip-compressed raw FITS, ~25 stars), step by step (read,
+1k x 1k frame of the XO-1b night (gzip-compressed raw FITS, ~25 stars), step by step (read, the
+read of a frame ingest kept (a serial ``darkroom run --ingest``),
 calibrate without and with cosmic rays, write SCI/MASK/VAR with its SHA-256, the whole stage
 unit), against the peer's per-frame calibration (ccdproc bias/dark/flat + astroscrappy +
 write, ``bench/_peer_calibrate.py`` in the ``.venv-peer`` interpreter that ``make bench``
@@ -181,6 +182,28 @@ def _cpu_per_frame(fn: Callable[[object], object], items: list) -> tuple[float, 
     return statistics.median(times), peak
 
 
+def _cpu_per_kept_read(paths: list[str]) -> tuple[float, float]:
+    """Median CPU seconds of re-reading a raw frame that a first read (ingest's) kept
+    (darkroom.io.keep), and the traced peak [MB] of the first re-read."""
+    from darkroom.io.keep import keeping
+    from darkroom.io.rawfits import ReadLimits, read_raw
+
+    times = []
+    peak = 0.0
+    with keeping(1 << 30):
+        for i, path in enumerate(paths):
+            read_raw(path, limits=ReadLimits())  # ingest's read keeps it
+            if i == 0:
+                tracemalloc.start()
+            t = time.process_time()
+            read_raw(path)
+            times.append(time.process_time() - t)
+            if i == 0:
+                peak = tracemalloc.get_traced_memory()[1] / 1e6
+                tracemalloc.stop()
+    return statistics.median(times[1:] or times), peak
+
+
 def _peer_per_frame(data: Path, frames: list[str]) -> tuple[list[dict], float | None]:
     """Rows of the peer's per-frame steps and its total CPU seconds per frame (None: no peer)."""
     python = os.environ.get("DARKROOM_PEER_PYTHON") or str(PEER_PYTHON)
@@ -266,6 +289,10 @@ def run_night(n_frames: int) -> list[dict]:
             ("calibrate stage unit (all of it)", stage.run, units),
         ]
         measured = [(name, *_cpu_per_frame(fn, items)) for name, fn, items in steps]
+        # a serial `darkroom run --ingest`: the frame ingest read, taken from the keeper
+        measured.insert(
+            1, ("read raw, kept by ingest", *_cpu_per_kept_read([u.payload["path"] for u in units]))
+        )
         repo.close()
     peer_rows, peer_total = _peer_per_frame(data, [u.payload["path"] for u in units])
     rows += peer_rows
