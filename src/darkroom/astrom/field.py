@@ -13,6 +13,7 @@ Pixels are 0-based; shapes ``(ny, nx)``; angles in degrees unless named otherwis
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -174,10 +175,11 @@ def choose_reference(
 ) -> int:
     """The reference frame: header WCS first, then the most usable sources; with a catalog,
     the first of the ``max_reference_tries`` leading candidates that solves."""
-    order = sorted(range(len(frames)), key=lambda i: (frames[i].wcs is None, -counts[i], i))
+    order = _reference_order(frames, counts)
+    first = next(order)
     if catalog is None or not len(catalog):
-        return order[0]
-    for i in order[: cfg.max_reference_tries]:
+        return first
+    for i in itertools.islice(itertools.chain([first], order), cfg.max_reference_tries):
         f = frames[i]
         if f.wcs is None and f.hint is None:
             continue
@@ -188,7 +190,20 @@ def choose_reference(
             continue
         if result.ok:
             return i
-    return order[0]
+    return first
+
+
+def _reference_order(frames: Sequence[FrameSources], counts: Sequence[int]) -> Iterator[int]:
+    """The frames by (no header WCS, fewest usable sources, index), made as they are asked for: a
+    frame's header WCS is looked at only when the frames before it do not decide (a frame may
+    make its WCS when first asked for it)."""
+    without: list[int] = []
+    for i in sorted(range(len(frames)), key=lambda k: (-counts[k], k)):
+        if frames[i].wcs is None:
+            without.append(i)
+        else:
+            yield i
+    yield from without
 
 
 def _solve_own(frame: FrameSources, catalog: Table | None, cfg: SolveSettings) -> SolveResult:

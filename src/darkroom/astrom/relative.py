@@ -11,15 +11,17 @@ a grid, exact for an affine transform of a TAN or TAN-SIP reference).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from darkroom.astrom.asterism import match_asterisms, nearest_pairs
+from darkroom.astrom.asterism import AsterismTarget, match_asterisms, nearest_pairs
 from darkroom.astrom.settings import AlignConfig, SeriesConfig
 from darkroom.astrom.solve import (
     PointingHint,
@@ -36,6 +38,7 @@ __all__ = [
     "AlignConfig",
     "Alignment",
     "FrameSources",
+    "LazyWcsFrame",
     "SeriesConfig",
     "align_sources",
     "detector_fixed_sources",
@@ -59,6 +62,40 @@ class Alignment:
     reference_index: np.ndarray  #: matched rows of the reference's source table
 
 
+class _Prepared:
+    """One frame's side of :func:`align_sources`, made once per frame and settings: its positions
+    and fluxes and its brightest points; as a reference, also their asterisms and trees (made
+    when first used)."""
+
+    def __init__(self, sources: Table, config: AlignConfig) -> None:
+        self.config = config
+        self.x, self.y, flux = source_positions(
+            sources, flux_column=config.flux_column, exclude_sharp=config.exclude_sharp
+        )
+        #: rows with finite positions
+        self.ok = np.flatnonzero(np.isfinite(self.x) & np.isfinite(self.y))
+        order = np.argsort(-np.nan_to_num(flux[self.ok], nan=-np.inf), kind="stable")
+        #: rows of the brightest finite sources, brightest first
+        self.bright = self.ok[order[: config.n_match_sources]]
+
+    @cached_property
+    def target(self) -> AsterismTarget:
+        """The brightest points as an asterism target."""
+        b = self.bright
+        return AsterismTarget.of(
+            np.column_stack([self.x[b], self.y[b]]),
+            scale=1.0,
+            scale_tolerance=self.config.scale_tolerance,
+            config=self.config.asterism,
+        )
+
+    @cached_property
+    def tree(self) -> cKDTree | None:
+        """A tree of the finite positions (None without any)."""
+        ok = self.ok
+        return cKDTree(np.column_stack([self.x[ok], self.y[ok]])) if len(ok) else None
+
+
 def align_sources(
     sources: Table, reference_sources: Table, *, config: AlignConfig | None = None
 ) -> Alignment:
@@ -70,21 +107,16 @@ def align_sources(
         Too few sources or no asterism match.
     """
     config = config or AlignConfig()
-    x, y, flux = source_positions(sources, flux_column=config.flux_column, exclude_sharp=config.exclude_sharp)
-    xr, yr, flux_r = source_positions(
-        reference_sources, flux_column=config.flux_column, exclude_sharp=config.exclude_sharp
-    )
+    return _align(_Prepared(sources, config), _Prepared(reference_sources, config), config)
 
-    def bright(px, py, f):
-        ok = np.flatnonzero(np.isfinite(px) & np.isfinite(py))
-        order = np.argsort(-np.nan_to_num(f[ok], nan=-np.inf), kind="stable")
-        return ok[order[: config.n_match_sources]]
 
-    b = bright(x, y, flux)
-    br = bright(xr, yr, flux_r)
+def _align(frame: _Prepared, reference: _Prepared, config: AlignConfig) -> Alignment:
+    """:func:`align_sources` of prepared frames (a reference prepared once serves every frame)."""
+    x, y, b = frame.x, frame.y, frame.bright
+    xr, yr = reference.x, reference.y
     match = match_asterisms(
         np.column_stack([x[b], y[b]]),
-        np.column_stack([xr[br], yr[br]]),
+        reference.target,
         scale=1.0,
         scale_tolerance=config.scale_tolerance,
         allow_reflection=config.allow_reflection,
@@ -92,36 +124,43 @@ def align_sources(
     )
     transform = match.transform
     ok = np.isfinite(x) & np.isfinite(y)
-    ok_r = np.flatnonzero(np.isfinite(xr) & np.isfinite(yr))
+    ok_r = reference.ok
     radius = config.match_radius_pix
     reflect = transform.reflects
     si = ri = np.zeros(0, dtype=int)
     rms = np.inf
     inl = np.zeros(0, dtype=bool)
+    valid = np.flatnonzero(ok)
+    fitted: tuple[bytes, bytes, AffineTransform, np.ndarray, np.ndarray] | None = None
     for iteration in range(5):
         tx, ty = transform.apply(x, y)
         tx = np.where(ok, tx, np.nan)
-        valid = np.flatnonzero(ok)
-        s_i, r_i, _ = nearest_pairs(tx[valid], ty[valid], xr[ok_r], yr[ok_r], radius)
+        s_i, r_i, _ = nearest_pairs(tx[valid], ty[valid], xr[ok_r], yr[ok_r], radius, tree=reference.tree)
         s_i, r_i = valid[s_i], ok_r[r_i]
         if len(s_i) < 3:
             break
-        inl = np.ones(len(s_i), dtype=bool)
-        for _clip in range(5):
-            affine = config.transform == "affine" or (
-                config.transform == "auto" and inl.sum() >= config.min_affine_pairs
-            )
-            if affine and inl.sum() >= 6:
-                new_t = fit_affine(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl])
-            else:
-                new_t = fit_similarity(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl], reflect=reflect)
-            px, py = new_t.apply(x[s_i], y[s_i])
-            d = np.hypot(px - xr[r_i], py - yr[r_i])
-            sigma = max(float(np.median(d[inl])) / 1.1774, 1e-3)
-            new_inl = d <= config.clip_sigma * sigma
-            if new_inl.sum() < 3 or np.array_equal(new_inl, inl):
-                break
-            inl = new_inl
+        if fitted is not None and fitted[0] == s_i.tobytes() and fitted[1] == r_i.tobytes():
+            new_t, inl, d = fitted[2:]  # the same pairs as the step before: the same fit
+        else:
+            inl = np.ones(len(s_i), dtype=bool)
+            for _clip in range(5):
+                affine = config.transform == "affine" or (
+                    config.transform == "auto" and inl.sum() >= config.min_affine_pairs
+                )
+                if affine and inl.sum() >= 6:
+                    new_t = fit_affine(x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl])
+                else:
+                    new_t = fit_similarity(
+                        x[s_i][inl], y[s_i][inl], xr[r_i][inl], yr[r_i][inl], reflect=reflect
+                    )
+                px, py = new_t.apply(x[s_i], y[s_i])
+                d = np.hypot(px - xr[r_i], py - yr[r_i])
+                sigma = max(float(np.median(d[inl])) / 1.1774, 1e-3)
+                new_inl = d <= config.clip_sigma * sigma
+                if new_inl.sum() < 3 or np.array_equal(new_inl, inl):
+                    break
+                inl = new_inl
+            fitted = (s_i.tobytes(), r_i.tobytes(), new_t, inl, d)
         transform = new_t
         si, ri = s_i[inl], r_i[inl]
         rms = float(np.sqrt(np.mean(d[inl] ** 2)))
@@ -152,10 +191,23 @@ def wcs_from_alignment(
     ``shape`` is the frame's (ny, nx).
     """
     celestial = reference_wcs.celestial
-    if order is None:
-        order = celestial.sip.a_order if celestial.sip is not None else 1
-        if celestial.wcs.get_pv() or celestial.cpdis1 is not None or celestial.det2im1 is not None:
-            order = max(order, 3)  # other distortions: approximate them
+    return _wcs_from_alignment(
+        transform, celestial, shape=shape, order=_alignment_order(celestial) if order is None else order
+    )
+
+
+def _alignment_order(celestial: WCS) -> int:
+    """:func:`wcs_from_alignment`'s default order for a reference's celestial WCS."""
+    order = celestial.sip.a_order if celestial.sip is not None else 1
+    if celestial.wcs.get_pv() or celestial.cpdis1 is not None or celestial.det2im1 is not None:
+        order = max(order, 3)  # other distortions: approximate them
+    return order
+
+
+def _wcs_from_alignment(
+    transform: AffineTransform, celestial: WCS, *, shape: tuple[int, int], order: int
+) -> WCS:
+    """:func:`wcs_from_alignment` with the reference's celestial WCS made once for every frame."""
     ny, nx = shape
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 24), np.linspace(0, ny - 1, 24))
     rx, ry = transform.apply(gx.ravel(), gy.ravel())
@@ -177,6 +229,26 @@ class FrameSources:
     name: str = ""  #: for messages
 
 
+class LazyWcsFrame(FrameSources):
+    """A :class:`FrameSources` whose header WCS is made when first asked for (``make_wcs``, a
+    function giving the WCS or None): a field solved against its reference frame reads the WCS
+    of few frames (~1.4 ms each to make)."""
+
+    def __init__(self, *args: Any, make_wcs: Callable[[], WCS | None] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._make_wcs = make_wcs
+
+    @property  # type: ignore[override]
+    def wcs(self) -> WCS | None:
+        if self._make_wcs is not None:
+            self._wcs, self._make_wcs = self._make_wcs(), None
+        return self._wcs
+
+    @wcs.setter
+    def wcs(self, value: WCS | None) -> None:
+        self._wcs, self._make_wcs = value, None
+
+
 _Aligned = tuple[Alignment | None, AffineTransform | None, list[str]]
 
 
@@ -185,6 +257,14 @@ def _align_all(sources: list[Table], ref: int, config: SeriesConfig) -> list[_Al
     out: list[_Aligned] = [(None, None, []) for _ in sources]
     out[ref] = (None, AffineTransform.identity(), [])
     transforms: dict[int, AffineTransform] = {ref: AffineTransform.identity()}
+    prepared: dict[int, _Prepared] = {}
+
+    def align(i: int, j: int) -> Alignment:  # align_sources(sources[i], sources[j]), each side made once
+        for k in (i, j):
+            if k not in prepared:
+                prepared[k] = _Prepared(sources[k], config.align)
+        return _align(prepared[i], prepared[j], config.align)
+
     for i in sorted(range(len(sources)), key=lambda k: (abs(k - ref), k)):
         if i == ref:
             continue
@@ -192,7 +272,7 @@ def _align_all(sources: list[Table], ref: int, config: SeriesConfig) -> list[_Al
         alignment = None
         to_ref = None
         try:
-            direct = align_sources(sources[i], sources[ref], config=config.align)
+            direct = align(i, ref)
             if direct.quality == "failed":
                 reasons.append(f"to the reference: {direct.n_matched} pairs, rms {direct.rms_pix:.2f} pix")
             else:
@@ -204,7 +284,7 @@ def _align_all(sources: list[Table], ref: int, config: SeriesConfig) -> list[_Al
                 if j == ref:
                     continue
                 try:
-                    step = align_sources(sources[i], sources[j], config=config.align)
+                    step = align(i, j)
                 except SolveError as exc:
                     reasons.append(f"via frame {j}: {exc.reason}")
                     continue
@@ -246,30 +326,51 @@ def detector_fixed_sources(
         for i in have
     }
     trees = {i: cKDTree(np.nan_to_num(xy[i], nan=-1e9)) for i in have}
-    inverse = {i: transforms[i].inverse() for i in have}
+    # the inverse transforms side by side: where a point of the common frame lands in each frame
+    inv = [transforms[i].inverse() for i in have]
+    inv_m = np.array([t.matrix for t in inv])
+    inv_o = np.array([t.offset for t in inv])
+    have_arr = np.array(have)
     rng = np.random.default_rng(0)
+    # the frames each frame is compared with (in frame order, then as the generator draws them)
+    compared: dict[int, list[int]] = {}
     for i in have:
         if not np.isfinite(xy[i]).any():
             continue
         cx, cy = np.nanmedian(xy[i], axis=0)
-        p_ref = transforms[i].apply(cx, cy)
-        others = []
-        for j in have:
-            if j == i:
-                continue
-            qx, qy = inverse[j].apply(*p_ref)  # where a star at this frame's centre lands in frame j
-            if np.hypot(qx - cx, qy - cy) > min_shift_pix:
-                others.append(j)
+        px, py = transforms[i].apply(cx, cy)
+        # where a star at this frame's centre lands in every frame (AffineTransform.apply's sums)
+        qx = inv_m[:, 0, 0] * px + inv_m[:, 0, 1] * py + inv_o[:, 0]
+        qy = inv_m[:, 1, 0] * px + inv_m[:, 1, 1] * py + inv_o[:, 1]
+        shift = np.hypot(qx - cx, qy - cy)
+        moved = shift > min_shift_pix
+        for k in np.flatnonzero(np.abs(shift - min_shift_pix) < 1e-9 * max(min_shift_pix, 1.0)):
+            moved[k] = np.hypot(qx[k] - cx, qy[k] - cy) > min_shift_pix  # at the limit: one by one
+        others = [int(j) for j in have_arr[moved] if j != i]
         if len(others) < 5:
             continue
         if len(others) > 30:
             others = [int(j) for j in rng.choice(others, 30, replace=False)]
-        hits = np.zeros(len(xy[i]), dtype=int)
-        points = np.nan_to_num(xy[i], nan=1e9)
+        compared[i] = others
+    # each frame's tree is asked once, about every frame compared with it (a point's nearest
+    # neighbour does not depend on the other points asked)
+    asking: dict[int, list[int]] = {}
+    for i, others in compared.items():
         for j in others:
-            dist, _ = trees[j].query(points, k=1, distance_upper_bound=radius_pix)
-            hits += np.isfinite(dist)
-        masks[i] = hits >= fraction * len(others)
+            asking.setdefault(j, []).append(i)
+    points = {i: np.nan_to_num(xy[i], nan=1e9) for i in compared}
+    hits = {i: np.zeros(len(xy[i]), dtype=int) for i in compared}
+    for j, askers in asking.items():
+        dist, _ = trees[j].query(
+            np.concatenate([points[i] for i in askers]), k=1, distance_upper_bound=radius_pix
+        )
+        found = np.isfinite(dist)
+        start = 0
+        for i in askers:
+            hits[i] += found[start : start + len(points[i])]
+            start += len(points[i])
+    for i, others in compared.items():
+        masks[i] = hits[i] >= fraction * len(others)
     return masks
 
 
@@ -366,6 +467,9 @@ def solve_frame_series(
 
     results: list[SolveResult | None] = [None] * len(frames)
     results[ref] = ref_result
+    if ref_wcs is not None:  # the reference's celestial WCS, made once for every frame
+        ref_celestial = ref_wcs.celestial
+        ref_order = _alignment_order(ref_celestial)
     for i, frame in enumerate(frames):
         if i == ref:
             continue
@@ -381,7 +485,11 @@ def solve_frame_series(
                 reason=f"{frame.name or i} not aligned: " + "; ".join(reasons),
             )
             continue
-        wcs = wcs_from_alignment(to_ref, ref_wcs, shape=frame.shape) if ref_wcs is not None else None
+        wcs = (
+            _wcs_from_alignment(to_ref, ref_celestial, shape=frame.shape, order=ref_order)
+            if ref_wcs is not None
+            else None
+        )
         result = SolveResult(
             wcs=wcs,
             method="relative",

@@ -93,14 +93,22 @@ class SolveResult:
         ``ASTQUAL`` good/marginal/failed. No WCS cards when there is no WCS.
         """
         header = self.wcs.to_header(relax=True) if self.wcs is not None else fits.Header()
-        header["ASTMETH"] = (self.method, "darkroom astrometric method")
-        header["ASTNMAT"] = (int(self.n_matched), "matched stars")
-        header["ASTRMS"] = (
-            float(self.rms_arcsec) if np.isfinite(self.rms_arcsec) else -1.0,
-            "[arcsec] rms of matched stars (-1: unknown)",
-        )
-        header["ASTQUAL"] = (self.quality, "good / marginal / failed")
+        for keyword, value, comment in self.figure_cards():
+            header[keyword] = (value, comment)
         return header
+
+    def figure_cards(self) -> list[tuple[str, str | int | float, str]]:
+        """(keyword, value, comment) of the cards :meth:`to_header` puts after the WCS."""
+        return [
+            ("ASTMETH", self.method, "darkroom astrometric method"),
+            ("ASTNMAT", int(self.n_matched), "matched stars"),
+            (
+                "ASTRMS",
+                float(self.rms_arcsec) if np.isfinite(self.rms_arcsec) else -1.0,
+                "[arcsec] rms of matched stars (-1: unknown)",
+            ),
+            ("ASTQUAL", self.quality, "good / marginal / failed"),
+        ]
 
 
 def source_columns(*flux_columns: str) -> tuple[str, ...]:

@@ -86,9 +86,10 @@ def fit_similarity(
     w = np.asarray(x_ref, float) + 1j * np.asarray(y_ref, float)
     if reflect:
         z = np.conj(z)
-    zc, wc = z - z.mean(), w - w.mean()
-    a = np.sum(wc * np.conj(zc)) / np.sum(np.abs(zc) ** 2)
-    b = w.mean() - a * z.mean()
+    z_mean, w_mean = z.mean(), w.mean()
+    zc, wc = z - z_mean, w - w_mean
+    a = np.add.reduce(wc * np.conj(zc)) / np.add.reduce(np.abs(zc) ** 2)  # np.sum's own reduction
+    b = w_mean - a * z_mean
     m = np.array([[a.real, -a.imag], [a.imag, a.real]])
     if reflect:
         m = m @ np.diag([1.0, -1.0])

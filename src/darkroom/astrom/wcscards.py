@@ -9,26 +9,36 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS, WCSHDO_P14, FITSFixedWarning, WCSHDO_all
 
 from darkroom.astrom.transform import AffineTransform
 from darkroom.astrom.wcsfit import pixel_scale_arcsec
-from darkroom.io.fitsheader import CardImages
+from darkroom.io.fitsheader import CardImages, empty_hdu_bytes, empty_hdu_images, hdu_keyword, plain_card
+
+if TYPE_CHECKING:
+    from darkroom.astrom.solve import SolveResult
 
 __all__ = [
     "GIVEN_WCS_EXTNAME",
     "WCS_KEY",
+    "SolutionCards",
+    "given_wcs_bytes",
     "given_wcs_header",
     "given_wcs_images",
     "header_as_given",
     "header_wcs",
+    "header_wcs_images",
     "replace_wcs_cards",
     "replace_wcs_images",
+    "solution_cards",
+    "solution_header",
+    "solution_products",
     "transform_dict",
     "wcs_cards",
     "wcs_from_cards",
@@ -52,6 +62,7 @@ _WCS_READ_KEY = re.compile(
 
 #: extension holding the WCS a calibrated frame came with, once a solution replaced it in SCI
 GIVEN_WCS_EXTNAME = "GIVENWCS"
+_GIVEN_COMMENT = "the WCS the calibrated frame came with"
 
 
 def header_wcs(header: fits.Header) -> WCS | None:
@@ -61,7 +72,22 @@ def header_wcs(header: fits.Header) -> WCS | None:
     # only the cards a celestial WCS reads: astropy parses and "fixes" every card it is given
     # (DATE-OBS, OBSGEO-*, HISTORY): a 215-card ARCSAT header took 9 ms, its WCS cards 1.4 ms,
     # for the same transformation to the last bit
-    cards = fits.Header([c for c in header.cards if c.keyword and _WCS_READ_KEY.match(c.keyword)])
+    return _wcs_of(fits.Header([c for c in header.cards if c.keyword and _WCS_READ_KEY.match(c.keyword)]))
+
+
+def header_wcs_images(cards: CardImages) -> WCS | None:
+    """:func:`header_wcs` of a header's card images (:meth:`CardImages.parse`: plain cards, whose
+    keyword is their first 8 characters): only the cards the WCS reads are parsed."""
+    keywords = cards.keywords()
+    if "CTYPE1" not in keywords and "CTYPE2" not in keywords:
+        return None
+    return _wcs_of(
+        fits.Header.fromstring("".join(c for c in cards.cards if _WCS_READ_KEY.match(c[:8].rstrip())))
+    )
+
+
+def _wcs_of(cards: fits.Header) -> WCS | None:
+    """The celestial WCS of a header of WCS cards, or None when it has none or it is unusable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)  # RADECSYS, CDELT beside CD, ...
@@ -96,6 +122,22 @@ def wcs_cards(header: fits.Header) -> dict[str, Any]:
     }
 
 
+def solution_cards(solution: fits.Header) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``wcs_cards(solution)`` and the cards :func:`replace_wcs_images` sets from ``solution``, as
+    (keyword, card image) pairs, reading each card's value once."""
+    cards: dict[str, Any] = {}
+    images: list[tuple[str, str]] = []
+    for card in solution.cards:
+        key = card.keyword
+        value = card.value
+        if key and key not in ("COMMENT", "HISTORY", ""):
+            # as Header.items gives it (an undefined value as None)
+            cards[key] = None if value == fits.card.UNDEFINED else value
+        if (key and WCS_KEY.match(key)) or key == "ASTQUAL":
+            images.append((key, _card_image(key, value, card.comment)))
+    return cards, images
+
+
 def transform_dict(t: AffineTransform | None) -> dict[str, Any] | None:
     """An affine transform as JSON: ``matrix`` (2x2) and ``offset`` [pixel]."""
     if t is None:
@@ -107,7 +149,7 @@ def given_wcs_header(header: fits.Header) -> fits.Header:
     """The WCS cards of a frame's header as a ``GIVENWCS`` extension header (kept aside before a
     solution replaces them, so another solution starts from what the frame was given)."""
     given = fits.Header([c for c in header.cards if c.keyword and WCS_KEY.match(c.keyword)])
-    given["EXTNAME"] = (GIVEN_WCS_EXTNAME, "the WCS the calibrated frame came with")
+    given["EXTNAME"] = (GIVEN_WCS_EXTNAME, _GIVEN_COMMENT)
     return given
 
 
@@ -127,22 +169,153 @@ def given_wcs_images(cards: CardImages) -> fits.Header:
     """:func:`given_wcs_header` of a header's card images (the same bytes, no card parsed)."""
     kept = [c for c in cards.cards if WCS_KEY.match(c[:8].rstrip())]
     given = CardImages(kept)
-    given.set([fits.Card("EXTNAME", GIVEN_WCS_EXTNAME, "the WCS the calibrated frame came with")])
+    given.set([fits.Card("EXTNAME", GIVEN_WCS_EXTNAME, _GIVEN_COMMENT)])
     return given.header()
 
 
-def replace_wcs_images(cards: CardImages, solution: fits.Header, *, history: str | None) -> None:
+def given_wcs_bytes(cards: CardImages) -> bytes:
+    """The ``GIVENWCS`` extension of :func:`given_wcs_images` as the bytes astropy writes for it
+    (``fits.ImageHDU(header=...)``: each card as astropy verifies it, remembered by image)."""
+    kept = [c for c in cards.cards if WCS_KEY.match(c[:8].rstrip())]
+    given = CardImages(kept)
+    given.set_images([("EXTNAME", _card_image("EXTNAME", GIVEN_WCS_EXTNAME, _GIVEN_COMMENT))])
+    if any(hdu_keyword(k) for k in given.keywords()):
+        return empty_hdu_bytes(given.header(), primary=False)
+    return empty_hdu_images([_written(image) for image in given.cards], primary=False)
+
+
+#: a card image read by astropy -> the image its header writes (verified, fixed if need be)
+_WRITTEN: dict[str, str] = {}
+
+
+def _written(image: str) -> str:
+    """``str(fits.Card.fromstring(image))``, remembered."""
+    written = _WRITTEN.get(image)
+    if written is None:
+        if len(_WRITTEN) > 4096:
+            _WRITTEN.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            written = _WRITTEN[image] = str(fits.Card.fromstring(image))
+    return written
+
+
+#: card images of (keyword, value type, value repr, comment): a field's frames share most cards
+_CARD_IMAGES: dict[tuple[str, type, str, str], str] = {}
+
+
+def _card_image(keyword: str, value: Any, comment: str) -> str:
+    """``fits.Card(keyword, value, comment).image``, remembered (~20 us a card)."""
+    key = (keyword, type(value), repr(value), comment)
+    image = _CARD_IMAGES.get(key)
+    if image is None:
+        if len(_CARD_IMAGES) > 4096:
+            _CARD_IMAGES.clear()
+        image = _CARD_IMAGES[key] = fits.Card(keyword, value, comment).image
+    return image
+
+
+@dataclass(frozen=True)
+class SolutionCards:
+    """What a solution's header gives (:func:`solution_products`)."""
+
+    cards: dict[str, Any]  #: :func:`wcs_cards` of the header
+    images: list[tuple[str, str]]  #: the cards :func:`replace_wcs_images` sets, (keyword, image)
+    file_bytes: bytes  #: the header-only FITS file: ``fits.PrimaryHDU(header=header).writeto``'s bytes
+
+
+def solution_header(result: SolveResult, quality: str) -> fits.Header:
+    """``result.to_header()`` with ``ASTQUAL`` set to ``quality``."""
+    header = result.to_header()
+    header["ASTQUAL"] = quality
+    return header
+
+
+def solution_products(result: SolveResult, quality: str) -> SolutionCards:
+    """:class:`SolutionCards` of :func:`solution_header` (a solution with a WCS).
+
+    A TAN solution's header is read as its card images (wcslib's text, each image parsed and
+    formatted by astropy once per process): the same values and bytes as astropy's header gives,
+    ~0.1 ms instead of ~1. Other headers (SIP, cards this does not place) go through astropy.
+    """
+    fast = _tan_solution_products(result, quality)
+    if fast is not None:
+        return fast
+    header = solution_header(result, quality)
+    cards, images = solution_cards(header)
+    return SolutionCards(cards, images, empty_hdu_bytes(header, primary=True))
+
+
+#: a wcslib card image -> (keyword, value, the image astropy writes, the image astropy sets again)
+_PARSED: dict[str, tuple[str, Any, str, str]] = {}
+
+
+def _parsed(image: str) -> tuple[str, Any, str, str]:
+    """What astropy makes of one card image of a header it read (a function of the image alone)."""
+    got = _PARSED.get(image)
+    if got is None:
+        if len(_PARSED) > 4096:
+            _PARSED.clear()
+        card = fits.Card.fromstring(image)
+        key, value, comment = card.keyword, card.value, card.comment
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            written = str(card)  # verified as Header.tostring verifies it
+        got = _PARSED[image] = (key, value, written, _card_image(key, value, comment))
+    return got
+
+
+def _tan_solution_products(result: SolveResult, quality: str) -> SolutionCards | None:
+    """:func:`solution_products` of a solution without SIP from wcslib's header text, as
+    ``WCS.to_header(relax=True)`` reads it (blank and COMMENT cards dropped), with the figure
+    cards after it; None when the text has a card this does not place."""
+    wcs = result.wcs
+    if wcs is None or wcs.sip is not None:
+        return None
+    text = wcs.wcs.to_header(WCSHDO_all | WCSHDO_P14)
+    if len(text) % 80:
+        return None
+    parsed = []
+    for i in range(0, len(text), 80):
+        image = text[i : i + 80]
+        key = image[:8].rstrip()
+        if key in ("", "COMMENT"):  # WCS.to_header removes these
+            continue
+        if not plain_card(image) or image[8:10] != "= " or hdu_keyword(key):
+            return None
+        parsed.append(_parsed(image))
+    figures = result.figure_cards()
+    figures[-1] = ("ASTQUAL", quality, figures[-1][2])  # header["ASTQUAL"] = quality
+    keys = [p[0] for p in parsed] + [f[0] for f in figures]
+    if len(set(keys)) != len(keys):
+        return None
+    cards: dict[str, Any] = {}
+    images: list[tuple[str, str]] = []
+    written: list[str] = []
+    for key, value, image, image_set in parsed:
+        cards[key] = None if value == fits.card.UNDEFINED else value
+        written.append(image)
+        if WCS_KEY.match(key):
+            images.append((key, image_set))
+    for key, value, comment in figures:
+        image = _card_image(key, value, comment)
+        if len(image) != 80:
+            return None
+        cards[key] = value
+        written.append(image)
+        if key == "ASTQUAL":
+            images.append((key, image))
+    return SolutionCards(cards, images, empty_hdu_images(written, primary=True))
+
+
+def replace_wcs_images(
+    cards: CardImages, solution: fits.Header | Sequence[tuple[str, str]], *, history: str | None
+) -> None:
     """:func:`replace_wcs_cards` on a header's card images: the same bytes as astropy writes
     after it, without parsing the header's other cards (a 200-card calibrated header: ~0.3 ms
-    instead of ~6)."""
+    instead of ~6). ``solution`` may be given as :func:`solution_cards`' (keyword, image) pairs."""
     cards.remove({k for k in cards.keywords() if WCS_KEY.match(k)})
-    cards.set(
-        [
-            fits.Card(card.keyword, card.value, card.comment)
-            for card in solution.cards
-            if (card.keyword and WCS_KEY.match(card.keyword)) or card.keyword == "ASTQUAL"
-        ]
-    )
+    cards.set_images(solution_cards(solution)[1] if isinstance(solution, fits.Header) else solution)
     if history is not None:
         cards.add_history(history)
 

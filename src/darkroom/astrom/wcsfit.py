@@ -209,5 +209,7 @@ def fit_tan_sip(
 
 def pixel_scale_arcsec(wcs: WCS) -> float:
     """Mean pixel scale [arcsec/pixel] of a celestial WCS at its reference point."""
-    scales = proj_plane_pixel_scales(wcs.celestial)
+    # a WCS of the two celestial axes in order is its own celestial part (no copy made)
+    celestial = wcs if wcs.naxis == 2 and wcs.wcs.lng == 0 and wcs.wcs.lat == 1 else wcs.celestial
+    scales = proj_plane_pixel_scales(celestial)
     return float(np.sqrt(scales[0] * scales[1]) * 3600.0)

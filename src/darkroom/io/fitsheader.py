@@ -20,6 +20,7 @@ reader instead, as before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -41,10 +42,15 @@ __all__ = [
     "FileRange",
     "HduSpan",
     "HeaderRewrite",
+    "empty_hdu_bytes",
+    "empty_hdu_images",
+    "hdu_keyword",
     "header_bytes",
     "keep_room",
+    "plain_card",
     "plan_card_rewrite",
     "plan_header_rewrite",
+    "read_header_texts",
     "read_headers",
     "rewrite_header",
     "scan_hdus",
@@ -95,10 +101,59 @@ def _fill_to(header_raw: bytes, size: int) -> bytes | None:
     return cards + b" " * (size - len(cards) - _CARD) + _END
 
 
+#: keywords that astropy's HDU classes place, strip or check themselves
+_HDU_KEY = re.compile(
+    r"^(SIMPLE|XTENSION|BITPIX|NAXIS\d*|EXTEND|PCOUNT|GCOUNT|GROUPS|BSCALE|BZERO|BLANK|END|TFIELDS"
+    r"|T(FORM|SCAL|ZERO|NULL|TYPE|UNIT|DISP|DIM|HEAP|BCOL)\d*)$"
+)
+_HDU_PREFIX: dict[bool, str] = {}
+
+
+def hdu_keyword(keyword: str) -> bool:
+    """Whether astropy's HDU classes place, strip or check this keyword themselves (BITPIX, NAXISn...)."""
+    return _HDU_KEY.match(keyword) is not None
+
+
+def plain_card(image: str) -> bool:
+    """Whether a card image is one :class:`CardImages` takes: 80 ASCII characters, a standard
+    keyword (its first 8 characters) with a value, or a commentary card."""
+    return len(image) == _CARD and image.isascii() and _PLAIN_NOT_LONG.match(image) is not None
+
+
+def _hdu_prefix(primary: bool) -> str:
+    prefix = _HDU_PREFIX.get(primary)
+    if prefix is None:  # astropy's own cards of an empty HDU, asked once
+        empty = fits.PrimaryHDU(header=fits.Header()) if primary else fits.ImageHDU(header=fits.Header())
+        prefix = _HDU_PREFIX[primary] = "".join(str(card) for card in empty.header.cards)
+    return prefix
+
+
+def empty_hdu_images(images: Sequence[str], *, primary: bool) -> bytes:
+    """:func:`empty_hdu_bytes` of a header given as the card images it writes (80 characters
+    each, no END, no card of the HDU's own: :func:`hdu_keyword`)."""
+    raw = (_hdu_prefix(primary) + "".join(images) + _END_CARD).encode("ascii")
+    return raw + b" " * (-len(raw) % _BLOCK)
+
+
+def empty_hdu_bytes(header: fits.Header, *, primary: bool) -> bytes:
+    """``header_bytes(fits.PrimaryHDU(header=header).header)`` (or ``fits.ImageHDU``'s: an IMAGE
+    extension) with no data, NAXIS = 0: the cards astropy puts first for such an HDU, then
+    ``header``'s, without building the HDU (~0.5 ms). A header with a card of the HDU's own
+    (BITPIX, NAXISn, EXTEND...) goes through astropy's HDU."""
+    if any(_HDU_KEY.match(k) for k in header):
+        hdu = fits.PrimaryHDU(header=header) if primary else fits.ImageHDU(header=header)
+        return header_bytes(hdu.header)
+    prefix = _hdu_prefix(primary)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+        text = prefix + header.tostring(sep="", endcard=True, padding=False)
+    raw = text.encode("ascii")
+    return raw + b" " * (-len(raw) % _BLOCK)
+
+
 def _empty_extension(header: fits.Header) -> bytes:
     """An IMAGE extension with no data (NAXIS = 0) carrying ``header``'s cards."""
-    hdu = fits.ImageHDU(header=header)
-    return header_bytes(hdu.header)
+    return empty_hdu_bytes(header, primary=False)
 
 
 class CardImageError(ValueError):
@@ -106,10 +161,13 @@ class CardImageError(ValueError):
 
 
 _BLANK = " " * _CARD
+_END_CARD = _END.decode("ascii")
 _COMMENTARY = ("", "COMMENT", "HISTORY")
 #: a card whose keyword astropy reads from its first 8 characters as they are: a standard
 #: keyword followed by "= " and a value, or a commentary card
 _PLAIN_CARD = re.compile(r"^(?:[A-Z0-9_-]{1,8} *= .*|(?:COMMENT |HISTORY | {8}).*| {80})$", re.DOTALL)
+#: a plain card that is not a CONTINUE or HIERARCH card
+_PLAIN_NOT_LONG = re.compile(r"^(?!CONTINUE|HIERARCH)" + _PLAIN_CARD.pattern.removeprefix("^"), re.DOTALL)
 
 
 class CardImages:
@@ -128,15 +186,12 @@ class CardImages:
     @classmethod
     def parse(cls, text: str) -> CardImages | None:
         """The cards of a header's text (whole cards, END and what follows it dropped)."""
-        cards: list[str] = []
-        for i in range(0, len(text) - _CARD + 1, _CARD):
-            card = text[i : i + _CARD]
-            if card.startswith("END     ") and not card[8:].strip():
-                return cls(cards)
-            if not _PLAIN_CARD.match(card) or card.startswith(("CONTINUE", "HIERARCH")):
-                return None
-            cards.append(card)
-        return None  # no END
+        cards = [text[i : i + _CARD] for i in range(0, len(text) - _CARD + 1, _CARD)]
+        try:
+            cards = cards[: cards.index(_END_CARD)]
+        except ValueError:
+            return None  # no END
+        return cls(cards) if all(map(_PLAIN_NOT_LONG.match, cards)) else None
 
     def keywords(self) -> list[str]:
         return [c[:8].rstrip() for c in self.cards]
@@ -161,12 +216,14 @@ class CardImages:
         non-commentary keywords): a keyword's first card is rewritten in place; a new one goes
         after the last card that is neither blank nor commentary, taking a trailing blank
         card's place."""
-        first: dict[str, int] = {}
-        for i, old in enumerate(self.cards):
-            first.setdefault(old[:8].rstrip(), i)
+        self.set_images([(card.keyword, card.image) for card in cards])
+
+    def set_images(self, cards: Sequence[tuple[str, str]]) -> None:
+        """:meth:`set` of cards given as (keyword, card image) pairs."""
+        keys = self.keywords()
+        first = {key: i for i, key in zip(range(len(keys) - 1, -1, -1), reversed(keys), strict=True)}
         new: dict[str, str] = {}
-        for card in cards:
-            image, key = card.image, card.keyword
+        for key, image in cards:
             if len(image) != _CARD or key in _COMMENTARY:
                 raise CardImageError(f"{key}: only a one-card, non-commentary keyword can be set")
             if key in first:
@@ -186,8 +243,7 @@ class CardImages:
 
     def add_history(self, text: str) -> None:
         """``header.add_history(text)`` for a text of one card (72 characters at most)."""
-        card = fits.Card("HISTORY", text)
-        image = card.image
+        image = _history_image(text)
         if len(image) != _CARD:
             raise CardImageError("a HISTORY text longer than one card")
         keys = self.keywords()
@@ -216,6 +272,12 @@ class CardImages:
         return fits.Header.fromstring("".join(self.cards))
 
 
+@functools.lru_cache(maxsize=64)
+def _history_image(text: str) -> str:
+    """``fits.Card("HISTORY", text).image`` (a stage adds the same text to every frame)."""
+    return fits.Card("HISTORY", text).image
+
+
 @dataclass(frozen=True)
 class HduSpan:
     """Where one HDU lies in a file [byte offsets]: its header from ``header_start`` to
@@ -236,6 +298,16 @@ def _value(card: bytes) -> str:
     return text.split("/", 1)[0].strip()
 
 
+_NAXES = tuple(f"NAXIS{n}" for n in range(1, 1000))
+#: the first 8 characters of the cards :func:`_scan` reads (the keyword, blank-padded)
+_SCANNED = frozenset(
+    k.ljust(8).encode("ascii")
+    for k in ("SIMPLE", "XTENSION", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "GROUPS", "EXTNAME", *_NAXES)
+)
+#: header blocks :func:`_scan` reads at once
+_SCAN_BLOCKS = 8
+
+
 def _scan(read_at: Callable[[int, int], bytes], size: int) -> list[HduSpan] | None:
     """The HDUs of ``size`` bytes read through ``read_at(offset, n)``, or None when the content is
     not a plain sequence of HDUs that tiles the file exactly (astropy's reader decides then)."""
@@ -244,19 +316,25 @@ def _scan(read_at: Callable[[int, int], bytes], size: int) -> list[HduSpan] | No
     while offset < size:
         cards: dict[str, str] = {}
         pos, end_found = offset, False
+        chunk, at = b"", 0  # blocks read ahead, from pos
         for _ in range(_MAX_HEADER_BLOCKS):
-            block = bytes(read_at(pos, _BLOCK))
+            if at >= len(chunk):
+                chunk, at = bytes(read_at(pos, _SCAN_BLOCKS * _BLOCK)), 0
+            block = chunk[at : at + _BLOCK]
+            at += _BLOCK
             if len(block) < _BLOCK:
                 return None
             pos += _BLOCK
-            for i in range(0, _BLOCK, _CARD):
-                card = block[i : i + _CARD]
-                if card == _END:
-                    end_found = True
-                    break
-                if card[8:10] == b"= ":
-                    cards.setdefault(card[:8].rstrip().decode("ascii", "replace"), _value(card))
-            if end_found:
+            end = block.find(_END)  # the first END card (at a card's start)
+            while end >= 0 and end % _CARD:
+                end = block.find(_END, end + 1)
+            for i in range(0, _BLOCK if end < 0 else end, _CARD):
+                if block[i : i + 8] in _SCANNED and block[i + 8 : i + 10] == b"= ":
+                    key = block[i : i + 8].rstrip().decode("ascii", "replace")
+                    if key not in cards:
+                        cards[key] = _value(block[i : i + _CARD])
+            if end >= 0:
+                end_found = True
                 break
         if not end_found:
             return None
@@ -302,21 +380,30 @@ def read_headers(path: Path | str, names: Sequence[str | int]) -> dict[str | int
     """The headers of the extensions in ``names`` that the file has (as ``fits.open(path)[name].header``
     gives them), reading the header blocks only; the data are skipped. Raises ``OSError`` when the
     file cannot be read and ``KeyError`` when it is not a FITS file this scan places."""
+    texts = read_header_texts(path, names)
+    if texts is None:
+        with fits.open(path, memmap=False) as hdul:
+            return {n: hdul[n].header.copy() for n in names if _has(hdul, n)}
+    return {name: fits.Header.fromstring(text) for name, text in texts.items()}
+
+
+def read_header_texts(path: Path | str, names: Sequence[str | int]) -> dict[str | int, str] | None:
+    """The text of the headers of the extensions in ``names`` that the file has (whole blocks, END
+    included), reading the header blocks only; None when the file is not a sequence of HDUs
+    this scan places (:func:`read_headers` then reads it with astropy). Raises ``OSError`` when
+    the file cannot be read and ``UnicodeDecodeError`` for a header that is not ASCII."""
     with open(path, "rb") as fh:
         size = fh.seek(0, 2)
         spans = _scan(_reader(fh), size)
         if spans is None:
-            with fits.open(path, memmap=False) as hdul:
-                return {n: hdul[n].header.copy() for n in names if _has(hdul, n)}
-        out: dict[str | int, fits.Header] = {}
+            return None
+        out: dict[str | int, str] = {}
         for name in names:
             index = _index(spans, name)
             if index is not None:
                 span = spans[index]
                 fh.seek(span.header_start)
-                out[name] = fits.Header.fromstring(
-                    fh.read(span.data_start - span.header_start).decode("ascii")
-                )
+                out[name] = fh.read(span.data_start - span.header_start).decode("ascii")
         return out
 
 
@@ -479,9 +566,15 @@ def plan_header_rewrite(
 
 
 def _plan(
-    path: Path, file_size: int, hdr_loc: int, dat_loc: int, new_header: bytes, extra: Sequence[fits.Header]
+    path: Path,
+    file_size: int,
+    hdr_loc: int,
+    dat_loc: int,
+    new_header: bytes,
+    extra: Sequence[fits.Header | bytes],
 ) -> HeaderRewrite:
-    extensions = b"".join(_empty_extension(h) for h in extra)
+    # an extension is given by its header, or as its bytes already made (empty_hdu_images)
+    extensions = b"".join(h if isinstance(h, bytes) else _empty_extension(h) for h in extra)
     size = dat_loc - hdr_loc
     in_place = new_header if len(new_header) == size else _fill_to(new_header, size)
     before, after = FileRange(path, 0, hdr_loc), FileRange(path, dat_loc, file_size)
@@ -519,11 +612,12 @@ def _locate(
 def plan_card_rewrite(
     path: Path | str,
     extname: str | int | tuple[str | int, ...],
-    edit: Callable[[CardImages, list[str]], Sequence[fits.Header]],
+    edit: Callable[[CardImages, list[str]], Sequence[fits.Header | bytes]],
 ) -> HeaderRewrite | None:
     """:func:`plan_header_rewrite` on card images: ``edit(cards, names)`` changes the
     extension's :class:`CardImages` in place and returns the headers of the empty IMAGE
-    extensions to append (``names``: the file's extension names, upper case). No card is parsed
+    extensions to append, or their bytes (:func:`empty_hdu_images`) (``names``: the file's
+    extension names, upper case). No card is parsed
     unless the edit does, so a 200-card header is rewritten in a fraction of a millisecond.
     None when :meth:`CardImages.parse` refuses the header (the caller uses
     :func:`plan_header_rewrite`). Raises as :func:`plan_header_rewrite` does.

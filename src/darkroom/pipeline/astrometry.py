@@ -32,9 +32,9 @@ earlier provenances stay on disk beside the new ones under their own folders.
 
 from __future__ import annotations
 
-import io
 import logging
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,7 @@ from darkroom.io.fitsheader import (
     HeaderRewrite,
     plan_card_rewrite,
     plan_header_rewrite,
+    read_header_texts,
     read_headers,
 )
 from darkroom.pipeline._products import jsonable, raw_stem, short_hash
@@ -86,7 +87,8 @@ class _SolutionFiles:
     wcs_path: Path  #: the ``.wcs`` file
     wcs_bytes: bytes  #: its content
     image_path: str  #: the calibrated image, relative to the repository
-    header: fits.Header  #: the WCS cards written into the image's SCI header
+    images: list[tuple[str, str]]  #: the WCS cards written into the image's SCI header, (keyword, image)
+    header: Callable[[], fits.Header]  #: the solution's header (for a SCI header of unusual cards)
 
 
 def wcs_from_astrom(astrom: dict[str, Any]) -> WCS | None:
@@ -216,30 +218,58 @@ class AstrometryStage(Stage):
         return Table(cols, copy=False)
 
     def _read_frame(self, f: dict[str, Any]) -> FrameSources:
-        from darkroom.astrom import FrameSources, PointingHint
-        from darkroom.astrom.wcscards import GIVEN_WCS_EXTNAME, header_as_given, header_wcs
+        from darkroom.astrom import PointingHint
+        from darkroom.astrom.relative import LazyWcsFrame
+        from darkroom.astrom.wcscards import (
+            GIVEN_WCS_EXTNAME,
+            header_as_given,
+            header_wcs,
+            header_wcs_images,
+        )
 
         cfg: SolveSettings = self.config
         try:
             sources = self._read_sources(self.root / f["catalog_path"])
         except BadInputError as exc:
             raise BadInputError(f"source catalog {Path(f['catalog_path']).name}: {exc.reason}") from exc
+        path = self.root / f["path"]
+        names = ("SCI", GIVEN_WCS_EXTNAME)
         try:
             # the header blocks only; the planes are not read
-            headers = read_headers(self.root / f["path"], ("SCI", GIVEN_WCS_EXTNAME))
-            header = headers["SCI"]
+            texts = read_header_texts(path, names)
+            # a frame without a solution written into it, of plain cards: only the cards the
+            # shape and the WCS need are parsed
+            cards = CardImages.parse(texts["SCI"]) if texts and GIVEN_WCS_EXTNAME not in texts else None
+            if cards is None:
+                headers = (
+                    read_headers(path, names)
+                    if texts is None
+                    else {k: fits.Header.fromstring(v) for k, v in texts.items()}
+                )
+                header = headers["SCI"]
         except (OSError, KeyError) as exc:
             raise BadInputError(f"cannot read the header of {Path(f['path']).name}: {exc}") from exc
-        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-        # the WCS the frame came with, kept aside when a solution was written into SCI
-        given = header_as_given(header, headers.get(GIVEN_WCS_EXTNAME))
-        wcs = header_wcs(given) if cfg.use_header_wcs else None
+        if cards is not None:
+            sizes: dict[str, str] = {}
+            for card in cards.cards:  # the first NAXISn card, as header["NAXISn"] reads it
+                if card[:8] in ("NAXIS1  ", "NAXIS2  "):
+                    sizes.setdefault(card[:8].rstrip(), card)
+            shape = (
+                int(fits.Card.fromstring(sizes["NAXIS2"]).value),
+                int(fits.Card.fromstring(sizes["NAXIS1"]).value),
+            )
+            make_wcs = (lambda: header_wcs_images(cards)) if cfg.use_header_wcs else None
+        else:
+            shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+            # the WCS the frame came with, kept aside when a solution was written into SCI
+            given = header_as_given(header, headers.get(GIVEN_WCS_EXTNAME))
+            make_wcs = (lambda: header_wcs(given)) if cfg.use_header_wcs else None
         hint = None
         if f["ra_deg"] is not None and f["dec_deg"] is not None and f["pixel_scale_arcsec"]:
             hint = PointingHint(
                 ra_deg=f["ra_deg"], dec_deg=f["dec_deg"], pixel_scale_arcsec=f["pixel_scale_arcsec"]
             )
-        return FrameSources(sources=sources, shape=shape, wcs=wcs, hint=hint, name=f["name"])
+        return LazyWcsFrame(sources=sources, shape=shape, hint=hint, name=f["name"], make_wcs=make_wcs)
 
     def run(self, unit: Unit) -> dict[str, Any]:
         from darkroom.astrom.field import blind_reference, failed_result, solve_field, source_counts
@@ -315,7 +345,7 @@ class AstrometryStage(Stage):
         """The frame's solution row, and the files that carry its WCS (written by
         :meth:`_write_solutions`, which fills in ``image_sha256``); None without a WCS."""
         from darkroom.astrom import pixel_scale_arcsec
-        from darkroom.astrom.wcscards import transform_dict, wcs_cards
+        from darkroom.astrom.wcscards import solution_header, solution_products, transform_dict
 
         quality, reason = result.quality, result.reason
         if result.wcs is None and quality == "good":
@@ -323,13 +353,12 @@ class AstrometryStage(Stage):
             reason = reason or "no absolute WCS: aligned to the field's reference frame only"
         cards = wcs_path = centre = scale = files = None
         if result.wcs is not None and frame is not None:
-            header = result.to_header()
-            header["ASTQUAL"] = quality
-            cards = wcs_cards(header)
+            solution = solution_products(result, quality)  # the cards of solution_header(result, quality)
+            cards = solution.cards
             out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(f['path'])}.wcs")
-            buffer = io.BytesIO()
-            fits.PrimaryHDU(header=header).writeto(buffer)  # the header-only file's bytes
-            files = _SolutionFiles(out, buffer.getvalue(), f["path"], header)
+            files = _SolutionFiles(
+                out, solution.file_bytes, f["path"], solution.images, lambda: solution_header(result, quality)
+            )
             wcs_path = self.relative(out)
             ny, nx = frame.shape
             ra, dec = result.wcs.all_pix2world([(nx - 1) / 2.0], [(ny - 1) / 2.0], 0)
@@ -392,8 +421,8 @@ class AstrometryStage(Stage):
         planes are copied as bytes."""
         from darkroom.astrom.wcscards import (
             GIVEN_WCS_EXTNAME,
+            given_wcs_bytes,
             given_wcs_header,
-            given_wcs_images,
             replace_wcs_cards,
             replace_wcs_images,
         )
@@ -401,17 +430,17 @@ class AstrometryStage(Stage):
         path = self.root / files.image_path
         history = "darkroom.astrom: WCS from the astrometry stage"
 
-        def edit(sci: CardImages, names: list[str]) -> list[fits.Header]:
+        def edit(sci: CardImages, names: list[str]) -> list[bytes]:
             # keep the frame's own WCS, so that another provenance starts from what it was given
-            given = [] if GIVEN_WCS_EXTNAME in names else [given_wcs_images(sci)]
-            replace_wcs_images(sci, files.header, history=history)
+            given = [] if GIVEN_WCS_EXTNAME in names else [given_wcs_bytes(sci)]
+            replace_wcs_images(sci, files.images, history=history)
             return given
 
         def given(sci: fits.Header, names: list[str]) -> list[fits.Header]:
             return [] if GIVEN_WCS_EXTNAME in names else [given_wcs_header(sci)]
 
         def update(sci: fits.Header) -> None:
-            replace_wcs_cards(sci, files.header, history=history)
+            replace_wcs_cards(sci, files.header(), history=history)
 
         try:
             # one read of the file's header blocks: SCI's (the first HDU's when there is no SCI)
@@ -423,6 +452,9 @@ class AstrometryStage(Stage):
             return None
 
     def record(self, session: Session, unit: Unit, result: dict[str, Any]) -> None:
+        # the images whose calibrated file got the solution, in one query
+        rewritten = [item["image_id"] for item in result["frames"] if item.get("image_sha256")]
+        images = {im.id: im for im in session.scalars(select(Image).where(Image.id.in_(rewritten)))}
         for item in result["frames"]:
             a = item["astrom"]
             session.add(
@@ -439,8 +471,7 @@ class AstrometryStage(Stage):
                 )
             )
             if item.get("image_sha256"):  # the solution was written into the calibrated file
-                image = session.get(Image, item["image_id"])
-                image.sha256 = item["image_sha256"]
+                images[item["image_id"]].sha256 = item["image_sha256"]
             if item["flag"] == "failed":
                 log.warning("astrometry of image %d failed: %s", item["image_id"], a["reason"])
 
