@@ -161,3 +161,34 @@ def test_the_memory_budget_is_at_most_a_quarter_of_what_is_available():
     assert 0 < wanted <= 512 << 20
     # more than any machine has: a quarter of what this one has available
     assert memory_budget_bytes(1e9) < 1e9 * (1 << 20)
+
+
+def test_a_colour_frame_is_kept_as_the_luminance_it_reads_as(tmp_path):
+    """A one-shot colour (Bayer) frame reads as its 2 x 2 luminance sum (sums of four 16-bit values
+    need more than 16 bits): it is kept as float32, and a kept read equals a fresh one."""
+    rng = np.random.default_rng(3)
+    header = fits.Header({"BAYERPAT": "RGGB", "EXPTIME": 30.0, "DATE-OBS": "2025-03-01T03:00:00"})
+    path = tmp_path / "dslr.fits"
+    fits.PrimaryHDU(rng.integers(60000, 65535, (60, 80)).astype(np.uint16), header=header).writeto(path)
+    with keeping(1 << 20) as keeper:
+        first = read_raw(path, limits=INGEST)
+        assert first.shape == (30, 40) and first.stored_dtype is None
+        assert float(first.data.max()) > 65535  # the sums exceed what 16 bits hold
+        again = read_raw(path)
+        assert keeper.n_taken == 1
+    _same(again, read_raw(path))
+
+
+def test_a_tile_compressed_frame_is_kept_exactly(tmp_path):
+    """An fpack (Rice, tile-compressed) 16-bit frame: its pixels are kept in their stored type."""
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 60000, (64, 96)).astype(np.uint16)
+    path = tmp_path / "frame.fits.fz"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type="RICE_1")]).writeto(path)
+    with keeping(1 << 20) as keeper:
+        first = read_raw(path, limits=INGEST)
+        assert first.stored_dtype == np.dtype(np.uint16)
+        again = read_raw(path)
+        assert keeper.n_taken == 1
+    _same(again, read_raw(path))
+    assert np.array_equal(again.data, data.astype(np.float32))
