@@ -84,3 +84,39 @@ def test_shared_folder_reduces_with_no_profile(folder: str, tmp_path: Path) -> N
             assert not missing, f"science frames without an image: {missing}"
     finally:
         repo.close()
+
+
+@pytest.mark.parametrize("folder", _folders())
+def test_frames_kept_from_ingest_calibrate_as_if_read_again(folder: str, tmp_path: Path) -> None:
+    """What ingest keeps in memory for the masters and calibrate (a serial `run --ingest`) gives
+    the calibration files of reading each file again, on every camera of the shared data."""
+    from darkroom.pipeline.drive import drive_stages, raw_frames_kept
+    from darkroom.pipeline.run import section_stages
+    from darkroom.repo.store import sha256_file
+
+    files = _files(Path(shared_data_dir()) / folder)
+    made = {}
+    for name, budget in (("kept", 512.0), ("read_again", 0.0)):
+        repo = Repository.init(tmp_path / name)
+        cfg = repo.config.ingest.model_copy(update={"keep_in_memory_mb": budget})
+        try:
+            with raw_frames_kept(cfg, serial=True) as keeper:
+                ingest_paths(repo.registry, files, config=cfg, profile_root=repo.root)
+                drive_stages(repo.registry, section_stages(repo.root, repo.config, "calib"), quiet=True)
+                taken = keeper.n_taken if keeper is not None else None
+            with repo.registry.session() as s:
+                failed = sorted(
+                    (t.key, t.reason) for t in s.scalars(select(Task).where(Task.state == "failed"))
+                )
+        finally:
+            repo.close()
+        products = sorted(
+            p for d in ("calib", "images") for p in (tmp_path / name / d).rglob("*") if p.is_file()
+        )
+        made[name] = ({str(p.relative_to(tmp_path / name)): sha256_file(p) for p in products}, failed)
+        if budget:
+            n_taken = taken
+    assert made["kept"] == made["read_again"]
+    files_made = made["kept"][0]
+    if any(p.startswith("images/") for p in files_made):
+        assert n_taken > 0  # a folder with calibrated frames took them from the keeper
