@@ -80,6 +80,7 @@ def main() -> None:
     t_import = time.perf_counter()
     from darkroom import _threads  # noqa: F401
     from darkroom.facade import Repository
+    from darkroom.pipeline.drive import raw_frames_kept
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages
     from darkroom.pipeline.runner import run_stage
@@ -98,30 +99,33 @@ def main() -> None:
         for stage in all_stages(repo.root, repo.config):
             steps.append((stage.name, lambda stage=stage: run_stage(repo.registry, stage)))
         per_stage = []
-        for name, fn in steps:
-            prof = cProfile.Profile()
-            t0 = time.perf_counter()
-            prof.enable()
-            fn()
-            prof.disable()
-            wall = time.perf_counter() - t0
-            st = pstats.Stats(prof)
-            if whole is None:
-                whole = pstats.Stats(prof)
-            else:
-                whole.add(prof)
-            cls = breakdown(st)
-            for k, v in cls.items():
-                classes_total[k] += v
-            top = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[: args.top]  # type: ignore[attr-defined]
-            per_stage.append((name, wall, cls, top))
-            rows.append(
-                {
-                    "stage": name,
-                    "wall [s]": wall,
-                    **{k: cls.get(k, 0.0) for k in ("FITS I/O", "gzip / zlib", "registry (SQL)")},
-                }
-            )
+        # as a serial `darkroom run --ingest` does: the raw frames ingest read, kept for the masters
+        # and calibrate
+        with raw_frames_kept(repo.config.ingest, serial=True):
+            for name, fn in steps:
+                prof = cProfile.Profile()
+                t0 = time.perf_counter()
+                prof.enable()
+                fn()
+                prof.disable()
+                wall = time.perf_counter() - t0
+                st = pstats.Stats(prof)
+                if whole is None:
+                    whole = pstats.Stats(prof)
+                else:
+                    whole.add(prof)
+                cls = breakdown(st)
+                for k, v in cls.items():
+                    classes_total[k] += v
+                top = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[: args.top]  # type: ignore[attr-defined]
+                per_stage.append((name, wall, cls, top))
+                rows.append(
+                    {
+                        "stage": name,
+                        "wall [s]": wall,
+                        **{k: cls.get(k, 0.0) for k in ("FITS I/O", "gzip / zlib", "registry (SQL)")},
+                    }
+                )
         if whole is not None:
             whole.dump_stats(out / "night.prof")
         repo.close()
