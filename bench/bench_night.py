@@ -85,8 +85,7 @@ def night(workers: int) -> tuple[dict[str, float], float]:
             print(done.stderr.strip(), file=sys.stderr)
         seconds = json.loads(out.read_text())
     wall -= seconds.pop("repository init (not timed)")
-    stage_sum = sum(v for k, v in seconds.items() if k != "driver CPU")
-    seconds["start-up and imports (outside stages)"] = wall - stage_sum
+    seconds["start-up and imports (outside stages)"] = wall - seconds["ingest"] - seconds.pop("stages (wall)")
     seconds["load average (1 min, start)"] = load0
     return seconds, wall
 
@@ -95,12 +94,10 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
     """The run itself (in the child process): per-stage wall seconds and the driver's CPU."""
     from darkroom import _threads  # noqa: F401
     from darkroom.facade import Repository
-    from darkroom.io.keep import release_kept
-    from darkroom.pipeline.drive import frames_to_calibrate, raw_frames_kept
+    from darkroom.pipeline.drive import drive_stages, frames_to_calibrate, raw_frames_kept
     from darkroom.pipeline.executors import make_executor, prepare_local_workers
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages
-    from darkroom.pipeline.runner import run_stage
 
     if workers:
         prepare_local_workers()  # as `darkroom run --workers` does first
@@ -119,17 +116,20 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
         if frames_to_calibrate(repo.registry, stages) >= 2:
             executor.start()  # as `darkroom run` does: the workers start while the masters are made
         try:
-            for i, stage in enumerate(stages):
-                gc.freeze()  # as `darkroom run` does before each stage (drive_stages)
-                report = run_stage(repo.registry, stage, executor)
-                seconds[stage.name] = report.seconds
+            t0 = time.perf_counter()
+            # the stages as `darkroom run` drives them (objects set aside from the collector before
+            # each stage, the kept raw frames let go after calibrate)
+            reports = drive_stages(
+                repo.registry, stages, executor=executor, quiet=True, freeze_between_stages=True
+            )
+            seconds["stages (wall)"] = time.perf_counter() - t0
+            for report in reports:
+                seconds[report.stage] = report.seconds
                 if report.n_failed:
                     print(
-                        f"  {stage.name}: {report.n_failed} failed, e.g. {report.failures[0]}",
+                        f"  {report.stage}: {report.n_failed} failed, e.g. {report.failures[0]}",
                         file=sys.stderr,
                     )
-                if not any(st.reads_raw_files for st in stages[i + 1 :]):
-                    release_kept()  # as drive_stages does
         finally:
             executor.close()
     repo.close()

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from astropy.io import fits
 
 from darkroom.io.keep import Keeper, active_keeper, keeping, memory_budget_bytes, release_kept
@@ -135,7 +134,6 @@ def _child_sees_a_keeper(queue) -> None:
     queue.put(active_keeper() is not None)
 
 
-@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="POSIX fork only")
 def test_a_forked_reader_does_not_use_its_parents_keeper():
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
@@ -149,10 +147,16 @@ def test_a_forked_reader_does_not_use_its_parents_keeper():
 
 def test_a_keeper_hands_an_item_out_once_and_counts_its_bytes():
     keeper = Keeper(100)
-    assert keeper.offer("a", "A", 60) and not keeper.offer("a", "A2", 10)
-    assert not keeper.offer("b", "B", 50) and keeper.n_refused == 1
+    made = []
+
+    def make(item):
+        return lambda: made.append(item) or item
+
+    assert keeper.offer("a", make("A"), 60) and not keeper.offer("a", make("A2"), 10)
+    assert not keeper.offer("b", make("B"), 50) and keeper.n_refused == 1
+    assert made == ["A"]  # an item that is not kept is not made
     assert keeper.take("a") == "A" and keeper.take("a") is None
-    assert keeper.held_bytes == 0 and keeper.offer("b", "B", 50)
+    assert keeper.held_bytes == 0 and keeper.offer("b", make("B"), 50)
 
 
 def test_the_memory_budget_is_at_most_a_quarter_of_what_is_available():

@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import HASH_CHUNK, atomic_path, sha256_file
-from darkroom.io.fitsheader import header_bytes, keep_room
+from darkroom.io.fitsheader import END_CARD, header_blocks, header_bytes, keep_room
 from darkroom.io.fitsplanes import read_planes
 from darkroom.maskbits import mask_header_cards
 
@@ -36,7 +36,6 @@ __all__ = [
 
 _BLOCK = 2880  # FITS block [bytes]
 _CARD = 80  # FITS card [bytes]
-_END = b"END" + b" " * 77
 _BLANK = b" " * _CARD
 #: blank cards kept free in SCI's header: the astrometry stage writes its solution (a TAN-SIP
 #: WCS up to order 4 and its quality cards) in place instead of copying the whole file
@@ -232,8 +231,7 @@ def _sci_header_direct(image: CalibratedImage) -> bytes | None:
         at -= 1
     images = [str(card).encode("ascii") for card in kept]
     cards = structure + b"".join(images[:at]) + extname + b"".join(images[at:])
-    cards += _BLANK * SCI_HEADER_ROOM + _END
-    return cards + b" " * (-len(cards) % _BLOCK)
+    return header_blocks(cards + _BLANK * SCI_HEADER_ROOM)
 
 
 def _blank_cards_to_add(header: fits.Header, n_cards: int) -> int:
@@ -250,10 +248,9 @@ def _with_blank_cards(header_raw: bytes, n_add: int) -> bytes:
     """Header blocks (ending in END) with ``n_add`` blank cards before END: the bytes of the
     header with that many blank cards appended."""
     end = len(header_raw) - _CARD
-    while header_raw[end : end + _CARD] != _END:  # the blank padding after END
+    while header_raw[end : end + _CARD] != END_CARD:  # the blank padding after END
         end -= _CARD
-    cards = header_raw[:end] + _BLANK * n_add + _END
-    return cards + b" " * (-len(cards) % _BLOCK)
+    return header_blocks(header_raw[:end] + _BLANK * n_add)
 
 
 #: pixel types written directly (FITS BITPIX for each); others go through astropy's writer

@@ -37,6 +37,7 @@ from darkroom.errors import BadInputError
 from darkroom.io.atomic import HASH_CHUNK, atomic_write_bytes
 
 __all__ = [
+    "END_CARD",
     "CardImageError",
     "CardImages",
     "FileRange",
@@ -45,6 +46,7 @@ __all__ = [
     "empty_hdu_bytes",
     "empty_hdu_images",
     "hdu_keyword",
+    "header_blocks",
     "header_bytes",
     "keep_room",
     "plain_card",
@@ -58,11 +60,18 @@ __all__ = [
 
 _BLOCK = 2880  # FITS block [bytes]
 _CARD = 80  # FITS card [bytes]
-_END = b"END" + b" " * 77
+END_CARD = b"END" + b" " * 77  #: the END card's 80 bytes
 #: the cards that size and scale an HDU's data: a header rewrite must leave them as they are
 _STRUCTURAL = ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "BZERO", "BSCALE")
 #: headers longer than this many blocks are not a calibrated image's; astropy's reader decides
 _MAX_HEADER_BLOCKS = 1000
+
+
+def header_blocks(cards: bytes) -> bytes:
+    """Card images (80 bytes each, END not among them) as a header's FITS blocks: the cards, END,
+    then blanks to a whole number of 2880-byte blocks."""
+    raw = cards + END_CARD
+    return raw + b" " * (-len(raw) % _BLOCK)
 
 
 def header_bytes(header: fits.Header) -> bytes:
@@ -94,11 +103,11 @@ def _fill_to(header_raw: bytes, size: int) -> bytes | None:
     END; None when it is longer than ``size``."""
     if len(header_raw) > size:
         return None
-    end = header_raw.rfind(_END, 0, len(header_raw))
+    end = header_raw.rfind(END_CARD, 0, len(header_raw))
     while end % _CARD:  # END must start a card
-        end = header_raw.rfind(_END, 0, end)
+        end = header_raw.rfind(END_CARD, 0, end)
     cards = header_raw[:end]
-    return cards + b" " * (size - len(cards) - _CARD) + _END
+    return cards + b" " * (size - len(cards) - _CARD) + END_CARD
 
 
 #: keywords that astropy's HDU classes place, strip or check themselves
@@ -131,8 +140,7 @@ def _hdu_prefix(primary: bool) -> str:
 def empty_hdu_images(images: Sequence[str], *, primary: bool) -> bytes:
     """:func:`empty_hdu_bytes` of a header given as the card images it writes (80 characters
     each, no END, no card of the HDU's own: :func:`hdu_keyword`)."""
-    raw = (_hdu_prefix(primary) + "".join(images) + _END_CARD).encode("ascii")
-    return raw + b" " * (-len(raw) % _BLOCK)
+    return header_blocks((_hdu_prefix(primary) + "".join(images)).encode("ascii"))
 
 
 def empty_hdu_bytes(header: fits.Header, *, primary: bool) -> bytes:
@@ -146,9 +154,8 @@ def empty_hdu_bytes(header: fits.Header, *, primary: bool) -> bytes:
     prefix = _hdu_prefix(primary)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", fits.verify.VerifyWarning)
-        text = prefix + header.tostring(sep="", endcard=True, padding=False)
-    raw = text.encode("ascii")
-    return raw + b" " * (-len(raw) % _BLOCK)
+        text = prefix + header.tostring(sep="", endcard=False, padding=False)
+    return header_blocks(text.encode("ascii"))
 
 
 def _empty_extension(header: fits.Header) -> bytes:
@@ -161,7 +168,7 @@ class CardImageError(ValueError):
 
 
 _BLANK = " " * _CARD
-_END_CARD = _END.decode("ascii")
+_END_CARD = END_CARD.decode("ascii")
 _COMMENTARY = ("", "COMMENT", "HISTORY")
 #: a card whose keyword astropy reads from its first 8 characters as they are: a standard
 #: keyword followed by "= " and a value, or a commentary card
@@ -264,8 +271,7 @@ class CardImages:
 
     def to_bytes(self) -> bytes:
         """The header as FITS blocks (END, blank-padded to 2880 bytes)."""
-        raw = ("".join(self.cards) + "END".ljust(_CARD)).encode("ascii")
-        return raw + b" " * (-len(raw) % _BLOCK)
+        return header_blocks("".join(self.cards).encode("ascii"))
 
     def header(self) -> fits.Header:
         """The cards as an astropy header (parsed lazily, card by card, as astropy reads a file)."""
@@ -325,9 +331,9 @@ def _scan(read_at: Callable[[int, int], bytes], size: int) -> list[HduSpan] | No
             if len(block) < _BLOCK:
                 return None
             pos += _BLOCK
-            end = block.find(_END)  # the first END card (at a card's start)
+            end = block.find(END_CARD)  # the first END card (at a card's start)
             while end >= 0 and end % _CARD:
-                end = block.find(_END, end + 1)
+                end = block.find(END_CARD, end + 1)
             for i in range(0, _BLOCK if end < 0 else end, _CARD):
                 if block[i : i + 8] in _SCANNED and block[i + 8 : i + 10] == b"= ":
                     key = block[i : i + 8].rstrip().decode("ascii", "replace")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,22 +43,19 @@ class Keeper:
         """Bytes of the items held now (as their owners counted them)."""
         return self._held
 
-    def offer(self, key: Hashable, item: Any, nbytes: int) -> bool:
-        """Keep ``item`` (``nbytes`` of memory) under ``key`` when there is room; True if kept."""
+    def offer(self, key: Hashable, make: Callable[[], Any], nbytes: int) -> bool:
+        """Keep the item ``make()`` returns (``nbytes`` of memory) under ``key`` when there is
+        room; True if kept. ``make`` is called only then (an item is often a copy)."""
         with self._lock:
             if key in self._items:
                 return False
             if self._held + nbytes > self.max_bytes:
                 self.n_refused += 1
                 return False
-            self._items[key] = (item, nbytes)
+            self._items[key] = (make(), nbytes)
             self._held += nbytes
             self.n_kept += 1
             return True
-
-    def wants(self, nbytes: int) -> bool:
-        """Whether an item of ``nbytes`` would be kept now (to skip preparing one that would not)."""
-        return self._held + nbytes <= self.max_bytes
 
     def take(self, key: Hashable) -> Any | None:
         """The item kept under ``key``, removed from the keeper; None when there is none."""
@@ -117,19 +114,9 @@ def file_key(st: os.stat_result, *extra: Hashable) -> tuple[Hashable, ...]:
 
 
 def memory_budget_bytes(wanted_mb: float, *, share: float = 0.25) -> int:
-    """``wanted_mb`` MiB, but no more than ``share`` of the memory available now (Linux's
-    MemAvailable; the wanted amount where the system does not tell)."""
+    """``wanted_mb`` MiB, but no more than ``share`` of the memory available now (psutil's
+    ``available``: free memory plus what the system can reclaim without swapping)."""
+    import psutil
+
     wanted = int(max(wanted_mb, 0.0) * (1 << 20))
-    available = _available_bytes()
-    return min(wanted, int(share * available)) if available else wanted
-
-
-def _available_bytes() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return min(wanted, int(share * psutil.virtual_memory().available))

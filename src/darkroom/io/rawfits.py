@@ -490,14 +490,15 @@ def read_raw(
 def _keep(keeper, key, raw: RawImage) -> None:
     """Leave a copy of ``raw`` with ``keeper`` (pixels in their stored integer type when that is
     exact: half the memory of float32 for a 16-bit camera)."""
-    data = raw.data
-    dtype = raw.stored_dtype
+    data, dtype = raw.data, raw.stored_dtype
     nbytes = data.size * (dtype.itemsize if dtype is not None else data.itemsize) + 80 * (len(raw.header) + 4)
-    if not keeper.wants(nbytes):
-        keeper.n_refused += 1
-        return
-    pixels = data.astype(dtype) if dtype is not None else data.copy()
-    keeper.offer(key, dataclasses.replace(raw, header=raw.header.copy(), data=pixels), nbytes)
+    keeper.offer(
+        key,
+        lambda: dataclasses.replace(
+            raw, header=raw.header.copy(), data=data.astype(dtype) if dtype is not None else data.copy()
+        ),
+        nbytes,
+    )
 
 
 def _unkept(kept: RawImage) -> RawImage:
