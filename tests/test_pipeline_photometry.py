@@ -17,6 +17,7 @@ The small registry at the end is built by hand (rows inserted directly).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 from collections.abc import Callable
@@ -302,6 +303,11 @@ def test_sim_registry_rows_products_and_rerun(sim):
     assert n_src > 300 and not dup
     assert n_meas == sum(im.photcal["n_measured"] for im in images)
     assert by_sql == sum(im.photcal["n_forced"] for im in images) > 0
+    # each frame's photometry file is the one its row names, byte for byte (written by the
+    # stage's writer thread while the next frame was measured)
+    for im in images:
+        path = repo.root / im.photcal["path"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == im.photcal["sha256"]
     sources = repo.sources()
     detected = sources[sources["n_epochs"] > 0]
     assert np.all(detected["n_epochs"] >= 3) and np.all(np.isfinite(detected["ra_deg"]))

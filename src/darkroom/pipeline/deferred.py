@@ -12,9 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ClassVar
 
-__all__ = ["DeferredWrites"]
+from darkroom.repo.store import atomic_write_bytes, sha256_bytes
+
+__all__ = ["DeferredWrites", "write_bytes_durably"]
+
+
+def write_bytes_durably(path: Path, data: bytes) -> str:
+    """Write ``data`` durably to ``path`` (atomically: temporary name, fsync, rename) and return
+    its SHA-256 (hex)."""
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
 
 
 class DeferredWrites:
@@ -61,3 +71,8 @@ class DeferredWrites:
         future = self._write_pool().submit(write, *args)
         keep = (not self.deferring) if wait is None else wait
         return future.result() if keep else future
+
+    def write_bytes_in_thread(self, path: Path, data: bytes) -> str | Future:
+        """``data`` written durably to ``path`` on the writer thread (see :meth:`write_in_thread`);
+        the file's SHA-256, or its Future while deferring."""
+        return self.write_in_thread(write_bytes_durably, path, data)

@@ -14,7 +14,6 @@ Wiring only: :func:`darkroom.detect.extract_frame` does the work.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -27,7 +26,6 @@ from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline.deferred import DeferredWrites
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.models import Exposure, Image, SourceCatalog
-from darkroom.repo.store import atomic_write_bytes, sha256_bytes
 
 # This module is imported for every `darkroom run` (pipeline.stages lists every stage); the
 # extraction (sep, scipy) and WCS handling (astropy.wcs) load when a unit runs.
@@ -48,12 +46,6 @@ FIGURE_KEYS = (
     "n_saturated",
     "n_stars",
 )
-
-
-def _write_bytes(path: Path, data: bytes) -> str:
-    """Write ``data`` durably to ``path`` (atomically) and return its SHA-256."""
-    atomic_write_bytes(path, data)
-    return sha256_bytes(data)
 
 
 class ExtractStage(DeferredWrites, Stage):
@@ -136,7 +128,7 @@ class ExtractStage(DeferredWrites, Stage):
         data = parquet_bytes(catalog)
         return {
             "catalog_path": self.relative(out),
-            "sha256": self.write_in_thread(_write_bytes, out, data),
+            "sha256": self.write_bytes_in_thread(out, data),
             "figures": jsonable(figures),
             "pixel_scale_arcsec": scale,
         }

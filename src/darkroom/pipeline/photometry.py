@@ -53,11 +53,12 @@ from sqlalchemy.orm import Session
 
 from darkroom.io.calibrated import read_calibrated
 from darkroom.io.fitsplanes import read_planes
-from darkroom.io.tables import read_parquet_columns, read_parquet_meta, write_parquet
+from darkroom.io.tables import parquet_bytes, read_parquet_columns, read_parquet_meta
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline._shared import affine_from_dict, load_reference, photometric_reference
 from darkroom.pipeline.astrometry import wcs_from_astrom
+from darkroom.pipeline.deferred import DeferredWrites
 from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
 from darkroom.repo.bulk import replace_measurements_for_images
@@ -66,7 +67,6 @@ from darkroom.repo.models import (
     PhotCal,
     Source,
 )
-from darkroom.repo.store import atomic_path
 
 if TYPE_CHECKING:
     from astropy.table import Table
@@ -79,7 +79,7 @@ __all__ = ["MeasureSettings", "PhotometryStage"]
 log = logging.getLogger(__name__)
 
 
-class PhotometryStage(Stage):
+class PhotometryStage(DeferredWrites, Stage):
     """Aperture (or PSF) photometry of every source of the field on each image, zero point, measurements."""
 
     name = "photometry"
@@ -259,8 +259,9 @@ class PhotometryStage(Stage):
         photcal.update(psf_info)
         out = self.product_path("catalogs", self.provenance_id, f"{raw_stem(p['path'])}.phot.parquet")
         phot.meta["photcal"] = jsonable(photcal)
-        with atomic_path(out) as tmp:
-            write_parquet(phot, tmp)
+        # encoded here, written and fsynced (~5-9 ms of waiting a frame) while the next frame is
+        # measured (deferred writes)
+        sha256 = self.write_bytes_in_thread(out, parquet_bytes(phot))
         photcal["path"] = self.relative(out)
         photcal["n_measured"] = len(phot)
         photcal["n_forced"] = int(np.count_nonzero(phot["forced"]))
@@ -283,6 +284,7 @@ class PhotometryStage(Stage):
                 "mjd_mid": np.full(len(phot), np.nan if p.get("mjd") is None else p["mjd"]),
             },
             "photcal": jsonable(photcal),
+            "sha256": sha256,
         }
 
     def _calibrate(self, phot: Table, p: dict[str, Any], wcs, shape: tuple[int, int]) -> dict[str, Any]:
@@ -325,6 +327,7 @@ class PhotometryStage(Stage):
             session, [image_id], result["columns"], provenance_id=self.provenance_id
         )
         pc = {k: v for k, v in result["photcal"].items() if k != "provenance_id"}
+        pc["sha256"] = result.get("sha256")  # of the file at pc["path"]
         session.add(
             PhotCal(
                 image_id=image_id,
