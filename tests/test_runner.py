@@ -193,6 +193,34 @@ def test_a_few_light_units_run_in_the_driver_even_with_workers(registry, tmp_pat
         executor.close()
 
 
+class FieldToyStage(ToyStage):
+    """A stage whose units are fields: each unit's weight is its frames."""
+
+    name = "toy_fields"
+
+
+@pytest.mark.parametrize(
+    ("frames", "shipped"),
+    [
+        ([80, 1], False),  # the ARCSAT night: the transit field and one standard-star frame
+        ([30, 9], False),  # 9 of 39 frames outside the largest field: under a quarter
+        ([30, 10], True),  # 10 of 40: a quarter
+        ([40, 40], True),
+        ([1, 1, 1], True),  # per-frame units
+        ([96], False),  # one unit
+    ],
+)
+def test_workers_are_used_only_where_they_can_shorten_a_stage(frames, shipped):
+    from darkroom.pipeline.runner import _workers_pay_off
+
+    units = [Unit(key=f"field:{i}", payload={"frames": [{}] * n}) for i, n in enumerate(frames)]
+    assert [FieldToyStage.unit_weight(u) for u in units] == frames
+    assert _workers_pay_off(FieldToyStage, units) is shipped
+    # units with no frames weigh one each: a few light ones still stay in the driver
+    plain = [Unit(key=f"exp:{i}") for i in range(5)]
+    assert _workers_pay_off(ToyStage, plain) and not _workers_pay_off(LightToyStage, plain)
+
+
 def test_frames_to_calibrate_counts_light_frames_without_an_image(registry):
     from types import SimpleNamespace
 

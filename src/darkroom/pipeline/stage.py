@@ -42,6 +42,10 @@ for the ordered list and how a new stage joins it):
     fewer units than this run in the driver even when workers were given: for a stage whose
     units are few and light, shipping them costs more than it saves (a worker first imports
     the stage's libraries, the driver mostly has them).
+:meth:`Stage.unit_weight`
+    how much work a unit is, relative to the stage's others (by default the frames a unit over a
+    field holds, else 1): when one unit holds nearly all of a stage's work, workers cannot
+    shorten the stage, and the stage runs in the driver (:func:`darkroom.pipeline.runner.run_stage`).
 """
 
 from __future__ import annotations
@@ -122,6 +126,13 @@ class Stage(ABC):
     max_in_flight: ClassVar[int] = 4
     min_units_for_workers: ClassVar[int] = 2
     reads_raw_files: ClassVar[bool] = False
+
+    @staticmethod
+    def unit_weight(unit: Unit) -> float:
+        """How much work ``unit`` is relative to the stage's other units: the frames of a unit
+        over a field (``payload["frames"]``), else 1."""
+        frames = unit.payload.get("frames")
+        return float(max(len(frames), 1)) if isinstance(frames, list | tuple) else 1.0
 
     def __init__(
         self,
