@@ -16,7 +16,9 @@ pixel wide (where Gaussian-windowed centroids lock onto pixel centres).
   brightest isolated unsaturated stars.
 
 Fits are Levenberg-Marquardt least squares run on all stamps together (numpy arrays
-of shape ``(n_stars, ...)``), with equal weights for the unmasked pixels. Images are
+of shape ``(n_stars, ...)``), with equal weights for the unmasked pixels; the Moffat
+fit's model and steps run in numba-compiled kernels (:mod:`darkroom.detect._psf_kernels`,
+loaded on its first call). Images are
 ``(ny, nx)`` and background-subtracted; positions are 0-based pixel centres (sep);
 see ``docs/pixel_conventions.md``.
 """
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _SQRT2 = math.sqrt(2.0)
-_MIN_GAMMA, _MAX_GAMMA = 1e-3, 1.0 / 1.3  # 1 / beta: from nearly Gaussian to beta = 1.3
 
 #: ``func(params, rows) -> (model, jacobian)``: the model ``(len(rows), m)`` of stamps ``rows`` and its
 #: Jacobian ``(len(rows), m, n_params)``
@@ -112,7 +113,7 @@ def _levenberg_marquardt(
     valid: Callable[[np.ndarray], np.ndarray],
     *,
     max_iter: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Batched Levenberg-Marquardt: ``params (n, k)`` fitted to ``data (n, m)`` with ``weight (n, m)``.
 
     ``func(params, rows)`` returns the model ``(len(rows), m)`` of the stamps ``rows`` for
@@ -120,14 +121,15 @@ def _levenberg_marquardt(
     ``J^T W J`` and ``J^T W r`` of a stamp are formed when its parameters change and kept
     while only its damping changes; the rows still being fitted are kept together (the
     arrays shrink when rows finish). Trial steps outside the bounds (``valid(params)``
-    False) are not evaluated. Returns the parameters, the weighted sum of squared residuals
-    and a convergence flag per row.
+    False) are not evaluated. Returns the parameters, the weighted sum of squared residuals,
+    a convergence flag and the number of steps taken per row.
     """
     n, k = params.shape
     out_params = params.copy()
     model, jac = func(params, np.arange(n))
     out_chi2 = np.sum(weight * (data - model) ** 2, axis=1)
     converged = np.zeros(n, dtype=bool)
+    n_iter = np.zeros(n, dtype=np.int64)
     rows = np.flatnonzero(np.isfinite(out_chi2))  # the rows being fitted, and their arrays:
     p, d, w, chi2 = params[rows], data[rows], weight[rows], out_chi2[rows]
     model, jac = model[rows], jac[rows]
@@ -140,9 +142,10 @@ def _levenberg_marquardt(
     normal, grad = normal_equations(jac, w, d - model)
     lam = np.full(len(rows), 1e-3)
     diagonal = np.arange(0, k * k, k + 1)  # the diagonal of a flattened (k, k)
-    for _ in range(max_iter):
+    for i in range(max_iter):
         if not len(rows):
             break
+        n_iter[rows] = i + 1
         # J^T W J + lam diag(J^T W J) (the diagonal at least 1e-30)
         damped = normal.reshape(-1, k * k).copy()
         damped[:, diagonal] += lam[:, None] * np.maximum(damped[:, diagonal], 1e-30)
@@ -190,7 +193,7 @@ def _levenberg_marquardt(
     out_params[rows] = p
     out_chi2[rows] = chi2
     converged[rows] = True
-    return out_params, out_chi2, converged
+    return out_params, out_chi2, converged, n_iter
 
 
 def _stamps(
@@ -309,7 +312,9 @@ def fit_gaussian_stamps(
         # rows of p are those still being fitted: bounds relative to the start are checked below
         return (p[:, 0] > 0) & (p[:, 3] > 0.04) & (p[:, 3] < size)
 
-    params, _chi2, converged = _levenberg_marquardt(func, params, data, weight, valid, max_iter=max_iter)
+    params, _chi2, converged, _n_iter = _levenberg_marquardt(
+        func, params, data, weight, valid, max_iter=max_iter
+    )
     fwhm = params[:, 3] * _FWHM_PER_SIGMA
     ok = (
         converged
@@ -346,6 +351,40 @@ def _moffat_fwhm(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _moffat_half_size(fwhm_pix: float) -> int:
     return int(np.clip(math.ceil(2.0 * fwhm_pix), 3, 20))
+
+
+def _fit_moffat(
+    params: np.ndarray,
+    data: np.ndarray,
+    weight: np.ndarray,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    sub: np.ndarray,
+    *,
+    max_iter: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt Moffat fits of the stamps: parameters ``(n, 8)``, chi^2 and convergence flags.
+
+    ``params`` are (flux, x0, y0, qxx, qxy, qyy, gamma, constant) per star; ``data`` and
+    ``weight`` ``(n, size * size)``; ``gx``, ``gy`` ``(n, size)`` the 0-based pixel-centre
+    coordinates of the stamps' columns and rows; ``sub`` the sub-sample offsets. The model
+    and the fit run in compiled code (:mod:`darkroom.detect._psf_kernels`, numba, imported
+    here on first use so that importing this module does not load numba) with the same
+    model, steps, bounds and stopping rule as the batched numpy fit it replaced, kept as the
+    reference in ``tests/test_psf_compiled.py`` (the same results to rounding).
+    """
+    from darkroom.detect._psf_kernels import fit_moffat
+
+    out, chi2, converged, _n_iter = fit_moffat(
+        np.ascontiguousarray(params, dtype=np.float64),
+        np.ascontiguousarray(data, dtype=np.float64),
+        np.ascontiguousarray(weight, dtype=np.float64),
+        np.ascontiguousarray(gx, dtype=np.float64),
+        np.ascontiguousarray(gy, dtype=np.float64),
+        np.ascontiguousarray(sub, dtype=np.float64),
+        int(max_iter),
+    )
+    return out, chi2, converged
 
 
 def fit_moffat_stamps(
@@ -399,10 +438,7 @@ def fit_moffat_stamps(
     data, weight, gx, gy = _stamps(image, bad, x, y, half)
     data = data.reshape(n, -1)
     weight = weight.reshape(n, -1)
-    sub = (np.arange(os_) + 0.5) / os_ - 0.5
-    # sample coordinates: (n, size, os) per axis
-    sx = gx[:, :, None] + sub[None, None, :]
-    sy = gy[:, :, None] + sub[None, None, :]
+    sub = (np.arange(os_) + 0.5) / os_ - 0.5  # sub-sample offsets from a pixel centre
     gamma0 = 0.3
     # Q = beta / alpha^2 for the starting FWHM at beta = 1 / gamma0
     q0 = 4.0 * np.expm1(gamma0 * math.log(2.0)) / gamma0 / fwhm0**2
@@ -418,115 +454,7 @@ def fit_moffat_stamps(
             np.zeros(n),
         ]
     )
-
-    # The samples of star k are the C-ordered array (k, size * os, size * os) of (x pixel,
-    # x sub-sample, y pixel, y sub-sample). The arithmetic on them is elementwise on whole
-    # arrays or matrix products (numpy's broadcast arithmetic on arrays of this shape costs
-    # several times more):
-    # - u = 1 + gamma d^T Q d is the product of [1 + gamma qxx dx^2, 2 gamma qxy dx, 1] (x samples, 3)
-    #   and [1, dy, gamma qyy dy^2] (3, y samples);
-    # - the pixel means M_ab of mu dx^a dy^b (a, b = 0..2; mu = (1 + gamma q) ** (-1 / gamma - 1)):
-    #   over the x sub-samples with the weights dx^a of each x pixel (a product batched over the
-    #   x pixels), then over the y sub-samples with the weights dy^b of each y pixel (batched over
-    #   the y pixels, on a transposed view), which leaves them in (y pixel, x pixel) order. The
-    #   model's pixel means are M00 + gamma (qxx M20 + 2 qxy M11 + qyy M02) (mu (1 + gamma q) is
-    #   the profile) and every column of the Jacobian is a combination of the nine M_ab (one more
-    #   product per star) and, for gamma, of the pixel means of m ln(1 + gamma q).
-    # The arrays live in buffers allocated once per call, their constant parts filled once.
-    n_side = size * os_
-    buf_u = np.empty((n, n_side, n_side))
-    buf_log = np.empty((n, n_side, n_side))
-    buf_m = np.empty((n, n_side, n_side))
-    buf_left = np.empty((n, n_side, 3))
-    buf_left[:, :, 2] = 1.0
-    buf_right = np.empty((n, 3, n_side))
-    buf_right[:, 0] = 1.0
-    buf_xw = np.empty((n, size, 3, os_))  # dx^a of the x samples, per x pixel
-    buf_xw[:, :, 0] = 1.0
-    buf_yw = np.empty((n, size, os_, 3))  # dy^b / os^2 of the y samples, per y pixel
-    buf_yw[..., 0] = 1.0 / (os_ * os_)
-    x_mean = np.full((1, os_), 1.0 / (os_ * os_))
-    y_sum = np.ones(os_)
-    # coef[k] (9 sums M_ab at 3 a + b, the 8 parameters and the model without its constant): the
-    # parts proportional to the model (M00, M02, M11, M20 for flux, qxx, qxy, qyy, gamma, model),
-    # then the terms of x0, y0 alone and those added to the model's part
-    buf_coef = np.zeros((n, 9, 9))
-    model_rows, model_cols = np.array([0, 2, 4, 6])[:, None], np.array([0, 3, 4, 5, 6, 8])[None, :]
-    own_rows, own_cols = np.array([3, 1, 3, 1]), np.array([1, 1, 2, 2])
-    added_rows, added_cols = np.array([6, 4, 2, 6, 4, 2]), np.array([3, 4, 5, 6, 6, 6])
-    buf_added = np.empty((n, 6))
-    buf_added[:, :3] = [-1.0, -2.0, -1.0]
-
-    def func(p: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Model ``(k, size * size)`` [adu] and Jacobian ``(k, size * size, 8)`` of stamps ``idx``."""
-        k = len(p)
-        flux, x0, y0, qxx, qxy, qyy, gamma, const = p.T
-        dx = sx[idx] - x0[:, None, None]  # (k, x pixel, x sub)
-        dy = sy[idx] - y0[:, None, None]  # (k, y pixel, y sub)
-        g = gamma[:, None]
-        left, right = buf_left[:k], buf_right[:k]
-        left[:, :, 1] = (2.0 * g * qxy[:, None]) * dx.reshape(k, -1)
-        left[:, :, 0] = (g * qxx[:, None]) * dx.reshape(k, -1) ** 2 + 1.0
-        right[:, 1] = dy.reshape(k, -1)
-        right[:, 2] = (g * qyy[:, None]) * dy.reshape(k, -1) ** 2
-        u = np.matmul(left, right, out=buf_u[:k])  # 1 + gamma q, q = d^T Q d
-        log_u = np.log(u, out=buf_log[:k])
-        ms = buf_m[:k]
-        for i, power in enumerate(-1.0 / gamma):
-            np.multiply(log_u[i], power, out=ms[i])
-        np.exp(ms, out=ms)  # m = (1 + gamma q) ** (-1 / gamma)
-        # pixel means of m ln(1 + gamma q): over the x sub-samples, then the y sub-samples
-        over_x = np.matmul(x_mean, np.multiply(ms, log_u, out=log_u).reshape(k, size, os_, n_side))
-        s_mlog = (over_x.reshape(-1, os_) @ y_sum).reshape(k, size, size).transpose(0, 2, 1).reshape(k, -1)
-        mu = np.divide(ms, u, out=u)
-        x_weights, y_weights = buf_xw[:k], buf_yw[:k]
-        x_weights[:, :, 1] = dx
-        np.multiply(dx, dx, out=x_weights[:, :, 2])
-        np.multiply(dy, 1.0 / (os_ * os_), out=y_weights[..., 1])
-        np.multiply(y_weights[..., 1], dy, out=y_weights[..., 2])
-        over_x = np.matmul(x_weights, mu.reshape(k, size, os_, n_side))  # (k, x pixel, a, y samples)
-        by_y = over_x.reshape(k, 3 * size, size, os_).transpose(
-            0, 2, 1, 3
-        )  # (k, y pixel, (x pixel, a), y sub)
-        sums = np.matmul(by_y, y_weights).reshape(k, size * size, 9)  # M_ab at 3 a + b
-        q = p[:, 3:6]
-        expand = np.empty((k, 4))  # the model's pixel means over M00, M02, M11, M20
-        expand[:, 0] = 1.0
-        np.multiply(g, q[:, ::-1] * [1.0, 2.0, 1.0], out=expand[:, 1:])
-        det = qxx * qyy - qxy**2
-        c = (1.0 - gamma) * np.sqrt(np.maximum(det, 1e-30)) / math.pi
-        cf = c * flux
-        # d ln c / d (flux, qxx, qxy, qyy, gamma) = (1 / flux, qyy / 2 det, -qxy / det, qxx / 2 det,
-        # -1 / (1 - gamma)), times the model
-        scale = np.empty((k, 6))
-        scale[:, 0] = c
-        np.multiply((cf / (2.0 * det))[:, None], q[:, ::-1] * [1.0, -2.0, 1.0], out=scale[:, 1:4])
-        scale[:, 4] = -cf / (1.0 - gamma)
-        scale[:, 5] = cf
-        coef = buf_coef[:k]
-        coef[:, model_rows, model_cols] = expand[:, :, None] * scale[:, None, :]
-        # d/dx0, d/dy0 = 2 cf mean(mu Q d); d/dQ = -cf mean(mu d d^T) (times 2 off the diagonal);
-        # d/d gamma = cf mean(m ln(1 + gamma q)) / gamma^2 - cf mean(mu q) / gamma (m q / (1 + gamma q) = mu q)
-        coef[:, own_rows, own_cols] = (2.0 * cf)[:, None] * q[:, [0, 1, 1, 2]]
-        added = buf_added[:k]
-        np.divide(q * [-1.0, -2.0, -1.0], g, out=added[:, 3:])
-        coef[:, added_rows, added_cols] += cf[:, None] * added
-        out = sums @ coef
-        jac = out[:, :, :8]  # (k, size * size, 8)
-        jac[:, :, 6] += (cf / gamma**2)[:, None] * s_mlog
-        jac[:, :, 7] = 1.0
-        return out[:, :, 8] + const[:, None], jac
-
-    def valid(p: np.ndarray) -> np.ndarray:
-        # flux, qxx, qyy and det Q > 0, gamma within its bounds
-        return (
-            (p[:, [0, 3, 5]] > 0.0).all(axis=1)
-            & (p[:, 3] * p[:, 5] - p[:, 4] ** 2 > 0)
-            & (p[:, 6] >= _MIN_GAMMA)
-            & (p[:, 6] <= _MAX_GAMMA)
-        )
-
-    params, chi2, converged = _levenberg_marquardt(func, params, data, weight, valid, max_iter=max_iter)
+    params, chi2, converged = _fit_moffat(params, data, weight, gx, gy, sub, max_iter=max_iter)
     major, minor, theta = _moffat_fwhm(params)
     fwhm = np.sqrt(major * minor)
     n_pix = weight.sum(axis=1)
