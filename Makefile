@@ -9,8 +9,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Byte-compiled after installing, as pip does for an installed package: an editable install
+# otherwise relies on Python writing the bytecode on first import, which PYTHONDONTWRITEBYTECODE
+# (set on some machines) stops, and every command would compile darkroom's modules anew (~0.25 s)
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m compileall -q src >/dev/null
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

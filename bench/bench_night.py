@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import print_table
+from _common import as_installed, print_table
 from darkroom.testing import shared_data_dir
 
 PEER_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "peer_baseline.py"
@@ -151,6 +151,7 @@ def main() -> None:
         args.json.write_text(json.dumps(one_night(args.one, args.dir)))
         gc.freeze()  # as the darkroom command ends (darkroom.cli.main): no last walk of every object
         return
+    as_installed()
     runs = []
     peer_wall = None
     if not args.skip_peer:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import print_table
+from _common import as_installed, print_table
 
 XO1 = "targets=[{name: XO-1, ra_deg: 240.549333, dec_deg: 28.169556}]"
 
@@ -81,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
+    as_installed()
     from darkroom.testing import shared_data_dir
 
     data = shared_data_dir() / "arcsat-xo1b-transit"
