@@ -20,6 +20,11 @@ can be cosmic rays:
    5x5 mean) follow astroscrappy; later iterations only revisit pixels within 6
    pixels of a pixel changed by the cleaning, since nothing else can change.
 
+The hot steps (the candidate scan, the exact statistics, the cleaning means, the zones)
+run as numba kernels (:mod:`darkroom.calib._cosmics_kernels`, compiled on first use and
+cached on disk) that give the numpy methods' results bit for bit; the numpy methods are
+the reference (``COMPILED = False`` runs them) and run for images that are not finite.
+
 ``engine="astroscrappy"`` calls astroscrappy itself. Input data are in adu and
 include the sky; ``sky`` (adu) and ``variance`` (adu^2) are optional models of
 the background and of the variance (see astroscrappy's ``inbkg`` / ``invar``).
@@ -45,6 +50,9 @@ log = logging.getLogger(__name__)
 
 _F32 = np.float32
 _BATCH = 8192  # candidates evaluated together (bounds the patch memory to ~60 MB)
+#: use the compiled kernels (darkroom.calib._cosmics_kernels, numba) for the sparse engine;
+#: False keeps every step in numpy (the reference the kernels are tested against)
+COMPILED = True
 
 
 @dataclass(frozen=True)
@@ -128,9 +136,9 @@ def detect_cosmic_rays(
             n_candidates=-1,
             engine="astroscrappy",
         )
-    return _SparseLACosmic(img, gain_e_per_adu, read_noise_e, sky, variance, bad_mask, satlevel, cfg).run(
-        return_cleaned=return_cleaned
-    )
+    return _SparseLACosmic(
+        img, gain_e_per_adu, read_noise_e, sky, variance, bad_mask, satlevel, cfg, compiled=COMPILED
+    ).run(return_cleaned=return_cleaned)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -208,6 +216,11 @@ def _block_min(a: np.ndarray, b: int) -> np.ndarray:
     return out
 
 
+def _flat(idx: np.ndarray) -> np.ndarray:
+    """Flat pixel indices as the kernels take them (int64, contiguous)."""
+    return np.ascontiguousarray(idx, dtype=np.int64)
+
+
 def _sorted_isin(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
     """``np.isin(values, sorted_set)`` for a sorted ``sorted_set``."""
     if sorted_set.size == 0:
@@ -271,13 +284,69 @@ class _SparseLACosmic:
     electrons; patches are gathered with clipped indices (astroscrappy's
     conventions make the clipped values irrelevant, except for the Laplacian,
     which reads zeros outside the image). Pixel sets are flat indices.
+
+    With ``compiled`` the hot steps run as numba kernels (:mod:`._cosmics_kernels`) that
+    compute what the numpy methods compute, bit for bit; the numpy methods are the
+    reference, and run when ``compiled`` is False or an image is not finite.
     """
 
-    def __init__(self, img, gain, rn, sky, var, bad, satlevel, cfg: CosmicRayConfig) -> None:
+    def __init__(
+        self, img, gain, rn, sky, var, bad, satlevel, cfg: CosmicRayConfig, *, compiled: bool = False
+    ) -> None:
         self.cfg = cfg
         self.gain = float(gain)
         ny, nx = img.shape
         self.ny, self.nx = ny, nx
+        # patch offsets (flat, in the padded frame) for radius 6, 4 (L+ input) and 3
+        self._o = {r: np.arange(-r, r + 1) for r in (1, 2, 3, 4, 6)}
+        self._bg_level: float | None = None
+        self._bg_var_level: float | None = None
+        self.sigclow = _F32(cfg.sigfrac * cfg.sigclip)
+        self._k = None  # the kernels module when compiled and the images are finite
+        self._block_mins: tuple[np.ndarray, np.ndarray] | None = None
+        if compiled:
+            from . import _cosmics_kernels as kernels
+
+            if kernels.BLOCK != _BLOCK:  # pragma: no cover - a constant of both modules
+                raise AssertionError("cosmics._BLOCK and the kernels' BLOCK differ")
+            if self._init_compiled(kernels, img, gain, sky, var, bad, satlevel):
+                return
+        self._init_numpy(img, gain, rn, sky, var, bad, satlevel)
+        if compiled and all(
+            kernels.all_finite(a) for a in (self.clean_in, self.var_in, self.bkg_in) if a is not None
+        ):
+            self._k = kernels
+
+    def _init_compiled(self, kernels, img, gain, sky, var, bad, satlevel) -> bool:
+        """The images in electrons by one kernel pass (with a sky and a variance model, float32
+        C-ordered, no saturation level); False when the numpy set-up must run instead."""
+        arrays = (img, sky, var)
+        if np.isfinite(satlevel) or not all(
+            type(a) is np.ndarray and a.dtype == _F32 and a.flags.c_contiguous and a.shape == img.shape
+            for a in arrays
+        ):
+            return False
+        # each product typed as numpy promotes it (a Python float with float32: float32)
+        g = np.result_type(img, gain).type(gain)
+        g_sky = np.result_type(sky, gain).type(gain)
+        gg = gain * gain
+        g_var = np.result_type(var, gg).type(gg)
+        if not all(np.dtype(type(x)) in (np.float32, np.float64) for x in (g, g_sky, g_var)):
+            return False
+        clean, var_e, bkg = (np.empty(img.shape, dtype=_F32) for _ in range(3))
+        vmin, bkgmin = (
+            np.empty((-(-self.ny // _BLOCK), -(-self.nx // _BLOCK)), dtype=_F32) for _ in range(2)
+        )
+        if not kernels.electrons(img, g, sky, g_sky, var, g_var, clean, var_e, bkg, vmin, bkgmin):
+            return False
+        self.clean_in, self.var_in, self.bkg_in = clean, var_e, bkg
+        self._block_mins = (vmin, bkgmin)  # of the images as set up: _candidates_full's
+        mask = np.zeros(img.shape, dtype=bool) if bad is None else np.asarray(bad, dtype=bool)
+        self.mask = self._update_mask(mask, satlevel)
+        self._k = kernels
+        return True
+
+    def _init_numpy(self, img, gain, rn, sky, var, bad, satlevel) -> None:
         self.clean_in = np.asarray(img * gain, dtype=_F32)
         if self.clean_in is img:
             self.clean_in = self.clean_in.copy()
@@ -293,15 +362,15 @@ class _SparseLACosmic:
             var_in = self.clean_in + _F32(rn * rn)
         self.var_in = var_in
         self.bkg_in = bkg_in
-        # patch offsets (flat, in the padded frame) for radius 6, 4 (L+ input) and 3
-        self._o = {r: np.arange(-r, r + 1) for r in (1, 2, 3, 4, 6)}
         mask = np.zeros(img.shape, dtype=bool) if bad is None else np.asarray(bad, dtype=bool)
         self.mask = self._update_mask(mask, satlevel)
         if bkg_in is not None:
             self.clean_in -= bkg_in
-        self._bg_level: float | None = None
-        self._bg_var_level: float | None = None
-        self.sigclow = _F32(cfg.sigfrac * cfg.sigclip)
+
+    @property
+    def _bkg(self) -> np.ndarray:
+        """The sky in electrons for the kernels: a (0, 0) array without a sky model."""
+        return self.bkg_in if self.bkg_in is not None else np.zeros((0, 0), dtype=_F32)
 
     # ---------------------------------------------------------------- utilities
     def _patch(self, arr: np.ndarray, flat: np.ndarray, r: int, *, zero_outside: bool = False) -> np.ndarray:
@@ -364,7 +433,16 @@ class _SparseLACosmic:
         """Lower the block minima where the cleaning changed the variance (a lower bound stays one)."""
         j, i = np.divmod(changed, self.nx)
         np.minimum.at(self._vmin, (j // _BLOCK, i // _BLOCK), self.var_in.ravel()[changed])
+        if self._k is not None:
+            floor, self._thr = self._compiled_thresholds()
+            return floor
         return self._floor_from_blocks()
+
+    def _compiled_thresholds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(floor, block thresholds) from the block minima (kernel of _floor_from_blocks and
+        _block_thresholds)."""
+        bkgmin = self._bkgmin if self.bkg_in is not None else np.zeros((0, 0), dtype=_F32)
+        return self._k.block_thresholds(self._vmin, bkgmin, _F32(2.0 * self.cfg.sigclip), _SAFETY)
 
     def _block_thresholds(self, floor: np.ndarray) -> np.ndarray:
         """The candidate threshold of each pixel block: 2 sigclip sqrt(floor), less the margin."""
@@ -372,6 +450,18 @@ class _SparseLACosmic:
 
     def _candidates_full(self) -> np.ndarray:
         """Flat indices of the pixels whose L+ upper bound exceeds 2 sigclip times the noise floor."""
+        if self._k is not None:
+            k = self._k
+            if self._block_mins is not None:  # made with the images (unchanged since)
+                (self._vmin, self._bkgmin), self._block_mins = self._block_mins, None
+            else:
+                self._vmin = k.block_min(self.var_in)
+                if self.bkg_in is not None:
+                    self._bkgmin = k.block_min(self.bkg_in)
+            _, self._thr = self._compiled_thresholds()
+            return k.candidates_full(
+                self.clean_in, self.var_in, self._bkg, self._thr, self.mask, _F32(self.cfg.sigclip)
+            )
         floor = self._block_noise_floor()
         thr_b = self._block_thresholds(floor)
         out = []
@@ -414,6 +504,10 @@ class _SparseLACosmic:
 
     def _candidates_zone(self, zone: np.ndarray, floor: np.ndarray) -> np.ndarray:
         """Candidate test restricted to the flat indices ``zone``."""
+        if self._k is not None:
+            return self._k.candidates_at(
+                zone, self.clean_in, self.var_in, self._bkg, self._thr, self.mask, _F32(self.cfg.sigclip)
+            )
         c = self.clean_in
         j, i = np.divmod(zone, self.nx)
         v = c[j, i]
@@ -453,6 +547,8 @@ class _SparseLACosmic:
 
     def _exact_s(self, flat: np.ndarray) -> np.ndarray:
         """astroscrappy's s = L+ / (2 noise) at the pixels themselves (an upper bound of sp)."""
+        if self._k is not None:
+            return self._k.exact_s(_flat(flat), self.clean_in, self.var_in, self._bkg)
         out = np.empty(flat.size, dtype=_F32)
         for b0 in range(0, flat.size, _BATCH):
             f = flat[b0 : b0 + _BATCH]
@@ -470,6 +566,8 @@ class _SparseLACosmic:
 
     def _exact_sp(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(sp, noise at the pixel) for pixels at least 3 from the border."""
+        if self._k is not None:
+            return self._k.exact_sp(_flat(flat), self.clean_in, self.var_in, self._bkg)
         n = flat.size
         sp = np.empty(n, dtype=_F32)
         nc = np.empty(n, dtype=_F32)
@@ -484,6 +582,8 @@ class _SparseLACosmic:
 
     def _exact_f(self, flat: np.ndarray, noise_c: np.ndarray) -> np.ndarray:
         """astroscrappy's fine-structure ratio denominator f at the pixels."""
+        if self._k is not None:
+            return self._k.exact_f(_flat(flat), np.ascontiguousarray(noise_c, dtype=_F32), self.clean_in)
         n = flat.size
         out = np.empty(n, dtype=_F32)
         o = np.arange(-4, 5)
@@ -547,6 +647,8 @@ class _SparseLACosmic:
         idx = cr_idx[self._inner(cr_idx, 2)]
         if idx.size == 0:
             return idx
+        if self._k is not None:
+            return self._clean_compiled(_flat(idx), crmask)
         j, i = np.divmod(idx, self.nx)
         o = np.arange(-2, 3)
         R = (j[:, None] + o)[:, :, None]
@@ -569,6 +671,18 @@ class _SparseLACosmic:
             flat_a[idx] = new
         return idx[changed]
 
+    def _clean_compiled(self, idx: np.ndarray, crmask: np.ndarray) -> np.ndarray:
+        """_clean's means from the kernel (every value read before any is written, as there)."""
+        new_d, new_v, cnt = self._k.clean_means(idx, self.clean_in, self.var_in, crmask, self.mask)
+        changed = np.zeros(idx.size, dtype=bool)
+        for arr, which, new in ((self.clean_in, "data", new_d), (self.var_in, "var", new_v)):
+            if np.any(cnt == 0):
+                new[cnt == 0] = self._background(which)
+            flat_a = arr.ravel()
+            changed |= new != flat_a[idx]
+            flat_a[idx] = new
+        return idx[changed]
+
     def _background(self, which: str) -> np.float32:
         good = ~self.mask
         if which == "data":
@@ -581,6 +695,8 @@ class _SparseLACosmic:
 
     def _zone(self, changed: np.ndarray) -> np.ndarray:
         """Pixels within 6 (Chebyshev) of a changed pixel: the only ones whose statistics change."""
+        if self._k is not None:
+            return self._k.zone(_flat(changed), np.zeros((self.ny, self.nx), dtype=bool))
         marks = np.zeros((self.ny, self.nx), dtype=bool)
         d = np.arange(-6, 7)
         for b0 in range(0, changed.size, _BATCH):  # 169 marks per pixel: bounded memory
