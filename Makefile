@@ -11,10 +11,12 @@ $(BIN)/python:
 
 # Byte-compiled after installing, as pip does for an installed package: an editable install
 # otherwise relies on Python writing the bytecode on first import, which PYTHONDONTWRITEBYTECODE
-# (set on some machines) stops, and every command would compile darkroom's modules anew (~0.25 s)
+# (set on some machines) stops, and every command would compile darkroom's modules anew (~0.25 s);
+# the numba kernels are compiled and cached too (~20 s, once), not during the first night
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python -m compileall -q src >/dev/null
+	$(BIN)/python -m darkroom.pipeline.kernels
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -15,13 +15,16 @@ def as_installed() -> None:
     """Make darkroom's code ready as an installed copy has it before a timed run: its modules
     byte-compiled (pip compiles an installed package; an editable one relies on Python writing
     the bytecode on first import, which PYTHONDONTWRITEBYTECODE stops, and every fresh process
-    would then compile ~200 modules anew, ~0.25 s)."""
+    would then compile ~200 modules anew, ~0.25 s), and its numba kernels compiled and cached
+    (``make`` does both after installing; a change to a kernel's source compiles it anew, ~20 s)."""
     import compileall
     from pathlib import Path
 
     import darkroom
+    from darkroom.pipeline.kernels import load_compiled_kernels
 
     compileall.compile_dir(Path(darkroom.__file__).parent, quiet=1)
+    load_compiled_kernels()
 
 
 def measure(fn: Callable[[], Any], *, repeat: int = 1) -> tuple[float, float, Any]:

@@ -236,6 +236,15 @@ def test_frames_to_calibrate_counts_light_frames_without_an_image(registry):
     assert frames_to_calibrate(registry, [extract]) == 0  # calibrate is not among the stages run
 
 
+def _compiled_kernels_loaded() -> bool:
+    """(On a worker) whether the cosmic-ray and PSF kernels are compiled in this process."""
+    import sys
+
+    cosmics = sys.modules.get("darkroom.calib._cosmics_kernels")
+    psf = sys.modules.get("darkroom.detect._psf_kernels")
+    return bool(cosmics and psf and cosmics.candidates_full.overloads and psf._step.overloads)
+
+
 @pytest.mark.parametrize("early", [False, True], ids=["on-first-use", "started-early"])
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url, early):
@@ -265,6 +274,9 @@ def test_dask_local_cluster_matches_serial(registry, tmp_path, db_url, early):
             executor.start()
             loaded = executor.client.run(lambda: "darkroom.detect.extract" in sys.modules)
             assert list(loaded.values()) == [True, True]
+            # and the compiled kernels, loaded once by the fork server the workers came from
+            ready = executor.client.run(_compiled_kernels_loaded)
+            assert list(ready.values()) == [True, True]
         assert len(executor.client.scheduler_info()["workers"]) == 2
         report = run_stage(other, ToyStage(dask_root, ToyConfig(factor=5)), executor)
     finally:

@@ -765,3 +765,21 @@ class _SparseLACosmic:
             n_candidates=int(n_cand),
             engine="sparse",
         )
+
+
+def load_compiled_kernels() -> None:
+    """Compile the sparse engine's numba kernels, or load them from numba's disk cache, now.
+
+    Runs :func:`detect_cosmic_rays` on a small synthetic frame (float32 image, sky and variance
+    models, and a few hits) so that every kernel of a frame's detection is made ready: the
+    first call in a process otherwise pays numba's start-up there (~0.3 s; ~8 s the first
+    time after installing, when the kernels are compiled and cached). Used after installing
+    and by a fork server whose workers then inherit the loaded kernels.
+    """
+    rng = np.random.default_rng(0)
+    sky = np.full((64, 64), 100.0, dtype=_F32)
+    img = (sky + rng.normal(0.0, 10.0, sky.shape)).astype(_F32)
+    img[10, 12] += 2000.0
+    img[40, 30:32] += 1500.0
+    variance = np.full(sky.shape, 100.0, dtype=_F32)
+    detect_cosmic_rays(img, gain_e_per_adu=1.0, read_noise_e=10.0, sky=sky, variance=variance)

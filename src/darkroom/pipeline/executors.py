@@ -91,7 +91,12 @@ def _use_forkserver() -> bool:
         import distributed.utils as dask_utils
 
         multiprocessing.get_context("forkserver").set_forkserver_preload(
-            ["distributed", *_WARM_MODULES, "darkroom.pipeline._freeze_on_import"]
+            [
+                "distributed",
+                *_WARM_MODULES,
+                "darkroom.pipeline._kernels_on_import",
+                "darkroom.pipeline._freeze_on_import",
+            ]
         )
         dask_utils._forkserver_preload_set = True  # keep this list (Dask would set its own)
     except Exception:  # another Dask: its own preload list applies, the warm imports still run
