@@ -93,12 +93,14 @@ def night(workers: int) -> tuple[dict[str, float], float]:
 def one_night(workers: int, folder: Path) -> dict[str, float]:
     """The run itself (in the child process): per-stage wall seconds and the driver's CPU."""
     from darkroom import _threads  # noqa: F401
+    from darkroom._allocator import keep_freed_memory
     from darkroom.facade import Repository
     from darkroom.pipeline.drive import drive_stages, frames_to_calibrate, raw_frames_kept
     from darkroom.pipeline.executors import make_executor, prepare_local_workers
     from darkroom.pipeline.ingest import ingest_paths
     from darkroom.pipeline.run import all_stages
 
+    keep_freed_memory()  # as the darkroom command does first
     if workers:
         prepare_local_workers()  # as `darkroom run --workers` does first
     data = shared_data_dir() / "arcsat-xo1b-transit"

@@ -1080,6 +1080,9 @@ def main() -> None:  # pragma: no cover - console entry
     """The ``darkroom`` command (console script): :data:`app`, then the interpreter exits."""
     global _ENDS_WITH_THE_PROCESS
     _ENDS_WITH_THE_PROCESS = True
+    from darkroom._allocator import keep_freed_memory
+
+    keep_freed_memory()  # frame-sized temporaries reused, not faulted in anew for every frame
     try:
         app()
     finally:

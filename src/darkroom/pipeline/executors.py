@@ -94,7 +94,7 @@ def _use_forkserver() -> bool:
             [
                 "distributed",
                 *_WARM_MODULES,
-                "darkroom.pipeline._kernels_on_import",
+                "darkroom.pipeline._prepare_workers",
                 "darkroom.pipeline._freeze_on_import",
             ]
         )

@@ -1,0 +1,44 @@
+"""glibc's allocator set for a process that makes and frees many frame-sized arrays.
+
+A 1k x 1k frame's steps each make 4-8 MB temporaries. glibc serves them from its heap once
+its dynamic mmap threshold has grown past them, but returns the heap's free top to the system
+as soon as it exceeds twice that threshold (16-64 MB), so every frame faults its pages in anew.
+Freed memory is kept up to :data:`TRIM_MIB` instead, and arrays under :data:`MMAP_MIB` come from
+the heap: on the ARCSAT night (serial ``darkroom run``) 30 % fewer page faults (177k -> 124k) and
+less system CPU (1.8-2.1 -> 1.6-1.7 s; wall 17.1 and 16.0 -> 16.0 and 15.6 s, alternated), for
+~60 MB more resident memory (613 -> 670 MB). Linux with glibc only; a setting of the user's
+(``MALLOC_*_`` variables, ``GLIBC_TUNABLES``) is kept.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+__all__ = ["keep_freed_memory"]
+
+#: arrays up to this size come from the heap, not from a mapping of their own [MiB]
+MMAP_MIB = 64
+#: free memory at the heap's top kept for the next frames, not returned to the system [MiB]
+TRIM_MIB = 256
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds (:data:`MMAP_MIB`, :data:`TRIM_MIB`) for this process
+    and the processes it forks; True when set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")) or "malloc" in (
+        os.environ.get("GLIBC_TUNABLES") or ""
+    ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # absent from musl
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_MIB << 20)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_MIB << 20)
+    )

@@ -1,0 +1,22 @@
+"""Imported by the local Dask cluster's fork server (its preload list), so that the workers
+forked from it inherit what it sets up once:
+
+- glibc's allocator set as the ``darkroom`` command sets it (:mod:`darkroom._allocator`);
+- the stages' compiled kernels (:func:`darkroom.pipeline.kernels.load_compiled_kernels`),
+  instead of each worker paying numba's start-up (~0.3 s of CPU) on its first frame. The server
+  is a single-threaded fresh interpreter, which numba's compiled code survives forking from.
+
+Best effort: a failure here (the server would die of it) leaves each worker to load the
+kernels on first use."""
+
+import logging
+
+from darkroom._allocator import keep_freed_memory
+
+keep_freed_memory()
+try:
+    from darkroom.pipeline.kernels import load_compiled_kernels
+
+    load_compiled_kernels()
+except Exception:  # anything the preload raises would stop the fork server
+    logging.getLogger(__name__).debug("compiled kernels not preloaded", exc_info=True)
