@@ -142,7 +142,8 @@ def clipped_annulus_stats(
     cumulative (as ``astropy.stats.sigma_clip``: centre = median, spread = population
     std, values outside ``median +- clip_sigma * std`` leave the set for good) and stops
     when no row changes or after ``max_iters`` passes. Rows are sorted once; each pass
-    only moves the two ends of a contiguous run, so the cost is one sort.
+    only moves the two ends of a contiguous run, so the cost is one sort. The passes run
+    compiled (:mod:`darkroom.phot._aperture_kernels`), each row on its own.
 
     The centre is the clipped ``"median"``, ``"mean"``, or ``"mode"`` (SExtractor:
     ``2.5 median - 1.5 mean``, or the median where ``|mean - median| > 0.3 std``, a
@@ -151,57 +152,18 @@ def clipped_annulus_stats(
 
     Returns ``(centre, std, n_used)``; rows with no valid value get NaN and 0.
     """
-    values = np.asarray(values, dtype=np.float64)
-    n_rows = values.shape[0]
-    s = np.sort(values, axis=1)  # NaN last
-    n_valid = np.count_nonzero(~np.isnan(s), axis=1)
-    rows = np.arange(n_rows)
-    # subtract a per-row reference so the running sums of squares keep their precision
-    ref = np.where(n_valid > 0, s[rows, np.maximum(n_valid - 1, 0) // 2], 0.0)
-    z = np.nan_to_num(s - ref[:, None], nan=0.0)
-    c1 = np.zeros((n_rows, s.shape[1] + 1))
-    c2 = np.zeros_like(c1)
-    np.cumsum(z, axis=1, out=c1[:, 1:])
-    np.cumsum(z * z, axis=1, out=c2[:, 1:])
-    lo = np.zeros(n_rows, dtype=np.int64)
-    hi = n_valid.astype(np.int64)
-
-    def stats(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        cnt = hi - lo
-        safe = np.maximum(cnt, 1)
-        i1 = lo + (safe - 1) // 2
-        i2 = lo + safe // 2
-        med = 0.5 * (z[rows, np.minimum(i1, s.shape[1] - 1)] + z[rows, np.minimum(i2, s.shape[1] - 1)])
-        mean = (c1[rows, hi] - c1[rows, lo]) / safe
-        var = (c2[rows, hi] - c2[rows, lo]) / safe - mean * mean
-        return med, np.sqrt(np.maximum(var, 0.0)), cnt, mean
-
-    med, std, cnt, mean = stats(lo, hi)
-    # z with NaN where a row has no value: compares false, so counts need no validity mask
-    zc = np.where(np.arange(s.shape[1])[None, :] < n_valid[:, None], z, np.nan) if max_iters > 0 else z
-    for _ in range(max_iters):
-        thr_lo = (med - clip_sigma * std)[:, None]
-        thr_hi = (med + clip_sigma * std)[:, None]
-        new_lo = np.maximum(lo, np.count_nonzero(zc < thr_lo, axis=1))
-        new_hi = np.minimum(hi, np.count_nonzero(zc <= thr_hi, axis=1))
-        new_hi = np.maximum(new_hi, new_lo)
-        if np.array_equal(new_lo, lo) and np.array_equal(new_hi, hi):
-            break
-        lo, hi = new_lo, new_hi
-        med, std, cnt, mean = stats(lo, hi)
-    if statistic == "mean":
-        centre = mean
-    elif statistic == "mode":
-        skewed = np.abs(mean - med) > 0.3 * std
-        centre = np.where(skewed, med, 2.5 * med - 1.5 * mean)
-    elif statistic == "median":
-        centre = med
-    else:
+    codes = {"median": 0, "mean": 1, "mode": 2}
+    if statistic not in codes:
         raise ConfigError(f"unknown background statistic {statistic!r}; use median, mean or mode")
-    empty = cnt == 0
-    centre = np.where(empty, np.nan, centre + ref)
-    std = np.where(empty, np.nan, std)
-    return centre, std, cnt
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise BadInputError(f"values must be 2-D (n_rows, n), got shape {values.shape}")
+    s = np.sort(values, axis=1)  # NaN last
+    if s.shape[1] == 0:
+        return np.full(s.shape[0], np.nan), np.full(s.shape[0], np.nan), np.zeros(s.shape[0], dtype=np.int64)
+    from darkroom.phot._aperture_kernels import clipped_sorted_rows
+
+    return clipped_sorted_rows(s, float(clip_sigma), int(max_iters), codes[statistic])
 
 
 def _annulus_background(
@@ -226,14 +188,19 @@ def _annulus_background(
     every other source's centre. Neighbour discs are marked through a look-up table from
     offset to stencil column, so crowding costs ~(disc area) per pair, not a stencil each.
     """
-    ny, nx = sci.shape
     dy, dx = _stencil(r_in, r_out)
     half = int(max(np.abs(dx).max(), np.abs(dy).max()))
     lut = np.full((2 * half + 1, 2 * half + 1), -1, dtype=np.int64)
     lut[dy + half, dx + half] = np.arange(dx.size)
-    dxf = dx.astype(np.float32)[None, :]
-    dyf = dy.astype(np.float32)[None, :]
+    dxf = dx.astype(np.float32)
+    dyf = dy.astype(np.float32)
     r_in2, r_out2 = np.float32(r_in * r_in), np.float32(r_out * r_out)
+    from darkroom.phot._aperture_kernels import annulus_values
+
+    sci32 = np.ascontiguousarray(sci, dtype=np.float32)
+    use_mask = mask is not None and bool(config.annulus_exclude_bits)
+    mask32 = np.ascontiguousarray(mask, dtype=np.int32) if use_mask else np.zeros((1, 1), np.int32)
+    bits = int(config.annulus_exclude_bits) if use_mask else 0
     med = np.empty(x.size)
     std = np.empty(x.size)
     cnt = np.empty(x.size, dtype=np.int64)
@@ -248,20 +215,9 @@ def _annulus_background(
         xs, ys = x[sl], y[sl]
         cx = np.rint(xs).astype(np.int64)
         cy = np.rint(ys).astype(np.int64)
-        fx = (xs - cx).astype(np.float32)[:, None]
-        fy = (ys - cy).astype(np.float32)[:, None]
-        d2 = (dxf - fx) ** 2 + (dyf - fy) ** 2
-        ix = cx[:, None] + dx[None, :]
-        iy = cy[:, None] + dy[None, :]
-        ok = (d2 >= r_in2) & (d2 < r_out2) & (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
-        np.clip(ix, 0, nx - 1, out=ix)
-        np.clip(iy, 0, ny - 1, out=iy)
-        # flat gathers (half the cost of indexing by (iy, ix)); the planes are C-contiguous
-        flat = iy * nx + ix
-        vals = sci.ravel().take(flat).astype(np.float64)
-        ok &= np.isfinite(vals)
-        if mask is not None and config.annulus_exclude_bits:
-            ok &= (mask.ravel().take(flat) & config.annulus_exclude_bits) == 0
+        fx = (xs - cx).astype(np.float32)
+        fy = (ys - cy).astype(np.float32)
+        vals = annulus_values(sci32, mask32, use_mask, bits, cx, cy, fx, fy, dx, dy, dxf, dyf, r_in2, r_out2)
         if tree is not None:
             pairs = tree.query_ball_point(np.column_stack([xs, ys]), r_out + nb_mask_radius + 1.0)
             counts = np.fromiter((len(p) for p in pairs), dtype=np.int64, count=len(pairs))
@@ -281,8 +237,7 @@ def _annulus_background(
                     r_idx = np.broadcast_to(rows[:, None], near.shape)[near]
                     col = lut[oy[near], ox[near]]
                     hit = col >= 0
-                    ok[r_idx[hit], col[hit]] = False
-        vals[~ok] = np.nan
+                    vals[r_idx[hit], col[hit]] = np.nan
         m, s, c = clipped_annulus_stats(
             vals,
             clip_sigma=config.annulus_clip_sigma,
@@ -635,3 +590,14 @@ def aperture_photometry(
         }
     )
     return table
+
+
+def load_compiled_kernels() -> None:
+    """Compile the annulus kernels (:mod:`darkroom.phot._aperture_kernels`), or load them from
+    numba's disk cache, now: measures one synthetic star with a MASK plane, as the photometry
+    stage's frames are (float32 SCI, int32 MASK); the first photometry in a process otherwise
+    pays numba's start-up there. Used after installing and by a fork server whose workers then
+    inherit the loaded kernels."""
+    yy, xx = np.mgrid[0:48, 0:48]
+    sci = (100.0 + 1000.0 * np.exp(-((xx - 24.2) ** 2 + (yy - 23.7) ** 2) / 4.5)).astype(np.float32)
+    aperture_photometry(sci, np.zeros(sci.shape, np.int32), None, [24.2], [23.7], fwhm_pix=2.5)
