@@ -174,8 +174,7 @@ def planned_fill(images: Sequence[np.ndarray], plan: FillPlan) -> NeighbourFill:
         raise ValueError(f"a fill plan for images of {plan.shape}, given {imgs[0].shape}")
     found, values, radius = [], [[] for _ in imgs], []
     for rnd in plan.rounds:
-        vals = [im.ravel().take(rnd.flat) for im in imgs]
-        nums = _weighted_sums(vals, rnd.use, rnd.weight)
+        nums = _image_sums(imgs, rnd.flat, rnd.use, rnd.weight)
         found.append(rnd.todo[rnd.got])
         for out, num in zip(values, nums, strict=True):
             out.append(num[rnd.got] / rnd.den[rnd.got])
@@ -254,6 +253,30 @@ def _weight_sums(use: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.nd
     return w_use, den
 
 
+#: weighted sums of float32 images in a compiled kernel (:mod:`darkroom.calib._process_kernels`),
+#: without gathering the neighbours first; False: the numpy reference (:func:`_weighted_sums`)
+COMPILED = True
+
+
+def _image_sums(
+    imgs: list[np.ndarray], flat: np.ndarray, use: np.ndarray, weight: np.ndarray
+) -> list[np.ndarray]:
+    """:func:`_weighted_sums` of the images' pixels at ``flat`` ((offsets, pixels) flat indices):
+    compiled for C-ordered float32 images (bit for bit the same sums), else gathered and summed
+    with numpy."""
+    flat_c = np.ascontiguousarray(flat, dtype=np.intp)
+    if COMPILED and all(im.dtype == np.float32 and im.flags.c_contiguous for im in imgs):
+        from ._process_kernels import weighted_sums
+
+        use_c = np.ascontiguousarray(use, dtype=bool)
+        w32 = np.ascontiguousarray(weight.astype(np.float32))
+        return [
+            weighted_sums(im.reshape(-1), flat_c, use_c, w32, np.empty(use.shape[1], dtype=np.float64))
+            for im in imgs
+        ]
+    return _weighted_sums([im.ravel().take(flat_c) for im in imgs], use, weight)
+
+
 def _weighted_sums(vals: list[np.ndarray], use: np.ndarray, weight: np.ndarray) -> list[np.ndarray]:
     """Each image's sum of weight x pixel over the usable neighbours (float64), offset by offset."""
     # the products in the images' type (weight x pixel, as a Python float times a float32 pixel)
@@ -283,12 +306,15 @@ def _fill_values(
     columns), so the result does not depend on how the work is batched.
     """
     flat, use, weight = _usable_weights(masked, todo, r, nx, ny)
-    # gathered offset by offset ((offsets, pixels) arrays), summed offset by offset
-    vals = [im.ravel().take(flat) for im in imgs]
     if check_finite:
+        # gathered offset by offset ((offsets, pixels) arrays), summed offset by offset
+        vals = [im.ravel().take(flat) for im in imgs]
         for v in vals:
             use &= np.isfinite(v)
-    _, den = _weight_sums(use, weight)
-    nums = _weighted_sums(vals, use, weight)
+        _, den = _weight_sums(use, weight)
+        nums = _weighted_sums(vals, use, weight)
+    else:
+        _, den = _weight_sums(use, weight)
+        nums = _image_sums(imgs, flat, use, weight)
     got = den > 0
     return got, [num[got] / den[got] for num in nums]

@@ -369,13 +369,9 @@ def calibrate_frame(
     rn_adu = rn_e / gain
 
     sci = prep.data  # raw - overscan [adu], float32, a fresh array we own
-    var = None
     scale = 0.0
     if bias is not None:
         _check_shape(bias.shape, shape, "bias")
-        sci -= bias.data
-        # the Poisson term: everything above the bias (sky, objects, dark current)
-        var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
         history.append(f"bias subtracted: {bias.name or 'master bias'}")
         cards.append(("BIASCORR", bias.name or "T", "master bias subtracted"))
     if dark is not None:
@@ -398,56 +394,29 @@ def calibrate_frame(
                     "dark scaling needs the exposure times of the frame and of the master dark"
                 )
             scale = float(meta.exptime_s) / float(dark.exptime_s)
-        if scale == 1.0:
-            sci -= dark.data
-        else:
-            sci -= dark.data * _F32(scale)
-        if var is None:  # a dark with the bias in it: the dark current's shot noise is not counted
-            var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
-        # the master dark had the master bias subtracted: sci = raw - (1-k) B - k D_frames
-        var += dark.variance if scale == 1.0 else dark.variance * _F32(scale * scale)
         history.append(f"dark x {scale:.4g} subtracted: {dark.name or 'master dark'}")
         cards.append(("DARKCORR", dark.name or "T", f"master dark subtracted, scaled by {scale:.4g}"))
-    if var is None and sky_model is not None:
-        # the zero level is unknown: the sky's measured noise plus the Poisson noise of what
-        # stands above the sky
-        level, sky_sigma = sky_model
-        var = poisson_read_variance(sci - _F32(level), gain_e_per_adu=gain, read_noise_adu=sky_sigma)
-    if var is None:
-        if prep.overscan_level_adu is None:
-            log.warning("no bias, dark or overscan: the Poisson term of VAR uses the raw level")
-        var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
-    if bias is not None and scale != 1.0:
-        var += bias.variance * _F32((1.0 - scale) ** 2)
-
-    nodata = ~np.isfinite(sci)
-    any_nodata = bool(nodata.any())
-    bad = np.zeros(shape, dtype=bool)
+    if bias is None and dark is None and sky_model is None and prep.overscan_level_adu is None:
+        log.warning("no bias, dark or overscan: the Poisson term of VAR uses the raw level")
+    planes = None
     if flat is not None:
         _check_shape(flat.shape, shape, "flat")
         planes = _flat_planes(flat, cfg.min_flat)
-        if planes.no_response is not None:
-            bad |= planes.no_response
-        # sci /= F, then var = (var + sci^2 var_F) / F^2 (variance.flat_divided_variance), by rows
-        divide_by_flat(sci, var, planes.data, planes.variance, planes.square)
         history.append(f"flat divided: {flat.name or 'master flat'}")
         cards.append(("FLATCORR", flat.name or "T", "master flat divided"))
     if bad_pixels is not None:
         _check_shape(bad_pixels.shape, shape, "bad-pixel mask")
-        bad |= bad_pixels.mask
         history.append(
             f"bad pixels flagged: {bad_pixels.name or 'bad-pixel mask'} ({bad_pixels.n_bad} pixels)"
         )
         cards.append(("BPM", bad_pixels.name or "T", "bad-pixel mask applied"))
-    mask = np.zeros(shape, dtype=MASK_DTYPE)
-    if any_nodata:
-        bad &= ~nodata
-        mask[nodata] |= MaskBit.NO_DATA
-        sci[nodata] = np.nan
-        var[nodata] = np.nan
-    np.bitwise_or(mask, MASK_DTYPE(MaskBit.BAD), out=mask, where=bad)
-    np.bitwise_or(mask, MASK_DTYPE(MaskBit.SAT), out=mask, where=prep.saturated)
-    n_bad = int(np.count_nonzero(bad))
+    removal = _remove_signature_numpy
+    if COMPILED and _compilable(sci, prep.saturated, bias, dark, planes, bad_pixels):
+        removal = _remove_signature_compiled
+    # sci in place; var, mask (NO_DATA, BAD, SAT), nodata, bad made
+    var, mask, nodata, any_nodata, bad, n_bad = removal(
+        sci, prep.saturated, bias, dark, scale, planes, bad_pixels, gain, rn_adu, sky_model
+    )
     n_cr = 0
     fill = bad if cfg.do_interpolate_bad else np.zeros(shape, dtype=bool)
     unusable = (bad | nodata) if any_nodata else bad
@@ -506,6 +475,168 @@ def calibrate_frame(
         steps=tuple(history),
         noise_model=noise_model,
     )
+
+
+#: the full-frame steps (bias, dark, variance, flat, MASK bits) in one compiled pass
+#: (:mod:`darkroom.calib._process_kernels`) when the arrays allow it; False: the numpy reference
+COMPILED = True
+
+_NO_F32 = np.zeros(0, dtype=_F32)
+_NO_BOOL = np.zeros(0, dtype=bool)
+_NO_U8 = np.zeros(0, dtype=np.uint8)
+_BITS = np.array([MaskBit.NO_DATA, MaskBit.BAD, MaskBit.SAT], dtype=MASK_DTYPE)
+
+
+def _remove_signature_numpy(
+    sci: np.ndarray,
+    saturated: np.ndarray,
+    bias: MasterFrame | None,
+    dark: MasterFrame | None,
+    scale: float,
+    planes: _FlatPlanes | None,
+    bad_pixels: BadPixelMask | None,
+    gain: float,
+    rn_adu: float,
+    sky_model: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray, int]:
+    """Bias, dark (x ``scale``), VAR [adu^2], flat and the MASK plane's NO_DATA, BAD and SAT
+    bits of ``sci`` [adu] (float32, in place): ``(var, mask, nodata, any nodata, bad, n_bad)``.
+
+    The numpy reference of :func:`_remove_signature_compiled`."""
+    shape = sci.shape
+    var = None
+    if bias is not None:
+        sci -= bias.data
+        # the Poisson term: everything above the bias (sky, objects, dark current)
+        var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
+    if dark is not None:
+        if scale == 1.0:
+            sci -= dark.data
+        else:
+            sci -= dark.data * _F32(scale)
+        if var is None:  # a dark with the bias in it: the dark current's shot noise is not counted
+            var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
+        # the master dark had the master bias subtracted: sci = raw - (1-k) B - k D_frames
+        var += dark.variance if scale == 1.0 else dark.variance * _F32(scale * scale)
+    if var is None and sky_model is not None:
+        # the zero level is unknown: the sky's measured noise plus the Poisson noise of what
+        # stands above the sky
+        level, sky_sigma = sky_model
+        var = poisson_read_variance(sci - _F32(level), gain_e_per_adu=gain, read_noise_adu=sky_sigma)
+    if var is None:
+        var = poisson_read_variance(sci, gain_e_per_adu=gain, read_noise_adu=rn_adu)
+    if bias is not None and scale != 1.0:
+        var += bias.variance * _F32((1.0 - scale) ** 2)
+
+    nodata = ~np.isfinite(sci)
+    any_nodata = bool(nodata.any())
+    bad = np.zeros(shape, dtype=bool)
+    if planes is not None:
+        if planes.no_response is not None:
+            bad |= planes.no_response
+        # sci /= F, then var = (var + sci^2 var_F) / F^2 (variance.flat_divided_variance), by rows
+        divide_by_flat(sci, var, planes.data, planes.variance, planes.square)
+    if bad_pixels is not None:
+        bad |= bad_pixels.mask
+    mask = np.zeros(shape, dtype=MASK_DTYPE)
+    if any_nodata:
+        bad &= ~nodata
+        mask[nodata] |= MaskBit.NO_DATA
+        sci[nodata] = np.nan
+        var[nodata] = np.nan
+    np.bitwise_or(mask, MASK_DTYPE(MaskBit.BAD), out=mask, where=bad)
+    np.bitwise_or(mask, MASK_DTYPE(MaskBit.SAT), out=mask, where=saturated)
+    return var, mask, nodata, any_nodata, bad, int(np.count_nonzero(bad))
+
+
+def _compilable(sci, saturated, bias, dark, planes, bad_pixels) -> bool:
+    """Whether :func:`_remove_signature_compiled` takes these arrays: float32 planes (the
+    no-response and the saturation masks bool, the bad-pixel reasons uint8), C-ordered, of
+    ``sci``'s shape (anything else, e.g. a float64 master, goes the numpy way)."""
+    arrays = [(sci, _F32), (saturated, np.bool_)]
+    if bias is not None:
+        arrays += [(bias.data, _F32), (bias.variance, _F32)]
+    if dark is not None:
+        arrays += [(dark.data, _F32), (dark.variance, _F32)]
+    if planes is not None:
+        arrays += [(planes.data, _F32), (planes.square, _F32)]
+        if planes.variance is not None:
+            arrays.append((planes.variance, _F32))
+        if planes.no_response is not None:
+            arrays.append((planes.no_response, np.bool_))
+    if bad_pixels is not None:
+        arrays.append((bad_pixels.reasons, np.uint8))
+    return sci.ndim == 2 and all(
+        isinstance(a, np.ndarray) and a.dtype == dt and a.shape == sci.shape and a.flags.c_contiguous
+        for a, dt in arrays
+    )
+
+
+def _remove_signature_compiled(
+    sci: np.ndarray,
+    saturated: np.ndarray,
+    bias: MasterFrame | None,
+    dark: MasterFrame | None,
+    scale: float,
+    planes: _FlatPlanes | None,
+    bad_pixels: BadPixelMask | None,
+    gain: float,
+    rn_adu: float,
+    sky_model: tuple[float, float] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray, int]:
+    """:func:`_remove_signature_numpy` in one pass (:func:`darkroom.calib._process_kernels.
+    remove_signature`), bit for bit."""
+    from ._process_kernels import remove_signature
+
+    sky = sky_model is not None and bias is None and dark is None  # VAR from the sky model
+    level, rn = sky_model if sky else (0.0, rn_adu)
+    shape = sci.shape
+    var = np.empty(shape, dtype=_F32)
+    mask = np.empty(shape, dtype=MASK_DTYPE)
+    nodata = np.empty(shape, dtype=bool)
+    bad = np.empty(shape, dtype=bool)
+    has_flat_var = planes is not None and planes.variance is not None
+    has_no_resp = planes is not None and planes.no_response is not None
+    flags = np.array(
+        [
+            bias is not None,
+            dark is not None,
+            scale != 1.0,
+            bias is not None and scale != 1.0,
+            planes is not None,
+            has_flat_var,
+            has_no_resp,
+            bad_pixels is not None,
+            sky,
+        ],
+        dtype=bool,
+    )
+    n_nodata, n_bad = remove_signature(
+        sci.reshape(-1),
+        var.reshape(-1),
+        mask.reshape(-1),
+        nodata.reshape(-1),
+        bad.reshape(-1),
+        _NO_F32 if bias is None else bias.data.reshape(-1),
+        _NO_F32 if bias is None else bias.variance.reshape(-1),
+        _F32((1.0 - scale) ** 2),
+        _NO_F32 if dark is None else dark.data.reshape(-1),
+        _F32(scale),
+        _NO_F32 if dark is None else dark.variance.reshape(-1),
+        _F32(scale * scale),
+        _F32(1.0 / gain),  # as variance.poisson_read_variance rounds them
+        _F32(rn**2),
+        _F32(level),
+        _NO_F32 if planes is None else planes.data.reshape(-1),
+        planes.variance.reshape(-1) if has_flat_var else _NO_F32,
+        _NO_F32 if planes is None else planes.square.reshape(-1),
+        planes.no_response.reshape(-1) if has_no_resp else _NO_BOOL,
+        _NO_U8 if bad_pixels is None else bad_pixels.reasons.reshape(-1),
+        saturated.reshape(-1),
+        flags,
+        _BITS,
+    )
+    return var, mask, nodata, bool(n_nodata), bad, int(n_bad)
 
 
 #: the last first-fill mask and its plan: the frames of a night share their bad pixels
@@ -818,3 +949,36 @@ def cut_masters_to_subframe(
             bad_rows=tuple(r - y0 for r in bpm.bad_rows if y0 <= r < y0 + ny),
         )
     return cut_master(bias), cut_master(dark), cut_master(flat), bpm
+
+
+def load_compiled_kernels() -> None:
+    """Compile calibrate_frame's kernels (:mod:`darkroom.calib._process_kernels`: the
+    signature removal and the fills' weighted sums), or load them from numba's disk cache, now:
+    one small synthetic frame with a bias, a scaled dark, a flat and a bad-pixel mask, and one
+    bad pixel filled (each kernel's one signature). Called by
+    :func:`darkroom.calib.cosmics.load_compiled_kernels`."""
+    shape = (8, 8)
+    sci = np.full(shape, 100.0, dtype=_F32)
+    ones = np.ones(shape, dtype=_F32)
+    planes = _FlatPlanes(ones, ones * _F32(1e-4), ones, np.zeros(shape, dtype=bool))
+
+    def master(kind: str) -> MasterFrame:
+        return MasterFrame(
+            kind=kind, data=ones, variance=ones, n_inputs=1, rejected_fraction=0.0, mean=1.0, noise=1.0
+        )
+
+    var = _remove_signature_compiled(
+        sci,
+        np.zeros(shape, dtype=bool),
+        master("bias"),
+        master("dark"),
+        0.5,
+        planes,
+        BadPixelMask(reasons=np.zeros(shape, dtype=np.uint8)),
+        1.5,
+        4.0,
+        None,
+    )[0]
+    masked = np.zeros(shape, dtype=bool)
+    masked[3, 4] = True
+    neighbour_fill([sci, var], masked, np.flatnonzero(masked), radius_pix=_FILL_RADIUS, check_finite=False)
