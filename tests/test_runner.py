@@ -237,12 +237,18 @@ def test_frames_to_calibrate_counts_light_frames_without_an_image(registry):
 
 
 def _compiled_kernels_loaded() -> bool:
-    """(On a worker) whether the cosmic-ray and PSF kernels are compiled in this process."""
+    """(On a worker) whether every stage's kernels are compiled in this process."""
     import sys
 
-    cosmics = sys.modules.get("darkroom.calib._cosmics_kernels")
-    psf = sys.modules.get("darkroom.detect._psf_kernels")
-    return bool(cosmics and psf and cosmics.candidates_full.overloads and psf._step.overloads)
+    kernels = {
+        "darkroom.calib._cosmics_kernels": "candidates_full",
+        "darkroom.calib._process_kernels": "remove_signature",
+        "darkroom.detect._psf_kernels": "_step",
+        "darkroom.detect._extract_kernels": "scan_frame",
+        "darkroom.phot._aperture_kernels": "annulus_values",
+    }
+    modules = {name: sys.modules.get(name) for name in kernels}
+    return all(m is not None and getattr(m, kernels[n]).overloads for n, m in modules.items())
 
 
 @pytest.mark.parametrize("early", [False, True], ids=["on-first-use", "started-early"])
