@@ -92,3 +92,57 @@ def arcsat_calibrated(tmp_path_factory, arcsat_dir):
     reports = [run_stage(repo.registry, stage) for stage in section_stages(repo.root, repo.config, "calib")]
     yield repo, reports
     repo.close()
+
+
+@pytest.fixture(scope="session")
+def arcsat_masters(arcsat_dir: Path) -> dict:
+    """The ARCSAT night's masters made from its raw bias, dark and z dome-flat frames by the
+    algorithm functions (not the pipeline), as ``calibrate_frame`` takes them: bias, dark, flat,
+    bad_pixels."""
+    import glob
+
+    import numpy as np
+    from astropy.io import fits
+
+    from darkroom.calib.badpix import build_bad_pixel_mask
+    from darkroom.calib.masters import make_master_bias, make_master_dark, make_master_flat
+
+    def read(pattern):
+        return [fits.getdata(f).astype(np.float32) for f in sorted(glob.glob(str(arcsat_dir / pattern)))]
+
+    mb = make_master_bias(read("Bias_*.fits.gz"))
+    md = make_master_dark(read("Dark_*.fits.gz"), exptime_s=60.0, bias=mb)
+    flat_files = sorted(glob.glob(str(arcsat_dir / "domeflat_z_*.fits.gz")))
+    t_flat = fits.getheader(flat_files[0])["EXPTIME"]
+    mf = make_master_flat(read("domeflat_z_*.fits.gz"), bias=mb, dark=md, exptime_s=t_flat, filter="z")
+    bpm = build_bad_pixel_mask(mb.shape, dark=md.measured_data, dark_exptime_s=60.0, flat=mf.data)
+    return {"bias": mb, "dark": md, "flat": mf, "bad_pixels": bpm}
+
+
+@pytest.fixture(scope="session")
+def arcsat_light(arcsat_dir: Path):
+    """``light(index) -> (raw pixels, header, FrameMetadata)`` of the night's index-th XO-1 frame
+    (in file-name order), its metadata as a profile would give it."""
+    import glob
+
+    from astropy.io import fits
+
+    from darkroom.instruments.metadata import FrameMetadata
+
+    paths = sorted(glob.glob(str(arcsat_dir / "XO1-b_z_*.fits.gz")))
+
+    def light(index: int):
+        with fits.open(paths[index]) as hdul:
+            raw, hdr = hdul[0].data, hdul[0].header.copy()
+        meta = FrameMetadata(
+            profile="test",
+            frame_type="light",
+            instrument=hdr["INSTRUME"],
+            exptime_s=hdr["EXPTIME"],
+            filter=hdr["FILTER"].strip(),
+            naxis1=1024,
+            naxis2=1024,
+        )
+        return raw, hdr, meta
+
+    return light

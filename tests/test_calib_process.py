@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
@@ -233,33 +232,15 @@ def test_saao_frame_without_masters(data_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def arcsat(arcsat_dir: Path):
-    def read(pattern):
-        return [fits.getdata(f).astype(np.float32) for f in sorted(glob.glob(str(arcsat_dir / pattern)))]
-
-    mb = make_master_bias(read("Bias_*.fits.gz")).with_name("master_bias.fits")
-    md = make_master_dark(read("Dark_*.fits.gz"), exptime_s=60.0, bias=mb).with_name("master_dark_60s.fits")
-    flat_files = sorted(glob.glob(str(arcsat_dir / "domeflat_z_*.fits.gz")))
-    t_flat = fits.getheader(flat_files[0])["EXPTIME"]
-    mf = make_master_flat(read("domeflat_z_*.fits.gz"), bias=mb, dark=md, exptime_s=t_flat, filter="z")
-    mf = mf.with_name("master_flat_z.fits")
-    bpm = build_bad_pixel_mask(mb.shape, dark=md.measured_data, dark_exptime_s=60.0, flat=mf.data).with_name(
-        "bpm.fits"
-    )
-    lights = sorted(glob.glob(str(arcsat_dir / "XO1-b_z_*.fits.gz")))[:3]
+def arcsat(arcsat_masters, arcsat_light):
+    m = arcsat_masters
+    mb = m["bias"].with_name("master_bias.fits")
+    md = m["dark"].with_name("master_dark_60s.fits")
+    mf = m["flat"].with_name("master_flat_z.fits")
+    bpm = m["bad_pixels"].with_name("bpm.fits")
     results = []
-    for f in lights:
-        with fits.open(f) as hdul:
-            raw, hdr = hdul[0].data, hdul[0].header.copy()
-        meta = FrameMetadata(
-            profile="test",
-            frame_type="light",
-            instrument=hdr["INSTRUME"],
-            exptime_s=hdr["EXPTIME"],
-            filter=hdr["FILTER"].strip(),
-            naxis1=1024,
-            naxis2=1024,
-        )
+    for index in range(3):
+        raw, hdr, meta = arcsat_light(index)
         results.append(calibrate_frame(raw, meta, bias=mb, dark=md, flat=mf, bad_pixels=bpm, header=hdr))
     return mf, results
 

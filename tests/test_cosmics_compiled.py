@@ -10,7 +10,6 @@ the cleaning means, the zones, and the final cosmic-ray mask and cleaned image.
 
 from __future__ import annotations
 
-import glob
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +20,7 @@ from astropy.io import fits
 
 import darkroom.calib.cosmics as cosmics
 import darkroom.calib.process as process
-from darkroom.calib.badpix import build_bad_pixel_mask
 from darkroom.calib.cosmics import CosmicRayConfig, _SparseLACosmic, detect_cosmic_rays
-from darkroom.calib.masters import make_master_bias, make_master_dark, make_master_flat
 from darkroom.calib.process import CalibrationConfig, RequireConfig, calibrate_frame
 from darkroom.calib.synthetic import synthetic_sky_frame
 from darkroom.instruments.metadata import FrameMetadata
@@ -139,34 +136,9 @@ def _assert_same_engine(data, args, rng) -> int:
 # ------------------------------------------------------------------ real frames
 
 
-@pytest.fixture(scope="module")
-def arcsat_masters(arcsat_dir: Path):
-    def read(pattern):
-        return [fits.getdata(f).astype(np.float32) for f in sorted(glob.glob(str(arcsat_dir / pattern)))]
-
-    mb = make_master_bias(read("Bias_*.fits.gz"))
-    md = make_master_dark(read("Dark_*.fits.gz"), exptime_s=60.0, bias=mb)
-    flat_files = sorted(glob.glob(str(arcsat_dir / "domeflat_z_*.fits.gz")))
-    t_flat = fits.getheader(flat_files[0])["EXPTIME"]
-    mf = make_master_flat(read("domeflat_z_*.fits.gz"), bias=mb, dark=md, exptime_s=t_flat, filter="z")
-    bpm = build_bad_pixel_mask(mb.shape, dark=md.measured_data, dark_exptime_s=60.0, flat=mf.data)
-    return {"bias": mb, "dark": md, "flat": mf, "bad_pixels": bpm}
-
-
 @pytest.mark.parametrize("index", [0, 27, 53, 79])
-def test_arcsat_frames_calibrate_identically(arcsat_dir, arcsat_masters, monkeypatch, index):
-    path = sorted(glob.glob(str(arcsat_dir / "XO1-b_z_*.fits.gz")))[index]
-    with fits.open(path) as hdul:
-        raw, hdr = hdul[0].data, hdul[0].header.copy()
-    meta = FrameMetadata(
-        profile="test",
-        frame_type="light",
-        instrument=hdr["INSTRUME"],
-        exptime_s=hdr["EXPTIME"],
-        filter=hdr["FILTER"].strip(),
-        naxis1=1024,
-        naxis2=1024,
-    )
+def test_arcsat_frames_calibrate_identically(arcsat_light, arcsat_masters, monkeypatch, index):
+    raw, hdr, meta = arcsat_light(index)
     ref, new, seen = _calibrate_both(monkeypatch, raw, meta, header=hdr, **arcsat_masters)
     _assert_same_frame(ref, new)
     assert new.n_cosmic_pixels > 0

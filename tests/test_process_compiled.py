@@ -11,7 +11,6 @@ combination of masters, non-finite pixels, dead flat pixels, saturation and the 
 from __future__ import annotations
 
 import dataclasses
-import glob
 from pathlib import Path
 
 import numpy as np
@@ -72,34 +71,9 @@ def _assert_same_frame(ref, new) -> None:
 # ------------------------------------------------------------------ real frames
 
 
-@pytest.fixture(scope="module")
-def arcsat_masters(arcsat_dir: Path):
-    def read(pattern):
-        return [fits.getdata(f).astype(np.float32) for f in sorted(glob.glob(str(arcsat_dir / pattern)))]
-
-    mb = make_master_bias(read("Bias_*.fits.gz"))
-    md = make_master_dark(read("Dark_*.fits.gz"), exptime_s=60.0, bias=mb)
-    flat_files = sorted(glob.glob(str(arcsat_dir / "domeflat_z_*.fits.gz")))
-    t_flat = fits.getheader(flat_files[0])["EXPTIME"]
-    mf = make_master_flat(read("domeflat_z_*.fits.gz"), bias=mb, dark=md, exptime_s=t_flat, filter="z")
-    bpm = build_bad_pixel_mask(mb.shape, dark=md.measured_data, dark_exptime_s=60.0, flat=mf.data)
-    return {"bias": mb, "dark": md, "flat": mf, "bad_pixels": bpm}
-
-
 @pytest.mark.parametrize("index,cosmic_rays", [(0, True), (41, False), (79, False)])
-def test_arcsat_frames_calibrate_identically(arcsat_dir, arcsat_masters, monkeypatch, index, cosmic_rays):
-    path = sorted(glob.glob(str(arcsat_dir / "XO1-b_z_*.fits.gz")))[index]
-    with fits.open(path) as hdul:
-        raw, hdr = hdul[0].data, hdul[0].header.copy()
-    meta = FrameMetadata(
-        profile="test",
-        frame_type="light",
-        instrument=hdr["INSTRUME"],
-        exptime_s=hdr["EXPTIME"],
-        filter=hdr["FILTER"].strip(),
-        naxis1=1024,
-        naxis2=1024,
-    )
+def test_arcsat_frames_calibrate_identically(arcsat_light, arcsat_masters, monkeypatch, index, cosmic_rays):
+    raw, hdr, meta = arcsat_light(index)
     cfg = CalibrationConfig(do_cosmic_rays=cosmic_rays)
     ref, new = _calibrate_both(monkeypatch, raw, meta, header=hdr, config=cfg, **arcsat_masters)
     _assert_same_frame(ref, new)

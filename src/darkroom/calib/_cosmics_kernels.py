@@ -109,6 +109,17 @@ def _clip(k, n):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _patch13(src, j, i, out):
+    """The 13 x 13 patch of ``src`` centred on row ``j``, column ``i`` (0-based), indices clipped
+    to the image (astroscrappy's border convention), into ``out``."""
+    ny, nx = src.shape
+    for r in range(13):
+        jj = _clip(j - 6 + r, ny)
+        for c in range(13):
+            out[r, c] = src[jj, _clip(i - 6 + c, nx)]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _fold_blocks(acc, out_row):
     """``out_row[bx]`` = the minimum of ``acc`` over columns bx * BLOCK .. (bx + 1) * BLOCK - 1."""
     nx = acc.size
@@ -403,10 +414,7 @@ def exact_sp(flat, clean, var, bkg):
     for k in range(n):
         j = flat[k] // nx
         i = flat[k] % nx
-        for r in range(13):
-            jj = _clip(j - 6 + r, ny)
-            for c in range(13):
-                cv[r, c] = var[jj, _clip(i - 6 + c, nx)]
+        _patch13(var, j, i, cv)
         for r in range(13):
             for c in range(7):
                 for t in range(7):
@@ -453,10 +461,7 @@ def exact_f(flat, noise_c, clean):
     for k in range(n):
         j = flat[k] // nx
         i = flat[k] % nx
-        for r in range(13):
-            jj = _clip(j - 6 + r, ny)
-            for c in range(13):
-                cl[r, c] = clean[jj, _clip(i - 6 + c, nx)]
+        _patch13(clean, j, i, cl)
         for r in range(13):
             for c in range(9):
                 for t in range(5):
