@@ -146,3 +146,26 @@ def arcsat_light(arcsat_dir: Path):
         return raw, hdr, meta
 
     return light
+
+
+@pytest.fixture(scope="session")
+def arcsat_images(arcsat_calibrated):
+    """``(repository, extract stage, paths)``: the calibrated ARCSAT night's image files (relative
+    to the repository) in the order the extract stage takes them, and that stage, whose settings
+    say how they are extracted. From the registry, not from the stage's plan: the session's
+    repository is shared, and another test may have extracted them already."""
+    import sqlalchemy as sa
+
+    from darkroom.pipeline.run import all_stages
+    from darkroom.repo.models import Exposure, Image
+
+    repo, _ = arcsat_calibrated
+    (stage,) = [s for s in all_stages(repo.root, repo.config) if s.name == "extract"]
+    with repo.registry.session() as s:
+        paths = s.scalars(
+            sa.select(Image.path)
+            .join(Exposure, Exposure.id == Image.exposure_id)
+            .where(Image.provenance_id.in_(stage.upstream), Exposure.state == "ok")
+            .order_by(Image.mjd_mid, Image.id)
+        ).all()
+    return repo, stage, list(paths)

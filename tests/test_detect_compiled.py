@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from astropy.io import fits
 
 import darkroom.detect.background as background
@@ -18,7 +17,6 @@ import darkroom.detect.extract as extract
 from darkroom.detect import extract_frame
 from darkroom.io.tables import parquet_bytes
 from darkroom.maskbits import MaskBit
-from darkroom.repo.models import Exposure, Image
 
 
 def _reference_subtracted(arr, level, bad):
@@ -95,20 +93,12 @@ def _both(monkeypatch, image, mask, **kwargs) -> tuple[bytes, bytes]:
     return compiled, reference
 
 
-def test_catalogues_match_the_reference_on_arcsat_frames(arcsat_calibrated, monkeypatch):
+def test_catalogues_match_the_reference_on_arcsat_frames(arcsat_images, monkeypatch):
     """Every 10th calibrated frame of the night, extracted as the extract stage does."""
     from darkroom.io.calibrated import read_calibrated
-    from darkroom.pipeline.run import all_stages
 
-    repo, _ = arcsat_calibrated
-    (stage,) = [s for s in all_stages(repo.root, repo.config) if s.name == "extract"]
-    with repo.registry.session() as s:
-        paths = s.scalars(
-            sa.select(Image.path)
-            .join(Exposure, Exposure.id == Image.exposure_id)
-            .where(Image.provenance_id.in_(stage.upstream), Exposure.state == "ok")
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()[::10]
+    repo, stage, paths = arcsat_images
+    paths = paths[::10]
     assert len(paths) >= 5
     cfg = stage.config
     for path in paths:

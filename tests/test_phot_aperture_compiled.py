@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from astropy.io import fits
 
 import darkroom.phot._aperture_kernels as kernels
@@ -20,7 +19,6 @@ from darkroom.detect import extract_frame
 from darkroom.errors import ConfigError
 from darkroom.io.tables import parquet_bytes
 from darkroom.phot import ApertureConfig, aperture_photometry
-from darkroom.repo.models import Exposure, Image
 
 
 def _reference_stats(values, *, clip_sigma=3.0, max_iters=5, statistic="median"):
@@ -145,21 +143,13 @@ CONFIGS = [
 ]
 
 
-def test_aperture_photometry_matches_the_reference_on_arcsat_frames(arcsat_calibrated, monkeypatch):
+def test_aperture_photometry_matches_the_reference_on_arcsat_frames(arcsat_images, monkeypatch):
     """Every 10th calibrated frame of the night (SCI, MASK, VAR as read: big-endian planes), at
     the positions the extract stage detects."""
     from darkroom.io.calibrated import read_calibrated
-    from darkroom.pipeline.run import all_stages
 
-    repo, _ = arcsat_calibrated
-    (stage,) = [s for s in all_stages(repo.root, repo.config) if s.name == "extract"]
-    with repo.registry.session() as s:
-        paths = s.scalars(
-            sa.select(Image.path)
-            .join(Exposure, Exposure.id == Image.exposure_id)
-            .where(Image.provenance_id.in_(stage.upstream), Exposure.state == "ok")
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()[::10]
+    repo, stage, paths = arcsat_images
+    paths = paths[::10]
     assert len(paths) >= 5
     cfg = stage.config
     for path in paths:

@@ -20,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from astropy.io import fits
 
 import darkroom.detect.psf as psf
 from darkroom.detect import detect_sources, estimate_background, extract_frame
 from darkroom.detect.background import pixel_masks
-from darkroom.repo.models import Exposure, Image
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 RTOL = 1e-8
@@ -203,22 +201,12 @@ def _detect_recorded(monkeypatch, frames) -> _Recorder:
 
 
 @pytest.mark.slow
-def test_compiled_fit_matches_the_reference_on_arcsat_frames(arcsat_calibrated, monkeypatch):
+def test_compiled_fit_matches_the_reference_on_arcsat_frames(arcsat_images, monkeypatch):
     """Every 8th calibrated frame of the night, detected as the extract stage does."""
     from darkroom.io.calibrated import read_calibrated
-    from darkroom.pipeline.run import all_stages
 
-    repo, _ = arcsat_calibrated
-    (stage,) = [s for s in all_stages(repo.root, repo.config) if s.name == "extract"]
-    # the calibrated images in the extract stage's order (not its plan: the session's repository
-    # is shared, and another test may have extracted them already)
-    with repo.registry.session() as s:
-        paths = s.scalars(
-            sa.select(Image.path)
-            .join(Exposure, Exposure.id == Image.exposure_id)
-            .where(Image.provenance_id.in_(stage.upstream), Exposure.state == "ok")
-            .order_by(Image.mjd_mid, Image.id)
-        ).all()[::8]
+    repo, stage, paths = arcsat_images
+    paths = paths[::8]
     assert len(paths) >= 8
     cfg = stage.config
 
