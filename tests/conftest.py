@@ -169,3 +169,26 @@ def arcsat_images(arcsat_calibrated):
             .order_by(Image.mjd_mid, Image.id)
         ).all()
     return repo, stage, list(paths)
+
+
+@pytest.fixture
+def saao_frame(data_dir: Path):
+    """``(raw pixels float32, header, FrameMetadata)`` of the SAAO frame (ccdproc-saao-and-sip):
+    overscan and trim sections, gain and read noise from its header, no masters."""
+    import numpy as np
+    from astropy.io import fits
+
+    from darkroom.instruments.metadata import FrameMetadata
+
+    with fits.open(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits") as hdul:
+        raw, hdr = hdul[0].data.astype(np.float32), hdul[0].header.copy()
+    meta = FrameMetadata(
+        profile="test",
+        frame_type="light",
+        exptime_s=hdr["EXPTIME"],
+        gain_e_per_adu=hdr["GAIN"],
+        read_noise_e=hdr["RDNOISE"],
+        overscan_section=hdr["BIASSEC"],
+        trim_section=hdr["TRIMSEC"],
+    )
+    return raw, hdr, meta

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import sep
@@ -206,18 +204,8 @@ def test_without_masters_or_gain_var_follows_the_sky_noise(synth):
 # ------------------------------------------------------------------ SAAO: overscan and trim from the header
 
 
-def test_saao_frame_without_masters(data_dir: Path):
-    with fits.open(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits") as hdul:
-        raw, hdr = hdul[0].data.astype(np.float32), hdul[0].header.copy()
-    meta = FrameMetadata(
-        profile="test",
-        frame_type="light",
-        exptime_s=hdr["EXPTIME"],
-        gain_e_per_adu=hdr["GAIN"],
-        read_noise_e=hdr["RDNOISE"],
-        overscan_section=hdr["BIASSEC"],
-        trim_section=hdr["TRIMSEC"],
-    )
+def test_saao_frame_without_masters(saao_frame):
+    raw, hdr, meta = saao_frame
     cfg = CalibrationConfig(require=RequireConfig(bias=False, dark=False, flat=False), do_cosmic_rays=False)
     res = calibrate_frame(raw, meta, header=hdr, config=cfg)
     assert res.sci.shape == (520, 512)

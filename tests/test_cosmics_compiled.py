@@ -146,18 +146,8 @@ def test_arcsat_frames_calibrate_identically(arcsat_light, arcsat_masters, monke
     assert _assert_same_engine(data, args, np.random.default_rng(index)) > 0
 
 
-def test_saao_frame_calibrates_identically(data_dir: Path, monkeypatch):
-    with fits.open(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits") as hdul:
-        raw, hdr = hdul[0].data.astype(np.float32), hdul[0].header.copy()
-    meta = FrameMetadata(
-        profile="test",
-        frame_type="light",
-        exptime_s=hdr["EXPTIME"],
-        gain_e_per_adu=hdr["GAIN"],
-        read_noise_e=hdr["RDNOISE"],
-        overscan_section=hdr["BIASSEC"],
-        trim_section=hdr["TRIMSEC"],
-    )
+def test_saao_frame_calibrates_identically(saao_frame, monkeypatch):
+    raw, hdr, meta = saao_frame
     cfg = CalibrationConfig(require=RequireConfig(bias=False, dark=False, flat=False))
     ref, new, seen = _calibrate_both(monkeypatch, raw, meta, header=hdr, config=cfg)
     _assert_same_frame(ref, new)

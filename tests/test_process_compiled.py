@@ -11,7 +11,6 @@ combination of masters, non-finite pixels, dead flat pixels, saturation and the 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,19 +79,9 @@ def test_arcsat_frames_calibrate_identically(arcsat_light, arcsat_masters, monke
     assert new.n_bad_pixels > 0
 
 
-def test_saao_frame_calibrates_identically(data_dir: Path, monkeypatch):
+def test_saao_frame_calibrates_identically(saao_frame, monkeypatch):
     """Overscan subtraction and trim, no masters: the variance from the overscan-subtracted level."""
-    with fits.open(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits") as hdul:
-        raw, hdr = hdul[0].data.astype(np.float32), hdul[0].header.copy()
-    meta = FrameMetadata(
-        profile="test",
-        frame_type="light",
-        exptime_s=hdr["EXPTIME"],
-        gain_e_per_adu=hdr["GAIN"],
-        read_noise_e=hdr["RDNOISE"],
-        overscan_section=hdr["BIASSEC"],
-        trim_section=hdr["TRIMSEC"],
-    )
+    raw, hdr, meta = saao_frame
     cfg = CalibrationConfig(require=OPTIONAL)
     ref, new = _calibrate_both(monkeypatch, raw, meta, header=hdr, config=cfg)
     _assert_same_frame(ref, new)
