@@ -10,8 +10,6 @@ the cleaning means, the zones, and the final cosmic-ray mask and cleaned image.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,12 +253,3 @@ def test_non_finite_images_fall_back_to_numpy():
         assert new._k is None
         a, b = ref.run(return_cleaned=True), new.run(return_cleaned=True)
         assert _same(a.mask, b.mask) and _same(a.cleaned, b.cleaned)
-
-
-def test_numba_is_imported_by_the_first_detection_only():
-    code = (
-        "import sys, darkroom.cli, darkroom.calib.process, darkroom.calib.cosmics; "
-        "print('numba' in sys.modules)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -202,3 +202,21 @@ with contextlib.redirect_stdout(io.StringIO()):
     loaded = _loaded(code)
     assert "darkroom.cli" in loaded
     assert _hits(loaded, TABLES) == []
+
+
+#: modules whose numba kernels are imported by their first frame, not with the module
+COMPILED_USERS = (
+    "darkroom.cli",
+    "darkroom.pipeline.stages",
+    "darkroom.calib.process",
+    "darkroom.calib.cosmics",
+    "darkroom.detect.extract",
+    "darkroom.detect.psf",
+    "darkroom.phot.aperture",
+)
+
+
+def test_numba_is_imported_by_the_first_frame_not_by_the_modules():
+    """numba's start-up (~0.3 s) is paid by a command that reaches a frame, never by importing."""
+    assert "numba" not in _loaded("import " + ", ".join(COMPILED_USERS))
+    assert "numba" in _loaded("from darkroom.detect.psf import load_compiled_kernels as k; k()")

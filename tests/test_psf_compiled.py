@@ -12,11 +12,7 @@ public results of fit_moffat_stamps and measure_psf. Not timed.
 from __future__ import annotations
 
 import bz2
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +22,6 @@ import darkroom.detect.psf as psf
 from darkroom.detect import detect_sources, estimate_background, extract_frame
 from darkroom.detect.background import pixel_masks
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 RTOL = 1e-8
 
 _MIN_GAMMA, _MAX_GAMMA = 1e-3, 1.0 / 1.3
@@ -301,20 +296,3 @@ def test_compiled_fit_of_awkward_stamps(monkeypatch):
     _replay(
         [((image, x, y), {"fwhm_pix": 2.0, "half_size_pix": 4, "oversample": 5, "max_iter": 3})], monkeypatch
     )
-
-
-def _loaded(code: str) -> set[str]:
-    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
-        check=True,
-    )
-    return set(json.loads(done.stdout.splitlines()[-1]))
-
-
-def test_numba_is_imported_by_the_first_fit_only():
-    assert "numba" not in _loaded("import darkroom.cli")
-    assert "numba" not in _loaded("import darkroom.detect.psf, darkroom.detect.extract")
