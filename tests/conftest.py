@@ -192,3 +192,54 @@ def saao_frame(data_dir: Path):
         trim_section=hdr["TRIMSEC"],
     )
     return raw, hdr, meta
+
+
+def simulated_calibration(folder: Path, cfg):
+    """A simulated night (darkroom.sim, ``cfg``) in ``folder``, its masters made by the algorithm
+    functions and its light frames read as a profile would give them: ``(night, masters,
+    lights)``, masters as ``calibrate_frame`` takes them, lights ``[(raw, header, FrameMetadata)]``."""
+    import numpy as np
+    from astropy.io import fits
+
+    from darkroom.calib.badpix import build_bad_pixel_mask
+    from darkroom.calib.masters import make_master_bias, make_master_dark, make_master_flat
+    from darkroom.instruments.metadata import FrameMetadata
+    from darkroom.sim import simulate_night
+
+    night = simulate_night(folder, config=cfg)
+
+    def read(paths):
+        return [fits.getdata(p).astype(np.float32) for p in paths]
+
+    mb = make_master_bias(read(night.raw_paths["bias"]))
+    md = make_master_dark(read(night.raw_paths["dark"]), exptime_s=cfg.dark_exptime_s, bias=mb)
+    mf = make_master_flat(
+        read(night.raw_paths["flat"]), bias=mb, dark=md, exptime_s=cfg.flat_exptime_s, filter="r"
+    )
+    bpm = build_bad_pixel_mask(
+        mb.shape, dark=md.measured_data, dark_exptime_s=cfg.dark_exptime_s, flat=mf.data
+    )
+    lights = []
+    for path in night.raw_paths["light"]:
+        with fits.open(path) as hdul:
+            raw, hdr = hdul[0].data, hdul[0].header.copy()
+        meta = FrameMetadata(
+            profile="sim",
+            frame_type="light",
+            instrument=hdr["INSTRUME"],
+            exptime_s=hdr["EXPTIME"],
+            filter="r",
+            naxis1=cfg.nx,
+            naxis2=cfg.ny,
+            gain_e_per_adu=hdr["EGAIN"],
+            read_noise_e=hdr["RDNOISE"],
+            saturation_adu=hdr["SATURATE"],
+        )
+        lights.append((raw, hdr, meta))
+    return night, {"bias": mb, "dark": md, "flat": mf, "bad_pixels": bpm}, lights
+
+
+@pytest.fixture(scope="session")
+def simulate_calibration():
+    """:func:`simulated_calibration`, for tests (``simulate_calibration(folder, cfg)``)."""
+    return simulated_calibration

@@ -7,12 +7,10 @@ import pytest
 from astropy.io import fits
 from scipy import ndimage as ndi
 
-from darkroom.calib.badpix import build_bad_pixel_mask
-from darkroom.calib.masters import make_master_bias, make_master_dark, make_master_flat
+from darkroom.calib.masters import make_master_bias, make_master_dark
 from darkroom.calib.process import calibrate_frame
-from darkroom.instruments.metadata import FrameMetadata
 from darkroom.maskbits import MaskBit
-from darkroom.sim import SimConfig, simulate_night, truth_image
+from darkroom.sim import SimConfig, truth_image
 
 
 def _read(paths):
@@ -20,35 +18,12 @@ def _read(paths):
 
 
 @pytest.fixture(scope="module")
-def sim(tmp_path_factory):
+def sim(tmp_path_factory, simulate_calibration):
     # a cosmic-ray rate 100x the default (~150 events per 60 s frame) gives the recall test statistics
     cfg = SimConfig(shape=(512, 600), n_science=2, n_stars=400, seed=3, cosmic_ray_rate_cm2_s=5.0)
-    night = simulate_night(tmp_path_factory.mktemp("simnight"), config=cfg)
-    mb = make_master_bias(_read(night.raw_paths["bias"]))
-    md = make_master_dark(_read(night.raw_paths["dark"]), exptime_s=cfg.dark_exptime_s, bias=mb)
-    mf = make_master_flat(
-        _read(night.raw_paths["flat"]), bias=mb, dark=md, exptime_s=cfg.flat_exptime_s, filter="r"
-    )
-    bpm = build_bad_pixel_mask(
-        mb.shape, dark=md.measured_data, dark_exptime_s=cfg.dark_exptime_s, flat=mf.data
-    )
-    results = []
-    for path in night.raw_paths["light"]:
-        with fits.open(path) as hdul:
-            raw, hdr = hdul[0].data, hdul[0].header.copy()
-        meta = FrameMetadata(
-            profile="sim",
-            frame_type="light",
-            instrument=hdr["INSTRUME"],
-            exptime_s=hdr["EXPTIME"],
-            filter="r",
-            naxis1=cfg.nx,
-            naxis2=cfg.ny,
-            gain_e_per_adu=hdr["EGAIN"],
-            read_noise_e=hdr["RDNOISE"],
-            saturation_adu=hdr["SATURATE"],
-        )
-        results.append(calibrate_frame(raw, meta, bias=mb, dark=md, flat=mf, bad_pixels=bpm, header=hdr))
+    night, masters, lights = simulate_calibration(tmp_path_factory.mktemp("simnight"), cfg)
+    results = [calibrate_frame(raw, meta, header=hdr, **masters) for raw, hdr, meta in lights]
+    bpm = masters["bad_pixels"]
     return cfg, night, bpm, results
 
 

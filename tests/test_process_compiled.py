@@ -14,15 +14,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-from astropy.io import fits
 
 import darkroom.calib.interp as interp
 import darkroom.calib.process as process
-from darkroom.calib.badpix import BadPixelMask, build_bad_pixel_mask
-from darkroom.calib.masters import MasterFrame, make_master_bias, make_master_dark, make_master_flat
+from darkroom.calib.badpix import BadPixelMask
+from darkroom.calib.masters import MasterFrame
 from darkroom.calib.process import CalibrationConfig, RequireConfig, calibrate_frame
 from darkroom.instruments.metadata import FrameMetadata
-from darkroom.sim import SimConfig, simulate_night
+from darkroom.sim import SimConfig
 
 NO_CR = CalibrationConfig(do_cosmic_rays=False)
 OPTIONAL = RequireConfig(bias=False, dark=False, flat=False)
@@ -91,42 +90,16 @@ def test_saao_frame_calibrates_identically(saao_frame, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def sim_night(tmp_path_factory):
+def sim_night(tmp_path_factory, simulate_calibration):
     cfg = SimConfig(shape=(256, 300), n_science=2, n_stars=150, seed=7, cosmic_ray_rate_cm2_s=5.0)
-    night = simulate_night(tmp_path_factory.mktemp("simnight"), config=cfg)
-
-    def read(paths):
-        return [fits.getdata(p).astype(np.float32) for p in paths]
-
-    mb = make_master_bias(read(night.raw_paths["bias"]))
-    md = make_master_dark(read(night.raw_paths["dark"]), exptime_s=cfg.dark_exptime_s, bias=mb)
-    mf = make_master_flat(
-        read(night.raw_paths["flat"]), bias=mb, dark=md, exptime_s=cfg.flat_exptime_s, filter="r"
-    )
-    bpm = build_bad_pixel_mask(
-        mb.shape, dark=md.measured_data, dark_exptime_s=cfg.dark_exptime_s, flat=mf.data
-    )
-    return cfg, night, {"bias": mb, "dark": md, "flat": mf, "bad_pixels": bpm}
+    _night, masters, lights = simulate_calibration(tmp_path_factory.mktemp("simnight"), cfg)
+    return cfg, masters, lights
 
 
 @pytest.mark.parametrize("cosmic_rays", [True, False])
 def test_simulated_night_calibrates_identically(sim_night, monkeypatch, cosmic_rays):
-    cfg, night, masters = sim_night
-    for path in night.raw_paths["light"]:
-        with fits.open(path) as hdul:
-            raw, hdr = hdul[0].data, hdul[0].header.copy()
-        meta = FrameMetadata(
-            profile="sim",
-            frame_type="light",
-            instrument=hdr["INSTRUME"],
-            exptime_s=hdr["EXPTIME"],
-            filter="r",
-            naxis1=cfg.nx,
-            naxis2=cfg.ny,
-            gain_e_per_adu=hdr["EGAIN"],
-            read_noise_e=hdr["RDNOISE"],
-            saturation_adu=hdr["SATURATE"],
-        )
+    _cfg, masters, lights = sim_night
+    for raw, hdr, meta in lights:
         config = CalibrationConfig(do_cosmic_rays=cosmic_rays)
         ref, new = _calibrate_both(monkeypatch, raw, meta, header=hdr, config=config, **masters)
         _assert_same_frame(ref, new)
