@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from darkroom.pipeline.kernels import KERNEL_USERS
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 #: algorithm libraries no configuration or CLI start-up needs
@@ -205,15 +207,7 @@ with contextlib.redirect_stdout(io.StringIO()):
 
 
 #: modules whose numba kernels are imported by their first frame, not with the module
-COMPILED_USERS = (
-    "darkroom.cli",
-    "darkroom.pipeline.stages",
-    "darkroom.calib.process",
-    "darkroom.calib.cosmics",
-    "darkroom.detect.extract",
-    "darkroom.detect.psf",
-    "darkroom.phot.aperture",
-)
+COMPILED_USERS = ("darkroom.cli", "darkroom.pipeline.stages", *KERNEL_USERS)
 
 
 def test_numba_is_imported_by_the_first_frame_not_by_the_modules():

@@ -774,9 +774,7 @@ def load_compiled_kernels() -> None:
     models, and a few hits) so that every kernel of a frame's detection is made ready: the
     first call in a process otherwise pays numba's start-up there (~0.3 s; ~8 s the first
     time after installing, when the kernels are compiled and cached). Used after installing
-    and by a fork server whose workers then inherit the loaded kernels. Also loads
-    :func:`darkroom.calib.process.calibrate_frame`'s kernel
-    (:func:`darkroom.calib.process.load_compiled_kernels`).
+    and by a fork server whose workers then inherit the loaded kernels.
     """
     rng = np.random.default_rng(0)
     sky = np.full((64, 64), 100.0, dtype=_F32)
@@ -785,7 +783,3 @@ def load_compiled_kernels() -> None:
     img[40, 30:32] += 1500.0
     variance = np.full(sky.shape, 100.0, dtype=_F32)
     detect_cosmic_rays(img, gain_e_per_adu=1.0, read_noise_e=10.0, sky=sky, variance=variance)
-    # and the kernel of calibrate_frame's full-frame steps (bias, dark, variance, flat, MASK bits)
-    from .process import load_compiled_kernels as signature_removal_kernel
-
-    signature_removal_kernel()

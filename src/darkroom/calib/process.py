@@ -956,7 +956,7 @@ def load_compiled_kernels() -> None:
     signature removal and the fills' weighted sums), or load them from numba's disk cache, now:
     one small synthetic frame with a bias, a scaled dark, a flat and a bad-pixel mask, and one
     bad pixel filled (each kernel's one signature). Called by
-    :func:`darkroom.calib.cosmics.load_compiled_kernels`."""
+    :func:`darkroom.pipeline.kernels.load_compiled_kernels`."""
     shape = (8, 8)
     sci = np.full(shape, 100.0, dtype=_F32)
     ones = np.ones(shape, dtype=_F32)

@@ -30,6 +30,21 @@ _MAX_FLOAT = np.finfo(np.float64).max
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _window_stats(z, c1, c2, lo, hi):
+    """Count, median, mean and std of the sorted values ``z[lo:hi]`` (``c1``, ``c2``: running sums
+    of ``z`` and ``z**2``, one longer than ``z``); an empty window gives the values at its edge."""
+    m = z.shape[0]
+    cnt = hi - lo
+    safe = max(cnt, 1)
+    i1 = min(lo + (safe - 1) // 2, m - 1)
+    i2 = min(lo + safe // 2, m - 1)
+    med = 0.5 * (z[i1] + z[i2])
+    mean = (c1[hi] - c1[lo]) / safe
+    var = (c2[hi] - c2[lo]) / safe - mean * mean
+    return cnt, med, mean, math.sqrt(max(var, 0.0))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def clipped_sorted_rows(
     s: np.ndarray, clip_sigma: float, max_iters: int, statistic: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -66,15 +81,7 @@ def clipped_sorted_rows(
             c2[j + 1] = c2[j] + v * v
         lo = 0
         hi = n_valid
-        # stats(lo, hi)
-        cnt = hi - lo
-        safe = max(cnt, 1)
-        i1 = min(lo + (safe - 1) // 2, m - 1)
-        i2 = min(lo + safe // 2, m - 1)
-        med = 0.5 * (z[i1] + z[i2])
-        mean = (c1[hi] - c1[lo]) / safe
-        var = (c2[hi] - c2[lo]) / safe - mean * mean
-        std = math.sqrt(max(var, 0.0))
+        cnt, med, mean, std = _window_stats(z, c1, c2, lo, hi)
         for _ in range(max_iters):
             thr_lo = med - clip_sigma * std
             thr_hi = med + clip_sigma * std
@@ -91,14 +98,7 @@ def clipped_sorted_rows(
                 break
             lo = new_lo
             hi = new_hi
-            cnt = hi - lo
-            safe = max(cnt, 1)
-            i1 = min(lo + (safe - 1) // 2, m - 1)
-            i2 = min(lo + safe // 2, m - 1)
-            med = 0.5 * (z[i1] + z[i2])
-            mean = (c1[hi] - c1[lo]) / safe
-            var = (c2[hi] - c2[lo]) / safe - mean * mean
-            std = math.sqrt(max(var, 0.0))
+            cnt, med, mean, std = _window_stats(z, c1, c2, lo, hi)
         if statistic == 1:
             centre = mean
         elif statistic == 2:

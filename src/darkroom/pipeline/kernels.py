@@ -1,31 +1,39 @@
 """The pipeline's compiled (numba) kernels, made ready before they are needed.
 
-The cosmic-ray engine (:mod:`darkroom.calib.cosmics`), the Moffat PSF fit
-(:mod:`darkroom.detect.psf`), the extraction's frame passes (:mod:`darkroom.detect.extract`)
-and the annulus pixels and statistics of the aperture photometry (:mod:`darkroom.phot.aperture`)
-run numba kernels, compiled on their first call after installing
-and cached on disk; in a new process the first call still costs numba's own start-up (~0.3 s
-for both, once). :func:`load_compiled_kernels` pays that now: after installing (``make``: the
+The per-frame stages' hot loops are numba kernels, compiled on their first call after
+installing and cached on disk: the calibration's full-frame pass (:mod:`darkroom.calib.process`),
+the cosmic-ray engine (:mod:`darkroom.calib.cosmics`), the extraction's frame passes
+(:mod:`darkroom.detect.extract`), the Moffat PSF fit (:mod:`darkroom.detect.psf`) and the
+annulus backgrounds (:mod:`darkroom.phot.aperture`). Each module's own
+``load_compiled_kernels()`` runs them once on a small synthetic input. In a new process the
+first call still costs numba's own start-up (~0.3 s, once).
+:func:`load_compiled_kernels` pays that now: after installing (``make``: the
 compilation is then not part of the first night) and in the fork server of a local cluster,
 whose workers inherit the loaded kernels instead of each loading them.
 """
 
 from __future__ import annotations
 
-__all__ = ["load_compiled_kernels"]
+import importlib
+
+__all__ = ["KERNEL_USERS", "load_compiled_kernels"]
+
+
+#: the algorithm modules whose ``load_compiled_kernels()`` makes their kernels ready, in the
+#: order the stages run them
+KERNEL_USERS = (
+    "darkroom.calib.process",
+    "darkroom.calib.cosmics",
+    "darkroom.detect.extract",
+    "darkroom.detect.psf",
+    "darkroom.phot.aperture",
+)
 
 
 def load_compiled_kernels() -> None:
     """Compile (first time) or load (from numba's cache) every kernel the stages run."""
-    from darkroom.calib.cosmics import load_compiled_kernels as cosmic_ray_kernels
-    from darkroom.detect.extract import load_compiled_kernels as extract_kernels
-    from darkroom.detect.psf import load_compiled_kernels as psf_kernels
-    from darkroom.phot.aperture import load_compiled_kernels as aperture_kernels
-
-    cosmic_ray_kernels()
-    psf_kernels()
-    extract_kernels()
-    aperture_kernels()
+    for name in KERNEL_USERS:
+        importlib.import_module(name).load_compiled_kernels()
 
 
 if __name__ == "__main__":  # python -m darkroom.pipeline.kernels (the Makefile, after installing)
