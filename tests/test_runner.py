@@ -244,7 +244,6 @@ def _compiled_kernels_loaded() -> bool:
         "darkroom.calib._cosmics_kernels": "candidates_full",
         "darkroom.calib._process_kernels": "remove_signature",
         "darkroom.detect._psf_kernels": "_step",
-        "darkroom.detect._extract_kernels": "scan_frame",
         "darkroom.phot._aperture_kernels": "annulus_values",
     }
     modules = {name: sys.modules.get(name) for name in kernels}

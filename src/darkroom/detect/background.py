@@ -123,81 +123,27 @@ def pixel_masks(
     ``mask`` is as in :func:`bad_pixel_mask`.
     """
     data = np.asarray(data)
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != data.shape:
-            raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
-    if _compiled_scan(data, mask):
-        return _pixel_masks_compiled(data, mask, background_bits, detect_bits)  # type: ignore[arg-type]
     # a sum is finite only when every term is (a finite sum proves it without a boolean image)
     with np.errstate(all="ignore"):  # inf - inf, or an overflow (then the pixels are tested)
         any_nonfinite = not (np.isfinite(data.sum()) or np.isfinite(data).all())
     nonfinite = ~np.isfinite(data) if any_nonfinite else None
     if mask is None:
         return PixelMasks(background=nonfinite, detect=nonfinite, saturated=None, finite=not any_nonfinite)
+    mask = np.asarray(mask)
+    if mask.shape != data.shape:
+        raise BadInputError(f"mask shape {mask.shape} differs from image shape {data.shape}")
     if mask.dtype == bool:
         planes: list[np.ndarray | None] = [mask, mask]
         saturated = None
     else:
         mask = native_mask(mask)
         *planes, saturated = _bits_planes(mask, (background_bits, detect_bits, int(MaskBit.SAT)))
-    return _combined(planes, saturated, nonfinite)
-
-
-def _combined(
-    planes: list[np.ndarray | None], saturated: np.ndarray | None, nonfinite: np.ndarray | None
-) -> PixelMasks:
     out = []
     for plane in planes:
         if nonfinite is not None:
             plane = nonfinite if plane is None else plane | nonfinite
         out.append(plane if plane is not None and plane.any() else None)
-    return PixelMasks(background=out[0], detect=out[1], saturated=saturated, finite=nonfinite is None)
-
-
-def _compiled_scan(data: np.ndarray, mask: np.ndarray | None) -> bool:
-    """Whether :func:`_pixel_masks_compiled` takes the frame: a native float32/float64 image and a
-    native unsigned integer MASK plane, both C-contiguous (the calibrated frames); others go
-    through numpy."""
-    return (
-        mask is not None
-        and data.dtype in (np.float32, np.float64)
-        and data.dtype.isnative
-        and data.flags.c_contiguous
-        and mask.dtype.kind == "u"
-        and mask.dtype.isnative
-        and mask.flags.c_contiguous
-        and data.size > 0
-    )
-
-
-def _pixel_masks_compiled(
-    data: np.ndarray, mask: np.ndarray, background_bits: int, detect_bits: int
-) -> PixelMasks:
-    """:func:`pixel_masks` with the image and the mask read in one compiled, vectorised pass
-    (:func:`darkroom.detect._extract_kernels.scan_frame`) and each bit plane with a pixel written
-    in one more (``bit_plane``): the same planes as ``_bits_planes`` (an unsigned mask has no bit above its width, so each bit set
-    is cut to the mask's type) and the same finiteness test."""
-    from darkroom.detect._extract_kernels import bit_plane, scan_frame
-
-    width = mask.dtype.type
-    top = int(np.iinfo(mask.dtype).max)
-    bits = [width(int(b) & top) for b in (background_bits, detect_bits, int(MaskBit.SAT))]
-    if data.dtype == np.float32:
-        as_bits, exponent = data.ravel().view(np.uint32), np.uint32(0x7F800000)
-    else:
-        as_bits, exponent = data.ravel().view(np.uint64), np.uint64(0x7FF0000000000000)
-    flat = mask.ravel()
-    n_nonfinite, *counts = scan_frame(as_bits, exponent, flat, *bits)
-    nonfinite = ~np.isfinite(data) if n_nonfinite else None
-    found: list[np.ndarray | None] = []
-    for b, count in zip(bits, counts, strict=True):
-        plane = None
-        if count:  # only the planes with a pixel are written
-            plane = np.empty(mask.shape, dtype=bool)
-            bit_plane(flat, b, plane.ravel())
-        found.append(plane)
-    return _combined(found[:2], found[2], nonfinite)
+    return PixelMasks(background=out[0], detect=out[1], saturated=saturated, finite=not any_nonfinite)
 
 
 def bad_pixel_mask(data: np.ndarray, mask: np.ndarray | None, mask_bits: int) -> np.ndarray | None:

@@ -43,7 +43,6 @@ __all__ = [
     "DetectConfig",
     "detect_sources",
     "gaussian_kernel",
-    "load_compiled_kernels",
 ]
 
 log = logging.getLogger(__name__)
@@ -195,28 +194,6 @@ def _windowed_shapes(
             ell[idx] = np.where(good, 1.0 - np.sqrt(b2 / a2), np.nan)
             size[idx] = np.where(good, (a2 * b2) ** 0.25, np.nan)
     return ell, size
-
-
-def _subtracted(arr: np.ndarray, level: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
-    """``arr - level`` with the ``bad`` pixels 0 (what sep.extract measures): in one compiled pass
-    (:func:`darkroom.detect._extract_kernels.subtract_zeroed`) for the float32 background maps and
-    C-contiguous planes that frames come with, the same values as numpy's two passes."""
-    if (
-        bad is None
-        or level.dtype != np.float32
-        or bad.dtype != bool
-        or not (arr.flags.c_contiguous and level.flags.c_contiguous and bad.flags.c_contiguous)
-        or bad.shape != arr.shape
-    ):
-        sub = arr - level
-        if bad is not None:
-            sub[bad] = 0.0
-        return sub
-    from darkroom.detect._extract_kernels import subtract_zeroed
-
-    sub = np.empty(arr.shape, dtype=np.result_type(arr, level))
-    subtract_zeroed(arr.ravel(), level.ravel(), bad.ravel(), sub.ravel())
-    return sub
 
 
 def _bright_stars(
@@ -408,7 +385,9 @@ def detect_sources(
     if masks is None:
         masks = pixel_masks(arr, mask, config.mask_bits, config.mask_bits)
     bad = masks.detect
-    sub = _subtracted(arr, background.level_adu, bad)
+    sub = arr - background.level_adu
+    if bad is not None:
+        sub[bad] = 0.0
     if config.noise == "map":
         err: np.ndarray | float = np.ascontiguousarray(background.rms_adu, dtype=np.float32)
     else:
@@ -571,15 +550,3 @@ def detect_sources(
     table.meta.update(meta)
     log.debug("detected %d sources (threshold %.1f sigma)", len(table), config.threshold_sigma)
     return table
-
-
-def load_compiled_kernels() -> None:
-    """Compile the frame kernels of the extraction (:mod:`darkroom.detect._extract_kernels`), or
-    load them from numba's disk cache, now: the bad pixels and the background-subtracted image of
-    a small float32 frame with a uint8 MASK plane, as the extract stage's calibrated frames are.
-    Used after installing and by a fork server whose workers then inherit the loaded kernels."""
-    data = np.ones((8, 8), np.float32)
-    mask = np.zeros((8, 8), np.uint8)
-    mask[2, 3] = 1
-    masks = pixel_masks(data, mask, 1, 1)
-    _subtracted(data, np.zeros((8, 8), np.float32), masks.detect)
