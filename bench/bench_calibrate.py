@@ -9,8 +9,9 @@ error propagation (no bad-pixel interpolation, no cosmic rays), when ccdproc is 
 ARCSAT table (``--night``, default on when ../shared/data is there): the calibrate stage per
 1k x 1k frame of the XO-1b night (gzip-compressed raw FITS, ~25 stars), step by step (read, the
 read of a frame ingest kept (a serial ``darkroom run --ingest``),
-calibrate without and with cosmic rays, write SCI/MASK/VAR with its SHA-256, the whole stage
-unit), against the peer's per-frame calibration (ccdproc bias/dark/flat + astroscrappy +
+calibrate without and with cosmic rays (and with sep.Background as the cosmic-ray step's sky
+model instead of darkroom.skymesh's compiled estimator, whose maps are the same bit for bit; and
+that sky model alone, both ways), write SCI/MASK/VAR with its SHA-256, the whole stage unit), against the peer's per-frame calibration (ccdproc bias/dark/flat + astroscrappy +
 write, ``bench/_peer_calibrate.py`` in the ``.venv-peer`` interpreter that ``make bench``
 makes; ``DARKROOM_PEER_PYTHON`` names another). Seconds are CPU seconds per frame
 (``time.process_time``, median over the frames: the machine is shared, CPU time is steadier
@@ -227,7 +228,10 @@ def _peer_per_frame(data: Path, frames: list[str]) -> tuple[list[dict], float | 
 
 def run_night(n_frames: int) -> list[dict]:
     """The calibrate stage per frame on the ARCSAT night, step by step, and the peer's."""
-    from darkroom import _threads  # noqa: F401
+    from darkroom import (
+        _threads,  # noqa: F401
+        skymesh,
+    )
     from darkroom.calib.process import calibrate_frame
     from darkroom.facade import Repository
     from darkroom.instruments.metadata import FrameMetadata
@@ -275,10 +279,37 @@ def run_night(n_frames: int) -> list[dict]:
 
         results = [calibrate(item, cfg) for item in prepared]
         out = Path(tmp) / "out.fits"
+        # the cosmic-ray step's sky model on its kind of input (the calibrated SCI, NO_DATA
+        # zeroed and masked): sep.Background against darkroom.skymesh's compiled estimator
+        # (the same maps bit for bit, tests/test_sky_compiled.py)
+        box = cfg.sky_box_pix
+        sky_inputs = []
+        for r in results:
+            nodata = ~np.isfinite(r.sci)
+            sky_inputs.append((np.where(nodata, np.float32(0), r.sci), nodata if nodata.any() else None))
+
+        def sep_sky(item):
+            import sep
+
+            return sep.Background(item[0], mask=item[1], bw=box, bh=box).back()
+
+        def compiled_sky(item):
+            return skymesh.sky_background(item[0], mask=item[1], bw=box, bh=box).back()
+
+        def calibrate_sep_sky(item):
+            skymesh.COMPILED = False
+            try:
+                return calibrate(item, cfg)
+            finally:
+                skymesh.COMPILED = True
+
         steps = [
             ("read raw (gzip FITS)", lambda item: read_raw(item[0].payload["path"]), prepared),
             ("calibrate_frame, no cosmic rays", lambda item: calibrate(item, no_cr), prepared),
             ("calibrate_frame, with cosmic rays", lambda item: calibrate(item, cfg), prepared),
+            ("calibrate_frame, with cosmic rays, sep's sky model", calibrate_sep_sky, prepared),
+            ("  cosmic-ray sky model: sep.Background + back()", sep_sky, sky_inputs),
+            ("  cosmic-ray sky model: skymesh (compiled)", compiled_sky, sky_inputs),
             (
                 "write SCI/MASK/VAR + SHA-256",
                 lambda r: write_calibrated(

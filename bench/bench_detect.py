@@ -11,8 +11,9 @@ background, detection and measurements, image quality, catalogue written to Parq
 stage unit; median over ``--frames`` frames.
 
 Rows (ratio = library time / darkroom time: above 1 darkroom is faster, below 1 it costs more):
-  sep background        sep.Background + back() + rms(): the library darkroom's background is
-  darkroom background   estimate_background (mask bits, NaN handling, the maps)
+  sep background        sep.Background + back() + rms(): the reference of darkroom's background
+  darkroom background   estimate_background (mask bits, NaN handling, the maps) by
+                        darkroom.skymesh's compiled estimator (sep's maps bit for bit)
   sep extract           sep.extract with the same filter, threshold and error map
   darkroom detect       detect_sources: sep.extract plus windowed centroids, half-light radii,
                         Moffat PSF fits of the brightest stars, windowed shapes, aperture fluxes,

@@ -30,6 +30,7 @@ from astropy.io import fits
 from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 from darkroom.maskbits import MaskBit, mask_header_cards
 from darkroom.robust import median
+from darkroom.skymesh import sky_background
 
 from .badpix import BadPixelMask
 from .cosmics import detect_cosmic_rays
@@ -743,9 +744,7 @@ def _cosmic_rays(
     sci, var, nodata, gain, rn_e, cfg: CalibrationConfig, history, cards, *, saturated=None
 ) -> np.ndarray:
     """Cosmic-ray mask of ``sci`` (bad pixels already filled; ``nodata`` the NO_DATA pixels), with a
-    sep sky model and the VAR plane."""
-    import sep
-
+    SExtractor sky model (:func:`darkroom.skymesh.sky_background`) and the VAR plane."""
     # saturated pixels take part: on a 12-bit camera many cosmic-ray pixels saturate, and
     # ignoring them would leave their neighbours unflagged; saturated star cores are
     # cleared again by the star guard below
@@ -757,7 +756,7 @@ def _cosmic_rays(
         work = np.where(ignore, _F32(0.0), work)
         v = np.where(ignore, np.float32(median(var[~ignore])) if (~ignore).any() else _F32(1.0), v)
     box = int(min(cfg.sky_box_pix, *work.shape))
-    sky = sep.Background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
+    sky = sky_background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
     cr_cfg = cfg.cosmic_rays
     stars = noise = extraction = None
     if cfg.star_guard.enabled:
@@ -836,13 +835,11 @@ def adopt_calibrated(
     flux-density unit such as SDSS nanomaggies); no master is used and the pixels are kept.
 
     MASK: ``NO_DATA`` where a pixel is not finite. VAR [unit^2]: the sky variance (robust,
-    from a sep background rms map) plus, when the gain and the counts-per-unit factor are
+    from a SExtractor background rms map, :func:`darkroom.skymesh.sky_background`) plus, when the gain and the counts-per-unit factor are
     known (GAIN and NMGY: ``var += sci * NMGY / gain``), the sources' Poisson term; without
     them VAR holds the sky term only (said in the header and the history). The gain recorded
     is in electrons per image unit (``gain / NMGY``), or None when unknown.
     """
-    import sep
-
     sci = np.array(data, dtype=_F32, copy=True)
     if sci.ndim != 2:
         raise BadInputError(f"expected a 2-D image, got shape {sci.shape}")
@@ -851,7 +848,7 @@ def adopt_calibrated(
         raise BadInputError("no image data: every pixel is NaN or infinite")
     work = np.where(nodata, _F32(0.0), sci) if nodata.any() else sci
     box = int(min(64, *sci.shape))
-    bkg = sep.Background(np.ascontiguousarray(work), mask=nodata if nodata.any() else None, bw=box, bh=box)
+    bkg = sky_background(work, mask=nodata if nodata.any() else None, bw=box, bh=box)
     var = np.square(bkg.rms()).astype(_F32)
     history = [f"already calibrated ({meta.image_unit}): pixels kept, no masters"]
     h = fits.Header() if header is None else header.copy()

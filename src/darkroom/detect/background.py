@@ -1,4 +1,5 @@
-"""Sky background and its noise, on a mesh (sep, i.e. SExtractor's algorithm).
+"""Sky background and its noise, on a mesh (SExtractor's algorithm as sep computes it, by
+:mod:`darkroom.skymesh`: the same values as ``sep.Background``, compiled).
 
 Arrays are ``(ny, nx)``; the background maps have the shape of the image. Pixels
 whose MASK bits intersect :attr:`BackgroundConfig.mask_bits` (or that are not
@@ -10,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import sep
 
 from darkroom.detect.settings import BackgroundConfig
 from darkroom.errors import BadInputError
 from darkroom.maskbits import MaskBit
+from darkroom.skymesh import sky_background
 
 __all__ = [
     "Background",
@@ -169,7 +170,8 @@ def estimate_background(
     config: BackgroundConfig | None = None,
     masks: PixelMasks | None = None,
 ) -> Background:
-    """Background level and rms maps of an image (sep.Background, SExtractor's estimator).
+    """Background level and rms maps of an image (SExtractor's estimator: the values of
+    ``sep.Background``, by :func:`darkroom.skymesh.sky_background`).
 
     Parameters
     ----------
@@ -199,7 +201,7 @@ def estimate_background(
         # through a float-to-integer cast (undefined), so those are zeroed
         if not (np.isfinite(arr).all() if masks is None else masks.finite):
             arr = np.where(bad, arr.dtype.type(0), arr)
-    bkg = sep.Background(
+    bkg = sky_background(
         arr,
         mask=bad,
         bw=config.box_size_pix,

@@ -4,8 +4,8 @@ The PSF is a circular Gaussian of the frame FWHM (pixel-integrated) or an empiri
 (ePSF) built from bright isolated stars of the frame. Stars closer than
 ``group_separation_fwhm`` are fitted together. Positions are 0-based ``(x, y)`` (sep);
 fluxes are total PSF fluxes [SCI unit], errors from the VAR plane through the fit
-covariance. Background: a map or a constant given by the caller, else a ``sep``
-background map of the masked frame.
+covariance. Background: a map or a constant given by the caller, else a SExtractor
+background map of the masked frame (:func:`darkroom.skymesh.sky_background`, sep's values).
 
 photutils (2.x) keeps the model class it builds for a group of n stars in a module-level cache
 keyed by n and the parameter names only, and that class holds the PSF it was built with: a
@@ -27,7 +27,6 @@ import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
-import sep
 from astropy.nddata import NDData
 from astropy.table import Table
 from scipy.spatial import cKDTree
@@ -36,6 +35,7 @@ from darkroom.errors import BadInputError, SolveError
 from darkroom.phot.aperture import _mask_bits_in_apertures, _native
 from darkroom.phot.flags import PhotFlag
 from darkroom.phot.settings import PsfConfig
+from darkroom.skymesh import sky_background
 
 if TYPE_CHECKING:
     from photutils.psf import ImagePSF
@@ -77,7 +77,7 @@ def _prepare(
         bad |= (_native(mask, np.int32) & bits) != 0
     data = np.where(bad, np.float32(0), sci32)
     if background is None:
-        bkg = sep.Background(data, mask=bad, bw=64, bh=64, fw=3, fh=3)
+        bkg = sky_background(data, mask=bad, bw=64, bh=64, fw=3, fh=3)
         data = data - bkg.back().astype(np.float32)
     else:
         data = data - np.asarray(background, dtype=np.float32)
@@ -166,7 +166,7 @@ def psf_photometry(
     fwhm_pix : float
         Frame FWHM [pixel]: Gaussian model width, fitting box and grouping distance.
     background : float or (ny, nx) array, optional
-        Background to subtract [U]; default: a sep background map of the masked frame.
+        Background to subtract [U]; default: a SExtractor background map of the masked frame.
     psf_model : photutils model, optional
         A ready PSF model (e.g. from :func:`build_epsf` on a reference frame).
 
