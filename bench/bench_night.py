@@ -12,8 +12,12 @@ includes the interpreter's start-up and imports. Prints the wall time per stage 
 and each darkroom run's speed-up over the peer.
 Run: .venv/bin/python bench/bench_night.py [--workers N [N ...]] [--skip-serial] [--skip-dask]
 [--skip-peer] (e.g. ``--workers 1 2 4``: one Dask run per count). The "driver CPU" row is the
-CPU time of the driving process (claims, records, scheduling): what --workers cannot spread
-out. The machine's load average is printed, since other work changes every figure.
+CPU time of the driving process (its threads included: claims, records, scheduling, and in a
+serial run the stages themselves and their writer threads); "workers CPU" that of the local
+cluster's worker processes. "cores busy" is their sum over the wall time: how many of the
+machine's cores a run kept busy on average (a serial run already keeps more than one busy with
+its writer threads, which bounds what workers can gain on 2 cores). The machine's load average
+is printed, since other work changes every figure.
 """
 
 from __future__ import annotations
@@ -132,11 +136,23 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
                         f"  {report.stage}: {report.n_failed} failed, e.g. {report.failures[0]}",
                         file=sys.stderr,
                     )
+            workers_cpu = _workers_cpu(executor)
         finally:
             executor.close()
     repo.close()
     seconds["driver CPU"] = time.process_time()
+    if workers:
+        seconds["workers CPU"] = workers_cpu
     return seconds
+
+
+def _workers_cpu(executor) -> float:
+    """The CPU seconds (user + system, all threads) the local cluster's worker processes have
+    used so far; nan when there is no cluster (every stage ran in the driver)."""
+    client = getattr(executor, "_client", None)
+    if client is None:
+        return float("nan")
+    return float(sum(client.run(time.process_time).values()))
 
 
 def main() -> None:
@@ -174,6 +190,15 @@ def main() -> None:
     for label, _, wall in runs:
         total[f"{label} [s]"] = wall
     rows.append(total)
+    busy = {"stage": "cores busy (driver + workers CPU / wall)", "size": ""}
+    for label, seconds, wall in runs:
+        cpu = seconds.get("driver CPU", float("nan")) + (seconds.get("workers CPU") or 0.0)
+        busy[f"{label} [s]"] = cpu / wall
+    rows.append(busy)
+    serial = next((r for r in runs if r[0] == "serial"), None)
+    for label, _, wall in runs:
+        if serial is not None and label.startswith("dask"):
+            rows.append({"stage": f"serial / {label}", "size": "", f"{label} [s]": serial[2] / wall})
     if peer_wall is not None:
         ratio = {"stage": f"speed-up vs the peer ({peer_wall:.1f} s)", "size": ""}
         for label, _, wall in runs:
