@@ -11,7 +11,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["MAD_TO_SIGMA", "clipped_mean_std", "clipped_median", "median", "robust_std"]
+__all__ = [
+    "MAD_TO_SIGMA",
+    "clipped_mean_std",
+    "clipped_mean_std_mad",
+    "clipped_median",
+    "median",
+    "robust_std",
+]
 
 MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4): MAD of a normal sample -> its sigma
 
@@ -81,23 +88,35 @@ def clipped_mean_std(
     distribution at ``n_sigma`` (so it estimates the sigma of the core).
     Returns ``(mean, std, n_kept)``.
     """
+    mean, std, n_kept, _ = clipped_mean_std_mad(values, n_sigma=n_sigma, n_iter=n_iter)
+    return mean, std, n_kept
+
+
+def clipped_mean_std_mad(
+    values: np.ndarray, *, n_sigma: float = 4.0, n_iter: int = 5
+) -> tuple[float, float, int, float]:
+    """:func:`clipped_mean_std` and, fourth, :func:`robust_std` of the same values, both from one
+    pass: the clipping starts from that MAD sigma (the same float64 values, medians and
+    product, so the same number to the last bit)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     finite = np.isfinite(v)
     if not finite.all():
         v = v[finite]
     if v.size == 0:
-        return float("nan"), float("nan"), 0
+        return float("nan"), float("nan"), 0, float("nan")
     # median() is np.median's value, found without partitioning a copy of every value
     center = float(median(v))
     dev = np.subtract(v, center)
     np.abs(dev, out=dev)
-    scale = MAD_TO_SIGMA * float(median(dev))
+    mad_sigma = MAD_TO_SIGMA * float(median(dev))
+    scale = mad_sigma
     if scale == 0:
         scale = float(np.std(v))
     truncation = _truncation_factor(n_sigma)
     keep = np.ones(v.size, dtype=bool)
     work = np.empty_like(v)  # scratch for the deviations
     kept = v
+    stats = None  # (mean, std) of `kept` once computed: the last pass's are the answer's
     for _ in range(n_iter):
         np.subtract(v, center, out=dev)
         np.abs(dev, out=dev)
@@ -106,15 +125,16 @@ def clipped_mean_std(
         if n_new < 2:
             break
         kept = v[new_keep]
-        center, std = _mean_std(kept, work)
+        stats = center, std = _mean_std(kept, work)
         scale = std / truncation
         if np.array_equal(new_keep, keep):
             break
         keep = new_keep
     if kept.size != int(np.count_nonzero(keep)):  # the last pass's values were not kept
         kept = v[keep]
-    mean, std = _mean_std(kept, work)
-    return mean, std / truncation, int(kept.size)
+        stats = None
+    mean, std = _mean_std(kept, work) if stats is None else stats
+    return mean, std / truncation, int(kept.size), mad_sigma
 
 
 def _mean_std(values: np.ndarray, work: np.ndarray) -> tuple[float, float]:

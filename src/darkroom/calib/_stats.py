@@ -5,9 +5,17 @@ from __future__ import annotations
 import bottleneck as bn
 import numpy as np
 
-from darkroom.robust import MAD_TO_SIGMA, clipped_mean_std, robust_std
+from darkroom.robust import MAD_TO_SIGMA, clipped_mean_std, clipped_mean_std_mad, median, robust_std
 
-__all__ = ["MAD_TO_SIGMA", "clipped_mean_std", "frame_median", "robust_std", "subsample_rows"]
+__all__ = [
+    "MAD_TO_SIGMA",
+    "clipped_mean_std",
+    "clipped_mean_std_mad",
+    "frame_median",
+    "median",
+    "robust_std",
+    "subsample_rows",
+]
 
 
 def subsample_rows(shape: tuple[int, int], n_rows: int) -> np.ndarray:
@@ -22,4 +30,7 @@ def frame_median(data: np.ndarray, *, max_pixels: int = 1_000_000) -> float:
     a = np.asarray(data)
     step = max(1, int(np.ceil(np.sqrt(a.size / max_pixels))))
     sub = a[::step, ::step] if a.ndim == 2 else a.ravel()[:: step * step]
-    return float(bn.nanmedian(sub))
+    # bn.nanmedian's value: bn.median's when no value is NaN (found ~5x faster by median()),
+    # else the NaN-aware median itself
+    m = median(sub, middle=bn.median)
+    return float(bn.nanmedian(sub) if np.isnan(m) else m)

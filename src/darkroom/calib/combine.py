@@ -160,7 +160,10 @@ def combine_frames(
         st = stack[:, :k]
         for i, f in enumerate(frames):
             _load_rows(st[i], f, r0, r1, subs[i], sc[i])
-        med = bn.median(st, axis=0)  # NaN wherever a value is NaN: then the chunk takes the NaN-aware path
+        # NaN wherever a value is NaN: then the chunk takes the NaN-aware path. The mean's clipping
+        # uses the median only through sums and comparisons (never its sign of zero), so the
+        # comparator network serves it; the median method returns bottleneck's own value
+        med = _stack_median(st) if cfg.method == "mean" else bn.median(st, axis=0)
         has_nan = bool(np.isnan(med).any())
         if has_nan:
             med = bn.nanmedian(st, axis=0)
@@ -233,7 +236,8 @@ def _clipped_mean_fast(
     del mn
     res = st.sum(axis=0, dtype=np.float32)
     res *= np.float32(1.0 / n)
-    jj, ii = np.nonzero(dirty)
+    # the dirty pixels' flat indices (one pass, ~4x faster than np.nonzero's two index arrays)
+    jj, ii = np.divmod(np.flatnonzero(dirty), dirty.shape[1])
     if jj.size == 0:
         return res, jj, ii, np.zeros(0, dtype=np.uint16)
     sub = st[:, jj, ii]  # (n, m)
@@ -243,6 +247,80 @@ def _clipped_mean_fast(
     with np.errstate(divide="ignore", invalid="ignore"):
         res[jj, ii] = np.where(c > 0, s / c, med[jj, ii])
     return res, jj, ii, np.maximum(c, 1).astype(np.uint16)
+
+
+_NETWORK_MAX = 64  # frames: up to here the comparator network beats bottleneck's median 5-10x
+_NETWORK_BLOCK = 1 << 14  # pixels a network pass works on: its n wires stay in cache
+
+
+def _stack_median(st: np.ndarray) -> np.ndarray:
+    """``bn.median(st, axis=0)`` of a float32 stack ``(n, ny, nx)``: each pixel's median over the
+    frames, NaN wherever one of its values is NaN; equal values up to the sign of a zero.
+
+    Up to ``_NETWORK_MAX`` frames it is a comparator network (:func:`_median_network`): element-wise
+    ``np.minimum``/``np.maximum`` over the frames, ``_NETWORK_BLOCK`` pixels at a time, instead of
+    bottleneck's selection per pixel along the frame axis (5 ARCSAT darks of 1024 x 819: 34 ->
+    3.7 ms; 20 frames: 56 -> 6 ms). Both pick the order statistic itself (an odd count) or
+    ``(a + b) * 0.5`` of the two middle ones in float32 (an even count), so the values are the
+    same. ``np.minimum``/``np.maximum`` propagate NaN to both outputs of a comparator, and every
+    input has a path through the network to the middle wires (else the median would not depend
+    on it), so a NaN reaches the result as in bottleneck.
+    """
+    n = st.shape[0]
+    if n > _NETWORK_MAX or st.dtype != np.float32:
+        return bn.median(st, axis=0)
+    steps, middle = _median_network(n)
+    flat = st.reshape(n, -1)
+    out = np.empty(flat.shape[1], dtype=np.float32)
+    for a0 in range(0, flat.shape[1], _NETWORK_BLOCK):
+        wires = list(flat[:, a0 : a0 + _NETWORK_BLOCK])
+        for i, j, want_min, want_max in steps:
+            lo, hi = wires[i], wires[j]
+            if want_min:
+                wires[i] = np.minimum(lo, hi)
+            if want_max:
+                wires[j] = np.maximum(lo, hi)
+        if len(middle) == 1:
+            out[a0 : a0 + _NETWORK_BLOCK] = wires[middle[0]]
+        else:
+            o = out[a0 : a0 + _NETWORK_BLOCK]
+            np.add(wires[middle[0]], wires[middle[1]], out=o)
+            o *= np.float32(0.5)
+    return out.reshape(st.shape[1:])
+
+
+@lru_cache(maxsize=_NETWORK_MAX)
+def _median_network(n: int) -> tuple[tuple[tuple[int, int, bool, bool], ...], tuple[int, ...]]:
+    """The comparators of a median of ``n`` values and the wires that hold it.
+
+    Batcher's odd-even merge sort on the next power of two (sorts ascending: the minimum of a
+    comparator ``(i, j)``, ``i < j``, goes to wire ``i``), less the comparators that reach past
+    ``n`` (as if the missing values were +inf: they would not move), less those whose outputs
+    the middle wire(s) do not need. Each step is ``(i, j, want_min, want_max)``.
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    comparators = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < n:
+                        comparators.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    middle = tuple(sorted({(n - 1) // 2, n // 2}))
+    needed = set(middle)
+    steps = []
+    for i, j in reversed(comparators):
+        want_min, want_max = i in needed, j in needed
+        if want_min or want_max:
+            steps.append((i, j, want_min, want_max))
+            needed |= {i, j}
+    return tuple(reversed(steps)), middle
 
 
 def _clipped_general(st, med, lo, hi, method, kp, kp2) -> tuple[np.ndarray, np.ndarray]:
@@ -286,9 +364,14 @@ def _per_frame(value, n: int, shape: tuple[int, int], name: str) -> list:
 
 
 def _load_rows(dst: np.ndarray, frame, r0: int, r1: int, sub, scale: float) -> None:
-    dst[...] = np.asarray(frame[r0:r1], dtype=np.float32)
-    if sub is not None:
-        dst -= sub[r0:r1] if isinstance(sub, np.ndarray) else np.float32(sub)
+    rows = frame[r0:r1]
+    sub_rows = None if sub is None else sub[r0:r1] if isinstance(sub, np.ndarray) else np.float32(sub)
+    if sub_rows is not None and getattr(rows, "dtype", None) == np.float32 and sub_rows.dtype == np.float32:
+        np.subtract(rows, sub_rows, out=dst)  # float32 already: the subtraction is the copy
+    else:
+        dst[...] = np.asarray(rows, dtype=np.float32)
+        if sub_rows is not None:
+            dst -= sub_rows
     if scale != 1.0:
         dst *= np.float32(1.0 / scale)
 
@@ -328,15 +411,20 @@ def _noise_model(frames, subs, sc, cfg: CombineConfig) -> NoiseModel:
     edges = np.quantile(med, np.linspace(0, 1, n_bins + 1))
     which = np.clip(np.searchsorted(edges, med, side="right") - 1, 0, n_bins - 1)
     levels, sigmas = [], []
+    # the pixels grouped by bin once (a stable sort), instead of a pass over them per bin: a
+    # median depends on the values, not on their order, so each bin's are the same
+    order = np.argsort(which, kind="stable")
+    starts = np.searchsorted(which[order], np.arange(n_bins + 1))
+    dev_by_bin, med_by_bin = dev[:, order], med[order]
     for b in range(n_bins):
-        sel = which == b
-        if sel.sum() < 20:
+        b0, b1 = int(starts[b]), int(starts[b + 1])
+        if b1 - b0 < 20:
             continue
-        d = dev[:, sel]
-        s_b = float(np.median(d)) / factor
-        if s_b == 0:  # heavily quantised data: fall back to the rms deviation
+        s_b = float(np.median(dev_by_bin[:, b0:b1])) / factor
+        if s_b == 0:  # heavily quantised data: fall back to the rms deviation (a sum: pixel order)
+            d = dev[:, which == b]
             s_b = float(np.sqrt(np.mean(d.astype(np.float64) ** 2) * n / max(n - 1, 1)))
-        levels.append(float(np.median(med[sel])))
+        levels.append(float(np.median(med_by_bin[b0:b1])))
         sigmas.append(s_b)
     if not levels:
         levels, sigmas = [float(np.median(med))], [float(np.median(dev)) / factor]

@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from darkroom.errors import BadInputError, CalibrationError, MissingCalibrationError
 
-from ._stats import MAD_TO_SIGMA, clipped_mean_std, frame_median, robust_std
+from ._stats import MAD_TO_SIGMA, clipped_mean_std, clipped_mean_std_mad, frame_median, median
 from .badpix import smooth_level
 from .combine import combine_frames
 from .settings import DarkModelConfig, MasterComparisonConfig, MasterConfig
@@ -134,8 +134,9 @@ def _summary(data: np.ndarray) -> tuple[float, float]:
         raise CalibrationError("master has no finite pixel")
     step = max(1, finite.size // 2_000_000)
     sample = finite[::step]
-    mean, _, _ = clipped_mean_std(sample, n_sigma=4.0)
-    return mean, robust_std(sample)
+    # the clipped mean and the MAD sigma (robust_std's number) from one set of medians
+    mean, _, _, noise = clipped_mean_std_mad(sample, n_sigma=4.0)
+    return mean, noise
 
 
 def _check_count(frames: Sequence, kind: str, cfg: MasterConfig) -> None:
@@ -181,11 +182,11 @@ def _read_noise_from_pairs(frames: Sequence[np.ndarray]) -> float | None:
     if len(frames) < 2:
         return None
     region = _central(tuple(frames[0].shape))
+    # each frame's region converted once (a frame is in two pairs)
+    central = [np.asarray(f[region], dtype=np.float64) for f in frames[: min(5, len(frames))]]
     vals = []
-    for i in range(min(4, len(frames) - 1)):
-        a = np.asarray(frames[i][region], dtype=np.float64)
-        b = np.asarray(frames[i + 1][region], dtype=np.float64)
-        _, s, _ = clipped_mean_std(a - b, n_sigma=5.0)
+    for i in range(len(central) - 1):
+        _, s, _ = clipped_mean_std(central[i] - central[i + 1], n_sigma=5.0)
         vals.append(s / np.sqrt(2))
     return float(np.median(vals))
 
@@ -305,7 +306,9 @@ def model_dark(
         raise BadInputError(f"dark {x.shape} and variance {v.shape} differ in shape")
     ny, nx = x.shape
     structure = smooth_level(x, box_pix=cfg.box_pix)
-    cols = bn.nanmedian(x - structure, axis=0).astype(np.float32)  # per column
+    # per column, each column's values contiguous (the same values in the same order: the same
+    # medians as along axis 0, ~1.5x faster)
+    cols = bn.nanmedian(np.ascontiguousarray((x - structure).T), axis=1).astype(np.float32)
     structure += np.where(np.isfinite(cols), cols, 0)[None, :]
     rows = bn.nanmedian(x - structure, axis=1).astype(np.float32)  # per row, after the columns
     structure += np.where(np.isfinite(rows), rows, 0)[:, None]
@@ -348,7 +351,7 @@ def model_dark(
         "dark model: deviation prior %s (weight, mean, sigma [adu]) against noise %.4g adu; "
         "%.4f of the pixels modelled",
         ", ".join(f"({p:.3g}, {m:.3g}, {t**0.5:.3g})" for p, m, t in zip(pi, mu, tau2, strict=True)),
-        float(np.median(v_flat[idx])) ** 0.5,
+        float(median(v_flat[idx])) ** 0.5,
         float(np.mean(modelled)),
     )
     return model, model_var, modelled
@@ -365,7 +368,7 @@ def _binned_residuals(r: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndar
     quantile bins; each bin stands at its pixels' mean values. The mixture fit then weighs
     bins by their counts: all pixels enter, and an EM step costs the bins, not the pixels.
     """
-    noise = float(np.sqrt(np.median(v)))
+    noise = float(np.sqrt(median(v)))  # median(): np.median's value (and dtype), faster
     u = np.arcsinh(r.astype(np.float64) / noise)
     lo, hi = float(u.min()), float(u.max())
     ri = np.minimum(((u - lo) / max(hi - lo, 1e-12) * _R_BINS).astype(np.int64), _R_BINS - 1)

@@ -52,6 +52,7 @@ __all__ = [
     "adopt_calibrated",
     "calibrate_frame",
     "cut_masters_to_subframe",
+    "prepare_pixels",
     "prepare_raw",
     "trimmed_shape",
 ]
@@ -113,23 +114,7 @@ def prepare_raw(
     with np.errstate(invalid="ignore"):
         saturated = view >= sat_level if sat_level is not None else np.zeros(view.shape, dtype=bool)
     img = view.astype(_F32)  # the only full copy
-    softbias = getattr(meta, "software_bias_adu", None)
-    if softbias:
-        # a constant the acquisition software added (SDSS SOFTBIAS): not signal, no Poisson noise
-        img -= _F32(softbias)
-        history.append(f"software bias {softbias:g} adu subtracted")
-    level = noise = None
-    if cfg.do_overscan and meta.overscan_section:
-        levels, axis, noise = overscan_levels(raw, meta.overscan_section, config=cfg.overscan)
-        if axis == "rows":
-            img -= levels[rows][:, None]
-        else:
-            img -= levels[cols][None, :]
-        level = float(np.mean(levels))
-        history.append(
-            f"overscan {meta.overscan_section} subtracted ({cfg.overscan.statistic}, {cfg.overscan.fit}); "
-            f"mean {level:.2f} adu"
-        )
+    level, noise = _remove_offsets(img, raw, rows, cols, meta, cfg, history)
     if cfg.do_trim and meta.trim_section:
         history.append(f"trimmed to {meta.trim_section}")
     return PreparedFrame(
@@ -141,6 +126,62 @@ def prepare_raw(
         history=tuple(history),
         saturation_adu=sat_level,
     )
+
+
+def prepare_pixels(
+    data: np.ndarray, meta, *, config: CalibrationConfig | None = None, overwrite: bool = False
+):
+    """:func:`prepare_raw`'s ``data`` alone: the trimmed frame less its software bias and overscan,
+    float32 [adu], the same values. What the masters combine, who need no saturation mask: the
+    ADC-ceiling scan, the mask and the copies behind them are not made (ARCSAT: 2.4 -> 0.6 ms a
+    frame, 0 with ``overwrite``). With ``overwrite`` a float32 frame (read_raw's, which the caller
+    owns) is corrected in place and its trimmed view returned, instead of a copy."""
+    cfg = config or CalibrationConfig()
+    raw = np.asarray(data)
+    if raw.ndim != 2:
+        raise BadInputError(f"expected a 2-D image, got shape {raw.shape}")
+    rows, cols = slice(0, raw.shape[0]), slice(0, raw.shape[1])
+    if cfg.do_trim and meta.trim_section:
+        rows, cols = parse_section(meta.trim_section, shape=raw.shape)
+    view = raw[rows, cols]
+    img = view if overwrite and view.dtype == _F32 else view.astype(_F32)
+    _remove_offsets(img, raw, rows, cols, meta, cfg, [])
+    return img
+
+
+def _remove_offsets(
+    img: np.ndarray,
+    raw: np.ndarray,
+    rows: slice,
+    cols: slice,
+    meta,
+    cfg: CalibrationConfig,
+    history: list[str],
+) -> tuple[float | None, float | None]:
+    """Subtract the software bias, then the overscan level, from ``img`` (float32, the pixels
+    ``raw[rows, cols]``, possibly a view of ``raw``) in place; append what was done to
+    ``history``. Returns the mean overscan level and the overscan's noise [adu] (None without)."""
+    levels = noise = None
+    if cfg.do_overscan and meta.overscan_section:
+        # measured before img changes: img may be a view of raw
+        levels, axis, noise = overscan_levels(raw, meta.overscan_section, config=cfg.overscan)
+    softbias = getattr(meta, "software_bias_adu", None)
+    if softbias:
+        # a constant the acquisition software added (SDSS SOFTBIAS): not signal, no Poisson noise
+        img -= _F32(softbias)
+        history.append(f"software bias {softbias:g} adu subtracted")
+    level = None
+    if levels is not None:
+        if axis == "rows":
+            img -= levels[rows][:, None]
+        else:
+            img -= levels[cols][None, :]
+        level = float(np.mean(levels))
+        history.append(
+            f"overscan {meta.overscan_section} subtracted ({cfg.overscan.statistic}, {cfg.overscan.fit}); "
+            f"mean {level:.2f} adu"
+        )
+    return level, noise
 
 
 def trimmed_shape(

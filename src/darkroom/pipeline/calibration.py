@@ -41,7 +41,7 @@ from darkroom.calib.masters import (
     master_from_hdus,
     master_to_hdus,
 )
-from darkroom.calib.process import prepare_raw
+from darkroom.calib.process import prepare_pixels
 from darkroom.calib.settings import CalibSettings
 from darkroom.errors import MissingCalibrationError
 from darkroom.instruments.metadata import FrameMetadata
@@ -230,8 +230,9 @@ class MasterStage(Stage):
         if "error" in p:
             raise MissingCalibrationError(p["error"])
         metas = [FrameMetadata.model_validate(m) for _, _, m in p["inputs"]]
+        # the pixels alone (no saturation mask), corrected in the arrays read_raw hands over
         frames = [
-            prepare_raw(read_raw(path).data, meta, config=cfg.calibration).data
+            prepare_pixels(read_raw(path).data, meta, config=cfg.calibration, overwrite=True)
             for (_, path, _), meta in zip(p["inputs"], metas, strict=True)
         ]
         bias = read_master(self.root / p["bias"][0], p["bias"][1]) if p.get("bias") else None
