@@ -432,7 +432,10 @@ class InstrumentProfile(_Strict):
 def header_view(header: Mapping[str, Any]) -> dict[str, Any]:
     """Upper-case keyword -> value, first occurrence kept; COMMENT/HISTORY/blank cards and
     keywords without a value (astropy ``Undefined``) left out."""
-    items = header.items()
+    cards = getattr(header, "cards", None) if type(header).__module__.startswith("astropy.io.fits") else None
+    # an astropy Header: each card's value read once (Header.items reads it twice, and every read
+    # looks up astropy's configuration: ~0.3 ms a raw frame's header); a mapping: its items
+    items = ((card.keyword, card.value) for card in cards) if cards is not None else header.items()
     view: dict[str, Any] = {}
     for key, value in items:
         upper = str(key).strip().upper()
