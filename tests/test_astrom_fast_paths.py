@@ -322,3 +322,76 @@ def test_lazy_frames_make_only_the_wcs_the_reference_choice_needs():
     frames = [frame(i, c, has_wcs=i != 1) for i, c in enumerate(counts)]
     assert choose_reference(frames, counts, None, SolveSettings()) == expected == 2
     assert made == [1, 2]  # the most sources first: frame 1 has no WCS, frame 2 has one
+
+
+def test_number_cards_read_and_made_as_astropy_does():
+    """wcscards._parsed_number (a number card of wcslib's header text) and _number_image (a
+    number's card) give what astropy's Card gives: keyword, value and its type, the image as
+    written, the image made again; on the cards of 400 random solutions (PC and CD forms,
+    crpix integral or not, every sky position) and on numbers of every size, sign and type."""
+    from astropy.io.fits.card import _format_value
+    from astropy.wcs import WCSHDO_P14, WCSHDO_all
+
+    from darkroom.astrom.wcscards import _number_image, _parsed_number
+
+    def astropy_parsed(image: str):
+        card = fits.Card.fromstring(image)
+        key, value, comment = card.keyword, card.value, card.comment
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+            written = str(card)
+        return key, value, written, fits.Card(key, value, comment).image
+
+    rng = np.random.default_rng(17)
+    n_fast = 0
+    for trial in range(400):
+        wcs = _random_wcs(rng, sip=False)
+        if trial % 2:
+            wcs.wcs.crpix = np.round(wcs.wcs.crpix) + [0.0, 0.5][trial % 4 // 2]
+            wcs.wcs.crval = [rng.choice([0.0, 180.0, 359.9999999999]), rng.choice([-89.5, 0.0, 1e-12])]
+        text = wcs.wcs.to_header(WCSHDO_all | WCSHDO_P14)
+        for i in range(0, len(text), 80):
+            image = text[i : i + 80]
+            fast = _parsed_number(image)
+            if fast is not None:
+                n_fast += 1
+                expected = astropy_parsed(image)
+                assert fast == expected and type(fast[1]) is type(expected[1]), image
+    assert n_fast > 400 * 8  # CRPIX, PC, CDELT, CRVAL, LONPOLE, LATPOLE, MJDREF: the fast path
+    assert (
+        _parsed_number(f"{'CTYPE1':8}= 'RA---TAN'           / Right ascension, gnomonic projection") is None
+    )
+    values = [
+        *rng.normal(0, 1, 500),
+        *(10.0 ** rng.uniform(-300, 300, 500) * rng.choice([-1, 1], 500)),
+        0.0,
+        -0.0,
+        5e-324,
+        1.7976931348623157e308,
+        *[int(v) for v in rng.integers(-(10**15), 10**15, 200)],
+        0,
+        -1,
+        10**19,
+    ]
+    comments = [
+        "",
+        "[deg] Coordinate value at reference point",
+        "rms of the matched pairs [arcsec]",
+        "x" * 60,
+    ]
+    for v in values:
+        v = float(v) if isinstance(v, np.floating) else v
+        for key, comment in zip(("ASTRMS", "CRVAL1", "PC1_2", "A"), comments, strict=True):
+            image = _number_image(key, v, comment)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", fits.verify.VerifyWarning)
+                expected = fits.Card(key, v, comment).image
+            assert image is None or image == expected, (key, v, comment)
+            # None only for a card that does not fit (astropy truncates its comment)
+            assert image is not None or len(f"{key:8}= {_format_value(v)} / {comment}") > 80
+    for other in (True, np.float64(1.5), float("nan"), "text"):
+        assert _number_image("ASTRMS", other, "x") is None
+    for key in ("COMMENT", "HISTORY", "CONTINUE", "HIERARCH", "END", "lower", "TOOLONGKEY"):
+        assert _number_image(key, 1.5, "x") is None
+        assert _parsed_number(f"{key:8}= {1.5:>20} / x".ljust(80)) is None
+    assert _number_image("ENDX", 1.5, "x") == fits.Card("ENDX", 1.5, "x").image

@@ -65,3 +65,32 @@ def test_frame_wcs_copies_do_not_share_state():
     first.wcs.crval = [0.0, 0.0]  # a caller changing its own WCS does not change the next frames'
     _same(frame_wcs(b), wcs_from_astrom({"wcs": b}))
     _same(frame_wcs(a), wcs_from_astrom({"wcs": a}))
+
+
+def test_card_number_is_the_number_in_astropys_card():
+    """card_number(v) == float(Card(key, v).image[10:30]) to the bit: floats of every size and
+    sign (-0.0, subnormal, 17 digits), the numbers of the ARCSAT night's solutions, ints."""
+    import struct
+
+    from astropy.io.fits import Card
+
+    from darkroom.pipeline.associate import card_number
+
+    rng = np.random.default_rng(11)
+    values = [
+        *rng.normal(0, 1, 3000),
+        *(rng.normal(0, 1, 3000) * 1e-4),  # PC/CDELT of a 0.67"/pix frame
+        *rng.uniform(0, 360, 3000),
+        *rng.uniform(-1e3, 3e3, 3000),
+        *(10.0 ** rng.uniform(-320, 308, 3000) * rng.choice([-1, 1], 3000)),
+        0.0,
+        -0.0,
+        5e-324,
+        1.7976931348623157e308,
+        180.0,
+        0.1 + 0.2,
+    ]
+    for v in [float(v) for v in values] + [0, 1, -5, 2048, 10**15]:
+        for key in ("CRVAL1", "PC1_2", "LONPOLE"):
+            expected = float(Card(key, v).image[10:30])
+            assert struct.pack("<d", card_number(v)) == struct.pack("<d", expected), (key, v)

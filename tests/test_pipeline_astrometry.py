@@ -15,6 +15,7 @@ against the truth TAN-SIP WCS of every frame.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import shutil
 import warnings
@@ -39,7 +40,8 @@ from darkroom.pipeline.ingest import ingest_paths
 from darkroom.pipeline.products import ImageProducts, image_products
 from darkroom.pipeline.run import section_stages
 from darkroom.pipeline.runner import run_stage
-from darkroom.repo.models import AstromSolution, ImageQuality, SourceCatalog, Task
+from darkroom.repo.models import AstromSolution, Image, ImageQuality, SourceCatalog, Task
+from darkroom.repo.store import atomic_write_bytes, sha256_file
 from darkroom.sim import PointingJump, SimConfig, simulate_night
 
 
@@ -535,3 +537,106 @@ def test_a_frame_catalog_is_read_as_the_columns_the_solver_and_the_alignment_ran
     assert set(got.colnames) == {"x", "y", "flux_auto_adu", "flux_win_adu", "sharp", "r_half_pix"}
     for col in got.colnames:
         np.testing.assert_array_equal(np.asarray(got[col]), np.asarray(cat[col]))
+
+
+# ------------------------------------------------------------- the solution writer's products
+
+
+@contextlib.contextmanager
+def _sequential_solution_writer(self):
+    """The writer as it was before frames were handed to the writers one by one (kept as the
+    reference): every frame's row first, then each frame's ``.wcs`` file and image rewrite in
+    turn, in the stage's thread."""
+    writes = []
+    yield lambda item, files: writes.append((item, files))
+    for item, files in writes:
+        atomic_write_bytes(files.wcs_path, files.wcs_bytes)
+        rewrite = self._wcs_into_image(files)
+        item["image_sha256"] = None if rewrite is None else rewrite.write()
+
+
+def _products(repo: Repository) -> tuple[dict, list, list]:
+    """Every file's SHA-256 (but the registry's and the logs), the solutions' rows (without their
+    ids and times) and the images' recorded SHA-256, each checked against its file."""
+    files = {
+        str(p.relative_to(repo.root)): sha256_file(p)
+        for p in sorted(repo.root.rglob("*"))
+        if p.is_file() and not p.name.startswith("registry.db") and "logs" not in p.parts
+    }
+    with repo.registry.session() as s:
+        solutions = sorted(
+            (
+                r.image_id,
+                r.provenance_id,
+                r.method,
+                r.wcs,
+                r.n_matches,
+                r.rms_arcsec,
+                r.flag,
+                r.reason,
+                r.values,
+            )
+            for r in s.scalars(sa.select(AstromSolution))
+        )
+        images = sorted((im.id, im.path, im.sha256) for im in s.scalars(sa.select(Image)))
+    for _, path, sha256 in images:
+        assert files[path] == sha256
+    return files, [repr(row) for row in solutions], images
+
+
+def _astrometry_by_both_writers(root, tmp_path, monkeypatch, *, forget: bool) -> tuple[tuple, tuple]:
+    """The products of the astrometry stage in two copies of the repository at ``root`` (its
+    astrometry forgotten first when ``forget``): run with the sequential reference writer in
+    one, with the stage's own writer in the other."""
+    from darkroom.pipeline.run import forget_from
+
+    runs = []
+    for name, writer in (("a", _sequential_solution_writer), ("b", AstrometryStage._solution_writer)):
+        repo = Repository(shutil.copytree(root, tmp_path / name))
+        stages = _stages(repo)
+        if forget:
+            assert forget_from(repo.registry, stages, "astrometry") == ["astrometry"]
+        with monkeypatch.context() as m:
+            m.setattr(AstrometryStage, "_solution_writer", writer)
+            report = run_stage(repo.registry, stages[-1])
+        assert report.n_failed == 0 and report.n_done >= 1
+        runs.append(_products(repo))
+        repo.close()
+    return runs[0], runs[1]
+
+
+@pytest.mark.slow
+def test_arcsat_solution_writer_gives_the_products_of_the_sequential_writer(arcsat, tmp_path, monkeypatch):
+    """The ARCSAT night's astrometry forgotten and run again (two units: the field of 80 frames
+    and the standard, which has no WCS), the solutions written over the first run's: the 80 .wcs
+    files, the calibrated images, their recorded SHA-256 and the 81 solutions' rows are the same
+    bytes from both writers."""
+    repo, _, _ = arcsat
+    reference, ours = _astrometry_by_both_writers(repo.root, tmp_path, monkeypatch, forget=True)
+    assert sum(p.endswith(".wcs") for p in ours[0]) == 80 and len(ours[1]) == 81
+    assert ours == reference
+
+
+def test_sim_solution_writer_gives_the_products_of_the_sequential_writer(tmp_path, monkeypatch):
+    """The simulated night (its pointing drifting 4.7 pixels an hour and jumping 47 pixels), the
+    solutions written into the calibrated images for the first time (GIVENWCS appended), then
+    forgotten and written again over them: the same bytes and rows from both writers."""
+    night = simulate_night(tmp_path / "night", config=SIM)
+    repo = Repository.init(tmp_path / "repo", overrides=_catalog_overrides("refcat.ecsv"))
+    shutil.copy(night.refcat_path, repo.root / "refcat.ecsv")
+    ingest_paths(repo.registry, [p for paths in night.raw_paths.values() for p in paths])
+    for stage in section_stages(repo.root, repo.config, "calib"):
+        run_stage(repo.registry, stage)
+    for stage in _stages(repo)[:-1]:  # extract, quality
+        run_stage(repo.registry, stage)
+    repo.close()
+    reference, ours = _astrometry_by_both_writers(repo.root, tmp_path / "first", monkeypatch, forget=False)
+    assert sum(p.endswith(".wcs") for p in ours[0]) == 6
+    assert ours == reference
+    with fits.open(tmp_path / "first" / "b" / ours[2][0][1]) as hdul:
+        assert "GIVENWCS" in hdul  # the solutions were written for the first time
+    again = _astrometry_by_both_writers(
+        tmp_path / "first" / "b", tmp_path / "again", monkeypatch, forget=True
+    )
+    assert again[1] == again[0]
+    assert again[1][0] != ours[0]  # the images were written again

@@ -63,6 +63,17 @@ log = logging.getLogger(__name__)
 _WCS_NUMBERS = re.compile(r"^(CRPIX[12]|CRVAL[12]|CDELT[12]|PC[12]_[12]|LONPOLE|LATPOLE)$")
 
 
+def card_number(value: int | float) -> float:
+    """``float(Card(key, value).image[10:30])``: a number as written in the value field of the
+    fixed-format card astropy makes for it (20 characters, right-justified), read back as wcslib
+    reads it. The field is astropy's own value formatting (``astropy.io.fits.card._format_value``,
+    which ``Card.image`` calls), without making the card: ~8 instead of ~100 us, 10 numbers a
+    frame (test_pipeline_associate compares it with the card's field)."""
+    from astropy.io.fits.card import _format_value
+
+    return float(_format_value(value))
+
+
 class FrameWcs:
     """The WCS of each frame's recorded cards (:func:`~darkroom.pipeline.astrometry.wcs_from_astrom`'s),
     made by copying a frame's with the same layout.
@@ -93,13 +104,11 @@ class FrameWcs:
             wcs = wcs_from_astrom({"wcs": cards})
             self._built.setdefault(layout, wcs.deepcopy())  # a copy: the caller may change its own
             return wcs
-        from astropy.io.fits import Card
-
         wcs = first.deepcopy()
         p = wcs.wcs
         crpix, crval, cdelt, pc = p.crpix.copy(), p.crval.copy(), p.cdelt.copy(), p.pc.copy()
         for key, value in numbers.items():
-            x = float(Card(key, value).image[10:30])  # the value as written in the card wcslib parses
+            x = card_number(value)  # the value as written in the card wcslib parses
             if key == "LONPOLE":
                 p.lonpole = x
             elif key == "LATPOLE":
