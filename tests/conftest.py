@@ -243,3 +243,64 @@ def simulated_calibration(folder: Path, cfg):
 def simulate_calibration():
     """:func:`simulated_calibration`, for tests (``simulate_calibration(folder, cfg)``)."""
     return simulated_calibration
+
+
+def _photometry_products(repo, stages) -> dict:
+    """The photometry and light-curve stages' products: file bytes (Parquet, ECSV, PNG) and
+    registry rows (measurement, photcal, lightcurve, transparency) without ids and timestamps."""
+    import sqlalchemy as sa
+
+    files = {}
+    for stage in stages:
+        for folder in ("catalogs", "lightcurves", "products"):
+            for p in sorted((repo.root / folder / stage.provenance_id).rglob("*")):
+                if p.is_file():
+                    files[str(p.relative_to(repo.root))] = p.read_bytes()
+    rows = {}
+    with repo.registry.engine.connect() as conn:
+        for table in ("measurement", "photcal", "lightcurve", "transparency"):
+            t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+            cols = [c for c in t.c if c.name not in ("id", "created_utc")]
+            rows[table] = sorted(repr(tuple(r)) for r in conn.execute(sa.select(*cols)))
+    return {"files": files, "rows": rows}
+
+
+@pytest.fixture
+def photometry_before_and_after(monkeypatch):
+    """``compare(repo)``: the photometry and light-curve stages forgotten and run again, first with
+    the code paths they had before issue 15's changes to the stage (the reference, patched in
+    here: each frame's WCS built by ``wcs_from_astrom``, ``blend_flags`` replacing its columns),
+    then with the current ones; returns both products (:func:`_photometry_products`)."""
+    from darkroom.phot import blend
+    from darkroom.pipeline.astrometry import wcs_from_astrom
+    from darkroom.pipeline.photometry import PhotometryStage
+    from darkroom.pipeline.run import all_stages
+    from darkroom.pipeline.runner import run_stage
+
+    def replace_column(phot, name, values):
+        phot[name] = values
+
+    def compare(repo, extra=None) -> tuple[dict, dict]:
+        """``extra(repo)``, when given, is kept with each run's products (a query's answer)."""
+        by_name = {st.name: st for st in all_stages(repo.root, repo.config)}
+        stages = [by_name["photometry"], by_name["lightcurves"]]
+        out = []
+        for reference in (True, False):
+            for stage in reversed(stages):
+                with repo.registry.session() as s:
+                    stage.forget(s)
+            with monkeypatch.context() as m:
+                if reference:
+                    m.setattr(
+                        PhotometryStage, "_frame_wcs", lambda self, cards: wcs_from_astrom({"wcs": cards})
+                    )
+                    m.setattr(blend, "_set_flags", replace_column)
+                for stage in stages:
+                    report = run_stage(repo.registry, stage)
+                    assert report.n_failed == 0, report.failures
+            out.append(_photometry_products(repo, stages))
+            if extra is not None:
+                out[-1]["extra"] = extra(repo)
+        return out[0], out[1]
+
+    return compare

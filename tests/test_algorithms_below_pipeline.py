@@ -127,6 +127,31 @@ def test_blend_flags_from_neighbours():
     assert t["flags_ap0"][2] & bit and t["flags_ap1"][2] & bit  # 4 px away blends both
 
 
+def test_blend_flags_give_the_columns_that_replacing_them_gives():
+    """blend_flags writes int32 flag columns without attributes in place; any other column is
+    replaced, as before (an int32 column without unit or description)."""
+    cfg = ApertureConfig()
+    nb = (np.array([0.0, 10.0, 100.0, 104.0]), np.zeros(4))
+    plain, odd = _apertures(1.0, n=3), _apertures(1.0, n=3)
+    for t in (plain, odd):
+        t["x"] = [0.0, 10.0, 100.0]
+        for k in range(len(t.meta["aperture_radii_pix"])):
+            t[f"flags_ap{k}"] = np.asarray(t[f"flags_ap{k}"], np.int32)
+        t["flags"] = t[f"flags_ap{t.meta['ref_aperture']}"]
+    odd["flags_ap0"] = np.asarray(odd["flags_ap0"], np.int64)
+    odd["flags_ap1"].description = "reference aperture"
+    odd["flags"].unit = "adu"
+    columns = {name: plain[name] for name in plain.colnames}
+    blend_flags(plain, *nb, config=cfg)
+    blend_flags(odd, *nb, config=cfg)
+    flag_columns = [c for c in plain.colnames if c.startswith("flags")]
+    assert all(plain[c] is columns[c] for c in flag_columns)  # written in place
+    for c in flag_columns:
+        np.testing.assert_array_equal(plain[c], odd[c])
+        assert odd[c].dtype == np.int32 and odd[c].unit is None and odd[c].description is None
+    assert plain["flags"][2] & int(PhotFlag.BLENDED)
+
+
 def test_forced_positions_through_wcs_and_reference_transform():
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]

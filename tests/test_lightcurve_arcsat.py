@@ -216,3 +216,24 @@ def test_xo1b_ingress_agrees_with_the_published_ephemeris(arcsat):
     assert abs(fit.t_ingress - ingress_pub) < 3 * fit.t_ingress_err
     assert abs(fit.t_c - t_c_pub) < 3 * fit.t_c_err
     assert abs(fit.t14_d - t14_pub) * 24 < 0.3  # the priors hold the shape near the literature's
+
+
+def test_photometry_products_unchanged_by_the_faster_stage(arcsat, photometry_before_and_after):
+    """Issue 15 (speed, nothing changes in the products): the ARCSAT night's Parquet files, light
+    curves and registry rows of the photometry and light-curve stages are the same, byte for byte
+    and value for value, with the stage's earlier code paths."""
+    repo = arcsat[0]
+
+    def xo1_curve(repo) -> tuple[int, str, list[str]]:
+        # no target is configured here: XO-1's differential light curve as the query gives it
+        lc = repo.lightcurve(ra=XO1[0], dec=XO1[1], differential=True)
+        return len(lc), repr(dict(lc.meta)), [repr(lc[name].tolist()) for name in lc.colnames]
+
+    before, after = photometry_before_and_after(repo, xo1_curve)
+    assert sum(p.endswith(".phot.parquet") for p in after["files"]) == 81
+    assert len(after["rows"]["measurement"]) > 1500 and len(after["rows"]["transparency"]) >= 80
+    assert after["extra"][0] > 40  # XO-1 on the frames the differential curve keeps
+    assert before["extra"] == after["extra"]
+    assert before["files"].keys() == after["files"].keys()
+    assert [p for p in after["files"] if before["files"][p] != after["files"][p]] == []
+    assert before["rows"] == after["rows"]

@@ -846,3 +846,17 @@ def test_stages_pickle_for_dask_workers(sim):
     assert result["image_id"] == image_id and len(result["columns"]["flux"]) > 300
     meas = repo.measurements(image_id=image_id)
     np.testing.assert_array_equal(np.sort(result["columns"]["source_id"]), np.sort(meas["source_id"]))
+
+
+@pytest.mark.parametrize("night", ["sim", "crowded"])
+def test_photometry_products_unchanged_by_the_faster_stage(night, request, photometry_before_and_after):
+    """Issue 15 (speed, nothing changes in the products): a simulated night's Parquet files, light
+    curves and registry rows (aperture photometry with zero points; PSF photometry of a crowded
+    field) are the same, byte for byte and value for value, with the stage's earlier code paths."""
+    _, repo = request.getfixturevalue(night)
+    before, after = photometry_before_and_after(repo)
+    assert sum(p.endswith(".phot.parquet") for p in after["files"]) == len(_images(repo))
+    assert len(after["rows"]["measurement"]) > 1000
+    assert before["files"].keys() == after["files"].keys()
+    assert [p for p in after["files"] if before["files"][p] != after["files"][p]] == []
+    assert before["rows"] == after["rows"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from astropy.table import Table
+from astropy.table import Column, Table
 
 from darkroom.phot.aperture import ApertureConfig
 from darkroom.phot.flags import PhotFlag
@@ -34,5 +34,28 @@ def blend_flags(phot: Table, nb_x: np.ndarray, nb_y: np.ndarray, *, config: Aper
     bit = int(PhotFlag.BLENDED)
     for k, radius in enumerate(phot.meta["aperture_radii_pix"]):
         flags = np.asarray(phot[f"flags_ap{k}"], np.int64) & ~bit
-        phot[f"flags_ap{k}"] = (flags | np.where(nn < radius + margin, bit, 0)).astype(np.int32)
-    phot["flags"] = phot[f"flags_ap{int(phot.meta['ref_aperture'])}"]
+        _set_flags(phot, f"flags_ap{k}", (flags | np.where(nn < radius + margin, bit, 0)).astype(np.int32))
+    _set_flags(phot, "flags", phot[f"flags_ap{int(phot.meta['ref_aperture'])}"])
+
+
+def _plain(col: Column) -> bool:
+    return col.unit is None and col.description is None and col.format is None and not col.meta
+
+
+def _set_flags(phot: Table, name: str, values: np.ndarray | Column) -> None:
+    """``phot[name] = values``, written into the column in place when that gives the same column
+    (an int32 ``Column`` without unit, description, format or meta, as
+    :func:`~darkroom.phot.aperture_photometry` makes its flags): replacing a column costs ~25 us
+    of astropy's bookkeeping, and a frame sets five."""
+    col = phot[name]
+    same = (
+        type(col) is Column
+        and col.dtype == np.int32
+        and np.asarray(values).dtype == np.int32
+        and _plain(col)
+        and (not isinstance(values, Column) or _plain(values))
+    )
+    if same:
+        col[:] = values
+    else:
+        phot[name] = values

@@ -57,7 +57,7 @@ from darkroom.io.tables import parquet_bytes, read_parquet_columns, read_parquet
 from darkroom.phot.settings import MeasureSettings
 from darkroom.pipeline._products import jsonable, raw_stem
 from darkroom.pipeline._shared import affine_from_dict, load_reference, photometric_reference
-from darkroom.pipeline.astrometry import wcs_from_astrom
+from darkroom.pipeline.associate import FrameWcs
 from darkroom.pipeline.deferred import DeferredWrites
 from darkroom.pipeline.products import image_products
 from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
@@ -147,11 +147,26 @@ class PhotometryStage(DeferredWrites, Stage):
                 )
         return units
 
+    def _frame_wcs(self, cards: dict[str, Any]):
+        """The frame's WCS, as :func:`~darkroom.pipeline.astrometry.wcs_from_astrom` builds it
+        (to the last bit), through the stage's :class:`~darkroom.pipeline.associate.FrameWcs`: a
+        night's solutions share a layout, and a copy of the first with the frame's numbers set
+        costs ~0.3 ms instead of ~1.4 ms of astropy's header, text and parse per frame."""
+        frame_wcs = getattr(self, "_frame_wcs_cache", None)
+        if frame_wcs is None:
+            frame_wcs = self._frame_wcs_cache = FrameWcs()
+        return frame_wcs(cards)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_frame_wcs_cache", None)  # a worker builds its own
+        return state
+
     def _positions(self, p: dict[str, Any], shape: tuple[int, int]):
         """Predicted 0-based positions of the field's sources on this frame, and which are on it."""
         from darkroom.phot.forced import predict_positions
 
-        wcs = wcs_from_astrom({"wcs": p["wcs"]}) if p.get("wcs") else None
+        wcs = self._frame_wcs(p["wcs"]) if p.get("wcs") else None
         x, y, on = predict_positions(
             p["sources"],
             coords=p["coords"],
