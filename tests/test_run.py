@@ -19,7 +19,16 @@ from typer.testing import CliRunner
 
 from darkroom.cli import app
 from darkroom.pipeline.products import image_products
-from darkroom.repo.models import Calib, CalibInput, Exposure, Image, Measurement, Source, Task
+from darkroom.repo.models import (
+    AstromSolution,
+    Calib,
+    CalibInput,
+    Exposure,
+    Image,
+    Measurement,
+    Source,
+    Task,
+)
 from darkroom.repo.registry import Registry
 from darkroom.repo.store import TEMP_PREFIX, sha256_file
 from darkroom.sim import SimConfig, simulate_night
@@ -120,6 +129,18 @@ def test_run_all_then_nothing_then_redo(tmp_path, sim_raw):
     assert res.exit_code == 0, res.output
     first = snapshot(root)
     assert len(first["images"]) == 8 and {t[3] for t in first["tasks"]} == {"done"}
+    # the field is named by its first frame's exposure, which ingest numbers, not by an image row,
+    # which drivers number in the order they record (two drivers at once: another order)
+    reg = Registry(f"sqlite:///{root / 'registry.db'}")
+    with reg.session() as s:
+        keys = {v["field_key"] for v in s.scalars(sa.select(AstromSolution.values))}
+        first_light = s.scalars(
+            sa.select(Image.exposure_id)
+            .join(Exposure, Image.exposure_id == Exposure.id)
+            .order_by(Exposure.mjd_mid)
+        ).first()
+    reg.dispose()
+    assert len(keys) == 1 and keys.pop().rsplit("|", 1)[1] == str(first_light)
     again = runner.invoke(app, ["run", str(root)])
     assert again.exit_code == 0
     assert snapshot(root) == first

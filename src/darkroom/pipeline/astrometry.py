@@ -151,7 +151,9 @@ class AstrometryStage(Stage):
                 if all(im.id in done for im, _ in members):
                     continue
                 field, night = key[0], key[1]
-                field_key = "|".join(str(k) for k in key) + f"|{members[0][0].id}"
+                # named by its first frame's exposure (ingest's order), not by its image row: two
+                # drivers recording calibrate's images at once number them in their own order
+                field_key = "|".join(str(k) for k in key) + f"|{members[0][0].exposure_id}"
                 frames = []
                 for image, meta in members:
                     frames.append(
