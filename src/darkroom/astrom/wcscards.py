@@ -20,7 +20,14 @@ from astropy.wcs import WCS, WCSHDO_P14, FITSFixedWarning, WCSHDO_all
 
 from darkroom.astrom.transform import AffineTransform
 from darkroom.astrom.wcsfit import pixel_scale_arcsec
-from darkroom.io.fitsheader import CardImages, empty_hdu_bytes, empty_hdu_images, hdu_keyword, plain_card
+from darkroom.io.fitsheader import (
+    CardImages,
+    empty_hdu_bytes,
+    empty_hdu_images,
+    hdu_keyword,
+    plain_card,
+    value_field,
+)
 
 if TYPE_CHECKING:
     from darkroom.astrom.solve import SolveResult
@@ -233,11 +240,9 @@ def _number_image(keyword: str, value: Any, comment: str) -> str | None:
     value field, `` / `` and the comment when there is one, blank-padded to 80), without making
     the card (~30 -> ~3 us); None for anything else, or a card that would not fit (astropy
     truncates it with a warning). test_astrom_fast_paths compares it with astropy's cards."""
-    from astropy.io.fits.card import _format_value
-
     if type(value) not in (int, float) or not math.isfinite(value) or not _PLAIN_KEYWORD.fullmatch(keyword):
         return None
-    image = f"{keyword:8}= {_format_value(value)}" + (f" / {comment}" if comment else "")
+    image = f"{keyword:8}= {value_field(value)}" + (f" / {comment}" if comment else "")
     return f"{image:80}" if len(image) <= 80 and comment.isascii() and comment.isprintable() else None
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from astropy.io import fits
+from astropy.io.fits.card import _format_value  # private: wrapped by value_field only
 
 from darkroom.errors import BadInputError
 from darkroom.io.atomic import HASH_CHUNK, atomic_write_bytes
@@ -56,6 +57,7 @@ __all__ = [
     "read_headers",
     "rewrite_header",
     "scan_hdus",
+    "value_field",
 ]
 
 _BLOCK = 2880  # FITS block [bytes]
@@ -641,3 +643,15 @@ def plan_card_rewrite(
     if [c for c in cards.cards if c[:8].rstrip() in _STRUCTURAL] != structural:
         raise ValueError("plan_card_rewrite cannot change the data layout (BITPIX, NAXISn, BZERO/BSCALE)")
     return _plan(path, file_size, hdr_loc, dat_loc, cards.to_bytes(), extra)
+
+
+def value_field(value: object) -> str:
+    """The value field astropy writes for ``value`` in a fixed-format card: what follows
+    ``KEYWORD = `` in ``fits.Card(keyword, value).image`` (a number or T/F right-justified in
+    20 characters, a string quoted and padded to 8 and to 20, ``''`` for an empty one).
+
+    It is astropy's own formatting (``astropy.io.fits.card._format_value``, which ``Card.image``
+    calls; a private function, so it is reached from here only): the card images darkroom makes
+    without building a Card (raw headers, WCS solutions, frame WCS numbers) stay astropy's bytes.
+    """
+    return _format_value(value)

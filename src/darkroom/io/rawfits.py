@@ -49,6 +49,7 @@ from astropy.io import fits
 
 from darkroom.errors import BadInputError
 from darkroom.io.bayer import bayer_pattern, bin_bayer_to_luminance, luminance_header
+from darkroom.io.fitsheader import value_field
 from darkroom.io.keep import active_keeper, file_key
 
 __all__ = ["FITS_SUFFIXES", "RawImage", "ReadLimits", "is_fits_name", "read_raw", "regular_file_problem"]
@@ -403,9 +404,8 @@ def _standard_image(image: str) -> tuple[str, object, str] | None:
     Read here: a standard keyword (not COMMENT, HISTORY, CONTINUE, HIERARCH or END) with ``= `` in
     columns 9-10, a value of a :data:`_VALUE` form, printable ASCII throughout. A string value is
     read as astropy does (trailing blanks dropped); the comment is the text after the slash without
-    its surrounding blanks. Written as astropy writes: T/F, integers and floats (Python's repr,
-    upper-case E) right-justified in columns 11-30, a string quoted and padded to 8 characters and
-    to column 30, then `` / comment``. Left to astropy: free values it reads differently
+    its surrounding blanks. Written as astropy writes: its value field
+    (:func:`~darkroom.io.fitsheader.value_field`), then `` / comment``. Left to astropy: free values it reads differently
     (undefined, complex, ``1 2``), strings with quotes or ``: `` (record-valued keyword cards), a
     float outside float range or whose repr is longer than 20 characters, a card that would not fit
     in 80 characters.
@@ -422,24 +422,19 @@ def _standard_image(image: str) -> tuple[str, object, str] | None:
     value: object
     if m["bool"] is not None:
         value = m["bool"] == "T"
-        written = f"{m['bool']:>20}"
     elif m["int"] is not None:
         value = int(m["int"])
-        written = f"{value:>20d}"
     elif m["float"] is not None:
         value = float(m["float"].replace("D", "E").replace("d", "e"))
-        text = repr(value).replace("e", "E")
-        if not math.isfinite(value) or len(text) > 20:
+        if not math.isfinite(value) or len(repr(value)) > 20:
             return None
-        written = f"{text:>20}"
     else:
         value = m["str"].rstrip()
         if ": " in image:
             return None  # maybe a record-valued keyword card
         if not value and "'" in comment:
             return None  # astropy may end an empty string ('') at a quote in the comment
-        quoted = f"'{value:8}'"
-        written = f"{quoted:20}" if value else "''"
+    written = value_field(value)
     card = f"{key:8}= {written} / {comment}" if comment else f"{key:8}= {written}"
     return (f"{card:80}", value, comment) if len(card) <= _CARD else None
 

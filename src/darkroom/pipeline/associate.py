@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from darkroom.astrom import AffineTransform
 from darkroom.errors import SolveError
+from darkroom.io.fitsheader import value_field
 from darkroom.io.tables import read_parquet_columns
 from darkroom.pipeline._products import short_hash
 from darkroom.pipeline._shared import affine_from_dict, load_reference
@@ -66,12 +67,10 @@ _WCS_NUMBERS = re.compile(r"^(CRPIX[12]|CRVAL[12]|CDELT[12]|PC[12]_[12]|LONPOLE|
 def card_number(value: int | float) -> float:
     """``float(Card(key, value).image[10:30])``: a number as written in the value field of the
     fixed-format card astropy makes for it (20 characters, right-justified), read back as wcslib
-    reads it. The field is astropy's own value formatting (``astropy.io.fits.card._format_value``,
-    which ``Card.image`` calls), without making the card: ~8 instead of ~100 us, 10 numbers a
-    frame (test_pipeline_associate compares it with the card's field)."""
-    from astropy.io.fits.card import _format_value
-
-    return float(_format_value(value))
+    reads it. The field is astropy's own value formatting (:func:`darkroom.io.fitsheader.value_field`),
+    without making the card: ~8 instead of ~100 us, 10 numbers a frame (test_pipeline_associate
+    compares it with the card's field)."""
+    return float(value_field(value))
 
 
 class FrameWcs:
