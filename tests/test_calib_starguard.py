@@ -149,7 +149,7 @@ def test_bright_sources_found_in_boxes_equal_the_whole_frame_extraction(monkeypa
 def test_boxes_whose_sources_could_clean_each_other_are_joined() -> None:
     """sep drops a faint source in a brighter one's wings within 10 (a1 + a2): such sources
     must be extracted in one box (on the ARCSAT night a 6-pixel source 30 px from a star)."""
-    from darkroom.calib.starguard import _cleaning_neighbours
+    from darkroom.sepboxes import _cleaning_neighbours
 
     def sources(*xya):
         return np.array(list(xya), dtype=[("x", "f8"), ("y", "f8"), ("a", "f4")])

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from darkroom.robust import median
+from darkroom.sepboxes import extract_around, nonzero_2d, pixstack, seed_cells
 
 from .settings import StarGuardConfig
 
@@ -120,14 +120,6 @@ _MAX_BOXES = 400  # more separate regions than this (a crowded field): the whole
 # hostile preset's 650 x 500 frames: 47 boxes of 40k pixels in all took 15.5 ms, the whole
 # frame 15.5 ms; on ARCSAT's 1k x 1k frames 3-11 boxes take 2.7-6.7 ms, the frame 50-65 ms).
 _BOX_COST_PIX = 6000
-_PIXSTACK_LOCK = threading.Lock()
-_SEP_CLEAN_ZONE = 10.0  # sep's CLEAN_ZONE: sources this many (a1 + a2) apart may clean each other
-
-
-def _nonzero(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.nonzero`` of a 2-D array (rows, columns in row-major order): the flat indices split,
-    ~14x faster than numpy's 2-D nonzero on a sparse 1k x 1k mask."""
-    return np.divmod(np.flatnonzero(flags), flags.shape[1])
 
 
 def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg: StarGuardConfig):
@@ -135,44 +127,9 @@ def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg
     per-pixel sigma), matched-filtered, minimum area 3, deblended to 0.005."""
     import sep
 
-    # room for every pixel of the image and no more: sep allocates its pixel stack per call,
-    # which would cost a small box more than its extraction. The size is a process-wide
-    # setting: the lock keeps another thread from changing it between setting and use.
-    with _PIXSTACK_LOCK:
-        old = sep.get_extract_pixstack()
-        sep.set_extract_pixstack(work.size + 64)
-        try:
-            return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
-        finally:
-            sep.set_extract_pixstack(old)
-
-
-def _concat_sources(parts: list[np.ndarray]) -> np.ndarray:
-    """``np.concatenate`` of sep source tables of one dtype, as whole records: numpy promotes a
-    structured dtype field by field in Python (~1 ms a frame for the boxes' tables)."""
-    dtype = parts[0].dtype
-    if any(p.dtype != dtype for p in parts):
-        return np.concatenate(parts)
-    record = np.dtype((np.void, dtype.itemsize))
-    return np.concatenate([np.ascontiguousarray(p).view(record) for p in parts]).view(dtype)
-
-
-def _merged(boxes: list[list[int]]) -> list[list[int]]:
-    """Boxes ``[y0, y1, x0, x1]`` with every overlapping pair replaced by its union, until none overlap."""
-    changed = True
-    while changed:
-        changed = False
-        out: list[list[int]] = []
-        for b in boxes:
-            for o in out:
-                if b[0] < o[1] and o[0] < b[1] and b[2] < o[3] and o[2] < b[3]:
-                    o[:] = [min(o[0], b[0]), max(o[1], b[1]), min(o[2], b[2]), max(o[3], b[3])]
-                    changed = True
-                    break
-            else:
-                out.append(list(b))
-        boxes = out
-    return boxes
+    # room for every pixel of the image and no more (sep allocates its pixel stack per call)
+    with pixstack(work.size + 64):
+        return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
 
 
 def _extract_around(
@@ -185,138 +142,36 @@ def _extract_around(
     whole: Callable[[], np.ndarray] | None = None,
 ) -> np.ndarray | None:
     """The sources of :func:`_sep_extract` whose footprints reach the ``seeds`` pixels' regions,
-    found in boxes around those regions instead of the whole frame.
-
-    A box is grown (and merged with the boxes it then overlaps) while a source found in it
-    touches one of its edges inside the frame, so every source returned has its whole
-    footprint, matched filter included, inside its box and its pixels, centroid, peak and
-    shape are as on the whole frame, and boxes whose sources could clean one another are
-    joined; only the deblender's random split of blended pixels (sep restarts its random
-    sequence in every call) and cleaning by a source outside every box can differ. When the boxes would
-    cover much of the frame, or their extractions (those done and those still to do, each
-    counted as its area plus ``_BOX_COST_PIX``) would cost more than the whole frame's, the
+    found in boxes around those regions instead of the whole frame
+    (:func:`darkroom.sepboxes.extract_around`: every source returned has its whole footprint,
+    matched filter included, inside its box, so its pixels, centroid, peak and shape are as on
+    the whole frame). When the boxes would cover much of the frame or cost more than it, the
     whole frame is extracted once instead (``whole``, when given, does it: a caller that keeps
     the result). Coordinates are the frame's; None without seeds.
     """
-    from scipy import ndimage
 
-    ny, nx = work.shape
-    # the seeds' regions on a grid of _CELL-pixel cells (labelling the small grid, not the frame)
-    sy, sx = _nonzero(seeds)
-    if sy.size == 0:
-        return None
-    cells = np.zeros((ny // _CELL + 1, nx // _CELL + 1), dtype=bool)
-    cells[sy // _CELL, sx // _CELL] = True
-    regions = ndimage.find_objects(ndimage.label(cells, structure=np.ones((3, 3), bool))[0])
-    if whole is None:
+    def box(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, None]:
+        sl = (slice(y0, y1), slice(x0, x1))
+        sub_mask = None if mask is None else np.ascontiguousarray(mask[sl])
+        return _sep_extract(
+            np.ascontiguousarray(work[sl]), np.ascontiguousarray(err[sl]), sub_mask, cfg
+        ), None
 
-        def whole() -> np.ndarray:
-            return _sep_extract(work, err, mask, cfg)
+    def whole_frame() -> tuple[np.ndarray, None]:
+        return (whole() if whole is not None else _sep_extract(work, err, mask, cfg)), None
 
-    if len(regions) > _MAX_BOXES:
-        return whole()
-    margin = _BOX_MARGIN
-    boxes = [
-        [
-            r[0].start * _CELL - margin,
-            r[0].stop * _CELL + margin,
-            r[1].start * _CELL - margin,
-            r[1].stop * _CELL + margin,
-        ]
-        for r in regions
-    ]
-    done: dict[tuple[int, int, int, int], tuple[np.ndarray, bool]] = {}  # box -> (sources, touches)
-    spent = 0  # the cost of the boxes extracted so far [whole-frame pixels]
-
-    def area(b) -> int:
-        return (b[1] - b[0]) * (b[3] - b[2])
-
-    while True:
-        boxes = _merged([[max(0, b[0]), min(ny, b[1]), max(0, b[2]), min(nx, b[3])] for b in boxes])
-        # a box that neither grew nor merged keeps its sources
-        new = [box for box in map(tuple, boxes) if box not in done]
-        pending = sum(area(b) + _BOX_COST_PIX for b in new)
-        if sum(area(b) for b in boxes) > _MAX_BOX_SHARE * ny * nx or spent + pending > ny * nx:
-            return whole()
-        for box in new:
-            done[box] = _extract_box(box, work, err, mask, cfg)
-        spent += pending
-        grow = [done[tuple(b)][1] for b in boxes]
-        if not any(grow):
-            joined = _cleaning_neighbours(boxes, [done[tuple(b)][0] for b in boxes])
-            if joined is None:
-                return _concat_sources([done[tuple(b)][0] for b in boxes])
-            boxes = joined
-            continue
-        margin *= 2
-        boxes = [
-            [b[0] - margin, b[1] + margin, b[2] - margin, b[3] + margin] if g else b
-            for b, g in zip(boxes, grow, strict=True)
-        ]
-
-
-def _cleaning_neighbours(boxes: list[list[int]], sources: list[np.ndarray]) -> list[list[int]] | None:
-    """The boxes with each pair whose sources could clean one another joined into one box
-    (None when no pair can): sep drops a source in the wings of a brighter one within
-    ``CLEAN_ZONE`` = 10 times the sum of their semi-major axes, so such sources must be
-    extracted together, as on the whole frame."""
-    which = np.concatenate([np.full(len(o), k) for k, o in enumerate(sources)])
-    if which.size < 2:
-        return None
-    objs = _concat_sources(sources)
-    x, y, a = (np.asarray(objs[key], float) for key in ("x", "y", "a"))
-    reach = _SEP_CLEAN_ZONE * (a[:, None] + a[None, :])
-    close = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2 <= reach * reach
-    close &= which[:, None] != which[None, :]
-    if not close.any():
-        return None
-    # union-find of the boxes over the close pairs
-    parent = list(range(len(boxes)))
-
-    def root(k: int) -> int:
-        while parent[k] != k:
-            k = parent[k]
-        return k
-
-    for i, j in zip(*np.nonzero(close), strict=True):
-        parent[root(int(which[i]))] = root(int(which[j]))
-    groups: dict[int, list[int]] = {}
-    for k, b in enumerate(boxes):
-        g = groups.setdefault(root(k), list(b))
-        g[:] = [min(g[0], b[0]), max(g[1], b[1]), min(g[2], b[2]), max(g[3], b[3])]
-    return list(groups.values())
-
-
-def _extract_box(
-    box: tuple[int, int, int, int],
-    work: np.ndarray,
-    err: np.ndarray | _NoiseAt,
-    mask: np.ndarray | None,
-    cfg: StarGuardConfig,
-) -> tuple[np.ndarray, bool]:
-    """The sources of one box ``(y0, y1, x0, x1)`` in frame coordinates, and whether one of them
-    touches an edge of the box that is not the frame's."""
-    y0, y1, x0, x1 = box
-    ny, nx = work.shape
-    sl = (slice(y0, y1), slice(x0, x1))
-    objs = _sep_extract(
-        np.ascontiguousarray(work[sl]),
-        np.ascontiguousarray(err[sl]),
-        None if mask is None else np.ascontiguousarray(mask[sl]),
-        cfg,
+    found = extract_around(
+        seed_cells(seeds, _CELL),
+        _CELL,
+        work.shape,
+        box,
+        whole_frame,
+        margin=_BOX_MARGIN,
+        max_share=_MAX_BOX_SHARE,
+        max_boxes=_MAX_BOXES,
+        box_cost_pix=_BOX_COST_PIX,
     )
-    touches = (
-        ((objs["xmin"] == 0) & (x0 > 0))
-        | ((objs["ymin"] == 0) & (y0 > 0))
-        | ((objs["xmax"] == x1 - x0 - 1) & (x1 < nx))
-        | ((objs["ymax"] == y1 - y0 - 1) & (y1 < ny))
-    )
-    objs = objs.copy()
-    for key in ("x", "xmin", "xmax", "xpeak", "xcpeak"):
-        objs[key] += x0
-    for key in ("y", "ymin", "ymax", "ypeak", "ycpeak"):
-        objs[key] += y0
-    return objs, bool(touches.any())
+    return None if found is None else found[0]
 
 
 def noise_from_variance(variance: np.ndarray) -> np.ndarray:
@@ -511,7 +366,7 @@ def ndimage_distance_reach(flags: np.ndarray, half: int) -> np.ndarray:
     by the border reaches the border pixels anyway), unless there are so many flags that
     one maximum filter of the frame is cheaper; the same pixels either way.
     """
-    fy, fx = _nonzero(flags)
+    fy, fx = nonzero_2d(flags)
     oy, ox = _square_offsets(half)
     if fy.size * oy.size > _SPARSE_MAX:
         from scipy import ndimage
@@ -527,7 +382,7 @@ def _local_maxima_near_flags(flags: np.ndarray, signal: np.ndarray) -> tuple[np.
     """Rows and columns (row-major order) of the pixels on or next to a flag whose signal is at
     least that of every unflagged pixel of their 3x3 block (the block clipped at the edges)."""
     ny, nx = flags.shape
-    fy, fx = _nonzero(flags)
+    fy, fx = nonzero_2d(flags)
     oy, ox = _square_offsets(1)
     if fy.size * oy.size * oy.size > _SPARSE_MAX:
         from scipy import ndimage
@@ -535,7 +390,7 @@ def _local_maxima_near_flags(flags: np.ndarray, signal: np.ndarray) -> tuple[np.
         unflagged = np.where(flags, -np.inf, signal)
         local_max = signal >= ndimage.maximum_filter(unflagged, size=3, mode="nearest")
         near_flags = ndimage.binary_dilation(flags, structure=np.ones((3, 3), bool))
-        return _nonzero(local_max & near_flags)
+        return nonzero_2d(local_max & near_flags)
     # the flags' neighbours (clipping at the border adds only pixels next to a flag anyway)
     near = np.unique(np.clip(fy[:, None] + oy, 0, ny - 1) * nx + np.clip(fx[:, None] + ox, 0, nx - 1))
     cy, cx = np.divmod(near, nx)

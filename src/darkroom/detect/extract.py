@@ -37,6 +37,7 @@ from darkroom.detect.background import (
 from darkroom.detect.psf import fit_gaussian_stamps, measure_psf
 from darkroom.detect.settings import DetectConfig
 from darkroom.errors import BadInputError
+from darkroom.sepboxes import detectable_cells, extract_around, pixstack
 
 __all__ = [
     "CATALOG_COLUMNS",
@@ -337,6 +338,90 @@ def _empty_catalog() -> Table:
     return table
 
 
+#: cells of the detectable-pixel grid [pixel] and the margin of a box around a region of them
+_CELL = 16
+_BOX_MARGIN = 8
+
+
+def _sep_sources(
+    sub: np.ndarray,
+    err: np.ndarray | float,
+    bad: np.ndarray | None,
+    sat_pix: np.ndarray | None,
+    config: DetectConfig,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """sep's sources of the background-subtracted image ``sub`` (bad pixels 0) and, when SAT
+    pixels are given, whether each has one in its footprint; None without sources.
+
+    sep runs in boxes around the cells where the filtered image could pass the threshold
+    (:func:`darkroom.sepboxes.detectable_cells`, :func:`darkroom.sepboxes.extract_around`),
+    or on the whole frame where that would cost more (a crowded field) or the kernel is not
+    separable: the same sources either way, but for the deblender's random split of blended
+    pixels (see :mod:`darkroom.sepboxes`). Sources are in the order of their footprints' first
+    row, then first column (``ymin``, ``xmin``; then ``ymax``, ``xmax``, ``npix``, ``y``, ``x``),
+    whichever way they were found.
+    """
+    kernel = _kernel(config)
+    with_seg = sat_pix is not None
+
+    def run(data, noise, mask, sat) -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            out = sep.extract(
+                data,
+                config.threshold_sigma,
+                err=noise,
+                mask=mask,
+                minarea=config.min_area_pix,
+                filter_kernel=kernel,
+                filter_type="conv",
+                deblend_nthresh=config.deblend_n_thresh,
+                deblend_cont=config.deblend_cont,
+                clean=config.clean,
+                clean_param=config.clean_param,
+                segmentation_map=with_seg,
+            )
+        except Exception as exc:  # sep raises a bare Exception
+            raise BadInputError(
+                f"source extraction failed ({exc}); raise threshold_sigma or check the background subtraction"
+            ) from exc
+        if not with_seg:
+            return out, None
+        objs, segmap = out
+        labels = segmap[sat]
+        labels = labels[labels > 0]
+        flagged = np.zeros(len(objs), dtype=bool)
+        flagged[np.unique(labels) - 1] = True
+        return objs, flagged
+
+    def box(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        sl = (slice(y0, y1), slice(x0, x1))
+        with pixstack((y1 - y0) * (x1 - x0) + 64):
+            return run(
+                np.ascontiguousarray(sub[sl]),
+                np.ascontiguousarray(err[sl]) if isinstance(err, np.ndarray) else err,
+                None if bad is None else np.ascontiguousarray(bad[sl]),
+                None if sat_pix is None else sat_pix[sl],
+            )
+
+    def whole() -> tuple[np.ndarray, np.ndarray | None]:
+        with _pixstack(sub.size):
+            return run(sub, err, bad, sat_pix)
+
+    cells = detectable_cells(sub, config.threshold_sigma, noise=err, mask=bad, kernel=kernel, cell=_CELL)
+    if cells is None:
+        found: tuple[np.ndarray, np.ndarray | None] | None = whole()
+    else:
+        reach = max(1, (0 if kernel is None else max(kernel.shape) // 2))
+        found = extract_around(
+            cells, _CELL, sub.shape, box, whole, margin=_BOX_MARGIN, reach=reach, clean=config.clean
+        )
+    if found is None or len(found[0]) == 0:
+        return None, None
+    objs, flagged = found
+    order = np.lexsort(tuple(objs[key] for key in ("x", "y", "npix", "xmax", "ymax", "xmin", "ymin")))
+    return objs[order], None if flagged is None else flagged[order]
+
+
 def detect_sources(
     data: np.ndarray,
     *,
@@ -395,29 +480,7 @@ def detect_sources(
     if not np.isfinite(background.global_rms_adu) or background.global_rms_adu <= 0:
         raise BadInputError(f"background rms is {background.global_rms_adu}: the image is flat or empty")
 
-    # the segmentation map is only needed to find sources with SAT-flagged pixels
-    sat_pix = masks.saturated
-    with _pixstack(arr.size):
-        try:
-            extracted = sep.extract(
-                sub,
-                config.threshold_sigma,
-                err=err,
-                mask=bad,
-                minarea=config.min_area_pix,
-                filter_kernel=_kernel(config),
-                filter_type="conv",
-                deblend_nthresh=config.deblend_n_thresh,
-                deblend_cont=config.deblend_cont,
-                clean=config.clean,
-                clean_param=config.clean_param,
-                segmentation_map=sat_pix is not None,
-            )
-            objs, segmap = extracted if sat_pix is not None else (extracted, None)
-        except Exception as exc:  # sep raises a bare Exception
-            raise BadInputError(
-                f"source extraction failed ({exc}); raise threshold_sigma or check the background subtraction"
-            ) from exc
+    objs, sat_in_footprint = _sep_sources(sub, err, bad, masks.saturated, config)
 
     meta = {
         "threshold_sigma": config.threshold_sigma,
@@ -425,7 +488,7 @@ def detect_sources(
         "sky_rms_adu": background.global_rms_adu,
         "shape": arr.shape,
     }
-    if len(objs) == 0:
+    if objs is None or len(objs) == 0:
         table = _empty_catalog()
         table.meta.update(meta)
         return table
@@ -479,13 +542,9 @@ def detect_sources(
     ix = np.clip(np.rint(x_iso).astype(int), 0, arr.shape[1] - 1)
     sky = background.level_adu[iy, ix].astype(np.float64)
     peak = objs["peak"].astype(np.float64)
-    saturated = np.zeros(len(objs), dtype=bool)
+    saturated = np.zeros(len(objs), dtype=bool) if sat_in_footprint is None else sat_in_footprint.copy()
     if saturation_adu is not None:
         saturated |= peak + sky >= saturation_adu
-    if sat_pix is not None and segmap is not None:
-        labels = segmap[sat_pix]
-        labels = labels[labels > 0]
-        saturated[np.unique(labels) - 1] = True
 
     with np.errstate(divide="ignore", invalid="ignore"):
         snr = np.where(flux_aper_err > 0, flux_aper / flux_aper_err, np.nan)

@@ -3,7 +3,8 @@
 The per-frame stages' hot loops are numba kernels, compiled on their first call after
 installing and cached on disk: the calibration's full-frame pass (:mod:`darkroom.calib.process`),
 the cosmic-ray engine (:mod:`darkroom.calib.cosmics`), the mesh sky background of the
-cosmic-ray step and of the extraction (:mod:`darkroom.skymesh`), the Moffat PSF fit (:mod:`darkroom.detect.psf`) and the
+cosmic-ray step and of the extraction (:mod:`darkroom.skymesh`), the detectable cells of the
+extraction (:mod:`darkroom.sepboxes`), the Moffat PSF fit (:mod:`darkroom.detect.psf`) and the
 annulus backgrounds (:mod:`darkroom.phot.aperture`). Each module's own
 ``load_compiled_kernels()`` runs them once on a small synthetic input. In a new process the
 first call still costs numba's own start-up (~0.3 s, once).
@@ -25,6 +26,7 @@ KERNEL_USERS = (
     "darkroom.calib.process",
     "darkroom.calib.cosmics",
     "darkroom.skymesh",
+    "darkroom.sepboxes",
     "darkroom.detect.psf",
     "darkroom.phot.aperture",
 )
