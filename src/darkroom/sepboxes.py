@@ -163,7 +163,7 @@ def detectable_cells(
     ``(ny // cell + 1, nx // cell + 1)``), or None when the kernel is not separable (the caller
     extracts the whole frame).
     """
-    from darkroom._sepboxes_kernels import mark_detectable
+    from darkroom._sepboxes_kernels import mark_detectable, mark_detectable_7
 
     if kernel is None:
         factors: tuple[np.ndarray, np.ndarray] | None = (np.ones(1, np.float32), np.ones(1, np.float32))
@@ -172,11 +172,15 @@ def detectable_cells(
     if factors is None:
         return None
     ky, kx = factors
+    mark = mark_detectable
+    if ky.size <= 7 and kx.size <= 7:  # sep's usual kernels (3x3, 5x5, 7x7): padded to 7 taps
+        ky, kx = (np.pad(k, ((7 - k.size) // 2,)) for k in (ky, kx))
+        mark = mark_detectable_7
     ny, nx = image.shape
     cells = np.zeros((ny // cell + 1, nx // cell + 1), dtype=bool)
     use_map = isinstance(noise, np.ndarray) and noise.ndim == 2
     noise_map = np.ascontiguousarray(noise, dtype=np.float32) if use_map else np.zeros((1, 1), np.float32)
-    mark_detectable(
+    mark(
         np.ascontiguousarray(image, dtype=np.float32),
         noise_map,
         use_map,
@@ -343,3 +347,4 @@ def load_compiled_kernels() -> None:
         image, 3.0, noise=np.ones((16, 16), np.float32), mask=None, kernel=np.ones((3, 3)), cell=8
     )
     detectable_cells(image, 3.0, noise=1.0, mask=np.zeros((16, 16), bool), kernel=None, cell=8)
+    detectable_cells(image, 3.0, noise=1.0, mask=None, kernel=np.ones((9, 9)), cell=8)
