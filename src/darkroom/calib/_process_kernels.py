@@ -28,6 +28,7 @@ from numba import njit
 
 _F0 = np.float32(0.0)
 _NAN = np.float32(np.nan)
+_CHUNK = 1024  # pixels a step of remove_signature takes at a time (its buffers stay in L1)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -87,51 +88,103 @@ def remove_signature(
     b_nodata, b_bad, b_sat = bits[0], bits[1], bits[2]
     n_nodata = 0
     n_bad = 0
-    for p in range(sci.size):
-        s = sci[p]
-        v = _F0
+    # A chunk of pixels at a time, each step a loop of its own with the masters' flags tested
+    # outside it: the loops have no branch on the flags, and the compiler vectorises them (the
+    # same float32 operations per pixel, in the same order, as one pixel at a time).
+    s = np.empty(_CHUNK, np.float32)
+    v = np.empty(_CHUNK, np.float32)
+    nd = np.empty(_CHUNK, np.bool_)
+    b = np.empty(_CHUNK, np.bool_)
+    for start in range(0, sci.size, _CHUNK):
+        m = min(_CHUNK, sci.size - start)
+        end = start + m
+        # views of the chunk, indexed from 0 (the compiler then knows no index is negative; an
+        # unused master is 0-length, and so is its view)
+        sci_c = sci[start:end]
+        bias_c = bias[start:end]
+        dark_c = dark[start:end]
+        dark_var_c = dark_var[start:end]
+        bias_var_c = bias_var[start:end]
+        flat_c = flat[start:end]
+        flat_var_c = flat_var[start:end]
+        flat_sq_c = flat_sq[start:end]
+        no_response_c = no_response[start:end]
+        reasons_c = reasons[start:end]
+        saturated_c = saturated[start:end]
+        var_c = var[start:end]
+        mask_c = mask[start:end]
+        nodata_c = nodata[start:end]
+        bad_c = bad[start:end]
+        for i in range(m):
+            s[i] = sci_c[i]
+            v[i] = _F0
         if has_bias:
-            s = s - bias[p]
-            v = _poisson_read(s, inv_gain, rn2)
+            for i in range(m):
+                t = s[i] - bias_c[i]
+                s[i] = t
+                v[i] = _poisson_read(t, inv_gain, rn2)
         if has_dark:
-            s = s - dark[p] * dark_k if dark_scaled else s - dark[p]
+            if dark_scaled:
+                for i in range(m):
+                    s[i] = s[i] - dark_c[i] * dark_k
+            else:
+                for i in range(m):
+                    s[i] = s[i] - dark_c[i]
             if not has_bias:
-                v = _poisson_read(s, inv_gain, rn2)
-            v = v + dark_var[p] * dark_var_k if dark_scaled else v + dark_var[p]
+                for i in range(m):
+                    v[i] = _poisson_read(s[i], inv_gain, rn2)
+            if dark_scaled:
+                for i in range(m):
+                    v[i] = v[i] + dark_var_c[i] * dark_var_k
+            else:
+                for i in range(m):
+                    v[i] = v[i] + dark_var_c[i]
         if not has_bias and not has_dark:
-            v = _poisson_read(s - sky_level if has_sky else s, inv_gain, rn2)
+            if has_sky:
+                for i in range(m):
+                    v[i] = _poisson_read(s[i] - sky_level, inv_gain, rn2)
+            else:
+                for i in range(m):
+                    v[i] = _poisson_read(s[i], inv_gain, rn2)
         if add_bias_var:
-            v = v + bias_var[p] * bias_var_k
-        nd = not np.isfinite(s)
-        b = False
+            for i in range(m):
+                v[i] = v[i] + bias_var_c[i] * bias_var_k
+        for i in range(m):
+            nd[i] = not np.isfinite(s[i])
+            b[i] = False
         if has_flat:
-            s = s / flat[p]
+            for i in range(m):
+                s[i] = s[i] / flat_c[i]
             if has_flat_var:
-                t = s * s
-                t = t * flat_var[p]
-                v = v + t
-            v = v / flat_sq[p]
-            if has_no_resp and no_response[p]:
-                b = True
-        if has_reasons and reasons[p] != 0:
-            b = True
-        bits_p = np.int32(0)
-        if nd:
-            b = False
-            bits_p |= b_nodata
-            s = _NAN
-            v = _NAN
-            n_nodata += 1
-        if b:
-            bits_p |= b_bad
-            n_bad += 1
-        if saturated[p]:
-            bits_p |= b_sat
-        sci[p] = s
-        var[p] = v
-        mask[p] = bits_p
-        nodata[p] = nd
-        bad[p] = b
+                for i in range(m):
+                    t = s[i] * s[i]
+                    t = t * flat_var_c[i]
+                    v[i] = v[i] + t
+            for i in range(m):
+                v[i] = v[i] / flat_sq_c[i]
+            if has_no_resp:
+                for i in range(m):
+                    b[i] = no_response_c[i]
+        if has_reasons:
+            for i in range(m):
+                b[i] = b[i] or reasons_c[i] != 0
+        for i in range(m):
+            ndi = nd[i]
+            bi = b[i] and not ndi
+            bits_p = np.int32(0)
+            if ndi:
+                bits_p |= b_nodata
+            if bi:
+                bits_p |= b_bad
+            if saturated_c[i]:
+                bits_p |= b_sat
+            sci_c[i] = _NAN if ndi else s[i]
+            var_c[i] = _NAN if ndi else v[i]
+            mask_c[i] = bits_p
+            nodata_c[i] = ndi
+            bad_c[i] = bi
+            n_nodata += ndi
+            n_bad += bi
     return n_nodata, n_bad
 
 
