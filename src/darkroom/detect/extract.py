@@ -16,10 +16,8 @@ of a Gaussian, 1.26 times the FWHM of a Moffat beta = 3 star.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
 
 import astropy.units as u
 import numpy as np
@@ -112,18 +110,6 @@ def gaussian_kernel(fwhm_pix: float) -> np.ndarray:
     prof = np.exp(-0.5 * (grid / sigma) ** 2)
     kernel = np.outer(prof, prof)
     return kernel / kernel.sum()
-
-
-@contextlib.contextmanager
-def _pixstack(n_pixels: int) -> Iterator[None]:
-    """Raise sep's (process-wide) pixel stack for large images, restore it afterwards."""
-    old = sep.get_extract_pixstack()
-    new = max(old, min(n_pixels // 2, 50_000_000))
-    sep.set_extract_pixstack(new)
-    try:
-        yield
-    finally:
-        sep.set_extract_pixstack(old)
 
 
 def _kernel(config: DetectConfig) -> np.ndarray | None:
@@ -404,7 +390,8 @@ def _sep_sources(
             )
 
     def whole() -> tuple[np.ndarray, np.ndarray | None]:
-        with _pixstack(sub.size):
+        # sep's default stack (300 000 pixels), or half the frame's pixels (at most 50 million)
+        with pixstack(max(300_000, min(sub.size // 2, 50_000_000))):
             return run(sub, err, bad, sat_pix)
 
     cells = detectable_cells(sub, config.threshold_sigma, noise=err, mask=bad, kernel=kernel, cell=_CELL)
