@@ -414,6 +414,107 @@ def test_a_worker_batch_overlaps_and_settles_deferred_writes_before_shipping(reg
     assert states == {"exp:1": "done", "exp:2": "failed", "exp:3": "done", "exp:4": "done", "exp:5": "done"}
 
 
+class HandsOverStage(ToyStage):
+    """Defers its writes; the write of exposure 2 (the last of the first batch of two) waits
+    until the unit of exposure 3 (the first of the next batch) has run, for a minute at most.
+    Its result says whether it saw that run, and which process ran it."""
+
+    name = "toy_hands_over"
+    defers_writes = True
+
+    def begin_deferred_writes(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.writes = []
+
+    def end_deferred_writes(self):
+        self.pool.shutdown(wait=True)
+
+    def writes_done(self, timeout=0.0):
+        from concurrent.futures import wait
+
+        return not wait(self.writes, timeout=timeout).not_done
+
+    def run(self, unit):
+        value = unit.payload["value"]
+        path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
+        flag = self.root / "exp3-ran"
+        if value == 3:
+            atomic_write_text(flag, "")
+
+        def write():
+            import time
+
+            deadline = time.monotonic() + 60
+            while value == 2 and not flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            atomic_write_text(path, str(value))
+            return self.relative(path), value != 2 or flag.exists()
+
+        result = {"key": unit.key, "pid": os.getpid()}
+        if getattr(self, "pool", None) is None:  # a batch of one unit does not defer
+            return self.settle({**result, "write": write()})
+        self.writes.append(self.pool.submit(write))
+        return {**result, "write": self.writes[-1]}
+
+    def settle(self, result):
+        write = result["write"]
+        path, saw = write if isinstance(write, tuple) else write.result()
+        return {"key": result["key"], "path": path, "saw_next_batch": saw, "pid": result["pid"]}
+
+    def record(self, session, unit, result):
+        self.__dict__.setdefault("results", {})[unit.key] = result
+        ToyStage.record(self, session, unit, result["path"])
+
+
+def test_a_worker_computes_its_next_batch_while_a_batch_waits_for_its_writes(registry, tmp_path):
+    """On a worker, a batch whose units are computed but whose writes go on hands the worker to
+    the next batch (its own results are still settled before they are shipped)."""
+    import sys
+
+    import cloudpickle
+
+    from darkroom.pipeline.executors import DaskExecutor
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    stage = HandsOverStage(tmp_path, ToyConfig())
+    executor = DaskExecutor(n_workers=1, batch_size=2)
+    try:
+        report = run_stage(registry, stage, executor)
+    finally:
+        executor.close()
+    assert (report.n_done, report.n_failed) == (5, 0), report.failures
+    results = stage.results
+    pids = {r["pid"] for r in results.values()}
+    assert len(pids) == 1 and os.getpid() not in pids  # all on the one worker
+    # exposure 2's write waited for exposure 3, which the one worker ran meanwhile
+    assert results["exp:2"]["saw_next_batch"] is True
+    assert all((tmp_path / r["path"]).read_text() == key.split(":")[1] for key, r in results.items())
+
+
+def test_deferred_writes_are_done_when_the_last_one_is(tmp_path):
+    """DeferredWrites.writes_done: its one writer thread writes in turn, so the last write
+    handed over ending means every one has."""
+    import threading
+
+    from darkroom.pipeline.deferred import DeferredWrites
+
+    class Writes(DeferredWrites):
+        pass
+
+    w, gate = Writes(), threading.Event()
+    assert w.writes_done()  # nothing handed over yet
+    w.begin_deferred_writes()
+    first = w.write_in_thread(lambda: gate.wait(60) and "a")
+    second = w.write_in_thread(lambda: "b")
+    assert not w.writes_done(timeout=0.01)
+    gate.set()
+    assert w.writes_done(timeout=60) and first.result() == "a" and second.result() == "b"
+    w.end_deferred_writes()
+    assert "_last_write" not in w.__getstate__()  # a Future does not travel to a worker
+
+
 def test_local_workers_fork_from_a_server_that_loaded_the_stages_libraries():
     """The local cluster's workers are forked from one fork server (not spawned by the driver,
     each importing anew), and they start with the per-frame stages' libraries loaded."""

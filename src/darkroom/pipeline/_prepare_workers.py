@@ -1,7 +1,8 @@
 """Imported by the local Dask cluster's fork server (its preload list), so that the workers
 forked from it inherit what it sets up once:
 
-- glibc's allocator set as the ``darkroom`` command sets it (:mod:`darkroom._allocator`);
+- glibc's allocator set as the ``darkroom`` command sets it (:mod:`darkroom._allocator`), with
+  one heap for all of a worker's threads (:func:`darkroom._allocator.one_heap`);
 - the stages' compiled kernels (:func:`darkroom.pipeline.kernels.load_compiled_kernels`),
   instead of each worker paying numba's start-up (~0.3 s of CPU) on its first frame. The server
   is a single-threaded fresh interpreter, which numba's compiled code survives forking from.
@@ -11,9 +12,10 @@ kernels on first use."""
 
 import logging
 
-from darkroom._allocator import keep_freed_memory
+from darkroom._allocator import keep_freed_memory, one_heap
 
 keep_freed_memory()
+one_heap()
 try:
     from darkroom.pipeline.kernels import load_compiled_kernels
 

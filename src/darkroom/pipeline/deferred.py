@@ -11,7 +11,7 @@ deferral the write is waited for before :meth:`run` returns.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -46,9 +46,14 @@ class DeferredWrites:
         sha256 = result["sha256"]
         return {**result, "sha256": sha256.result()} if isinstance(sha256, Future) else result
 
+    def writes_done(self, timeout: float = 0.0) -> bool:
+        last = getattr(self, "_last_write", None)  # the one writer thread writes in turn
+        return last is None or bool(wait([last], timeout=timeout).done)
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_writer", None)  # the driver's thread: a worker makes its own
+        state.pop("_last_write", None)
         return state
 
     def _write_pool(self) -> ThreadPoolExecutor:
@@ -68,7 +73,7 @@ class DeferredWrites:
         """``write(*args)`` (which returns the file's SHA-256) on the writer thread: its Future
         while deferring (or with ``wait=False``: the caller works on, then settles it), else its
         value once written."""
-        future = self._write_pool().submit(write, *args)
+        future = self._last_write = self._write_pool().submit(write, *args)
         keep = (not self.deferring) if wait is None else wait
         return future.result() if keep else future
 

@@ -220,6 +220,11 @@ class Stage(ABC):
         of the stage, also when the stage is interrupted)."""
         return None
 
+    def writes_done(self, timeout: float = 0.0) -> bool:
+        """Whether every write still going (deferred by :meth:`run`) has ended, waiting at most
+        ``timeout`` seconds for them. True by default (nothing deferred)."""
+        return True
+
     def settle(self, result: Any) -> Any:
         """The result of :meth:`run` with its product file written and durable (waits for a
         deferred write; raises what the write raised). The identity by default."""
