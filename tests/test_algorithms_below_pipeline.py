@@ -56,6 +56,40 @@ def test_median_is_exactly_numpys(n, dtype):
             assert got == want or (np.isnan(got) and np.isnan(want))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_median_where_is_exactly_numpys_of_the_values_kept(dtype):
+    """median(values, where=keep) == np.median(values[keep]), for masks dense and sparse, with
+    NaN and infinities among the values left out or kept, ties, and a median outside the pivots."""
+    n = 1 << 20
+    rng = np.random.default_rng(5)
+    x = (300.0 + 50.0 * rng.standard_normal(n)).astype(dtype)
+    bad_left_out = x.copy()
+    bad_left_out[::97] = np.nan
+    bad_left_out[1::97] = np.inf
+    keeps = {
+        "dense": rng.random(n) > 0.01,
+        "half": rng.random(n) > 0.5,
+        "sparse": rng.random(n) > 0.97,  # ~31k kept: below the selection's minimum
+        "few in the sample": np.arange(n) % 64 == 3,  # 16k kept, none on the sample's stride
+        "all": np.ones(n, bool),
+        "none": np.zeros(n, bool),
+    }
+    keeps["no NaN kept"] = keeps["dense"] & np.isfinite(bad_left_out)
+    tied = np.round(x)
+    edge = x.copy()
+    edge[: n // 2 + 1] = -1e30
+    for values in (x, bad_left_out, tied, edge):
+        for name, keep in keeps.items():
+            for reference in (np.median, bn.median):
+                with np.errstate(invalid="ignore"):
+                    want = reference(values[keep]) if keep.any() else np.float64("nan")
+                    got = median(values, middle=reference, where=keep)
+                assert np.asarray(got).dtype == np.asarray(want).dtype or not keep.any(), name
+                assert got == want or (np.isnan(got) and np.isnan(want)), name
+    with pytest.raises(ValueError):
+        median(x, where=np.ones(10, bool))
+
+
 def test_moffat_stamp_integrates_to_the_enclosed_flux_and_has_its_fwhm():
     fwhm, beta = 4.0, 3.0
     psf = moffat_psf_model(fwhm, beta, half_size_pix=25, oversampling=5)

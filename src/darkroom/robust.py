@@ -26,11 +26,18 @@ _SELECT_MIN = 1 << 16  # below this many values np.median itself is as fast
 _SAMPLE = 1 << 14  # values in the pivot sample of :func:`median`
 
 
-def median(values: np.ndarray, *, middle: Callable[[np.ndarray], np.floating] = np.median) -> np.floating:
+def median(
+    values: np.ndarray,
+    *,
+    middle: Callable[[np.ndarray], np.floating] = np.median,
+    where: np.ndarray | None = None,
+) -> np.floating:
     """Exactly ``np.median(values)`` (value and dtype; NaN when any value is NaN) of all the
-    values, ~3x faster on large float arrays. ``middle`` is the median function to match
-    (``bottleneck.median`` rounds the mean of the two middle values its own way): it is
-    applied to the middle value(s), or to everything on the fallback.
+    values, ~3x faster on large float arrays; with ``where`` (boolean, the shape of
+    ``values``) exactly ``np.median(values[where])``, without making that copy. ``middle`` is
+    the median function to match (``bottleneck.median`` rounds the mean of the two middle
+    values its own way): it is applied to the middle value(s), or to everything on the
+    fallback.
 
     The median's two order statistics are selected among the values between two pivots
     taken from an evenly strided sample (a few % of the values) instead of partitioning a
@@ -39,27 +46,37 @@ def median(values: np.ndarray, *, middle: Callable[[np.ndarray], np.floating] = 
     back to ``np.median``.
     """
     a = np.asarray(values).ravel()
-    n = a.size
+    w = None if where is None else np.asarray(where, dtype=bool).ravel()
+    if w is not None and w.size != a.size:
+        raise ValueError(f"where has {w.size} values, values {a.size}")
+    n = a.size if w is None else int(np.count_nonzero(w))
     if n < _SELECT_MIN or a.dtype.kind != "f":
-        return middle(a)
+        return middle(a if w is None else a[w])
     k_lo, k_hi = (n - 1) // 2, n // 2  # the order statistics np.median averages
-    sample = np.sort(a[:: n // _SAMPLE][:_SAMPLE])
+    step = max(1, a.size // _SAMPLE)
+    strided = a[::step][:_SAMPLE] if w is None else a[::step][w[::step]]
+    sample = np.sort(strided)
     m = sample.size
+    if m < 64:  # too few of the values in the sample (a sparse ``where``)
+        return middle(a if w is None else a[w])
     # the sample median's rank scatters by sqrt(m) / 2: pivots 4 of those away either side
     half = int(2.0 * math.sqrt(m)) + 1
     lo, hi = sample[max(0, m // 2 - half)], sample[min(m - 1, m // 2 + half)]
     if not (lo <= hi):  # NaN in the sample
-        return middle(a)
+        return middle(a if w is None else a[w])
     from_lo = a >= lo  # NaN is in neither of these two
     to_hi = a <= hi
+    if w is not None:
+        np.logical_and(from_lo, w, out=from_lo)
+        np.logical_and(to_hi, w, out=to_hi)
     n_from_lo, n_to_hi = int(np.count_nonzero(from_lo)), int(np.count_nonzero(to_hi))
     np.logical_and(from_lo, to_hi, out=from_lo)
     band = a[from_lo]
     below, above = n_to_hi - band.size, n_from_lo - band.size
     if below + band.size + above != n:
-        return middle(a)  # NaN among the values
+        return middle(a if w is None else a[w])  # NaN among the values
     if not (below <= k_lo and below + band.size > k_hi):
-        return middle(a)  # the pivots missed
+        return middle(a if w is None else a[w])  # the pivots missed
     i, j = k_lo - below, k_hi - below
     part = np.partition(band, (i, j) if i != j else i)
     # the median function's own mean of the middle value(s), for the same rounding and dtype

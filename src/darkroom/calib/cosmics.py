@@ -687,10 +687,10 @@ class _SparseLACosmic:
         good = ~self.mask
         if which == "data":
             if self._bg_level is None:
-                self._bg_level = _F32(median(self.clean_in[good], middle=bn.median))
+                self._bg_level = _F32(median(self.clean_in, middle=bn.median, where=good))
             return self._bg_level
         if self._bg_var_level is None:
-            self._bg_var_level = _F32(median(self.var_in[good], middle=bn.median))
+            self._bg_var_level = _F32(median(self.var_in, middle=bn.median, where=good))
         return self._bg_var_level
 
     def _zone(self, changed: np.ndarray) -> np.ndarray:
