@@ -90,6 +90,26 @@ def test_median_where_is_exactly_numpys_of_the_values_kept(dtype):
         median(x, where=np.ones(10, bool))
 
 
+def test_median_where_on_real_frames(data_dir):
+    """An ARCSAT raw frame (1k x 1k) and the SAAO frame, with their stars left out or kept alone
+    and a bad column left out: median(frame, where=keep) == np.median(frame[keep])."""
+    import glob
+
+    from astropy.io import fits
+
+    paths = sorted(glob.glob(str(data_dir / "arcsat-xo1b-transit" / "XO1-b_z_*.fits.gz")))[:1]
+    paths.append(str(data_dir / "ccdproc-saao-and-sip" / "a8280271.fits"))
+    for path in paths:
+        with fits.open(path) as hdul:
+            img = np.asarray(hdul[0].data, dtype=np.float32)
+        stars = img > np.percentile(img, 99.0)
+        column = np.zeros(img.shape, bool)
+        column[:, img.shape[1] // 3] = True
+        for keep in (~stars, stars | column, ~(stars | column)):
+            for reference in (np.median, bn.median):
+                assert median(img, middle=reference, where=keep) == reference(img[keep]), path
+
+
 def test_moffat_stamp_integrates_to_the_enclosed_flux_and_has_its_fwhm():
     fwhm, beta = 4.0, 3.0
     psf = moffat_psf_model(fwhm, beta, half_size_pix=25, oversampling=5)

@@ -177,7 +177,7 @@ def test_a_frame_full_of_stars_is_extracted_once_for_finding_and_guarding(monkey
     """80 stars on 300 x 400 pixels: boxes around each would cost more than the whole frame, so
     the frame is extracted once, and the second ask (the guard's, around the flags) reuses it."""
     from darkroom.calib import starguard
-    from darkroom.calib.starguard import StarExtraction, StarGuardConfig, _sep_extract
+    from darkroom.calib.starguard import StarExtraction, StarGuardConfig, _sep_call, _sep_extract
     from darkroom.robust import median
 
     rng = np.random.default_rng(8)
@@ -190,11 +190,11 @@ def test_a_frame_full_of_stars_is_extracted_once_for_finding_and_guarding(monkey
     whole = _sep_extract(work, err, None, cfg)
     calls = []
 
-    def counted(*args):
+    def counted(*args):  # every sep call, of a box or of the whole frame
         calls.append(args[0].shape)
-        return _sep_extract(*args)
+        return _sep_call(*args)
 
-    monkeypatch.setattr(starguard, "_sep_extract", counted)
+    monkeypatch.setattr(starguard, "_sep_call", counted)
     ext = StarExtraction(work, err, None, cfg)
     first = ext.around(work > 20 * median(err))
     flags = np.zeros((ny, nx), bool)

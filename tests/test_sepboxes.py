@@ -142,6 +142,18 @@ def test_other_real_frames_in_boxes_equal_the_whole_frame(data_dir, monkeypatch,
     assert_same_catalog(boxed, whole)
 
 
+@pytest.mark.parametrize("name", OTHER_FRAMES)
+def test_a_wide_filter_in_boxes_equals_the_whole_frame(data_dir, monkeypatch, name):
+    """A 4.5-pixel Gaussian filter (11 x 11, wider than the 7-tap kernel's: the general one, and
+    boxes that must keep 5 pixels from their inner edges) on the real frames."""
+    img = _frame(data_dir / name)
+    config = DetectConfig(filter_fwhm_pix=4.5)
+    assert extract_module._kernel(config).shape == (11, 11)
+    boxed, whole, _ = both_ways(monkeypatch, img, background=estimate_background(img), config=config)
+    assert len(whole) > 0, name
+    assert_same_catalog(boxed, whole)
+
+
 def test_sdss_m2_frames_crowded_are_extracted_whole(data_dir, monkeypatch):
     """M2's crowded SDSS frames (2048 x 1489, thousands of sources): boxes would cost more than
     the frame, so sep runs once on the whole frame, as before."""

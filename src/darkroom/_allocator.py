@@ -36,11 +36,9 @@ def keep_freed_memory() -> bool:
         os.environ.get("GLIBC_TUNABLES") or ""
     ):
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # absent from musl
-    except (OSError, AttributeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_MIB << 20)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_MIB << 20)
     )
@@ -64,9 +62,15 @@ def one_heap() -> bool:
         return False
     if "MALLOC_ARENA_MAX" in os.environ or "malloc" in (os.environ.get("GLIBC_TUNABLES") or ""):
         return False
+    mallopt = _mallopt()
+    return mallopt is not None and bool(mallopt(_M_ARENA_MAX, 1))
+
+
+def _mallopt():
+    """glibc's ``mallopt(param, value)`` (C ints), or None where the C library has none (musl)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
-        return False
+        return None
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(_M_ARENA_MAX, 1))
+    return mallopt

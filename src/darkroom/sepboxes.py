@@ -55,7 +55,8 @@ CLEAN_ZONE = 10.0  # sep's CLEAN_ZONE: sources this many (a1 + a2) apart may cle
 _PIXSTACK_LOCK = threading.Lock()
 _COORDINATES = (("x", "xmin", "xmax", "xpeak", "xcpeak"), ("y", "ymin", "ymax", "ypeak", "ycpeak"))
 
-#: a box's extraction: ``(y0, y1, x0, x1) -> (sep table in box coordinates, per-source extra or None)``
+#: a box's extraction: ``(y0, y1, x0, x1) -> (sep table in box coordinates, per-source extra or None)``;
+#: it runs with sep's pixel stack set to the box (:func:`pixstack`), and must not set it itself
 BoxExtraction = Callable[[int, int, int, int], tuple[np.ndarray, "np.ndarray | None"]]
 
 
@@ -204,7 +205,8 @@ def _box_sources(
     cut off at the box's edge, gives other values than on the frame)."""
     y0, y1, x0, x1 = box
     ny, nx = shape
-    objs, extra = extract(y0, y1, x0, x1)
+    with pixstack((y1 - y0) * (x1 - x0) + 64):  # room for every pixel of the box and no more
+        objs, extra = extract(y0, y1, x0, x1)
     touches = (
         ((objs["xmin"] < reach) & (x0 > 0))
         | ((objs["ymin"] < reach) & (y0 > 0))
@@ -282,7 +284,8 @@ def extract_around(
     :data:`BoxExtraction`), ``whole`` on the whole frame (frame coordinates), instead of the
     boxes when there are more than ``max_boxes`` regions, when the boxes would cover more than
     ``max_share`` of the frame, or when their extractions (those done and still to do, each
-    counted as its area plus ``box_cost_pix``) would cost more than the whole frame's. Returns
+    counted as its area plus ``box_cost_pix``) would cost more than the whole frame's; ``whole``
+    sets sep's pixel stack for the frame itself (:func:`pixstack`). Returns
     the sources (frame coordinates, the boxes in turn) and their extra values (concatenated,
     or None when ``extract`` gives none).
     """

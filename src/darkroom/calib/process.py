@@ -795,7 +795,7 @@ def _cosmic_rays(
     v = np.ascontiguousarray(var, dtype=_F32)
     if any_ignore:  # NaN (NO_DATA) pixels: give them harmless values, they are masked
         work = np.where(ignore, _F32(0.0), work)
-        v = np.where(ignore, np.float32(median(var[~ignore])) if (~ignore).any() else _F32(1.0), v)
+        v = np.where(ignore, np.float32(median(var, where=~ignore)) if not ignore.all() else _F32(1.0), v)
     box = int(min(cfg.sky_box_pix, *work.shape))
     sky = sky_background(work, mask=ignore if any_ignore else None, bw=box, bh=box).back()
     cr_cfg = cfg.cosmic_rays

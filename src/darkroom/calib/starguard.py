@@ -122,14 +122,20 @@ _MAX_BOXES = 400  # more separate regions than this (a crowded field): the whole
 _BOX_COST_PIX = 6000
 
 
-def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg: StarGuardConfig):
+def _sep_call(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg: StarGuardConfig):
     """sep sources ``cfg.detect_sigma`` sigma above zero (``work`` sky-subtracted, ``err`` the
-    per-pixel sigma), matched-filtered, minimum area 3, deblended to 0.005."""
+    per-pixel sigma), matched-filtered, minimum area 3, deblended to 0.005; sep's pixel stack
+    as the caller set it."""
     import sep
 
-    # room for every pixel of the image and no more (sep allocates its pixel stack per call)
+    return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
+
+
+def _sep_extract(work: np.ndarray, err: np.ndarray, mask: np.ndarray | None, cfg: StarGuardConfig):
+    """:func:`_sep_call` with room for every pixel of the image and no more (sep allocates its
+    pixel stack per call)."""
     with pixstack(work.size + 64):
-        return sep.extract(work, cfg.detect_sigma, err=err, mask=mask, minarea=3, deblend_cont=0.005)
+        return _sep_call(work, err, mask, cfg)
 
 
 def _extract_around(
@@ -153,9 +159,7 @@ def _extract_around(
     def box(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, None]:
         sl = (slice(y0, y1), slice(x0, x1))
         sub_mask = None if mask is None else np.ascontiguousarray(mask[sl])
-        return _sep_extract(
-            np.ascontiguousarray(work[sl]), np.ascontiguousarray(err[sl]), sub_mask, cfg
-        ), None
+        return _sep_call(np.ascontiguousarray(work[sl]), np.ascontiguousarray(err[sl]), sub_mask, cfg), None
 
     def whole_frame() -> tuple[np.ndarray, None]:
         return (whole() if whole is not None else _sep_extract(work, err, mask, cfg)), None

@@ -381,13 +381,12 @@ def _sep_sources(
 
     def box(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
         sl = (slice(y0, y1), slice(x0, x1))
-        with pixstack((y1 - y0) * (x1 - x0) + 64):
-            return run(
-                np.ascontiguousarray(sub[sl]),
-                np.ascontiguousarray(err[sl]) if isinstance(err, np.ndarray) else err,
-                None if bad is None else np.ascontiguousarray(bad[sl]),
-                None if sat_pix is None else sat_pix[sl],
-            )
+        return run(
+            np.ascontiguousarray(sub[sl]),
+            np.ascontiguousarray(err[sl]) if isinstance(err, np.ndarray) else err,
+            None if bad is None else np.ascontiguousarray(bad[sl]),
+            None if sat_pix is None else sat_pix[sl],
+        )
 
     def whole() -> tuple[np.ndarray, np.ndarray | None]:
         # sep's default stack (300 000 pixels), or half the frame's pixels (at most 50 million)

@@ -146,7 +146,7 @@ class CalibrateStage(DeferredWrites, Stage):
             sha256 = self.write_in_thread(write_encoded, path, encoded, wait=False)
         finite = np.isfinite(result.sci)
         median_adu = (
-            float(median(result.sci if finite.all() else result.sci[finite])) if finite.any() else None
+            float(median(result.sci, where=None if finite.all() else finite)) if finite.any() else None
         )
         if isinstance(sha256, Future) and not self.deferring:
             sha256 = sha256.result()
