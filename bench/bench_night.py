@@ -5,16 +5,16 @@ In one invocation, side by side: the careful peer reduction
 there in a subprocess with the interpreter of ``.venv-peer``, which ``make bench`` makes
 with the peer's own libraries: it needs photutils 3, darkroom pins photutils 2;
 ``DARKROOM_PEER_PYTHON`` names another interpreter),
-then darkroom's ingest and every stage of ``darkroom run`` serially and on a local
-Dask cluster of 2 workers, each into a fresh repository and in a fresh process (nothing
+then darkroom's ingest and every stage of ``darkroom run`` serially and on 2 local
+worker processes (``--workers 2``), each into a fresh repository and in a fresh process (nothing
 imported or parsed by one run helps the next), timed from outside as the peer is: the total
 includes the interpreter's start-up and imports. Prints the wall time per stage and in total,
 and each darkroom run's speed-up over the peer.
-Run: .venv/bin/python bench/bench_night.py [--workers N [N ...]] [--skip-serial] [--skip-dask]
-[--skip-peer] (e.g. ``--workers 1 2 4``: one Dask run per count). The "driver CPU" row is the
-CPU time of the driving process (its threads included: claims, records, scheduling, and in a
-serial run the stages themselves and their writer threads); "workers CPU" that of the local
-cluster's worker processes. "cores busy" is their sum over the wall time: how many of the
+Run: .venv/bin/python bench/bench_night.py [--workers N [N ...]] [--skip-serial] [--skip-workers]
+[--skip-peer] (e.g. ``--workers 1 2 4``: one run per count). The "driver CPU" row is the
+CPU time of the driving process (its threads included: claims, records, handing out batches,
+and in a serial run the stages themselves and their writer threads); "workers CPU" that of the
+worker processes. "cores busy" is their sum over the wall time: how many of the
 machine's cores a run kept busy on average (a serial run already keeps more than one busy with
 its writer threads, which bounds what workers can gain on 2 cores). The machine's load average
 is printed, since other work changes every figure.
@@ -147,19 +147,21 @@ def one_night(workers: int, folder: Path) -> dict[str, float]:
 
 
 def _workers_cpu(executor) -> float:
-    """The CPU seconds (user + system, all threads) the local cluster's worker processes have
-    used so far; nan when there is no cluster (every stage ran in the driver)."""
-    client = getattr(executor, "_client", None)
-    if client is None:
+    """The CPU seconds (user + system, all threads) the local worker processes have used so far;
+    nan when none was started (every stage ran in the driver)."""
+    import psutil
+
+    pids = executor.worker_pids() if hasattr(executor, "worker_pids") else []
+    if not pids:
         return float("nan")
-    return float(sum(client.run(time.process_time).values()))
+    return float(sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[2])
     ap.add_argument("--skip-serial", action="store_true")
-    ap.add_argument("--skip-dask", action="store_true", help="serial only")
+    ap.add_argument("--skip-workers", action="store_true", help="serial only")
     ap.add_argument("--skip-peer", action="store_true", help="do not run the peer script")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # the child: one run
     ap.add_argument("--json", type=Path, default=None, help=argparse.SUPPRESS)
@@ -177,8 +179,8 @@ def main() -> None:
         runs.append(("peer", peer_seconds, peer_wall))
     if not args.skip_serial:
         runs.append(("serial", *night(0)))
-    for n in [] if args.skip_dask else args.workers:
-        runs.append((f"dask x{n}", *night(n)))
+    for n in [] if args.skip_workers else args.workers:
+        runs.append((f"workers x{n}", *night(n)))
     stages = list(dict.fromkeys(k for _, seconds, _ in runs for k in seconds))
     rows = []
     for name in stages:
@@ -197,7 +199,7 @@ def main() -> None:
     rows.append(busy)
     serial = next((r for r in runs if r[0] == "serial"), None)
     for label, _, wall in runs:
-        if serial is not None and label.startswith("dask"):
+        if serial is not None and label.startswith("workers"):
             rows.append({"stage": f"serial / {label}", "size": "", f"{label} [s]": serial[2] / wall})
     if peer_wall is not None:
         ratio = {"stage": f"speed-up vs the peer ({peer_wall:.1f} s)", "size": ""}

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import xarray as xr
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -22,6 +23,7 @@ from darkroom.cli import app
 from darkroom.facade import Repository
 from darkroom.pipeline.analysis import analyze
 from darkroom.pipeline.executors import DaskExecutor
+from darkroom.pipeline.local_workers import LocalWorkersExecutor
 from darkroom.repo.models import Detection, Injection, Properties
 from darkroom.testing import shared_data_dir
 
@@ -83,26 +85,33 @@ def _histograms(root: Path) -> xr.Dataset:
     return xr.load_dataset(nc, engine="h5netcdf")
 
 
-def test_serial_and_two_dask_workers_write_the_same_rows(tmp_path):
+@pytest.mark.parametrize("kind", ["dask", "processes"])
+def test_serial_and_two_workers_write_the_same_rows(tmp_path, kind):
     # the three non-variables and the IRSA reply (4 objects, 9 light curves), one injection each;
-    # one object per Dask batch, so both workers compute and finish out of order (FAST: the matched
-    # filter on the IRSA reply's ~1700 epochs is most of the time otherwise)
+    # one object per batch, so both workers compute and finish out of order (FAST: the matched
+    # filter on the IRSA reply's ~1700 epochs is most of the time otherwise). "processes": the
+    # local workers of `darkroom analyze --workers 2`; "dask": a local Dask cluster
     files, settings = [*NONVAR, IRSA], FAST
     serial = _repo(tmp_path / "serial", files, "ztf", settings)
     dask = _repo(tmp_path / "dask", files, "ztf", settings)
     res = CliRunner().invoke(app, ["analyze", str(serial), "--injections", "1", "--workers", "1"])
     assert res.exit_code == 0 and "4 objects analysed" in res.output, res.output
     repo = Repository(dask)
-    executor = DaskExecutor(n_workers=2, batch_size=1)
+    executor = (
+        DaskExecutor(n_workers=2, batch_size=1) if kind == "dask" else LocalWorkersExecutor(2, batch_size=1)
+    )
     try:
         rep = analyze(
             repo.registry, repo.root, repo.config.analysis, injections=1, executor=executor, serial_below=0
         )
-        n_workers = len(executor.client.scheduler_info()["workers"])
+        if kind == "dask":
+            n_workers = len(executor.client.scheduler_info()["workers"])
+        else:
+            n_workers = len(executor.worker_pids())
     finally:
         executor.close()
         repo.close()
-    assert rep.executor == "dask" and n_workers == 2 and rep.n_objects == 4 and not rep.failures
+    assert rep.executor == kind and n_workers == 2 and rep.n_objects == 4 and not rep.failures
     a, b = _rows(serial), _rows(dask)
     assert len(a["properties"]) == 4 and len(a["injections"]) == 9
     assert {r[-1] != "" for r in a["injections"]} == {True, False}  # some recovered, some not

@@ -565,7 +565,7 @@ def run(
     ] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="run failed units again")] = False,
     workers: Annotated[
-        int, typer.Option("--workers", min=0, help="Dask worker processes on this machine (0: serial)")
+        int, typer.Option("--workers", min=0, help="worker processes on this machine (0: serial)")
     ] = 0,
     scheduler: Annotated[
         str | None, typer.Option("--scheduler", help="address of a running Dask scheduler")
@@ -941,7 +941,9 @@ def _run_section_stages(
         raise typer.Exit(2)
 
 
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", min=0, help="worker processes on this machine (0: serial)")
+]
 RetryOpt = Annotated[bool, typer.Option("--retry-failed", help="run failed units again")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="registry URL overriding darkroom.yaml")]
 
@@ -1050,7 +1052,9 @@ def demo(
     n_science: Annotated[int, typer.Option("--frames", min=2, help="number of science frames")] = 36,
     size: Annotated[int, typer.Option("--size", min=128, max=4096, help="frame size [pixels, square]")] = 512,
     seed: Annotated[int, typer.Option(help="random seed of the simulated night")] = 1,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Dask worker processes (0: serial)")] = 0,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="worker processes on this machine (0: serial)")
+    ] = 0,
     quiet: QuietOpt = False,
 ) -> None:
     """Simulate a night, run the whole pipeline on it, print the recovered figures next to the truth."""

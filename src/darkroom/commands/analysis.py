@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--injections", min=0, help="events injected per light curve")
         ] = 0,
         workers: Annotated[
-            int, typer.Option("--workers", min=0, help="Dask worker processes on this machine (0, 1: serial)")
+            int, typer.Option("--workers", min=0, help="worker processes on this machine (0, 1: serial)")
         ] = 0,
         scheduler: Annotated[
             str | None, typer.Option("--scheduler", help="address of a running Dask scheduler")

@@ -1,11 +1,13 @@
-"""Executors beyond the serial one: Dask, on a LocalCluster or an existing scheduler.
+"""Executors beyond the serial one: Dask (an existing scheduler, or a LocalCluster), and what
+every worker does with a batch of units.
 
 Workers only compute and write product files; results come back to the driver,
-which alone records them, so a Dask run and a serial run write the same rows.
-``--workers N`` starts a LocalCluster of N single-threaded worker processes (the
-numerical libraries release the GIL but keep their own threads busy, so one
-thread per process avoids oversubscribing the cores); ``--scheduler ADDRESS``
-connects to a running cluster whose workers see the repository at the same path.
+which alone records them, so a parallel run and a serial run write the same rows.
+``--workers N`` runs N single-threaded local worker processes
+(:mod:`darkroom.pipeline.local_workers`; the numerical libraries release the GIL but keep
+their own threads busy, so one thread per process avoids oversubscribing the cores);
+``--scheduler ADDRESS`` connects to a running Dask cluster whose workers see the repository at
+the same path. :class:`DaskExecutor` can also start a local Dask cluster of its own.
 """
 
 from __future__ import annotations
@@ -55,15 +57,13 @@ def _free_worker_slot() -> None:
     secede()
 
 
-def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
+def compute_batch(fn, units: list) -> tuple[object, bool, list[tuple[object, BaseException | None]]]:
     """Run ``fn`` on each unit of a batch (on a worker); one unit's error does not stop the others.
 
     When ``fn`` is the ``run`` of a stage that may defer its writes (``Stage.defers_writes``), a
-    unit's file is written while the batch's next unit computes, as in a serial run; every
-    result is settled (its file durable) before the batch returns, since a worker's results
-    must be complete when they are shipped. A failed write fails its unit only. When the
-    batch's writes are not done soon after its last unit (:data:`WRITES_GRACE_S`), the worker
-    computes its next batch while this one waits for them (:func:`_free_worker_slot`).
+    unit's file is written while the batch's next unit computes, as in a serial run, and the
+    last writes may still be going when this returns: ``(stage, deferring, outcomes)`` goes to
+    :func:`settle_batch` before the outcomes are shipped.
     """
     stage = getattr(fn, "__self__", None)
     defer = bool(getattr(stage, "defers_writes", False)) and len(units) > 1
@@ -77,14 +77,35 @@ def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
             except Exception as exc:
                 log.debug("unit %s failed:\n%s", unit.key, traceback.format_exc())
                 out.append((None, exc))
-        if defer:
-            if not stage.writes_done(timeout=WRITES_GRACE_S):
-                _free_worker_slot()
-            out = [settled(stage, result) if error is None else (result, error) for result, error in out]
-    finally:
+    except BaseException:
         if defer:
             stage.end_deferred_writes()
-    return out
+        raise
+    return stage, defer, out
+
+
+def settle_batch(
+    stage, defer: bool, outcomes: list[tuple[object, BaseException | None]]
+) -> list[tuple[object, BaseException | None]]:
+    """The outcomes of :func:`compute_batch` with every deferred write done (its file durable,
+    its SHA-256 in the result); a failed write fails its unit only. A worker's results must be
+    complete when they are shipped."""
+    if not defer:
+        return outcomes
+    try:
+        return [settled(stage, result) if error is None else (result, error) for result, error in outcomes]
+    finally:
+        stage.end_deferred_writes()
+
+
+def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
+    """A batch of units on a Dask worker: :func:`compute_batch`, then :func:`settle_batch`. When
+    the batch's writes are not done soon after its last unit (:data:`WRITES_GRACE_S`), the worker
+    computes its next batch while this one waits for them (:func:`_free_worker_slot`)."""
+    stage, defer, out = compute_batch(fn, units)
+    if defer and not stage.writes_done(timeout=WRITES_GRACE_S):
+        _free_worker_slot()
+    return settle_batch(stage, defer, out)
 
 
 #: what the per-frame stages load when their first unit runs on a worker (the stage modules, and
@@ -106,32 +127,51 @@ _WARM_MODULES = (
 )
 
 
-def _use_forkserver() -> bool:
-    """Start the local workers from a fork server that has imported :data:`_WARM_MODULES` once
-    (POSIX), instead of spawning each one to import them anew.
+#: what the fork server of the local workers imports before it forks them (:data:`_WARM_MODULES`,
+#: then the allocator and compiled kernels, then the collector freeze, in that order)
+_FORKSERVER_PRELOAD = (
+    *_WARM_MODULES,
+    "darkroom.pipeline._prepare_workers",
+    "darkroom.pipeline._freeze_on_import",
+)
 
-    Measured on 2 cores: two spawned workers spend 2.8 s of CPU starting and importing, which on
-    a 2-core machine slows the masters the driver makes meanwhile (bench_night: masters 1.4 ->
-    2.3 s); from a fork server the imports are made once (1.4 s) and each worker forks in ~0.02 s.
-    The server is a fresh interpreter (not a fork of the driver and its threads), so it is as
-    safe as spawning. Only the list of modules it preloads is set here: Dask's own choice of
-    them (``distributed.utils.get_mp_context``) imports optional packages into the driver too.
+
+def forkserver_available() -> bool:
+    """Whether this platform starts processes from a fork server (POSIX)."""
+    import multiprocessing
+
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def _set_forkserver_preload(*first: str) -> bool:
+    """Have the fork server import ``first`` and :data:`_FORKSERVER_PRELOAD` when it starts (a
+    server already running keeps its list); False where there is no fork server.
+
+    Workers forked from it find the per-frame stages' libraries imported once, instead of each
+    importing them anew. Measured on 2 cores: two spawned workers spent 2.8 s of CPU starting and
+    importing, which slowed the masters the driver makes meanwhile (bench_night: masters 1.4 ->
+    2.3 s); from a fork server the imports are made once (1.4 s) and each worker forks in ~0.02
+    s. The server is a fresh interpreter (not a fork of the driver and its threads), so it is as
+    safe as spawning.
     """
     import multiprocessing
 
-    if _dask_method_is_set() or "forkserver" not in multiprocessing.get_all_start_methods():
+    if not forkserver_available():
+        return False
+    multiprocessing.get_context("forkserver").set_forkserver_preload([*first, *_FORKSERVER_PRELOAD])
+    return True
+
+
+def _use_forkserver() -> bool:
+    """Start a local Dask cluster's workers from the fork server (:func:`_set_forkserver_preload`,
+    with Dask itself preloaded), unless the user chose how Dask starts worker processes. Only the
+    list of modules the server preloads is set here: Dask's own choice of them
+    (``distributed.utils.get_mp_context``) imports optional packages into the driver too."""
+    if _dask_method_is_set() or not _set_forkserver_preload("distributed"):
         return False
     try:
         import distributed.utils as dask_utils
 
-        multiprocessing.get_context("forkserver").set_forkserver_preload(
-            [
-                "distributed",
-                *_WARM_MODULES,
-                "darkroom.pipeline._prepare_workers",
-                "darkroom.pipeline._freeze_on_import",
-            ]
-        )
         dask_utils._forkserver_preload_set = True  # keep this list (Dask would set its own)
     except Exception:  # another Dask: its own preload list applies, the warm imports still run
         log.debug("fork server preload not set", exc_info=True)
@@ -139,22 +179,23 @@ def _use_forkserver() -> bool:
 
 
 def prepare_local_workers() -> bool:
-    """Start the fork server of a local cluster now, in the background; True when started.
+    """Start the fork server of the local workers (``--workers N``) now, in the background; True
+    when started.
 
-    Its preload (:data:`_WARM_MODULES` and Dask, ~1 s of CPU) then runs on the other core while
-    the command is still importing, opening the repository and reading the new files, instead
-    of beside the masters; when the cluster starts (:meth:`DaskExecutor.start`) its workers fork
-    from the server at once. A run that turns out to need no workers loses nothing but that CPU:
-    the server exits with the command. Not for a scheduler of the user's, or where Dask starts
-    workers another way (:func:`_use_forkserver`).
+    Its preload (:data:`_FORKSERVER_PRELOAD`, ~1 s of CPU) then runs on the other core while the
+    command is still importing, opening the repository and reading the new files, instead of
+    beside the masters; when the workers start (:meth:`LocalWorkersExecutor.start
+    <darkroom.pipeline.local_workers.LocalWorkersExecutor.start>`) they fork from the server at
+    once. A run that turns out to need no workers loses nothing but that CPU: the server exits
+    with the command. Not for a scheduler of the user's.
     """
-    if not _use_forkserver():
+    if not _set_forkserver_preload():
         return False
     try:
         import multiprocessing.forkserver
 
         multiprocessing.forkserver.ensure_running()  # spawns the server and returns
-    except Exception:  # the cluster starts it when it needs it, as before
+    except Exception:  # the workers start it when they need it, as before
         log.debug("fork server not started early", exc_info=True)
         return False
     return True
@@ -333,7 +374,13 @@ class DaskExecutor(Executor):
 
 
 def make_executor(*, workers: int = 0, scheduler: str | None = None) -> Executor:
-    """Serial when ``workers`` is 0 and no scheduler is given, Dask otherwise."""
-    if scheduler or workers > 0:
+    """Serial when ``workers`` is 0 and no scheduler is given; on a Dask cluster of the user's with
+    ``scheduler``; else on ``workers`` local worker processes
+    (:class:`~darkroom.pipeline.local_workers.LocalWorkersExecutor`)."""
+    if scheduler:
         return DaskExecutor(n_workers=workers or None, scheduler=scheduler)
+    if workers > 0:
+        from darkroom.pipeline.local_workers import LocalWorkersExecutor
+
+        return LocalWorkersExecutor(n_workers=workers)
     return SerialExecutor()

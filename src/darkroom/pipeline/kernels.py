@@ -9,7 +9,7 @@ annulus backgrounds (:mod:`darkroom.phot.aperture`). Each module's own
 ``load_compiled_kernels()`` runs them once on a small synthetic input. In a new process the
 first call still costs numba's own start-up (~0.3 s, once).
 :func:`load_compiled_kernels` pays that now: after installing (``make``: the
-compilation is then not part of the first night) and in the fork server of a local cluster,
+compilation is then not part of the first night) and in the fork server of the local workers,
 whose workers inherit the loaded kernels instead of each loading them.
 """
 

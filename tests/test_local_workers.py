@@ -1,0 +1,321 @@
+"""``--workers N``: units in batches on local worker processes (pipeline.local_workers), with the
+same rows and files as a serial run, a killed worker costing only the units it was running, and a
+batch's writes overlapping the next batch's computing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import pytest
+import sqlalchemy as sa
+from pydantic import BaseModel, Field
+
+from darkroom.errors import BadInputError
+from darkroom.pipeline.local_workers import LocalWorkersExecutor
+from darkroom.pipeline.runner import run_stage
+from darkroom.pipeline.stage import Stage, Unit, quarantine_exposure
+from darkroom.repo.models import Exposure, Task
+from darkroom.repo.registry import Registry
+from darkroom.repo.store import atomic_write_text
+
+
+class Settings(BaseModel):
+    factor: int = Field(3, json_schema_extra={"critical": True})
+
+
+class Frames(Stage):
+    """One unit per exposure: writes value * factor; exposure 3 is bad input, 4 raises a bug."""
+
+    name = "toy_frames"
+
+    def plan(self, session):
+        return [
+            Unit(key=f"exp:{e.id}", payload={"value": e.id, "exposure_id": e.id})
+            for e in session.scalars(sa.select(Exposure).where(Exposure.state == "ok").order_by(Exposure.id))
+        ]
+
+    def run(self, unit):
+        value = unit.payload["value"]
+        if value == 3:
+            raise BadInputError("frame is all zeros")
+        if value == 4:
+            raise ZeroDivisionError("division by zero\nin line 2")
+        path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
+        atomic_write_text(path, str(value * self.config.factor))
+        return {"path": self.relative(path), "pid": os.getpid()}
+
+    def record(self, session, unit, result):
+        self.__dict__.setdefault("pids", set()).add(result["pid"])
+        exp = session.get(Exposure, unit.payload["exposure_id"])
+        exp.meta = {**exp.meta, "toy": result["path"]}
+
+    def quarantine(self, session, unit, reason):
+        quarantine_exposure(session, unit.payload["exposure_id"], f"{self.name}: {reason}")
+
+
+def _registry(path, n: int = 8) -> Registry:
+    reg = Registry(f"sqlite:///{path}")
+    reg.upgrade()
+    with reg.session() as s:
+        s.add_all(
+            [
+                Exposure(sha256=f"{i:064d}", path=f"/r/{i}", size_bytes=1, state="ok", meta={})
+                for i in range(1, n + 1)
+            ]
+        )
+    return reg
+
+
+def _tasks(reg: Registry) -> list[tuple]:
+    with reg.session() as s:
+        return s.execute(sa.select(Task.key, Task.state, Task.reason).order_by(Task.key)).all()
+
+
+def test_two_local_workers_write_what_a_serial_run_writes(tmp_path):
+    serial, parallel = _registry(tmp_path / "s.db"), _registry(tmp_path / "p.db")
+    run_stage(serial, Frames(tmp_path / "serial", Settings()))
+    stage = Frames(tmp_path / "parallel", Settings())
+    executor = LocalWorkersExecutor(2, batch_size=2)
+    try:
+        executor.start()  # in the background; the first stage waits for it
+        report = run_stage(parallel, stage, executor)
+    finally:
+        executor.close()
+    assert (report.n_done, report.n_failed) == (6, 2)
+    assert sorted(report.failures) == [
+        ("exp:3", "frame is all zeros"),
+        ("exp:4", "ZeroDivisionError: division by zero in line 2"),
+    ]
+    assert len(stage.pids) == 2 and os.getpid() not in stage.pids  # both workers ran units
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*.txt"))
+    assert len(files) == 6
+    assert [(tmp_path / "parallel" / f).read_bytes() for f in files] == [
+        (tmp_path / "serial" / f).read_bytes() for f in files
+    ]
+    assert _tasks(serial) == _tasks(parallel)
+    with serial.session() as a, parallel.session() as b:
+        q = sa.select(Exposure.id, Exposure.state, Exposure.reason, Exposure.meta).order_by(Exposure.id)
+        assert a.execute(q).all() == b.execute(q).all()  # exposure 3 quarantined in both
+    assert executor.worker_pids() == []  # closed: the workers have exited
+    serial.dispose()
+    parallel.dispose()
+
+
+class KillsItsWorker(Frames):
+    """Exposure 5's unit kills the process it runs in (as the kernel's OOM killer would)."""
+
+    name = "toy_kills"
+
+    def run(self, unit):
+        if unit.payload["value"] == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if unit.payload["value"] in (3, 4):
+            return {"path": "none", "pid": os.getpid()}
+        return super().run(unit)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_killed_worker_fails_the_units_of_its_batch_and_the_run_goes_on(tmp_path, batch_size):
+    reg = _registry(tmp_path / "k.db", n=12)
+    executor = LocalWorkersExecutor(2, batch_size=batch_size)
+    try:
+        report = run_stage(reg, KillsItsWorker(tmp_path, Settings()), executor)
+        # the replacement worker runs later stages too
+        again = run_stage(reg, Frames(tmp_path, Settings(factor=7)), executor)
+    finally:
+        executor.close()
+    reason = "WorkerDiedError: the worker process running this unit ended (killed by signal 9)"
+    failed = dict(report.failures)
+    # exposure 5 fails, with the batch it was in (units computed there were lost with the worker)
+    batch_of_5 = {f"exp:{i}" for i in range(1, 13) if (i - 1) // batch_size == (5 - 1) // batch_size}
+    assert set(failed) == batch_of_5 and set(failed.values()) == {reason}
+    assert report.n_done == 12 - len(batch_of_5) and executor.n_restarted == 1
+    assert (again.n_done, again.n_failed) == (10, 2)
+    states = {key: state for key, state, _ in _tasks(reg) if key.startswith("exp:")}
+    assert "running" not in states.values()
+    reg.dispose()
+
+
+class HandsOver(Frames):
+    """Defers its writes; the write of exposure 2 (the last of the first batch of two) waits until
+    the unit of exposure 3 (the first of the next batch) has run, for a minute at most."""
+
+    name = "toy_hands_over"
+    defers_writes = True
+
+    def begin_deferred_writes(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1)
+
+    def end_deferred_writes(self):
+        self.pool.shutdown(wait=True)
+
+    def run(self, unit):
+        value = unit.payload["value"]
+        path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
+        flag = self.root / "exp3-ran"
+        if value == 3:
+            atomic_write_text(flag, "")
+
+        def write():
+            import time
+
+            deadline = time.monotonic() + 60
+            while value == 2 and not flag.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            atomic_write_text(path, str(value))
+            return self.relative(path), value != 2 or flag.exists()
+
+        if getattr(self, "pool", None) is None:  # a batch of one unit does not defer
+            return self.settle({"pid": os.getpid(), "write": write()})
+        return {"pid": os.getpid(), "write": self.pool.submit(write)}
+
+    def settle(self, result):
+        write = result["write"]
+        path, saw = write if isinstance(write, tuple) else write.result()
+        return {"path": path, "saw_next_batch": saw, "pid": result["pid"]}
+
+    def record(self, session, unit, result):
+        self.__dict__.setdefault("results", {})[unit.key] = result
+
+
+def test_a_worker_computes_its_next_batch_while_the_last_one_is_written(tmp_path):
+    reg = _registry(tmp_path / "h.db", n=5)
+    stage = HandsOver(tmp_path, Settings())
+    executor = LocalWorkersExecutor(1, batch_size=2)
+    try:
+        report = run_stage(reg, stage, executor)
+    finally:
+        executor.close()
+    assert (report.n_done, report.n_failed) == (5, 0), report.failures
+    results = stage.results
+    assert len({r["pid"] for r in results.values()}) == 1 and os.getpid() not in results["exp:1"].values()
+    # exposure 2's write waited for exposure 3, which the one worker computed meanwhile; its result
+    # reached the driver settled (its file written), in order
+    assert results["exp:2"]["saw_next_batch"] is True
+    assert all((tmp_path / r["path"]).read_text() == key.split(":")[1] for key, r in results.items())
+    reg.dispose()
+
+
+class OddError(Exception):
+    """Pickles, but does not rebuild from its pickle (its one argument is keyword-only)."""
+
+    def __init__(self, *, code: int) -> None:
+        super().__init__(f"odd code {code}")
+
+
+class Unpicklable(Frames):
+    """Exposure 2's result holds a lock, which cannot travel between processes; exposure 6 raises
+    an error that cannot be rebuilt in the driver."""
+
+    name = "toy_unpicklable"
+
+    def run(self, unit):
+        if unit.payload["value"] == 6:
+            raise OddError(code=6)
+        result = super().run(unit) if unit.payload["value"] not in (3, 4) else {"pid": os.getpid()}
+        if unit.payload["value"] == 2:
+            result["lock"] = threading.Lock()
+        return result
+
+    def record(self, session, unit, result):
+        self.__dict__.setdefault("done", []).append(unit.key)
+
+
+def test_a_result_that_cannot_be_shipped_fails_its_unit_only(tmp_path):
+    reg = _registry(tmp_path / "u.db", n=6)
+    stage = Unpicklable(tmp_path, Settings())
+    executor = LocalWorkersExecutor(1, batch_size=3)
+    try:
+        report = run_stage(reg, stage, executor)
+    finally:
+        executor.close()
+    failures = dict(report.failures)
+    assert sorted(failures) == ["exp:2", "exp:6"] and executor.n_restarted == 0
+    assert failures["exp:2"].startswith("RuntimeError: its result could not be sent to the driver: TypeError")
+    assert failures["exp:6"] == "RuntimeError: OddError: odd code 6"  # its text, in the driver's class
+    assert stage.done == ["exp:1", "exp:3", "exp:4", "exp:5"]
+    reg.dispose()
+
+
+class WhereAmI(Frames):
+    name = "toy_where"
+
+    def run(self, unit):
+        kernels = [
+            m for name, m in sys.modules.items() if name.startswith("darkroom") and name.endswith("_kernels")
+        ]
+        compiled = all(any(getattr(v, "overloads", None) for v in vars(m).values()) for m in kernels)
+        return {
+            "parent": os.getppid(),
+            "stages_loaded": "darkroom.detect.extract" in sys.modules,
+            "kernel_modules": len(kernels),
+            "compiled": compiled,
+        }
+
+    def record(self, session, unit, result):
+        self.__dict__.setdefault("results", []).append(result)
+
+
+def test_local_workers_fork_from_a_server_with_the_stages_and_their_kernels_loaded(tmp_path):
+    """The workers are forked from one fork server (started early, as `darkroom run --workers` does),
+    not spawned by the driver, and start with the per-frame stages' libraries and every compiled
+    kernel loaded."""
+    import multiprocessing.forkserver as fs
+
+    from darkroom.pipeline.executors import prepare_local_workers
+
+    assert prepare_local_workers()
+    server = fs._forkserver._forkserver_pid
+    reg = _registry(tmp_path / "w.db", n=4)
+    stage = WhereAmI(tmp_path, Settings())
+    executor = LocalWorkersExecutor(2, batch_size=1)
+    try:
+        run_stage(reg, stage, executor)
+    finally:
+        executor.close()
+    assert {r["parent"] for r in stage.results} == {server} and server != os.getpid()
+    assert all(r["stages_loaded"] and r["compiled"] and r["kernel_modules"] == 6 for r in stage.results)
+    reg.dispose()
+
+
+def _explode():
+    raise ValueError("cannot be rebuilt here")
+
+
+class BrokenOnArrival:
+    """Pickles in the driver, fails to unpickle anywhere (as a class a worker cannot import)."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+class CarriesBroken(Frames):
+    name = "toy_broken_payload"
+
+    def plan(self, session):
+        units = super().plan(session)
+        return [
+            Unit(u.key, {**u.payload, "odd": BrokenOnArrival()}) if u.key == "exp:5" else u for u in units
+        ]
+
+    def run(self, unit):
+        return {"path": "none", "pid": os.getpid()} if unit.payload["value"] in (3, 4) else super().run(unit)
+
+
+def test_a_batch_a_worker_cannot_read_fails_with_the_reason_and_the_worker_goes_on(tmp_path):
+    reg = _registry(tmp_path / "b.db", n=8)
+    stage = CarriesBroken(tmp_path, Settings())
+    executor = LocalWorkersExecutor(1, batch_size=2)
+    try:
+        report = run_stage(reg, stage, executor)
+    finally:
+        executor.close()
+    reason = "RuntimeError: the worker could not read the units: ValueError: cannot be rebuilt here"
+    assert sorted(report.failures) == [("exp:5", reason), ("exp:6", reason)]  # the batch of exp:5
+    assert report.n_done == 6 and executor.n_restarted == 0
+    reg.dispose()
