@@ -319,3 +319,56 @@ def test_a_batch_a_worker_cannot_read_fails_with_the_reason_and_the_worker_goes_
     assert sorted(report.failures) == [("exp:5", reason), ("exp:6", reason)]  # the batch of exp:5
     assert report.n_done == 6 and executor.n_restarted == 0
     reg.dispose()
+
+
+def test_workers_end_when_their_driver_is_killed(tmp_path):
+    """A driver killed with SIGKILL (kill -9, the OOM killer) leaves no worker behind: each worker
+    finishes the batch it holds and exits when its pipe closes."""
+    import subprocess
+    import textwrap
+    import time
+
+    import psutil
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            from pydantic import BaseModel
+            from darkroom.pipeline.local_workers import LocalWorkersExecutor
+            from darkroom.pipeline.stage import Unit
+
+            def slow(unit):
+                time.sleep(0.2)
+                return unit.key
+
+            if __name__ == "__main__":
+                executor = LocalWorkersExecutor(2, batch_size=1)
+                units = [Unit(key=str(i)) for i in range(1000)]
+                for n, _ in enumerate(executor.map_units(slow, units)):
+                    if n == 2:
+                        print(*executor.worker_pids(), flush=True)
+            """
+        )
+    )
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in driver.stdout.readline().split()]
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    finally:
+        driver.kill()
+        driver.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
