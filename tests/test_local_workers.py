@@ -1,6 +1,7 @@
 """``--workers N``: units in batches on local worker processes (pipeline.local_workers), with the
-same rows and files as a serial run, a killed worker costing only the units it was running, and a
-batch's writes overlapping the next batch's computing."""
+same rows and files as a serial run, and a killed worker costing only the units it was running.
+(A batch's writes overlapping the next batch's computing: tests/test_runner.py, on both Dask and
+these workers.)"""
 
 from __future__ import annotations
 
@@ -136,68 +137,6 @@ def test_a_killed_worker_fails_the_units_of_its_batch_and_the_run_goes_on(tmp_pa
     assert (again.n_done, again.n_failed) == (10, 2)
     states = {key: state for key, state, _ in _tasks(reg) if key.startswith("exp:")}
     assert "running" not in states.values()
-    reg.dispose()
-
-
-class HandsOver(Frames):
-    """Defers its writes; the write of exposure 2 (the last of the first batch of two) waits until
-    the unit of exposure 3 (the first of the next batch) has run, for a minute at most."""
-
-    name = "toy_hands_over"
-    defers_writes = True
-
-    def begin_deferred_writes(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.pool = ThreadPoolExecutor(max_workers=1)
-
-    def end_deferred_writes(self):
-        self.pool.shutdown(wait=True)
-
-    def run(self, unit):
-        value = unit.payload["value"]
-        path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
-        flag = self.root / "exp3-ran"
-        if value == 3:
-            atomic_write_text(flag, "")
-
-        def write():
-            import time
-
-            deadline = time.monotonic() + 60
-            while value == 2 and not flag.exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            atomic_write_text(path, str(value))
-            return self.relative(path), value != 2 or flag.exists()
-
-        if getattr(self, "pool", None) is None:  # a batch of one unit does not defer
-            return self.settle({"pid": os.getpid(), "write": write()})
-        return {"pid": os.getpid(), "write": self.pool.submit(write)}
-
-    def settle(self, result):
-        write = result["write"]
-        path, saw = write if isinstance(write, tuple) else write.result()
-        return {"path": path, "saw_next_batch": saw, "pid": result["pid"]}
-
-    def record(self, session, unit, result):
-        self.__dict__.setdefault("results", {})[unit.key] = result
-
-
-def test_a_worker_computes_its_next_batch_while_the_last_one_is_written(tmp_path):
-    reg = _registry(tmp_path / "h.db", n=5)
-    stage = HandsOver(tmp_path, Settings())
-    executor = LocalWorkersExecutor(1, batch_size=2)
-    try:
-        report = run_stage(reg, stage, executor)
-    finally:
-        executor.close()
-    assert (report.n_done, report.n_failed) == (5, 0), report.failures
-    results = stage.results
-    assert len({r["pid"] for r in results.values()}) == 1 and os.getpid() not in results["exp:1"].values()
-    # exposure 2's write waited for exposure 3, which the one worker computed meanwhile; its result
-    # reached the driver settled (its file written), in order
-    assert results["exp:2"]["saw_next_batch"] is True
-    assert all((tmp_path / r["path"]).read_text() == key.split(":")[1] for key, r in results.items())
     reg.dispose()
 
 

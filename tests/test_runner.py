@@ -468,18 +468,24 @@ class HandsOverStage(ToyStage):
         ToyStage.record(self, session, unit, result["path"])
 
 
-def test_a_worker_computes_its_next_batch_while_a_batch_waits_for_its_writes(registry, tmp_path):
+@pytest.mark.parametrize("kind", ["dask", "processes"])
+def test_a_worker_computes_its_next_batch_while_a_batch_waits_for_its_writes(registry, tmp_path, kind):
     """On a worker, a batch whose units are computed but whose writes go on hands the worker to
-    the next batch (its own results are still settled before they are shipped)."""
+    the next batch (its own results are still settled before they are shipped): on Dask by
+    seceding, on the local workers (``--workers N``) by its sender thread."""
     import sys
 
     import cloudpickle
 
     from darkroom.pipeline.executors import DaskExecutor
+    from darkroom.pipeline.local_workers import LocalWorkersExecutor
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     stage = HandsOverStage(tmp_path, ToyConfig())
-    executor = DaskExecutor(n_workers=1, batch_size=2)
+    if kind == "dask":
+        executor = DaskExecutor(n_workers=1, batch_size=2)
+    else:
+        executor = LocalWorkersExecutor(1, batch_size=2)
     try:
         report = run_stage(registry, stage, executor)
     finally:

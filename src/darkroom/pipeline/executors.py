@@ -19,6 +19,7 @@ import logging
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 
 from darkroom.pipeline.runner import Executor, SerialExecutor, settled
 
@@ -225,7 +226,33 @@ def _warm_imports() -> int:
     return n
 
 
-class DaskExecutor(Executor):
+class StartsInBackground:
+    """An executor whose workers start in a thread while the driver goes on (the masters run in
+    it meanwhile); the first use waits for them, and raises what starting them raised."""
+
+    _starting: threading.Thread | None = None
+    _start_error: BaseException | None = None
+
+    def _start_in_thread(self, start: Callable[[], None], name: str) -> None:
+        def run() -> None:
+            try:
+                start()
+            except BaseException as exc:
+                self._start_error = exc
+
+        self._starting = threading.Thread(target=run, name=name, daemon=True)
+        self._starting.start()
+
+    def _wait_for_start(self) -> None:
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
+            error, self._start_error = self._start_error, None
+            if error is not None:
+                raise error
+
+
+class DaskExecutor(StartsInBackground, Executor):
     """Runs units as Dask futures and yields them as they complete."""
 
     name = "dask"
@@ -243,8 +270,6 @@ class DaskExecutor(Executor):
         self.memory_limit = memory_limit
         self.cluster = None
         self._client = None
-        self._starting: threading.Thread | None = None
-        self._start_error: BaseException | None = None
         if scheduler:  # a cluster of the user's: connect now, so a wrong address fails at once
             from distributed import Client
 
@@ -260,22 +285,10 @@ class DaskExecutor(Executor):
             return
 
         def start() -> None:
-            try:
-                self._connect()
-                self._client.run(_warm_imports)
-            except BaseException as exc:
-                self._start_error = exc
+            self._connect()
+            self._client.run(_warm_imports)
 
-        self._starting = threading.Thread(target=start, name="darkroom-dask-start", daemon=True)
-        self._starting.start()
-
-    def _wait_for_start(self) -> None:
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
-            error, self._start_error = self._start_error, None
-            if error is not None:
-                raise error
+        self._start_in_thread(start, "darkroom-dask-start")
 
     @property
     def client(self):

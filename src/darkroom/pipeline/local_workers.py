@@ -39,7 +39,13 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
-from darkroom.pipeline.executors import _set_forkserver_preload, _warm_imports, compute_batch, settle_batch
+from darkroom.pipeline.executors import (
+    StartsInBackground,
+    _set_forkserver_preload,
+    _warm_imports,
+    compute_batch,
+    settle_batch,
+)
 from darkroom.pipeline.runner import Executor, one_line
 from darkroom.pipeline.stage import Unit
 
@@ -137,7 +143,7 @@ class _Worker:
     running: int | None = None  # the batch it said it started last
 
 
-class LocalWorkersExecutor(Executor):
+class LocalWorkersExecutor(StartsInBackground, Executor):
     """Runs units in batches on ``n_workers`` local worker processes (see the module docstring)."""
 
     name = "processes"
@@ -146,8 +152,6 @@ class LocalWorkersExecutor(Executor):
         self.n_workers = max(int(n_workers), 1)
         self.batch_size = max(int(batch_size), 1)
         self._workers: list[_Worker] = []
-        self._starting: threading.Thread | None = None
-        self._start_error: BaseException | None = None
         self._batch_ids = itertools.count()
         self.n_restarted = 0
 
@@ -170,27 +174,14 @@ class LocalWorkersExecutor(Executor):
         the libraries): the driver goes on with the masters meanwhile."""
         if self._workers or self._starting is not None:
             return
-
-        def start() -> None:
-            try:
-                self._start_workers()
-            except BaseException as exc:
-                self._start_error = exc
-
-        self._starting = threading.Thread(target=start, name="darkroom-workers-start", daemon=True)
-        self._starting.start()
+        self._start_in_thread(self._start_workers, "darkroom-workers-start")
 
     def _start_workers(self) -> None:
         while len(self._workers) < self.n_workers:
             self._workers.append(self._new_worker())
 
     def _ready(self) -> list[_Worker]:
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
-            error, self._start_error = self._start_error, None
-            if error is not None:
-                raise error
+        self._wait_for_start()
         self._start_workers()
         return self._workers
 
@@ -302,9 +293,8 @@ class LocalWorkersExecutor(Executor):
 
     def close(self) -> None:
         """Ask every worker to finish and exit; kill those that do not within :data:`EXIT_GRACE_S`."""
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
+        with contextlib.suppress(Exception):  # a start that failed has nothing to close
+            self._wait_for_start()
         for worker in self._workers:
             with contextlib.suppress(OSError):  # a worker that has died already
                 worker.conn.send_bytes(b"")
