@@ -1,5 +1,5 @@
 """Analysis benchmark: transit fit with uncertainties per night, and periodogram + finders per survey
-light curve, serial and on Dask (2 workers), extrapolated to 10^4 light curves.
+light curve, serial and on 2 workers (Dask, and `darkroom analyze --workers 2`), extrapolated to 10^4 light curves.
 
 Usage: ``python bench/bench_analysis.py [N_LIGHTCURVES] [analyze]`` (default 100; ``analyze``: only
 the ``darkroom analyze`` rows; the survey light curves
@@ -89,7 +89,8 @@ def _analyze_repo(root: Path, n: int) -> None:
 
 
 def _analyze_rows(n: int) -> list[dict[str, str]]:
-    """``darkroom analyze`` wall time on ``n`` objects, serial and on 2 Dask workers."""
+    """``darkroom analyze`` wall time on ``n`` objects, serially and with ``--workers 2`` (local worker
+    processes)."""
     from darkroom.facade import Repository
     from darkroom.pipeline.analysis import analyze
     from darkroom.pipeline.executors import make_executor
