@@ -7,8 +7,8 @@ driver talks to each worker over one pipe, and the operating system tells it whe
 has died (the process's sentinel), so nothing polls. Dask stays the executor for a cluster of
 the user's (``--scheduler``), whose workers may live on other hosts.
 
-Each worker is a process forked from the fork server that :func:`prepare_local_workers`
-starts with the per-frame stages' libraries and compiled kernels loaded once (where there is
+Each worker is a process forked from the fork server that
+:func:`~darkroom.pipeline.executors.prepare_local_workers` starts with the per-frame stages' libraries and compiled kernels loaded once (where there is
 no fork server, a fresh interpreter that imports them itself). It takes batches of
 units in the order the driver hands them out, runs them as :func:`compute_batch` does (each
 unit's file written while the next unit computes), and hands the finished batch to a sender
@@ -17,9 +17,14 @@ next batch computes: the same overlap a serial run has between one unit's write 
 unit's computing. The driver keeps two batches queued at each worker, so a worker never waits
 for the driver between batches.
 
-A worker that dies (killed, out of memory, a crash in a library) fails the units of the
-batches it held with a one-line reason; a new worker takes its place and the run goes on.
-Ctrl-C reaches the driver only (the workers ignore SIGINT), which ends the workers as it ends.
+A worker tells the driver which batch it starts (``("started", batch)``) and ships each
+finished one (``("done", batch, outcomes)``). When it dies (killed, out of memory, a crash in a
+library), the units of the batch it was computing fail with a one-line reason; a new worker
+takes its place and gets the batches the dead one held besides (queued, or computed and not yet
+shipped), once: units are idempotent, and a batch that ends a second worker fails. A result or
+an error that cannot travel to the driver fails its own unit. Ctrl-C reaches the driver only
+(the workers ignore SIGINT), which ends the workers as it ends; a worker whose driver was killed
+exits when its pipe closes.
 """
 
 from __future__ import annotations
@@ -101,11 +106,14 @@ def _worker_main(conn: Connection) -> None:
                     o if o[1] is None else _shippable(o) for o in settle_batch(stage, defer, outcomes)
                 ]
             try:
-                send(("done", batch_id, outcomes))
+                try:
+                    send(("done", batch_id, outcomes))
+                except OSError:
+                    raise
+                except Exception:  # a result that does not pickle: that unit fails
+                    send(("done", batch_id, [_shippable(o) for o in outcomes]))
             except OSError:
                 return  # the driver is gone
-            except Exception:  # a result that does not pickle: that unit fails
-                send(("done", batch_id, [_shippable(o) for o in outcomes]))
 
     sender = threading.Thread(target=send_finished, name="darkroom-send", daemon=True)
     sender.start()
