@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
@@ -28,9 +29,11 @@ class Settings(BaseModel):
 
 
 class Frames(Stage):
-    """One unit per exposure: writes value * factor; exposure 3 is bad input, 4 raises a bug."""
+    """One unit per exposure: writes value * factor; with ``faulty``, exposure 3 is bad input and
+    4 raises a bug."""
 
     name = "toy_frames"
+    faulty: ClassVar[bool] = True
 
     def plan(self, session):
         return [
@@ -40,9 +43,9 @@ class Frames(Stage):
 
     def run(self, unit):
         value = unit.payload["value"]
-        if value == 3:
+        if self.faulty and value == 3:
             raise BadInputError("frame is all zeros")
-        if value == 4:
+        if self.faulty and value == 4:
             raise ZeroDivisionError("division by zero\nin line 2")
         path = self.product_path("products", self.provenance_id, f"{unit.key}.txt")
         atomic_write_text(path, str(value * self.config.factor))
@@ -68,6 +71,15 @@ def _registry(path, n: int = 8) -> Registry:
             ]
         )
     return reg
+
+
+def _on_workers(reg: Registry, stage: Stage, n_workers: int, batch_size: int):
+    """(report, executor): ``stage`` run on ``n_workers`` local workers, which are closed after."""
+    executor = LocalWorkersExecutor(n_workers, batch_size=batch_size)
+    try:
+        return run_stage(reg, stage, executor), executor
+    finally:
+        executor.close()
 
 
 def _tasks(reg: Registry) -> list[tuple]:
@@ -109,12 +121,11 @@ class KillsItsWorker(Frames):
     """Exposure 5's unit kills the process it runs in (as the kernel's OOM killer would)."""
 
     name = "toy_kills"
+    faulty = False
 
     def run(self, unit):
         if unit.payload["value"] == 5:
             os.kill(os.getpid(), signal.SIGKILL)
-        if unit.payload["value"] in (3, 4):
-            return {"path": "none", "pid": os.getpid()}
         return super().run(unit)
 
 
@@ -152,11 +163,12 @@ class Unpicklable(Frames):
     an error that cannot be rebuilt in the driver."""
 
     name = "toy_unpicklable"
+    faulty = False
 
     def run(self, unit):
         if unit.payload["value"] == 6:
             raise OddError(code=6)
-        result = super().run(unit) if unit.payload["value"] not in (3, 4) else {"pid": os.getpid()}
+        result = super().run(unit)
         if unit.payload["value"] == 2:
             result["lock"] = threading.Lock()
         return result
@@ -168,11 +180,7 @@ class Unpicklable(Frames):
 def test_a_result_that_cannot_be_shipped_fails_its_unit_only(tmp_path):
     reg = _registry(tmp_path / "u.db", n=6)
     stage = Unpicklable(tmp_path, Settings())
-    executor = LocalWorkersExecutor(1, batch_size=3)
-    try:
-        report = run_stage(reg, stage, executor)
-    finally:
-        executor.close()
+    report, executor = _on_workers(reg, stage, 1, 3)
     failures = dict(report.failures)
     assert sorted(failures) == ["exp:2", "exp:6"] and executor.n_restarted == 0
     assert failures["exp:2"].startswith("RuntimeError: its result could not be sent to the driver: TypeError")
@@ -212,11 +220,7 @@ def test_local_workers_fork_from_a_server_with_the_stages_and_their_kernels_load
     server = fs._forkserver._forkserver_pid
     reg = _registry(tmp_path / "w.db", n=4)
     stage = WhereAmI(tmp_path, Settings())
-    executor = LocalWorkersExecutor(2, batch_size=1)
-    try:
-        run_stage(reg, stage, executor)
-    finally:
-        executor.close()
+    _on_workers(reg, stage, 2, 1)
     assert {r["parent"] for r in stage.results} == {server} and server != os.getpid()
     assert all(r["stages_loaded"] and r["compiled"] and r["kernel_modules"] == 6 for r in stage.results)
     reg.dispose()
@@ -235,6 +239,7 @@ class BrokenOnArrival:
 
 class CarriesBroken(Frames):
     name = "toy_broken_payload"
+    faulty = False
 
     def plan(self, session):
         units = super().plan(session)
@@ -242,18 +247,11 @@ class CarriesBroken(Frames):
             Unit(u.key, {**u.payload, "odd": BrokenOnArrival()}) if u.key == "exp:5" else u for u in units
         ]
 
-    def run(self, unit):
-        return {"path": "none", "pid": os.getpid()} if unit.payload["value"] in (3, 4) else super().run(unit)
-
 
 def test_a_batch_a_worker_cannot_read_fails_with_the_reason_and_the_worker_goes_on(tmp_path):
     reg = _registry(tmp_path / "b.db", n=8)
     stage = CarriesBroken(tmp_path, Settings())
-    executor = LocalWorkersExecutor(1, batch_size=2)
-    try:
-        report = run_stage(reg, stage, executor)
-    finally:
-        executor.close()
+    report, executor = _on_workers(reg, stage, 1, 2)
     reason = "RuntimeError: the worker could not read the units: ValueError: cannot be rebuilt here"
     assert sorted(report.failures) == [("exp:5", reason), ("exp:6", reason)]  # the batch of exp:5
     assert report.n_done == 6 and executor.n_restarted == 0

@@ -263,7 +263,7 @@ def test_two_runs_at_once_on_postgresql_share_the_work(tmp_path, sim_raw, db_url
     assert attempts and set(attempts) == {1}, "a unit was claimed twice"
 
 
-def test_local_cluster_of_two_workers_equals_serial(tmp_path, sim_raw):
+def test_two_local_workers_equal_serial(tmp_path, sim_raw):
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     for root in (serial, parallel):
         _init(root)
@@ -276,6 +276,38 @@ def test_local_cluster_of_two_workers_equals_serial(tmp_path, sim_raw):
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert snapshot(parallel) == snapshot(serial)
+
+
+def test_a_hostile_night_on_two_local_workers_equals_serial(tmp_path):
+    """The second night for the workers: the hostile small telescope's preset (no type keyword, no
+    calibration frames, no gain, undersampled stars, a drifting field, a west-positive longitude),
+    with a truncated frame among its files, gives the same files and rows on two local workers as
+    serially: the quarantine, the light frames inferred, every frame calibrated without masters."""
+    from darkroom.sim import hostile_small_telescope
+
+    night = simulate_night(tmp_path / "sim", hostile_small_telescope(n_science=16))
+    raw = night.raw_paths["light"][0].parent
+    whole = night.raw_paths["light"][3].read_bytes()
+    (raw / "cut_short.fits").write_bytes(whole[: len(whole) // 2])
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    for root in (serial, parallel):
+        _init(root)
+    # the simulated sky is in no index: blind solving would spend solve-field's CPU limit (60 s)
+    # before the frames are aligned to one another, which they are either way
+    no_blind = ("--set", "astrometry.solve.blind.engine=none")
+    assert runner.invoke(app, ["run", str(serial), "--ingest", str(raw), "-q", *no_blind]).exit_code == 0
+    res = subprocess.run(
+        _darkroom("run", str(parallel), "--ingest", str(raw), "-q", "--workers", "2", *no_blind),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    got, expected = snapshot(parallel), snapshot(serial)
+    assert got == expected
+    states = [state for _, state, _ in expected["exposures"]]
+    assert states.count("quarantined") == 1 and states.count("ok") == 16
+    assert len(expected["images"]) == 16 and expected["files"]
 
 
 def test_frames_kept_from_ingest_give_the_products_of_frames_read_again(tmp_path, sim_raw):

@@ -12,6 +12,7 @@ the same path. :class:`DaskExecutor` can also start a local Dask cluster of its 
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 import itertools
@@ -23,7 +24,16 @@ from collections.abc import Callable
 
 from darkroom.pipeline.runner import Executor, SerialExecutor, settled
 
-__all__ = ["DaskExecutor", "make_executor", "prepare_local_workers"]
+__all__ = [
+    "DaskExecutor",
+    "StartsInBackground",
+    "compute_batch",
+    "make_executor",
+    "prepare_local_workers",
+    "set_forkserver_preload",
+    "settle_batch",
+    "warm_imports",
+]
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +120,10 @@ def _run_batch(fn, units: list) -> list[tuple[object, BaseException | None]]:
 
 
 #: what the per-frame stages load when their first unit runs on a worker (the stage modules, and
-#: the libraries their ``run`` imports): loaded by :meth:`DaskExecutor.start` while the driver is
-#: busy with the masters, not when the first batch of frames waits for it
+#: the libraries their ``run`` imports): preloaded by the fork server the local workers come
+#: from, and imported by every worker as it starts (:func:`warm_imports`: nothing left to do
+#: after the fork server's preload), while the driver is busy with the masters, not when the
+#: first batch of frames waits for it
 _WARM_MODULES = (
     "darkroom.pipeline.stages",
     "darkroom.calib.cosmics",
@@ -137,14 +149,7 @@ _FORKSERVER_PRELOAD = (
 )
 
 
-def forkserver_available() -> bool:
-    """Whether this platform starts processes from a fork server (POSIX)."""
-    import multiprocessing
-
-    return "forkserver" in multiprocessing.get_all_start_methods()
-
-
-def _set_forkserver_preload(*first: str) -> bool:
+def set_forkserver_preload(*first: str) -> bool:
     """Have the fork server import ``first`` and :data:`_FORKSERVER_PRELOAD` when it starts (a
     server already running keeps its list); False where there is no fork server.
 
@@ -157,18 +162,18 @@ def _set_forkserver_preload(*first: str) -> bool:
     """
     import multiprocessing
 
-    if not forkserver_available():
+    if "forkserver" not in multiprocessing.get_all_start_methods():
         return False
     multiprocessing.get_context("forkserver").set_forkserver_preload([*first, *_FORKSERVER_PRELOAD])
     return True
 
 
 def _use_forkserver() -> bool:
-    """Start a local Dask cluster's workers from the fork server (:func:`_set_forkserver_preload`,
+    """Start a local Dask cluster's workers from the fork server (:func:`set_forkserver_preload`,
     with Dask itself preloaded), unless the user chose how Dask starts worker processes. Only the
     list of modules the server preloads is set here: Dask's own choice of them
     (``distributed.utils.get_mp_context``) imports optional packages into the driver too."""
-    if _dask_method_is_set() or not _set_forkserver_preload("distributed"):
+    if _dask_method_is_set() or not set_forkserver_preload("distributed"):
         return False
     try:
         import distributed.utils as dask_utils
@@ -190,7 +195,7 @@ def prepare_local_workers() -> bool:
     once. A run that turns out to need no workers loses nothing but that CPU: the server exits
     with the command. Not for a scheduler of the user's.
     """
-    if not _set_forkserver_preload():
+    if not set_forkserver_preload():
         return False
     try:
         import multiprocessing.forkserver
@@ -210,7 +215,7 @@ def _dask_method_is_set() -> bool:
     return dask.config.get("distributed.worker.multiprocessing-method", "spawn") != "spawn"
 
 
-def _warm_imports() -> int:
+def warm_imports() -> int:
     """Import :data:`_WARM_MODULES` (on a worker); the number imported. Best effort: a module
     that fails to import here fails again, with its reason, in the unit that needs it."""
     n = 0
@@ -286,7 +291,7 @@ class DaskExecutor(StartsInBackground, Executor):
 
         def start() -> None:
             self._connect()
-            self._client.run(_warm_imports)
+            self._client.run(warm_imports)
 
         self._start_in_thread(start, "darkroom-dask-start")
 
@@ -377,9 +382,8 @@ class DaskExecutor(StartsInBackground, Executor):
                 pending.add(list(futures)[-1])
 
     def close(self) -> None:
-        if self._starting is not None:
-            self._starting.join()
-            self._starting = None
+        with contextlib.suppress(Exception):  # a start that failed has nothing to close
+            self._wait_for_start()
         if self._client is not None:
             self._client.close()
         if self.cluster is not None:

@@ -46,10 +46,10 @@ from typing import Any
 
 from darkroom.pipeline.executors import (
     StartsInBackground,
-    _set_forkserver_preload,
-    _warm_imports,
     compute_batch,
+    set_forkserver_preload,
     settle_batch,
+    warm_imports,
 )
 from darkroom.pipeline.runner import Executor, one_line
 from darkroom.pipeline.stage import Unit
@@ -85,12 +85,12 @@ def _shippable(outcome: tuple[Any, BaseException | None]) -> tuple[Any, BaseExce
 
 def _worker_main(conn: Connection) -> None:
     """A worker's life: load the stages' libraries, then run the batches the driver sends until it
-    sends ``None`` (or its pipe closes), each finished batch settled and shipped by a sender
+    sends an empty message (or its pipe closes), each finished batch settled and shipped by a sender
     thread while the next one computes. A batch that cannot be read here fails as a whole, with
     the reason, and the worker goes on."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides when the run ends
     logging.getLogger().setLevel(logging.ERROR)  # unit errors come back as results
-    _warm_imports()
+    warm_imports()
     finished: queue.SimpleQueue = queue.SimpleQueue()
     sending = threading.Lock()  # the main thread says which batch it starts, the sender the results
 
@@ -106,14 +106,12 @@ def _worker_main(conn: Connection) -> None:
                     o if o[1] is None else _shippable(o) for o in settle_batch(stage, defer, outcomes)
                 ]
             try:
-                try:
-                    send(("done", batch_id, outcomes))
-                except OSError:
-                    raise
-                except Exception:  # a result that does not pickle: that unit fails
-                    send(("done", batch_id, [_shippable(o) for o in outcomes]))
+                send(("done", batch_id, outcomes))
             except OSError:
                 return  # the driver is gone
+            except Exception:  # a result that does not pickle: that unit fails
+                with contextlib.suppress(OSError):
+                    send(("done", batch_id, [_shippable(o) for o in outcomes]))
 
     sender = threading.Thread(target=send_finished, name="darkroom-send", daemon=True)
     sender.start()
@@ -166,7 +164,7 @@ class LocalWorkersExecutor(StartsInBackground, Executor):
     # -- workers -----------------------------------------------------------------------------
 
     def _context(self):
-        return multiprocessing.get_context("forkserver" if _set_forkserver_preload() else "spawn")
+        return multiprocessing.get_context("forkserver" if set_forkserver_preload() else "spawn")
 
     def _new_worker(self) -> _Worker:
         ours, theirs = multiprocessing.Pipe(duplex=True)
