@@ -156,10 +156,22 @@ def test_critical_parameter_makes_new_products_beside_old(registry, tmp_path):
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_workers_start_only_for_a_stage_with_units_to_share(registry, tmp_path, db_url):
+def _workers_for(kind: str):
+    """An executor with two workers and a test of whether they were started: a local Dask
+    cluster, or the local worker processes `--workers 2` runs on."""
     from darkroom.pipeline.executors import DaskExecutor
+    from darkroom.pipeline.local_workers import LocalWorkersExecutor
 
-    executor = DaskExecutor(n_workers=2)
+    if kind == "dask":
+        executor = DaskExecutor(n_workers=2)
+        return executor, lambda: executor.cluster is not None
+    executor = LocalWorkersExecutor(2)
+    return executor, lambda: bool(executor.worker_pids())
+
+
+@pytest.mark.parametrize("kind", ["dask", "processes"])
+def test_workers_start_only_for_a_stage_with_units_to_share(registry, tmp_path, db_url, kind):
+    executor, started = _workers_for(kind)
     try:
         stage = ToyStage(tmp_path, ToyConfig(factor=5))
         with registry.session() as s:  # all but one exposure already done: one unit is left
@@ -167,8 +179,8 @@ def test_workers_start_only_for_a_stage_with_units_to_share(registry, tmp_path, 
                 e.state = "quarantined"
         report = run_stage(registry, stage, executor)
         assert (report.n_done, report.n_failed) == (1, 0)
-        assert executor.cluster is None  # the unit ran in the driver; no cluster was started
-        assert run_stage(registry, stage, executor).n_planned == 0 and executor.cluster is None
+        assert not started()  # the unit ran in the driver; no worker was started
+        assert run_stage(registry, stage, executor).n_planned == 0 and not started()
     finally:
         executor.close()
 
@@ -181,14 +193,13 @@ class LightToyStage(ToyStage):
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_a_few_light_units_run_in_the_driver_even_with_workers(registry, tmp_path, db_url):
-    from darkroom.pipeline.executors import DaskExecutor
-
-    executor = DaskExecutor(n_workers=2)
+@pytest.mark.parametrize("kind", ["dask", "processes"])
+def test_a_few_light_units_run_in_the_driver_even_with_workers(registry, tmp_path, db_url, kind):
+    executor, started = _workers_for(kind)
     try:
         report = run_stage(registry, LightToyStage(tmp_path, ToyConfig(factor=5)), executor)
         assert (report.n_planned, report.n_done, report.n_failed) == (5, 3, 2)  # 3 bad, 4 a bug
-        assert executor.cluster is None  # five units < 10: none was shipped, no cluster started
+        assert not started()  # five units < 10: none was shipped, no worker started
     finally:
         executor.close()
 
